@@ -1,0 +1,44 @@
+"""One error family for everything the user can get wrong.
+
+Every error carries a ``message`` (what happened, naming the file or field) and a ``hint``
+(what to do about it). The CLI prints both and exits with the error's ``exit_code``; the
+traceback goes to the run's log file, never to the screen. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+
+class LoraError(Exception):
+    """An error the user can act on: a message that names the thing, and a hint."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\nhint: {self.hint}"
+
+
+class ProfileError(LoraError):
+    """A profile file or a field in it is wrong."""
+
+
+class DatasetError(LoraError):
+    """The dataset folders or their files are wrong."""
+
+
+class ModelError(LoraError):
+    """The base model cannot be found or loaded."""
+
+
+class TrainingError(LoraError):
+    """Training itself failed (NaN loss, out of memory, ...)."""
+
+    exit_code = 1
+
+
+class OutputError(LoraError):
+    """A file cannot be written where the profile says."""

@@ -1,0 +1,166 @@
+"""The engine's event protocol: typed, past-tense events serialised one JSON object per line.
+
+Events carry plain values and file paths, never tensors. The CLI renders them as a progress
+bar, the wizard as widgets, tests collect them, and the copy written to the run folder lets
+a UI re-attach to a run it did not start. Each event has a ``type`` field naming its class
+and a ``time`` (unix seconds). No torch here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TextIO
+
+
+@dataclass
+class Event:
+    type: ClassVar[str] = "event"
+    time: float = field(default_factory=time.time, kw_only=True)
+
+    def to_json(self) -> str:
+        data = {"type": self.type, **dataclasses.asdict(self)}
+        return json.dumps(data, ensure_ascii=False, default=str)
+
+
+@dataclass
+class RunStarted(Event):
+    """The run began; ``plan`` is the full plan (images, repeats, buckets, steps)."""
+
+    type: ClassVar[str] = "run_started"
+    run_dir: str
+    profile_path: str
+    output_name: str
+    plan: dict[str, Any]
+
+
+@dataclass
+class PhaseChanged(Event):
+    """A slow phase began, e.g. "loading model" or "training"."""
+
+    type: ClassVar[str] = "phase_changed"
+    phase: str
+
+
+@dataclass
+class StepEnded(Event):
+    type: ClassVar[str] = "step_ended"
+    step: int
+    total_steps: int
+    epoch: int
+    total_epochs: int
+    loss: float
+    avg_loss: float
+    lrs: dict[str, float]
+    it_per_s: float
+    eta_s: float
+
+
+@dataclass
+class EpochEnded(Event):
+    type: ClassVar[str] = "epoch_ended"
+    epoch: int
+    total_epochs: int
+    step: int
+    avg_loss: float
+
+
+@dataclass
+class CheckpointSaved(Event):
+    type: ClassVar[str] = "checkpoint_saved"
+    path: str
+    step: int
+    epoch: int
+    kind: str  # "epoch", "step", "final" or "interrupted"
+
+
+@dataclass
+class WarningIssued(Event):
+    type: ClassVar[str] = "warning"
+    message: str
+
+
+@dataclass
+class LogLine(Event):
+    type: ClassVar[str] = "log"
+    level: str
+    message: str
+
+
+@dataclass
+class RunFinished(Event):
+    type: ClassVar[str] = "run_finished"
+    files: list[str]
+    steps: int
+    seconds: float
+    interrupted: bool = False
+
+
+@dataclass
+class RunFailed(Event):
+    type: ClassVar[str] = "run_failed"
+    message: str
+    hint: str
+    log_path: str
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type: cls for cls in (RunStarted, PhaseChanged, StepEnded, EpochEnded, CheckpointSaved,
+                              WarningIssued, LogLine, RunFinished, RunFailed)
+}
+
+
+def event_from_json(line: str) -> Event:
+    data = json.loads(line)
+    cls = EVENT_TYPES[data.pop("type")]
+    return cls(**data)
+
+
+def read_events(path: Path) -> Iterator[Event]:
+    """Events from a JSON-lines file; a torn last line (a run still writing) is skipped."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break
+            if line.strip():
+                yield event_from_json(line)
+
+
+Sink = Callable[[Event], None]
+
+
+class EventBus:
+    """Fans events out to sinks (progress bar, JSON files, collectors). Thread-safe."""
+
+    def __init__(self, sinks: Iterable[Sink] = ()) -> None:
+        self._sinks = list(sinks)
+        self._lock = threading.Lock()
+
+    def add(self, sink: Sink) -> None:
+        self._sinks.append(sink)
+
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            for sink in self._sinks:
+                sink(event)
+
+
+class JsonLinesSink:
+    """Writes each event as one line and flushes, so followers see it at once."""
+
+    def __init__(self, stream: TextIO, close: bool = False) -> None:
+        self._stream = stream
+        self._close = close
+
+    def __call__(self, event: Event) -> None:
+        self._stream.write(event.to_json() + "\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._close:
+            self._stream.close()

@@ -1,0 +1,479 @@
+"""The training profile: typed sections, their defaults, docs and validation rules.
+
+A profile is everything one run needs. Keys use sd-scripts' argument names wherever the
+concept is the same, so users' knowledge and configs carry over; defaults follow what users
+of LoRA Easy Training Scripts expect (AdamW8bit, dim 32 / alpha 16, lr 1e-4,
+cosine_with_restarts, 512 px, batch 1).
+
+Each field is declared with :func:`setting`, which records its one-line doc, its allowed
+range or choices, and whether it is a path. Validation (:func:`profile_from_dict`) uses those
+records to produce messages that name the field, the value and what is allowed. This module
+does no file I/O (see ``profile_io``) and never imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lora_core.errors import ProfileError
+
+PROFILE_VERSION = 1
+
+
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    path: bool = False,
+    required: bool = False,
+) -> Any:
+    """Declare one profile field with its doc line and validation rule."""
+    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "path": path,
+            "required": required}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelSection:
+    """The base model."""
+
+    pretrained_model_name_or_path: str = setting(
+        "", "Base model: a local diffusers folder, or builtin:tiny-sd1 for smoke runs.",
+        path=True, required=True)
+    clip_skip: int = setting(
+        1, "Text-encoder layer to use counted from the end: 1 for realistic/base models, "
+        "2 for anime (NovelAI-style) models.", min=1, max=12)
+
+
+@dataclass
+class DatasetSection:
+    """Where the images are and how they are read."""
+
+    train_data_dir: str = setting(
+        "", "Parent folder of the <repeats>_<trigger words> image folders.",
+        path=True, required=True)
+    reg_data_dir: str = setting(
+        "", "Parent folder of regularization image folders (empty: none).", path=True)
+    resolution: int | str = setting(
+        512, "Training resolution: one number for square, or \"W,H\".")
+    enable_bucket: bool = setting(True, "Group images by aspect ratio instead of cropping to a square.")
+    min_bucket_reso: int = setting(256, "Smallest bucket side in pixels.", min=64)
+    max_bucket_reso: int = setting(1024, "Largest bucket side in pixels.", min=64)
+    bucket_reso_steps: int = setting(64, "Bucket sides are multiples of this (64 for SD 1.x).", min=8)
+    bucket_no_upscale: bool = setting(False, "Never enlarge small images; make buckets that fit them.")
+    caption_extension: str = setting(".txt", "Caption files are <image name><this extension>.")
+    shuffle_caption: bool = setting(False, "Shuffle comma-separated tags on every step.")
+    keep_tokens: int = setting(0, "Tags at the front that shuffling never moves (the trigger word).",
+                               min=0)
+    prior_loss_weight: float = setting(1.0, "Loss weight of regularization images.", min=0.0)
+    max_data_loader_n_workers: int = setting(
+        1, "Processes that load images while the GPU trains (0: load in the training process).",
+        min=0, max=64)
+
+
+@dataclass
+class NetworkSection:
+    """The LoRA network."""
+
+    network_module: str = setting(
+        "networks.lora", "Network type: networks.lora (LoRA, or LoCon when conv_dim is set).",
+        choices=("networks.lora",))
+    network_dim: int = setting(32, "LoRA rank: capacity of the adapter.", min=1, max=1024)
+    network_alpha: float = setting(
+        16.0, "LoRA alpha: updates are scaled by alpha / dim (half the dim is usual).", min=0.0)
+    conv_dim: int | None = setting(
+        None, "Rank for 3x3 convolutions (LoCon); unset: convolutions are not trained.",
+        min=1, max=1024)
+    conv_alpha: float | None = setting(None, "Alpha for 3x3 convolutions (unset: 1).", min=0.0)
+    network_dropout: float | None = setting(
+        None, "Dropout on the LoRA down projection's output (unset: none).", min=0.0, max=1.0)
+    network_train_unet_only: bool = setting(False, "Train the U-Net only (no text-encoder LoRA).")
+    network_train_text_encoder_only: bool = setting(False, "Train the text encoder only.")
+    network_weights: str = setting(
+        "", "Start from this existing LoRA .safetensors file (empty: fresh start).", path=True)
+
+
+SUPPORTED_OPTIMIZERS = ("AdamW", "AdamW8bit")
+LATER_OPTIMIZERS = (
+    "PagedAdamW8bit", "PagedAdamW", "PagedAdamW32bit", "Lion", "Lion8bit", "PagedLion8bit",
+    "SGDNesterov", "SGDNesterov8bit", "DAdaptation", "DAdaptAdamPreprint", "DAdaptAdaGrad",
+    "DAdaptAdam", "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion", "DAdaptSGD", "Prodigy",
+    "AdaFactor", "RAdamScheduleFree", "AdamWScheduleFree", "SGDScheduleFree",
+)
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+              "polynomial")
+
+
+@dataclass
+class OptimizerSection:
+    """Optimizer and learning-rate schedule."""
+
+    optimizer_type: str = setting(
+        "AdamW8bit", "Optimizer: AdamW8bit (less memory) or AdamW.", choices=SUPPORTED_OPTIMIZERS)
+    optimizer_args: list[str] = setting(
+        ["weight_decay=0.1", "betas=0.9,0.99"],
+        "Extra optimizer arguments as \"name=value\" strings.")
+    learning_rate: float = setting(1e-4, "Base learning rate.", min=0.0)
+    unet_lr: float | None = setting(None, "U-Net learning rate (unset: learning_rate).", min=0.0)
+    text_encoder_lr: float | None = setting(
+        None, "Text-encoder learning rate (unset: learning_rate).", min=0.0)
+    lr_scheduler: str = setting("cosine_with_restarts", "Learning-rate schedule.", choices=SCHEDULERS)
+    lr_warmup_steps: float = setting(
+        0, "Warm-up: a number of steps, or a ratio of all steps when below 1.", min=0.0)
+    lr_scheduler_num_cycles: int = setting(
+        1, "Hard restarts for cosine_with_restarts.", min=1)
+    lr_scheduler_power: float = setting(1.0, "Power of the polynomial schedule.", min=0.0)
+    max_grad_norm: float = setting(1.0, "Clip gradients to this norm (0: no clipping).", min=0.0)
+
+
+@dataclass
+class TrainingSection:
+    """How long and how the training runs."""
+
+    max_train_epochs: int | None = setting(
+        None, "Epochs to train (unset: 1 epoch, unless max_train_steps is set).", min=1)
+    max_train_steps: int | None = setting(
+        None, "Optimizer steps to train; max_train_epochs wins when both are set.", min=1)
+    train_batch_size: int = setting(1, "Images per step.", min=1, max=256)
+    gradient_accumulation_steps: int = setting(1, "Steps whose gradients are summed per update.",
+                                               min=1)
+    gradient_checkpointing: bool = setting(False, "Trade speed for memory in the U-Net.")
+    mixed_precision: str = setting(
+        "fp16", "Compute precision: fp16 (most GPUs), bf16 (RTX 30xx and newer) or no.",
+        choices=("no", "fp16", "bf16"))
+    seed: int | None = setting(None, "Random seed (unset: a random one, recorded).", min=0,
+                               max=2**32 - 1)
+
+
+@dataclass
+class SavingSection:
+    """Where and how the LoRA files are written."""
+
+    output_dir: str = setting("", "Folder the LoRA files go to.", path=True, required=True)
+    output_name: str = setting("last", "File name of the LoRA, without extension.")
+    save_model_as: str = setting("safetensors", "File format.", choices=("safetensors",))
+    save_precision: str = setting(
+        "fp16", "Precision of the saved tensors.", choices=("float", "fp16", "bf16"))
+    save_every_n_epochs: int | None = setting(
+        None, "Also save a numbered file every N epochs (unset: only at the end).", min=1)
+    save_every_n_steps: int | None = setting(
+        None, "Also save a numbered file every N steps (unset: never).", min=1)
+    training_comment: str = setting("", "Text stored in the file (trigger words, notes).")
+    tag_summary: bool = setting(
+        False, "Write <output_name>.txt listing every caption tag with its count.")
+    tag_summary_order: str = setting(
+        "count", "Order of the tag summary.", choices=("count", "alphabetical"))
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelSection,
+    "dataset": DatasetSection,
+    "network": NetworkSection,
+    "optimizer": OptimizerSection,
+    "training": TrainingSection,
+    "saving": SavingSection,
+}
+
+# sd-scripts options users will try that this release does not implement yet. They are
+# rejected with a clear message rather than silently ignored.
+NOT_YET_KEYS = frozenset({
+    "v2", "v_parameterization", "vae", "no_half_vae", "tokenizer_cache_dir", "max_token_length",
+    "noise_offset", "noise_offset_random_strength", "adaptive_noise_scale",
+    "multires_noise_iterations", "multires_noise_discount", "min_snr_gamma",
+    "scale_v_pred_loss_like_noise_pred", "zero_terminal_snr", "min_timestep", "max_timestep",
+    "loss_type", "huber_schedule", "huber_c", "huber_scale", "debiased_estimation_loss",
+    "keep_tokens_separator", "caption_separator", "secondary_separator", "caption_prefix",
+    "caption_suffix", "caption_dropout_rate", "caption_dropout_every_n_epochs",
+    "caption_tag_dropout_rate", "enable_wildcard", "token_warmup_min", "token_warmup_step",
+    "flip_aug", "color_aug", "random_crop", "cache_latents", "cache_latents_to_disk",
+    "cache_text_encoder_outputs", "vae_batch_size", "rank_dropout", "module_dropout",
+    "network_args", "scale_weight_norms", "loraplus_lr_ratio", "down_lr_weight", "mid_lr_weight",
+    "up_lr_weight", "block_dims", "block_alphas", "sample_prompts", "sample_every_n_steps",
+    "sample_every_n_epochs", "sample_at_first", "sample_sampler", "dataset_config",
+    "save_state", "resume", "full_fp16", "full_bf16", "fp8_base", "xformers",
+})
+NOT_YET_SECTIONS = frozenset({"sample", "samples", "logging"})
+
+
+@dataclass
+class Profile:
+    """Everything one training run needs. ``base_dir`` anchors relative paths (not saved)."""
+
+    profile_version: int = PROFILE_VERSION
+    model: ModelSection = field(default_factory=ModelSection)
+    dataset: DatasetSection = field(default_factory=DatasetSection)
+    network: NetworkSection = field(default_factory=NetworkSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    saving: SavingSection = field(default_factory=SavingSection)
+    base_dir: Path = field(default_factory=Path.cwd, compare=False, repr=False)
+
+    def path(self, section: str, key: str) -> Path | None:
+        """The absolute path a path field names, or None when it is empty."""
+        value = getattr(getattr(self, section), key)
+        if value in ("", None) or str(value).startswith("builtin:"):
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+# ----------------------------------------------------------------------------------------
+# Validation
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_parts(tp: Any) -> tuple[list[type], bool]:
+    """The plain types a hint allows, and whether None is allowed."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = list(typing.get_args(tp))
+    else:
+        args = [tp]
+    optional = type(None) in args
+    return [a for a in args if a is not type(None)], optional
+
+
+def describe_type(tp: Any) -> str:
+    parts, optional = _type_parts(tp)
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    words = [names.get(p, "a list of strings") for p in parts]
+    return " or ".join(words)
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Convert a TOML value to the field type. Returns (ok, value)."""
+    parts, optional = _type_parts(tp)
+    if value is None:
+        return optional, None
+    for part in parts:
+        if part is bool and isinstance(value, bool):
+            return True, value
+        if part is int and isinstance(value, int) and not isinstance(value, bool):
+            return True, value
+        if part is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if part is str and isinstance(value, str):
+            return True, value
+        if typing.get_origin(part) is list and isinstance(value, list) \
+                and all(isinstance(v, str) for v in value):
+            return True, list(value)
+    return False, value
+
+
+def _fmt(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value).lower() \
+        if isinstance(value, bool) else str(value)
+
+
+def _check_value(where: str, value: Any, meta: dict) -> str | None:
+    choices = meta["choices"]
+    if choices is not None and isinstance(value, str):
+        match = {c.lower(): c for c in choices}.get(value.lower())
+        if match is None:
+            return (f"{where} = {_fmt(value)} is not one of the choices: "
+                    f"{', '.join(choices)}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        lo, hi = meta["min"], meta["max"]
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            if lo is not None and hi is not None:
+                allowed = f"between {_fmt(lo)} and {_fmt(hi)}"
+            elif lo is not None:
+                allowed = f"at least {_fmt(lo)}"
+            else:
+                allowed = f"at most {_fmt(hi)}"
+            return f"{where} = {_fmt(value)} is out of range: it must be {allowed}"
+    return None
+
+
+def closest(name: str, candidates: list[str]) -> str | None:
+    found = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _unknown_key_message(section: str | None, key: str, candidates: list[str]) -> str:
+    where = f"[{section}] {key}" if section else key
+    if key in NOT_YET_KEYS:
+        return (f"`{where}` is not supported yet by this version of lora-train; "
+                "remove it from the profile")
+    guess = closest(key, candidates)
+    owner = None
+    if guess is None:
+        for sec_name, cls in SECTIONS.items():
+            if key in {f.name for f in dataclasses.fields(cls)}:
+                owner = sec_name
+    if guess:
+        return f"`{where}`: unknown key; did you mean `{guess}`?"
+    if owner:
+        return f"`{where}`: this key belongs in the [{owner}] section"
+    return f"`{where}`: unknown key"
+
+
+def _section_from_dict(name: str, cls: type, data: Any, errors: list[str]) -> Any:
+    if not isinstance(data, dict):
+        errors.append(f"`[{name}]` must be a table of settings, not {_fmt(data)}")
+        return cls()
+    hints = _field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            errors.append(_unknown_key_message(name, key, list(fields)))
+            continue
+        where = f"`[{name}] {key}`"
+        ok, coerced = _coerce(value, hints[key])
+        if not ok:
+            errors.append(f"{where} = {_fmt(value)} has the wrong type: it must be "
+                          f"{describe_type(hints[key])}")
+            continue
+        meta = fields[key].metadata
+        problem = _check_value(where, coerced, meta)
+        if problem:
+            errors.append(problem)
+            continue
+        if meta["choices"] and isinstance(coerced, str):
+            coerced = {c.lower(): c for c in meta["choices"]}[coerced.lower()]
+        kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def profile_from_dict(data: dict, base_dir: Path | None = None, source: str = "profile") -> Profile:
+    """Build a validated Profile from parsed TOML. Raises ProfileError listing every problem."""
+    errors: list[str] = []
+    version = data.get("profile_version", PROFILE_VERSION)
+    if version != PROFILE_VERSION:
+        errors.append(f"`profile_version` = {_fmt(version)} is not supported: this version of "
+                      f"lora-train reads version {PROFILE_VERSION}")
+    sections: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "profile_version":
+            continue
+        if key in SECTIONS:
+            sections[key] = _section_from_dict(key, SECTIONS[key], value, errors)
+        elif key in NOT_YET_SECTIONS:
+            errors.append(f"`[{key}]` is not supported yet by this version of lora-train; "
+                          "remove that section from the profile")
+        else:
+            errors.append(_unknown_key_message(None, key, ["profile_version", *SECTIONS]))
+    profile = Profile(**sections, base_dir=base_dir or Path.cwd())
+    errors.extend(cross_field_errors(profile))
+    if errors:
+        raise ProfileError(
+            f"{source} has {len(errors)} problem{'s' if len(errors) > 1 else ''}:\n  - "
+            + "\n  - ".join(errors),
+            "fix the fields named above; `lora-train fields` lists every field with its "
+            "allowed values")
+    return profile
+
+
+def parse_resolution(value: int | str) -> tuple[int, int] | None:
+    """`512` → (512, 512); `"768,512"` → (768, 512) as (width, height). None if malformed."""
+    if isinstance(value, int):
+        return (value, value) if value > 0 else None
+    parts = [p.strip() for p in str(value).split(",")]
+    if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
+        return None
+    w, h = int(parts[0]), int(parts[-1])
+    return (w, h) if w > 0 and h > 0 else None
+
+
+def cross_field_errors(p: Profile) -> list[str]:
+    """Rules that involve more than one field."""
+    errors = []
+    for sec_name, cls in SECTIONS.items():
+        section = getattr(p, sec_name)
+        for f in dataclasses.fields(cls):
+            if f.metadata["required"] and getattr(section, f.name) in ("", None):
+                errors.append(f"`[{sec_name}] {f.name}` is required: {f.metadata['doc']}")
+    ds = p.dataset
+    reso = parse_resolution(ds.resolution)
+    if reso is None:
+        errors.append(f"`[dataset] resolution` = {_fmt(ds.resolution)} is not a resolution: "
+                      "use one number like 512, or \"W,H\" like \"768,512\"")
+    else:
+        if reso[0] % 8 or reso[1] % 8:
+            errors.append(f"`[dataset] resolution` = {_fmt(ds.resolution)}: both sides must be "
+                          "multiples of 8")
+        if ds.enable_bucket and not ds.bucket_no_upscale:
+            if ds.min_bucket_reso > min(reso):
+                errors.append(f"`[dataset] min_bucket_reso` = {ds.min_bucket_reso} must not be "
+                              f"larger than the resolution's smaller side ({min(reso)})")
+            if ds.max_bucket_reso < max(reso):
+                errors.append(f"`[dataset] max_bucket_reso` = {ds.max_bucket_reso} must not be "
+                              f"smaller than the resolution's larger side ({max(reso)})")
+    if ds.enable_bucket and ds.bucket_reso_steps % 64:
+        errors.append(f"`[dataset] bucket_reso_steps` = {ds.bucket_reso_steps} must be a "
+                      "multiple of 64 for SD 1.x models")
+    if ds.caption_extension and not ds.caption_extension.startswith("."):
+        errors.append(f"`[dataset] caption_extension` = {_fmt(ds.caption_extension)} must start "
+                      "with a dot, like \".txt\"")
+    net = p.network
+    if net.network_train_unet_only and net.network_train_text_encoder_only:
+        errors.append("`[network] network_train_unet_only` and "
+                      "`network_train_text_encoder_only` cannot both be true")
+    opt = p.optimizer
+    if opt.lr_scheduler == "constant" and opt.lr_warmup_steps:
+        errors.append("`[optimizer] lr_warmup_steps` must be 0 with lr_scheduler = \"constant\" "
+                      "(use \"constant_with_warmup\" for a warm-up)")
+    if opt.lr_warmup_steps >= 1 and opt.lr_warmup_steps != int(opt.lr_warmup_steps):
+        errors.append(f"`[optimizer] lr_warmup_steps` = {_fmt(opt.lr_warmup_steps)}: use a whole "
+                      "number of steps, or a ratio below 1")
+    from lora_core.training.optimizer_args import parse_optimizer_args  # pure Python
+
+    try:
+        parse_optimizer_args(opt.optimizer_args)
+    except ProfileError as exc:
+        errors.append(exc.message)
+    name = p.saving.output_name
+    if not name or any(c in name for c in '/\\:*?"<>|') or name.strip() != name:
+        errors.append(f"`[saving] output_name` = {_fmt(name)} must be a plain file name without "
+                      "folders, surrounding spaces or any of / \\ : * ? \" < > |")
+    return errors
+
+
+# ----------------------------------------------------------------------------------------
+# Conversion back to plain data
+
+
+def section_to_dict(section: Any) -> dict[str, Any]:
+    """Plain TOML-ready values; None (unset) is left out because TOML has no null."""
+    out = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if value is None:
+            continue
+        out[f.name] = list(value) if isinstance(value, list) else value
+    return out
+
+
+def profile_to_dict(p: Profile) -> dict[str, Any]:
+    data: dict[str, Any] = {"profile_version": p.profile_version}
+    for name in SECTIONS:
+        data[name] = section_to_dict(getattr(p, name))
+    return data
+
+
+def field_docs() -> list[tuple[str, str, str, Any, str]]:
+    """(section, key, type, default, doc) for every field: the source of `lora-train fields`."""
+    rows = []
+    for sec_name, cls in SECTIONS.items():
+        hints = _field_types(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            doc = f.metadata["doc"]
+            if f.metadata["choices"]:
+                doc += f" Choices: {', '.join(f.metadata['choices'])}."
+            rows.append((sec_name, f.name, describe_type(hints[f.name]), default, doc))
+    return rows
