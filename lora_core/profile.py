@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -225,7 +226,7 @@ class Profile:
         if value in ("", None) or str(value).startswith("builtin:"):
             return None
         p = Path(value).expanduser()
-        return p if p.is_absolute() else (self.base_dir / p)
+        return Path(os.path.normpath(p if p.is_absolute() else self.base_dir / p))
 
 
 # ----------------------------------------------------------------------------------------

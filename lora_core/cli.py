@@ -1,0 +1,241 @@
+"""`lora-train`: the headless command line for scripts, queues and the wizard.
+
+    lora-train run PROFILE [--set section.key=value ...] [--events FILE|-]
+    lora-train check PROFILE [--set ...]
+    lora-train rerun-last [--events FILE|-]
+    lora-train queue PROFILE... [--continue-on-error]
+    lora-train fields
+
+Argument parsing lives here and nowhere else. Errors print a message and a hint, never a
+traceback (that goes to the log file), and exit with code 2 for bad input, 1 for a failed
+run and 130 for a run stopped with Ctrl+C (what was trained is saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from lora_core.errors import LoraError
+from lora_core.events import EventBus, JsonLinesSink, LogLine, RunFailed
+from lora_core.paths import state_dir
+
+EXIT_INTERRUPTED = 130
+log = logging.getLogger("lora_core")
+
+
+def _setup_logging() -> Path:
+    """Log everything to a file; the screen gets only events and messages."""
+    path = state_dir() / "lora-train.log"
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    logging.captureWarnings(True)
+    return path
+
+
+def _add_run_log(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def _print_error(exc: LoraError) -> None:
+    print(f"error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"hint: {exc.hint}", file=sys.stderr)
+
+
+class StopFlag:
+    """Ctrl+C (or SIGTERM) once: stop after the current step and save. Twice: abort."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self) -> bool:
+        return self.event.is_set()
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum, frame):
+            if self.event.is_set():
+                raise KeyboardInterrupt
+            self.event.set()
+            print("\nstopping after this step and saving what was trained; press Ctrl+C "
+                  "again to abort without saving", file=sys.stderr, flush=True)
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _open_event_sinks(bus: EventBus, events_arg: str | None) -> list[JsonLinesSink]:
+    sinks = []
+    if events_arg == "-":
+        sinks.append(JsonLinesSink(sys.stdout))
+    elif events_arg:
+        sinks.append(JsonLinesSink(open(events_arg, "a", encoding="utf-8"), close=True))
+    for sink in sinks:
+        bus.add(sink)
+    return sinks
+
+
+def cmd_run(profile_path: Path, overrides: list[str], events_arg: str | None,
+            progress: bool = True) -> int:
+    from lora_core.profile_io import load_profile
+    from lora_core.progress import ProgressPrinter
+    from lora_core.training.session import run_training, start_run
+
+    bus = EventBus()
+    if progress:
+        bus.add(ProgressPrinter(use_bar=None))
+    sinks = _open_event_sinks(bus, events_arg)
+    stop = StopFlag()
+    stop.install()
+    folder = None
+    try:
+        profile = load_profile(profile_path, overrides)
+        started = start_run(profile, profile_path)
+        folder = started.folder
+        run_log = folder.log
+        _add_run_log(run_log)
+        with open(folder.events, "a", encoding="utf-8") as events_file:
+            bus.add(JsonLinesSink(events_file))
+            bus.emit(LogLine("info", f"log file: {run_log}"))
+            try:
+                result = run_training(profile, profile_path, started, bus, stop)
+            except BaseException as exc:
+                _report_failure(bus, exc, run_log)
+                raise
+        return EXIT_INTERRUPTED if result.interrupted else 0
+    except LoraError as exc:
+        log.exception("run failed")
+        _print_error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("aborted; nothing more was saved", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug, not bad input: short message, traceback in the log
+        log.exception("internal error")
+        where = folder.log if folder else state_dir() / "lora-train.log"
+        print(f"error: internal error: {type(exc).__name__}: {exc}\n"
+              f"the full traceback is in {where}", file=sys.stderr)
+        return 1
+    finally:
+        for sink in sinks:
+            sink.close()
+
+
+def _report_failure(bus: EventBus, exc: BaseException, log_path: Path) -> None:
+    log.exception("run failed")
+    if isinstance(exc, LoraError):
+        bus.emit(RunFailed(exc.message, exc.hint, str(log_path)))
+    elif isinstance(exc, KeyboardInterrupt):
+        bus.emit(RunFailed("aborted with a second Ctrl+C; nothing more was saved", "",
+                           str(log_path)))
+    else:
+        bus.emit(RunFailed(f"internal error: {type(exc).__name__}: {exc}",
+                           f"the full traceback is in {log_path}", str(log_path)))
+
+
+def cmd_check(profile_path: Path, overrides: list[str]) -> int:
+    from lora_core.dataset.preflight import run_preflight
+    from lora_core.dataset.report import render_check_report
+    from lora_core.profile_io import load_profile
+
+    try:
+        profile = load_profile(profile_path, overrides)
+        preflight = run_preflight(profile, strict=False)
+    except LoraError as exc:
+        log.exception("check failed")
+        _print_error(exc)
+        return exc.exit_code
+    print(render_check_report(preflight.scan, preflight.plan, profile))
+    return 2 if preflight.problems else 0
+
+
+def cmd_rerun_last(events_arg: str | None) -> int:
+    from lora_core.saving.runs import last_run
+
+    try:
+        record = last_run()
+    except LoraError as exc:
+        _print_error(exc)
+        return exc.exit_code
+    print(f"running the profile of {record['run_dir']} again", file=sys.stderr)
+    return cmd_run(Path(record["profile"]), [], events_arg)
+
+
+def cmd_fields() -> int:
+    from lora_core.profile import field_docs
+
+    current = None
+    for section, key, type_text, default, doc in field_docs():
+        if section != current:
+            print(f"\n[{section}]")
+            current = section
+        shown = "(unset)" if default is None else repr(default)
+        print(f"  {key} = {shown}    # {type_text}\n      {doc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lora-train",
+                                     description="Train LoRA adapters for Stable Diffusion.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train from a profile")
+    run.add_argument("profile", type=Path)
+    run.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="SECTION.KEY=VALUE", help="override a profile field")
+    run.add_argument("--events", metavar="FILE|-", help="also write the JSON event stream")
+    run.add_argument("--no-progress", action="store_true", help="print no progress")
+    check = sub.add_parser("check", help="check the dataset and show the plan; loads no model")
+    check.add_argument("profile", type=Path)
+    check.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="SECTION.KEY=VALUE")
+    rerun = sub.add_parser("rerun-last", help="run the most recent run's profile again")
+    rerun.add_argument("--events", metavar="FILE|-")
+    queue = sub.add_parser("queue", help="run several profiles one after another")
+    queue.add_argument("profiles", type=Path, nargs="+")
+    queue.add_argument("--continue-on-error", action="store_true",
+                       help="go on with the next profile when one fails")
+    sub.add_parser("fields", help="list every profile field with its default and meaning")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Base models are always local: never let a library reach for the network.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    if args.command == "run":
+        return cmd_run(args.profile, args.overrides, args.events, not args.no_progress)
+    if args.command == "check":
+        return cmd_check(args.profile, args.overrides)
+    if args.command == "rerun-last":
+        return cmd_rerun_last(args.events)
+    if args.command == "queue":
+        from lora_core.queue import run_queue
+
+        return run_queue(args.profiles, args.continue_on_error)
+    return cmd_fields()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""The training plan: which samples an epoch holds, how they batch, how many steps run.
+
+Given a dataset scan and a profile, this module does sd-scripts' bookkeeping ahead of time:
+regularization balancing (the "steps double" effect), bucket assignment, batches per epoch,
+the step/epoch maths with gradient accumulation and several processes, the warm-up length,
+and which checkpoint files will be written when. ``lora-train check`` prints it, the run
+records it (``plan_summary``) and the LoRA file's ``ss_*`` metadata quotes it
+(``metadata_fields``). Per-epoch batch order is derived from (seed, epoch) alone so a run can
+be resumed mid-epoch. Pure Python; no torch, no file I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from lora_core.dataset.buckets import BucketConfig, Size, aspect_ratio_error, bucket_config
+from lora_core.dataset.scan import DatasetScan, ImageRecord, SubsetScan, scan_dataset
+from lora_core.errors import DatasetError
+from lora_core.profile import Profile
+
+# plan_summary lists at most this many save points of each kind (an event must stay small).
+_SUMMARY_LIST_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One image as training uses it (repeats say how often per epoch)."""
+
+    record: ImageRecord
+    subset_index: int  # index into TrainingPlan.subsets
+    is_reg: bool
+    repeats: int  # effective repeats: the folder's, or the balanced ones for reg images
+    loss_weight: float  # prior_loss_weight for reg images, 1.0 for train images
+    bucket_reso: Size
+    resized_size: Size
+
+
+@dataclass
+class SubsetPlan:
+    """A scanned folder and how many times each of its images is used per epoch."""
+
+    scan: SubsetScan
+    effective_repeats: list[int]  # per image of scan.images; 0 = a reg image never used
+
+    @property
+    def name(self) -> str:
+        return self.scan.name
+
+    @property
+    def is_reg(self) -> bool:
+        return self.scan.is_reg
+
+    @property
+    def images_used(self) -> int:
+        return sum(1 for r in self.effective_repeats if r > 0)
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return sum(self.effective_repeats)
+
+
+@dataclass
+class TrainingPlan:
+    subsets: list[SubsetPlan]  # train subsets, then reg subsets
+    items: list[PlanItem]
+    num_train_images: int  # train images x repeats (sd-scripts' meaning)
+    num_reg_images: int  # reg images x folder repeats, before balancing (sd-scripts' meaning)
+    num_reg_samples: int  # reg samples per epoch after balancing
+    bucket: BucketConfig
+    bucket_counts: dict[Size, int]  # bucket -> samples per epoch (with repeats), sorted
+    bucket_items: dict[Size, list[int]]  # bucket -> item indices (without repeats)
+    mean_ar_error: float  # mean |aspect error| over items, without repeats
+    batch_size: int
+    gradient_accumulation_steps: int
+    num_processes: int
+    batches_per_epoch: int
+    steps_per_epoch: int
+    num_epochs: int
+    max_train_steps: int
+    warmup_steps: int
+    save_every_n_epochs: int | None
+    save_every_n_steps: int | None
+    epoch_save_points: list[int]  # epochs (1-based) that write <name>-<epoch:06d>
+    step_save_points: list[int]  # global steps that write <name>-step<step:08d>
+    output_name: str
+    model_extension: str = "safetensors"
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def unused_reg_images(self) -> int:
+        return sum(len(s.effective_repeats) - s.images_used for s in self.subsets if s.is_reg)
+
+    def epoch_file_name(self, epoch: int) -> str:
+        return f"{self.output_name}-{epoch:06d}.{self.model_extension}"
+
+    def step_file_name(self, step: int) -> str:
+        return f"{self.output_name}-step{step:08d}.{self.model_extension}"
+
+    @property
+    def final_file_name(self) -> str:
+        return f"{self.output_name}.{self.model_extension}"
+
+    def checkpoint_schedule(self) -> list[tuple[int, str]]:
+        """(global step, file name) of every numbered file, in the order they are written.
+
+        An epoch ends after exactly steps_per_epoch optimizer steps; at a step that is both
+        a step save and an epoch end, the step file comes first (as in sd-scripts' loop).
+        """
+        events = [(s, 0, self.step_file_name(s)) for s in self.step_save_points]
+        events += [(e * self.steps_per_epoch, 1, self.epoch_file_name(e))
+                   for e in self.epoch_save_points]
+        return [(step, name) for step, _, name in sorted(events)]
+
+
+def balance_reg_repeats(num_train_images: int, reg_repeats: list[int]) -> list[int]:
+    """sd-scripts' regularization balancing: effective repeats per reg image, 0 = unused.
+
+    Reg images are taken in order, each with its folder's repeats, until their running sum
+    reaches the train sample count; if one pass is not enough, further passes add 1 repeat
+    to each image in order until it does. So an epoch holds about as many reg samples as
+    train samples (never fewer), and surplus reg images are simply never used.
+    """
+    effective = [0] * len(reg_repeats)
+    if sum(reg_repeats) == 0:
+        return effective
+    used = 0
+    first_pass = True
+    while used < num_train_images:
+        for i, repeats in enumerate(reg_repeats):
+            if first_pass:
+                effective[i] = repeats
+                used += repeats
+            else:
+                effective[i] += 1
+                used += 1
+            if used >= num_train_images:
+                break
+        first_pass = False
+    return effective
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def scan_for_profile(profile: Profile) -> DatasetScan:
+    """Scan the profile's dataset folders, flagging images below the smallest bucket side."""
+    config, _ = bucket_config(profile.dataset)
+    train_dir = profile.path("dataset", "train_data_dir")
+    if train_dir is None:
+        raise DatasetError("`[dataset] train_data_dir` is not set",
+                           "set it to the parent folder of your <repeats>_<name> image folders")
+    return scan_dataset(train_dir, profile.path("dataset", "reg_data_dir"),
+                        profile.dataset.caption_extension, config.smallest_side())
+
+
+def make_plan(profile: Profile, scan: DatasetScan, num_processes: int = 1) -> TrainingPlan:
+    """Work out everything about the run that does not need a GPU."""
+    if num_processes < 1:
+        raise ValueError(f"num_processes must be at least 1, not {num_processes}")
+    config, warnings = bucket_config(profile.dataset)
+    num_train_images = sum(s.repeats * len(s.images) for s in scan.train)
+    if num_train_images == 0:
+        raise DatasetError(f"no usable training images under {scan.train_dir}",
+                           "put .png/.jpg/.jpeg/.webp/.bmp images into the <repeats>_<name> "
+                           "folders (run `lora-train check` for details)")
+    num_reg_images = sum(s.repeats * len(s.images) for s in scan.reg)
+    reg_effective = balance_reg_repeats(num_train_images,
+                                        [s.repeats for s in scan.reg for _ in s.images])
+
+    subsets: list[SubsetPlan] = []
+    items: list[PlanItem] = []
+    predefined = config.predefined
+    zero_bucket: list[ImageRecord] = []
+    reg_offset = 0
+    for subset in scan.subsets:
+        if subset.is_reg:
+            effective = reg_effective[reg_offset:reg_offset + len(subset.images)]
+            reg_offset += len(subset.images)
+        else:
+            effective = [subset.repeats] * len(subset.images)
+        subsets.append(SubsetPlan(subset, effective))
+        weight = profile.dataset.prior_loss_weight if subset.is_reg else 1.0
+        for record, repeats in zip(subset.images, effective, strict=True):
+            if repeats == 0:
+                continue
+            bucket, resized = config.assign((record.width, record.height), predefined)
+            if 0 in bucket:
+                zero_bucket.append(record)
+                continue
+            items.append(PlanItem(record, len(subsets) - 1, subset.is_reg, repeats, weight,
+                                  bucket, resized))
+    if zero_bucket:
+        names = ", ".join(str(r.path) for r in zero_bucket[:5])
+        raise DatasetError(
+            f"{len(zero_bucket)} image(s) have a side smaller than bucket_reso_steps "
+            f"({config.bucket_reso_steps} px), which gives an empty bucket with "
+            f"bucket_no_upscale: {names}",
+            "remove or enlarge those images, or set bucket_no_upscale = false")
+
+    bucket_items: dict[Size, list[int]] = {}
+    for index, item in enumerate(items):
+        bucket_items.setdefault(item.bucket_reso, []).append(index)
+    bucket_items = dict(sorted(bucket_items.items()))
+    bucket_counts = {reso: sum(items[i].repeats for i in members)
+                     for reso, members in bucket_items.items()}
+    errors = [abs(aspect_ratio_error(it.bucket_reso, (it.record.width, it.record.height)))
+              for it in items]
+    mean_ar_error = math.fsum(errors) / len(errors) if errors else 0.0
+
+    training = profile.training
+    batch_size = training.train_batch_size
+    grad_accum = training.gradient_accumulation_steps
+    # Batches never mix buckets, so each bucket's last batch may be short.
+    batches_per_epoch = sum(_ceil_div(count, batch_size) for count in bucket_counts.values())
+    # ceil(batches / processes / accumulation), computed in integers.
+    steps_per_epoch = _ceil_div(batches_per_epoch, num_processes * grad_accum)
+    if training.max_train_epochs is not None:
+        num_epochs = training.max_train_epochs
+        max_train_steps = num_epochs * steps_per_epoch
+        if training.max_train_steps is not None:
+            warnings.append(f"both max_train_epochs ({num_epochs}) and max_train_steps "
+                            f"({training.max_train_steps}) are set: max_train_epochs wins, "
+                            f"so {max_train_steps} steps")
+    elif training.max_train_steps is not None:
+        max_train_steps = training.max_train_steps
+        num_epochs = _ceil_div(max_train_steps, steps_per_epoch)
+    else:
+        num_epochs = 1
+        max_train_steps = steps_per_epoch
+
+    warmup = profile.optimizer.lr_warmup_steps
+    # Below 1 it is a ratio of all steps (sd-scripts §8.2), else a number of steps.
+    warmup_steps = int(warmup * max_train_steps) if 0 < warmup < 1 else int(warmup)
+    if warmup_steps >= max_train_steps > 0:
+        warnings.append(f"the warm-up ({warmup_steps} steps) lasts the whole run "
+                        f"({max_train_steps} steps): the learning rate never reaches its value")
+
+    saving = profile.saving
+    every_epochs, every_steps = saving.save_every_n_epochs, saving.save_every_n_steps
+    # The last epoch / last step writes the final file instead of a numbered one.
+    epoch_points = list(range(every_epochs, num_epochs, every_epochs)) if every_epochs else []
+    step_points = list(range(every_steps, max_train_steps, every_steps)) if every_steps else []
+
+    return TrainingPlan(
+        subsets=subsets, items=items, num_train_images=num_train_images,
+        num_reg_images=num_reg_images,
+        num_reg_samples=sum(it.repeats for it in items if it.is_reg), bucket=config,
+        bucket_counts=bucket_counts, bucket_items=bucket_items, mean_ar_error=mean_ar_error,
+        batch_size=batch_size, gradient_accumulation_steps=grad_accum,
+        num_processes=num_processes, batches_per_epoch=batches_per_epoch,
+        steps_per_epoch=steps_per_epoch, num_epochs=num_epochs,
+        max_train_steps=max_train_steps, warmup_steps=warmup_steps,
+        save_every_n_epochs=every_epochs, save_every_n_steps=every_steps,
+        epoch_save_points=epoch_points, step_save_points=step_points,
+        output_name=saving.output_name, model_extension=saving.save_model_as,
+        warnings=warnings)
+
+
+def epoch_batches(plan: TrainingPlan, seed: int, epoch: int) -> list[list[int]]:
+    """The batches (lists of item indices) of one epoch, in training order.
+
+    Each bucket's samples (repeats expanded) are shuffled, cut into batches within that
+    bucket, then the batch order is shuffled, all with ``random.Random(seed + epoch)``: the
+    same (seed, epoch) always gives the same batches, so a resumed run can skip exactly the
+    batches it has already trained on.
+    """
+    rng = random.Random(seed + epoch)
+    batches: list[list[int]] = []
+    for members in plan.bucket_items.values():
+        samples = [index for index in members for _ in range(plan.items[index].repeats)]
+        rng.shuffle(samples)
+        for start in range(0, len(samples), plan.batch_size):
+            batches.append(samples[start:start + plan.batch_size])
+    rng.shuffle(batches)
+    return batches
+
+
+def _capped(values: list[Any]) -> list[Any]:
+    return values[:_SUMMARY_LIST_LIMIT]
+
+
+def plan_summary(plan: TrainingPlan) -> dict[str, Any]:
+    """A JSON-ready description of the plan (for the run_started event and run records)."""
+    folders = []
+    for subset in plan.subsets:
+        scan = subset.scan
+        used = [r for r in subset.effective_repeats if r > 0]
+        folders.append({
+            "name": scan.name, "path": str(scan.folder), "is_reg": scan.is_reg,
+            "images": len(scan.images), "repeats": scan.repeats,
+            "effective_repeats": [min(used), max(used)] if used else [0, 0],
+            "images_used": subset.images_used, "samples_per_epoch": subset.samples_per_epoch,
+            "captions_found": scan.captions_found,
+            "captions_missing": len(scan.missing_captions),
+            "captions_other_extension": len(scan.other_extension_captions),
+            "undecodable": len(scan.undecodable), "too_small": len(scan.too_small),
+        })
+    schedule = plan.checkpoint_schedule()
+    return {
+        "folders": folders,
+        "bucket_mode": plan.bucket.mode,
+        "resolution": list(plan.bucket.resolution),
+        "buckets": [{"resolution": list(reso), "count": count}
+                    for reso, count in plan.bucket_counts.items()],
+        "mean_ar_error": plan.mean_ar_error,
+        "num_train_images": plan.num_train_images,
+        "num_reg_images": plan.num_reg_images,
+        "num_reg_samples": plan.num_reg_samples,
+        "unused_reg_images": plan.unused_reg_images,
+        "batch_size": plan.batch_size,
+        "gradient_accumulation_steps": plan.gradient_accumulation_steps,
+        "num_processes": plan.num_processes,
+        "batches_per_epoch": plan.batches_per_epoch,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "num_epochs": plan.num_epochs,
+        "max_train_steps": plan.max_train_steps,
+        "warmup_steps": plan.warmup_steps,
+        "checkpoints": {
+            "save_every_n_epochs": plan.save_every_n_epochs,
+            "save_every_n_steps": plan.save_every_n_steps,
+            "epochs": _capped(plan.epoch_save_points),
+            "steps": _capped(plan.step_save_points),
+            "files": _capped([name for _, name in schedule]),
+            "num_files": len(schedule),
+            "final": plan.final_file_name,
+        },
+        "warnings": list(plan.warnings),
+    }
+
+
+def metadata_fields(plan: TrainingPlan) -> dict[str, str]:
+    """The dataset ``ss_*`` metadata of sd-scripts' folder mode, as strings.
+
+    Shapes as sd-scripts writes them (json.dumps defaults): folders keyed by basename with
+    their folder repeats and image count (empty folders left out), tag counts of every
+    folder (same basename: counts merged), bucket indices in sorted bucket order, and
+    ``null`` bucket info when bucketing is off.
+    """
+    dirs: dict[str, dict[str, int]] = {}
+    reg_dirs: dict[str, dict[str, int]] = {}
+    tags: dict[str, dict[str, int]] = {}
+    for subset in plan.subsets:
+        scan = subset.scan
+        merged = tags.setdefault(scan.name, {})
+        for tag, count in scan.tag_frequency.items():
+            merged[tag] = merged.get(tag, 0) + count
+        if scan.images:
+            target = reg_dirs if scan.is_reg else dirs
+            target[scan.name] = {"n_repeats": scan.repeats, "img_count": len(scan.images)}
+    bucket_info: dict[str, Any] | None = None
+    if plan.bucket.mode != "single":
+        bucket_info = {
+            "buckets": {i: {"resolution": list(reso), "count": count}
+                        for i, (reso, count) in enumerate(plan.bucket_counts.items())},
+            "mean_img_ar_error": plan.mean_ar_error if plan.items else 0,
+        }
+    return {
+        "ss_dataset_dirs": json.dumps(dirs),
+        "ss_reg_dataset_dirs": json.dumps(reg_dirs),
+        "ss_tag_frequency": json.dumps(tags),
+        "ss_bucket_info": json.dumps(bucket_info),
+        "ss_num_train_images": str(plan.num_train_images),
+        "ss_num_reg_images": str(plan.num_reg_images),
+        # sd-scripts reads len(train_dataloader) after accelerate has split it per process.
+        "ss_num_batches_per_epoch": str(_ceil_div(plan.batches_per_epoch, plan.num_processes)),
+    }

@@ -1,0 +1,453 @@
+"""Read a kohya-style dataset folder tree and report what training would see.
+
+This module answers "what is in these folders?" the way sd-scripts' CLI folder mode
+(``--train_data_dir`` / ``--reg_data_dir``) would read them: one subset per immediate
+subfolder named ``<repeats>_<class tokens>``, images globbed non-recursively, captions from
+``<image stem><caption_extension>`` (first line only) with the folder's class tokens as the
+fallback. It also collects everything a user may have got wrong (captions under another
+extension, undecodable images, non-UTF-8 captions, ...) so that ``lora-train check`` can say
+so before any GPU time is spent.
+
+It reads only: image sizes come from file headers (no pixel decoding), and nothing is ever
+written inside the dataset folders. Pure Python + PIL; no torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from lora_core.errors import DatasetError
+
+# sd-scripts lists these in lower and upper case; we accept any letter case (".Jpg" too).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# Caption extensions people use; a caption found only under one of the *other* ones is the
+# classic "my captions are ignored" mistake (sd-scripts defaults to .caption, most taggers
+# write .txt) and is reported, never silently used.
+KNOWN_CAPTION_EXTENSIONS = (".txt", ".caption", ".tags", ".md")
+# How many file names one message lists before it says "and N more".
+_MAX_LISTED = 5
+_EXAMPLE_FOLDER = "10_mychar"
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One readable image and the caption sd-scripts would train it with."""
+
+    path: Path
+    width: int
+    height: int
+    caption: str
+    # The caption file found (None: none exists). The class tokens are the caption when
+    # there is none, or when it is empty or unreadable (see SubsetScan).
+    caption_file: Path | None
+
+
+@dataclass
+class SubsetScan:
+    """One ``<repeats>_<class tokens>`` folder: its images and everything odd about them."""
+
+    folder: Path
+    name: str  # the folder's basename, e.g. "10_sks dog" (the key sd-scripts' metadata uses)
+    repeats: int
+    class_tokens: str
+    is_reg: bool
+    images: list[ImageRecord] = field(default_factory=list)
+    # Readable images with no caption file under caption_extension (class tokens used).
+    missing_captions: list[Path] = field(default_factory=list)
+    # (image, caption file) for images of missing_captions that do have a caption file
+    # under another known extension, which sd-scripts does not read.
+    other_extension_captions: list[tuple[Path, Path]] = field(default_factory=list)
+    undecodable: list[tuple[Path, str]] = field(default_factory=list)  # (image, reason)
+    too_small: list[Path] = field(default_factory=list)
+    # Caption files whose first line is empty: class tokens are used instead.
+    empty_captions: list[Path] = field(default_factory=list)
+    bad_captions: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
+    # Caption files with text after the first line, which is ignored.
+    multiline_captions: list[Path] = field(default_factory=list)
+    # Caption files starting with a UTF-8 byte-order mark (removed before use).
+    bom_captions: list[Path] = field(default_factory=list)
+    tag_frequency: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def captions_found(self) -> int:
+        """Images whose caption came from a caption file."""
+        return sum(1 for record in self.images if record.caption_file is not None)
+
+
+@dataclass
+class DatasetScan:
+    """Everything found under train_data_dir (and reg_data_dir)."""
+
+    train: list[SubsetScan]
+    reg: list[SubsetScan]
+    skipped: list[tuple[Path, str]]  # folders not used as subsets, and why
+    warnings: list[str]
+    train_dir: Path | None = None
+    reg_dir: Path | None = None
+    caption_extension: str = ".txt"
+    min_side_px: int = 0
+
+    @property
+    def subsets(self) -> list[SubsetScan]:
+        """Train subsets then reg subsets: the order sd-scripts registers images in."""
+        return [*self.train, *self.reg]
+
+
+def parse_folder_name(name: str) -> tuple[int, str] | None:
+    """``"10_sks dog"`` → ``(10, "sks dog")``; ``"5_my_char"`` → ``(5, "my_char")``.
+
+    Same rule as sd-scripts: split on "_", the first piece must parse with ``int()``, the rest
+    is re-joined with "_". Returns None when there is no integer prefix. Repeats below 1 are
+    returned as parsed; the caller decides to skip them.
+    """
+    first, _, rest = name.partition("_")
+    try:
+        repeats = int(first)
+    except ValueError:
+        return None
+    return repeats, rest
+
+
+def is_image_name(name: str) -> bool:
+    # glob("*.png") in sd-scripts never matches names starting with a dot, which also keeps
+    # macOS "._photo.jpg" resource-fork files out.
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def scan_dataset(train_dir: Path, reg_dir: Path | None, caption_extension: str,
+                 min_side_px: int) -> DatasetScan:
+    """Scan the train (and optional reg) parent folders.
+
+    ``min_side_px``: images with a side below this are listed as too small (the caller passes
+    the smallest bucket side). Raises DatasetError for folder-layout mistakes that leave
+    nothing to train on; per-file problems are collected instead (see :func:`problems`).
+    """
+    if caption_extension and not caption_extension.startswith("."):
+        caption_extension = "." + caption_extension  # sd-scripts adds the missing dot too
+    train_dir = Path(train_dir)
+    _require_folder(train_dir, "train_data_dir",
+                    "set train_data_dir to the folder that holds your <repeats>_<name> folders")
+    scan = DatasetScan(train=[], reg=[], skipped=[], warnings=[], train_dir=train_dir,
+                       reg_dir=Path(reg_dir) if reg_dir else None,
+                       caption_extension=caption_extension, min_side_px=min_side_px)
+    scan.train = _scan_parent(train_dir, False, caption_extension, min_side_px, scan)
+    if scan.reg_dir is not None:
+        _require_folder(scan.reg_dir, "reg_data_dir",
+                        "fix the path, or leave reg_data_dir empty to train without "
+                        "regularization images")
+        if scan.reg_dir.resolve() == train_dir.resolve():
+            raise DatasetError(
+                f"reg_data_dir and train_data_dir are the same folder: {train_dir}",
+                "put regularization images in their own parent folder, or leave "
+                "reg_data_dir empty")
+        scan.reg = _scan_parent(scan.reg_dir, True, caption_extension, min_side_px, scan)
+    return scan
+
+
+def _require_folder(path: Path, key: str, hint: str) -> None:
+    if not path.exists():
+        raise DatasetError(f"{key} does not exist: {path}", hint)
+    if not path.is_dir():
+        raise DatasetError(f"{key} is a file, not a folder: {path}", hint)
+
+
+def _scan_parent(parent: Path, is_reg: bool, caption_extension: str, min_side_px: int,
+                 scan: DatasetScan) -> list[SubsetScan]:
+    """One subset per immediate ``<repeats>_<name>`` subfolder, sorted by name.
+
+    sd-scripts takes the subfolders in directory-listing order, which differs between file
+    systems; sorting makes reg balancing (which depends on the order) reproducible.
+    """
+    key = "reg_data_dir" if is_reg else "train_data_dir"
+    subdirs: list[Path] = []
+    loose_images = 0
+    with os.scandir(parent) as entries:
+        for entry in entries:
+            if entry.is_dir():
+                subdirs.append(Path(entry.path))
+            elif entry.is_file() and is_image_name(entry.name):
+                loose_images += 1
+    subsets: list[SubsetScan] = []
+    skipped: list[tuple[Path, str]] = []
+    for folder in sorted(subdirs, key=lambda p: p.name):
+        parsed = parse_folder_name(folder.name)
+        if parsed is None:
+            skipped.append((folder, "its name does not start with a number of repeats and "
+                                    f"\"_\" (like {_EXAMPLE_FOLDER})"))
+            continue
+        repeats, class_tokens = parsed
+        if repeats < 1:
+            skipped.append((folder, f"its repeats ({repeats}) are less than 1"))
+            continue
+        subsets.append(_scan_subset(folder, repeats, class_tokens, is_reg, caption_extension,
+                                    min_side_px, scan))
+    scan.skipped.extend(skipped)
+    for folder, reason in skipped:
+        scan.warnings.append(f"skipped folder {folder}: {reason}")
+    if not subsets:
+        raise _no_subsets_error(parent, key, loose_images, skipped)
+    if loose_images:
+        scan.warnings.append(
+            f"{loose_images} image(s) directly inside {key} {parent} are ignored: only images "
+            "inside its <repeats>_<name> subfolders are used")
+    return subsets
+
+
+def _no_subsets_error(parent: Path, key: str, loose_images: int,
+                      skipped: list[tuple[Path, str]]) -> DatasetError:
+    """The message for 'nothing usable here', tailored to the likely mistake."""
+    convention = (f"{key} must be the parent of folders named <repeats>_<name>, e.g. "
+                  f"{parent / _EXAMPLE_FOLDER} (10 repeats per epoch; \"mychar\" is the caption "
+                  "of images that have no caption file)")
+    parsed = parse_folder_name(parent.name)
+    if parsed is not None:
+        # The famous one: train_data_dir points at the image folder itself.
+        what = f"contains {loose_images} image(s) directly and " if loose_images else ""
+        return DatasetError(
+            f"{key} {parent} looks like a concept folder itself (its name \"{parent.name}\" "
+            f"means {parsed[0]} repeats of \"{parsed[1]}\"): it {what}has no "
+            "<repeats>_<name> subfolders",
+            f"set {key} to {parent.parent} (the folder that contains \"{parent.name}\")")
+    if loose_images:
+        return DatasetError(
+            f"{key} {parent} contains {loose_images} image(s) directly but no <repeats>_<name> "
+            "subfolders; sd-scripts only reads images inside such subfolders",
+            f"move the images into a subfolder such as {parent / _EXAMPLE_FOLDER} and keep "
+            f"{key} = {parent}. {convention}")
+    if skipped:
+        names = ", ".join(f"\"{folder.name}\"" for folder, _ in skipped[:_MAX_LISTED])
+        more = f" and {len(skipped) - _MAX_LISTED} more" if len(skipped) > _MAX_LISTED else ""
+        return DatasetError(
+            f"{key} {parent} has no usable <repeats>_<name> subfolder: skipped {names}{more} "
+            f"({skipped[0][1]})",
+            f"rename the folders with a repeat count in front, e.g. \"{skipped[0][0].name}\" → "
+            f"\"10_{skipped[0][0].name}\". {convention}")
+    return DatasetError(f"{key} {parent} contains no image folders", convention)
+
+
+def _scan_subset(folder: Path, repeats: int, class_tokens: str, is_reg: bool,
+                 caption_extension: str, min_side_px: int, scan: DatasetScan) -> SubsetScan:
+    subset = SubsetScan(folder=folder, name=folder.name, repeats=repeats,
+                        class_tokens=class_tokens, is_reg=is_reg)
+    # One directory listing answers every "does this caption file exist?" question, which
+    # keeps a 1000-image folder at 1000 header reads instead of thousands of stat calls.
+    files: set[str] = set()
+    child_dirs: list[Path] = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_file():
+                files.add(entry.name)
+            elif entry.is_dir():
+                child_dirs.append(Path(entry.path))
+    files_lower: dict[str, str] = {name.lower(): name for name in files}
+    image_paths = sorted((folder / name for name in files if is_image_name(name)), key=str)
+    other_extensions = [ext for ext in KNOWN_CAPTION_EXTENSIONS
+                        if ext.lower() != caption_extension.lower()]
+    captions: list[str] = []
+    for image_path in image_paths:
+        size, reason = _read_size(image_path)
+        if size is None:
+            # Reported as a problem on its own; its caption does not matter until it opens.
+            subset.undecodable.append((image_path, reason))
+            continue
+        caption_file = _find_caption(folder, image_path.name, caption_extension, files,
+                                     files_lower)
+        caption = _read_caption(caption_file, subset) if caption_file else None
+        if caption_file is None:
+            subset.missing_captions.append(image_path)
+            alternative = next((found for ext in other_extensions
+                                if (found := _find_caption(folder, image_path.name, ext, files,
+                                                           files_lower))), None)
+            if alternative is not None:
+                subset.other_extension_captions.append((image_path, alternative))
+        if caption is None:
+            caption = class_tokens
+        width, height = size
+        if width < min_side_px or height < min_side_px:
+            subset.too_small.append(image_path)
+        subset.images.append(ImageRecord(image_path, width, height, caption, caption_file))
+        captions.append(caption)
+    subset.tag_frequency = count_tags(captions)
+    if not image_paths:
+        nested = [d for d in child_dirs if _has_images(d)]
+        where = (f"; images in deeper folders are not read (found some in "
+                 f"{nested[0].name}/)" if nested else "")
+        scan.warnings.append(f"folder {folder} contains no images "
+                             f"({' '.join(IMAGE_EXTENSIONS)}), so it is not used{where}")
+    return subset
+
+
+def _read_size(path: Path) -> tuple[tuple[int, int] | None, str]:
+    """(width, height) from the file header only; (None, reason) if PIL cannot open it."""
+    try:
+        # Image.open reads the header lazily; no .load(), so no pixels are decoded.
+        with Image.open(path) as image:
+            return image.size, ""
+    except Exception as exc:  # any decoder failure is a per-file finding
+        # PIL's messages repeat the full path; the finding already names the file.
+        return None, f"{type(exc).__name__}: {str(exc).replace(str(path), path.name)}"
+
+
+def _find_caption(folder: Path, image_name: str, extension: str, files: set[str],
+                  files_lower: dict[str, str]) -> Path | None:
+    """The caption file sd-scripts would read for this image, or None.
+
+    Candidates in order: ``<stem><ext>``, then, when the stem has at least 5 "_"-separated
+    pieces (face-crop naming ``name_cx_cy_w_h``), the stem without its last 4 pieces.
+    sd-scripts splits the full path rather than the stem, so for it a folder name containing
+    "_" can add pieces; we follow the compatibility reference and count the stem only.
+    """
+    stem = os.path.splitext(image_name)[0]
+    pieces = stem.split("_")
+    candidates = [stem + extension]
+    if len(pieces) >= 5:
+        candidates.append("_".join(pieces[:-4]) + extension)
+    for name in candidates:
+        if name in files:
+            return folder / name
+        # On case-insensitive file systems (Windows, macOS) sd-scripts' isfile() also finds
+        # "photo.TXT" for "photo.txt"; ask the file system only in that rare case.
+        if name.lower() in files_lower and (folder / name).is_file():
+            return folder / files_lower[name.lower()]
+    return None
+
+
+def _read_caption(path: Path, subset: SubsetScan) -> str | None:
+    """The first line of a caption file, stripped; None (and a finding) if unusable."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        subset.bad_captions.append(
+            (path, f"not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"))
+        return None
+    except OSError as exc:
+        subset.bad_captions.append((path, f"cannot be read: {exc}"))
+        return None
+    if text.startswith("\ufeff"):
+        # Notepad-style byte-order mark. sd-scripts would keep it glued to the first tag;
+        # we drop it and say so (see advisories).
+        subset.bom_captions.append(path)
+        text = text[1:]
+    # Python's text mode (which sd-scripts reads with) treats \r\n and \r as line ends.
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    first = lines[0].strip()
+    if any(line.strip() for line in lines[1:]):
+        subset.multiline_captions.append(path)
+    if not first:
+        subset.empty_captions.append(path)
+        return None
+    return first
+
+
+def _has_images(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return any(entry.is_file() and is_image_name(entry.name) for entry in entries)
+    except OSError:
+        return False
+
+
+def count_tags(captions: Iterable[str]) -> dict[str, int]:
+    """Tag counts as sd-scripts' metadata records them: split on ",", strip, lower-case.
+
+    Always a comma (whatever caption_separator is), empty pieces are not counted, and the
+    captions are the raw ones (class tokens where there is no caption file).
+    """
+    counts: dict[str, int] = {}
+    for caption in captions:
+        for tag in caption.split(","):
+            tag = tag.strip()
+            if tag:
+                tag = tag.lower()
+                counts[tag] = counts.get(tag, 0) + 1
+    return counts
+
+
+# ----------------------------------------------------------------------------------------
+# Findings
+
+
+def _names(paths: Iterable[Path]) -> str:
+    paths = list(paths)
+    shown = ", ".join(p.name for p in paths[:_MAX_LISTED])
+    return shown + (f" and {len(paths) - _MAX_LISTED} more" if len(paths) > _MAX_LISTED else "")
+
+
+def problems(scan: DatasetScan) -> list[str]:
+    """Findings that must stop a run: sd-scripts would crash on them or train on nothing."""
+    found: list[str] = []
+    if not any(subset.images for subset in scan.train):
+        found.append(f"no usable training images in any folder under {scan.train_dir}")
+    for subset in scan.subsets:
+        for what, entries, fix in (
+                ("cannot open image {} ({})", subset.undecodable,
+                 "delete it or re-save it as PNG/JPEG"),
+                ("caption file {} is {}", subset.bad_captions, "re-save it as UTF-8")):
+            found += [f"{subset.name}: {what.format(path.name, reason)}; {fix}"
+                      for path, reason in entries[:_MAX_LISTED]]
+            if len(entries) > _MAX_LISTED:
+                found.append(f"{subset.name}: {len(entries) - _MAX_LISTED} more like this")
+    return found
+
+
+def advisories(scan: DatasetScan) -> list[str]:
+    """Findings worth reading that do not stop a run."""
+    notes = list(scan.warnings)
+    ext = scan.caption_extension
+    for subset in scan.subsets:
+        label = f"{'reg ' if subset.is_reg else ''}{subset.name}"
+        missing = subset.missing_captions
+        if missing:
+            used = (f"the caption \"{subset.class_tokens}\" (class tokens from the folder name)"
+                    if subset.class_tokens else "an EMPTY caption (the folder name has no "
+                    "class tokens after the repeats)")
+            notes.append(f"{label}: {len(missing)} of {len(subset.images)} "
+                         f"images have no {ext} caption file and train with {used}: "
+                         f"{_names(missing)}")
+        if subset.other_extension_captions:
+            other = subset.other_extension_captions[0][1].suffix
+            notes.append(
+                f"{label}: {len(subset.other_extension_captions)} image(s) have a caption "
+                f"file only under another extension, which is not read (e.g. "
+                f"{subset.other_extension_captions[0][1].name}); set caption_extension = "
+                f"\"{other}\" if those are your captions")
+        if subset.empty_captions:
+            notes.append(f"{label}: {len(subset.empty_captions)} caption file(s) have an "
+                         f"empty first line; the class tokens are used instead: "
+                         f"{_names(subset.empty_captions)}")
+        if subset.multiline_captions:
+            notes.append(f"{label}: {len(subset.multiline_captions)} caption file(s) have "
+                         "more than one line; only the first line is used: "
+                         f"{_names(subset.multiline_captions)}")
+        if subset.bom_captions:
+            notes.append(f"{label}: {len(subset.bom_captions)} caption file(s) start with a "
+                         "UTF-8 byte-order mark, which was removed (sd-scripts would keep it "
+                         f"in the first tag): {_names(subset.bom_captions)}")
+        if subset.too_small:
+            notes.append(f"{label}: {len(subset.too_small)} image(s) are smaller than "
+                         f"{scan.min_side_px} px on a side and will be enlarged (blurry "
+                         f"training data): {_names(subset.too_small)}")
+    notes.extend(_reg_surplus_notes(scan))
+    return notes
+
+
+def _reg_surplus_notes(scan: DatasetScan) -> list[str]:
+    if not scan.reg:
+        return []
+    # The balancing rule lives with the rest of the plan maths; imported here, not at the
+    # top, because plan.py imports this module.
+    from lora_core.dataset.plan import balance_reg_repeats
+
+    num_train = sum(s.repeats * len(s.images) for s in scan.train)
+    reg_repeats = [s.repeats for s in scan.reg for _ in s.images]
+    unused = sum(1 for r in balance_reg_repeats(num_train, reg_repeats) if r == 0)
+    if not unused:
+        return []
+    return [f"{unused} of {len(reg_repeats)} regularization images are never used: sd-scripts "
+            f"takes reg images in order only until they match the {num_train} train samples "
+            "per epoch (images x repeats); remove the surplus or add train images/repeats"]

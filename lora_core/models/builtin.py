@@ -1,0 +1,204 @@
+"""Built-in models: tiny, randomly initialised pipelines built from config in code.
+
+``builtin:tiny-sd1`` is an SD1-shaped Stable Diffusion pipeline (about 1.5 M parameters) that
+lets the trainer, the end-to-end tests and a first-time user run the whole LoRA workflow in
+seconds on a CPU with no download. Its weights are random, so its images are noise; its module
+names, layer kinds and file layout are those of a real SD1 model, so a LoRA trained on it is a
+valid SD1 LoRA file that diffusers and sd-scripts load.
+
+The model is built once into ``cache_dir()/builtin/<name>-v<N>/`` as a complete diffusers
+folder and reused. The build is deterministic (fixed seed, fixed configs, generated
+tokenizer), so every machine builds the same bits. A build happens in a temporary folder that
+is renamed into place, so two processes racing cannot leave a half-written model.
+
+This module must not download anything and must not print.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from lora_core.errors import ModelError
+from lora_core.models.tokenizer_gen import BOS_TOKEN, EOS_TOKEN, MODEL_MAX_LENGTH, write_tokenizer
+from lora_core.paths import cache_dir
+
+# Bump when anything that changes the built files changes (configs, seed, tokenizer words).
+BUILD_VERSION = 1
+SEED = 20240601
+
+TEXT_ENCODER_HIDDEN = 32
+# Two layers, as in the tiny model that sd-scripts was checked against (84 LoRA modules);
+# clip_skip 2 still differs from clip_skip 1: it uses the first layer's output.
+TEXT_ENCODER_LAYERS = 2
+
+BUILTINS: dict[str, str] = {
+    "tiny-sd1": "tiny SD1-shaped model with random weights (about 6 MB), for tests and demos",
+}
+
+
+def builtin_folder(name: str, cache_root: Path | None = None) -> Path:
+    """Where ``name`` is (or will be) cached; raises ModelError for an unknown name."""
+    if name not in BUILTINS:
+        known = ", ".join(f"builtin:{n}" for n in BUILTINS)
+        raise ModelError(f"unknown built-in model 'builtin:{name}'",
+                         f"the built-in models are: {known}")
+    root = Path(cache_root) if cache_root is not None else cache_dir()
+    return root / "builtin" / f"{name}-v{BUILD_VERSION}"
+
+
+def ensure_builtin(name: str, cache_root: Path | None = None) -> Path:
+    """Return the diffusers folder of built-in model ``name``, building it on first use."""
+    final = builtin_folder(name, cache_root)
+    if final.is_dir():
+        if not (final / "model_index.json").is_file():
+            raise ModelError(f"the cached built-in model {final} is incomplete",
+                             "delete that folder; it is rebuilt on the next run")
+        return final
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    except OSError as exc:
+        raise ModelError(f"cannot write the model cache {final.parent}: {exc.strerror}",
+                         "set LORA_TUI_CACHE_DIR to a folder you can write to") from None
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+    try:
+        _build_tiny_sd1(tmp)  # the only built-in so far
+        try:
+            os.rename(tmp, final)
+        except OSError as exc:
+            # Another process finished first: its folder is complete, use it.
+            if not (final / "model_index.json").is_file():
+                raise ModelError(f"could not move the built model into {final}: "
+                                 f"{exc.strerror}",
+                                 "check free disk space and permissions of the cache "
+                                 "(LORA_TUI_CACHE_DIR)") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _tiny_sd1_text_config(vocab_size: int):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=TEXT_ENCODER_HIDDEN,
+        intermediate_size=4 * TEXT_ENCODER_HIDDEN,
+        num_hidden_layers=TEXT_ENCODER_LAYERS,
+        num_attention_heads=4,
+        max_position_embeddings=MODEL_MAX_LENGTH,
+        hidden_act="quick_gelu",
+        projection_dim=TEXT_ENCODER_HIDDEN,
+        # The generated tokenizer puts the two specials last; pooling looks for the EOS id.
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+
+
+def training_noise_scheduler():
+    """The DDPM schedule SD1/SD2 were trained with; sd-scripts always trains with it."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        prediction_type="epsilon",
+        steps_offset=1,
+    )
+
+
+def _build_tiny_sd1(folder: Path) -> None:
+    """Build the tiny SD1 pipeline into the empty ``folder``."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    vocab_size = write_tokenizer(folder / "tokenizer")
+    tokenizer_vocab = json.loads((folder / "tokenizer" / "vocab.json").read_text("utf-8"))
+    assert tokenizer_vocab[BOS_TOKEN] == vocab_size - 2
+    assert tokenizer_vocab[EOS_TOKEN] == vocab_size - 1
+
+    # fork_rng keeps the caller's global RNG state untouched by our fixed seed.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        unet = UNet2DConditionModel(
+            sample_size=8,  # latents of 8x8 -> 64 px images by default
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=TEXT_ENCODER_HIDDEN,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(32, 32, 32, 32),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=32,
+            sample_size=64,
+            scaling_factor=0.18215,
+        )
+        text_encoder = CLIPTextModel(_tiny_sd1_text_config(vocab_size))
+
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    vae.save_pretrained(folder / "vae", safe_serialization=True)
+    _save_text_encoder(text_encoder, folder / "text_encoder")
+    training_noise_scheduler().save_pretrained(folder / "scheduler")
+    _write_model_index(folder)
+
+
+def _save_text_encoder(text_encoder, folder: Path) -> None:
+    """Save a CLIPTextModel with ``text_model.``-prefixed keys.
+
+    transformers >= 5.6 names the weights ``encoder.layers.N...`` (no ``text_model`` wrapper)
+    and strips the prefix when loading; transformers 4.x needs the prefix and would load
+    unprefixed weights as random ones with only a warning. Prefixed keys load in both.
+    """
+    from safetensors.torch import save_file
+
+    # Only the config goes through save_pretrained; the weights are written here, prefixed.
+    folder.mkdir(parents=True, exist_ok=True)
+    text_encoder.config.save_pretrained(folder)
+    state = {}
+    for key, tensor in text_encoder.state_dict().items():
+        if key.startswith("text_model."):
+            state[key] = tensor.contiguous()
+        else:
+            state[f"text_model.{key}"] = tensor.contiguous()
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _write_model_index(folder: Path) -> None:
+    """model_index.json as StableDiffusionPipeline.save_pretrained writes it for SD1."""
+    import diffusers
+
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", "utf-8")

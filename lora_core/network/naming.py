@@ -1,0 +1,89 @@
+"""Which modules get a LoRA, and the kohya key name each one is saved under.
+
+The rules are sd-scripts' (kohya-compat.md §6.1–6.2), because A1111, ComfyUI and diffusers
+parse these names:
+
+* U-Net: every ``Linear`` and 1x1 ``Conv2d`` inside a ``Transformer2DModel``; with LoCon
+  (``conv_dim`` set) also the children of ``ResnetBlock2D`` / ``Downsample2D`` /
+  ``Upsample2D`` (3x3 convs get the conv rank, Linear / 1x1 children the network rank).
+* Text encoder: the ``Linear`` children of ``CLIPAttention`` / ``CLIPSdpaAttention`` /
+  ``CLIPMLP``.
+* Name = ``<prefix>.<module path of the parent>.<child path>`` with every ``.`` turned into
+  ``_``. Text-encoder paths are those of transformers 4.x (``text_model.encoder.layers...``)
+  whatever version is installed: transformers >= 5.6 dropped the ``text_model`` wrapper, and
+  files without the ``text_model_`` segment do not load in A1111 or ComfyUI.
+
+Nothing here changes a model; it only finds modules and names them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+UNET_TARGETS = ("Transformer2DModel",)
+UNET_CONV_TARGETS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+TEXT_ENCODER_TARGETS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
+
+PREFIX_UNET = "lora_unet"
+PREFIX_TEXT_ENCODER = "lora_te"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One module to wrap: its kohya name, the module, and which rank applies to it."""
+
+    lora_name: str
+    module: nn.Module
+    is_conv3x3: bool
+
+
+def kohya_name(prefix: str, module_path: str) -> str:
+    return f"{prefix}.{module_path}".replace(".", "_")
+
+
+def text_encoder_path(path: str) -> str:
+    """Module path as transformers 4.x names it (with the ``text_model.`` wrapper)."""
+    return path if path.startswith("text_model.") else f"text_model.{path}"
+
+
+def _kind(module: nn.Module) -> str | None:
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.Conv2d):
+        return "conv1x1" if module.kernel_size == (1, 1) else "conv3x3"
+    return None
+
+
+def find_targets(root: nn.Module, prefix: str, target_classes: tuple[str, ...],
+                 include_conv3x3: bool, text_encoder: bool = False) -> list[Target]:
+    """Every module under ``root`` that sd-scripts' networks.lora would wrap, in model order."""
+    targets: list[Target] = []
+    seen: set[str] = set()
+    for parent_path, parent in root.named_modules():
+        if type(parent).__name__ not in target_classes:
+            continue
+        for child_path, child in parent.named_modules():
+            kind = _kind(child)
+            if kind is None or (kind == "conv3x3" and not include_conv3x3):
+                continue
+            path = f"{parent_path}.{child_path}" if child_path else parent_path
+            if text_encoder:
+                path = text_encoder_path(path)
+            name = kohya_name(prefix, path)
+            if name in seen:  # a target nested inside another target
+                continue
+            seen.add(name)
+            targets.append(Target(name, child, kind == "conv3x3"))
+    return targets
+
+
+def unet_targets(unet: nn.Module, with_conv: bool) -> list[Target]:
+    classes = UNET_TARGETS + (UNET_CONV_TARGETS if with_conv else ())
+    return find_targets(unet, PREFIX_UNET, classes, include_conv3x3=with_conv)
+
+
+def text_encoder_targets(text_encoder: nn.Module, prefix: str = PREFIX_TEXT_ENCODER) -> list[Target]:
+    return find_targets(text_encoder, prefix, TEXT_ENCODER_TARGETS, include_conv3x3=False,
+                        text_encoder=True)

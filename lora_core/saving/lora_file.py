@@ -1,0 +1,121 @@
+"""The LoRA ``.safetensors`` file: names, dtype, hashes, writing and reading back.
+
+This module owns the on-disk format (house-style rule 9). Files are what sd-scripts writes
+(kohya-compat.md §7): kohya key names, every tensor (``alpha`` too) cast to the save
+precision, string-valued ``ss_*`` metadata, ``sshs_model_hash`` / ``sshs_legacy_hash`` and
+``modelspec.*``. Every write goes to a temporary file that is linked into place, so a crash
+never leaves a torn file and an existing file is never replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as save_to_bytes
+from safetensors.torch import save_file
+
+from lora_core.errors import ModelError
+from lora_core.saving.atomic import atomic_write
+
+SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def final_file_name(output_name: str) -> str:
+    return f"{output_name}.safetensors"
+
+
+def epoch_file_name(output_name: str, epoch: int) -> str:
+    return f"{output_name}-{epoch:06d}.safetensors"
+
+
+def step_file_name(output_name: str, step: int) -> str:
+    return f"{output_name}-step{step:08d}.safetensors"
+
+
+def interrupted_file_name(output_name: str) -> str:
+    return f"{output_name}-interrupted.safetensors"
+
+
+def names_in_use(output_dir: Path, output_name: str) -> bool:
+    """Whether any file this output_name would produce already exists."""
+    if not output_dir.is_dir():
+        return False
+    if (output_dir / final_file_name(output_name)).exists():
+        return True
+    return any(output_dir.glob(f"{glob_escape(output_name)}-*.safetensors"))
+
+
+def glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def free_output_name(output_dir: Path, output_name: str) -> str:
+    """``output_name``, or ``output_name_2``, ``_3``... when files of that name exist."""
+    if not names_in_use(output_dir, output_name):
+        return output_name
+    n = 2
+    while names_in_use(output_dir, f"{output_name}_{n}"):
+        n += 1
+    return f"{output_name}_{n}"
+
+
+def cast_state_dict(state_dict: dict[str, torch.Tensor], save_precision: str
+                    ) -> dict[str, torch.Tensor]:
+    dtype = SAVE_DTYPES[save_precision]
+    return {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
+
+
+def model_hashes(state_dict: dict[str, torch.Tensor], metadata: dict[str, str]
+                 ) -> tuple[str, str]:
+    """(sshs_model_hash, sshs_legacy_hash) as sd-scripts computes them (§7.3).
+
+    Both hash an in-memory safetensors serialisation of the tensors plus the ``ss_*``
+    metadata only: the model hash covers the tensor data after the header, the legacy hash
+    the 64 KiB at offset 1 MiB (empty for small files, as in sd-scripts).
+    """
+    ss_only = {k: v for k, v in metadata.items() if k.startswith("ss_")}
+    data = save_to_bytes(state_dict, ss_only)
+    header_len = int.from_bytes(data[:8], "little")
+    model_hash = hashlib.sha256(data[8 + header_len:]).hexdigest()
+    legacy_hash = hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
+    return model_hash, legacy_hash
+
+
+def save_lora(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str],
+              save_precision: str) -> Path:
+    """Write a LoRA file atomically; never replaces an existing file."""
+    tensors = cast_state_dict(state_dict, save_precision)
+    metadata = {k: str(v) for k, v in metadata.items()}
+    model_hash, legacy_hash = model_hashes(tensors, metadata)
+    metadata["sshs_model_hash"] = model_hash
+    metadata["sshs_legacy_hash"] = legacy_hash
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata), exclusive=True)
+    return Path(path)
+
+
+def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a LoRA file, with an error naming the file when it is broken."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"LoRA file not found: {path}", "check `[network] network_weights`")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{path} is not a readable .safetensors file: {exc}",
+                         "the file may be truncated or not a LoRA; download or copy it again"
+                         ) from None
+    return tensors, metadata
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    return read_lora(path)[1]
+
+
+def json_value(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)

@@ -1,0 +1,165 @@
+"""The ``ss_*`` and ``modelspec.*`` metadata written into every LoRA file.
+
+Keys and value formats follow sd-scripts (kohya-compat.md §7.2, §7.4): every value is a
+string (``str()`` of the Python value, so booleans are "True"/"False" and unset values
+"None"), and JSON-shaped keys hold JSON text. A1111's and ComfyUI's metadata viewers and
+LoRA managers (e.g. Civitai's uploader) read these keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from lora_core import __version__
+from lora_core.profile import Profile, parse_resolution
+
+
+@dataclass
+class RunInfo:
+    """Facts about this run that are not in the profile."""
+
+    session_id: int
+    started_at: float
+    seed: int
+    output_name: str
+    model_name: str
+    model_file: Path | None
+    optimizer_repr: str
+    warmup_steps: int
+    max_train_steps: int
+    num_epochs: int
+    num_processes: int = 1
+
+
+def legacy_file_hash(path: Path) -> str:
+    """A1111's old model hash: sha256 of the 64 KiB at offset 1 MiB, first 8 hex digits."""
+    with open(path, "rb") as fh:
+        fh.seek(0x100000)
+        return hashlib.sha256(fh.read(0x10000)).hexdigest()[:8]
+
+
+def full_file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def training_metadata(profile: Profile, dataset_fields: dict[str, str], run: RunInfo
+                      ) -> dict[str, str]:
+    """The full metadata dict (all values str) for this run; ``ss_steps`` etc. set at save."""
+    net, opt, tr, ds = profile.network, profile.optimizer, profile.training, profile.dataset
+    width, height = parse_resolution(ds.resolution)
+    conv_args = {}
+    if net.conv_dim is not None:
+        conv_args = {"conv_dim": str(net.conv_dim),
+                     "conv_alpha": str(net.conv_alpha if net.conv_alpha is not None else 1.0)}
+    values: dict[str, object] = {
+        "ss_session_id": run.session_id,
+        "ss_training_started_at": run.started_at,
+        "ss_output_name": run.output_name,
+        "ss_learning_rate": opt.learning_rate,
+        "ss_text_encoder_lr": opt.text_encoder_lr,
+        "ss_unet_lr": opt.unet_lr,
+        "ss_num_validation_images": 0,
+        "ss_num_epochs": run.num_epochs,
+        "ss_max_train_steps": run.max_train_steps,
+        "ss_gradient_checkpointing": tr.gradient_checkpointing,
+        "ss_gradient_accumulation_steps": tr.gradient_accumulation_steps,
+        "ss_lr_warmup_steps": run.warmup_steps,
+        "ss_lr_scheduler": opt.lr_scheduler,
+        "ss_network_module": net.network_module,
+        "ss_network_dim": net.network_dim,
+        "ss_network_alpha": net.network_alpha,
+        "ss_network_dropout": net.network_dropout,
+        "ss_mixed_precision": tr.mixed_precision,
+        "ss_full_fp16": False,
+        "ss_v2": False,
+        "ss_base_model_version": "sd_v1",
+        "ss_clip_skip": profile.model.clip_skip,
+        "ss_max_token_length": None,
+        "ss_cache_latents": False,
+        "ss_seed": run.seed,
+        "ss_lowram": False,
+        "ss_noise_offset": None,
+        "ss_noise_offset_random_strength": False,
+        "ss_adaptive_noise_scale": None,
+        "ss_multires_noise_iterations": None,
+        "ss_multires_noise_discount": None,
+        "ss_ip_noise_gamma": None,
+        "ss_ip_noise_gamma_random_strength": False,
+        "ss_zero_terminal_snr": False,
+        "ss_training_comment": profile.saving.training_comment,
+        "ss_sd_scripts_commit_hash": "(unknown)",
+        "ss_optimizer": run.optimizer_repr,
+        "ss_max_grad_norm": opt.max_grad_norm,
+        "ss_caption_dropout_rate": 0.0,
+        "ss_caption_dropout_every_n_epochs": 0,
+        "ss_caption_tag_dropout_rate": 0.0,
+        "ss_face_crop_aug_range": None,
+        "ss_prior_loss_weight": ds.prior_loss_weight,
+        "ss_min_snr_gamma": None,
+        "ss_scale_weight_norms": None,
+        "ss_debiased_estimation": False,
+        "ss_loss_type": "l2",
+        "ss_huber_schedule": "snr",
+        "ss_huber_scale": 1.0,
+        "ss_huber_c": 0.1,
+        "ss_fp8_base": False,
+        "ss_fp8_base_unet": False,
+        "ss_sd_model_name": run.model_name,
+        # Folder-mode keys (no dataset_config):
+        "ss_batch_size_per_device": tr.train_batch_size,
+        "ss_total_batch_size": tr.train_batch_size * run.num_processes
+        * tr.gradient_accumulation_steps,
+        "ss_resolution": (width, height),
+        "ss_color_aug": False,
+        "ss_flip_aug": False,
+        "ss_random_crop": False,
+        "ss_shuffle_caption": ds.shuffle_caption,
+        "ss_enable_bucket": ds.enable_bucket,
+        "ss_bucket_no_upscale": ds.bucket_no_upscale,
+        "ss_min_bucket_reso": ds.min_bucket_reso,
+        "ss_max_bucket_reso": ds.max_bucket_reso,
+        "ss_keep_tokens": ds.keep_tokens,
+        "ss_lora_tui_version": __version__,
+    }
+    if conv_args:
+        import json
+
+        values["ss_network_args"] = json.dumps(conv_args)
+    if run.model_file is not None and run.model_file.is_file():
+        values["ss_sd_model_hash"] = legacy_file_hash(run.model_file)
+        values["ss_new_sd_model_hash"] = full_file_hash(run.model_file)
+    metadata = {k: str(v) for k, v in values.items()}
+    metadata.update(dataset_fields)
+    metadata.update(modelspec(profile, run.output_name, width, height))
+    return metadata
+
+
+def modelspec(profile: Profile, title: str, width: int, height: int) -> dict[str, str]:
+    spec = {
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": title,
+        "modelspec.resolution": f"{width}x{height}",
+        "modelspec.date": datetime.now().replace(microsecond=0).isoformat(),
+        "modelspec.prediction_type": "epsilon",
+        "modelspec.encoder_layer": str(profile.model.clip_skip),
+        "modelspec.implementation_version": f"lora-tui/{__version__}",
+    }
+    if profile.saving.training_comment:
+        spec["modelspec.description"] = profile.saving.training_comment
+    return spec
+
+
+def at_save(metadata: dict[str, str], step: int, epoch: int) -> dict[str, str]:
+    """The metadata with the progress keys of one particular save filled in."""
+    return {**metadata, "ss_steps": str(step), "ss_epoch": str(epoch),
+            "ss_training_finished_at": str(time.time())}

@@ -1,0 +1,17 @@
+@echo off
+rem Thin launcher: make the virtual environment, install the project, run.
+rem   run.bat         set up, then train the example (examples\quickstart.toml)
+rem   run.bat test    set up, then run the test suite
+setlocal
+cd /d "%~dp0"
+if not exist .venv\Scripts\python.exe (
+    py -3 -m venv .venv || python -m venv .venv || exit /b 1
+)
+.venv\Scripts\python.exe -m pip install --disable-pip-version-check -q -e ".[dev]" || exit /b 1
+if "%~1"=="test" (
+    shift
+    .venv\Scripts\python.exe -m pytest %2 %3 %4 %5 %6 %7 %8 %9
+    exit /b %ERRORLEVEL%
+)
+.venv\Scripts\lora-train.exe run examples\quickstart.toml %*
+exit /b %ERRORLEVEL%

@@ -1,0 +1,214 @@
+"""Profile: defaults, round trips, rejections with messages that name the field."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from lora_core.errors import ProfileError
+from lora_core.profile import SECTIONS, Profile, field_docs, profile_from_dict, profile_to_dict
+from lora_core.profile_io import apply_overrides, dumps_profile, load_profile, save_profile
+
+MINIMAL = {
+    "model": {"pretrained_model_name_or_path": "builtin:tiny-sd1"},
+    "dataset": {"train_data_dir": "data"},
+    "saving": {"output_dir": "out"},
+}
+
+
+def write(tmp_path: Path, data: dict, name: str = "p.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    return path
+
+
+def errors_of(data: dict) -> str:
+    with pytest.raises(ProfileError) as info:
+        profile_from_dict(data)
+    return info.value.message
+
+
+def test_defaults_match_what_lets_users_expect():
+    p = profile_from_dict(MINIMAL)
+    assert p.optimizer.optimizer_type == "AdamW8bit"
+    assert (p.network.network_dim, p.network.network_alpha) == (32, 16.0)
+    assert p.optimizer.learning_rate == 1e-4
+    assert p.optimizer.lr_scheduler == "cosine_with_restarts"
+    assert p.dataset.resolution == 512
+    assert p.training.train_batch_size == 1
+    assert p.dataset.caption_extension == ".txt"
+
+
+def every_field_changed() -> dict:
+    """A profile where every field differs from its default, to prove round trips."""
+    values = {
+        "model": {"pretrained_model_name_or_path": "/m/sd15", "clip_skip": 2},
+        "dataset": {"train_data_dir": "/d/img", "reg_data_dir": "/d/reg", "resolution": "768,512",
+                    "enable_bucket": False, "min_bucket_reso": 320, "max_bucket_reso": 960,
+                    "bucket_reso_steps": 128, "bucket_no_upscale": True,
+                    "caption_extension": ".caption", "shuffle_caption": True, "keep_tokens": 2,
+                    "prior_loss_weight": 0.5, "max_data_loader_n_workers": 3},
+        "network": {"network_module": "networks.lora", "network_dim": 8, "network_alpha": 1.5,
+                    "conv_dim": 4, "conv_alpha": 2.0, "network_dropout": 0.1,
+                    "network_train_unet_only": True, "network_train_text_encoder_only": False,
+                    "network_weights": "/x/start.safetensors"},
+        "optimizer": {"optimizer_type": "AdamW", "optimizer_args": ["weight_decay=0.01"],
+                      "learning_rate": 2e-4, "unet_lr": 3e-4, "text_encoder_lr": 5e-5,
+                      "lr_scheduler": "polynomial", "lr_warmup_steps": 0.1,
+                      "lr_scheduler_num_cycles": 3, "lr_scheduler_power": 2.0,
+                      "max_grad_norm": 0.0},
+        "training": {"max_train_epochs": 7, "max_train_steps": 900, "train_batch_size": 3,
+                     "gradient_accumulation_steps": 2, "gradient_checkpointing": True,
+                     "mixed_precision": "bf16", "seed": 123},
+        "saving": {"output_dir": "/o", "output_name": "mine", "save_model_as": "safetensors",
+                   "save_precision": "bf16", "save_every_n_epochs": 2, "save_every_n_steps": 50,
+                   "training_comment": "trigger: ohwx", "tag_summary": True,
+                   "tag_summary_order": "alphabetical"},
+    }
+    return {"profile_version": 1, **values}
+
+
+def test_round_trip_is_identity_for_every_field(tmp_path):
+    data = every_field_changed()
+    first = load_profile(write(tmp_path, data))
+    # every field really differs from its default (otherwise the test proves less)
+    for name, cls in SECTIONS.items():
+        default = cls()
+        for f in dataclasses.fields(cls):
+            if f.name == "network_module" or f.name == "save_model_as" \
+                    or f.name == "network_train_text_encoder_only":
+                continue  # single-choice / mutually exclusive fields
+            assert getattr(getattr(first, name), f.name) != getattr(default, f.name), f.name
+    save_profile(first, tmp_path / "again.toml")
+    second = load_profile(tmp_path / "again.toml")
+    assert second == first
+    assert profile_to_dict(second) == data
+
+
+def test_unset_optional_fields_are_left_out_and_stay_unset(tmp_path):
+    p = load_profile(write(tmp_path, MINIMAL))
+    text = dumps_profile(p)
+    assert "seed" not in text and "conv_dim" not in text
+    p2 = load_profile(write(tmp_path, __import__("tomllib").loads(text), "b.toml"))
+    assert p2 == p and p2.training.seed is None
+
+
+def test_empty_path_means_none(tmp_path):
+    data = {**MINIMAL, "dataset": {"train_data_dir": "data", "reg_data_dir": ""}}
+    p = load_profile(write(tmp_path, data))
+    assert p.path("dataset", "reg_data_dir") is None
+    assert p.path("dataset", "train_data_dir") == tmp_path / "data"
+
+
+def test_unknown_key_names_path_and_closest_key():
+    msg = errors_of({**MINIMAL, "network": {"network_dimm": 16}})
+    assert "`[network] network_dimm`: unknown key; did you mean `network_dim`?" in msg
+
+
+def test_key_in_wrong_section_says_where_it_belongs():
+    msg = errors_of({**MINIMAL, "training": {"output_name": "x"}})
+    assert "[training] output_name" in msg and "[saving]" in msg
+
+
+def test_wrong_type_names_field_value_and_type():
+    msg = errors_of({**MINIMAL, "network": {"network_dim": "big"}})
+    assert "`[network] network_dim` = 'big' has the wrong type: it must be an integer" in msg
+    msg = errors_of({**MINIMAL, "dataset": {**MINIMAL["dataset"], "shuffle_caption": 1}})
+    assert "shuffle_caption" in msg and "true or false" in msg
+
+
+def test_out_of_range_names_field_value_and_range():
+    msg = errors_of({**MINIMAL, "network": {"network_dim": 0}})
+    assert "`[network] network_dim` = 0 is out of range: it must be between 1 and 1024" in msg
+    msg = errors_of({**MINIMAL, "training": {"mixed_precision": "fp8"}})
+    assert "mixed_precision" in msg and "no, fp16, bf16" in msg
+
+
+def test_missing_required_paths_are_named():
+    msg = errors_of({})
+    for key in ("pretrained_model_name_or_path", "train_data_dir", "output_dir"):
+        assert key in msg
+
+
+def test_options_of_later_releases_are_rejected_not_ignored():
+    msg = errors_of({**MINIMAL, "training": {"min_snr_gamma": 5}})
+    assert "min_snr_gamma" in msg and "not supported yet" in msg
+    msg = errors_of({**MINIMAL, "optimizer": {"optimizer_type": "Prodigy"}})
+    assert "Prodigy" in msg
+    msg = errors_of({**MINIMAL, "sample": {"sample_prompts": "p.txt"}})
+    assert "[sample]" in msg and "not supported yet" in msg
+
+
+def test_cross_field_rules():
+    msg = errors_of({**MINIMAL, "network": {"network_train_unet_only": True,
+                                            "network_train_text_encoder_only": True}})
+    assert "cannot both be true" in msg
+    msg = errors_of({**MINIMAL, "optimizer": {"lr_scheduler": "constant", "lr_warmup_steps": 10}})
+    assert "constant_with_warmup" in msg
+    msg = errors_of({**MINIMAL, "dataset": {**MINIMAL["dataset"], "resolution": "big"}})
+    assert "resolution" in msg and "W,H" in msg
+    msg = errors_of({**MINIMAL, "optimizer": {"optimizer_args": ["weight_decay"]}})
+    assert "optimizer_args" in msg and "name=value" in msg
+    msg = errors_of({**MINIMAL, "saving": {"output_dir": "o", "output_name": "a/b"}})
+    assert "output_name" in msg
+
+
+def test_choices_are_case_insensitive_and_normalised():
+    p = profile_from_dict({**MINIMAL, "optimizer": {"optimizer_type": "adamw8bit"}})
+    assert p.optimizer.optimizer_type == "AdamW8bit"
+
+
+def test_overrides_parse_toml_values_and_reject_bad_targets():
+    data = {"network": {"network_dim": 4}}
+    apply_overrides(data, ["network.network_dim=16", "saving.output_name=my lora",
+                           "optimizer.learning_rate=3e-4", "dataset.shuffle_caption=true"])
+    assert data["network"]["network_dim"] == 16
+    assert data["saving"]["output_name"] == "my lora"
+    assert data["optimizer"]["learning_rate"] == 3e-4
+    assert data["dataset"]["shuffle_caption"] is True
+    with pytest.raises(ProfileError, match="did you mean `network`"):
+        apply_overrides({}, ["netwrk.network_dim=3"])
+    with pytest.raises(ProfileError, match="section.key=value"):
+        apply_overrides({}, ["network_dim=3"])
+
+
+def test_bad_toml_and_missing_file_name_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[network\nnetwork_dim = 3\n", encoding="utf-8")
+    with pytest.raises(ProfileError, match="bad.toml is not valid TOML"):
+        load_profile(bad)
+    with pytest.raises(ProfileError, match="not found"):
+        load_profile(tmp_path / "nope.toml")
+
+
+def test_field_docs_cover_every_field():
+    rows = field_docs()
+    assert len(rows) == sum(len(dataclasses.fields(c)) for c in SECTIONS.values())
+    assert all(doc for *_, doc in rows)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("[network]\nnetwork_dimm = 8\n", "did you mean `network_dim`"),
+    ("not toml at all [", "is not valid TOML"),
+    ("[training]\ntrain_batch_size = -1\n", "train_batch_size` = -1 is out of range"),
+])
+def test_cli_bad_profile_exit_2_without_traceback(tmp_path, state_dir, content, expected):
+    path = tmp_path / "p.toml"
+    path.write_text(content, encoding="utf-8")
+    for command in ("check", "run"):
+        proc = subprocess.run([sys.executable, "-m", "lora_core.cli", command, str(path)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert expected in proc.stderr
+        assert "Traceback" not in proc.stderr + proc.stdout
+        assert "hint:" in proc.stderr
+
+
+def test_profile_dataclass_default_is_invalid_until_paths_are_set():
+    with pytest.raises(ProfileError):
+        profile_from_dict(profile_to_dict(Profile()))

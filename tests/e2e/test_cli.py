@@ -1,0 +1,123 @@
+"""The headless CLI on small real runs: check, bad datasets, names, rerun-last, queue, Ctrl+C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lora_core.events import RunFailed, read_events
+from tests.e2e.conftest import QUICKSTART, ROOT, make_images, run_cli, snapshot
+
+
+def test_check_prints_the_plan_without_importing_torch(tmp_path):
+    code = ("import runpy, sys; sys.argv = ['lora-train', 'check', %r]\n"
+            "try:\n    runpy.run_module('lora_core.cli', run_name='__main__')\n"
+            "except SystemExit as e:\n    code = e.code\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'diffusers', 'transformers') "
+            "if m in sys.modules))\nsys.exit(code)" % str(QUICKSTART))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
+    for text in ("10_ohwx cube", "1_cube", "64x64", "40"):
+        assert text in proc.stdout
+    assert "quickstart-000001.safetensors" in proc.stdout
+
+
+def test_concept_folder_instead_of_parent_names_the_parent(tmp_path, tiny_profile):
+    profile = tiny_profile("mistake")
+    concept = tmp_path / "data-mistake" / "1_tok thing"
+    before = snapshot(tmp_path / "data-mistake")
+    for command in ("check", "run"):
+        proc = run_cli(command, str(profile), "--set", f"dataset.train_data_dir={json.dumps(str(concept))}")
+        assert proc.returncode == 2, proc.stderr
+        assert str(tmp_path / "data-mistake") in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert snapshot(tmp_path / "data-mistake") == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_undecodable_image_stops_the_run_before_any_model_loads(tmp_path, tiny_profile):
+    profile = tiny_profile("broken")
+    folder = tmp_path / "data-broken" / "1_tok thing"
+    (folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    before = snapshot(tmp_path / "data-broken")
+    proc = run_cli("run", str(profile))
+    assert proc.returncode == 2
+    assert "bad.png" in proc.stderr and "hint:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert snapshot(tmp_path / "data-broken") == before
+    proc = run_cli("check", str(profile))
+    assert proc.returncode == 2 and "bad.png" in proc.stdout
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path, tiny_profile):
+    profile = tiny_profile("nomodel", model={"pretrained_model_name_or_path": "no/such/model"})
+    proc = run_cli("run", str(profile), "--events", str(tmp_path / "ev.jsonl"))
+    assert proc.returncode == 2
+    assert "no/such/model" in proc.stderr and "Traceback" not in proc.stderr
+    failed = [e for e in read_events(tmp_path / "ev.jsonl") if isinstance(e, RunFailed)]
+    assert failed and "no/such/model" in failed[0].message and failed[0].log_path
+
+
+def test_second_run_never_overwrites_and_rerun_last_repeats(tmp_path, tiny_profile, state_dir):
+    profile = tiny_profile("again")
+    env = {"LORA_TUI_STATE_DIR": str(state_dir)}
+    first = run_cli("run", str(profile), env=env)
+    assert first.returncode == 0, first.stderr
+    out = tmp_path / "out"
+    original = (out / "again.safetensors").read_bytes()
+    second = run_cli("rerun-last", env=env)
+    assert second.returncode == 0, second.stderr
+    assert "again_2" in second.stderr
+    assert (out / "again_2.safetensors").is_file()
+    assert (out / "again.safetensors").read_bytes() == original
+    assert len(list((out / "runs").iterdir())) == 2
+
+
+def test_rerun_last_without_history_explains(state_dir):
+    proc = run_cli("rerun-last", env={"LORA_TUI_STATE_DIR": str(state_dir)})
+    assert proc.returncode == 2 and "no earlier run" in proc.stderr
+
+
+def test_queue_continues_after_failure_and_reports(tmp_path, tiny_profile):
+    good1 = tiny_profile("first")
+    bad = tiny_profile("second", network={"network_dim": 4, "network_weights": "missing.safetensors"})
+    good2 = tiny_profile("third")
+    proc = run_cli("queue", str(good1), str(bad), str(good2), "--continue-on-error")
+    assert proc.returncode == 1
+    table = proc.stdout
+    assert "first.toml" in table and "third.toml" in table
+    lines = {line.split()[0]: line for line in table.splitlines()[1:]}
+    assert " done " in lines[str(good1)] and "first.safetensors" in lines[str(good1)]
+    assert " failed " in lines[str(bad)] and "missing.safetensors" in lines[str(bad)]
+    assert " done " in lines[str(good2)]
+    # without --continue-on-error the queue stops at the failure
+    proc = run_cli("queue", str(bad), str(good1))
+    assert proc.returncode == 1 and " skipped " in proc.stdout
+
+
+def test_ctrl_c_saves_what_was_trained(tmp_path, tiny_profile):
+    profile = tiny_profile("long", epochs=200)
+    events = tmp_path / "ev.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "lora_core.cli", "run", str(profile),
+                             "--events", str(events)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if events.exists() and '"step_ended"' in events.read_text(encoding="utf-8"):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    saved = Path(tmp_path / "out" / "long-interrupted.safetensors")
+    assert saved.is_file()
+    assert not (tmp_path / "out" / "long.safetensors").exists()
+    finished = [json.loads(line) for line in events.read_text().splitlines()][-1]
+    assert finished["type"] == "run_finished" and finished["interrupted"] is True

@@ -1,0 +1,134 @@
+"""The README's main job: `lora-train run examples/quickstart.toml`, checked by diffusers.
+
+A real consumer loads the file: every module in it must be applied to the pipeline (the
+fused weight change equals alpha/dim · up·down, module by module; diffusers only *warns*
+on names it does not know), and the U-Net's output must change.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from lora_core.events import (CheckpointSaved, EpochEnded, RunFinished, RunStarted, StepEnded,
+                              read_events)
+from lora_core.network.naming import text_encoder_targets, unet_targets
+from tests.e2e.conftest import QUICKSTART, ROOT, run_cli, snapshot
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quickstart-out")
+    dataset = ROOT / "examples" / "dataset"
+    before = snapshot(dataset)
+    proc = run_cli("run", str(QUICKSTART), "--set", f"saving.output_dir={out}",
+                   "--events", str(out / "stream.jsonl"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"out": out, "proc": proc, "dataset_before": before, "dataset": dataset}
+
+
+def test_writes_final_epoch_and_tag_files_and_leaves_dataset_untouched(quickstart):
+    out = quickstart["out"]
+    assert (out / "quickstart.safetensors").is_file()
+    assert (out / "quickstart-000001.safetensors").is_file()  # save_every_n_epochs = 1, 2 epochs
+    assert not (out / "quickstart-000002.safetensors").exists()  # the last epoch is the final
+    tags = (out / "quickstart.txt").read_text(encoding="utf-8").splitlines()
+    assert tags[0] == "[4] ohwx cube"  # every training caption starts with the trigger
+    assert snapshot(quickstart["dataset"]) == quickstart["dataset_before"]
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_event_stream_and_run_folder(quickstart):
+    out = quickstart["out"]
+    events = list(read_events(out / "stream.jsonl"))
+    started = next(e for e in events if isinstance(e, RunStarted))
+    plan = started.plan
+    # 4 images × 10 repeats = 40; reg balanced up to 40; batch 2 → 40 steps per epoch
+    assert plan["num_train_images"] == 40 and plan["num_reg_images"] == 6
+    assert plan["steps_per_epoch"] == 40 and plan["max_train_steps"] == 80
+    steps = [e for e in events if isinstance(e, StepEnded)]
+    assert [e.step for e in steps] == list(range(1, 81))
+    assert all(e.loss == e.loss and e.loss > 0 for e in steps)
+    assert set(steps[0].lrs) == {"lr/textencoder", "lr/unet"}
+    assert [e.epoch for e in events if isinstance(e, EpochEnded)] == [1, 2]
+    saved = [e for e in events if isinstance(e, CheckpointSaved)]
+    assert [e.kind for e in saved] == ["epoch", "final"]
+    finished = events[-1]
+    assert isinstance(finished, RunFinished) and finished.steps == 80
+    run_dir = out / "runs"
+    (folder,) = list(run_dir.iterdir())
+    assert folder.name.startswith("quickstart-")
+    assert (folder / "profile.toml").is_file() and (folder / "train.log").is_file()
+    copied = list(read_events(folder / "events.jsonl"))
+    assert [e.type for e in copied] == [e.type for e in events]
+
+
+def test_metadata_is_kohya_compatible(quickstart):
+    with safe_open(str(quickstart["out"] / "quickstart.safetensors"), "pt") as fh:
+        meta = fh.metadata()
+        keys = list(fh.keys())
+    assert all(isinstance(v, str) for v in meta.values())
+    assert meta["ss_network_module"] == "networks.lora"
+    assert meta["ss_network_dim"] == "8" and meta["ss_network_alpha"] == "4.0"
+    assert meta["ss_base_model_version"] == "sd_v1"
+    assert meta["ss_steps"] == "80" and meta["ss_epoch"] == "2"
+    assert meta["ss_seed"] == "42" and meta["ss_output_name"] == "quickstart"
+    assert meta["ss_training_comment"] == "trigger: ohwx cube"
+    assert meta["ss_optimizer"].startswith("bitsandbytes.optim.adamw.AdamW8bit(")
+    assert json.loads(meta["ss_tag_frequency"])["10_ohwx cube"]["ohwx cube"] == 4
+    assert json.loads(meta["ss_dataset_dirs"]) == {"10_ohwx cube": {"n_repeats": 10,
+                                                                    "img_count": 4}}
+    assert json.loads(meta["ss_bucket_info"])["buckets"]["0"]["resolution"] == [64, 64]
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    assert len(meta["sshs_model_hash"]) == 64
+    assert all(k.startswith(("lora_unet_", "lora_te_")) for k in keys)
+
+
+def _kohya_module_map(pipe) -> dict:
+    modules = {t.lora_name: t.module for t in unet_targets(pipe.unet, with_conv=True)}
+    modules.update({t.lora_name: t.module for t in text_encoder_targets(pipe.text_encoder)})
+    return modules
+
+
+def test_diffusers_applies_every_module_exactly(quickstart):
+    from diffusers import StableDiffusionPipeline
+
+    from lora_core.models.builtin import ensure_builtin
+
+    path = quickstart["out"] / "quickstart.safetensors"
+    pipe = StableDiffusionPipeline.from_pretrained(
+        ensure_builtin("tiny-sd1"), safety_checker=None, requires_safety_checker=False,
+        local_files_only=True)
+    modules = _kohya_module_map(pipe)
+    before = {name: m.weight.detach().clone() for name, m in modules.items()}
+    torch.manual_seed(0)
+    latents = torch.randn(1, 4, 8, 8)
+    context = torch.randn(1, 77, 32)
+    t = torch.tensor([500])
+    with torch.no_grad():
+        out_before = pipe.unet(latents, t, context).sample
+
+    with safe_open(str(path), "pt") as fh:
+        tensors = {k: fh.get_tensor(k).float() for k in fh.keys()}  # noqa: SIM118
+    names = sorted({k.split(".")[0] for k in tensors})
+    assert len(names) == 84  # 12 TE (2 layers × 6) + 72 U-Net modules of the tiny model
+    pipe.load_lora_weights(str(path))
+    pipe.fuse_lora()  # peft keeps the original modules as base layers and fuses into them
+    for name in names:
+        assert name in modules, f"{name} is not a module of the pipeline"
+        down = tensors[f"{name}.lora_down.weight"]
+        up = tensors[f"{name}.lora_up.weight"]
+        scale = tensors[f"{name}.alpha"].item() / down.shape[0]
+        if down.dim() == 4:
+            expected = (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:])
+        else:
+            expected = up @ down
+        delta = modules[name].weight.detach().float() - before[name].float()
+        assert torch.allclose(delta, expected * scale, atol=2e-4, rtol=1e-2), name
+        assert delta.abs().max() > 0, f"{name} was not applied"
+    with torch.no_grad():
+        out_after = pipe.unet(latents, t, context).sample
+    assert not torch.allclose(out_before, out_after)

@@ -1,0 +1,1 @@
+"""Helpers shared by the test suites (model builders, fixtures generated in code)."""
