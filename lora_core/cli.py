@@ -89,7 +89,8 @@ def _open_event_sinks(bus: EventBus, events_arg: str | None) -> list[JsonLinesSi
     if events_arg == "-":
         sinks.append(JsonLinesSink(sys.stdout))
     elif events_arg:
-        sinks.append(JsonLinesSink(open(events_arg, "a", encoding="utf-8"), close=True))
+        stream = open(events_arg, "a", encoding="utf-8")  # noqa: SIM115 (closed by the sink)
+        sinks.append(JsonLinesSink(stream, close=True))
     for sink in sinks:
         bus.add(sink)
     return sinks
@@ -97,6 +98,7 @@ def _open_event_sinks(bus: EventBus, events_arg: str | None) -> list[JsonLinesSi
 
 def cmd_run(profile_path: Path, overrides: list[str], events_arg: str | None,
             progress: bool = True) -> int:
+    """Run one profile. Every failure, early or late, ends the event stream with run_failed."""
     from lora_core.profile_io import load_profile
     from lora_core.progress import ProgressPrinter
     from lora_core.training.session import run_training, start_run
@@ -107,50 +109,39 @@ def cmd_run(profile_path: Path, overrides: list[str], events_arg: str | None,
     sinks = _open_event_sinks(bus, events_arg)
     stop = StopFlag()
     stop.install()
-    folder = None
+    log_path = state_dir() / "lora-train.log"
     try:
         profile = load_profile(profile_path, overrides)
         started = start_run(profile, profile_path)
-        folder = started.folder
-        run_log = folder.log
-        _add_run_log(run_log)
-        with open(folder.events, "a", encoding="utf-8") as events_file:
-            bus.add(JsonLinesSink(events_file))
-            bus.emit(LogLine("info", f"log file: {run_log}"))
-            try:
-                result = run_training(profile, profile_path, started, bus, stop)
-            except BaseException as exc:
-                _report_failure(bus, exc, run_log)
-                raise
+        log_path = started.folder.log
+        _add_run_log(log_path)
+        events_file = open(started.folder.events, "a", encoding="utf-8")  # noqa: SIM115
+        sinks.append(JsonLinesSink(events_file, close=True))
+        bus.add(sinks[-1])
+        bus.emit(LogLine("info", f"log file: {log_path}"))
+        result = run_training(profile, profile_path, started, bus, stop)
         return EXIT_INTERRUPTED if result.interrupted else 0
     except LoraError as exc:
         log.exception("run failed")
+        bus.emit(RunFailed(exc.message, exc.hint, str(log_path)))
         _print_error(exc)
         return exc.exit_code
     except KeyboardInterrupt:
+        log.warning("aborted with a second Ctrl+C")
+        bus.emit(RunFailed("aborted with a second Ctrl+C; nothing more was saved", "",
+                           str(log_path)))
         print("aborted; nothing more was saved", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug, not bad input: short message, traceback in the log
         log.exception("internal error")
-        where = folder.log if folder else state_dir() / "lora-train.log"
+        bus.emit(RunFailed(f"internal error: {type(exc).__name__}: {exc}",
+                           f"the full traceback is in {log_path}", str(log_path)))
         print(f"error: internal error: {type(exc).__name__}: {exc}\n"
-              f"the full traceback is in {where}", file=sys.stderr)
+              f"the full traceback is in {log_path}", file=sys.stderr)
         return 1
     finally:
         for sink in sinks:
             sink.close()
-
-
-def _report_failure(bus: EventBus, exc: BaseException, log_path: Path) -> None:
-    log.exception("run failed")
-    if isinstance(exc, LoraError):
-        bus.emit(RunFailed(exc.message, exc.hint, str(log_path)))
-    elif isinstance(exc, KeyboardInterrupt):
-        bus.emit(RunFailed("aborted with a second Ctrl+C; nothing more was saved", "",
-                           str(log_path)))
-    else:
-        bus.emit(RunFailed(f"internal error: {type(exc).__name__}: {exc}",
-                           f"the full traceback is in {log_path}", str(log_path)))
 
 
 def cmd_check(profile_path: Path, overrides: list[str]) -> int:
@@ -165,7 +156,8 @@ def cmd_check(profile_path: Path, overrides: list[str]) -> int:
         log.exception("check failed")
         _print_error(exc)
         return exc.exit_code
-    print(render_check_report(preflight.scan, preflight.plan, profile))
+    print(render_check_report(preflight.scan, preflight.plan, profile, preflight.problems,
+                              preflight.advisories))
     return 2 if preflight.problems else 0
 
 
@@ -223,7 +215,21 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
-    _setup_logging()
+    log_path = _setup_logging()
+    try:
+        return _dispatch(args)
+    except LoraError as exc:
+        log.exception("failed")
+        _print_error(exc)
+        return exc.exit_code
+    except Exception as exc:  # a bug, not bad input: short message, traceback in the log
+        log.exception("internal error")
+        print(f"error: internal error: {type(exc).__name__}: {exc}\n"
+              f"the full traceback is in {log_path}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return cmd_run(args.profile, args.overrides, args.events, not args.no_progress)
     if args.command == "check":

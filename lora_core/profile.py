@@ -68,15 +68,18 @@ class DatasetSection:
         "", "Parent folder of regularization image folders (empty: none).", path=True)
     resolution: int | str = setting(
         512, "Training resolution: one number for square, or \"W,H\".")
-    enable_bucket: bool = setting(True, "Group images by aspect ratio instead of cropping to a square.")
+    enable_bucket: bool = setting(
+        True, "Group images by aspect ratio instead of cropping to a square.")
     min_bucket_reso: int = setting(256, "Smallest bucket side in pixels.", min=64)
     max_bucket_reso: int = setting(1024, "Largest bucket side in pixels.", min=64)
-    bucket_reso_steps: int = setting(64, "Bucket sides are multiples of this (64 for SD 1.x).", min=8)
-    bucket_no_upscale: bool = setting(False, "Never enlarge small images; make buckets that fit them.")
+    bucket_reso_steps: int = setting(
+        64, "Bucket sides are multiples of this (64 for SD 1.x).", min=8)
+    bucket_no_upscale: bool = setting(
+        False, "Never enlarge small images; make buckets that fit them.")
     caption_extension: str = setting(".txt", "Caption files are <image name><this extension>.")
     shuffle_caption: bool = setting(False, "Shuffle comma-separated tags on every step.")
-    keep_tokens: int = setting(0, "Tags at the front that shuffling never moves (the trigger word).",
-                               min=0)
+    keep_tokens: int = setting(
+        0, "Tags at the front that shuffling never moves (the trigger word).", min=0)
     prior_loss_weight: float = setting(1.0, "Loss weight of regularization images.", min=0.0)
     max_data_loader_n_workers: int = setting(
         1, "Processes that load images while the GPU trains (0: load in the training process).",
@@ -129,7 +132,8 @@ class OptimizerSection:
     unet_lr: float | None = setting(None, "U-Net learning rate (unset: learning_rate).", min=0.0)
     text_encoder_lr: float | None = setting(
         None, "Text-encoder learning rate (unset: learning_rate).", min=0.0)
-    lr_scheduler: str = setting("cosine_with_restarts", "Learning-rate schedule.", choices=SCHEDULERS)
+    lr_scheduler: str = setting(
+        "cosine_with_restarts", "Learning-rate schedule.", choices=SCHEDULERS)
     lr_warmup_steps: float = setting(
         0, "Warm-up: a number of steps, or a ratio of all steps when below 1.", min=0.0)
     lr_scheduler_num_cycles: int = setting(

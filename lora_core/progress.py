@@ -11,8 +11,17 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from lora_core.events import (CheckpointSaved, EpochEnded, Event, PhaseChanged, RunFailed,
-                              RunFinished, RunStarted, StepEnded, WarningIssued)
+from lora_core.events import (
+    CheckpointSaved,
+    EpochEnded,
+    Event,
+    PhaseChanged,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    StepEnded,
+    WarningIssued,
+)
 
 
 def format_duration(seconds: float) -> str:

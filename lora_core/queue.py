@@ -63,7 +63,7 @@ def render_table(items: list[QueueItem]) -> str:
         if item.status == "done":
             result = ", ".join(item.files[-1:]) or "(no file)"
         else:
-            result = item.message
+            result = " ".join(item.message.replace("\n  - ", " ").split())
         lines.append(f"{str(item.profile):<{width}}  {item.status:<7}  {result}")
     return "\n".join(lines)
 

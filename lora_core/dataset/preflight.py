@@ -1,46 +1,65 @@
-"""The dataset check that runs before anything heavy: scan the folders, build the plan.
+"""The check that runs before anything heavy: the model spec, the start weights, the
+dataset folders and the plan.
 
 ``lora-train check`` and ``lora-train run`` call the same function, so the plan a user
-was shown is the plan that runs. Pure Python + PIL headers: no torch, no model.
+was shown is the plan that runs. Pure Python + PIL headers + JSON: no torch, no model
+weights read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lora_core.dataset.buckets import bucket_config
 from lora_core.dataset.plan import TrainingPlan, make_plan
 from lora_core.dataset.scan import DatasetScan, advisories, problems, scan_dataset
-from lora_core.errors import DatasetError
-from lora_core.profile import DatasetSection, Profile, parse_resolution
+from lora_core.errors import DatasetError, LoraError, ProfileError
+from lora_core.models.loading import inspect_model
+from lora_core.profile import Profile
 
 
 @dataclass
 class Preflight:
     scan: DatasetScan
-    plan: TrainingPlan
+    plan: TrainingPlan | None  # None when no plan can be made (no usable images)
     problems: list[str]
     advisories: list[str]
 
 
-def smallest_side_px(ds: DatasetSection) -> int:
-    """Images smaller than this on a side get enlarged (or cannot be bucketed)."""
-    if not ds.enable_bucket:
-        return min(parse_resolution(ds.resolution))
-    return ds.bucket_reso_steps if ds.bucket_no_upscale else ds.min_bucket_reso
+def input_problems(profile: Profile) -> list[str]:
+    """Problems with the model and start-weights paths, found without loading anything."""
+    found = []
+    try:
+        inspect_model(profile.model.pretrained_model_name_or_path, profile.base_dir)
+    except LoraError as exc:
+        found.append(f"{exc.message} ({exc.hint})" if exc.hint else exc.message)
+    weights = profile.path("network", "network_weights")
+    if weights is not None and not weights.is_file():
+        found.append(f"`[network] network_weights` file not found: {weights} (give an "
+                     "existing LoRA .safetensors file, or \"\" to start fresh)")
+    return found
 
 
 def run_preflight(profile: Profile, strict: bool = True, num_processes: int = 1) -> Preflight:
-    """Scan and plan. With ``strict`` a dataset problem raises DatasetError listing all."""
+    """Check inputs, scan and plan. With ``strict`` any problem raises one error listing all."""
     ds = profile.dataset
+    buckets, bucket_warnings = bucket_config(ds)
     scan = scan_dataset(profile.path("dataset", "train_data_dir"),
                         profile.path("dataset", "reg_data_dir"),
-                        ds.caption_extension, smallest_side_px(ds))
-    found = problems(scan)
+                        ds.caption_extension, buckets.smallest_side())
+    found = input_problems(profile) + problems(scan)
     if found and strict:
         raise DatasetError(
-            f"the dataset has {len(found)} problem{'s' if len(found) > 1 else ''}:\n  - "
-            + "\n  - ".join(found),
-            "fix or remove the files named above (the dataset is never changed by "
-            "lora-train); `lora-train check PROFILE` shows the full report")
-    plan = make_plan(profile, scan, num_processes)
-    return Preflight(scan, plan, found, advisories(scan) + list(getattr(plan, "warnings", [])))
+            f"{len(found)} problem{'s' if len(found) > 1 else ''} must be fixed before "
+            "training:\n  - " + "\n  - ".join(found),
+            "fix the files or fields named above (lora-train never changes the dataset); "
+            "`lora-train check PROFILE` shows the full report")
+    plan = None
+    try:
+        plan = make_plan(profile, scan, num_processes)
+    except (DatasetError, ProfileError) as exc:
+        if strict:
+            raise
+        found.append(exc.message)
+    notes = bucket_warnings + advisories(scan) + (plan.warnings if plan else [])
+    return Preflight(scan, plan, found, list(dict.fromkeys(notes)))

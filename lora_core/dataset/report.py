@@ -140,11 +140,16 @@ def _checkpoint_section(plan: TrainingPlan) -> list[str]:
     return lines
 
 
-def render_check_report(scan: DatasetScan, plan: TrainingPlan | None,
-                        profile: Profile) -> str:
+def render_check_report(scan: DatasetScan, plan: TrainingPlan | None, profile: Profile,
+                        found: list[str] | None = None, notes: list[str] | None = None) -> str:
     """The full check report. ``plan`` may be None when it could not be made (for
-    instance no usable images); the folder table and the findings are still shown."""
-    lines = [f"Dataset: {scan.train_dir}"]
+    instance no usable images); the folder table and the findings are still shown.
+    ``found`` / ``notes`` are the preflight's problems and advisories when it has them
+    (they include the model and start-weights checks); else the scan's own."""
+    from lora_core.models.loading import describe_model
+
+    model = describe_model(profile.model.pretrained_model_name_or_path, profile.base_dir)
+    lines = [f"Model: {model}", f"Dataset: {scan.train_dir}"]
     if scan.reg_dir is not None:
         lines.append(f"Regularization: {scan.reg_dir}")
     lines.append(f"Captions: <image file name without extension>{scan.caption_extension}")
@@ -161,8 +166,10 @@ def render_check_report(scan: DatasetScan, plan: TrainingPlan | None,
                   *_checkpoint_section(plan)]
     else:
         lines += ["", "No training plan: the dataset has no usable training images."]
-    found = problems(scan)
-    notes = advisories(scan) + (plan.warnings if plan is not None else [])
+    if found is None:
+        found = problems(scan)
+    if notes is None:
+        notes = advisories(scan) + (plan.warnings if plan is not None else [])
     lines += ["", f"Problems ({len(found)})" + (": these stop a run" if found else "")]
     for text in found or ["none"]:
         lines += _wrap(text, indent="    ", first="  - " if found else "  ")

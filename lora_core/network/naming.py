@@ -84,6 +84,7 @@ def unet_targets(unet: nn.Module, with_conv: bool) -> list[Target]:
     return find_targets(unet, PREFIX_UNET, classes, include_conv3x3=with_conv)
 
 
-def text_encoder_targets(text_encoder: nn.Module, prefix: str = PREFIX_TEXT_ENCODER) -> list[Target]:
+def text_encoder_targets(text_encoder: nn.Module,
+                         prefix: str = PREFIX_TEXT_ENCODER) -> list[Target]:
     return find_targets(text_encoder, prefix, TEXT_ENCODER_TARGETS, include_conv3x3=False,
                         text_encoder=True)

@@ -12,8 +12,9 @@ HEAVY = ("torch", "diffusers", "transformers", "accelerate", "bitsandbytes")
 
 
 def modules_after(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint('\\n'.join(sys.modules))"],
-                         capture_output=True, text=True, check=True, timeout=300).stdout
+    script = code + "\nimport sys\nprint('\\n'.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=300).stdout
     return set(out.split())
 
 

@@ -11,15 +11,15 @@ import time
 from pathlib import Path
 
 from lora_core.events import RunFailed, read_events
-from tests.e2e.conftest import QUICKSTART, ROOT, make_images, run_cli, snapshot
+from tests.e2e.conftest import QUICKSTART, ROOT, run_cli, snapshot
 
 
 def test_check_prints_the_plan_without_importing_torch(tmp_path):
-    code = ("import runpy, sys; sys.argv = ['lora-train', 'check', %r]\n"
+    code = ("import runpy, sys; sys.argv = ['lora-train', 'check', " + repr(str(QUICKSTART)) + "]\n"
             "try:\n    runpy.run_module('lora_core.cli', run_name='__main__')\n"
             "except SystemExit as e:\n    code = e.code\n"
             "print('HEAVY', sorted(m for m in ('torch', 'diffusers', 'transformers') "
-            "if m in sys.modules))\nsys.exit(code)" % str(QUICKSTART))
+            "if m in sys.modules))\nsys.exit(code)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -34,7 +34,8 @@ def test_concept_folder_instead_of_parent_names_the_parent(tmp_path, tiny_profil
     concept = tmp_path / "data-mistake" / "1_tok thing"
     before = snapshot(tmp_path / "data-mistake")
     for command in ("check", "run"):
-        proc = run_cli(command, str(profile), "--set", f"dataset.train_data_dir={json.dumps(str(concept))}")
+        proc = run_cli(command, str(profile), "--set",
+                       f"dataset.train_data_dir={json.dumps(str(concept))}")
         assert proc.returncode == 2, proc.stderr
         assert str(tmp_path / "data-mistake") in proc.stderr
         assert "Traceback" not in proc.stderr
@@ -87,7 +88,7 @@ def test_rerun_last_without_history_explains(state_dir):
 
 def test_queue_continues_after_failure_and_reports(tmp_path, tiny_profile):
     good1 = tiny_profile("first")
-    bad = tiny_profile("second", network={"network_dim": 4, "network_weights": "missing.safetensors"})
+    bad = tiny_profile("second", network={"network_weights": "missing.safetensors"})
     good2 = tiny_profile("third")
     proc = run_cli("queue", str(good1), str(bad), str(good2), "--continue-on-error")
     assert proc.returncode == 1

@@ -13,8 +13,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lora_core.events import (CheckpointSaved, EpochEnded, RunFinished, RunStarted, StepEnded,
-                              read_events)
+from lora_core.events import (
+    CheckpointSaved,
+    EpochEnded,
+    RunFinished,
+    RunStarted,
+    StepEnded,
+    read_events,
+)
 from lora_core.network.naming import text_encoder_targets, unet_targets
 from tests.e2e.conftest import QUICKSTART, ROOT, run_cli, snapshot
 
@@ -112,7 +118,7 @@ def test_diffusers_applies_every_module_exactly(quickstart):
         out_before = pipe.unet(latents, t, context).sample
 
     with safe_open(str(path), "pt") as fh:
-        tensors = {k: fh.get_tensor(k).float() for k in fh.keys()}  # noqa: SIM118
+        tensors = {k: fh.get_tensor(k).float() for k in fh.keys()}
     names = sorted({k.split(".")[0] for k in tensors})
     assert len(names) == 84  # 12 TE (2 layers × 6) + 72 U-Net modules of the tiny model
     pipe.load_lora_weights(str(path))
