@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 from lora_core.errors import LoraError
-from lora_core.events import EventBus, JsonLinesSink, LogLine, RunFailed
+from lora_core.events import EventBus, JsonLinesSink, RunFailed
 from lora_core.paths import state_dir
 
 EXIT_INTERRUPTED = 130
@@ -118,7 +118,6 @@ def cmd_run(profile_path: Path, overrides: list[str], events_arg: str | None,
         events_file = open(started.folder.events, "a", encoding="utf-8")  # noqa: SIM115
         sinks.append(JsonLinesSink(events_file, close=True))
         bus.add(sinks[-1])
-        bus.emit(LogLine("info", f"log file: {log_path}"))
         result = run_training(profile, profile_path, started, bus, stop)
         return EXIT_INTERRUPTED if result.interrupted else 0
     except LoraError as exc:

@@ -36,6 +36,7 @@ class RunStarted(Event):
     run_dir: str
     profile_path: str
     output_name: str
+    log_path: str
     plan: dict[str, Any]
 
 

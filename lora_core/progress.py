@@ -49,7 +49,7 @@ class ProgressPrinter:
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             plan = event.plan
-            self._line(f"run folder: {event.run_dir}")
+            self._line(f"run folder: {event.run_dir} (log: {event.log_path})")
             self._line(f"training {event.output_name}: {plan.get('num_train_images')} train "
                        f"images with repeats, {plan.get('num_reg_images')} reg, "
                        f"{plan.get('steps_per_epoch')} steps per epoch, "

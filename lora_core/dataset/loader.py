@@ -52,6 +52,17 @@ class EpochBatches(torch.utils.data.Dataset):
                 "loss_weights": torch.tensor(weights, dtype=torch.float32)}
 
 
+def process_batches(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
+    """This process's share of an epoch's batches. Every process gets the same count (the
+    list wraps around to fill the last round, like accelerate's even_batches), so under
+    DDP no process waits forever for a gradient the others never compute."""
+    if world <= 1 or not batches:
+        return batches
+    per = -(-len(batches) // world)
+    padded = (batches * (per * world // len(batches) + 1))[:per * world]
+    return padded[rank::world]
+
+
 def make_epoch_loader(plan: TrainingPlan, ds: DatasetSection, batches: list[list[int]],
                       state, device: torch.device) -> torch.utils.data.DataLoader:
     """A loader over this process's batches of one epoch, starting where ``state`` is."""

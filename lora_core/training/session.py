@@ -84,7 +84,7 @@ def run_training(profile: Profile, profile_path: Path | None, started_run: Start
     summary = plan_summary(plan)
     summary["seed"] = seed
     bus.emit(RunStarted(run_dir=str(folder.path), profile_path=str(profile_path or ""),
-                        output_name=output_name, plan=summary))
+                        output_name=output_name, log_path=str(folder.log), plan=summary))
     for message in started_run.warnings:
         bus.emit(WarningIssued(message))
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from lora_core.dataset.loader import make_epoch_loader
+from lora_core.dataset.loader import make_epoch_loader, process_batches
 from lora_core.dataset.plan import TrainingPlan, epoch_batches
 from lora_core.errors import TrainingError
 from lora_core.events import CheckpointSaved, EpochEnded, EventBus, PhaseChanged, StepEnded
@@ -110,6 +110,19 @@ def _setup_network(bundle: ModelBundle, profile: Profile, device: torch.device) 
 def train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: Outputs,
           state: TrainState, bus: EventBus, stop_requested: Callable[[], bool]) -> bool:
     """Train until the plan's last step or a stop request. Returns True if interrupted."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    try:
+        return _train(profile, plan, bundle, outputs, state, bus, stop_requested)
+    finally:
+        # accelerate keeps process-wide singletons; a later run in this process (tests, an
+        # in-process queue) may use another precision.
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: Outputs,
+           state: TrainState, bus: EventBus, stop_requested: Callable[[], bool]) -> bool:
     accelerator = _setup_accelerator(profile)
     main = accelerator.is_main_process
     emit = bus.emit if main else (lambda event: None)
@@ -134,7 +147,7 @@ def train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: Ou
 
     while state.epoch < total_epochs and state.step < total_steps:
         batches = epoch_batches(plan, state.seed, state.epoch)
-        mine = batches[accelerator.process_index::accelerator.num_processes]
+        mine = process_batches(batches, accelerator.process_index, accelerator.num_processes)
         loader = make_epoch_loader(plan, profile.dataset, mine, state, device)
         state.losses = deque(state.losses, maxlen=max(1, math.ceil(len(mine) / grad_accum)))
         for index, batch in enumerate(loader, start=state.batch_in_epoch):

@@ -58,9 +58,64 @@ def tiny_profile(tmp_path):
             "saving": {"output_dir": str(tmp_path / "out"), "output_name": name},
         }
         for section, values in sections.items():
-            profile.setdefault(section, {}).update(values)
+            table = profile.setdefault(section, {})
+            table.update(values)
+            for key in [k for k, v in table.items() if v is None]:
+                del table[key]  # None = leave the field unset
         path = tmp_path / f"{name}.toml"
         path.write_text(tomli_w.dumps(profile), encoding="utf-8")
         return path
 
     return make
+
+
+def _kohya_module_map(pipe) -> dict:
+    from lora_core.network.naming import text_encoder_targets, unet_targets
+
+    modules = {t.lora_name: t.module for t in unet_targets(pipe.unet, with_conv=True)}
+    modules.update({t.lora_name: t.module for t in text_encoder_targets(pipe.text_encoder)})
+    return modules
+
+
+def assert_diffusers_applies_every_module(path: Path) -> list[str]:
+    """Load a LoRA file into the tiny pipeline with diffusers, fuse it, and check that every
+    module in the file changed its weight by exactly alpha/dim · up·down, and that the
+    U-Net's output changed. Returns the module names found in the file."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
+
+    from lora_core.models.builtin import ensure_builtin
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        ensure_builtin("tiny-sd1"), safety_checker=None, requires_safety_checker=False,
+        local_files_only=True)
+    modules = _kohya_module_map(pipe)
+    before = {name: m.weight.detach().clone() for name, m in modules.items()}
+    torch.manual_seed(0)
+    latents, context, t = torch.randn(1, 4, 8, 8), torch.randn(1, 77, 32), torch.tensor([500])
+    with torch.no_grad():
+        out_before = pipe.unet(latents, t, context).sample
+    with safe_open(str(path), "pt") as fh:
+        tensors = {k: fh.get_tensor(k).float() for k in fh.keys()}
+    names = sorted({k.split(".")[0] for k in tensors})
+    pipe.load_lora_weights(str(path))
+    pipe.fuse_lora()  # peft keeps the original modules as base layers and fuses into them
+    for name in names:
+        assert name in modules, f"{name} is not a module of the pipeline"
+        down = tensors[f"{name}.lora_down.weight"]
+        up = tensors[f"{name}.lora_up.weight"]
+        scale = tensors[f"{name}.alpha"].item() / down.shape[0]
+        if down.dim() == 4 and down.shape[2:] != (1, 1):
+            expected = torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
+        elif down.dim() == 4:
+            expected = (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], down.shape[1], 1, 1)
+        else:
+            expected = up @ down
+        delta = modules[name].weight.detach().float() - before[name].float()
+        assert torch.allclose(delta, expected * scale, atol=2e-4, rtol=1e-2), name
+        assert delta.abs().max() > 0, f"{name} was not applied"
+    with torch.no_grad():
+        out_after = pipe.unet(latents, t, context).sample
+    assert not torch.allclose(out_before, out_after)
+    return names

@@ -122,3 +122,16 @@ def test_ctrl_c_saves_what_was_trained(tmp_path, tiny_profile):
     assert not (tmp_path / "out" / "long.safetensors").exists()
     finished = [json.loads(line) for line in events.read_text().splitlines()][-1]
     assert finished["type"] == "run_finished" and finished["interrupted"] is True
+
+
+def test_events_to_stdout_are_pure_json_and_a_random_seed_is_recorded(tiny_profile):
+    profile = tiny_profile("stdout", training={"seed": None})
+    proc = run_cli("run", str(profile), "--events", "-")
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert events[0]["type"] == "run_started" and events[-1]["type"] == "run_finished"
+    seed = events[0]["plan"]["seed"]
+    assert isinstance(seed, int)
+    from lora_core.saving.lora_file import read_metadata
+
+    assert read_metadata(Path(events[-1]["files"][-1]))["ss_seed"] == str(seed)

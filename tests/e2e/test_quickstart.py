@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from safetensors import safe_open
 
 from lora_core.events import (
@@ -21,8 +20,13 @@ from lora_core.events import (
     StepEnded,
     read_events,
 )
-from lora_core.network.naming import text_encoder_targets, unet_targets
-from tests.e2e.conftest import QUICKSTART, ROOT, run_cli, snapshot
+from tests.e2e.conftest import (
+    QUICKSTART,
+    ROOT,
+    assert_diffusers_applies_every_module,
+    run_cli,
+    snapshot,
+)
 
 
 @pytest.fixture(scope="module")
@@ -93,48 +97,6 @@ def test_metadata_is_kohya_compatible(quickstart):
     assert all(k.startswith(("lora_unet_", "lora_te_")) for k in keys)
 
 
-def _kohya_module_map(pipe) -> dict:
-    modules = {t.lora_name: t.module for t in unet_targets(pipe.unet, with_conv=True)}
-    modules.update({t.lora_name: t.module for t in text_encoder_targets(pipe.text_encoder)})
-    return modules
-
-
 def test_diffusers_applies_every_module_exactly(quickstart):
-    from diffusers import StableDiffusionPipeline
-
-    from lora_core.models.builtin import ensure_builtin
-
-    path = quickstart["out"] / "quickstart.safetensors"
-    pipe = StableDiffusionPipeline.from_pretrained(
-        ensure_builtin("tiny-sd1"), safety_checker=None, requires_safety_checker=False,
-        local_files_only=True)
-    modules = _kohya_module_map(pipe)
-    before = {name: m.weight.detach().clone() for name, m in modules.items()}
-    torch.manual_seed(0)
-    latents = torch.randn(1, 4, 8, 8)
-    context = torch.randn(1, 77, 32)
-    t = torch.tensor([500])
-    with torch.no_grad():
-        out_before = pipe.unet(latents, t, context).sample
-
-    with safe_open(str(path), "pt") as fh:
-        tensors = {k: fh.get_tensor(k).float() for k in fh.keys()}
-    names = sorted({k.split(".")[0] for k in tensors})
+    names = assert_diffusers_applies_every_module(quickstart["out"] / "quickstart.safetensors")
     assert len(names) == 84  # 12 TE (2 layers × 6) + 72 U-Net modules of the tiny model
-    pipe.load_lora_weights(str(path))
-    pipe.fuse_lora()  # peft keeps the original modules as base layers and fuses into them
-    for name in names:
-        assert name in modules, f"{name} is not a module of the pipeline"
-        down = tensors[f"{name}.lora_down.weight"]
-        up = tensors[f"{name}.lora_up.weight"]
-        scale = tensors[f"{name}.alpha"].item() / down.shape[0]
-        if down.dim() == 4:
-            expected = (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:])
-        else:
-            expected = up @ down
-        delta = modules[name].weight.detach().float() - before[name].float()
-        assert torch.allclose(delta, expected * scale, atol=2e-4, rtol=1e-2), name
-        assert delta.abs().max() > 0, f"{name} was not applied"
-    with torch.no_grad():
-        out_after = pipe.unet(latents, t, context).sample
-    assert not torch.allclose(out_before, out_after)

@@ -1,0 +1,153 @@
+"""Training options on the tiny model, in-process: each test fails if its option is ignored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from lora_core.errors import TrainingError
+from lora_core.events import CheckpointSaved, EpochEnded, EventBus, RunFinished, StepEnded
+from lora_core.models.builtin import ensure_builtin
+from lora_core.profile_io import load_profile
+from lora_core.saving.lora_file import read_lora
+from lora_core.training.session import run_training, start_run
+from tests.e2e.conftest import assert_diffusers_applies_every_module
+
+
+@pytest.fixture
+def train(tiny_profile, state_dir):
+    """Run a tiny profile in this process; returns (events, output folder)."""
+
+    def run(name="t", overrides=(), **sections):
+        path = tiny_profile(name, **sections)
+        profile = load_profile(path, list(overrides))
+        events = []
+        bus = EventBus([events.append])
+        started = start_run(profile, path)
+        run_training(profile, path, started, bus, lambda: False)
+        return events, profile.path("saving", "output_dir")
+
+    return run
+
+
+def keys_of(path):
+    with safe_open(str(path), "pt") as fh:
+        return list(fh.keys())
+
+
+def test_gradient_accumulation_counts_optimizer_steps(train):
+    # 2 images × 3 repeats = 6 samples, batch 1 → 6 batches; accumulation 4 → 2 updates
+    events, _ = train("ga", repeats=3, training={"train_batch_size": 1,
+                                                 "gradient_accumulation_steps": 4})
+    steps = [e for e in events if isinstance(e, StepEnded)]
+    assert [e.step for e in steps] == [1, 2]
+    assert [e.epoch for e in events if isinstance(e, EpochEnded)] == [1]
+
+
+def test_save_every_n_steps_and_epochs(train):
+    events, out = train("saves", repeats=2, training={"max_train_epochs": 3,
+                                                      "train_batch_size": 1},
+                        saving={"save_every_n_steps": 5, "save_every_n_epochs": 2})
+    # 4 steps per epoch, 12 steps: step files at 5 and 10, epoch file at 2, final
+    saved = [(e.kind, e.path.rsplit("/", 1)[-1]) for e in events
+             if isinstance(e, CheckpointSaved)]
+    assert saved == [("step", "saves-step00000005.safetensors"),
+                     ("epoch", "saves-000002.safetensors"),
+                     ("step", "saves-step00000010.safetensors"),
+                     ("final", "saves.safetensors")]
+    assert all((out / name).is_file() for _, name in saved)
+
+
+def test_max_train_steps_when_no_epochs_given(train):
+    # 2 images × 2 repeats, batch 1: 4 steps per epoch; 5 steps → 2 epochs, stop mid-epoch 2
+    events, out = train("steps", repeats=2, training={"max_train_epochs": None,
+                                                      "max_train_steps": 5,
+                                                      "train_batch_size": 1})
+    assert [e.step for e in events if isinstance(e, StepEnded)] == [1, 2, 3, 4, 5]
+    assert [e.epoch for e in events if isinstance(e, EpochEnded)] == [1]
+    _, meta = read_lora(out / "steps.safetensors")
+    assert meta["ss_steps"] == "5" and meta["ss_max_train_steps"] == "5"
+
+
+def test_unet_only_and_text_encoder_only_files(train):
+    _, out = train("unet", network={"network_train_unet_only": True})
+    keys = keys_of(out / "unet.safetensors")
+    assert keys and not any(k.startswith("lora_te") for k in keys)
+    _, out = train("te", network={"network_train_text_encoder_only": True})
+    keys = keys_of(out / "te.safetensors")
+    assert keys and all(k.startswith("lora_te_") for k in keys)
+
+
+def test_separate_learning_rates_reach_the_optimizer(train):
+    events, _ = train("lrs", optimizer={"unet_lr": 3e-4, "text_encoder_lr": 2e-5,
+                                        "lr_scheduler": "constant"})
+    step = next(e for e in events if isinstance(e, StepEnded))
+    assert step.lrs == {"lr/textencoder": pytest.approx(2e-5), "lr/unet": pytest.approx(3e-4)}
+    events, _ = train("te0", optimizer={"text_encoder_lr": 0.0, "lr_scheduler": "constant"})
+    step = next(e for e in events if isinstance(e, StepEnded))
+    assert list(step.lrs) == ["lr/unet"]  # a group at lr 0 is dropped, as sd-scripts does
+
+
+def test_warmup_ratio_and_schedule(train):
+    # 8 steps, warm-up ratio 0.25 → 2 warm-up steps: lr after step 1 is half the base
+    events, _ = train("warm", repeats=4, training={"train_batch_size": 1},
+                      optimizer={"lr_scheduler": "constant_with_warmup",
+                                 "lr_warmup_steps": 0.25, "learning_rate": 1e-3})
+    lrs = [e.lrs["lr/unet"] for e in events if isinstance(e, StepEnded)]
+    assert lrs[:3] == [pytest.approx(5e-4), pytest.approx(1e-3), pytest.approx(1e-3)]
+
+
+def test_bf16_and_gradient_checkpointing_train(train):
+    events, out = train("bf16", training={"mixed_precision": "bf16",
+                                          "gradient_checkpointing": True})
+    assert isinstance(events[-1], RunFinished)
+    tensors, meta = read_lora(out / "bf16.safetensors")
+    assert meta["ss_mixed_precision"] == "bf16" and meta["ss_gradient_checkpointing"] == "True"
+    assert any(t.abs().max() > 0 for k, t in tensors.items() if "lora_up" in k)
+
+
+def test_fp16_on_cpu_is_a_clear_error(train):
+    with pytest.raises(TrainingError, match="fp16.*needs a CUDA GPU"):
+        train("fp16", training={"mixed_precision": "fp16"})
+
+
+def test_network_weights_start_from_an_existing_file(train, tmp_path):
+    _, out = train("first", network={"network_dim": 4})
+    first, _ = read_lora(out / "first.safetensors")
+    from lora_core.models.loading import load_model
+    from lora_core.network.lora import LoRANetwork, NetworkShape
+    from lora_core.network.weights import load_network_weights
+
+    bundle = load_model("builtin:tiny-sd1", tmp_path)
+    net = LoRANetwork(bundle.unet, bundle.text_encoders, NetworkShape(rank=4, alpha=2.0))
+    load_network_weights(net, out / "first.safetensors")
+    state = net.state_dict()
+    assert set(state) == set(first)
+    for key, value in first.items():
+        assert torch.equal(state[key].to(value.dtype), value), key
+    # and a rank mismatch is an error naming the rank to set
+    wrong = LoRANetwork(bundle.unet, bundle.text_encoders, NetworkShape(rank=8, alpha=2.0))
+    with pytest.raises(Exception, match="network_dim"):
+        load_network_weights(wrong, out / "first.safetensors")
+
+
+def test_locon_file_has_conv_modules_that_diffusers_applies(train):
+    _, out = train("locon", network={"conv_dim": 4, "conv_alpha": 2.0})
+    keys = keys_of(out / "locon.safetensors")
+    assert "lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight" in keys
+    tensors, meta = read_lora(out / "locon.safetensors")
+    assert tensors["lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight"].shape[1:] \
+        == (32, 3, 3)
+    assert tensors["lora_unet_down_blocks_0_resnets_0_conv1.alpha"].item() == 2.0
+    assert '"conv_dim": "4"' in meta["ss_network_args"]
+    names = assert_diffusers_applies_every_module(out / "locon.safetensors")
+    assert any("resnets" in n for n in names)
+
+
+def test_local_diffusers_folder_trains_like_builtin(train):
+    folder = ensure_builtin("tiny-sd1")
+    events, out = train("folder", model={"pretrained_model_name_or_path": str(folder)})
+    assert isinstance(events[-1], RunFinished)
+    _, meta = read_lora(out / "folder.safetensors")
+    assert meta["ss_sd_model_name"] == folder.name
