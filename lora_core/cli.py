@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 from lora_core.errors import LoraError
-from lora_core.events import EventBus, JsonLinesSink, RunFailed
+from lora_core.events import EventBus, JsonLinesSink, LogLine, RunFailed, WarningIssued
 from lora_core.paths import state_dir
 
 EXIT_INTERRUPTED = 130
@@ -52,6 +52,21 @@ def _add_run_log(path: Path) -> logging.Handler:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     return handler
+
+
+class LogToEvents(logging.Handler):
+    """The engine's own log warnings become warning events, info lines log events, so a UI
+    following the stream sees them (errors arrive as run_failed instead)."""
+
+    def __init__(self, bus: EventBus) -> None:
+        super().__init__(logging.INFO)
+        self.bus = bus
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno == logging.WARNING:
+            self.bus.emit(WarningIssued(record.getMessage()))
+        elif record.levelno == logging.INFO:
+            self.bus.emit(LogLine("info", record.getMessage()))
 
 
 def _print_error(exc: LoraError) -> None:
@@ -101,23 +116,27 @@ def cmd_run(profile_path: Path, overrides: list[str], events_arg: str | None,
     """Run one profile. Every failure, early or late, ends the event stream with run_failed."""
     from lora_core.profile_io import load_profile
     from lora_core.progress import ProgressPrinter
-    from lora_core.training.session import run_training, start_run
+    from lora_core.training.session import is_main_process, run_training, start_run
 
     bus = EventBus()
-    if progress:
+    main = is_main_process()  # under accelerate launch, only rank 0 talks and writes
+    if progress and main:
         bus.add(ProgressPrinter(use_bar=None))
-    sinks = _open_event_sinks(bus, events_arg)
+    sinks = _open_event_sinks(bus, events_arg if main else None)
     stop = StopFlag()
     stop.install()
     log_path = state_dir() / "lora-train.log"
+    bridge = LogToEvents(bus)
+    logging.getLogger("lora_core").addHandler(bridge)
     try:
         profile = load_profile(profile_path, overrides)
         started = start_run(profile, profile_path)
-        log_path = started.folder.log
-        _add_run_log(log_path)
-        events_file = open(started.folder.events, "a", encoding="utf-8")  # noqa: SIM115
-        sinks.append(JsonLinesSink(events_file, close=True))
-        bus.add(sinks[-1])
+        if started.folder is not None:
+            log_path = started.folder.log
+            _add_run_log(log_path)
+            events_file = open(started.folder.events, "a", encoding="utf-8")  # noqa: SIM115
+            sinks.append(JsonLinesSink(events_file, close=True))
+            bus.add(sinks[-1])
         result = run_training(profile, profile_path, started, bus, stop)
         return EXIT_INTERRUPTED if result.interrupted else 0
     except LoraError as exc:
@@ -139,6 +158,7 @@ def cmd_run(profile_path: Path, overrides: list[str], events_arg: str | None,
               f"the full traceback is in {log_path}", file=sys.stderr)
         return 1
     finally:
+        logging.getLogger("lora_core").removeHandler(bridge)
         for sink in sinks:
             sink.close()
 

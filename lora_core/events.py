@@ -96,7 +96,8 @@ class LogLine(Event):
 @dataclass
 class RunFinished(Event):
     type: ClassVar[str] = "run_finished"
-    files: list[str]
+    files: list[str]  # every file written, in order
+    final_file: str  # the LoRA to use: the final file, or the -interrupted one
     steps: int
     seconds: float
     interrupted: bool = False

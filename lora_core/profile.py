@@ -207,6 +207,20 @@ NOT_YET_KEYS = frozenset({
     "up_lr_weight", "block_dims", "block_alphas", "sample_prompts", "sample_every_n_steps",
     "sample_every_n_epochs", "sample_at_first", "sample_sampler", "dataset_config",
     "save_state", "resume", "full_fp16", "full_bf16", "fp8_base", "xformers",
+    "ip_noise_gamma", "ip_noise_gamma_random_strength", "masked_loss", "alpha_mask",
+    "v_pred_like_loss", "weighted_captions", "face_crop_aug_range", "save_last_n_epochs",
+    "save_last_n_steps", "save_last_n_epochs_state", "save_last_n_steps_state",
+    "save_state_on_train_end", "save_n_epoch_ratio", "lr_scheduler_type", "lr_scheduler_args",
+    "lr_decay_steps", "lr_scheduler_min_lr_ratio", "lr_scheduler_timescale", "dim_from_weights",
+    "base_weights", "base_weights_multiplier", "network_multiplier", "conv_block_dims",
+    "conv_block_alphas", "block_lr_zero_threshold", "loraplus_unet_lr_ratio",
+    "loraplus_text_encoder_lr_ratio", "validation_split", "validation_seed",
+    "validate_every_n_steps", "validate_every_n_epochs", "max_validation_steps",
+    "logging_dir", "log_with", "log_prefix", "wandb_api_key", "torch_compile",
+    "dynamo_backend", "lowram", "highvram", "cache_info", "resize_interpolation",
+    "persistent_data_loader_workers", "fused_backward_pass", "cpu_offload_checkpointing",
+    "metadata_title", "metadata_author", "metadata_description", "metadata_license",
+    "metadata_tags", "no_metadata", "sdpa", "mem_eff_attn", "fp8_base_unet", "in_json",
 })
 NOT_YET_SECTIONS = frozenset({"sample", "samples", "logging"})
 
@@ -287,6 +301,9 @@ def _check_value(where: str, value: Any, meta: dict) -> str | None:
     choices = meta["choices"]
     if choices is not None and isinstance(value, str):
         match = {c.lower(): c for c in choices}.get(value.lower())
+        if match is None and value.lower() in {o.lower() for o in LATER_OPTIMIZERS}:
+            return (f"{where} = {_fmt(value)} is not supported yet by this version of "
+                    f"lora-train; the choices are: {', '.join(choices)}")
         if match is None:
             return (f"{where} = {_fmt(value)} is not one of the choices: "
                     f"{', '.join(choices)}")

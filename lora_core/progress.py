@@ -56,7 +56,8 @@ class ProgressPrinter:
                        f"{plan.get('num_epochs')} epochs, {plan.get('max_train_steps')} steps, "
                        f"seed {plan.get('seed')}")
         elif isinstance(event, PhaseChanged):
-            self._line(f"{event.phase}...")
+            if not event.phase.startswith("saving"):  # a "saved ..." line follows anyway
+                self._line(f"{event.phase}...")
         elif isinstance(event, WarningIssued):
             self._line(f"warning: {event.message}")
         elif isinstance(event, StepEnded):

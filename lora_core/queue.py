@@ -26,6 +26,7 @@ class QueueItem:
     files: list[str] = field(default_factory=list)
     message: str = ""
     run_dir: str = ""
+    final_file: str = ""
 
 
 def run_one(item: QueueItem) -> int:
@@ -33,16 +34,15 @@ def run_one(item: QueueItem) -> int:
         events_path = Path(tmp) / "events.jsonl"
         cmd = [sys.executable, "-m", "lora_core.cli", "run", str(item.profile),
                "--events", str(events_path)]
-        try:
-            code = subprocess.run(cmd, check=False).returncode
-        except KeyboardInterrupt:
-            code = EXIT_INTERRUPTED
+        child = subprocess.Popen(cmd)
+        code = wait_through_ctrl_c(child)
         events = list(read_events(events_path)) if events_path.exists() else []
     for event in events:
         if isinstance(event, RunStarted):
             item.run_dir = event.run_dir
         elif isinstance(event, RunFinished):
             item.files = event.files
+            item.final_file = event.final_file
         elif isinstance(event, RunFailed):
             item.message = event.message
     if code == 0:
@@ -56,12 +56,22 @@ def run_one(item: QueueItem) -> int:
     return code
 
 
+def wait_through_ctrl_c(child: subprocess.Popen) -> int:
+    """Wait for the child even when Ctrl+C arrives: the terminal sends it to the child too,
+    which stops after its step and saves. Killing it here would lose that save."""
+    while True:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            continue
+
+
 def render_table(items: list[QueueItem]) -> str:
     width = max(len(str(i.profile)) for i in items)
     lines = [f"{'profile':<{width}}  status   result"]
     for item in items:
         if item.status == "done":
-            result = ", ".join(item.files[-1:]) or "(no file)"
+            result = item.final_file or "(no file)"
         else:
             result = " ".join(item.message.replace("\n  - ", " ").split())
         lines.append(f"{str(item.profile):<{width}}  {item.status:<7}  {result}")

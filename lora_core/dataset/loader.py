@@ -10,6 +10,7 @@ uninterrupted one would. Workers prefetch the next batches while the model train
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from lora_core.dataset.captions import process_caption, sample_rng
 from lora_core.dataset.images import load_training_image
 from lora_core.dataset.plan import TrainingPlan
+from lora_core.errors import LoraError
 from lora_core.profile import DatasetSection
 
 
@@ -37,6 +39,14 @@ class EpochBatches(torch.utils.data.Dataset):
         return len(self.batches)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            return self._load(index)
+        except LoraError as exc:
+            # Raised in a worker this would reach the loop as a traceback string; as data
+            # it keeps its message and hint (the loop raises it again).
+            return {"error": (exc.message, exc.hint)}
+
+    def _load(self, index: int) -> dict[str, Any]:
         position = self.first_position + index
         pixels, captions, weights = [], [], []
         for slot, item_index in enumerate(self.batches[index]):
@@ -71,4 +81,10 @@ def make_epoch_loader(plan: TrainingPlan, ds: DatasetSection, batches: list[list
     workers = min(ds.max_data_loader_n_workers, len(remaining))
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=workers,
-        pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None)
+        pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None,
+        worker_init_fn=_ignore_ctrl_c if workers else None)
+
+
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """Ctrl+C is the training process's to handle (stop after the step, then save)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -5,13 +5,12 @@ regularization balancing (the "steps double" effect), bucket assignment, batches
 the step/epoch maths with gradient accumulation and several processes, the warm-up length,
 and which checkpoint files will be written when. ``lora-train check`` prints it, the run
 records it (``plan_summary``) and the LoRA file's ``ss_*`` metadata quotes it
-(``metadata_fields``). Per-epoch batch order is derived from (seed, epoch) alone so a run can
-be resumed mid-epoch. Pure Python; no torch, no file I/O.
+(``saving.metadata.dataset_metadata``). Per-epoch batch order is derived from (seed, epoch)
+alone so a run can be resumed mid-epoch. Pure Python; no torch, no file I/O.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from lora_core.dataset.buckets import BucketConfig, Size, aspect_ratio_error, bu
 from lora_core.dataset.scan import DatasetScan, ImageRecord, SubsetScan, scan_dataset
 from lora_core.errors import DatasetError
 from lora_core.profile import Profile
+from lora_core.saving import names
 
 # plan_summary lists at most this many save points of each kind (an event must stay small).
 _SUMMARY_LIST_LIMIT = 200
@@ -87,7 +87,6 @@ class TrainingPlan:
     epoch_save_points: list[int]  # epochs (1-based) that write <name>-<epoch:06d>
     step_save_points: list[int]  # global steps that write <name>-step<step:08d>
     output_name: str
-    model_extension: str = "safetensors"
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -95,14 +94,14 @@ class TrainingPlan:
         return sum(len(s.effective_repeats) - s.images_used for s in self.subsets if s.is_reg)
 
     def epoch_file_name(self, epoch: int) -> str:
-        return f"{self.output_name}-{epoch:06d}.{self.model_extension}"
+        return names.epoch_file_name(self.output_name, epoch)
 
     def step_file_name(self, step: int) -> str:
-        return f"{self.output_name}-step{step:08d}.{self.model_extension}"
+        return names.step_file_name(self.output_name, step)
 
     @property
     def final_file_name(self) -> str:
-        return f"{self.output_name}.{self.model_extension}"
+        return names.final_file_name(self.output_name)
 
     def checkpoint_schedule(self) -> list[tuple[int, str]]:
         """(global step, file name) of every numbered file, in the order they are written.
@@ -242,9 +241,11 @@ def make_plan(profile: Profile, scan: DatasetScan, num_processes: int = 1) -> Tr
 
     saving = profile.saving
     every_epochs, every_steps = saving.save_every_n_epochs, saving.save_every_n_steps
-    # The last epoch / last step writes the final file instead of a numbered one.
+    # The last epoch writes the final file instead of a numbered one; step files are
+    # written at every multiple of N, the last step included (as sd-scripts does).
     epoch_points = list(range(every_epochs, num_epochs, every_epochs)) if every_epochs else []
-    step_points = list(range(every_steps, max_train_steps, every_steps)) if every_steps else []
+    step_points = list(range(every_steps, max_train_steps + 1, every_steps)) if every_steps \
+        else []
 
     return TrainingPlan(
         subsets=subsets, items=items, num_train_images=num_train_images,
@@ -257,7 +258,7 @@ def make_plan(profile: Profile, scan: DatasetScan, num_processes: int = 1) -> Tr
         max_train_steps=max_train_steps, warmup_steps=warmup_steps,
         save_every_n_epochs=every_epochs, save_every_n_steps=every_steps,
         epoch_save_points=epoch_points, step_save_points=step_points,
-        output_name=saving.output_name, model_extension=saving.save_model_as,
+        output_name=saving.output_name,
         warnings=warnings)
 
 
@@ -330,42 +331,4 @@ def plan_summary(plan: TrainingPlan) -> dict[str, Any]:
             "final": plan.final_file_name,
         },
         "warnings": list(plan.warnings),
-    }
-
-
-def metadata_fields(plan: TrainingPlan) -> dict[str, str]:
-    """The dataset ``ss_*`` metadata of sd-scripts' folder mode, as strings.
-
-    Shapes as sd-scripts writes them (json.dumps defaults): folders keyed by basename with
-    their folder repeats and image count (empty folders left out), tag counts of every
-    folder (same basename: counts merged), bucket indices in sorted bucket order, and
-    ``null`` bucket info when bucketing is off.
-    """
-    dirs: dict[str, dict[str, int]] = {}
-    reg_dirs: dict[str, dict[str, int]] = {}
-    tags: dict[str, dict[str, int]] = {}
-    for subset in plan.subsets:
-        scan = subset.scan
-        merged = tags.setdefault(scan.name, {})
-        for tag, count in scan.tag_frequency.items():
-            merged[tag] = merged.get(tag, 0) + count
-        if scan.images:
-            target = reg_dirs if scan.is_reg else dirs
-            target[scan.name] = {"n_repeats": scan.repeats, "img_count": len(scan.images)}
-    bucket_info: dict[str, Any] | None = None
-    if plan.bucket.mode != "single":
-        bucket_info = {
-            "buckets": {i: {"resolution": list(reso), "count": count}
-                        for i, (reso, count) in enumerate(plan.bucket_counts.items())},
-            "mean_img_ar_error": plan.mean_ar_error if plan.items else 0,
-        }
-    return {
-        "ss_dataset_dirs": json.dumps(dirs),
-        "ss_reg_dataset_dirs": json.dumps(reg_dirs),
-        "ss_tag_frequency": json.dumps(tags),
-        "ss_bucket_info": json.dumps(bucket_info),
-        "ss_num_train_images": str(plan.num_train_images),
-        "ss_num_reg_images": str(plan.num_reg_images),
-        # sd-scripts reads len(train_dataloader) after accelerate has split it per process.
-        "ss_num_batches_per_epoch": str(_ceil_div(plan.batches_per_epoch, plan.num_processes)),
     }

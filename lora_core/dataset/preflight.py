@@ -9,6 +9,7 @@ weights read.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from lora_core.dataset.buckets import bucket_config
 from lora_core.dataset.plan import TrainingPlan, make_plan
@@ -34,10 +35,37 @@ def input_problems(profile: Profile) -> list[str]:
     except LoraError as exc:
         found.append(f"{exc.message} ({exc.hint})" if exc.hint else exc.message)
     weights = profile.path("network", "network_weights")
-    if weights is not None and not weights.is_file():
-        found.append(f"`[network] network_weights` file not found: {weights} (give an "
-                     "existing LoRA .safetensors file, or \"\" to start fresh)")
+    if weights is not None:
+        problem = lora_file_problem(weights)
+        if problem:
+            found.append(f"`[network] network_weights` {problem}")
+    output_dir = profile.path("saving", "output_dir")
+    for key in ("train_data_dir", "reg_data_dir"):
+        data_dir = profile.path("dataset", key)
+        if data_dir is not None and output_dir is not None \
+                and (output_dir == data_dir or data_dir in output_dir.parents):
+            found.append(f"`[saving] output_dir` {output_dir} is inside `[dataset] {key}` "
+                         f"{data_dir}; lora-train never writes into a dataset (choose a "
+                         "folder outside it)")
     return found
+
+
+def lora_file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a kohya LoRA file, from its header alone (no torch)."""
+    if not path.is_file():
+        return f"file not found: {path} (give an existing LoRA .safetensors file, or \"\" to " \
+            "start fresh)"
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as fh:
+            keys = list(fh.keys())
+    except Exception as exc:  # safetensors raises several types for a broken header
+        return f"{path} is not a readable .safetensors file ({exc})"
+    if not any(k.startswith(("lora_unet_", "lora_te_")) for k in keys):
+        return (f"{path} is not a kohya-format SD 1.x LoRA (no lora_unet_/lora_te_ keys); "
+                "give a LoRA trained for an SD 1.x model")
+    return None
 
 
 def run_preflight(profile: Profile, strict: bool = True, num_processes: int = 1) -> Preflight:

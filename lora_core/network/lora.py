@@ -140,7 +140,3 @@ class LoRANetwork(nn.Module):
 
     def parameters_of(self, names: list[str]) -> list[nn.Parameter]:
         return [p for name in names for p in getattr(self, name).parameters()]
-
-    def set_multiplier(self, multiplier: float) -> None:
-        for module in self.lora_modules():
-            module.multiplier = multiplier

@@ -29,10 +29,11 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, exclusive: bool =
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        # mkstemp makes 0600 files; give the usual permissions so a UI or server running
+        # as another user (ComfyUI, A1111, a NAS) can read the result.
+        os.chmod(tmp, 0o666 & ~_umask())
         if exclusive:
-            # link() fails if the target exists, so no existing file is ever replaced.
-            os.link(tmp, path)
-            tmp.unlink()
+            _move_exclusive(tmp, path)
         else:
             os.replace(tmp, path)
     except FileExistsError:
@@ -46,6 +47,30 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, exclusive: bool =
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _move_exclusive(tmp: Path, path: Path) -> None:
+    """Move tmp to path, failing with FileExistsError if path exists."""
+    try:
+        # link() fails if the target exists, so no existing file is ever replaced.
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        # File systems without hard links (FAT/exFAT drives, some network shares): check,
+        # then rename. Not race-free against another writer, but never replaces a file
+        # that existed when the save began.
+        if path.exists():
+            raise FileExistsError(path) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, exclusive: bool = False) -> None:

@@ -10,7 +10,6 @@ never leaves a torn file and an existing file is never replaced.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -20,47 +19,16 @@ from safetensors.torch import save_file
 
 from lora_core.errors import ModelError
 from lora_core.saving.atomic import atomic_write
+from lora_core.saving.names import (  # noqa: F401 (re-exported for callers)
+    epoch_file_name,
+    final_file_name,
+    free_output_name,
+    interrupted_file_name,
+    names_in_use,
+    step_file_name,
+)
 
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def final_file_name(output_name: str) -> str:
-    return f"{output_name}.safetensors"
-
-
-def epoch_file_name(output_name: str, epoch: int) -> str:
-    return f"{output_name}-{epoch:06d}.safetensors"
-
-
-def step_file_name(output_name: str, step: int) -> str:
-    return f"{output_name}-step{step:08d}.safetensors"
-
-
-def interrupted_file_name(output_name: str) -> str:
-    return f"{output_name}-interrupted.safetensors"
-
-
-def names_in_use(output_dir: Path, output_name: str) -> bool:
-    """Whether any file this output_name would produce already exists."""
-    if not output_dir.is_dir():
-        return False
-    if (output_dir / final_file_name(output_name)).exists():
-        return True
-    return any(output_dir.glob(f"{glob_escape(output_name)}-*.safetensors"))
-
-
-def glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
-
-
-def free_output_name(output_dir: Path, output_name: str) -> str:
-    """``output_name``, or ``output_name_2``, ``_3``... when files of that name exist."""
-    if not names_in_use(output_dir, output_name):
-        return output_name
-    n = 2
-    while names_in_use(output_dir, f"{output_name}_{n}"):
-        n += 1
-    return f"{output_name}_{n}"
 
 
 def cast_state_dict(state_dict: dict[str, torch.Tensor], save_precision: str
@@ -115,7 +83,3 @@ def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 def read_metadata(path: Path) -> dict[str, str]:
     return read_lora(path)[1]
-
-
-def json_value(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False)

@@ -9,12 +9,15 @@ LoRA managers (e.g. Civitai's uploader) read these keys.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from lora_core import __version__
+from lora_core.dataset.plan import TrainingPlan
 from lora_core.profile import Profile, parse_resolution
 
 
@@ -50,8 +53,7 @@ def full_file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def training_metadata(profile: Profile, dataset_fields: dict[str, str], run: RunInfo
-                      ) -> dict[str, str]:
+def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dict[str, str]:
     """The full metadata dict (all values str) for this run; ``ss_steps`` etc. set at save."""
     net, opt, tr, ds = profile.network, profile.optimizer, profile.training, profile.dataset
     width, height = parse_resolution(ds.resolution)
@@ -130,14 +132,12 @@ def training_metadata(profile: Profile, dataset_fields: dict[str, str], run: Run
         "ss_lora_tui_version": __version__,
     }
     if conv_args:
-        import json
-
         values["ss_network_args"] = json.dumps(conv_args)
     if run.model_file is not None and run.model_file.is_file():
         values["ss_sd_model_hash"] = legacy_file_hash(run.model_file)
         values["ss_new_sd_model_hash"] = full_file_hash(run.model_file)
     metadata = {k: str(v) for k, v in values.items()}
-    metadata.update(dataset_fields)
+    metadata.update(dataset_metadata(plan))
     metadata.update(modelspec(profile, run.output_name, width, height))
     return metadata
 
@@ -163,3 +163,41 @@ def at_save(metadata: dict[str, str], step: int, epoch: int) -> dict[str, str]:
     """The metadata with the progress keys of one particular save filled in."""
     return {**metadata, "ss_steps": str(step), "ss_epoch": str(epoch),
             "ss_training_finished_at": str(time.time())}
+
+
+def dataset_metadata(plan: TrainingPlan) -> dict[str, str]:
+    """The dataset ``ss_*`` metadata of sd-scripts' folder mode, as strings.
+
+    Shapes as sd-scripts writes them (json.dumps defaults): folders keyed by basename with
+    their folder repeats and image count (empty folders left out), tag counts of every
+    folder (same basename: counts merged), bucket indices in sorted bucket order, and
+    ``null`` bucket info when bucketing is off.
+    """
+    dirs: dict[str, dict[str, int]] = {}
+    reg_dirs: dict[str, dict[str, int]] = {}
+    tags: dict[str, dict[str, int]] = {}
+    for subset in plan.subsets:
+        scan = subset.scan
+        merged = tags.setdefault(scan.name, {})
+        for tag, count in scan.tag_frequency.items():
+            merged[tag] = merged.get(tag, 0) + count
+        if scan.images:
+            target = reg_dirs if scan.is_reg else dirs
+            target[scan.name] = {"n_repeats": scan.repeats, "img_count": len(scan.images)}
+    bucket_info: dict[str, Any] | None = None
+    if plan.bucket.mode != "single":
+        bucket_info = {
+            "buckets": {i: {"resolution": list(reso), "count": count}
+                        for i, (reso, count) in enumerate(plan.bucket_counts.items())},
+            "mean_img_ar_error": plan.mean_ar_error if plan.items else 0,
+        }
+    return {
+        "ss_dataset_dirs": json.dumps(dirs),
+        "ss_reg_dataset_dirs": json.dumps(reg_dirs),
+        "ss_tag_frequency": json.dumps(tags),
+        "ss_bucket_info": json.dumps(bucket_info),
+        "ss_num_train_images": str(plan.num_train_images),
+        "ss_num_reg_images": str(plan.num_reg_images),
+        # sd-scripts reads len(train_dataloader) after accelerate has split it per process.
+        "ss_num_batches_per_epoch": str(-(-plan.batches_per_epoch // plan.num_processes)),
+    }

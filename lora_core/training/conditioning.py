@@ -8,11 +8,14 @@ switching caching on never touches the loop.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
 import torch
 
 from lora_core.models.families import ModelBundle, family_of
+
+log = logging.getLogger(__name__)
 
 
 class LatentSource(Protocol):
@@ -30,6 +33,7 @@ class VaeLatents:
         self.vae = bundle.vae
         self.scale = bundle.vae_scaling_factor
         self.device, self.dtype = device, dtype
+        self.warned = False
 
     @torch.no_grad()
     def latents(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -38,6 +42,10 @@ class VaeLatents:
         if not torch.isfinite(latents).all():
             # fp16 VAEs overflow on some images; sd-scripts replaces them with zeros too.
             latents = torch.nan_to_num(latents, nan=0.0, posinf=0.0, neginf=0.0)
+            if not self.warned:
+                self.warned = True
+                log.warning("the VAE produced NaN/inf latents (replaced with zeros); with "
+                            "mixed_precision = \"fp16\" try \"bf16\" or a fixed fp16 VAE")
         return latents.float() * self.scale
 
 

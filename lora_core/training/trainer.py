@@ -27,13 +27,13 @@ import torch
 
 from lora_core.dataset.loader import make_epoch_loader, process_batches
 from lora_core.dataset.plan import TrainingPlan, epoch_batches
-from lora_core.errors import TrainingError
+from lora_core.errors import DatasetError, TrainingError
 from lora_core.events import CheckpointSaved, EpochEnded, EventBus, PhaseChanged, StepEnded
 from lora_core.models.families import ModelBundle
 from lora_core.network.lora import LoRANetwork, NetworkShape
 from lora_core.network.weights import load_network_weights
 from lora_core.profile import Profile
-from lora_core.saving import lora_file
+from lora_core.saving import lora_file, names
 from lora_core.saving.metadata import at_save
 from lora_core.training.conditioning import LiveTextEncoder, VaeLatents
 from lora_core.training.loss import noise_target, weighted_mse
@@ -69,14 +69,9 @@ class Outputs:
 def _setup_accelerator(profile: Profile):
     from accelerate import Accelerator
 
-    precision = profile.training.mixed_precision
-    if precision == "fp16" and not torch.cuda.is_available():
-        raise TrainingError(
-            "`[training] mixed_precision` = \"fp16\" needs a CUDA GPU, and none was found",
-            "on a CPU set mixed_precision = \"no\" (or \"bf16\"); on a GPU machine check that "
-            "a CUDA build of torch is installed (python -c \"import torch; "
-            "print(torch.cuda.is_available())\")")
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    # fp16 without a GPU was refused before the model loaded (session.check_machine).
+    return Accelerator(mixed_precision=profile.training.mixed_precision,
+                       cpu=not torch.cuda.is_available())
 
 
 def _setup_models(bundle: ModelBundle, profile: Profile, device: torch.device) -> torch.dtype:
@@ -132,8 +127,11 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     groups = param_groups(network, profile.optimizer)
     optimizer = build_optimizer(groups, profile.optimizer)
     scheduler = build_scheduler(optimizer, profile.optimizer, plan.max_train_steps,
-                                accelerator.num_processes)
-    network, optimizer, scheduler = accelerator.prepare(network, optimizer, scheduler)
+                                plan.warmup_steps, accelerator.num_processes)
+    # The network is not wrapped in DDP: its LoRA modules run inside the U-Net and text
+    # encoder, so a DDP wrapper's forward would never run and it would never sync.
+    # Gradients are averaged by hand on each optimizer step instead (as sd-scripts does).
+    optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
     trainable = [p for g in groups for p in g.params]
     train_te = any(g.name == "textencoder" for g in groups)
     latents_from = VaeLatents(bundle, device, weight_dtype)
@@ -144,6 +142,7 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     step_times: deque[float] = deque(maxlen=20)
     emit(PhaseChanged("training"))
     last_step_at = time.perf_counter()
+    window_loss = torch.zeros((), device=device)
 
     while state.epoch < total_epochs and state.step < total_steps:
         batches = epoch_batches(plan, state.seed, state.epoch)
@@ -151,11 +150,10 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
         loader = make_epoch_loader(plan, profile.dataset, mine, state, device)
         state.losses = deque(state.losses, maxlen=max(1, math.ceil(len(mine) / grad_accum)))
         for index, batch in enumerate(loader, start=state.batch_in_epoch):
+            raise_loader_error(batch)
             update_start = (index // grad_accum) * grad_accum
             micro_in_update = min(grad_accum, len(mine) - update_start)
-            last_micro = index + 1 == update_start + micro_in_update
-            sync = contextlib.nullcontext() if last_micro else accelerator.no_sync(network)
-            with sync, accelerator.autocast():
+            with accelerator.autocast(), out_of_memory_hints():
                 latents = latents_from.latents(batch)
                 noise = torch.randn_like(latents)
                 timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps,
@@ -166,75 +164,113 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
                                    hidden.to(weight_dtype)).sample
                 loss = weighted_mse(pred, noise_target(noise), batch["loss_weights"])
                 accelerator.backward(loss / micro_in_update)
+            window_loss += loss.detach() / micro_in_update
             state.batch_in_epoch = index + 1
-            if not last_micro:
-                continue
-            _check_finite(loss, state.step + 1)
+            if index + 1 < update_start + micro_in_update:
+                continue  # accumulate: the optimizer steps after the window's last batch
+            step_loss = float(average_across_processes(accelerator, window_loss))
+            window_loss.zero_()
+            _check_finite(step_loss, state.step + 1)
+            average_gradients(accelerator, trainable)
             if profile.optimizer.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(trainable, profile.optimizer.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
-            state.losses.append(loss.item())
+            state.losses.append(step_loss)
             now = time.perf_counter()
             step_times.append(now - last_step_at)
             last_step_at = now
-            emit(_step_event(state, total_steps, total_epochs, optimizer, step_times, groups))
-            if should_save_step(state.step, profile, total_steps) and main:
-                save(network, accelerator, outputs, state, "step", bus)
-            if state.step >= total_steps or stop_requested():
+            emit(_step_event(state, total_steps, total_epochs, optimizer, step_times))
+            if state.step in plan.step_save_points and main:
+                save(network, outputs, state, "step", bus)
+            if state.step >= total_steps or any_process_asks_to_stop(accelerator, stop_requested):
                 break
         if state.batch_in_epoch == len(mine):  # the epoch ran to its end
             state.epoch += 1
             state.batch_in_epoch = 0
             emit(EpochEnded(state.epoch, total_epochs, state.step, _avg(state.losses)))
-            if should_save_epoch(state.epoch, profile, total_epochs) and main:
-                save(network, accelerator, outputs, state, "epoch", bus)
-        if state.step >= total_steps or stop_requested():
+            if state.epoch in plan.epoch_save_points and main:
+                save(network, outputs, state, "epoch", bus)
+        if state.step >= total_steps or any_process_asks_to_stop(accelerator, stop_requested):
             break
 
     interrupted = state.step < total_steps
     accelerator.wait_for_everyone()
     if main:
-        save(network, accelerator, outputs, state, "interrupted" if interrupted else "final", bus)
+        save(network, outputs, state, "interrupted" if interrupted else "final", bus)
     return interrupted
 
 
-def should_save_step(step: int, profile: Profile, total_steps: int) -> bool:
-    every = profile.saving.save_every_n_steps
-    return bool(every) and step % every == 0 and step < total_steps
+def average_across_processes(accelerator, value: torch.Tensor) -> torch.Tensor:
+    if accelerator.num_processes == 1:
+        return value
+    return accelerator.reduce(value.clone(), reduction="mean")
 
 
-def should_save_epoch(epoch_done: int, profile: Profile, total_epochs: int) -> bool:
-    """sd-scripts saves when epoch % N == 0 and it is not the last epoch (the final file is)."""
-    every = profile.saving.save_every_n_epochs
-    return bool(every) and epoch_done % every == 0 and epoch_done < total_epochs
+def average_gradients(accelerator, params: list[torch.nn.Parameter]) -> None:
+    """Average LoRA gradients over processes (every process then takes the same step)."""
+    if accelerator.num_processes == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        p.grad = accelerator.reduce(p.grad, reduction="mean")
 
 
-def save(network, accelerator, outputs: Outputs, state: TrainState, kind: str,
-         bus: EventBus) -> Path:
+def any_process_asks_to_stop(accelerator, stop_requested: Callable[[], bool]) -> bool:
+    """Stop when any process got Ctrl+C: all must stop together or the others would hang."""
+    wanted = stop_requested()
+    if accelerator.num_processes == 1:
+        return wanted
+    flag = torch.tensor(1.0 if wanted else 0.0, device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="max") > 0)
+
+
+def raise_loader_error(batch: dict) -> None:
+    """A loader worker reports a bad image as data (an exception would arrive as a
+    traceback string); raise it here with its own message and hint."""
+    if "error" in batch:
+        message, hint = batch["error"]
+        raise DatasetError(message, hint)
+
+
+@contextlib.contextmanager
+def out_of_memory_hints():
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        raise TrainingError(
+            "the GPU ran out of memory",
+            "lower `[training] train_batch_size`, set gradient_checkpointing = true, use "
+            "optimizer_type = \"AdamW8bit\", lower network_dim, or lower the resolution"
+        ) from None
+
+
+def save(network, outputs: Outputs, state: TrainState, kind: str, bus: EventBus) -> Path:
     name = outputs.output_name
     file_name = {
-        "step": lambda: lora_file.step_file_name(name, state.step),
-        "epoch": lambda: lora_file.epoch_file_name(name, state.epoch),
-        "final": lambda: lora_file.final_file_name(name),
-        "interrupted": lambda: lora_file.interrupted_file_name(name),
+        "step": lambda: names.step_file_name(name, state.step),
+        "epoch": lambda: names.epoch_file_name(name, state.epoch),
+        "final": lambda: names.final_file_name(name),
+        "interrupted": lambda: names.interrupted_file_name(name),
     }[kind]()
     path = outputs.output_dir / file_name
     bus.emit(PhaseChanged(f"saving {file_name}"))
-    state_dict = accelerator.unwrap_model(network).state_dict()
-    metadata = at_save(outputs.metadata, state.step, state.epoch)
-    lora_file.save_lora(path, state_dict, metadata, outputs.save_precision)
+    # ss_epoch: the epoch this save belongs to (1-based), also when stopping mid-epoch.
+    epoch = state.epoch + (1 if state.batch_in_epoch else 0)
+    metadata = at_save(outputs.metadata, state.step, epoch)
+    lora_file.save_lora(path, network.state_dict(), metadata, outputs.save_precision)
     outputs.written.append(path)
-    bus.emit(CheckpointSaved(str(path), state.step, state.epoch, kind))
+    bus.emit(CheckpointSaved(str(path), state.step, epoch, kind))
     return path
 
 
-def _check_finite(loss: torch.Tensor, step: int) -> None:
-    if not torch.isfinite(loss).all():
+def _check_finite(loss: float, step: int) -> None:
+    if not math.isfinite(loss):
         raise TrainingError(
-            f"the loss became {loss.item()} at step {step}; nothing from this step is saved",
+            f"the loss became {loss} at step {step}; nothing from this step is saved",
             "lower the learning rate, use mixed_precision = \"bf16\" or \"no\" instead of "
             "fp16, or keep the VAE in full precision")
 
@@ -244,7 +280,7 @@ def _avg(losses: deque) -> float:
 
 
 def _step_event(state: TrainState, total_steps: int, total_epochs: int,
-                optimizer: torch.optim.Optimizer, step_times: deque, groups) -> StepEnded:
+                optimizer: torch.optim.Optimizer, step_times: deque) -> StepEnded:
     seconds = sum(step_times) / len(step_times)
     lrs = {f"lr/{g['name']}": float(g["lr"]) for g in optimizer.param_groups}
     return StepEnded(step=state.step, total_steps=total_steps, epoch=state.epoch + 1,

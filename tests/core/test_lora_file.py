@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 
 import pytest
@@ -108,5 +107,31 @@ def test_broken_file_error_names_the_file(tmp_path):
         lora_file.read_lora(bad)
 
 
-def test_json_value_keeps_unicode():
-    assert json.loads(lora_file.json_value({"ä": 1})) == {"ä": 1}
+def test_written_files_get_normal_permissions(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "p.safetensors"
+        lora_file.save_lora(path, sample_state(), {}, "fp16")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_exclusive_move_without_hard_links_still_never_overwrites(tmp_path, monkeypatch):
+    import os
+
+    from lora_core.saving import atomic
+
+    def no_links(src, dst):
+        raise PermissionError("no hard links here")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "a.bin"
+    atomic.atomic_write_bytes(path, b"one", exclusive=True)
+    assert path.read_bytes() == b"one"
+    with pytest.raises(OutputError, match="already exists"):
+        atomic.atomic_write_bytes(path, b"two", exclusive=True)
+    assert path.read_bytes() == b"one"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]

@@ -12,13 +12,13 @@ from lora_core.dataset.plan import (
     balance_reg_repeats,
     epoch_batches,
     make_plan,
-    metadata_fields,
     plan_summary,
     scan_for_profile,
 )
 from lora_core.dataset.report import render_check_report
 from lora_core.dataset.scan import advisories
 from lora_core.errors import DatasetError
+from lora_core.saving.metadata import dataset_metadata
 from tests.core.dataset_helpers import make_folder, profile_for
 
 
@@ -79,7 +79,7 @@ def test_plan_with_surplus_reg_images_leaves_them_unused(tmp_path):
     assert [it.record.path.name for it in plan.items if it.is_reg] == [
         "img00.png", "img01.png", "img02.png"]  # the same first ones, always
     assert any("2 of 5 regularization images are never used" in a for a in advisories(scan))
-    assert json.loads(metadata_fields(plan)["ss_reg_dataset_dirs"]) == {
+    assert json.loads(dataset_metadata(plan)["ss_reg_dataset_dirs"]) == {
         "1_person": {"n_repeats": 1, "img_count": 5}}
 
 
@@ -104,7 +104,7 @@ def test_gradient_accumulation_and_processes_divide_steps(two_buckets):
     _, _, plan = plan_for(two_buckets, num_processes=2, train_batch_size=2,
                           max_train_epochs=3, gradient_accumulation_steps=2)
     assert (plan.steps_per_epoch, plan.max_train_steps) == (2, 6)  # ceil(5 / 2 / 2) = 2
-    assert metadata_fields(plan)["ss_num_batches_per_epoch"] == "3"  # per process
+    assert dataset_metadata(plan)["ss_num_batches_per_epoch"] == "3"  # per process
 
 
 def test_max_train_steps_gives_the_epoch_count(two_buckets):
@@ -136,7 +136,8 @@ def test_save_points_and_file_names(two_buckets):
                           save_every_n_steps=16)
     assert plan.steps_per_epoch == 8 and plan.max_train_steps == 80
     assert plan.epoch_save_points == [2, 4, 6, 8]  # not 10: the last epoch is the final file
-    assert plan.step_save_points == [16, 32, 48, 64]  # not 80, for the same reason
+    # sd-scripts writes a step file at every multiple of N, the last step included
+    assert plan.step_save_points == [16, 32, 48, 64, 80]
     assert plan.epoch_file_name(2) == "mylora-000002.safetensors"
     assert plan.step_file_name(16) == "mylora-step00000016.safetensors"
     assert plan.final_file_name == "mylora.safetensors"
@@ -144,7 +145,7 @@ def test_save_points_and_file_names(two_buckets):
     assert schedule[:3] == [(16, "mylora-step00000016.safetensors"),
                             (16, "mylora-000002.safetensors"),
                             (32, "mylora-step00000032.safetensors")]
-    assert len(schedule) == 8
+    assert len(schedule) == 9
 
 
 def test_no_upscale_rejects_images_below_the_step(tmp_path):
@@ -203,7 +204,7 @@ def test_metadata_fields_have_sd_scripts_shapes(two_buckets):
     (folder / "img00.txt").write_text("Sks Dog, red", encoding="utf-8")
     (two_buckets / "train" / "1_empty").mkdir()
     _, _, plan = plan_for(two_buckets, train_batch_size=2)
-    fields = metadata_fields(plan)
+    fields = dataset_metadata(plan)
     assert fields["ss_dataset_dirs"] == ('{"1_sq": {"n_repeats": 1, "img_count": 3}, '
                                          '"1_wide": {"n_repeats": 1, "img_count": 5}}')
     assert fields["ss_reg_dataset_dirs"] == "{}"
@@ -222,7 +223,7 @@ def test_metadata_fields_have_sd_scripts_shapes(two_buckets):
 def test_bucket_info_is_null_without_bucketing(two_buckets):
     _, _, plan = plan_for(two_buckets, enable_bucket=False)
     assert plan.bucket_counts == {(512, 512): 8}
-    assert metadata_fields(plan)["ss_bucket_info"] == "null"
+    assert dataset_metadata(plan)["ss_bucket_info"] == "null"
 
 
 def test_plan_summary_is_json_ready(two_buckets):

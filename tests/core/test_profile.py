@@ -212,3 +212,12 @@ def test_cli_bad_profile_exit_2_without_traceback(tmp_path, state_dir, content, 
 def test_profile_dataclass_default_is_invalid_until_paths_are_set():
     with pytest.raises(ProfileError):
         profile_from_dict(profile_to_dict(Profile()))
+
+
+def test_later_optimizers_and_sd_scripts_keys_say_not_supported_yet():
+    msg = errors_of({**MINIMAL, "optimizer": {"optimizer_type": "Lion"}})
+    assert "'Lion' is not supported yet" in msg and "AdamW8bit" in msg
+    msg = errors_of({**MINIMAL, "saving": {"output_dir": "o", "save_last_n_epochs": 3}})
+    assert "save_last_n_epochs` is not supported yet" in msg
+    msg = errors_of({**MINIMAL, "training": {"ip_noise_gamma": 0.1}})
+    assert "not supported yet" in msg

@@ -134,4 +134,61 @@ def test_events_to_stdout_are_pure_json_and_a_random_seed_is_recorded(tiny_profi
     assert isinstance(seed, int)
     from lora_core.saving.lora_file import read_metadata
 
-    assert read_metadata(Path(events[-1]["files"][-1]))["ss_seed"] == str(seed)
+    assert read_metadata(Path(events[-1]["final_file"]))["ss_seed"] == str(seed)
+
+
+def test_ctrl_c_in_a_queue_lets_the_run_save_and_skips_the_rest(tmp_path, tiny_profile):
+    long = tiny_profile("qlong", epochs=200)
+    other = tiny_profile("qother")
+    proc = subprocess.Popen([sys.executable, "-m", "lora_core.cli", "queue", str(long),
+                             str(other)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+                            start_new_session=True)
+    deadline = time.time() + 300
+    runs = tmp_path / "out" / "runs"
+    while time.time() < deadline:
+        logs = list(runs.glob("qlong-*/events.jsonl")) if runs.exists() else []
+        if logs and '"step_ended"' in logs[0].read_text(encoding="utf-8"):
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl+C reaches the whole group
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr
+    assert (tmp_path / "out" / "qlong-interrupted.safetensors").is_file()
+    lines = {line.split()[0]: line for line in stdout.splitlines()[1:] if line.strip()}
+    assert " stopped " in lines[str(long)] and " skipped " in lines[str(other)]
+    assert not (tmp_path / "out" / "qother.safetensors").exists()
+
+
+def test_output_inside_the_dataset_is_refused(tmp_path, tiny_profile):
+    profile = tiny_profile("inside")
+    inside = tmp_path / "data-inside" / "out"
+    before = snapshot(tmp_path / "data-inside")
+    proc = run_cli("run", str(profile), "--set", f"saving.output_dir={json.dumps(str(inside))}")
+    assert proc.returncode == 2 and "never writes into a dataset" in proc.stderr
+    assert snapshot(tmp_path / "data-inside") == before and not inside.exists()
+
+
+def test_network_weights_that_is_not_a_lora_is_refused_before_loading(tmp_path, tiny_profile):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    other = tmp_path / "model.safetensors"
+    save_file({"model.diffusion_model.x": np.zeros(2, dtype=np.float32)}, str(other))
+    profile = tiny_profile("notlora", network={"network_weights": str(other)})
+    proc = run_cli("check", str(profile))
+    assert proc.returncode == 2 and "not a kohya-format SD 1.x LoRA" in proc.stdout
+
+
+def test_truncated_image_found_while_training_is_a_clear_error(tmp_path, tiny_profile):
+    profile = tiny_profile("trunc", dataset={"max_data_loader_n_workers": 1})
+    image = tmp_path / "data-trunc" / "1_tok thing" / "0.png"
+    from PIL import Image
+
+    Image.effect_noise((64, 64), 60).convert("RGB").save(image)
+    image.write_bytes(image.read_bytes()[:-2000])  # header intact, pixels cut off
+    proc = run_cli("run", str(profile))
+    assert proc.returncode == 2, proc.stderr
+    assert "0.png" in proc.stderr and "Traceback" not in proc.stderr
+    assert "Caught" not in proc.stderr and "hint:" in proc.stderr
+    assert "must be fixed before training" not in proc.stderr  # found by the loader, late

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lora_core.errors import TrainingError
+from lora_core.errors import ProfileError
 from lora_core.events import CheckpointSaved, EpochEnded, EventBus, RunFinished, StepEnded
 from lora_core.models.builtin import ensure_builtin
 from lora_core.profile_io import load_profile
@@ -108,7 +108,7 @@ def test_bf16_and_gradient_checkpointing_train(train):
 
 
 def test_fp16_on_cpu_is_a_clear_error(train):
-    with pytest.raises(TrainingError, match="fp16.*needs a CUDA GPU"):
+    with pytest.raises(ProfileError, match="fp16.*needs a CUDA GPU"):
         train("fp16", training={"mixed_precision": "fp16"})
 
 
