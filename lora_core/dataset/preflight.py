@@ -88,6 +88,7 @@ def run_preflight(profile: Profile, strict: bool = True, num_processes: int = 1)
     except (DatasetError, ProfileError) as exc:
         if strict:
             raise
-        found.append(exc.message)
+        if not found:  # else it only restates a problem already listed
+            found.append(exc.message)
     notes = bucket_warnings + advisories(scan) + (plan.warnings if plan else [])
     return Preflight(scan, plan, found, list(dict.fromkeys(notes)))

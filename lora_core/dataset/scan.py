@@ -382,7 +382,10 @@ def problems(scan: DatasetScan) -> list[str]:
     """Findings that must stop a run: sd-scripts would crash on them or train on nothing."""
     found: list[str] = []
     if not any(subset.images for subset in scan.train):
-        found.append(f"no usable training images in any folder under {scan.train_dir}")
+        folders = ", ".join(s.name for s in scan.train)
+        found.append(f"no usable training images in any folder under {scan.train_dir} "
+                     f"(folders: {folders}); put .png/.jpg/.jpeg/.webp/.bmp images in the "
+                     "<repeats>_<name> folders")
     for subset in scan.subsets:
         for what, entries, fix in (
                 ("cannot open image {} ({})", subset.undecodable,

@@ -115,6 +115,12 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
         "ss_fp8_base": False,
         "ss_fp8_base_unet": False,
         "ss_sd_model_name": run.model_name,
+        "ss_validation_seed": None,
+        "ss_validation_split": 0.0,
+        "ss_max_validation_steps": None,
+        "ss_validate_every_n_epochs": None,
+        "ss_validate_every_n_steps": None,
+        "ss_resize_interpolation": None,
         # Folder-mode keys (no dataset_config):
         "ss_batch_size_per_device": tr.train_batch_size,
         "ss_total_batch_size": tr.train_batch_size * run.num_processes

@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from lora_core.events import RunFailed, read_events
-from tests.e2e.conftest import QUICKSTART, ROOT, run_cli, snapshot
+from tests.e2e.conftest import QUICKSTART, ROOT, make_images, run_cli, snapshot
 
 
 def test_check_prints_the_plan_without_importing_torch(tmp_path):
@@ -192,3 +194,54 @@ def test_truncated_image_found_while_training_is_a_clear_error(tmp_path, tiny_pr
     assert "0.png" in proc.stderr and "Traceback" not in proc.stderr
     assert "Caught" not in proc.stderr and "hint:" in proc.stderr
     assert "must be fixed before training" not in proc.stderr  # found by the loader, late
+
+
+def _images_directly_inside(root: Path) -> Path:
+    make_images(root, 2)
+    return root
+
+
+def _only_unnumbered_folders(root: Path) -> Path:
+    make_images(root / "tok thing", 2)
+    return root
+
+
+def _non_utf8_caption(root: Path) -> Path:
+    make_images(root / "2_tok", 2)
+    (root / "2_tok" / "0.txt").write_bytes("caf\xe9, tag".encode("latin-1"))
+    return root
+
+
+def _empty_concept_folder(root: Path) -> Path:
+    (root / "3_empty").mkdir(parents=True)
+    return root
+
+
+@pytest.mark.parametrize("build, expected", [
+    (lambda root: root / "missing", "missing"),
+    (_images_directly_inside, "<repeats>_"),
+    (_only_unnumbered_folders, "tok thing"),
+    (_non_utf8_caption, "0.txt"),
+    (_empty_concept_folder, "3_empty"),
+], ids=["missing-dir", "images-in-parent", "no-repeats-prefix", "non-utf8-caption",
+        "no-images"])
+def test_dataset_mistakes_exit_2_with_a_named_path_and_change_nothing(
+        tmp_path, tiny_profile, build, expected):
+    root = build(tmp_path / "ds")
+    profile = tiny_profile("mistakes", dataset={"train_data_dir": str(root)})
+    before = snapshot(tmp_path / "ds") if (tmp_path / "ds").exists() else {}
+    for command in ("check", "run"):
+        proc = run_cli(command, str(profile))
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 2, output
+        assert expected in output
+        assert "Traceback" not in output
+    after = snapshot(tmp_path / "ds") if (tmp_path / "ds").exists() else {}
+    assert after == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_reg_folder_is_named(tmp_path, tiny_profile):
+    profile = tiny_profile("noreg", dataset={"reg_data_dir": str(tmp_path / "no-reg")})
+    proc = run_cli("run", str(profile))
+    assert proc.returncode == 2 and "no-reg" in proc.stderr and "reg_data_dir" in proc.stderr
