@@ -38,20 +38,17 @@ def _setup_logging() -> Path:
         root.removeHandler(handler)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler: logging.Handler = logging.FileHandler(path, encoding="utf-8")
+        _add_log_file(path)
     except OSError:
-        handler = logging.NullHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
+        root.addHandler(logging.NullHandler())  # an unwritable state folder must not stop us
     logging.captureWarnings(True)
     return path
 
 
-def _add_run_log(path: Path) -> logging.Handler:
+def _add_log_file(path: Path) -> None:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
-    return handler
 
 
 class LogToEvents(logging.Handler):
@@ -133,7 +130,7 @@ def cmd_run(profile_path: Path, overrides: list[str], events_arg: str | None,
         started = start_run(profile, profile_path)
         if started.folder is not None:
             log_path = started.folder.log
-            _add_run_log(log_path)
+            _add_log_file(log_path)
             events_file = open(started.folder.events, "a", encoding="utf-8")  # noqa: SIM115
             sinks.append(JsonLinesSink(events_file, close=True))
             bus.add(sinks[-1])

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lora_core.dataset.buckets import BucketConfig, Size, aspect_ratio_error, bucket_config
-from lora_core.dataset.scan import DatasetScan, ImageRecord, SubsetScan, scan_dataset
+from lora_core.dataset.scan import DatasetScan, ImageRecord, SubsetScan
 from lora_core.errors import DatasetError
 from lora_core.profile import Profile
 from lora_core.saving import names
@@ -144,17 +144,6 @@ def balance_reg_repeats(num_train_images: int, reg_repeats: list[int]) -> list[i
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def scan_for_profile(profile: Profile) -> DatasetScan:
-    """Scan the profile's dataset folders, flagging images below the smallest bucket side."""
-    config, _ = bucket_config(profile.dataset)
-    train_dir = profile.path("dataset", "train_data_dir")
-    if train_dir is None:
-        raise DatasetError("`[dataset] train_data_dir` is not set",
-                           "set it to the parent folder of your <repeats>_<name> image folders")
-    return scan_dataset(train_dir, profile.path("dataset", "reg_data_dir"),
-                        profile.dataset.caption_extension, config.smallest_side())
 
 
 def make_plan(profile: Profile, scan: DatasetScan, num_processes: int = 1) -> TrainingPlan:

@@ -68,13 +68,18 @@ def lora_file_problem(path: Path) -> str | None:
     return None
 
 
-def run_preflight(profile: Profile, strict: bool = True, num_processes: int = 1) -> Preflight:
-    """Check inputs, scan and plan. With ``strict`` any problem raises one error listing all."""
+def scan_profile(profile: Profile) -> DatasetScan:
+    """Scan the profile's dataset folders, flagging images below the smallest bucket side."""
     ds = profile.dataset
-    buckets, bucket_warnings = bucket_config(ds)
-    scan = scan_dataset(profile.path("dataset", "train_data_dir"),
+    buckets, _ = bucket_config(ds)  # its warnings come with the plan
+    return scan_dataset(profile.path("dataset", "train_data_dir"),
                         profile.path("dataset", "reg_data_dir"),
                         ds.caption_extension, buckets.smallest_side())
+
+
+def run_preflight(profile: Profile, strict: bool = True, num_processes: int = 1) -> Preflight:
+    """Check inputs, scan and plan. With ``strict`` any problem raises one error listing all."""
+    scan = scan_profile(profile)
     found = input_problems(profile) + problems(scan)
     if found and strict:
         raise DatasetError(
@@ -90,5 +95,5 @@ def run_preflight(profile: Profile, strict: bool = True, num_processes: int = 1)
             raise
         if not found:  # else it only restates a problem already listed
             found.append(exc.message)
-    notes = bucket_warnings + advisories(scan) + (plan.warnings if plan else [])
-    return Preflight(scan, plan, found, list(dict.fromkeys(notes)))
+    notes = advisories(scan) + (plan.warnings if plan else [])
+    return Preflight(scan, plan, found, notes)

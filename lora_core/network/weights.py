@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 from lora_core.errors import ProfileError
 from lora_core.network.lora import LoRANetwork
 from lora_core.saving.lora_file import read_lora
@@ -44,9 +42,8 @@ def load_network_weights(network: LoRANetwork, path: Path) -> list[str]:
         warnings.append(f"{len(unused)} tensors in {path.name} match no module here and are "
                         "ignored")
     network.load_state_dict(own)
-    with torch.no_grad():
-        for module in network.lora_modules():
-            module.scale = float(module.alpha) / module.rank
+    for module in network.lora_modules():  # alpha may come from the file
+        module.scale = float(module.alpha) / module.rank
     for w in warnings:
         log.warning(w)
     return warnings

@@ -19,14 +19,6 @@ from safetensors.torch import save_file
 
 from lora_core.errors import ModelError
 from lora_core.saving.atomic import atomic_write
-from lora_core.saving.names import (  # noqa: F401 (re-exported for callers)
-    epoch_file_name,
-    final_file_name,
-    free_output_name,
-    interrupted_file_name,
-    names_in_use,
-    step_file_name,
-)
 
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -51,28 +51,13 @@ def _optimizer_class(name: str) -> type:
         return torch.optim.AdamW
     if name == "AdamW8bit":
         try:
-            with _quiet_bitsandbytes():
-                import bitsandbytes as bnb
+            import bitsandbytes as bnb
         except ImportError:
             raise ProfileError("optimizer AdamW8bit needs the bitsandbytes package",
                                "pip install bitsandbytes, or set optimizer_type = \"AdamW\""
                                ) from None
         return bnb.optim.AdamW8bit
     raise AssertionError(f"optimizer {name!r} passed profile validation")  # unreachable
-
-
-class _quiet_bitsandbytes:
-    """bitsandbytes logs a kernel-hub notice at import on CPU; it is noise for our users."""
-
-    def __enter__(self) -> None:
-        self._loggers = [logging.getLogger(n) for n in ("bitsandbytes", "kernels", "root")]
-        self._levels = [lg.level for lg in self._loggers]
-        for lg in self._loggers:
-            lg.setLevel(logging.ERROR)
-
-    def __exit__(self, *exc: Any) -> None:
-        for lg, level in zip(self._loggers, self._levels, strict=True):
-            lg.setLevel(level)
 
 
 def build_optimizer(groups: list[ParamGroupSpec], opt: OptimizerSection

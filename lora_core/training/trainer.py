@@ -15,7 +15,6 @@ code. Only the main process writes files and events.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import time
 from collections import deque
@@ -38,8 +37,6 @@ from lora_core.saving.metadata import at_save
 from lora_core.training.conditioning import LiveTextEncoder, VaeLatents
 from lora_core.training.loss import noise_target, weighted_mse
 from lora_core.training.optim import build_optimizer, build_scheduler, param_groups
-
-log = logging.getLogger(__name__)
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

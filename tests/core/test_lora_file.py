@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 from lora_core.errors import ModelError, OutputError
-from lora_core.saving import lora_file
+from lora_core.saving import lora_file, names
 from lora_core.saving.atomic import atomic_write_bytes
 
 
@@ -24,10 +24,10 @@ def sample_state() -> dict[str, torch.Tensor]:
 
 
 def test_file_names_follow_sd_scripts():
-    assert lora_file.final_file_name("x") == "x.safetensors"
-    assert lora_file.epoch_file_name("x", 2) == "x-000002.safetensors"
-    assert lora_file.step_file_name("x", 500) == "x-step00000500.safetensors"
-    assert lora_file.interrupted_file_name("x") == "x-interrupted.safetensors"
+    assert names.final_file_name("x") == "x.safetensors"
+    assert names.epoch_file_name("x", 2) == "x-000002.safetensors"
+    assert names.step_file_name("x", 500) == "x-step00000500.safetensors"
+    assert names.interrupted_file_name("x") == "x-interrupted.safetensors"
 
 
 def test_saved_file_has_all_tensors_in_save_precision_and_string_metadata(tmp_path):
@@ -91,13 +91,16 @@ def test_failed_write_leaves_previous_file_and_no_temp(tmp_path):
 
 
 def test_free_output_name_numbers_when_taken(tmp_path):
-    assert lora_file.free_output_name(tmp_path, "x") == "x"
+    assert names.free_output_name(tmp_path, "x") == "x"
     (tmp_path / "x-000001.safetensors").write_bytes(b"")
-    assert lora_file.free_output_name(tmp_path, "x") == "x_2"
+    assert names.free_output_name(tmp_path, "x") == "x_2"
     (tmp_path / "x_2.safetensors").write_bytes(b"")
-    assert lora_file.free_output_name(tmp_path, "x") == "x_3"
+    assert names.free_output_name(tmp_path, "x") == "x_3"
     # another name that merely starts with "x" does not count
-    assert lora_file.free_output_name(tmp_path, "xy") == "xy"
+    assert names.free_output_name(tmp_path, "xy") == "xy"
+    # a tag summary left by an earlier run also takes the name
+    (tmp_path / "z.txt").write_text("[1] tag\n")
+    assert names.free_output_name(tmp_path, "z") == "z_2"
 
 
 def test_broken_file_error_names_the_file(tmp_path):

@@ -13,8 +13,8 @@ from lora_core.dataset.plan import (
     epoch_batches,
     make_plan,
     plan_summary,
-    scan_for_profile,
 )
+from lora_core.dataset.preflight import scan_profile
 from lora_core.dataset.report import render_check_report
 from lora_core.dataset.scan import advisories
 from lora_core.errors import DatasetError
@@ -25,7 +25,7 @@ from tests.core.dataset_helpers import make_folder, profile_for
 def plan_for(tmp_path, num_processes=1, **overrides):
     profile = profile_for(tmp_path / "train", tmp_path / "reg" if (tmp_path / "reg").exists()
                           else None, **overrides)
-    scan = scan_for_profile(profile)
+    scan = scan_profile(profile)
     return profile, scan, make_plan(profile, scan, num_processes)
 
 
@@ -152,14 +152,14 @@ def test_no_upscale_rejects_images_below_the_step(tmp_path):
     make_folder(tmp_path / "train", "1_a", 1, size=(40, 300))
     profile = profile_for(tmp_path / "train", bucket_no_upscale=True)
     with pytest.raises(DatasetError, match="smaller than bucket_reso_steps"):
-        make_plan(profile, scan_for_profile(profile))
+        make_plan(profile, scan_profile(profile))
 
 
 def test_no_training_images_cannot_be_planned(tmp_path):
     (tmp_path / "train" / "1_empty").mkdir(parents=True)
     profile = profile_for(tmp_path / "train")
     with pytest.raises(DatasetError, match="no usable training images"):
-        make_plan(profile, scan_for_profile(profile))
+        make_plan(profile, scan_profile(profile))
 
 
 # ---------------------------------------------------------------------------------------

@@ -128,7 +128,7 @@ def test_network_weights_start_from_an_existing_file(train, tmp_path):
         assert torch.equal(state[key].to(value.dtype), value), key
     # and a rank mismatch is an error naming the rank to set
     wrong = LoRANetwork(bundle.unet, bundle.text_encoders, NetworkShape(rank=8, alpha=2.0))
-    with pytest.raises(Exception, match="network_dim"):
+    with pytest.raises(ProfileError, match="set network_dim"):
         load_network_weights(wrong, out / "first.safetensors")
 
 
