@@ -55,6 +55,9 @@ class ModelSection:
     clip_skip: int = setting(
         1, "Text-encoder layer to use counted from the end: 1 for realistic/base models, "
         "2 for anime (NovelAI-style) models.", min=1, max=12)
+    v_parameterization: bool = setting(
+        False, "The model predicts v instead of noise (SD 2.x 768-v models and v-pred "
+        "finetunes); the weights cannot tell, so say it.")
 
 
 @dataclass
@@ -62,8 +65,8 @@ class DatasetSection:
     """Where the images are and how they are read."""
 
     train_data_dir: str = setting(
-        "", "Parent folder of the <repeats>_<trigger words> image folders.",
-        path=True, required=True)
+        "", "Parent folder of the <repeats>_<trigger words> image folders (required unless "
+        "dataset_config is set).", path=True)
     reg_data_dir: str = setting(
         "", "Parent folder of regularization image folders (empty: none).", path=True)
     resolution: int | str = setting(
@@ -77,13 +80,54 @@ class DatasetSection:
     bucket_no_upscale: bool = setting(
         False, "Never enlarge small images; make buckets that fit them.")
     caption_extension: str = setting(".txt", "Caption files are <image name><this extension>.")
+    dataset_config: str = setting(
+        "", "An sd-scripts dataset config (.toml or .json) with [[datasets]] and "
+        "[[datasets.subsets]]; replaces train_data_dir / reg_data_dir.", path=True)
     shuffle_caption: bool = setting(False, "Shuffle comma-separated tags on every step.")
     keep_tokens: int = setting(
         0, "Tags at the front that shuffling never moves (the trigger word).", min=0)
+    keep_tokens_separator: str = setting(
+        "", "Marks the end of the fixed tags inside a caption, e.g. \"|||\" (overrides "
+        "keep_tokens); a second one starts fixed tags at the end.")
+    caption_separator: str = setting(",", "What separates tags in a caption.")
+    secondary_separator: str = setting(
+        "", "Joins words into one tag for shuffling and dropout, e.g. \";;;\"; replaced by "
+        "caption_separator afterwards.")
+    caption_prefix: str = setting("", "Text put before every caption (joined with a space).")
+    caption_suffix: str = setting("", "Text put after every caption (joined with a space).")
+    caption_dropout_rate: float = setting(
+        0.0, "Chance that a sample trains with an empty caption.", min=0.0, max=1.0)
+    caption_dropout_every_n_epochs: int = setting(
+        0, "Train every Nth epoch with empty captions (0: never).", min=0)
+    caption_tag_dropout_rate: float = setting(
+        0.0, "Chance that each non-fixed tag is left out of a step's caption.", min=0.0, max=1.0)
+    enable_wildcard: bool = setting(
+        False, "Use every line of a caption file (one picked per step) and {a|b|c} choices.")
+    token_warmup_min: int = setting(
+        1, "Token warm-up: tags used at the first step.", min=1)
+    token_warmup_step: float = setting(
+        0, "Token warm-up: steps until all tags are used, or a ratio of all steps below 1 "
+        "(0: off).", min=0.0)
+    max_token_length: int = setting(
+        75, "Caption tokens the text encoder reads: 75, 150 or 225 (longer captions are cut).")
+    flip_aug: bool = setting(False, "Mirror images left-right at random (not for asymmetric "
+                             "characters or text).")
+    color_aug: bool = setting(False, "Shift hue or gamma a little at random (no latent cache).")
+    random_crop: bool = setting(
+        False, "Crop at a random place instead of the centre (no latent cache).")
+    cache_latents: bool = setting(
+        False, "Encode every image with the VAE once before training (faster, less memory).")
+    cache_latents_to_disk: bool = setting(
+        False, "Keep the latent cache on disk for the next run (implies cache_latents).")
+    vae_batch_size: int = setting(1, "Images the VAE encodes at once while caching.", min=1,
+                                  max=256)
     prior_loss_weight: float = setting(1.0, "Loss weight of regularization images.", min=0.0)
     max_data_loader_n_workers: int = setting(
         1, "Processes that load images while the GPU trains (0: load in the training process).",
         min=0, max=64)
+
+
+NETWORK_TYPES = ("LoRA", "LoCon", "LoHa", "LoKr")
 
 
 @dataclass
@@ -91,32 +135,63 @@ class NetworkSection:
     """The LoRA network."""
 
     network_module: str = setting(
-        "networks.lora", "Network type: networks.lora (LoRA, or LoCon when conv_dim is set).",
-        choices=("networks.lora",))
+        "LoRA", "Network type: LoRA (attention layers), LoCon (LoRA + convolutions), LoHa "
+        "(Hadamard product) or LoKr (Kronecker product). sd-scripts' \"networks.lora\" and "
+        "\"lycoris.kohya\" (with network_args algo=...) are read as those.",
+        choices=NETWORK_TYPES + ("networks.lora", "lycoris.kohya"))
     network_dim: int = setting(32, "LoRA rank: capacity of the adapter.", min=1, max=1024)
     network_alpha: float = setting(
         16.0, "LoRA alpha: updates are scaled by alpha / dim (half the dim is usual).", min=0.0)
     conv_dim: int | None = setting(
-        None, "Rank for 3x3 convolutions (LoCon); unset: convolutions are not trained.",
-        min=1, max=1024)
-    conv_alpha: float | None = setting(None, "Alpha for 3x3 convolutions (unset: 1).", min=0.0)
+        None, "Rank for 3x3 convolutions (LoCon, LoHa, LoKr; unset: network_dim for those, "
+        "none for LoRA).", min=1, max=1024)
+    conv_alpha: float | None = setting(
+        None, "Alpha for 3x3 convolutions (unset: 1 for LoCon, network_alpha for LoHa/LoKr).",
+        min=0.0)
     network_dropout: float | None = setting(
         None, "Dropout on the LoRA down projection's output (unset: none).", min=0.0, max=1.0)
+    rank_dropout: float | None = setting(
+        None, "Drop this share of rank channels per sample each step (unset: none).",
+        min=0.0, max=1.0)
+    module_dropout: float | None = setting(
+        None, "Skip each LoRA module with this chance each step (unset: none).", min=0.0,
+        max=1.0)
+    factor: int = setting(
+        -1, "LoKr: split each weight into a Kronecker product with this factor "
+        "(-1: as balanced as possible).", min=-1)
+    block_dims: str = setting(
+        "", "Per-block ranks for LoRA/LoCon: 25 comma-separated numbers (BASE, 12 down, mid, "
+        "12 up; 0 = no LoRA in that block), empty: network_dim everywhere.")
+    block_alphas: str = setting(
+        "", "Per-block alphas, same layout as block_dims (empty: network_alpha).")
+    conv_block_dims: str = setting(
+        "", "Per-block 3x3-convolution ranks, same layout as block_dims (empty: conv_dim).")
+    conv_block_alphas: str = setting(
+        "", "Per-block 3x3-convolution alphas, same layout (empty: conv_alpha).")
+    network_args: list[str] = setting(
+        [], "sd-scripts' network_args (\"conv_dim=4\", \"algo=loha\", ...): each is read "
+        "as the field of that name.")
     network_train_unet_only: bool = setting(False, "Train the U-Net only (no text-encoder LoRA).")
     network_train_text_encoder_only: bool = setting(False, "Train the text encoder only.")
     network_weights: str = setting(
         "", "Start from this existing LoRA .safetensors file (empty: fresh start).", path=True)
 
 
-SUPPORTED_OPTIMIZERS = ("AdamW", "AdamW8bit")
-LATER_OPTIMIZERS = (
-    "PagedAdamW8bit", "PagedAdamW", "PagedAdamW32bit", "Lion", "Lion8bit", "PagedLion8bit",
-    "SGDNesterov", "SGDNesterov8bit", "DAdaptation", "DAdaptAdamPreprint", "DAdaptAdaGrad",
-    "DAdaptAdam", "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion", "DAdaptSGD", "Prodigy",
-    "AdaFactor", "RAdamScheduleFree", "AdamWScheduleFree", "SGDScheduleFree",
+SUPPORTED_OPTIMIZERS = (
+    "AdamW", "AdamW8bit", "PagedAdamW8bit", "PagedAdamW", "PagedAdamW32bit", "Lion",
+    "Lion8bit", "PagedLion8bit", "SGDNesterov", "SGDNesterov8bit", "DAdaptation",
+    "DAdaptAdamPreprint", "DAdaptAdaGrad", "DAdaptAdam", "DAdaptAdan", "DAdaptAdanIP",
+    "DAdaptLion", "DAdaptSGD", "Prodigy", "AdaFactor",
 )
+LATER_OPTIMIZERS = ("RAdamScheduleFree", "AdamWScheduleFree", "SGDScheduleFree")
+# Optimizers that find their own step size: the learning rate is a multiplier (~1.0).
+ADAPTIVE_OPTIMIZERS = ("DAdaptation", "DAdaptAdamPreprint", "DAdaptAdaGrad", "DAdaptAdam",
+                       "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion", "DAdaptSGD", "Prodigy")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
-              "polynomial")
+              "polynomial", "adafactor")
+SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a",
+            "dpmsolver", "dpmsolver++", "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2",
+            "k_dpm_2_a")
 
 
 @dataclass
@@ -124,7 +199,9 @@ class OptimizerSection:
     """Optimizer and learning-rate schedule."""
 
     optimizer_type: str = setting(
-        "AdamW8bit", "Optimizer: AdamW8bit (less memory) or AdamW.", choices=SUPPORTED_OPTIMIZERS)
+        "AdamW8bit", "Optimizer: AdamW8bit (less memory), AdamW, Lion, Prodigy / DAdaptation "
+        "(find their own step size: learning_rate 1.0), AdaFactor, ...",
+        choices=SUPPORTED_OPTIMIZERS)
     optimizer_args: list[str] = setting(
         ["weight_decay=0.1", "betas=0.9,0.99"],
         "Extra optimizer arguments as \"name=value\" strings.")
@@ -140,6 +217,25 @@ class OptimizerSection:
         1, "Hard restarts for cosine_with_restarts.", min=1)
     lr_scheduler_power: float = setting(1.0, "Power of the polynomial schedule.", min=0.0)
     max_grad_norm: float = setting(1.0, "Clip gradients to this norm (0: no clipping).", min=0.0)
+    scale_weight_norms: float | None = setting(
+        None, "Max-norm regularisation: shrink any module whose update norm exceeds this "
+        "(1.0 is usual; unset: off).", min=0.0)
+    loraplus_lr_ratio: float | None = setting(
+        None, "LoRA+: the up matrices learn this many times faster (16 is the paper's value; "
+        "unset: off).", min=0.0)
+    loraplus_unet_lr_ratio: float | None = setting(
+        None, "LoRA+ ratio for the U-Net only (unset: loraplus_lr_ratio).", min=0.0)
+    loraplus_text_encoder_lr_ratio: float | None = setting(
+        None, "LoRA+ ratio for the text encoder only (unset: loraplus_lr_ratio).", min=0.0)
+    down_lr_weight: str = setting(
+        "", "U-Net down-block learning-rate multipliers: 12 comma-separated numbers, or "
+        "sine / cosine / linear / reverse_linear / zeros, optionally +offset (empty: 1).")
+    mid_lr_weight: str = setting("", "U-Net mid-block learning-rate multiplier (empty: 1).")
+    up_lr_weight: str = setting(
+        "", "U-Net up-block learning-rate multipliers, same forms as down_lr_weight.")
+    block_lr_zero_threshold: float = setting(
+        0.0, "Blocks whose learning-rate multiplier is at most this get no LoRA at all.",
+        min=0.0)
 
 
 @dataclass
@@ -159,6 +255,38 @@ class TrainingSection:
         choices=("no", "fp16", "bf16"))
     seed: int | None = setting(None, "Random seed (unset: a random one, recorded).", min=0,
                                max=2**32 - 1)
+    noise_offset: float | None = setting(
+        None, "Offset noise: darker darks and brighter brights (0.05-0.1 is usual; unset: "
+        "off).", min=0.0)
+    noise_offset_random_strength: bool = setting(
+        False, "Scale the noise offset by a random 0-1 factor per sample.")
+    adaptive_noise_scale: float | None = setting(
+        None, "Add this times each latent's mean brightness to the noise offset (needs "
+        "noise_offset).")
+    multires_noise_iterations: int | None = setting(
+        None, "Multi-resolution (pyramid) noise levels (6-10 is usual; unset: off).", min=1)
+    multires_noise_discount: float = setting(
+        0.3, "Weight of each coarser pyramid-noise level.", min=0.0, max=1.0)
+    min_snr_gamma: float | None = setting(
+        None, "Min-SNR loss weighting gamma (5 is the paper's value; unset: off).", min=0.0)
+    scale_v_pred_loss_like_noise_pred: bool = setting(
+        False, "v-prediction: weight the loss as an ε-prediction model would (needs "
+        "v_parameterization).")
+    debiased_estimation_loss: bool = setting(
+        False, "Weight the loss by 1/√SNR (debiased estimation).")
+    zero_terminal_snr: bool = setting(
+        False, "Rescale the noise schedule so the last timestep is pure noise (for "
+        "v-prediction models).")
+    min_timestep: int = setting(0, "Smallest timestep trained on.", min=0, max=1000)
+    max_timestep: int = setting(1000, "Timesteps trained on are below this.", min=0, max=1000)
+    loss_type: str = setting(
+        "l2", "Loss: l2 (mean squared error), l1, huber or smooth_l1.",
+        choices=("l2", "l1", "huber", "smooth_l1"))
+    huber_schedule: str = setting(
+        "snr", "How the Huber threshold changes with the timestep.",
+        choices=("constant", "exponential", "snr"))
+    huber_c: float = setting(0.1, "Huber threshold parameter.", min=0.0, max=1.0)
+    huber_scale: float = setting(1.0, "Scale of the Huber threshold.", min=0.0)
 
 
 @dataclass
@@ -181,6 +309,21 @@ class SavingSection:
         "count", "Order of the tag summary.", choices=("count", "alphabetical"))
 
 
+@dataclass
+class SampleSection:
+    """Preview images during training."""
+
+    sample_prompts: str = setting(
+        "", "Prompt file (.txt with --n --w --h --d --l --s --ss options per line, .toml or "
+        ".json); re-read at each sampling, so it can be edited during a run.", path=True)
+    sample_every_n_steps: int | None = setting(
+        None, "Make samples every N steps (ignored when sample_every_n_epochs is set).", min=1)
+    sample_every_n_epochs: int | None = setting(
+        None, "Make samples at the end of every N epochs.", min=1)
+    sample_at_first: bool = setting(False, "Also make samples before the first step.")
+    sample_sampler: str = setting("ddim", "Sampler for preview images.", choices=SAMPLERS)
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelSection,
     "dataset": DatasetSection,
@@ -188,11 +331,13 @@ SECTIONS: dict[str, type] = {
     "optimizer": OptimizerSection,
     "training": TrainingSection,
     "saving": SavingSection,
+    "sample": SampleSection,
 }
 
 # sd-scripts options users will try that this release does not implement yet. They are
-# rejected with a clear message rather than silently ignored.
-NOT_YET_KEYS = frozenset({
+# rejected with a clear message rather than silently ignored. (Keys that are fields of some
+# section are taken out below, so the list can stay a plain record of sd-scripts' options.)
+_SD_SCRIPTS_KEYS = frozenset({
     "v2", "v_parameterization", "vae", "no_half_vae", "tokenizer_cache_dir", "max_token_length",
     "noise_offset", "noise_offset_random_strength", "adaptive_noise_scale",
     "multires_noise_iterations", "multires_noise_discount", "min_snr_gamma",
@@ -222,7 +367,9 @@ NOT_YET_KEYS = frozenset({
     "metadata_title", "metadata_author", "metadata_description", "metadata_license",
     "metadata_tags", "no_metadata", "sdpa", "mem_eff_attn", "fp8_base_unet", "in_json",
 })
-NOT_YET_SECTIONS = frozenset({"sample", "samples", "logging"})
+NOT_YET_KEYS = _SD_SCRIPTS_KEYS - {f.name for cls in SECTIONS.values()
+                                   for f in dataclasses.fields(cls)}
+NOT_YET_SECTIONS = frozenset({"logging"})
 
 
 @dataclass
@@ -236,6 +383,7 @@ class Profile:
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     training: TrainingSection = field(default_factory=TrainingSection)
     saving: SavingSection = field(default_factory=SavingSection)
+    sample: SampleSection = field(default_factory=SampleSection)
     base_dir: Path = field(default_factory=Path.cwd, compare=False, repr=False)
 
     def path(self, section: str, key: str) -> Path | None:
@@ -390,6 +538,7 @@ def profile_from_dict(data: dict, base_dir: Path | None = None, source: str = "p
         else:
             errors.append(_unknown_key_message(None, key, ["profile_version", *SECTIONS]))
     profile = Profile(**sections, base_dir=base_dir or Path.cwd())
+    _apply_network_args(profile, data.get("network"), errors)
     errors.extend(cross_field_errors(profile))
     if errors:
         raise ProfileError(
@@ -398,6 +547,87 @@ def profile_from_dict(data: dict, base_dir: Path | None = None, source: str = "p
             "fix the fields named above; `lora-train fields` lists every field with its "
             "allowed values")
     return profile
+
+
+# sd-scripts' network_args (and LyCORIS's) that are fields here: key -> section.
+NETWORK_ARG_FIELDS = {
+    "conv_dim": "network", "conv_alpha": "network", "rank_dropout": "network",
+    "module_dropout": "network", "factor": "network", "block_dims": "network",
+    "block_alphas": "network", "conv_block_dims": "network", "conv_block_alphas": "network",
+    "dropout": "network", "loraplus_lr_ratio": "optimizer",
+    "loraplus_unet_lr_ratio": "optimizer", "loraplus_text_encoder_lr_ratio": "optimizer",
+    "down_lr_weight": "optimizer", "mid_lr_weight": "optimizer", "up_lr_weight": "optimizer",
+    "block_lr_zero_threshold": "optimizer",
+}
+LYCORIS_ALGOS = {"lora": "LoCon", "locon": "LoCon", "loha": "LoHa", "lokr": "LoKr"}
+
+
+def _parse_arg_value(raw: str, tp: Any) -> Any:
+    """A network_args value as the field's type: strings stay as written."""
+    import ast
+
+    parts, _ = _type_parts(tp)
+    if str in parts:
+        return raw
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def _apply_network_args(profile: Profile, raw_network: Any, errors: list[str]) -> None:
+    """Read sd-scripts' ``network_args`` into the fields they name, then normalise
+    ``network_module`` ("networks.lora" / "lycoris.kohya") to one of NETWORK_TYPES."""
+    net = profile.network
+    explicit = raw_network if isinstance(raw_network, dict) else {}
+    algo = None
+    for item in net.network_args:
+        key, sep, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
+        where = f"`[network] network_args` item {item!r}"
+        if not sep or not key or not raw:
+            errors.append(f"{where} is not of the form name=value (like \"conv_dim=4\")")
+            continue
+        if key == "algo":
+            algo = LYCORIS_ALGOS.get(raw.lower())
+            if algo is None:
+                errors.append(f"{where}: algo {raw!r} is not supported; the choices are "
+                              f"{', '.join(LYCORIS_ALGOS)}")
+            continue
+        if key not in NETWORK_ARG_FIELDS:
+            guess = closest(key, list(NETWORK_ARG_FIELDS) + ["algo"])
+            errors.append(f"{where}: {key!r} is not supported"
+                          + (f"; did you mean {guess!r}?" if guess else ""))
+            continue
+        section_name = NETWORK_ARG_FIELDS[key]
+        field_name = "network_dropout" if key == "dropout" else key
+        cls = SECTIONS[section_name]
+        hints = _field_types(cls)
+        meta = {f.name: f.metadata for f in dataclasses.fields(cls)}[field_name]
+        ok, value = _coerce(_parse_arg_value(raw, hints[field_name]), hints[field_name])
+        if not ok:
+            errors.append(f"{where}: {raw!r} must be {describe_type(hints[field_name])}")
+            continue
+        problem = _check_value(where, value, meta)
+        if problem:
+            errors.append(problem)
+            continue
+        section = getattr(profile, section_name)
+        if field_name in explicit or getattr(section, field_name) not in (None, "", -1, 0.0) \
+                and getattr(section, field_name) != value:
+            if getattr(section, field_name) != value:
+                errors.append(f"{where} conflicts with `[{section_name}] {field_name}` = "
+                              f"{_fmt(getattr(section, field_name))}; set it in one place")
+                continue
+        setattr(section, field_name, value)
+    net.network_args = []
+    if net.network_module == "networks.lora":
+        net.network_module = "LoCon" if net.conv_dim is not None else "LoRA"
+    elif net.network_module == "lycoris.kohya":
+        net.network_module = algo or "LoCon"  # LyCORIS's default algo is "lora" (LoCon)
+    elif algo is not None and algo != net.network_module:
+        errors.append(f"`[network] network_args` algo={algo} conflicts with network_module = "
+                      f"{_fmt(net.network_module)}; set the type in network_module only")
 
 
 def parse_resolution(value: int | str) -> tuple[int, int] | None:
@@ -441,28 +671,149 @@ def cross_field_errors(p: Profile) -> list[str]:
     if ds.caption_extension and not ds.caption_extension.startswith("."):
         errors.append(f"`[dataset] caption_extension` = {_fmt(ds.caption_extension)} must start "
                       "with a dot, like \".txt\"")
-    net = p.network
-    if net.network_train_unet_only and net.network_train_text_encoder_only:
-        errors.append("`[network] network_train_unet_only` and "
-                      "`network_train_text_encoder_only` cannot both be true")
+    errors.extend(_dataset_errors(p))
+    errors.extend(_network_errors(p))
+    errors.extend(_training_errors(p))
+    errors.extend(_sample_errors(p))
     opt = p.optimizer
-    if opt.lr_scheduler == "constant" and opt.lr_warmup_steps:
-        errors.append("`[optimizer] lr_warmup_steps` must be 0 with lr_scheduler = \"constant\" "
-                      "(use \"constant_with_warmup\" for a warm-up)")
+    if opt.lr_scheduler in ("constant", "adafactor") and opt.lr_warmup_steps:
+        errors.append(f"`[optimizer] lr_warmup_steps` must be 0 with lr_scheduler = "
+                      f"\"{opt.lr_scheduler}\" (use \"constant_with_warmup\" for a warm-up)")
     if opt.lr_warmup_steps >= 1 and opt.lr_warmup_steps != int(opt.lr_warmup_steps):
         errors.append(f"`[optimizer] lr_warmup_steps` = {_fmt(opt.lr_warmup_steps)}: use a whole "
                       "number of steps, or a ratio below 1")
     from lora_core.training.optimizer_args import parse_optimizer_args  # pure Python
 
     try:
-        parse_optimizer_args(opt.optimizer_args)
+        args = parse_optimizer_args(opt.optimizer_args)
     except ProfileError as exc:
         errors.append(exc.message)
+    else:
+        errors.extend(_adafactor_errors(opt, args))
     name = p.saving.output_name
     if not name or any(c in name for c in '/\\:*?"<>|') or name.strip() != name:
         errors.append(f"`[saving] output_name` = {_fmt(name)} must be a plain file name without "
                       "folders, surrounding spaces or any of / \\ : * ? \" < > |")
     return errors
+
+
+def _dataset_errors(p: Profile) -> list[str]:
+    ds = p.dataset
+    errors = []
+    if ds.dataset_config and (ds.train_data_dir or ds.reg_data_dir):
+        errors.append("`[dataset] dataset_config` replaces train_data_dir and reg_data_dir: "
+                      "set either dataset_config or the folders, not both")
+    if not ds.dataset_config and not ds.train_data_dir:
+        errors.append("`[dataset] train_data_dir` is required (or dataset_config): "
+                      + SECTION_FIELD_DOC["dataset"]["train_data_dir"])
+    if ds.max_token_length not in (75, 150, 225):
+        errors.append(f"`[dataset] max_token_length` = {ds.max_token_length} must be 75, 150 "
+                      "or 225")
+    if ds.cache_latents or ds.cache_latents_to_disk:
+        for key in ("color_aug", "random_crop"):
+            if getattr(ds, key):
+                errors.append(f"`[dataset] {key}` changes the pixels every step, so latents "
+                              "cannot be cached: turn off cache_latents / cache_latents_to_disk "
+                              f"or {key}")
+    if ds.token_warmup_step >= 1 and ds.token_warmup_step != int(ds.token_warmup_step):
+        errors.append(f"`[dataset] token_warmup_step` = {_fmt(ds.token_warmup_step)}: use a "
+                      "whole number of steps, or a ratio below 1")
+    return errors
+
+
+def _network_errors(p: Profile) -> list[str]:
+    net, opt = p.network, p.optimizer
+    errors = []
+    if net.network_train_unet_only and net.network_train_text_encoder_only:
+        errors.append("`[network] network_train_unet_only` and "
+                      "`network_train_text_encoder_only` cannot both be true")
+    kind = net.network_module
+    if kind == "LoRA" and (net.conv_dim is not None or net.conv_block_dims):
+        errors.append("`[network] conv_dim` trains 3x3 convolutions, which plain LoRA does not: "
+                      "set network_module = \"LoCon\" (or remove conv_dim)")
+    if kind in ("LoHa", "LoKr"):
+        for key in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas"):
+            if getattr(net, key):
+                errors.append(f"`[network] {key}` works with LoRA and LoCon only, not {kind}")
+    if net.factor != -1 and kind != "LoKr":
+        errors.append(f"`[network] factor` = {net.factor} only applies to LoKr (network_module "
+                      f"is {kind})")
+    if net.factor == 0:
+        errors.append("`[network] factor` must be -1 (balanced) or at least 1")
+    for key in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas"):
+        if getattr(net, key):
+            try:
+                values = [float(v) for v in getattr(net, key).split(",")]
+            except ValueError:
+                errors.append(f"`[network] {key}` = {_fmt(getattr(net, key))} must be "
+                              "comma-separated numbers")
+                continue
+            if len(values) != 25:
+                errors.append(f"`[network] {key}` has {len(values)} values; SD 1.x/2.x models "
+                              "have 25 blocks (BASE, 12 down, mid, 12 up)")
+    if net.block_alphas and not net.block_dims:
+        errors.append("`[network] block_alphas` needs block_dims")
+    if net.conv_block_alphas and not net.conv_block_dims:
+        errors.append("`[network] conv_block_alphas` needs conv_block_dims")
+    return errors
+
+
+def _training_errors(p: Profile) -> list[str]:
+    tr = p.training
+    errors = []
+    if tr.adaptive_noise_scale is not None and not tr.noise_offset:
+        errors.append("`[training] adaptive_noise_scale` adds to the noise offset: set "
+                      "noise_offset too")
+    if tr.scale_v_pred_loss_like_noise_pred and not p.model.v_parameterization:
+        errors.append("`[training] scale_v_pred_loss_like_noise_pred` is for v-prediction "
+                      "models: set `[model] v_parameterization` = true or remove it")
+    if tr.min_timestep > tr.max_timestep:
+        errors.append(f"`[training] min_timestep` = {tr.min_timestep} is above max_timestep = "
+                      f"{tr.max_timestep}")
+    if tr.loss_type in ("l2", "l1") and (tr.huber_schedule != "snr" or tr.huber_c != 0.1
+                                         or tr.huber_scale != 1.0):
+        errors.append(f"`[training] huber_schedule / huber_c / huber_scale` only apply to "
+                      f"loss_type huber or smooth_l1 (loss_type is {tr.loss_type!r})")
+    return errors
+
+
+def _sample_errors(p: Profile) -> list[str]:
+    sm = p.sample
+    wanted = [k for k in ("sample_every_n_steps", "sample_every_n_epochs", "sample_at_first")
+              if getattr(sm, k)]
+    if wanted and not sm.sample_prompts:
+        return [f"`[sample] {wanted[0]}` is set but sample_prompts is empty: name a prompt "
+                "file, or remove the sampling settings"]
+    return []
+
+
+def _adafactor_errors(opt: OptimizerSection, args: dict[str, Any]) -> list[str]:
+    """AdaFactor's relative_step computes its own learning rate, which only the "adafactor"
+    schedule passes through (transformers' AdafactorSchedule), as in sd-scripts."""
+    if opt.optimizer_type != "AdaFactor":
+        if opt.lr_scheduler == "adafactor":
+            return ["`[optimizer] lr_scheduler` = \"adafactor\" only works with "
+                    "optimizer_type = \"AdaFactor\""]
+        return []
+    relative = args.get("relative_step", True)
+    if args.get("warmup_init") and relative is False:
+        return ["`[optimizer] optimizer_args`: warmup_init=True needs relative_step=True "
+                "(AdaFactor's warm-up is part of its relative step size)"]
+    if relative and opt.lr_scheduler != "adafactor":
+        return ["`[optimizer] optimizer_type` = \"AdaFactor\" with relative_step (its default) "
+                "sets its own learning rate, so lr_scheduler must be \"adafactor\"; or add "
+                "\"relative_step=False\" (and \"scale_parameter=False\", "
+                "\"warmup_init=False\") to optimizer_args to use learning_rate and "
+                f"{opt.lr_scheduler}"]
+    if not relative and opt.lr_scheduler == "adafactor":
+        return ["`[optimizer] lr_scheduler` = \"adafactor\" needs AdaFactor's relative_step; "
+                "with relative_step=False pick another schedule (constant_with_warmup is usual)"]
+    return []
+
+
+SECTION_FIELD_DOC: dict[str, dict[str, str]] = {
+    name: {f.name: f.metadata["doc"] for f in dataclasses.fields(cls)}
+    for name, cls in SECTIONS.items()}
 
 
 # ----------------------------------------------------------------------------------------

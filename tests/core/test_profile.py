@@ -47,30 +47,74 @@ def test_defaults_match_what_lets_users_expect():
 def every_field_changed() -> dict:
     """A profile where every field differs from its default, to prove round trips."""
     values = {
-        "model": {"pretrained_model_name_or_path": "/m/sd15", "clip_skip": 2},
+        "model": {"pretrained_model_name_or_path": "/m/sd15", "clip_skip": 2,
+                  "v_parameterization": True},
         "dataset": {"train_data_dir": "/d/img", "reg_data_dir": "/d/reg", "resolution": "768,512",
                     "enable_bucket": False, "min_bucket_reso": 320, "max_bucket_reso": 960,
                     "bucket_reso_steps": 128, "bucket_no_upscale": True,
                     "caption_extension": ".caption", "shuffle_caption": True, "keep_tokens": 2,
-                    "prior_loss_weight": 0.5, "max_data_loader_n_workers": 3},
-        "network": {"network_module": "networks.lora", "network_dim": 8, "network_alpha": 1.5,
+                    "prior_loss_weight": 0.5, "max_data_loader_n_workers": 3,
+                    "keep_tokens_separator": "|||", "caption_separator": ";",
+                    "secondary_separator": ";;;", "caption_prefix": "photo of",
+                    "caption_suffix": "best", "caption_dropout_rate": 0.05,
+                    "caption_dropout_every_n_epochs": 3, "caption_tag_dropout_rate": 0.1,
+                    "enable_wildcard": True, "token_warmup_min": 2, "token_warmup_step": 0.5,
+                    "max_token_length": 225, "flip_aug": True, "cache_latents": True,
+                    "cache_latents_to_disk": True, "vae_batch_size": 4},
+        "network": {"network_module": "LoCon", "network_dim": 8, "network_alpha": 1.5,
                     "conv_dim": 4, "conv_alpha": 2.0, "network_dropout": 0.1,
+                    "rank_dropout": 0.2, "module_dropout": 0.3,
+                    "block_dims": ",".join(["4"] * 25), "block_alphas": ",".join(["2"] * 25),
+                    "conv_block_dims": ",".join(["2"] * 25),
+                    "conv_block_alphas": ",".join(["1"] * 25),
                     "network_train_unet_only": True, "network_train_text_encoder_only": False,
                     "network_weights": "/x/start.safetensors"},
         "optimizer": {"optimizer_type": "AdamW", "optimizer_args": ["weight_decay=0.01"],
                       "learning_rate": 2e-4, "unet_lr": 3e-4, "text_encoder_lr": 5e-5,
                       "lr_scheduler": "polynomial", "lr_warmup_steps": 0.1,
                       "lr_scheduler_num_cycles": 3, "lr_scheduler_power": 2.0,
-                      "max_grad_norm": 0.0},
+                      "max_grad_norm": 0.0, "scale_weight_norms": 1.0,
+                      "loraplus_lr_ratio": 16.0, "loraplus_unet_lr_ratio": 8.0,
+                      "loraplus_text_encoder_lr_ratio": 4.0, "down_lr_weight": "cosine+.25",
+                      "mid_lr_weight": "0.5", "up_lr_weight": "linear",
+                      "block_lr_zero_threshold": 0.1},
         "training": {"max_train_epochs": 7, "max_train_steps": 900, "train_batch_size": 3,
                      "gradient_accumulation_steps": 2, "gradient_checkpointing": True,
-                     "mixed_precision": "bf16", "seed": 123},
+                     "mixed_precision": "bf16", "seed": 123, "noise_offset": 0.1,
+                     "noise_offset_random_strength": True, "adaptive_noise_scale": 0.01,
+                     "multires_noise_iterations": 6, "multires_noise_discount": 0.1,
+                     "min_snr_gamma": 5.0, "scale_v_pred_loss_like_noise_pred": True,
+                     "debiased_estimation_loss": True, "zero_terminal_snr": True,
+                     "min_timestep": 100, "max_timestep": 900, "loss_type": "huber",
+                     "huber_schedule": "exponential", "huber_c": 0.2, "huber_scale": 2.0},
         "saving": {"output_dir": "/o", "output_name": "mine", "save_model_as": "safetensors",
                    "save_precision": "bf16", "save_every_n_epochs": 2, "save_every_n_steps": 50,
                    "training_comment": "trigger: ohwx", "tag_summary": True,
                    "tag_summary_order": "alphabetical"},
+        "sample": {"sample_prompts": "/p/prompts.txt", "sample_every_n_steps": 10,
+                   "sample_every_n_epochs": 1, "sample_at_first": True,
+                   "sample_sampler": "euler_a"},
     }
     return {"profile_version": 1, **values}
+
+
+# Fields that cannot all differ from their defaults in one profile.
+EXCLUSIVE_FIELDS = {"save_model_as", "network_train_text_encoder_only", "dataset_config",
+                    "color_aug", "random_crop", "factor", "network_args"}
+
+
+def test_round_trip_of_the_exclusive_fields(tmp_path):
+    data = {"profile_version": 1,
+            "model": {"pretrained_model_name_or_path": "/m/sd15"},
+            "dataset": {"dataset_config": "/d/ds.toml", "color_aug": True, "random_crop": True},
+            "network": {"network_module": "LoKr", "factor": 8,
+                        "network_train_text_encoder_only": True},
+            "saving": {"output_dir": "/o"}}
+    first = load_profile(write(tmp_path, data))
+    assert (first.network.factor, first.dataset.color_aug, first.dataset.random_crop) == \
+        (8, True, True)
+    save_profile(first, tmp_path / "again.toml")
+    assert load_profile(tmp_path / "again.toml") == first
 
 
 def test_round_trip_is_identity_for_every_field(tmp_path):
@@ -80,14 +124,15 @@ def test_round_trip_is_identity_for_every_field(tmp_path):
     for name, cls in SECTIONS.items():
         default = cls()
         for f in dataclasses.fields(cls):
-            if f.name == "network_module" or f.name == "save_model_as" \
-                    or f.name == "network_train_text_encoder_only":
-                continue  # single-choice / mutually exclusive fields
+            if f.name in EXCLUSIVE_FIELDS:
+                continue  # single-choice / mutually exclusive fields (tested below)
             assert getattr(getattr(first, name), f.name) != getattr(default, f.name), f.name
     save_profile(first, tmp_path / "again.toml")
     second = load_profile(tmp_path / "again.toml")
     assert second == first
-    assert profile_to_dict(second) == data
+    saved = profile_to_dict(second)
+    assert {name: {k: saved[name][k] for k in values} if isinstance(values, dict) else
+            saved[name] for name, values in data.items()} == data
 
 
 def test_unset_optional_fields_are_left_out_and_stay_unset(tmp_path):
@@ -136,12 +181,68 @@ def test_missing_required_paths_are_named():
 
 
 def test_options_of_later_releases_are_rejected_not_ignored():
-    msg = errors_of({**MINIMAL, "training": {"min_snr_gamma": 5}})
-    assert "min_snr_gamma" in msg and "not supported yet" in msg
-    msg = errors_of({**MINIMAL, "optimizer": {"optimizer_type": "Prodigy"}})
-    assert "Prodigy" in msg
-    msg = errors_of({**MINIMAL, "sample": {"sample_prompts": "p.txt"}})
-    assert "[sample]" in msg and "not supported yet" in msg
+    msg = errors_of({**MINIMAL, "training": {"ip_noise_gamma": 0.1}})
+    assert "ip_noise_gamma" in msg and "not supported yet" in msg
+    msg = errors_of({**MINIMAL, "optimizer": {"optimizer_type": "AdamWScheduleFree"}})
+    assert "AdamWScheduleFree" in msg and "not supported yet" in msg
+    msg = errors_of({**MINIMAL, "logging": {"logging_dir": "logs"}})
+    assert "[logging]" in msg and "not supported yet" in msg
+
+
+def test_network_args_are_read_into_their_fields():
+    p = profile_from_dict({**MINIMAL, "network": {
+        "network_module": "networks.lora",
+        "network_args": ["conv_dim=4", "conv_alpha=1", "rank_dropout=0.1",
+                         "loraplus_lr_ratio=16", "down_lr_weight=cosine+.25"]}})
+    assert p.network.network_module == "LoCon"
+    assert (p.network.conv_dim, p.network.conv_alpha, p.network.rank_dropout) == (4, 1.0, 0.1)
+    assert p.optimizer.loraplus_lr_ratio == 16.0
+    assert p.optimizer.down_lr_weight == "cosine+.25"
+    assert p.network.network_args == []
+    p = profile_from_dict({**MINIMAL, "network": {"network_module": "lycoris.kohya",
+                                                  "network_args": ["algo=lokr", "factor=4"]}})
+    assert (p.network.network_module, p.network.factor) == ("LoKr", 4)
+    msg = errors_of({**MINIMAL, "network": {"network_args": ["conv_dims=4"]}})
+    assert "'conv_dims'" in msg and "did you mean 'conv_dim'" in msg
+    msg = errors_of({**MINIMAL, "network": {"conv_dim": 8, "network_module": "networks.lora",
+                                            "network_args": ["conv_dim=4"]}})
+    assert "conflicts with `[network] conv_dim`" in msg
+    msg = errors_of({**MINIMAL, "network": {"network_args": ["rank_dropout=2"]}})
+    assert "rank_dropout" in msg and "between 0 and 1" in msg
+
+
+def test_rules_between_the_option_fields():
+    cases = [
+        ({"network": {"network_module": "LoRA", "conv_dim": 4}}, "LoCon"),
+        ({"network": {"network_module": "LoHa", "block_dims": ",".join(["4"] * 25)}},
+         "LoRA and LoCon only"),
+        ({"network": {"block_dims": "1,2,3", "network_module": "LoCon"}}, "25 blocks"),
+        ({"network": {"factor": 4}}, "only applies to LoKr"),
+        ({"training": {"adaptive_noise_scale": 0.1}}, "set noise_offset too"),
+        ({"training": {"scale_v_pred_loss_like_noise_pred": True}}, "v_parameterization"),
+        ({"training": {"min_timestep": 500, "max_timestep": 100}}, "above max_timestep"),
+        ({"training": {"huber_c": 0.3}}, "only apply to loss_type huber"),
+        ({"dataset": {"train_data_dir": "d", "cache_latents": True, "color_aug": True}},
+         "cannot be cached"),
+        ({"dataset": {"train_data_dir": "d", "max_token_length": 100}}, "75, 150 or 225"),
+        ({"dataset": {"train_data_dir": "d", "dataset_config": "c.toml"}}, "not both"),
+        ({"dataset": {}}, "train_data_dir` is required"),
+        ({"sample": {"sample_every_n_steps": 5}}, "sample_prompts is empty"),
+        ({"optimizer": {"optimizer_type": "AdaFactor"}}, "lr_scheduler must be \"adafactor\""),
+        ({"optimizer": {"lr_scheduler": "adafactor"}}, "only works with optimizer_type"),
+        ({"optimizer": {"optimizer_type": "AdaFactor", "lr_scheduler": "adafactor",
+                        "lr_warmup_steps": 10}}, "must be 0"),
+        ({"optimizer": {"optimizer_type": "AdaFactor", "lr_scheduler": "constant",
+                        "optimizer_args": ["relative_step=False", "warmup_init=True"]}},
+         "warmup_init=True needs relative_step=True"),
+    ]
+    for change, expected in cases:
+        msg = errors_of({**MINIMAL, **change})
+        assert expected in msg, (change, msg)
+    ok = profile_from_dict({**MINIMAL, "optimizer": {
+        "optimizer_type": "AdaFactor", "lr_scheduler": "constant_with_warmup",
+        "optimizer_args": ["relative_step=False", "scale_parameter=False"]}})
+    assert ok.optimizer.optimizer_type == "AdaFactor"
 
 
 def test_cross_field_rules():
@@ -215,8 +316,8 @@ def test_profile_dataclass_default_is_invalid_until_paths_are_set():
 
 
 def test_later_optimizers_and_sd_scripts_keys_say_not_supported_yet():
-    msg = errors_of({**MINIMAL, "optimizer": {"optimizer_type": "Lion"}})
-    assert "'Lion' is not supported yet" in msg and "AdamW8bit" in msg
+    msg = errors_of({**MINIMAL, "optimizer": {"optimizer_type": "SGDScheduleFree"}})
+    assert "'SGDScheduleFree' is not supported yet" in msg and "AdamW8bit" in msg
     msg = errors_of({**MINIMAL, "saving": {"output_dir": "o", "save_last_n_epochs": 3}})
     assert "save_last_n_epochs` is not supported yet" in msg
     msg = errors_of({**MINIMAL, "training": {"ip_noise_gamma": 0.1}})
