@@ -14,6 +14,7 @@ from pathlib import Path
 from lora_core.dataset.buckets import bucket_config
 from lora_core.dataset.plan import TrainingPlan, make_plan
 from lora_core.dataset.scan import DatasetScan, advisories, problems, scan_dataset
+from lora_core.dataset.subset_options import options_from_dataset_section
 from lora_core.errors import DatasetError, LoraError, ProfileError
 from lora_core.models.loading import inspect_model
 from lora_core.profile import Profile
@@ -74,7 +75,8 @@ def scan_profile(profile: Profile) -> DatasetScan:
     buckets, _ = bucket_config(ds)  # its warnings come with the plan
     return scan_dataset(profile.path("dataset", "train_data_dir"),
                         profile.path("dataset", "reg_data_dir"),
-                        ds.caption_extension, buckets.smallest_side())
+                        ds.caption_extension, buckets.smallest_side(),
+                        options_from_dataset_section(ds))
 
 
 def run_preflight(profile: Profile, strict: bool = True, num_processes: int = 1) -> Preflight:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from lora_core.dataset.subset_options import SubsetOptions
 from lora_core.errors import DatasetError
 
 # sd-scripts lists these in lower and upper case; we accept any letter case (".Jpg" too).
@@ -56,6 +57,8 @@ class SubsetScan:
     repeats: int
     class_tokens: str
     is_reg: bool
+    # How this folder's captions and pixels are processed (see subset_options).
+    options: SubsetOptions = field(default_factory=SubsetOptions)
     images: list[ImageRecord] = field(default_factory=list)
     # Readable images with no caption file under caption_extension (class tokens used).
     missing_captions: list[Path] = field(default_factory=list)
@@ -120,7 +123,7 @@ def is_image_name(name: str) -> bool:
 
 
 def scan_dataset(train_dir: Path, reg_dir: Path | None, caption_extension: str,
-                 min_side_px: int) -> DatasetScan:
+                 min_side_px: int, options: SubsetOptions | None = None) -> DatasetScan:
     """Scan the train (and optional reg) parent folders.
 
     ``min_side_px``: images with a side below this are listed as too small (the caller passes
@@ -135,6 +138,7 @@ def scan_dataset(train_dir: Path, reg_dir: Path | None, caption_extension: str,
     scan = DatasetScan(train=[], reg=[], skipped=[], warnings=[], train_dir=train_dir,
                        reg_dir=Path(reg_dir) if reg_dir else None,
                        caption_extension=caption_extension, min_side_px=min_side_px)
+    options = options or SubsetOptions(caption_extension=caption_extension)
     scan.train = _scan_parent(train_dir, False, caption_extension, min_side_px, scan)
     if scan.reg_dir is not None:
         _require_folder(scan.reg_dir, "reg_data_dir",
@@ -146,6 +150,8 @@ def scan_dataset(train_dir: Path, reg_dir: Path | None, caption_extension: str,
                 "put regularization images in their own parent folder, or leave "
                 "reg_data_dir empty")
         scan.reg = _scan_parent(scan.reg_dir, True, caption_extension, min_side_px, scan)
+    for subset in scan.subsets:
+        subset.options = options
     return scan
 
 
