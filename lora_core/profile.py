@@ -613,12 +613,11 @@ def _apply_network_args(profile: Profile, raw_network: Any, errors: list[str]) -
             errors.append(problem)
             continue
         section = getattr(profile, section_name)
-        if field_name in explicit or getattr(section, field_name) not in (None, "", -1, 0.0) \
-                and getattr(section, field_name) != value:
-            if getattr(section, field_name) != value:
-                errors.append(f"{where} conflicts with `[{section_name}] {field_name}` = "
-                              f"{_fmt(getattr(section, field_name))}; set it in one place")
-                continue
+        current = getattr(section, field_name)
+        if field_name in explicit and current != value:
+            errors.append(f"{where} conflicts with `[{section_name}] {field_name}` = "
+                          f"{_fmt(current)}; set it in one place")
+            continue
         setattr(section, field_name, value)
     net.network_args = []
     if net.network_module == "networks.lora":
@@ -722,7 +721,7 @@ def _dataset_errors(p: Profile) -> list[str]:
 
 
 def _network_errors(p: Profile) -> list[str]:
-    net, opt = p.network, p.optimizer
+    net = p.network
     errors = []
     if net.network_train_unet_only and net.network_train_text_encoder_only:
         errors.append("`[network] network_train_unet_only` and "
