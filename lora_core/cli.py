@@ -189,8 +189,14 @@ def cmd_rerun_last(events_arg: str | None) -> int:
     return cmd_run(Path(record["profile"]), [], events_arg)
 
 
-def cmd_fields() -> int:
+def cmd_fields(markdown: bool = False) -> int:
     from lora_core.profile import field_docs
+
+    if markdown:
+        from lora_core.profile_reference import reference_markdown
+
+        sys.stdout.write(reference_markdown())
+        return 0
 
     current = None
     for section, key, type_text, default, doc in field_docs():
@@ -222,7 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_argument("profiles", type=Path, nargs="+")
     queue.add_argument("--continue-on-error", action="store_true",
                        help="go on with the next profile when one fails")
-    sub.add_parser("fields", help="list every profile field with its default and meaning")
+    fields = sub.add_parser("fields", help="list every profile field with its default and "
+                            "meaning")
+    fields.add_argument("--markdown", action="store_true",
+                        help="print the reference page (docs/profile-reference.md)")
     return parser
 
 
@@ -256,7 +265,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from lora_core.queue import run_queue
 
         return run_queue(args.profiles, args.continue_on_error)
-    return cmd_fields()
+    return cmd_fields(args.markdown)
 
 
 if __name__ == "__main__":

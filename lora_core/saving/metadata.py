@@ -57,10 +57,7 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
     """The full metadata dict (all values str) for this run; ``ss_steps`` etc. set at save."""
     net, opt, tr, ds = profile.network, profile.optimizer, profile.training, profile.dataset
     width, height = parse_resolution(ds.resolution)
-    conv_args = {}
-    if net.conv_dim is not None:
-        conv_args = {"conv_dim": str(net.conv_dim),
-                     "conv_alpha": str(net.conv_alpha if net.conv_alpha is not None else 1.0)}
+    module, network_args = network_module_and_args(profile)
     values: dict[str, object] = {
         "ss_session_id": run.session_id,
         "ss_training_started_at": run.started_at,
@@ -75,43 +72,43 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
         "ss_gradient_accumulation_steps": tr.gradient_accumulation_steps,
         "ss_lr_warmup_steps": run.warmup_steps,
         "ss_lr_scheduler": opt.lr_scheduler,
-        "ss_network_module": net.network_module,
+        "ss_network_module": module,
         "ss_network_dim": net.network_dim,
         "ss_network_alpha": net.network_alpha,
         "ss_network_dropout": net.network_dropout,
         "ss_mixed_precision": tr.mixed_precision,
         "ss_full_fp16": False,
         "ss_v2": False,
-        "ss_base_model_version": "sd_v1",
+        "ss_base_model_version": "sd_v1_v" if profile.model.v_parameterization else "sd_v1",
         "ss_clip_skip": profile.model.clip_skip,
-        "ss_max_token_length": None,
-        "ss_cache_latents": False,
+        "ss_max_token_length": None if ds.max_token_length == 75 else ds.max_token_length,
+        "ss_cache_latents": ds.cache_latents or ds.cache_latents_to_disk,
         "ss_seed": run.seed,
         "ss_lowram": False,
-        "ss_noise_offset": None,
-        "ss_noise_offset_random_strength": False,
-        "ss_adaptive_noise_scale": None,
-        "ss_multires_noise_iterations": None,
-        "ss_multires_noise_discount": None,
+        "ss_noise_offset": tr.noise_offset,
+        "ss_noise_offset_random_strength": tr.noise_offset_random_strength,
+        "ss_adaptive_noise_scale": tr.adaptive_noise_scale,
+        "ss_multires_noise_iterations": tr.multires_noise_iterations,
+        "ss_multires_noise_discount": tr.multires_noise_discount,
         "ss_ip_noise_gamma": None,
         "ss_ip_noise_gamma_random_strength": False,
-        "ss_zero_terminal_snr": False,
+        "ss_zero_terminal_snr": tr.zero_terminal_snr,
         "ss_training_comment": profile.saving.training_comment,
         "ss_sd_scripts_commit_hash": "(unknown)",
         "ss_optimizer": run.optimizer_repr,
         "ss_max_grad_norm": opt.max_grad_norm,
-        "ss_caption_dropout_rate": 0.0,
-        "ss_caption_dropout_every_n_epochs": 0,
-        "ss_caption_tag_dropout_rate": 0.0,
+        "ss_caption_dropout_rate": ds.caption_dropout_rate,
+        "ss_caption_dropout_every_n_epochs": ds.caption_dropout_every_n_epochs,
+        "ss_caption_tag_dropout_rate": ds.caption_tag_dropout_rate,
         "ss_face_crop_aug_range": None,
         "ss_prior_loss_weight": ds.prior_loss_weight,
-        "ss_min_snr_gamma": None,
-        "ss_scale_weight_norms": None,
-        "ss_debiased_estimation": False,
-        "ss_loss_type": "l2",
-        "ss_huber_schedule": "snr",
-        "ss_huber_scale": 1.0,
-        "ss_huber_c": 0.1,
+        "ss_min_snr_gamma": tr.min_snr_gamma,
+        "ss_scale_weight_norms": opt.scale_weight_norms,
+        "ss_debiased_estimation": tr.debiased_estimation_loss,
+        "ss_loss_type": tr.loss_type,
+        "ss_huber_schedule": tr.huber_schedule,
+        "ss_huber_scale": tr.huber_scale,
+        "ss_huber_c": tr.huber_c,
         "ss_fp8_base": False,
         "ss_fp8_base_unet": False,
         "ss_sd_model_name": run.model_name,
@@ -126,9 +123,9 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
         "ss_total_batch_size": tr.train_batch_size * run.num_processes
         * tr.gradient_accumulation_steps,
         "ss_resolution": (width, height),
-        "ss_color_aug": False,
-        "ss_flip_aug": False,
-        "ss_random_crop": False,
+        "ss_color_aug": ds.color_aug,
+        "ss_flip_aug": ds.flip_aug,
+        "ss_random_crop": ds.random_crop,
         "ss_shuffle_caption": ds.shuffle_caption,
         "ss_enable_bucket": ds.enable_bucket,
         "ss_bucket_no_upscale": ds.bucket_no_upscale,
@@ -136,9 +133,24 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
         "ss_max_bucket_reso": ds.max_bucket_reso,
         "ss_keep_tokens": ds.keep_tokens,
         "ss_lora_tui_version": __version__,
+        # Options sd-scripts records only inside ss_datasets or not at all; kept so a file
+        # says how it was made.
+        "ss_keep_tokens_separator": ds.keep_tokens_separator,
+        "ss_caption_prefix": ds.caption_prefix,
+        "ss_caption_suffix": ds.caption_suffix,
+        "ss_secondary_separator": ds.secondary_separator,
+        "ss_enable_wildcard": ds.enable_wildcard,
+        "ss_token_warmup_min": ds.token_warmup_min,
+        "ss_token_warmup_step": ds.token_warmup_step,
+        "ss_v_parameterization": profile.model.v_parameterization,
+        "ss_scale_v_pred_loss_like_noise_pred": tr.scale_v_pred_loss_like_noise_pred,
+        "ss_min_timestep": tr.min_timestep,
+        "ss_max_timestep": tr.max_timestep,
+        "ss_sample_sampler": profile.sample.sample_sampler if profile.sample.sample_prompts
+        else None,
     }
-    if conv_args:
-        values["ss_network_args"] = json.dumps(conv_args)
+    if network_args:
+        values["ss_network_args"] = json.dumps(network_args)
     if run.model_file is not None and run.model_file.is_file():
         values["ss_sd_model_hash"] = legacy_file_hash(run.model_file)
         values["ss_new_sd_model_hash"] = full_file_hash(run.model_file)
@@ -146,6 +158,40 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
     metadata.update(dataset_metadata(plan))
     metadata.update(modelspec(profile, run.output_name, width, height))
     return metadata
+
+
+def network_module_and_args(profile: Profile) -> tuple[str, dict[str, str]]:
+    """``ss_network_module`` and the ``ss_network_args`` dict as sd-scripts (LoRA, LoCon) and
+    LyCORIS (LoHa, LoKr: ``lycoris.kohya`` with ``algo``) write them: the network_args a
+    user would have passed, every value a string."""
+    net, opt = profile.network, profile.optimizer
+    kind = net.network_module
+    args: dict[str, str] = {}
+    if kind in ("LoHa", "LoKr"):
+        args["algo"] = kind.lower()
+    if kind != "LoRA":
+        conv_dim = net.conv_dim if net.conv_dim is not None else (
+            net.network_dim if kind != "LoCon" else None)
+        if conv_dim is not None:
+            default_alpha = 1.0 if kind == "LoCon" else net.network_alpha
+            args["conv_dim"] = str(conv_dim)
+            args["conv_alpha"] = str(net.conv_alpha if net.conv_alpha is not None
+                                     else default_alpha)
+    if kind == "LoKr":
+        args["factor"] = str(net.factor)
+    for section, keys in ((net, ("rank_dropout", "module_dropout", "block_dims", "block_alphas",
+                                 "conv_block_dims", "conv_block_alphas")),
+                          (opt, ("loraplus_lr_ratio", "loraplus_unet_lr_ratio",
+                                 "loraplus_text_encoder_lr_ratio", "down_lr_weight",
+                                 "mid_lr_weight", "up_lr_weight"))):
+        for key in keys:
+            value = getattr(section, key)
+            if value not in (None, ""):
+                args[key] = str(value)
+    if opt.block_lr_zero_threshold:
+        args["block_lr_zero_threshold"] = str(opt.block_lr_zero_threshold)
+    module = "lycoris.kohya" if kind in ("LoHa", "LoKr") else "networks.lora"
+    return module, args
 
 
 def modelspec(profile: Profile, title: str, width: int, height: int) -> dict[str, str]:
@@ -156,10 +202,13 @@ def modelspec(profile: Profile, title: str, width: int, height: int) -> dict[str
         "modelspec.title": title,
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.date": datetime.now().replace(microsecond=0).isoformat(),
-        "modelspec.prediction_type": "epsilon",
+        "modelspec.prediction_type": "v" if profile.model.v_parameterization else "epsilon",
         "modelspec.encoder_layer": str(profile.model.clip_skip),
         "modelspec.implementation_version": f"lora-tui/{__version__}",
     }
+    tr = profile.training
+    if (tr.min_timestep, tr.max_timestep) != (0, 1000):
+        spec["modelspec.timestep_range"] = f"{tr.min_timestep},{tr.max_timestep}"
     if profile.saving.training_comment:
         spec["modelspec.description"] = profile.saving.training_comment
     return spec

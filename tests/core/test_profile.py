@@ -322,3 +322,13 @@ def test_later_optimizers_and_sd_scripts_keys_say_not_supported_yet():
     assert "save_last_n_epochs` is not supported yet" in msg
     msg = errors_of({**MINIMAL, "training": {"ip_noise_gamma": 0.1}})
     assert "not supported yet" in msg
+
+
+def test_reference_page_is_generated_from_the_field_declarations():
+    from lora_core.profile_reference import REGENERATE, reference_markdown
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "profile-reference.md"
+    assert page.read_text(encoding="utf-8") == reference_markdown(), \
+        f"docs/profile-reference.md is out of date: run `{REGENERATE}`"
+    for section, key, _type, _default, doc in field_docs():
+        assert f"| `{key}` |" in page.read_text(encoding="utf-8"), key
