@@ -259,7 +259,7 @@ class TrainingSection:
         None, "Offset noise: darker darks and brighter brights (0.05-0.1 is usual; unset: "
         "off).", min=0.0)
     noise_offset_random_strength: bool = setting(
-        False, "Scale the noise offset by a random 0-1 factor per sample.")
+        False, "Scale the noise offset by a random 0-1 factor each step.")
     adaptive_noise_scale: float | None = setting(
         None, "Add this times each latent's mean brightness to the noise offset (needs "
         "noise_offset).")
@@ -277,7 +277,7 @@ class TrainingSection:
     zero_terminal_snr: bool = setting(
         False, "Rescale the noise schedule so the last timestep is pure noise (for "
         "v-prediction models).")
-    min_timestep: int = setting(0, "Smallest timestep trained on.", min=0, max=1000)
+    min_timestep: int = setting(0, "Smallest timestep trained on.", min=0, max=999)
     max_timestep: int = setting(1000, "Timesteps trained on are below this.", min=0, max=1000)
     loss_type: str = setting(
         "l2", "Loss: l2 (mean squared error), l1, huber or smooth_l1.",
@@ -769,6 +769,9 @@ def _training_errors(p: Profile) -> list[str]:
     if tr.min_timestep > tr.max_timestep:
         errors.append(f"`[training] min_timestep` = {tr.min_timestep} is above max_timestep = "
                       f"{tr.max_timestep}")
+    if tr.loss_type in ("huber", "smooth_l1") and tr.huber_c <= 0:
+        errors.append(f"`[training] huber_c` = {_fmt(tr.huber_c)} must be above 0 for "
+                      f"loss_type {tr.loss_type!r} (0.1 is the default)")
     if tr.loss_type in ("l2", "l1") and (tr.huber_schedule != "snr" or tr.huber_c != 0.1
                                          or tr.huber_scale != 1.0):
         errors.append(f"`[training] huber_schedule / huber_c / huber_scale` only apply to "

@@ -47,13 +47,16 @@ class Family(Protocol):
 
     name: str
 
-    def tokenize(self, bundle: ModelBundle, captions: list[str]) -> list[torch.Tensor]:
-        """Token ids, one LongTensor (B, 77) per tokenizer of the bundle."""
+    def tokenize(self, bundle: ModelBundle, captions: list[str],
+                 max_token_length: int = 75) -> list[torch.Tensor]:
+        """Token ids, one LongTensor per tokenizer of the bundle: (B, n·77) holding the
+        n = max_token_length / 75 encoder windows of each caption side by side."""
         ...
 
     def encode_text(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor],
-                    clip_skip: int | None) -> torch.Tensor:
-        """The U-Net's ``encoder_hidden_states`` for those token ids."""
+                    clip_skip: int | None, max_token_length: int = 75) -> torch.Tensor:
+        """The U-Net's ``encoder_hidden_states`` for those token ids:
+        (B, n·75 + 2, width), so 77 / 152 / 227 tokens long."""
         ...
 
     def unet_extra_conditioning(self, bundle: ModelBundle, **kwargs: Any) -> dict[str, Any]:
@@ -75,31 +78,109 @@ def num_text_layers(text_encoder: Any) -> int:
     return int(text_encoder.config.num_hidden_layers)
 
 
+def window_count(tokenizer: Any, max_token_length: int) -> int:
+    """How many encoder windows a caption of ``max_token_length`` tokens needs.
+
+    A CLIP text encoder reads 77 positions: BOS, 75 tokens, EOS. Longer captions are cut
+    into windows of 75 tokens (kohya-compat.md §5.4), so 75 / 150 / 225 give 1 / 2 / 3.
+    """
+    per_window = tokenizer.model_max_length - 2
+    if max_token_length < per_window or max_token_length % per_window:
+        raise ModelError(
+            f"max_token_length {max_token_length} is not a multiple of the text encoder's "
+            f"{per_window}-token window",
+            f"set `[dataset] max_token_length` to {per_window}, {2 * per_window} or "
+            f"{3 * per_window}")
+    return max_token_length // per_window
+
+
+def split_into_windows(input_ids: torch.Tensor, tokenizer: Any, n: int) -> torch.Tensor:
+    """(B, n·75 + 2) token ids → (B, n·77): n windows of ``[BOS] + 75 tokens + [last]``.
+
+    This is sd-scripts' long-prompt scheme (``TokenizeStrategy._get_input_ids``): every
+    window starts with the caption's BOS and ends with the caption's final id (EOS, or PAD
+    for a short caption when PAD ≠ EOS). Where PAD ≠ EOS (SD2 / SDXL tokenizers) two
+    fix-ups keep each window a well-formed CLIP sequence: a window whose 75th token is a
+    real word ends with EOS instead of PAD, and a window that starts ``BOS PAD`` (the
+    caption ended in an earlier window) starts ``BOS EOS PAD…``. With PAD = EOS (SD1) both
+    are no-ops.
+    """
+    import torch
+
+    per_window = tokenizer.model_max_length - 2
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    bos, last = input_ids[:, :1], input_ids[:, -1:]
+    windows = []
+    for k in range(n):
+        window = torch.cat([bos, input_ids[:, 1 + k * per_window:1 + (k + 1) * per_window],
+                            last], dim=1)
+        if pad != eos:
+            ends_on_word = (window[:, -2] != eos) & (window[:, -2] != pad)
+            window[ends_on_word, -1] = eos
+            window[window[:, 1] == pad, 1] = eos
+        windows.append(window)
+    return torch.cat(windows, dim=1)
+
+
+def join_windows(hidden: torch.Tensor, batch_size: int, n: int) -> torch.Tensor:
+    """(B·n, 77, D) per-window states → (B, n·75 + 2, D), as sd-scripts re-assembles them.
+
+    Keeps the first window's BOS state, the 75 token states of every window in order, and
+    the last window's final (EOS/PAD) state; the inner BOS/EOS states are dropped. (The
+    states-side "v2 pad fix-up" in sd-scripts compares token ids with the EOS *string*, so
+    it never fires; there is nothing to reproduce.)
+    """
+    import torch
+
+    per_window = hidden.shape[1]
+    states = hidden.reshape(batch_size, n, per_window, hidden.shape[-1])
+    middle = states[:, :, 1:-1].reshape(batch_size, n * (per_window - 2), hidden.shape[-1])
+    return torch.cat([states[:, 0, :1], middle, states[:, -1, -1:]], dim=1)
+
+
 class SD1Family:
     """Stable Diffusion 1.x: one CLIP ViT-L/14 text encoder, ``clip_skip`` supported.
 
     clip_skip follows sd-scripts (kohya-compat.md §5.4): 1 (or None) uses the last layer's
     output (``last_hidden_state``, which already has the final LayerNorm); k > 1 uses
-    ``hidden_states[-k]`` and then applies the text model's final LayerNorm.
+    ``hidden_states[-k]`` and then applies the text model's final LayerNorm. It applies to
+    each 77-token window of a long caption separately, as in sd-scripts.
+
+    ``max_token_length`` 150 / 225 lets a caption use 150 / 225 tokens instead of 75: the
+    ids are cut into 2 / 3 windows (:func:`split_into_windows`), each encoded on its own
+    (the encoder's position embeddings stop at 77), and the states joined again
+    (:func:`join_windows`). With 75 both calls are exactly the plain 77-token encoder call.
     """
 
     name = "sd1"
 
-    def tokenize(self, bundle: ModelBundle, captions: list[str]) -> list[torch.Tensor]:
+    def tokenize(self, bundle: ModelBundle, captions: list[str],
+                 max_token_length: int = 75) -> list[torch.Tensor]:
         tokenizer = bundle.tokenizers[0]
+        n = window_count(tokenizer, max_token_length)
+        # Truncation keeps the final EOS, so a too-long caption loses its tail tokens only.
         encoded = tokenizer(
             list(captions),
             padding="max_length",
-            max_length=tokenizer.model_max_length,
+            max_length=max_token_length + 2,
             truncation=True,
             return_tensors="pt",
         )
-        return [encoded.input_ids]
+        if n == 1:
+            return [encoded.input_ids]
+        return [split_into_windows(encoded.input_ids, tokenizer, n)]
 
     def encode_text(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor],
-                    clip_skip: int | None) -> torch.Tensor:
+                    clip_skip: int | None, max_token_length: int = 75) -> torch.Tensor:
         text_encoder = bundle.text_encoders[0]
+        window = bundle.tokenizers[0].model_max_length
+        n = window_count(bundle.tokenizers[0], max_token_length)
         input_ids = input_ids_list[0].to(text_encoder.device)
+        if input_ids.shape[-1] != n * window:
+            raise ModelError(
+                f"token ids of length {input_ids.shape[-1]} do not match max_token_length "
+                f"{max_token_length} ({n * window} ids expected)",
+                "pass the same max_token_length to tokenize and encode_text")
         skip = 1 if clip_skip is None else int(clip_skip)
         layers = num_text_layers(text_encoder)
         if not 1 <= skip <= layers:
@@ -107,6 +188,14 @@ class SD1Family:
                 f"clip_skip {skip} is out of range: this text encoder has {layers} layers",
                 f"use a clip_skip between 1 and {layers} (1 = last layer, 2 = penultimate)",
             )
+        # All windows of all captions in one encoder batch (B·n, 77).
+        hidden = self._encode_windows(text_encoder, input_ids.reshape(-1, window), skip)
+        if n == 1:
+            return hidden
+        return join_windows(hidden, input_ids.shape[0], n)
+
+    @staticmethod
+    def _encode_windows(text_encoder: Any, input_ids: torch.Tensor, skip: int) -> torch.Tensor:
         if skip == 1:
             return text_encoder(input_ids).last_hidden_state
         outputs = text_encoder(input_ids, output_hidden_states=True)

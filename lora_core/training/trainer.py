@@ -35,7 +35,8 @@ from lora_core.profile import Profile
 from lora_core.saving import lora_file, names
 from lora_core.saving.metadata import at_save
 from lora_core.training.conditioning import LiveTextEncoder, VaeLatents
-from lora_core.training.loss import noise_target, weighted_mse
+from lora_core.training.loss import diffusion_loss, prepare_schedule_and_loss, training_target
+from lora_core.training.noise import make_noise, sample_timesteps
 from lora_core.training.optim import build_optimizer, build_scheduler, param_groups
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -133,7 +134,10 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     train_te = any(g.name == "textencoder" for g in groups)
     latents_from = VaeLatents(bundle, device, weight_dtype)
     text_from = LiveTextEncoder(bundle, device, profile.model.clip_skip)
-    noise_scheduler = bundle.noise_scheduler
+    tr, v_pred = profile.training, profile.model.v_parameterization
+    # A copy: zero_terminal_snr rescales the schedule in place, and the bundle may be reused.
+    noise_scheduler = type(bundle.noise_scheduler).from_config(bundle.noise_scheduler.config)
+    weighting = prepare_schedule_and_loss(noise_scheduler, tr, v_pred, device)
     grad_accum = profile.training.gradient_accumulation_steps
     total_steps, total_epochs = plan.max_train_steps, plan.num_epochs
     step_times: deque[float] = deque(maxlen=20)
@@ -152,14 +156,15 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
             micro_in_update = min(grad_accum, len(mine) - update_start)
             with accelerator.autocast(), out_of_memory_hints():
                 latents = latents_from.latents(batch)
-                noise = torch.randn_like(latents)
-                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps,
-                                          (latents.shape[0],), device=device)
+                noise = make_noise(latents, tr)
+                timesteps = sample_timesteps(latents.shape[0], tr.min_timestep, tr.max_timestep,
+                                             device)
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
                 hidden = text_from.hidden_states(batch, train_te)
                 pred = bundle.unet(noisy.to(weight_dtype), timesteps,
                                    hidden.to(weight_dtype)).sample
-                loss = weighted_mse(pred, noise_target(noise), batch["loss_weights"])
+                target = training_target(noise_scheduler, latents, noise, timesteps, v_pred)
+                loss = diffusion_loss(pred, target, timesteps, batch["loss_weights"], weighting)
                 accelerator.backward(loss / micro_in_update)
             window_loss += loss.detach() / micro_in_update
             state.batch_in_epoch = index + 1
