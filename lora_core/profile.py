@@ -739,17 +739,21 @@ def _network_errors(p: Profile) -> list[str]:
                       f"is {kind})")
     if net.factor == 0:
         errors.append("`[network] factor` must be -1 (balanced) or at least 1")
+    from lora_core.network.blocks import block_lr_weights, parse_block_values  # pure Python
+
     for key in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas"):
         if getattr(net, key):
             try:
-                values = [float(v) for v in getattr(net, key).split(",")]
-            except ValueError:
-                errors.append(f"`[network] {key}` = {_fmt(getattr(net, key))} must be "
-                              "comma-separated numbers")
-                continue
-            if len(values) != 25:
-                errors.append(f"`[network] {key}` has {len(values)} values; SD 1.x/2.x models "
-                              "have 25 blocks (BASE, 12 down, mid, 12 up)")
+                parse_block_values(getattr(net, key), f"[network] {key}",
+                                   integer=key.endswith("dims"))
+            except ProfileError as exc:
+                errors.append(exc.message)
+    opt = p.optimizer
+    try:
+        block_lr_weights(opt.down_lr_weight, opt.mid_lr_weight, opt.up_lr_weight,
+                         opt.block_lr_zero_threshold)
+    except ProfileError as exc:
+        errors.append(exc.message)
     if net.block_alphas and not net.block_dims:
         errors.append("`[network] block_alphas` needs block_dims")
     if net.conv_block_alphas and not net.conv_block_dims:

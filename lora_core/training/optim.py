@@ -1,43 +1,151 @@
-"""Optimizer and learning-rate schedule built from the profile's [optimizer] section.
+"""Optimizer, parameter groups and learning-rate schedule from the profile's [optimizer].
 
-Parameter groups follow sd-scripts (kohya-compat.md §6.6): text-encoder LoRA parameters
-at ``text_encoder_lr`` (else ``learning_rate``), U-Net LoRA parameters at ``unet_lr`` (else
-``learning_rate``); a group whose rate is 0 is left out (its modules stay in the file,
-untrained). Schedules come from diffusers' ``get_scheduler``.
+Parameter groups follow sd-scripts (kohya-compat.md §6.5–6.6):
+
+* text-encoder modules at ``text_encoder_lr`` (else ``learning_rate``) in group
+  ``textencoder``; U-Net modules at ``unet_lr`` (else ``learning_rate``) in group ``unet``;
+* with block learning-rate weights (``down/mid/up_lr_weight``) the U-Net is split into one
+  group per block, ``unet_block<i>`` at ``unet_lr × weight[i]`` (sd-scripts' names);
+* with LoRA+ (Hayou et al., 2024, "LoRA+: Efficient Low Rank Adaptation of Large Models",
+  arXiv:2402.12354) each group's output-side factors move to ``<name>_plus`` at ``lr × ratio``
+  (sd-scripts logs these as "<name> plus"; the underscore keeps event keys free of spaces);
+* a group whose rate is 0 is left out (its modules stay in the file, untrained).
+
+Groups are read from ``network.named_parameters()`` and the network's ``text_encoder_names``
+/ ``unet_names`` (the first component of a parameter name is its module's kohya name), so
+LoRA, LoCon, LoHa and LoKr networks are grouped the same way.
+
+Optimizers (§8.1) are imported only when asked for, so a missing optional package is a
+profile error naming the ``pip install`` that fixes it. Schedules come from diffusers'
+``get_scheduler``, except ``adafactor`` (transformers' ``AdafactorSchedule``).
 """
 
 from __future__ import annotations
 
-import logging
+import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from lora_core.errors import ProfileError
-from lora_core.network.lora import LoRANetwork
+from lora_core.network.blocks import block_index, block_lr_weights
 from lora_core.profile import OptimizerSection
-from lora_core.training.optimizer_args import parse_optimizer_args
+from lora_core.training.optimizer_args import (
+    ONE_LR_ONLY,
+    adafactor_relative_step,
+    effective_optimizer_args,
+    group_learning_rates,
+    loraplus_ratios,
+)
 
-log = logging.getLogger(__name__)
+# optimizer_type → (module, class, pip package that provides it).
+OPTIMIZER_CLASSES: dict[str, tuple[str, str, str]] = {
+    "AdamW": ("torch.optim", "AdamW", "torch"),
+    "AdamW8bit": ("bitsandbytes.optim", "AdamW8bit", "bitsandbytes"),
+    "PagedAdamW8bit": ("bitsandbytes.optim", "PagedAdamW8bit", "bitsandbytes"),
+    "PagedAdamW": ("bitsandbytes.optim", "PagedAdamW", "bitsandbytes"),
+    "PagedAdamW32bit": ("bitsandbytes.optim", "PagedAdamW32bit", "bitsandbytes"),
+    "Lion": ("lion_pytorch", "Lion", "lion-pytorch"),
+    "Lion8bit": ("bitsandbytes.optim", "Lion8bit", "bitsandbytes"),
+    "PagedLion8bit": ("bitsandbytes.optim", "PagedLion8bit", "bitsandbytes"),
+    "SGDNesterov": ("torch.optim", "SGD", "torch"),
+    "SGDNesterov8bit": ("bitsandbytes.optim", "SGD8bit", "bitsandbytes"),
+    "DAdaptation": ("dadaptation.experimental", "DAdaptAdamPreprint", "dadaptation"),
+    "DAdaptAdamPreprint": ("dadaptation.experimental", "DAdaptAdamPreprint", "dadaptation"),
+    "DAdaptAdaGrad": ("dadaptation", "DAdaptAdaGrad", "dadaptation"),
+    "DAdaptAdam": ("dadaptation", "DAdaptAdam", "dadaptation"),
+    "DAdaptAdan": ("dadaptation", "DAdaptAdan", "dadaptation"),
+    "DAdaptAdanIP": ("dadaptation.experimental", "DAdaptAdanIP", "dadaptation"),
+    "DAdaptLion": ("dadaptation", "DAdaptLion", "dadaptation"),
+    "DAdaptSGD": ("dadaptation", "DAdaptSGD", "dadaptation"),
+    "Prodigy": ("prodigyopt", "Prodigy", "prodigyopt"),
+    "AdaFactor": ("transformers.optimization", "Adafactor", "transformers"),
+}
+# Both get nesterov=True as in sd-scripts; bitsandbytes' SGD8bit (0.50) accepts the flag but
+# runs plain momentum SGD, so SGDNesterov8bit is Nesterov in name only (there as here).
+NESTEROV = ("SGDNesterov", "SGDNesterov8bit")
+# The packages of pyproject's `optimizers` extra.
+EXTRA_OPTIMIZER_PACKAGES = ("dadaptation", "prodigyopt", "lion-pytorch")
+
+# LoRA+ (arXiv:2402.12354, §3) derives from width scaling that B in ΔW = B·A, whose fan-in is
+# the small rank r (B: [out, r]), needs a rate Θ(width) times A's (A: [r, in], fan-in = the
+# layer width); lora_up is B. The same shape rule picks, in the other module types, every
+# factor that maps the rank to the output: LoHa's hada_w1_a / hada_w2_a ([out, r]) and LoKr's
+# lokr_w1_a / lokr_w2_a ([·, r]) when a Kronecker factor is itself low-rank. A full
+# (undecomposed) Kronecker factor (lokr_w1, lokr_w2) has no rank-sized fan-in and keeps the
+# base rate, so LoRA+ changes nothing for a LoKr module without decomposed factors.
+LORAPLUS_UP_PARAMS = frozenset({"lora_up", "hada_w1_a", "hada_w2_a", "lokr_w1_a", "lokr_w2_a"})
+
+
+class TrainableNetwork(Protocol):
+    """What param_groups needs of LoRA / LoCon / LoHa / LoKr networks."""
+
+    text_encoder_names: list[str]
+    unet_names: list[str]
+
+    def named_parameters(self) -> Any: ...
 
 
 @dataclass
 class ParamGroupSpec:
-    name: str  # "textencoder" or "unet", as sd-scripts logs them (lr/textencoder, lr/unet)
+    name: str  # as logged: lr/<name> ("textencoder", "unet", "unet_block4", "unet_plus", ...)
     params: list[torch.nn.Parameter]
     lr: float
 
 
-def param_groups(network: LoRANetwork, opt: OptimizerSection) -> list[ParamGroupSpec]:
-    groups = []
-    te_lr = opt.text_encoder_lr if opt.text_encoder_lr is not None else opt.learning_rate
-    unet_lr = opt.unet_lr if opt.unet_lr is not None else opt.learning_rate
-    if network.text_encoder_names and te_lr > 0:
-        groups.append(ParamGroupSpec("textencoder",
-                                     network.parameters_of(network.text_encoder_names), te_lr))
-    if network.unet_names and unet_lr > 0:
-        groups.append(ParamGroupSpec("unet", network.parameters_of(network.unet_names), unet_lr))
+def is_loraplus_up(param_name: str) -> bool:
+    """Whether a parameter (``<lora_name>.lora_up.weight``, ``<lora_name>.hada_w1_a``, ...)
+    is an output-side factor that LoRA+ trains at ``lr × ratio``."""
+    return any(part in LORAPLUS_UP_PARAMS for part in param_name.split(".")[1:])
+
+
+def _split_plus(name: str, named: list[tuple[str, torch.nn.Parameter]], lr: float,
+                ratio: float | None) -> list[ParamGroupSpec]:
+    """One group, or with LoRA+ a base group and ``<name>_plus``; rate-0 groups dropped."""
+    if ratio is None:
+        groups = [ParamGroupSpec(name, [p for _, p in named], lr)]
+    else:
+        groups = [ParamGroupSpec(name, [p for n, p in named if not is_loraplus_up(n)], lr),
+                  ParamGroupSpec(f"{name}_plus", [p for n, p in named if is_loraplus_up(n)],
+                                 lr * ratio)]
+    return [g for g in groups if g.params and g.lr > 0]
+
+
+def param_groups(network: TrainableNetwork, opt: OptimizerSection) -> list[ParamGroupSpec]:
+    """The optimizer's groups, in sd-scripts' order: text encoder, then U-Net (by block)."""
+    te_names, unet_names = set(network.text_encoder_names), set(network.unet_names)
+    te_named: list[tuple[str, torch.nn.Parameter]] = []
+    unet_named: list[tuple[str, torch.nn.Parameter]] = []
+    for name, param in network.named_parameters():
+        if not param.requires_grad:
+            continue
+        module = name.split(".", 1)[0]
+        if module in te_names:
+            te_named.append((name, param))
+        elif module in unet_names:
+            unet_named.append((name, param))
+    te_lr, unet_lr = group_learning_rates(opt)
+    te_ratio, unet_ratio = loraplus_ratios(opt)
+    groups = _split_plus("textencoder", te_named, te_lr, te_ratio) if te_named else []
+    weights = block_lr_weights(opt.down_lr_weight, opt.mid_lr_weight, opt.up_lr_weight,
+                               opt.block_lr_zero_threshold)
+    if weights is None:
+        if unet_named:
+            groups += _split_plus("unet", unet_named, unet_lr, unet_ratio)
+    else:
+        by_block: dict[int, list[tuple[str, torch.nn.Parameter]]] = {}
+        for name, param in unet_named:
+            slot = block_index(name.split(".", 1)[0])
+            if slot is None:
+                raise ProfileError(
+                    f"U-Net module {name.split('.', 1)[0]!r} lies in no SD 1.x/2.x block, so "
+                    "`[optimizer] down_lr_weight / mid_lr_weight / up_lr_weight` cannot "
+                    "weight it", "remove the block learning-rate weights for this model")
+            by_block.setdefault(slot, []).append((name, param))
+        for slot in sorted(by_block):
+            groups += _split_plus(f"unet_block{slot}", by_block[slot],
+                                  unet_lr * weights[slot], unet_ratio)
     if not groups:
         raise ProfileError("no parameters would be trained: every learning rate in use is 0 "
                            "or no LoRA modules were created",
@@ -47,46 +155,84 @@ def param_groups(network: LoRANetwork, opt: OptimizerSection) -> list[ParamGroup
 
 
 def _optimizer_class(name: str) -> type:
-    if name == "AdamW":
-        return torch.optim.AdamW
-    if name == "AdamW8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise ProfileError("optimizer AdamW8bit needs the bitsandbytes package",
-                               "pip install bitsandbytes, or set optimizer_type = \"AdamW\""
-                               ) from None
-        return bnb.optim.AdamW8bit
-    raise AssertionError(f"optimizer {name!r} passed profile validation")  # unreachable
+    """The class for an optimizer_type, imported now; a missing package is a ProfileError."""
+    if name not in OPTIMIZER_CLASSES:
+        raise AssertionError(f"optimizer {name!r} passed profile validation")  # unreachable
+    module_name, class_name, package = OPTIMIZER_CLASSES[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ProfileError(
+            f"`[optimizer] optimizer_type` = \"{name}\" needs the {package} package, which "
+            f"cannot be imported ({exc})",
+            f"pip install {package}"
+            + ("   (or pip install \"lora-tui[optimizers]\" for all of them)"
+               if package in EXTRA_OPTIMIZER_PACKAGES else "")
+            + "; or pick another optimizer_type, like \"AdamW\"") from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ProfileError(
+            f"`[optimizer] optimizer_type` = \"{name}\": the installed {package} has no "
+            f"{class_name}", f"pip install --upgrade {package}")
+    return cls
 
 
 def build_optimizer(groups: list[ParamGroupSpec], opt: OptimizerSection
                     ) -> torch.optim.Optimizer:
-    cls = _optimizer_class(opt.optimizer_type)
-    kwargs = parse_optimizer_args(opt.optimizer_args)
+    """The optimizer over ``groups``; each torch param group keeps its ``name``.
+
+    AdaFactor with ``relative_step`` computes its own step size: as in sd-scripts it gets
+    ``lr=None`` and the groups lose their rates (so unet_lr, text_encoder_lr, LoRA+ and
+    block weights have no effect there).
+    """
+    name = opt.optimizer_type
+    cls = _optimizer_class(name)
+    kwargs = effective_optimizer_args(opt)
+    rates = {g.lr for g in groups}
+    if name in ONE_LR_ONLY and len(rates) > 1:
+        raise ProfileError(
+            f"`[optimizer] optimizer_type` = \"{name}\" needs one learning rate for every "
+            f"group, but these groups differ: "
+            + ", ".join(f"{g.name}={g.lr:g}" for g in groups),
+            "use the same unet_lr and text_encoder_lr (or leave both unset) and no LoRA+ "
+            "ratios or block learning-rate weights with this optimizer")
+    if name == "AdaFactor" and adafactor_relative_step(kwargs):
+        torch_groups = [{"params": g.params, "name": g.name} for g in groups]
+        lr: float | None = None
+    else:
+        torch_groups = [{"params": g.params, "lr": g.lr, "name": g.name} for g in groups]
+        lr = opt.learning_rate
+    if name in NESTEROV:
+        kwargs = {**kwargs, "nesterov": True}
     try:
-        optimizer = cls([{"params": g.params, "lr": g.lr, "name": g.name} for g in groups],
-                        lr=opt.learning_rate, **kwargs)
-    except TypeError as exc:
+        return cls(torch_groups, lr=lr, **kwargs)
+    except (TypeError, ValueError) as exc:
         raise ProfileError(f"`[optimizer] optimizer_args` {opt.optimizer_args} do not fit "
-                           f"{opt.optimizer_type}: {exc}",
-                           "remove or rename the argument named above") from None
-    return optimizer
-
-
-OPTIMIZER_CLASS_PATHS = {"AdamW": "torch.optim.adamw.AdamW",
-                         "AdamW8bit": "bitsandbytes.optim.adamw.AdamW8bit"}
+                           f"{name}: {exc}",
+                           "remove or correct the argument named above") from None
 
 
 def optimizer_description(opt: OptimizerSection) -> str:
-    """``ss_optimizer`` in sd-scripts' format: ``<module>.<Class>(k=v,...)``."""
-    described = ",".join(f"{k}={v}" for k, v in parse_optimizer_args(opt.optimizer_args).items())
-    return OPTIMIZER_CLASS_PATHS[opt.optimizer_type] + (f"({described})" if described else "")
+    """``ss_optimizer`` in sd-scripts' format: ``<module>.<Class>(k=v,...)``, from the real
+    class and the arguments it gets (defaults sd-scripts adds, like SGDNesterov's
+    momentum=0.9 or AdaFactor's relative_step=True, included; nesterov=True is not)."""
+    cls = _optimizer_class(opt.optimizer_type)
+    described = ",".join(f"{k}={v}" for k, v in effective_optimizer_args(opt).items())
+    return f"{cls.__module__}.{cls.__name__}" + (f"({described})" if described else "")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, opt: OptimizerSection,
                     max_train_steps: int, warmup_steps: int, num_processes: int = 1) -> Any:
-    """The schedule; ``warmup_steps`` comes from the plan (a ratio is already resolved)."""
+    """The schedule; ``warmup_steps`` comes from the plan (a ratio is already resolved).
+
+    ``adafactor`` is transformers' AdafactorSchedule: AdaFactor sets its own rate, the
+    schedule only reports it (``learning_rate`` until the first step, as sd-scripts does).
+    """
+    if opt.lr_scheduler == "adafactor":
+        from transformers.optimization import AdafactorSchedule
+
+        return AdafactorSchedule(optimizer, initial_lr=opt.learning_rate)
+
     from diffusers.optimization import get_scheduler
 
     # accelerate steps a prepared scheduler once per process, hence the product (§8.2).

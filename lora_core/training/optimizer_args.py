@@ -1,15 +1,19 @@
-"""Parse sd-scripts-style ``optimizer_args`` ("name=value" strings) into typed values.
+"""Optimizer settings read without torch: ``optimizer_args``, effective rates, advisories.
 
-Pure Python: the profile validates these without importing torch. Values are read with
-``ast.literal_eval`` as sd-scripts does, so ``betas=0.9,0.99`` becomes a tuple.
+Pure Python: the profile check, ``lora-train check`` and the wizard use this without
+importing torch or any optimizer package. ``optimizer_args`` ("name=value" strings) are read
+with ``ast.literal_eval`` as sd-scripts does, so ``betas=0.9,0.99`` becomes a tuple.
 """
 
 from __future__ import annotations
 
 import ast
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lora_core.errors import ProfileError
+
+if TYPE_CHECKING:  # profile.py imports this module; at run time only annotations need it
+    from lora_core.profile import OptimizerSection
 
 
 def parse_optimizer_args(items: list[str]) -> dict[str, Any]:
@@ -34,3 +38,125 @@ def parse_optimizer_args(items: list[str]) -> dict[str, Any]:
                     'write numbers like 0.1, tuples like 0.9,0.99, booleans like True') from None
         parsed[name] = value
     return parsed
+
+
+# Optimizers that find their own step size: learning_rate is a multiplier (~1.0).
+_ADAPTIVE_PREFIXES = ("DAdapt", "Prodigy")
+# These raise "Setting different lr values in different parameter groups is only supported
+# for values of 0" at their first step (dadaptation 3.2, prodigyopt 1.1); DAdaptAdaGrad,
+# DAdaptAdan and DAdaptAdanIP instead use the first group's rate for every group.
+ONE_LR_ONLY = ("DAdaptation", "DAdaptAdamPreprint", "DAdaptAdam", "DAdaptLion", "DAdaptSGD",
+               "Prodigy")
+
+
+def effective_optimizer_args(opt: OptimizerSection) -> dict[str, Any]:
+    """The keyword arguments the optimizer gets, with the defaults sd-scripts adds
+    (§8.1): ``momentum=0.9`` for the Nesterov SGDs (Nesterov needs momentum) and
+    ``relative_step=True`` for AdaFactor. ``nesterov=True`` is passed separately."""
+    args = parse_optimizer_args(opt.optimizer_args)
+    if opt.optimizer_type in ("SGDNesterov", "SGDNesterov8bit"):
+        args.setdefault("momentum", 0.9)
+    elif opt.optimizer_type == "AdaFactor":
+        args.setdefault("relative_step", True)
+    return args
+
+
+def adafactor_relative_step(args: dict[str, Any]) -> bool:
+    """AdaFactor computes its own step size with relative_step (its default), which
+    warmup_init also needs (sd-scripts turns relative_step on for it)."""
+    return bool(args.get("relative_step", True) or args.get("warmup_init", False))
+
+
+def group_learning_rates(opt: OptimizerSection) -> tuple[float, float]:
+    """(text-encoder rate, U-Net rate): each falls back to ``learning_rate`` when unset."""
+    te_lr = opt.text_encoder_lr if opt.text_encoder_lr is not None else opt.learning_rate
+    unet_lr = opt.unet_lr if opt.unet_lr is not None else opt.learning_rate
+    return te_lr, unet_lr
+
+
+def loraplus_ratios(opt: OptimizerSection) -> tuple[float | None, float | None]:
+    """(text-encoder, U-Net) LoRA+ ratios; None means LoRA+ is off for that side.
+
+    sd-scripts takes ``loraplus_<side>_lr_ratio or loraplus_lr_ratio``, so a side ratio of 0
+    falls back to the shared one as well.
+    """
+    return (opt.loraplus_text_encoder_lr_ratio or opt.loraplus_lr_ratio,
+            opt.loraplus_unet_lr_ratio or opt.loraplus_lr_ratio)
+
+
+def _distinct_rates(opt: OptimizerSection) -> set[float]:
+    """The non-zero rates the groups would get if both sides are trained (pure Python)."""
+    from lora_core.network.blocks import block_lr_weights
+
+    te_lr, unet_lr = group_learning_rates(opt)
+    te_ratio, unet_ratio = loraplus_ratios(opt)
+    try:
+        weights = block_lr_weights(opt.down_lr_weight, opt.mid_lr_weight, opt.up_lr_weight,
+                                   opt.block_lr_zero_threshold)
+    except ProfileError:
+        weights = None  # reported by the profile check itself
+    # Slot 0 (BASE) holds no module, so its weight makes no group.
+    unet_rates = {unet_lr * w for w in (weights[1:] if weights else [1.0])}
+    rates = {te_lr} | unet_rates
+    if te_ratio is not None:
+        rates.add(te_lr * te_ratio)
+    if unet_ratio is not None:
+        rates |= {r * unet_ratio for r in unet_rates}
+    return {r for r in rates if r > 0}
+
+
+def optimizer_advisories(opt: OptimizerSection) -> list[str]:
+    """sd-scripts' optimizer warnings (train_util.get_optimizer), for `lora-train check` and
+    the run's start. Pure Python: imports neither torch nor any optimizer package."""
+    name = opt.optimizer_type
+    try:
+        args = effective_optimizer_args(opt)
+    except ProfileError:
+        return []  # the profile check reports malformed optimizer_args
+    notes = []
+    if name.startswith(_ADAPTIVE_PREFIXES):
+        te_lr, unet_lr = group_learning_rates(opt)
+        low = sorted({r for r in (te_lr, unet_lr) if 0 < r <= 0.1})
+        if low:
+            notes.append(
+                f"{name} finds its own step size and multiplies it by the learning rate; "
+                f"{low[0]:g} is very low: use a learning_rate around 1.0 (and leave unet_lr / "
+                "text_encoder_lr unset)")
+        rates = _distinct_rates(opt)
+        if len(rates) > 1:
+            listed = ", ".join(f"{r:g}" for r in sorted(rates))
+            if name in ONE_LR_ONLY:
+                notes.append(
+                    f"{name} refuses different learning rates per parameter group (here "
+                    f"{listed}) and training will stop before the first step: use one "
+                    "learning rate, without LoRA+ ratios or block learning-rate weights")
+            else:
+                notes.append(
+                    f"{name} uses only the first parameter group's learning rate for all "
+                    f"groups, so the different rates here ({listed}) have no effect")
+    elif name == "AdaFactor":
+        if adafactor_relative_step(args):
+            ignored = [k for k in ("unet_lr", "text_encoder_lr", "loraplus_lr_ratio",
+                                   "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
+                       if getattr(opt, k) is not None]
+            ignored += [k for k in ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
+                        if getattr(opt, k).strip()]
+            if ignored:
+                notes.append(
+                    "AdaFactor with relative_step sets one step size for every parameter, "
+                    f"so {', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored")
+            if opt.learning_rate != 0:
+                notes.append(
+                    f"AdaFactor with relative_step computes its own learning rate; "
+                    f"learning_rate {opt.learning_rate:g} is only what the adafactor schedule "
+                    "reports before the first step")
+        else:
+            if opt.max_grad_norm != 0:
+                notes.append("AdaFactor without relative_step clips updates itself; consider "
+                             "max_grad_norm = 0 (gradient clipping is on)")
+            if opt.lr_scheduler != "constant_with_warmup":
+                notes.append("AdaFactor without relative_step works best with lr_scheduler = "
+                             "\"constant_with_warmup\"")
+            if args.get("clip_threshold", 1.0) != 1.0:
+                notes.append("AdaFactor: clip_threshold=1.0 is recommended in optimizer_args")
+    return notes
