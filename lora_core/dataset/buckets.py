@@ -177,21 +177,33 @@ class BucketConfig:
 
 
 def bucket_config(dataset: DatasetSection) -> tuple[BucketConfig, list[str]]:
-    """Resolve the bucket settings, and warnings about anything adjusted or ignored.
-
-    Like sd-scripts, min_bucket_reso is rounded down and max_bucket_reso up to a multiple of
-    bucket_reso_steps (with a warning), and bucket_no_upscale ignores both.
-    """
+    """The profile's [dataset] bucket settings resolved (folder mode); see
+    :func:`resolve_bucket_config`."""
     resolution = parse_resolution(dataset.resolution)
     if resolution is None:
         raise ProfileError(f"`[dataset] resolution` = {dataset.resolution!r} is not a "
                            "resolution", "use one number like 512, or \"W,H\" like \"768,512\"")
-    steps = dataset.bucket_reso_steps
-    low, high = dataset.min_bucket_reso, dataset.max_bucket_reso
+    return resolve_bucket_config(
+        resolution, enable_bucket=dataset.enable_bucket,
+        bucket_no_upscale=dataset.bucket_no_upscale, min_bucket_reso=dataset.min_bucket_reso,
+        max_bucket_reso=dataset.max_bucket_reso, bucket_reso_steps=dataset.bucket_reso_steps)
+
+
+def resolve_bucket_config(resolution: Size, *, enable_bucket: bool, bucket_no_upscale: bool,
+                          min_bucket_reso: int, max_bucket_reso: int,
+                          bucket_reso_steps: int) -> tuple[BucketConfig, list[str]]:
+    """One dataset's bucket settings, and warnings about anything adjusted or ignored.
+
+    Like sd-scripts, min_bucket_reso is rounded down and max_bucket_reso up to a multiple of
+    bucket_reso_steps (with a warning), and bucket_no_upscale ignores both. A
+    ``dataset_config`` calls this once per dataset with that dataset's resolved values.
+    """
+    steps = bucket_reso_steps
+    low, high = min_bucket_reso, max_bucket_reso
     warnings: list[str] = []
-    if not dataset.enable_bucket:
+    if not enable_bucket:
         mode: BucketMode = "single"
-    elif dataset.bucket_no_upscale:
+    elif bucket_no_upscale:
         mode = "no_upscale"
         warnings.append("min_bucket_reso and max_bucket_reso are ignored with "
                         "bucket_no_upscale: buckets follow the image sizes")

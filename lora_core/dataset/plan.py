@@ -3,10 +3,13 @@
 Given a dataset scan and a profile, this module does sd-scripts' bookkeeping ahead of time:
 regularization balancing (the "steps double" effect), bucket assignment, batches per epoch,
 the step/epoch maths with gradient accumulation and several processes, the warm-up length,
-and which checkpoint files will be written when. ``lora-train check`` prints it, the run
-records it (``plan_summary``) and the LoRA file's ``ss_*`` metadata quotes it
-(``saving.metadata.dataset_metadata``). Per-epoch batch order is derived from (seed, epoch)
-alone so a run can be resumed mid-epoch. Pure Python; no torch, no file I/O.
+and which checkpoint files will be written when. With a dataset_config there are several
+datasets, and each does its own balancing, buckets and batching (sd-scripts makes one
+DreamBoothDataset per [[datasets]] and concatenates them); folder mode is one dataset.
+``lora-train check`` prints it, the run records it (``plan_summary``) and the LoRA file's
+``ss_*`` metadata quotes it (``saving.metadata.dataset_metadata``; with a dataset_config
+also ``dataset_config.datasets_metadata``). Per-epoch batch order is derived from
+(seed, epoch) alone so a run can be resumed mid-epoch. Pure Python; no torch, no file I/O.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lora_core.dataset.buckets import BucketConfig, Size, aspect_ratio_error, bucket_config
@@ -31,12 +35,13 @@ class PlanItem:
     """One image as training uses it (repeats say how often per epoch)."""
 
     record: ImageRecord
-    subset_index: int  # index into TrainingPlan.subsets
+    subset_index: int  # index into TrainingPlan.subsets (its .scan.options: how to load it)
     is_reg: bool
     repeats: int  # effective repeats: the folder's, or the balanced ones for reg images
     loss_weight: float  # prior_loss_weight for reg images, 1.0 for train images
     bucket_reso: Size
     resized_size: Size
+    dataset_index: int = 0  # index into TrainingPlan.datasets
 
 
 @dataclass
@@ -64,17 +69,40 @@ class SubsetPlan:
 
 
 @dataclass
+class DatasetPlan:
+    """One dataset: its own buckets, batch size and reg balance (one [[datasets]] table of
+    a dataset_config; folder mode has exactly one)."""
+
+    index: int
+    subset_indices: list[int]  # into TrainingPlan.subsets, in registration order
+    bucket: BucketConfig
+    batch_size: int
+    bucket_counts: dict[Size, int]  # bucket -> samples per epoch (with repeats), sorted
+    bucket_items: dict[Size, list[int]]  # bucket -> item indices (without repeats), sorted
+    mean_ar_error: float  # mean |aspect error| over its items, without repeats
+    num_train_images: int
+    num_reg_images: int
+    num_reg_samples: int
+    batches_per_epoch: int  # sum over its buckets of ceil(samples / batch_size)
+
+
+@dataclass
 class TrainingPlan:
-    subsets: list[SubsetPlan]  # train subsets, then reg subsets
+    # Folder mode: train subsets, then reg subsets. dataset_config: dataset by dataset,
+    # each dataset's subsets in the order the file lists them.
+    subsets: list[SubsetPlan]
     items: list[PlanItem]
+    # The totals below are over all datasets (sd-scripts' DatasetGroup sums them too).
     num_train_images: int  # train images x repeats (sd-scripts' meaning)
     num_reg_images: int  # reg images x folder repeats, before balancing (sd-scripts' meaning)
     num_reg_samples: int  # reg samples per epoch after balancing
-    bucket: BucketConfig
-    bucket_counts: dict[Size, int]  # bucket -> samples per epoch (with repeats), sorted
-    bucket_items: dict[Size, list[int]]  # bucket -> item indices (without repeats)
+    bucket: BucketConfig  # the first dataset's (the only one in folder mode)
+    # Bucket size -> samples per epoch / item indices, merged over datasets (with one
+    # dataset, exactly that dataset's buckets); batching uses datasets[i].bucket_items.
+    bucket_counts: dict[Size, int]
+    bucket_items: dict[Size, list[int]]
     mean_ar_error: float  # mean |aspect error| over items, without repeats
-    batch_size: int
+    batch_size: int  # the largest dataset batch size (what memory must hold)
     gradient_accumulation_steps: int
     num_processes: int
     batches_per_epoch: int
@@ -88,6 +116,8 @@ class TrainingPlan:
     step_save_points: list[int]  # global steps that write <name>-step<step:08d>
     output_name: str
     warnings: list[str] = field(default_factory=list)
+    datasets: list[DatasetPlan] = field(default_factory=list)
+    dataset_config: Path | None = None  # the config file, in dataset_config mode
 
     @property
     def unused_reg_images(self) -> int:
@@ -150,61 +180,48 @@ def make_plan(profile: Profile, scan: DatasetScan, num_processes: int = 1) -> Tr
     """Work out everything about the run that does not need a GPU."""
     if num_processes < 1:
         raise ValueError(f"num_processes must be at least 1, not {num_processes}")
-    config, warnings = bucket_config(profile.dataset)
+    groups, warnings = _dataset_groups(profile, scan)
     num_train_images = sum(s.repeats * len(s.images) for s in scan.train)
     if num_train_images == 0:
-        raise DatasetError(f"no usable training images under {scan.train_dir}",
-                           "put .png/.jpg/.jpeg/.webp/.bmp images into the <repeats>_<name> "
-                           "folders (run `lora-train check` for details)")
-    num_reg_images = sum(s.repeats * len(s.images) for s in scan.reg)
-    reg_effective = balance_reg_repeats(num_train_images,
-                                        [s.repeats for s in scan.reg for _ in s.images])
+        where = (f"in any train subset of dataset_config {scan.config.path}" if scan.config
+                 else f"under {scan.train_dir}")
+        raise DatasetError(f"no usable training images {where}",
+                           "put .png/.jpg/.jpeg/.webp/.bmp images into the "
+                           + ("image_dir folders of the train subsets" if scan.config else
+                              "<repeats>_<name> folders")
+                           + " (run `lora-train check` for details)")
 
     subsets: list[SubsetPlan] = []
     items: list[PlanItem] = []
-    predefined = config.predefined
+    datasets: list[DatasetPlan] = []
     zero_bucket: list[ImageRecord] = []
-    reg_offset = 0
-    for subset in scan.subsets:
-        if subset.is_reg:
-            effective = reg_effective[reg_offset:reg_offset + len(subset.images)]
-            reg_offset += len(subset.images)
-        else:
-            effective = [subset.repeats] * len(subset.images)
-        subsets.append(SubsetPlan(subset, effective))
-        weight = profile.dataset.prior_loss_weight if subset.is_reg else 1.0
-        for record, repeats in zip(subset.images, effective, strict=True):
-            if repeats == 0:
-                continue
-            bucket, resized = config.assign((record.width, record.height), predefined)
-            if 0 in bucket:
-                zero_bucket.append(record)
-                continue
-            items.append(PlanItem(record, len(subsets) - 1, subset.is_reg, repeats, weight,
-                                  bucket, resized))
+    for index, (config, batch_size, members) in enumerate(groups):
+        dataset = _plan_dataset(index, config, batch_size, members,
+                                profile.dataset.prior_loss_weight, subsets, items, zero_bucket)
+        datasets.append(dataset)
     if zero_bucket:
         names = ", ".join(str(r.path) for r in zero_bucket[:5])
+        steps = sorted({d.bucket.bucket_reso_steps for d in datasets
+                        if d.bucket.mode == "no_upscale"})
         raise DatasetError(
             f"{len(zero_bucket)} image(s) have a side smaller than bucket_reso_steps "
-            f"({config.bucket_reso_steps} px), which gives an empty bucket with "
+            f"({', '.join(map(str, steps))} px), which gives an empty bucket with "
             f"bucket_no_upscale: {names}",
             "remove or enlarge those images, or set bucket_no_upscale = false")
 
     bucket_items: dict[Size, list[int]] = {}
-    for index, item in enumerate(items):
-        bucket_items.setdefault(item.bucket_reso, []).append(index)
+    for dataset in datasets:
+        for reso, members in dataset.bucket_items.items():
+            bucket_items.setdefault(reso, []).extend(members)
     bucket_items = dict(sorted(bucket_items.items()))
     bucket_counts = {reso: sum(items[i].repeats for i in members)
                      for reso, members in bucket_items.items()}
-    errors = [abs(aspect_ratio_error(it.bucket_reso, (it.record.width, it.record.height)))
-              for it in items]
-    mean_ar_error = math.fsum(errors) / len(errors) if errors else 0.0
+    mean_ar_error = _mean_ar_error(items)
 
     training = profile.training
-    batch_size = training.train_batch_size
     grad_accum = training.gradient_accumulation_steps
-    # Batches never mix buckets, so each bucket's last batch may be short.
-    batches_per_epoch = sum(_ceil_div(count, batch_size) for count in bucket_counts.values())
+    # Batches never mix buckets (nor datasets), so each bucket's last batch may be short.
+    batches_per_epoch = sum(d.batches_per_epoch for d in datasets)
     # ceil(batches / processes / accumulation), computed in integers.
     steps_per_epoch = _ceil_div(batches_per_epoch, num_processes * grad_accum)
     if training.max_train_epochs is not None:
@@ -238,34 +255,108 @@ def make_plan(profile: Profile, scan: DatasetScan, num_processes: int = 1) -> Tr
 
     return TrainingPlan(
         subsets=subsets, items=items, num_train_images=num_train_images,
-        num_reg_images=num_reg_images,
-        num_reg_samples=sum(it.repeats for it in items if it.is_reg), bucket=config,
+        num_reg_images=sum(d.num_reg_images for d in datasets),
+        num_reg_samples=sum(d.num_reg_samples for d in datasets), bucket=datasets[0].bucket,
         bucket_counts=bucket_counts, bucket_items=bucket_items, mean_ar_error=mean_ar_error,
-        batch_size=batch_size, gradient_accumulation_steps=grad_accum,
+        batch_size=max(d.batch_size for d in datasets), gradient_accumulation_steps=grad_accum,
         num_processes=num_processes, batches_per_epoch=batches_per_epoch,
         steps_per_epoch=steps_per_epoch, num_epochs=num_epochs,
         max_train_steps=max_train_steps, warmup_steps=warmup_steps,
         save_every_n_epochs=every_epochs, save_every_n_steps=every_steps,
         epoch_save_points=epoch_points, step_save_points=step_points,
         output_name=saving.output_name,
-        warnings=warnings)
+        warnings=warnings, datasets=datasets,
+        dataset_config=scan.config.path if scan.config else None)
+
+
+def _dataset_groups(profile: Profile, scan: DatasetScan,
+                    ) -> tuple[list[tuple[BucketConfig, int, list[SubsetScan]]], list[str]]:
+    """(bucket config, batch size, subsets in registration order) per dataset, and the
+    bucket warnings. Folder mode: one dataset from the profile, train then reg folders."""
+    if scan.config is None:
+        config, warnings = bucket_config(profile.dataset)
+        return [(config, profile.training.train_batch_size, scan.subsets)], warnings
+    groups = []
+    warnings: list[str] = []
+    for spec in scan.config.datasets:
+        members = [s for s in scan.subsets if s.dataset_index == spec.index]
+        members.sort(key=lambda s: s.spec.subset_index if s.spec else 0)
+        groups.append((spec.bucket, spec.batch_size, members))
+        warnings.extend(spec.bucket_warnings)
+    return groups, warnings
+
+
+def _plan_dataset(index: int, config: BucketConfig, batch_size: int,
+                  members: list[SubsetScan], prior_loss_weight: float,
+                  subsets: list[SubsetPlan], items: list[PlanItem],
+                  zero_bucket: list[ImageRecord]) -> DatasetPlan:
+    """Balance, bucket and batch one dataset; appends to ``subsets`` / ``items``."""
+    train = [s for s in members if not s.is_reg]
+    reg = [s for s in members if s.is_reg]
+    num_train_images = sum(s.repeats * len(s.images) for s in train)
+    reg_effective = balance_reg_repeats(num_train_images,
+                                        [s.repeats for s in reg for _ in s.images])
+    predefined = config.predefined
+    first_subset, first_item = len(subsets), len(items)
+    reg_offset = 0
+    for subset in members:
+        if subset.is_reg:
+            effective = reg_effective[reg_offset:reg_offset + len(subset.images)]
+            reg_offset += len(subset.images)
+        else:
+            effective = [subset.repeats] * len(subset.images)
+        subsets.append(SubsetPlan(subset, effective))
+        weight = prior_loss_weight if subset.is_reg else 1.0
+        for record, repeats in zip(subset.images, effective, strict=True):
+            if repeats == 0:
+                continue
+            bucket, resized = config.assign((record.width, record.height), predefined)
+            if 0 in bucket:
+                zero_bucket.append(record)
+                continue
+            items.append(PlanItem(record, len(subsets) - 1, subset.is_reg, repeats, weight,
+                                  bucket, resized, index))
+    bucket_items: dict[Size, list[int]] = {}
+    for item_index in range(first_item, len(items)):
+        bucket_items.setdefault(items[item_index].bucket_reso, []).append(item_index)
+    bucket_items = dict(sorted(bucket_items.items()))
+    bucket_counts = {reso: sum(items[i].repeats for i in indices)
+                     for reso, indices in bucket_items.items()}
+    return DatasetPlan(
+        index=index, subset_indices=list(range(first_subset, len(subsets))), bucket=config,
+        batch_size=batch_size, bucket_counts=bucket_counts, bucket_items=bucket_items,
+        mean_ar_error=_mean_ar_error(items[first_item:]), num_train_images=num_train_images,
+        num_reg_images=sum(s.repeats * len(s.images) for s in reg),
+        num_reg_samples=sum(it.repeats for it in items[first_item:] if it.is_reg),
+        batches_per_epoch=sum(_ceil_div(count, batch_size) for count in bucket_counts.values()))
+
+
+def _mean_ar_error(items: list[PlanItem]) -> float:
+    errors = [abs(aspect_ratio_error(it.bucket_reso, (it.record.width, it.record.height)))
+              for it in items]
+    return math.fsum(errors) / len(errors) if errors else 0.0
 
 
 def epoch_batches(plan: TrainingPlan, seed: int, epoch: int) -> list[list[int]]:
     """The batches (lists of item indices) of one epoch, in training order.
 
-    Each bucket's samples (repeats expanded) are shuffled, cut into batches within that
-    bucket, then the batch order is shuffled, all with ``random.Random(seed + epoch)``: the
-    same (seed, epoch) always gives the same batches, so a resumed run can skip exactly the
-    batches it has already trained on.
+    Dataset by dataset, each bucket's samples (repeats expanded) are shuffled and cut into
+    batches of that dataset's batch size within that bucket; then the order of all batches
+    of all datasets is shuffled together, all with ``random.Random(seed + epoch)``. That is
+    sd-scripts' order: each dataset item is one batch from one bucket of one dataset, the
+    datasets are concatenated (``DatasetGroup``, a ``ConcatDataset``) and the DataLoader
+    shuffles that concatenation, so datasets interleave. The same (seed, epoch) always gives
+    the same batches, so a resumed run can skip exactly the batches it has already trained on.
     """
     rng = random.Random(seed + epoch)
     batches: list[list[int]] = []
-    for members in plan.bucket_items.values():
-        samples = [index for index in members for _ in range(plan.items[index].repeats)]
-        rng.shuffle(samples)
-        for start in range(0, len(samples), plan.batch_size):
-            batches.append(samples[start:start + plan.batch_size])
+    for dataset in plan.datasets:
+        size = dataset.batch_size
+        for members in dataset.bucket_items.values():
+            samples = [index for index in members for _ in range(plan.items[index].repeats)]
+            rng.shuffle(samples)
+            for start in range(0, len(samples), size):
+                batches.append(samples[start:start + size])
     rng.shuffle(batches)
     return batches
 
@@ -282,6 +373,7 @@ def plan_summary(plan: TrainingPlan) -> dict[str, Any]:
         used = [r for r in subset.effective_repeats if r > 0]
         folders.append({
             "name": scan.name, "path": str(scan.folder), "is_reg": scan.is_reg,
+            "dataset": scan.dataset_index,
             "images": len(scan.images), "repeats": scan.repeats,
             "effective_repeats": [min(used), max(used)] if used else [0, 0],
             "images_used": subset.images_used, "samples_per_epoch": subset.samples_per_epoch,
@@ -320,4 +412,13 @@ def plan_summary(plan: TrainingPlan) -> dict[str, Any]:
             "final": plan.final_file_name,
         },
         "warnings": list(plan.warnings),
+        "dataset_config": str(plan.dataset_config) if plan.dataset_config else None,
+        "datasets": [{
+            "bucket_mode": d.bucket.mode, "resolution": list(d.bucket.resolution),
+            "batch_size": d.batch_size, "batches_per_epoch": d.batches_per_epoch,
+            "num_train_images": d.num_train_images, "num_reg_images": d.num_reg_images,
+            "num_reg_samples": d.num_reg_samples,
+            "buckets": [{"resolution": list(reso), "count": count}
+                        for reso, count in d.bucket_counts.items()],
+        } for d in plan.datasets],
     }

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_core.dataset.buckets import bucket_config
+from lora_core.dataset.dataset_config import load_dataset_config
 from lora_core.dataset.plan import TrainingPlan, make_plan
-from lora_core.dataset.scan import DatasetScan, advisories, problems, scan_dataset
+from lora_core.dataset.scan import DatasetScan, advisories, problems, scan_config, scan_dataset
 from lora_core.dataset.subset_options import options_from_dataset_section
 from lora_core.errors import DatasetError, LoraError, ProfileError
 from lora_core.models.loading import inspect_model
@@ -70,8 +71,13 @@ def lora_file_problem(path: Path) -> str | None:
 
 
 def scan_profile(profile: Profile) -> DatasetScan:
-    """Scan the profile's dataset folders, flagging images below the smallest bucket side."""
+    """Scan the profile's dataset folders (or the subsets of its dataset_config), flagging
+    images below the smallest bucket side."""
     ds = profile.dataset
+    config_path = profile.path("dataset", "dataset_config")
+    if config_path is not None:
+        return scan_config(load_dataset_config(config_path, ds,
+                                               profile.training.train_batch_size))
     buckets, _ = bucket_config(ds)  # its warnings come with the plan
     return scan_dataset(profile.path("dataset", "train_data_dir"),
                         profile.path("dataset", "reg_data_dir"),
@@ -79,10 +85,22 @@ def scan_profile(profile: Profile) -> DatasetScan:
                         options_from_dataset_section(ds))
 
 
+def _output_inside_subsets(profile: Profile, scan: DatasetScan) -> list[str]:
+    """input_problems' output_dir rule for the image folders a dataset_config names."""
+    output_dir = profile.path("saving", "output_dir")
+    if scan.config is None or output_dir is None:
+        return []
+    return [f"`[saving] output_dir` {output_dir} is inside the image_dir of "
+            f"{subset.spec.where} ({subset.folder}); lora-train never writes into a dataset "
+            "(choose a folder outside it)"
+            for subset in scan.subsets if subset.spec is not None
+            and (output_dir == subset.folder or subset.folder in output_dir.parents)]
+
+
 def run_preflight(profile: Profile, strict: bool = True, num_processes: int = 1) -> Preflight:
     """Check inputs, scan and plan. With ``strict`` any problem raises one error listing all."""
     scan = scan_profile(profile)
-    found = input_problems(profile) + problems(scan)
+    found = input_problems(profile) + _output_inside_subsets(profile, scan) + problems(scan)
     if found and strict:
         raise DatasetError(
             f"{len(found)} problem{'s' if len(found) > 1 else ''} must be fixed before "

@@ -3,13 +3,19 @@
 Plain text, columns aligned, at most 80 characters wide: the folders (images, repeats,
 captions and file problems), how regularization images were balanced, the buckets, the step
 maths and which files will be written, then the problems (which stop a run) and the
-advisories. Rendering only: it computes nothing the plan does not already hold.
+advisories. With a dataset_config, folders, balance and buckets are shown per dataset, with
+each dataset's resolution and batch size and every subset option that differs from the
+profile. Rendering only: it computes nothing the plan does not already hold.
 """
 
 from __future__ import annotations
 
-from lora_core.dataset.plan import TrainingPlan
+import dataclasses
+import json
+
+from lora_core.dataset.plan import DatasetPlan, TrainingPlan
 from lora_core.dataset.scan import DatasetScan, SubsetScan, advisories, problems
+from lora_core.dataset.subset_options import options_from_dataset_section
 from lora_core.profile import Profile
 
 WIDTH = 80
@@ -64,6 +70,78 @@ def _folder_table(scan: DatasetScan) -> list[str]:
     return lines
 
 
+def _value(value: object) -> str:
+    """A value as the config file would spell it."""
+    return json.dumps(value) if not isinstance(value, float) else f"{value:g}"
+
+
+def _option_lines(subset: SubsetScan, profile: Profile) -> list[str]:
+    """The subset's options that differ from the profile's [dataset] values, with the key
+    that set each one."""
+    base = options_from_dataset_section(profile.dataset)
+    sources = subset.spec.sources if subset.spec is not None else {}
+    changed = []
+    for f in dataclasses.fields(subset.options):
+        value = getattr(subset.options, f.name)
+        if value != getattr(base, f.name):
+            source = sources.get(f.name, "")
+            level = source.rsplit(".", 1)[0] if source else "profile"
+            changed.append(f"{f.name} = {_value(value)} ({level})")
+    if not changed:
+        return []
+    label = ("reg/" if subset.is_reg else "") + subset.name
+    return [f"    {label}:", *(line for text in changed
+                               for line in _wrap(text, indent="          ", first="      "))]
+
+
+def _dataset_header(dataset: DatasetPlan, scan: DatasetScan) -> str:
+    spec = scan.config.datasets[dataset.index] if scan.config else None
+    width, height = dataset.bucket.resolution
+    mode = {"aspect": f"buckets {dataset.bucket.min_bucket_reso}-"
+                      f"{dataset.bucket.max_bucket_reso} step {dataset.bucket.bucket_reso_steps}",
+            "no_upscale": "buckets without upscaling", "single": "bucketing off"}
+    text = (f"datasets[{dataset.index}]: resolution {width}x{height}, batch size "
+            f"{dataset.batch_size}, {mode[dataset.bucket.mode]}")
+    if spec is not None and spec.sources:
+        text += "; from the config: " + ", ".join(sorted(spec.sources))
+    return text
+
+
+def _config_folders(scan: DatasetScan, plan: TrainingPlan | None,
+                    profile: Profile) -> list[str]:
+    """The folder table of each dataset, then the options that differ from the profile."""
+    header = " ".join(f"{name:>{width}}" for name, width in _COLUMNS)
+    lines: list[str] = []
+    assert scan.config is not None
+    for spec in scan.config.datasets:
+        if spec.index:
+            lines.append("")
+        dataset = plan.datasets[spec.index] if plan is not None else None
+        if dataset is not None:
+            lines += _wrap(_dataset_header(dataset, scan), indent="    ")
+        else:
+            width, height = spec.resolution
+            lines.append(f"  datasets[{spec.index}]: resolution {width}x{height}, batch size "
+                         f"{spec.batch_size}")
+        members = sorted((s for s in scan.subsets if s.dataset_index == spec.index),
+                         key=lambda s: s.spec.subset_index if s.spec else 0)
+        if not members:
+            lines.append("    no subsets used")
+            continue
+        lines.append(f"  {'folder':<{_NAME_WIDTH}} {header}")
+        for subset in members:
+            lines.append(_folder_row(("reg/" if subset.is_reg else "") + subset.name, subset))
+        options = [line for subset in members for line in _option_lines(subset, profile)]
+        if options:
+            lines += ["  options that differ from the profile (and where they are set):",
+                      *options]
+    lines += _wrap("samples = images x repeats; capt = caption files found; none = no "
+                   "caption file under the subset's caption_extension (class_tokens used); "
+                   "other = caption only under another extension; bad = cannot be opened; "
+                   "small = under the dataset's smallest bucket side")
+    return lines
+
+
 def _files(names: list[str]) -> str:
     if len(names) > _MAX_FILES:
         names = [*names[:_MAX_FILES - 2], "...", names[-1]]
@@ -71,12 +149,22 @@ def _files(names: list[str]) -> str:
 
 
 def _reg_section(plan: TrainingPlan) -> list[str]:
-    reg = [s for s in plan.subsets if s.is_reg]
+    if plan.dataset_config is None:
+        return _reg_lines(plan, plan.datasets[0], "  ")
+    lines: list[str] = []
+    for dataset in plan.datasets:
+        lines.append(f"  datasets[{dataset.index}]:")
+        lines += _reg_lines(plan, dataset, "    ")
+    return lines
+
+
+def _reg_lines(plan: TrainingPlan, dataset: DatasetPlan, pad: str) -> list[str]:
+    reg = [plan.subsets[i] for i in dataset.subset_indices if plan.subsets[i].is_reg]
     if not reg:
-        return ["  no regularization images"]
-    lines = [f"  train samples per epoch (images x repeats): {plan.num_train_images}",
-             f"  reg images x repeats in the folders:        {plan.num_reg_images}",
-             f"  reg samples per epoch after balancing:      {plan.num_reg_samples}"]
+        return [f"{pad}no regularization images"]
+    lines = [f"{pad}train samples per epoch (images x repeats): {dataset.num_train_images}",
+             f"{pad}reg images x repeats in the folders:        {dataset.num_reg_images}",
+             f"{pad}reg samples per epoch after balancing:      {dataset.num_reg_samples}"]
     for subset in reg:
         used = [r for r in subset.effective_repeats if r > 0]
         if not used:
@@ -91,29 +179,41 @@ def _reg_section(plan: TrainingPlan) -> list[str]:
                       f"({raised} image(s) at {max(used)})")
         unused = len(subset.effective_repeats) - len(used)
         tail = f"; {unused} image(s) unused" if unused else ""
-        lines += _wrap(f"reg/{subset.name}: {change}{tail}", indent="    ")
+        lines += _wrap(f"reg/{subset.name}: {change}{tail}", indent=pad + "  ",
+                       first=pad)
     lines += _wrap("sd-scripts adds reg images in order until they match the train samples, "
-                   "so an epoch holds about twice the train samples.")
+                   "so an epoch holds about twice the train samples.", indent=pad, first=pad)
     return lines
 
 
 def _bucket_section(plan: TrainingPlan) -> list[str]:
+    if plan.dataset_config is None:
+        return _bucket_lines(plan.datasets[0], "")
+    lines: list[str] = []
+    for dataset in plan.datasets:
+        lines += _bucket_lines(dataset, f"datasets[{dataset.index}]: ")
+    return lines
+
+
+def _bucket_lines(dataset: DatasetPlan, title: str) -> list[str]:
     mode = {"aspect": "aspect-ratio buckets", "no_upscale": "buckets without upscaling",
-            "single": "one bucket (bucketing off)"}[plan.bucket.mode]
-    width, height = plan.bucket.resolution
-    lines = [f"  {mode}, resolution {width}x{height}"]
-    cells = [f"{w:>4}x{h:<4} {count:>6}" for (w, h), count in plan.bucket_counts.items()]
+            "single": "one bucket (bucketing off)"}[dataset.bucket.mode]
+    width, height = dataset.bucket.resolution
+    lines = [f"  {title}{mode}, resolution {width}x{height}"]
+    cells = [f"{w:>4}x{h:<4} {count:>6}" for (w, h), count in dataset.bucket_counts.items()]
     # Three "WxH count" cells per line keep the table inside 80 columns.
     for start in range(0, len(cells), 3):
         lines.append("    " + "    ".join(cells[start:start + 3]))
-    lines.append(f"  mean aspect-ratio error (without repeats): {plan.mean_ar_error:.4f}")
+    lines.append(f"  mean aspect-ratio error (without repeats): {dataset.mean_ar_error:.4f}")
     return lines
 
 
 def _steps_section(plan: TrainingPlan) -> list[str]:
+    sizes = (str(plan.batch_size) if plan.dataset_config is None else
+             " / ".join(f"{d.batch_size} (datasets[{d.index}])" for d in plan.datasets))
     lines = [
-        f"  batch size {plan.batch_size}, gradient accumulation "
-        f"{plan.gradient_accumulation_steps}, processes {plan.num_processes}",
+        *_wrap(f"batch size {sizes}, gradient accumulation "
+               f"{plan.gradient_accumulation_steps}, processes {plan.num_processes}"),
         f"  batches per epoch:  {plan.batches_per_epoch:>8}   (per bucket: ceil(samples / "
         "batch size))",
         f"  steps per epoch:    {plan.steps_per_epoch:>8}",
@@ -149,15 +249,23 @@ def render_check_report(scan: DatasetScan, plan: TrainingPlan | None, profile: P
     from lora_core.models.loading import describe_model
 
     model = describe_model(profile.model.pretrained_model_name_or_path, profile.base_dir)
-    lines = [f"Model: {model}", f"Dataset: {scan.train_dir}"]
-    if scan.reg_dir is not None:
-        lines.append(f"Regularization: {scan.reg_dir}")
-    lines.append(f"Captions: <image file name without extension>{scan.caption_extension}")
-    lines += ["", "Folders", *_folder_table(scan)]
+    if scan.config is not None:
+        count = len(scan.config.datasets)
+        lines = [f"Model: {model}",
+                 f"Dataset config: {scan.config.path} ({count} dataset{'s' * (count != 1)})",
+                 "Captions: <image file name without extension><caption_extension of the "
+                 "subset>", "", "Datasets", *_config_folders(scan, plan, profile)]
+    else:
+        lines = [f"Model: {model}", f"Dataset: {scan.train_dir}"]
+        if scan.reg_dir is not None:
+            lines.append(f"Regularization: {scan.reg_dir}")
+        lines.append(f"Captions: <image file name without extension>{scan.caption_extension}")
+        lines += ["", "Folders", *_folder_table(scan)]
     if scan.skipped:
         lines.append("  skipped:")
         for folder, reason in scan.skipped:
-            lines += _wrap(f"{folder.name}: {reason}", indent="      ", first="    ")
+            text = reason if scan.config is not None else f"{folder.name}: {reason}"
+            lines += _wrap(text, indent="      ", first="    ")
     if plan is not None:
         lines += ["", "Regularization balance", *_reg_section(plan)]
         lines += ["", "Buckets (samples per epoch, with repeats)", *_bucket_section(plan)]

@@ -1,10 +1,12 @@
 """Read a kohya-style dataset folder tree and report what training would see.
 
-This module answers "what is in these folders?" the way sd-scripts' CLI folder mode
-(``--train_data_dir`` / ``--reg_data_dir``) would read them: one subset per immediate
-subfolder named ``<repeats>_<class tokens>``, images globbed non-recursively, captions from
-``<image stem><caption_extension>`` (first line only) with the folder's class tokens as the
-fallback. It also collects everything a user may have got wrong (captions under another
+This module answers "what is in these folders?" the way sd-scripts would read them. In CLI
+folder mode (``--train_data_dir`` / ``--reg_data_dir``): one subset per immediate subfolder
+named ``<repeats>_<class tokens>``; with a ``dataset_config`` (:func:`scan_config`): the
+subsets it lists, with their own repeats, class tokens and options. Either way images are
+globbed non-recursively and captions come from ``<image stem><caption_extension>`` (the first
+line; every non-empty line with enable_wildcard) with the class tokens as the fallback.
+It also collects everything a user may have got wrong (captions under another
 extension, undecodable images, non-UTF-8 captions, ...) so that ``lora-train check`` can say
 so before any GPU time is spent.
 
@@ -18,11 +20,15 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from lora_core.dataset.subset_options import SubsetOptions
 from lora_core.errors import DatasetError
+
+if TYPE_CHECKING:
+    from lora_core.dataset.dataset_config import DatasetConfig, SubsetSpec
 
 # sd-scripts lists these in lower and upper case; we accept any letter case (".Jpg" too).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -50,7 +56,8 @@ class ImageRecord:
 
 @dataclass
 class SubsetScan:
-    """One ``<repeats>_<class tokens>`` folder: its images and everything odd about them."""
+    """One image folder (a ``<repeats>_<class tokens>`` folder, or a dataset_config subset):
+    its images and everything odd about them."""
 
     folder: Path
     name: str  # the folder's basename, e.g. "10_sks dog" (the key sd-scripts' metadata uses)
@@ -59,6 +66,10 @@ class SubsetScan:
     is_reg: bool
     # How this folder's captions and pixels are processed (see subset_options).
     options: SubsetOptions = field(default_factory=SubsetOptions)
+    # Images with a side below this are listed in too_small (the dataset's smallest bucket).
+    min_side_px: int = 0
+    dataset_index: int = 0  # which [[datasets]] it belongs to (always 0 in folder mode)
+    spec: SubsetSpec | None = None  # its dataset_config table (None in folder mode)
     images: list[ImageRecord] = field(default_factory=list)
     # Readable images with no caption file under caption_extension (class tokens used).
     missing_captions: list[Path] = field(default_factory=list)
@@ -70,7 +81,8 @@ class SubsetScan:
     # Caption files whose first line is empty: class tokens are used instead.
     empty_captions: list[Path] = field(default_factory=list)
     bad_captions: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
-    # Caption files with text after the first line, which is ignored.
+    # Caption files with text after the first line, which is ignored (without
+    # enable_wildcard; with it every non-empty line is the caption).
     multiline_captions: list[Path] = field(default_factory=list)
     # Caption files starting with a UTF-8 byte-order mark (removed before use).
     bom_captions: list[Path] = field(default_factory=list)
@@ -81,10 +93,19 @@ class SubsetScan:
         """Images whose caption came from a caption file."""
         return sum(1 for record in self.images if record.caption_file is not None)
 
+    @property
+    def label(self) -> str:
+        """How messages name it: the folder name; in config mode after its dataset, where
+        two datasets may use the same folder ("datasets[1] reg/person")."""
+        if self.spec is None:
+            return self.name
+        return f"datasets[{self.dataset_index}] {'reg/' if self.is_reg else ''}{self.name}"
+
 
 @dataclass
 class DatasetScan:
-    """Everything found under train_data_dir (and reg_data_dir)."""
+    """Everything found under train_data_dir (and reg_data_dir), or in the subsets of a
+    dataset_config (``config``; ``train`` / ``reg`` then hold every dataset's subsets)."""
 
     train: list[SubsetScan]
     reg: list[SubsetScan]
@@ -94,11 +115,16 @@ class DatasetScan:
     reg_dir: Path | None = None
     caption_extension: str = ".txt"
     min_side_px: int = 0
+    config: DatasetConfig | None = None
 
     @property
     def subsets(self) -> list[SubsetScan]:
         """Train subsets then reg subsets: the order sd-scripts registers images in."""
         return [*self.train, *self.reg]
+
+    def caption_extension_of(self, subset: SubsetScan) -> str:
+        """The caption extension a subset reads (per subset with a dataset_config)."""
+        return subset.options.caption_extension if self.config else self.caption_extension
 
 
 def parse_folder_name(name: str) -> tuple[int, str] | None:
@@ -139,7 +165,7 @@ def scan_dataset(train_dir: Path, reg_dir: Path | None, caption_extension: str,
                        reg_dir=Path(reg_dir) if reg_dir else None,
                        caption_extension=caption_extension, min_side_px=min_side_px)
     options = options or SubsetOptions(caption_extension=caption_extension)
-    scan.train = _scan_parent(train_dir, False, caption_extension, min_side_px, scan)
+    scan.train = _scan_parent(train_dir, False, caption_extension, min_side_px, scan, options)
     if scan.reg_dir is not None:
         _require_folder(scan.reg_dir, "reg_data_dir",
                         "fix the path, or leave reg_data_dir empty to train without "
@@ -149,9 +175,42 @@ def scan_dataset(train_dir: Path, reg_dir: Path | None, caption_extension: str,
                 f"reg_data_dir and train_data_dir are the same folder: {train_dir}",
                 "put regularization images in their own parent folder, or leave "
                 "reg_data_dir empty")
-        scan.reg = _scan_parent(scan.reg_dir, True, caption_extension, min_side_px, scan)
-    for subset in scan.subsets:
-        subset.options = options
+        scan.reg = _scan_parent(scan.reg_dir, True, caption_extension, min_side_px, scan,
+                                options)
+    return scan
+
+
+def scan_config(config: DatasetConfig) -> DatasetScan:
+    """Scan the subsets a dataset_config lists, each with its own options.
+
+    Per-file findings are the same as in folder mode. An image_dir that is missing or not a
+    folder is an error (sd-scripts only warns and trains without it); a subset without
+    images is a warning, and ``problems`` says so when no train subset has any.
+    """
+    scan = DatasetScan(train=[], reg=[], skipped=list(config.skipped),
+                       warnings=list(config.warnings), config=config)
+    missing = [f"`{spec.where}.image_dir` = {spec.image_dir} "
+               f"{'is a file, not a folder' if spec.image_dir.exists() else 'does not exist'}"
+               for dataset in config.datasets for spec in dataset.subsets
+               if not spec.image_dir.is_dir()]
+    if missing:
+        raise DatasetError(f"dataset_config {config.path}: " + "; ".join(missing),
+                           "fix image_dir (a path relative to the config file's folder, or "
+                           "absolute) to name the folder that holds the images")
+    sides = []
+    for dataset in config.datasets:
+        min_side_px = dataset.bucket.smallest_side()
+        sides.append(min_side_px)
+        for spec in dataset.subsets:
+            subset = _scan_subset(spec.image_dir, spec.num_repeats, spec.class_tokens,
+                                  spec.is_reg, spec.options.caption_extension, min_side_px,
+                                  scan, spec.options)
+            subset.dataset_index, subset.spec = dataset.index, spec
+            (scan.reg if spec.is_reg else scan.train).append(subset)
+    scan.min_side_px = min(sides, default=0)
+    first = next((s for d in config.datasets for s in d.subsets), None)
+    if first is not None:
+        scan.caption_extension = first.options.caption_extension
     return scan
 
 
@@ -163,7 +222,7 @@ def _require_folder(path: Path, key: str, hint: str) -> None:
 
 
 def _scan_parent(parent: Path, is_reg: bool, caption_extension: str, min_side_px: int,
-                 scan: DatasetScan) -> list[SubsetScan]:
+                 scan: DatasetScan, options: SubsetOptions) -> list[SubsetScan]:
     """One subset per immediate ``<repeats>_<name>`` subfolder, sorted by name.
 
     sd-scripts takes the subfolders in directory-listing order, which differs between file
@@ -191,7 +250,7 @@ def _scan_parent(parent: Path, is_reg: bool, caption_extension: str, min_side_px
             skipped.append((folder, f"its repeats ({repeats}) are less than 1"))
             continue
         subsets.append(_scan_subset(folder, repeats, class_tokens, is_reg, caption_extension,
-                                    min_side_px, scan))
+                                    min_side_px, scan, options))
     scan.skipped.extend(skipped)
     for folder, reason in skipped:
         scan.warnings.append(f"skipped folder {folder}: {reason}")
@@ -237,9 +296,11 @@ def _no_subsets_error(parent: Path, key: str, loose_images: int,
 
 
 def _scan_subset(folder: Path, repeats: int, class_tokens: str, is_reg: bool,
-                 caption_extension: str, min_side_px: int, scan: DatasetScan) -> SubsetScan:
+                 caption_extension: str, min_side_px: int, scan: DatasetScan,
+                 options: SubsetOptions) -> SubsetScan:
     subset = SubsetScan(folder=folder, name=folder.name, repeats=repeats,
-                        class_tokens=class_tokens, is_reg=is_reg)
+                        class_tokens=class_tokens, is_reg=is_reg, options=options,
+                        min_side_px=min_side_px)
     # One directory listing answers every "does this caption file exist?" question, which
     # keeps a 1000-image folder at 1000 header reads instead of thousands of stat calls.
     files: set[str] = set()
@@ -263,7 +324,8 @@ def _scan_subset(folder: Path, repeats: int, class_tokens: str, is_reg: bool,
             continue
         caption_file = _find_caption(folder, image_path.name, caption_extension, files,
                                      files_lower)
-        caption = _read_caption(caption_file, subset) if caption_file else None
+        caption = (_read_caption(caption_file, subset, options.enable_wildcard)
+                   if caption_file else None)
         if caption_file is None:
             subset.missing_captions.append(image_path)
             alternative = next((found for ext in other_extensions
@@ -323,8 +385,12 @@ def _find_caption(folder: Path, image_name: str, extension: str, files: set[str]
     return None
 
 
-def _read_caption(path: Path, subset: SubsetScan) -> str | None:
-    """The first line of a caption file, stripped; None (and a finding) if unusable."""
+def _read_caption(path: Path, subset: SubsetScan, all_lines: bool = False) -> str | None:
+    """The first line of a caption file, stripped; None (and a finding) if unusable.
+
+    With ``all_lines`` (enable_wildcard) every non-empty line, stripped, joined with "\n",
+    as sd-scripts keeps them: the caption processor picks one line per step.
+    """
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -341,6 +407,12 @@ def _read_caption(path: Path, subset: SubsetScan) -> str | None:
         text = text[1:]
     # Python's text mode (which sd-scripts reads with) treats \r\n and \r as line ends.
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if all_lines:
+        kept = "\n".join(line.strip() for line in lines if line.strip())
+        if not kept:
+            subset.empty_captions.append(path)
+            return None
+        return kept
     first = lines[0].strip()
     if any(line.strip() for line in lines[1:]):
         subset.multiline_captions.append(path)
@@ -387,7 +459,13 @@ def _names(paths: Iterable[Path]) -> str:
 def problems(scan: DatasetScan) -> list[str]:
     """Findings that must stop a run: sd-scripts would crash on them or train on nothing."""
     found: list[str] = []
-    if not any(subset.images for subset in scan.train):
+    if scan.config is not None and not any(subset.images for subset in scan.train):
+        folders = ", ".join(s.spec.where for s in scan.train if s.spec) or "none"
+        found.append(f"no usable training images in any train subset of dataset_config "
+                     f"{scan.config.path} (train subsets: {folders}); put .png/.jpg/.jpeg/"
+                     ".webp/.bmp images in their image_dir folders, or add a subset without "
+                     "is_reg = true")
+    elif not any(subset.images for subset in scan.train):
         folders = ", ".join(s.name for s in scan.train)
         found.append(f"no usable training images in any folder under {scan.train_dir} "
                      f"(folders: {folders}); put .png/.jpg/.jpeg/.webp/.bmp images in the "
@@ -397,24 +475,29 @@ def problems(scan: DatasetScan) -> list[str]:
                 ("cannot open image {} ({})", subset.undecodable,
                  "delete it or re-save it as PNG/JPEG"),
                 ("caption file {} is {}", subset.bad_captions, "re-save it as UTF-8")):
-            found += [f"{subset.name}: {what.format(path.name, reason)}; {fix}"
+            found += [f"{subset.label}: {what.format(path.name, reason)}; {fix}"
                       for path, reason in entries[:_MAX_LISTED]]
             if len(entries) > _MAX_LISTED:
-                found.append(f"{subset.name}: {len(entries) - _MAX_LISTED} more like this")
+                found.append(f"{subset.label}: {len(entries) - _MAX_LISTED} more like this")
     return found
 
 
 def advisories(scan: DatasetScan) -> list[str]:
     """Findings worth reading that do not stop a run."""
     notes = list(scan.warnings)
-    ext = scan.caption_extension
     for subset in scan.subsets:
-        label = f"{'reg ' if subset.is_reg else ''}{subset.name}"
+        label = subset.label if subset.spec else f"{'reg ' if subset.is_reg else ''}{subset.name}"
+        ext = scan.caption_extension_of(subset)
         missing = subset.missing_captions
         if missing:
-            used = (f"the caption \"{subset.class_tokens}\" (class tokens from the folder name)"
-                    if subset.class_tokens else "an EMPTY caption (the folder name has no "
-                    "class tokens after the repeats)")
+            if subset.spec is not None:
+                used = (f"the caption \"{subset.class_tokens}\" (class_tokens of "
+                        f"{subset.spec.where})" if subset.class_tokens else
+                        f"an EMPTY caption ({subset.spec.where} sets no class_tokens)")
+            else:
+                used = (f"the caption \"{subset.class_tokens}\" (class tokens from the folder "
+                        "name)" if subset.class_tokens else "an EMPTY caption (the folder name "
+                        "has no class tokens after the repeats)")
             notes.append(f"{label}: {len(missing)} of {len(subset.images)} "
                          f"images have no {ext} caption file and train with {used}: "
                          f"{_names(missing)}")
@@ -426,8 +509,9 @@ def advisories(scan: DatasetScan) -> list[str]:
                 f"{subset.other_extension_captions[0][1].name}); set caption_extension = "
                 f"\"{other}\" if those are your captions")
         if subset.empty_captions:
-            notes.append(f"{label}: {len(subset.empty_captions)} caption file(s) have an "
-                         f"empty first line; the class tokens are used instead: "
+            empty = "no text" if subset.options.enable_wildcard else "an empty first line"
+            notes.append(f"{label}: {len(subset.empty_captions)} caption file(s) have "
+                         f"{empty}; the class tokens are used instead: "
                          f"{_names(subset.empty_captions)}")
         if subset.multiline_captions:
             notes.append(f"{label}: {len(subset.multiline_captions)} caption file(s) have "
@@ -439,24 +523,34 @@ def advisories(scan: DatasetScan) -> list[str]:
                          f"in the first tag): {_names(subset.bom_captions)}")
         if subset.too_small:
             notes.append(f"{label}: {len(subset.too_small)} image(s) are smaller than "
-                         f"{scan.min_side_px} px on a side and will be enlarged (blurry "
+                         f"{subset.min_side_px} px on a side and will be enlarged (blurry "
                          f"training data): {_names(subset.too_small)}")
     notes.extend(_reg_surplus_notes(scan))
     return notes
 
 
 def _reg_surplus_notes(scan: DatasetScan) -> list[str]:
+    """Reg images the balancing never uses, per dataset (§1.4 balances each one alone)."""
     if not scan.reg:
         return []
     # The balancing rule lives with the rest of the plan maths; imported here, not at the
     # top, because plan.py imports this module.
     from lora_core.dataset.plan import balance_reg_repeats
 
-    num_train = sum(s.repeats * len(s.images) for s in scan.train)
-    reg_repeats = [s.repeats for s in scan.reg for _ in s.images]
-    unused = sum(1 for r in balance_reg_repeats(num_train, reg_repeats) if r == 0)
-    if not unused:
-        return []
-    return [f"{unused} of {len(reg_repeats)} regularization images are never used: sd-scripts "
-            f"takes reg images in order only until they match the {num_train} train samples "
-            "per epoch (images x repeats); remove the surplus or add train images/repeats"]
+    notes = []
+    for index in sorted({s.dataset_index for s in scan.reg}):
+        train = [s for s in scan.train if s.dataset_index == index]
+        num_train = sum(s.repeats * len(s.images) for s in train)
+        reg_repeats = [s.repeats for s in scan.reg if s.dataset_index == index
+                       for _ in s.images]
+        unused = sum(1 for r in balance_reg_repeats(num_train, reg_repeats) if r == 0)
+        if not unused:
+            continue
+        where = f"datasets[{index}]: " if scan.config is not None else ""
+        notes.append(f"{where}{unused} of {len(reg_repeats)} regularization images are never "
+                     f"used: sd-scripts takes reg images in order only until they match the "
+                     f"{num_train} train samples per epoch (images x repeats)"
+                     + ("; remove the surplus or add train images/repeats" if num_train else
+                        "; this dataset has no train images, so none of its reg images are "
+                        "used"))
+    return notes

@@ -38,6 +38,17 @@ class RunInfo:
     num_processes: int = 1
 
 
+# Keys sd-scripts writes only when the dataset comes from folders (no dataset_config).
+FOLDER_MODE_KEYS = (
+    "ss_batch_size_per_device", "ss_total_batch_size", "ss_resolution", "ss_color_aug",
+    "ss_flip_aug", "ss_random_crop", "ss_shuffle_caption", "ss_enable_bucket",
+    "ss_bucket_no_upscale", "ss_min_bucket_reso", "ss_max_bucket_reso", "ss_keep_tokens",
+    "ss_dataset_dirs", "ss_reg_dataset_dirs", "ss_tag_frequency", "ss_bucket_info",
+    "ss_keep_tokens_separator", "ss_caption_prefix", "ss_caption_suffix",
+    "ss_secondary_separator", "ss_enable_wildcard", "ss_token_warmup_min",
+    "ss_token_warmup_step")
+
+
 def legacy_file_hash(path: Path) -> str:
     """A1111's old model hash: sha256 of the 64 KiB at offset 1 MiB, first 8 hex digits."""
     with open(path, "rb") as fh:
@@ -56,7 +67,8 @@ def full_file_hash(path: Path) -> str:
 def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dict[str, str]:
     """The full metadata dict (all values str) for this run; ``ss_steps`` etc. set at save."""
     net, opt, tr, ds = profile.network, profile.optimizer, profile.training, profile.dataset
-    width, height = parse_resolution(ds.resolution)
+    width, height = (plan.bucket.resolution if plan.dataset_config is not None
+                     else parse_resolution(ds.resolution))
     module, network_args = network_module_and_args(profile)
     values: dict[str, object] = {
         "ss_session_id": run.session_id,
@@ -156,6 +168,13 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
         values["ss_new_sd_model_hash"] = full_file_hash(run.model_file)
     metadata = {k: str(v) for k, v in values.items()}
     metadata.update(dataset_metadata(plan))
+    if plan.dataset_config is not None:
+        # sd-scripts writes these per dataset inside ss_datasets in dataset_config mode.
+        from lora_core.dataset.dataset_config import datasets_metadata
+
+        for key in FOLDER_MODE_KEYS:
+            metadata.pop(key, None)
+        metadata.update(datasets_metadata(plan))
     metadata.update(modelspec(profile, run.output_name, width, height))
     return metadata
 

@@ -14,6 +14,7 @@ from lora_core.dataset.scan import (
     problems,
     scan_dataset,
 )
+from lora_core.dataset.subset_options import SubsetOptions
 from lora_core.errors import DatasetError
 from tests.core.dataset_helpers import make_folder, make_image, png_bytes, snapshot
 
@@ -217,6 +218,23 @@ def test_empty_caption_falls_back_to_class_tokens(tmp_path):
     assert subset.multiline_captions == [folder / "img01.txt"]
     assert problems(result) == []
     assert any("empty first line" in a for a in advisories(result))
+
+
+def test_enable_wildcard_keeps_every_non_empty_line_in_folder_mode_too(tmp_path):
+    folder = make_folder(tmp_path / "train", "1_cat", 2, captions=None)
+    (folder / "img00.txt").write_text("\n black cat \r\n\nwhite cat\n", encoding="utf-8")
+    (folder / "img01.txt").write_text("  \n\n", encoding="utf-8")
+    options = SubsetOptions(caption_extension=".txt", enable_wildcard=True)
+    result = scan_dataset(tmp_path / "train", None, ".txt", 0, options)
+    [subset] = result.train
+    # sd-scripts: every non-empty line, stripped, joined with "\n" (one is picked per step).
+    assert [r.caption for r in subset.images] == ["black cat\nwhite cat", "cat"]
+    assert subset.multiline_captions == [] and subset.empty_captions == [folder / "img01.txt"]
+    assert subset.options is options
+    assert not any("more than one line" in a for a in advisories(result))
+    # Without it, the same file gives its first line only (here empty: class tokens).
+    [plain] = scan(tmp_path / "train").train
+    assert plain.images[0].caption == "cat" and plain.multiline_captions == [folder / "img00.txt"]
 
 
 def test_too_small_images_are_listed(tmp_path):
