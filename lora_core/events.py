@@ -81,6 +81,18 @@ class CheckpointSaved(Event):
 
 
 @dataclass
+class SampleSaved(Event):
+    """A preview image was written (``epoch`` is None for a mid-epoch, step-based sample)."""
+
+    type: ClassVar[str] = "sample_saved"
+    path: str
+    step: int
+    epoch: int | None
+    prompt_index: int  # position of the prompt in the prompt file (the NN of the name)
+    prompt: str
+
+
+@dataclass
 class WarningIssued(Event):
     type: ClassVar[str] = "warning"
     message: str
@@ -113,7 +125,7 @@ class RunFailed(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls for cls in (RunStarted, PhaseChanged, StepEnded, EpochEnded, CheckpointSaved,
-                              WarningIssued, LogLine, RunFinished, RunFailed)
+                              SampleSaved, WarningIssued, LogLine, RunFinished, RunFailed)
 }
 
 

@@ -2,10 +2,24 @@
 
 Each dataset item *is* a batch (a list of plan item indices from one bucket, as sd-scripts
 does), so the DataLoader runs with ``batch_size=None`` and no shuffling: the order was
-decided by ``plan.epoch_batches`` from (seed, epoch). Per-sample randomness (caption
-shuffling) comes from :func:`captions.sample_rng` of (seed, epoch, position), so the same
-batch gets the same captions whichever worker loads it, and a resumed run sees what an
-uninterrupted one would. Workers prefetch the next batches while the model trains.
+decided by ``plan.epoch_batches`` from (seed, epoch). Workers prefetch the next batches
+while the model trains.
+
+Per-sample randomness is a pure function of where the sample is in the run, so the same
+batch gets the same captions and pixels whichever worker loads it, and a resumed run sees
+what an uninterrupted one would. Two separate random sources per sample (epoch 0-based,
+position = index of the batch in this process's list for the epoch, slot = index in the
+batch):
+
+* captions: ``captions.sample_rng(seed, epoch, position, slot)``;
+* pixels (flip, random crop, colour): ``images.augment_rng(seed, epoch, position, slot)``.
+
+Keeping them apart means turning an augmentation on or off never changes the captions, and
+the latent-cache path, which draws only the flip, mirrors exactly the samples the pixel path
+would have mirrored.
+
+Every option comes from the subset the image belongs to
+(``plan.subsets[item.subset_index].scan.options``), never from the profile.
 """
 
 from __future__ import annotations
@@ -17,7 +31,7 @@ import numpy as np
 import torch
 
 from lora_core.dataset.captions import process_caption, sample_rng
-from lora_core.dataset.images import load_training_image
+from lora_core.dataset.images import augment_rng, draw_flip, load_sample_image
 from lora_core.dataset.plan import TrainingPlan
 from lora_core.errors import LoraError
 from lora_core.profile import DatasetSection
@@ -29,11 +43,38 @@ def pixels_to_tensor(image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+def optimizer_step_at(plan: TrainingPlan, epoch: int, position: int) -> int:
+    """Optimizer steps completed before the batch at ``position`` of epoch ``epoch`` (0-based).
+
+    Every epoch holds exactly ``plan.steps_per_epoch`` optimizer steps (each process gets
+    ceil(batches / processes) batches, and ceil(ceil(b / p) / a) = ceil(b / (p · a))), and
+    within an epoch the optimizer steps after every ``gradient_accumulation_steps`` batches.
+    This is sd-scripts' ``global_step`` while the batch is drawn: the ``step`` that token
+    warm-up reads. A pure function of the plan, so a resumed run computes the same value.
+    """
+    return epoch * plan.steps_per_epoch + position // plan.gradient_accumulation_steps
+
+
 class EpochBatches(torch.utils.data.Dataset):
-    def __init__(self, plan: TrainingPlan, ds: DatasetSection, batches: list[list[int]],
-                 seed: int, epoch: int, first_position: int) -> None:
-        self.plan, self.ds, self.batches = plan, ds, batches
+    """The batches of one epoch (or of its remaining part), as tensors.
+
+    Each item is a dict:
+
+    * ``item_indices`` (list[int]): the plan items of the batch;
+    * ``flipped`` (list[bool]): which samples are mirrored (``flip_aug``);
+    * ``pixel_values`` (B, 3, H, W) in [-1, 1], augmented; absent when ``latents_cached``
+      (then no image is decoded: the cached latent source picks ``latents`` or
+      ``latents_flipped`` by ``flipped``);
+    * ``captions`` (list[str]): processed captions; ``loss_weights`` (B,) float32.
+
+    A ``LoraError`` becomes ``{"error": (message, hint)}`` (see ``__getitem__``).
+    """
+
+    def __init__(self, plan: TrainingPlan, batches: list[list[int]], seed: int, epoch: int,
+                 first_position: int, *, latents_cached: bool = False) -> None:
+        self.plan, self.batches = plan, batches
         self.seed, self.epoch, self.first_position = seed, epoch, first_position
+        self.latents_cached = latents_cached
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -48,18 +89,32 @@ class EpochBatches(torch.utils.data.Dataset):
 
     def _load(self, index: int) -> dict[str, Any]:
         position = self.first_position + index
-        pixels, captions, weights = [], [], []
-        for slot, item_index in enumerate(self.batches[index]):
+        step = optimizer_step_at(self.plan, self.epoch, position)
+        pixels, captions, weights, flips = [], [], [], []
+        item_indices = self.batches[index]
+        for slot, item_index in enumerate(item_indices):
             item = self.plan.items[item_index]
-            image = load_training_image(item.record.path, item.bucket_reso, item.resized_size)
-            pixels.append(pixels_to_tensor(image))
-            rng = sample_rng(self.seed, self.epoch, position, slot)
-            captions.append(process_caption(item.record.caption, rng,
-                                            shuffle=self.ds.shuffle_caption,
-                                            keep_tokens=self.ds.keep_tokens))
+            opts = self.plan.subsets[item.subset_index].scan.options
+            pixel_rng = augment_rng(self.seed, self.epoch, position, slot)
+            if self.latents_cached:
+                # Cached latents exist only for flip_aug (the profile and the cache builder
+                # refuse colour and crop augmentation), so the flip is the only draw.
+                flips.append(draw_flip(opts, pixel_rng))
+            else:
+                image, flipped = load_sample_image(item.record.path, item.bucket_reso,
+                                                   item.resized_size, opts, pixel_rng)
+                pixels.append(pixels_to_tensor(image))
+                flips.append(flipped)
+            captions.append(process_caption(
+                item.record.caption, opts, sample_rng(self.seed, self.epoch, position, slot),
+                epoch=self.epoch + 1, step=step, max_train_steps=self.plan.max_train_steps))
             weights.append(item.loss_weight)
-        return {"pixel_values": torch.stack(pixels), "captions": captions,
-                "loss_weights": torch.tensor(weights, dtype=torch.float32)}
+        batch: dict[str, Any] = {
+            "item_indices": list(item_indices), "flipped": flips, "captions": captions,
+            "loss_weights": torch.tensor(weights, dtype=torch.float32)}
+        if not self.latents_cached:
+            batch["pixel_values"] = torch.stack(pixels)
+        return batch
 
 
 def process_batches(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
@@ -74,14 +129,23 @@ def process_batches(batches: list[list[int]], rank: int, world: int) -> list[lis
 
 
 def make_epoch_loader(plan: TrainingPlan, ds: DatasetSection, batches: list[list[int]],
-                      state, device: torch.device) -> torch.utils.data.DataLoader:
-    """A loader over this process's batches of one epoch, starting where ``state`` is."""
+                      state, device: torch.device, *, latents_cached: bool = False
+                      ) -> torch.utils.data.DataLoader:
+    """A loader over this process's batches of one epoch, starting where ``state`` is.
+
+    ``latents_cached``: the latent source is a ``CachedLatents``, so batches carry item
+    indices and flips instead of pixels.
+    """
     remaining = batches[state.batch_in_epoch:]
-    dataset = EpochBatches(plan, ds, remaining, state.seed, state.epoch, state.batch_in_epoch)
-    workers = min(ds.max_data_loader_n_workers, len(remaining))
+    dataset = EpochBatches(plan, remaining, state.seed, state.epoch, state.batch_in_epoch,
+                           latents_cached=latents_cached)
+    # Without pixels to decode a batch costs microseconds: worker processes would only add
+    # start-up time and memory.
+    workers = 0 if latents_cached else min(ds.max_data_loader_n_workers, len(remaining))
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=workers,
-        pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None,
+        pin_memory=device.type == "cuda" and not latents_cached,
+        prefetch_factor=2 if workers else None,
         worker_init_fn=_ignore_ctrl_c if workers else None)
 
 

@@ -41,6 +41,9 @@ def input_problems(profile: Profile) -> list[str]:
         problem = lora_file_problem(weights)
         if problem:
             found.append(f"`[network] network_weights` {problem}")
+    from lora_core.training.sample_prompts import check_sample_prompts  # torch-free
+
+    found.extend(check_sample_prompts(profile))
     output_dir = profile.path("saving", "output_dir")
     for key in ("train_data_dir", "reg_data_dir"):
         data_dir = profile.path("dataset", key)
@@ -115,5 +118,17 @@ def run_preflight(profile: Profile, strict: bool = True, num_processes: int = 1)
             raise
         if not found:  # else it only restates a problem already listed
             found.append(exc.message)
-    notes = advisories(scan) + (plan.warnings if plan else [])
+    notes = advisories(scan) + (plan.warnings if plan else []) + settings_advisories(profile)
     return Preflight(scan, plan, found, notes)
+
+
+def settings_advisories(profile: Profile) -> list[str]:
+    """Settings that run but are probably not what was meant (sd-scripts warns about them)."""
+    from lora_core.training.optimizer_args import optimizer_advisories  # torch-free
+
+    notes = optimizer_advisories(profile.optimizer)
+    if profile.training.zero_terminal_snr and not profile.model.v_parameterization:
+        notes.append("`[training] zero_terminal_snr` is meant for v-prediction models: with "
+                     "noise prediction the last timestep has nothing left to predict (set "
+                     "`[model] v_parameterization` = true if the model is a v-pred model)")
+    return notes

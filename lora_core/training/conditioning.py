@@ -1,21 +1,47 @@
 """Where the loop gets latents and text conditioning from.
 
 The loop asks a :class:`LatentSource` for the latents of a batch and a
-:class:`TextConditioner` for its encoder hidden states. Today both encode on the fly;
-cached variants (latents on disk, text-encoder outputs) implement the same two calls, so
-switching caching on never touches the loop.
+:class:`TextConditioner` for its encoder hidden states. Two of each:
+
+* :class:`VaeLatents` encodes the batch's pixels every step; :class:`CachedLatents` returns
+  latents computed once before training (``cache_latents``, in memory, or
+  ``cache_latents_to_disk``, through ``saving.latent_cache``), built by
+  :func:`build_cached_latents`;
+* :class:`LiveTextEncoder` tokenizes and encodes every step (required when the text encoder
+  trains or captions change between steps); :class:`CachedTextEncoder` encodes every distinct
+  caption once (:func:`build_cached_text_encoder`, when :func:`text_outputs_cacheable`).
+
+Switching caching on never touches the loop. This module decides nothing about *whether* to
+cache (the profile and the trainer do) and owns no file format.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
+from lora_core.dataset.buckets import crop_box
+from lora_core.dataset.captions import process_caption
+from lora_core.dataset.images import flip_horizontal, load_training_image
+from lora_core.dataset.loader import pixels_to_tensor
+from lora_core.dataset.plan import TrainingPlan
+from lora_core.errors import DatasetError, ProfileError
 from lora_core.models.families import ModelBundle, family_of
+from lora_core.saving import latent_cache
+from lora_core.saving.latent_cache import LatentKey
 
 log = logging.getLogger(__name__)
+
+# progress(done, total): images (or captions) handled so far, out of how many.
+Progress = Callable[[int, int], None]
+AutocastFactory = Callable[[], contextlib.AbstractContextManager]
 
 
 class LatentSource(Protocol):
@@ -49,16 +75,296 @@ class VaeLatents:
         return latents.float() * self.scale
 
 
+# ---------------------------------------------------------------------------------------
+# Cached latents
+
+
+@dataclass
+class _CachedEntry:
+    """One image's latents: in memory (``latents``), or in a cache file (``path``)."""
+
+    key: LatentKey
+    path: Path | None = None
+    latents: torch.Tensor | None = None
+    latents_flipped: torch.Tensor | None = None
+
+
+class CachedLatents:
+    """Latents computed once before training (sd-scripts' ``cache_latents``).
+
+    Batches carry ``item_indices`` and ``flipped`` instead of pixels (the loader's
+    ``latents_cached`` mode); each sample gets its image's ``latents``, or
+    ``latents_flipped`` when the loader mirrored it. Cached values are unscaled;
+    ``vae_scaling_factor`` is applied here, at use, as in sd-scripts.
+    """
+
+    def __init__(self, entries: list[_CachedEntry], scale: float, device: torch.device) -> None:
+        self.entries = entries  # one per plan item (items of one image share an entry)
+        self.scale = scale
+        self.device = device
+
+    def latents(self, batch: dict[str, Any]) -> torch.Tensor:
+        rows = [self._get(self.entries[index], flipped)
+                for index, flipped in zip(batch["item_indices"], batch["flipped"], strict=True)]
+        return torch.stack(rows).to(self.device, torch.float32) * self.scale
+
+    @staticmethod
+    def _get(entry: _CachedEntry, flipped: bool) -> torch.Tensor:
+        if entry.path is not None:
+            return latent_cache.load_entry(entry.path, flipped)
+        chosen = entry.latents_flipped if flipped else entry.latents
+        if chosen is None:  # the loader only flips subsets with flip_aug, which are cached
+            raise ValueError(f"no flipped latents cached for {entry.key.image_path}")
+        return chosen
+
+
+def build_cached_latents(plan: TrainingPlan, bundle: ModelBundle, device: torch.device,
+                         dtype: torch.dtype, *, to_disk: bool, vae_batch_size: int,
+                         root: Path | None = None, progress: Progress | None = None,
+                         shard: tuple[int, int] = (0, 1),
+                         autocast: AutocastFactory = contextlib.nullcontext) -> CachedLatents:
+    """Encode every image of the plan once, or reuse its valid cache file.
+
+    Images are grouped by bucket and encoded ``vae_batch_size`` at a time; an image of a
+    ``flip_aug`` subset is also encoded mirrored. Each latent is ``mean + std · ε`` of the
+    VAE's posterior, i.e. ``latent_dist.sample()`` as sd-scripts caches (not the mean), with
+    ε drawn from a generator seeded by :meth:`LatentKey.sampling_seed`, so the result does
+    not depend on the batch an image was encoded in, nor on the device.
+
+    ``to_disk``: files under ``root`` (default ``latent_cache.cache_root()``); otherwise the
+    latents stay in CPU memory. ``shard = (rank, world)``: on disk, this process encodes
+    only the missing images whose index modulo ``world`` is ``rank`` (the others come from
+    the other processes' files); every process encodes everything for an in-memory cache.
+    ``progress(done, total)`` is called as images are checked and encoded.
+
+    Raises ProfileError when a subset uses color_aug or random_crop (its pixels change every
+    step), DatasetError naming the image when a latent is NaN/inf.
+    """
+    _refuse_varying_pixels(plan)
+    vae = bundle.vae
+    fingerprint = latent_cache.vae_fingerprint(vae) if to_disk else ""
+    root = (root or latent_cache.cache_root()) if to_disk else None
+    item_keys, needs_flip = _keys_of(plan, fingerprint)
+    entries_by_key = {key: _CachedEntry(key) for key in needs_flip}
+
+    rank, world = shard
+    total = len(entries_by_key)
+    todo: list[_CachedEntry] = []
+    for number, (key, entry) in enumerate(entries_by_key.items()):
+        if root is not None:
+            entry.path = latent_cache.entry_path(root, key)
+            if latent_cache.read_entry(entry.path, key, needs_flip[key]) is not None:
+                continue
+            if number % world != rank:
+                continue  # another process encodes it
+        todo.append(entry)
+    done = total - len(todo)
+    if progress is not None:
+        progress(done, total)
+
+    by_bucket: dict[tuple[int, int], list[_CachedEntry]] = {}
+    for entry in todo:
+        by_bucket.setdefault(entry.key.bucket_reso, []).append(entry)
+    for bucket in sorted(by_bucket):
+        group = by_bucket[bucket]
+        for start in range(0, len(group), vae_batch_size):
+            chunk = group[start:start + vae_batch_size]
+            images = [load_training_image(Path(e.key.image_path), e.key.bucket_reso,
+                                          e.key.resized_size, e.key.crop_offset) for e in chunk]
+            with autocast():
+                plain = _encode(vae, images, [e.key.sampling_seed(False) for e in chunk],
+                                device, dtype)
+                flip_chunk = [i for i, e in enumerate(chunk) if needs_flip[e.key]]
+                mirrored = _encode(vae, [flip_horizontal(images[i]) for i in flip_chunk],
+                                   [chunk[i].key.sampling_seed(True) for i in flip_chunk],
+                                   device, dtype) if flip_chunk else []
+            flipped: list[torch.Tensor | None] = [None] * len(chunk)
+            for i, latent in zip(flip_chunk, mirrored, strict=True):
+                flipped[i] = latent
+            for entry, latent, latent_flipped in zip(chunk, plain, flipped, strict=True):
+                _check_finite(entry.key, latent, latent_flipped)
+                if entry.path is not None:
+                    latent_cache.write_entry(entry.path, entry.key, latent, latent_flipped)
+                else:
+                    entry.latents, entry.latents_flipped = latent, latent_flipped
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+    return CachedLatents([entries_by_key[key] for key in item_keys],
+                         bundle.vae_scaling_factor, device)
+
+
+def _keys_of(plan: TrainingPlan, fingerprint: str
+             ) -> tuple[list[LatentKey], dict[LatentKey, bool]]:
+    """The cache key of every plan item, and for each distinct key whether any subset that
+    uses it needs the mirrored latents (an image in two subsets is encoded once)."""
+    item_keys: list[LatentKey] = []
+    needs_flip: dict[LatentKey, bool] = {}
+    for item in plan.items:
+        crop = crop_box(item.resized_size, item.bucket_reso)
+        key = latent_cache.latent_key(item.record.path, item.resized_size, item.bucket_reso,
+                                      crop, fingerprint)
+        item_keys.append(key)
+        flip = plan.subsets[item.subset_index].scan.options.flip_aug
+        needs_flip[key] = needs_flip.get(key, False) or flip
+    return item_keys, needs_flip
+
+
+@torch.no_grad()
+def _encode(vae: Any, images: list, seeds: list[int], device: torch.device,
+            dtype: torch.dtype) -> list[torch.Tensor]:
+    """Unscaled float32 CPU latents (C, h, w) of same-sized PIL images, one per image.
+
+    ``mean + std · ε`` is what ``DiagonalGaussianDistribution.sample()`` computes; ε is drawn
+    per image on the CPU (like diffusers' ``randn_tensor`` with a CPU generator) in the
+    posterior's dtype, so an image's latent is independent of its batch-mates.
+    """
+    pixels = torch.stack([pixels_to_tensor(image) for image in images]).to(device, dtype)
+    posterior = vae.encode(pixels).latent_dist
+    mean, std = posterior.mean, posterior.std
+    noise = torch.stack([
+        torch.randn(tuple(mean.shape[1:]), generator=torch.Generator().manual_seed(seed),
+                    dtype=mean.dtype)
+        for seed in seeds]).to(mean.device)
+    latents = mean + std * noise
+    return [row.clone() for row in latents.float().cpu().unbind(0)]
+
+
+def _check_finite(key: LatentKey, latents: torch.Tensor,
+                  latents_flipped: torch.Tensor | None) -> None:
+    """A cached NaN would poison every step that uses it, so refuse it (sd-scripts:
+    "NaN detected in latents"), unlike on-the-fly latents, which are zeroed with a warning."""
+    for tensor in (latents, latents_flipped):
+        if tensor is not None and not torch.isfinite(tensor).all():
+            raise DatasetError(
+                f"NaN detected in latents: {key.image_path} (the VAE produced NaN/inf)",
+                "with mixed_precision = \"fp16\" the SD VAE overflows on some images: use "
+                "\"bf16\" or \"no\", or an fp16-fixed VAE; otherwise check the image itself")
+
+
+def _refuse_varying_pixels(plan: TrainingPlan) -> None:
+    """Latents can be cached only when an image always gives the same pixels (a flip
+    aside): sd-scripts asserts the same. The profile checks its own [dataset] values; a
+    dataset_config can turn the options on per subset, which is caught here."""
+    for subset in plan.subsets:
+        opts = subset.scan.options
+        if opts.pixels_vary:
+            names = [n for n in ("color_aug", "random_crop") if getattr(opts, n)]
+            raise ProfileError(
+                f"subset '{subset.name}' uses {' and '.join(names)}, which changes the pixels "
+                "every step, so its latents cannot be cached",
+                "turn off cache_latents / cache_latents_to_disk, or turn off "
+                f"{' and '.join(names)} for that subset")
+
+
+# ---------------------------------------------------------------------------------------
+# Text conditioning
+
+
+def encode_captions(bundle: ModelBundle, captions: list[str], device: torch.device,
+                    clip_skip: int, max_token_length: int) -> torch.Tensor:
+    """The U-Net's ``encoder_hidden_states`` for captions: the one path both the live and the
+    cached text conditioner use, so they cannot disagree."""
+    family = family_of(bundle)
+    ids = [t.to(device) for t in family.tokenize(bundle, list(captions),
+                                                 max_token_length=max_token_length)]
+    return family.encode_text(bundle, ids, clip_skip, max_token_length=max_token_length)
+
+
 class LiveTextEncoder:
     """Tokenizes and encodes captions each step (needed when the text encoder trains)."""
 
-    def __init__(self, bundle: ModelBundle, device: torch.device, clip_skip: int) -> None:
+    def __init__(self, bundle: ModelBundle, device: torch.device, clip_skip: int,
+                 max_token_length: int = 75) -> None:
         self.bundle = bundle
-        self.family = family_of(bundle)
         self.device = device
         self.clip_skip = clip_skip
+        self.max_token_length = max_token_length
 
     def hidden_states(self, batch: dict[str, Any], train_text_encoder: bool) -> torch.Tensor:
-        ids = [t.to(self.device) for t in self.family.tokenize(self.bundle, batch["captions"])]
         with torch.set_grad_enabled(train_text_encoder):
-            return self.family.encode_text(self.bundle, ids, self.clip_skip)
+            return encode_captions(self.bundle, batch["captions"], self.device, self.clip_skip,
+                                   self.max_token_length)
+
+
+def text_outputs_cacheable(plan: TrainingPlan, network_trains_text_encoder: bool) -> bool:
+    """True when every caption's encoding is fixed for the whole run.
+
+    That needs a frozen text encoder (no text-encoder LoRA: ``network_train_unet_only``) and
+    captions that never change between fetches (no subset with shuffling, dropout, wildcards
+    or token warm-up: ``SubsetOptions.captions_vary``), the same conditions sd-scripts puts
+    on ``cache_text_encoder_outputs`` (kohya-compat.md §10).
+    """
+    if network_trains_text_encoder:
+        return False
+    return not any(subset.scan.options.captions_vary for subset in plan.subsets)
+
+
+def distinct_captions(plan: TrainingPlan) -> list[str]:
+    """Every caption the run trains with, once each, in plan order.
+
+    With ``captions_vary`` false, ``process_caption`` draws nothing from its rng and does not
+    read the epoch or step, so the values passed here give exactly the loader's captions.
+    """
+    seen: dict[str, None] = {}
+    for item in plan.items:
+        opts = plan.subsets[item.subset_index].scan.options
+        caption = process_caption(item.record.caption, opts, random.Random(0), epoch=1, step=0,
+                                  max_train_steps=plan.max_train_steps)
+        seen.setdefault(caption, None)
+    return list(seen)
+
+
+class CachedTextEncoder:
+    """Hidden states of every caption, computed once (sd-scripts'
+    ``cache_text_encoder_outputs``, kept in CPU memory). Same tensors as
+    :class:`LiveTextEncoder` for the same captions: both go through
+    :func:`encode_captions`."""
+
+    def __init__(self, hidden: dict[str, torch.Tensor], live: LiveTextEncoder) -> None:
+        self.hidden = hidden
+        self.live = live
+        self.warned = False
+
+    def hidden_states(self, batch: dict[str, Any], train_text_encoder: bool) -> torch.Tensor:
+        if train_text_encoder:
+            raise ValueError("text-encoder outputs were cached, but the text encoder trains")
+        captions = batch["captions"]
+        missing = [c for c in dict.fromkeys(captions) if c not in self.hidden]
+        if missing:
+            # Cannot happen while text_outputs_cacheable() agrees with process_caption();
+            # encoding the stranger live gives the right tensor, so warn instead of failing.
+            if not self.warned:
+                self.warned = True
+                log.warning("caption %r was not in the text-encoder cache; encoding it live",
+                            missing[0])
+            with torch.no_grad():
+                for caption, state in zip(missing, self.live.hidden_states(
+                        {"captions": missing}, False).cpu().unbind(0), strict=True):
+                    self.hidden[caption] = state
+        return torch.stack([self.hidden[c] for c in captions]).to(self.live.device)
+
+
+def build_cached_text_encoder(plan: TrainingPlan, bundle: ModelBundle, device: torch.device,
+                              clip_skip: int, *, max_token_length: int = 75,
+                              batch_size: int = 8, progress: Progress | None = None,
+                              autocast: AutocastFactory = contextlib.nullcontext
+                              ) -> CachedTextEncoder:
+    """Encode :func:`distinct_captions` in batches of ``batch_size`` (call only when
+    :func:`text_outputs_cacheable`)."""
+    live = LiveTextEncoder(bundle, device, clip_skip, max_token_length)
+    captions = distinct_captions(plan)
+    hidden: dict[str, torch.Tensor] = {}
+    for start, chunk in _chunks(captions, batch_size):
+        with torch.no_grad(), autocast():
+            states = live.hidden_states({"captions": chunk}, False)
+        for caption, state in zip(chunk, states.cpu().unbind(0), strict=True):
+            hidden[caption] = state
+        if progress is not None:
+            progress(start + len(chunk), len(captions))
+    return CachedTextEncoder(hidden, live)
+
+
+def _chunks(values: list[str], size: int) -> Iterator[tuple[int, list[str]]]:
+    for start in range(0, len(values), size):
+        yield start, values[start:start + size]

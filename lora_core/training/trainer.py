@@ -34,10 +34,17 @@ from lora_core.network.weights import load_network_weights
 from lora_core.profile import Profile
 from lora_core.saving import lora_file, names
 from lora_core.saving.metadata import at_save
-from lora_core.training.conditioning import LiveTextEncoder, VaeLatents
+from lora_core.training.conditioning import (
+    LiveTextEncoder,
+    VaeLatents,
+    build_cached_latents,
+    build_cached_text_encoder,
+    text_outputs_cacheable,
+)
 from lora_core.training.loss import diffusion_loss, prepare_schedule_and_loss, training_target
 from lora_core.training.noise import make_noise, sample_timesteps
 from lora_core.training.optim import build_optimizer, build_scheduler, param_groups
+from lora_core.training.sampling import Previews
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -100,6 +107,50 @@ def _setup_network(bundle: ModelBundle, profile: Profile, device: torch.device) 
     return network
 
 
+def _setup_conditioning(accelerator, bundle: ModelBundle, profile: Profile, plan: TrainingPlan,
+                        weight_dtype: torch.dtype, emit) -> tuple:
+    """Where latents and text conditioning come from: cached when the options allow."""
+    ds, device = profile.dataset, accelerator.device
+    if ds.cache_latents or ds.cache_latents_to_disk:
+        emit(PhaseChanged("caching latents"))
+        # Disk caches are shared: each process encodes its share, then all read the whole.
+        shard = ((accelerator.process_index, accelerator.num_processes)
+                 if ds.cache_latents_to_disk else (0, 1))
+        latents_from = build_cached_latents(
+            plan, bundle, device, weight_dtype, to_disk=ds.cache_latents_to_disk,
+            vae_batch_size=ds.vae_batch_size, progress=_phase_progress("caching latents", emit),
+            shard=shard, autocast=accelerator.autocast)
+        if ds.cache_latents_to_disk and accelerator.num_processes > 1:
+            accelerator.wait_for_everyone()
+            latents_from = build_cached_latents(
+                plan, bundle, device, weight_dtype, to_disk=True,
+                vae_batch_size=ds.vae_batch_size, autocast=accelerator.autocast)
+    else:
+        latents_from = VaeLatents(bundle, device, weight_dtype)
+    trains_te = not profile.network.network_train_unet_only
+    if text_outputs_cacheable(plan, network_trains_text_encoder=trains_te):
+        emit(PhaseChanged("caching text encoder outputs"))
+        text_from = build_cached_text_encoder(
+            plan, bundle, device, profile.model.clip_skip, max_token_length=ds.max_token_length,
+            batch_size=plan.batch_size, autocast=accelerator.autocast)
+    else:
+        text_from = LiveTextEncoder(bundle, device, profile.model.clip_skip, ds.max_token_length)
+    return latents_from, text_from
+
+
+def _phase_progress(phase: str, emit) -> Callable[[int, int], None]:
+    """A progress callback that reports about every 10% as a phase change."""
+    last = [-1]
+
+    def report(done: int, total: int) -> None:
+        tenth = (10 * done) // max(total, 1)
+        if tenth != last[0]:
+            last[0] = tenth
+            emit(PhaseChanged(f"{phase} {done}/{total}"))
+
+    return report
+
+
 def train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: Outputs,
           state: TrainState, bus: EventBus, stop_requested: Callable[[], bool]) -> bool:
     """Train until the plan's last step or a stop request. Returns True if interrupted."""
@@ -121,6 +172,10 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     emit = bus.emit if main else (lambda event: None)
     device = accelerator.device
     weight_dtype = _setup_models(bundle, profile, device)
+    # Caching comes before the network is applied: cached text-encoder outputs must be
+    # those of the base model (the text encoder is not trained when they are cached).
+    latents_from, text_from = _setup_conditioning(accelerator, bundle, profile, plan,
+                                                  weight_dtype, emit)
     network = _setup_network(bundle, profile, device)
     groups = param_groups(network, profile.optimizer)
     optimizer = build_optimizer(groups, profile.optimizer)
@@ -132,8 +187,12 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
     trainable = [p for g in groups for p in g.params]
     train_te = any(g.name == "textencoder" for g in groups)
-    latents_from = VaeLatents(bundle, device, weight_dtype)
-    text_from = LiveTextEncoder(bundle, device, profile.model.clip_skip)
+    previews = Previews(profile.sample, profile.path("sample", "sample_prompts"), bundle,
+                        output_dir=outputs.output_dir, output_name=outputs.output_name,
+                        clip_skip=profile.model.clip_skip,
+                        v_parameterization=profile.model.v_parameterization,
+                        device=device, emit=emit, autocast=accelerator.autocast,
+                        extra_modules=[network])
     tr, v_pred = profile.training, profile.model.v_parameterization
     # A copy: zero_terminal_snr rescales the schedule in place, and the bundle may be reused.
     noise_scheduler = type(bundle.noise_scheduler).from_config(bundle.noise_scheduler.config)
@@ -141,6 +200,8 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     grad_accum = profile.training.gradient_accumulation_steps
     total_steps, total_epochs = plan.max_train_steps, plan.num_epochs
     step_times: deque[float] = deque(maxlen=20)
+    if main:
+        previews.at_start(state.step)
     emit(PhaseChanged("training"))
     last_step_at = time.perf_counter()
     window_loss = torch.zeros((), device=device)
@@ -148,7 +209,8 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     while state.epoch < total_epochs and state.step < total_steps:
         batches = epoch_batches(plan, state.seed, state.epoch)
         mine = process_batches(batches, accelerator.process_index, accelerator.num_processes)
-        loader = make_epoch_loader(plan, profile.dataset, mine, state, device)
+        loader = make_epoch_loader(plan, profile.dataset, mine, state, device,
+                                   latents_cached=not isinstance(latents_from, VaeLatents))
         state.losses = deque(state.losses, maxlen=max(1, math.ceil(len(mine) / grad_accum)))
         for index, batch in enumerate(loader, start=state.batch_in_epoch):
             raise_loader_error(batch)
@@ -185,6 +247,8 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
             step_times.append(now - last_step_at)
             last_step_at = now
             emit(_step_event(state, total_steps, total_epochs, optimizer, step_times))
+            if main:
+                previews.after_step(state.step)
             if state.step in plan.step_save_points and main:
                 save(network, outputs, state, "step", bus)
             if state.step >= total_steps or any_process_asks_to_stop(accelerator, stop_requested):
@@ -195,6 +259,8 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
             emit(EpochEnded(state.epoch, total_epochs, state.step, _avg(state.losses)))
             if state.epoch in plan.epoch_save_points and main:
                 save(network, outputs, state, "epoch", bus)
+            if main:
+                previews.after_epoch(state.epoch, state.step)
         if state.step >= total_steps or any_process_asks_to_stop(accelerator, stop_requested):
             break
 

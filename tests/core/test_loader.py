@@ -6,6 +6,7 @@ import random
 
 from lora_core.dataset.captions import process_caption, sample_rng
 from lora_core.dataset.loader import pixels_to_tensor, process_batches
+from lora_core.dataset.subset_options import SubsetOptions
 
 
 def test_process_batches_gives_every_process_the_same_count_and_covers_all():
@@ -28,11 +29,14 @@ def test_pixels_are_scaled_to_minus_one_one():
 
 def test_shuffle_keeps_first_tokens_and_is_a_function_of_position():
     caption = "ohwx, red, blue, green, sky, grass"
-    a = process_caption(caption, sample_rng(1, 0, 5, 0), shuffle=True, keep_tokens=1)
-    b = process_caption(caption, sample_rng(1, 0, 5, 0), shuffle=True, keep_tokens=1)
+    opts = SubsetOptions(shuffle_caption=True, keep_tokens=1)
+
+    def fetch(position, options=opts, rng=None):
+        return process_caption(caption, options, rng or sample_rng(1, 0, position, 0), epoch=1,
+                               step=0, max_train_steps=10)
+
+    a, b = fetch(5), fetch(5)
     assert a == b and a.startswith("ohwx, ")
     assert sorted(a.split(", ")) == sorted(caption.split(", "))
-    others = {process_caption(caption, sample_rng(1, 0, p, 0), shuffle=True, keep_tokens=1)
-              for p in range(20)}
-    assert len(others) > 5
-    assert process_caption(caption, random.Random(0), shuffle=False, keep_tokens=0) == caption
+    assert len({fetch(p) for p in range(20)}) > 5
+    assert fetch(0, SubsetOptions(), random.Random(0)) == caption

@@ -330,5 +330,5 @@ def test_reference_page_is_generated_from_the_field_declarations():
     page = Path(__file__).resolve().parents[2] / "docs" / "profile-reference.md"
     assert page.read_text(encoding="utf-8") == reference_markdown(), \
         f"docs/profile-reference.md is out of date: run `{REGENERATE}`"
-    for section, key, _type, _default, doc in field_docs():
+    for _section, key, _type, _default, _doc in field_docs():
         assert f"| `{key}` |" in page.read_text(encoding="utf-8"), key

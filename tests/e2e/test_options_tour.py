@@ -41,7 +41,8 @@ def test_sample_images_at_first_and_every_20_steps(tour):
     for event in samples:
         path = tour["out"] / "sample" / event.path.rsplit("/", 1)[-1]
         assert path.is_file() and str(path) == event.path
-        assert re.fullmatch(rf"options-tour_{event.step:06d}_{event.prompt_index:02d}_"
+        num = f"e{event.epoch:06d}" if event.epoch is not None else f"{event.step:06d}"
+        assert re.fullmatch(rf"options-tour_{num}_{event.prompt_index:02d}_"
                             r"\d{14}_\d+\.png", path.name), path.name
         with Image.open(path) as image:
             assert image.size == (64, 64)
