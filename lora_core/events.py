@@ -60,6 +60,8 @@ class StepEnded(Event):
     lrs: dict[str, float]
     it_per_s: float
     eta_s: float
+    # Other per-step measurements, e.g. max_norm/keys_scaled with scale_weight_norms.
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -146,16 +146,17 @@ class NetworkSection:
         None, "Rank for 3x3 convolutions (LoCon, LoHa, LoKr; unset: network_dim for those, "
         "none for LoRA).", min=1, max=1024)
     conv_alpha: float | None = setting(
-        None, "Alpha for 3x3 convolutions (unset: 1 for LoCon, network_alpha for LoHa/LoKr).",
-        min=0.0)
+        None, "Alpha for 3x3 convolutions (unset: network_alpha when conv_dim is unset too; "
+        "with conv_dim set, 1 for LoCon as in sd-scripts and network_alpha for LoHa/LoKr as "
+        "in LyCORIS).", min=0.0)
     network_dropout: float | None = setting(
-        None, "Dropout on the LoRA down projection's output (unset: none).", min=0.0, max=1.0)
+        None, "Dropout on the LoRA down projection's output (unset: none).", min=0.0, max=0.99)
     rank_dropout: float | None = setting(
         None, "Drop this share of rank channels per sample each step (unset: none).",
-        min=0.0, max=1.0)
+        min=0.0, max=0.99)
     module_dropout: float | None = setting(
         None, "Skip each LoRA module with this chance each step (unset: none).", min=0.0,
-        max=1.0)
+        max=0.99)
     factor: int = setting(
         -1, "LoKr: split each weight into a Kronecker product with this factor "
         "(-1: as balanced as possible).", min=-1)
@@ -627,6 +628,27 @@ def _apply_network_args(profile: Profile, raw_network: Any, errors: list[str]) -
     elif algo is not None and algo != net.network_module:
         errors.append(f"`[network] network_args` algo={algo} conflicts with network_module = "
                       f"{_fmt(net.network_module)}; set the type in network_module only")
+
+
+def conv_rank_and_alpha(net: NetworkSection) -> tuple[int | None, float | None]:
+    """(rank, alpha) for 3x3 convolutions, or (None, None) when none are trained.
+
+    * LoRA: none (``conv_dim`` is refused by the profile check).
+    * LoCon, LoHa, LoKr with ``conv_dim`` unset: ``network_dim`` and (``conv_alpha`` unset)
+      ``network_alpha`` — LyCORIS' defaults (its kohya wrapper reads
+      ``conv_dim = network_dim``, ``conv_alpha = network_alpha``).
+    * ``conv_dim`` set, ``conv_alpha`` unset: 1 for LoCon, as sd-scripts' networks.lora
+      (``conv_alpha`` defaults to 1 there); ``network_alpha`` for LoHa / LoKr (LyCORIS).
+    """
+    if net.network_module == "LoRA":
+        return None, None
+    if net.conv_alpha is not None:
+        alpha = float(net.conv_alpha)
+    elif net.conv_dim is not None and net.network_module == "LoCon":
+        alpha = 1.0
+    else:
+        alpha = float(net.network_alpha)
+    return (net.conv_dim if net.conv_dim is not None else net.network_dim), alpha
 
 
 def parse_resolution(value: int | str) -> tuple[int, int] | None:

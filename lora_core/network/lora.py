@@ -1,21 +1,23 @@
-"""LoRA modules and the network that holds them.
+"""The LoRA module (also LoCon's), and the LoRA-only network kept for older callers.
 
 The maths (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models"), as
 sd-scripts' networks.lora implements it and as A1111 / ComfyUI / diffusers read it back:
 
-    y = W x + up(dropout(down(x))) · multiplier · scale,    scale = alpha / rank
+    y = W x + up(drop(down(x))) · multiplier · scale,    scale = alpha / rank
 
 * ``down``: Linear(in → rank), or for a conv a Conv2d(in → rank) with the original kernel,
   stride, padding and dilation. Initialised Kaiming-uniform with a = √5 (nn.Linear's default).
 * ``up``: Linear(rank → out) or a 1x1 Conv2d. Initialised to **zeros**, so an untrained
   network changes nothing (ΔW = 0 at step 0).
 * ΔW for merging: ``up @ down · scale`` (1x1 convs squeezed; 3x3 convs composed as a conv).
-* ``alpha`` is a 0-d buffer saved with the weights; rank is read from the weight shapes.
+* ``alpha`` is a 0-d buffer saved with the weights; alpha 0/None means alpha = rank.
+* Dropouts (training only, kohya-compat.md §6.4): ``dropout`` on ``down(x)``;
+  ``rank_dropout`` p zeroes each rank channel of ``down(x)`` per sample with probability p
+  and multiplies the scale by 1/(1−p) ("as if the rank were changed", sd-scripts);
+  ``module_dropout`` skips the module.
 
-The original module's weights are never touched: each LoRA module replaces its target's
-``forward`` with one that adds the low-rank branch. The network's ``state_dict()`` keys are
-exactly the kohya file keys (``<lora_name>.lora_down.weight``, ``.lora_up.weight``,
-``.alpha``).
+LoCon is the same module on more layers (3x3 convolutions too); the file keys are the same:
+``<lora_name>.lora_down.weight``, ``.lora_up.weight``, ``.alpha``.
 """
 
 from __future__ import annotations
@@ -26,16 +28,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lora_core.network.adapter import AdapterModule, AdapterNetwork
 from lora_core.network.naming import Target, text_encoder_targets, unet_targets
 
 
-class LoRAModule(nn.Module):
+class LoRAModule(AdapterModule):
     """A low-rank update ``up(down(x)) · alpha/rank`` added to one Linear or Conv2d."""
 
-    def __init__(self, lora_name: str, org_module: nn.Module, rank: int, alpha: float,
-                 dropout: float | None = None, multiplier: float = 1.0) -> None:
-        super().__init__()
-        self.lora_name = lora_name
+    kind = "LoRA"
+
+    def __init__(self, lora_name: str, org_module: nn.Module, rank: int, alpha: float | None,
+                 dropout: float | None = None, multiplier: float = 1.0,
+                 rank_dropout: float | None = None,
+                 module_dropout: float | None = None) -> None:
+        super().__init__(lora_name, org_module, multiplier, dropout, rank_dropout,
+                         module_dropout)
         if isinstance(org_module, nn.Conv2d):
             self.lora_down = nn.Conv2d(org_module.in_channels, rank, org_module.kernel_size,
                                        org_module.stride, org_module.padding,
@@ -50,32 +57,33 @@ class LoRAModule(nn.Module):
         self.register_buffer("alpha", torch.tensor(alpha))
         self.rank = rank
         self.scale = alpha / rank
-        self.dropout = dropout
-        self.multiplier = multiplier
-        # A plain list keeps the original out of this module's parameters and state dict.
-        self._org: list[nn.Module] = [org_module]
-        self._org_forward = None
 
-    def apply_to(self) -> None:
-        org = self._org[0]
-        self._org_forward = org.forward
-        org.forward = self.forward
-
-    def remove(self) -> None:
-        if self._org_forward is not None:
-            self._org[0].forward = self._org_forward
-            self._org_forward = None
+    def refresh_scale(self) -> None:
+        self.scale = float(self.alpha) / self.rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self._org_forward(x)
+        if self.module_dropped():
+            return base
         lx = self.lora_down(x.to(self.lora_down.weight.dtype))
         if self.dropout and self.training:
             lx = nn.functional.dropout(lx, p=self.dropout)
+        scale = self.scale
+        if self.rank_dropout and self.training:
+            # One keep/drop draw per (sample, rank channel), shared over tokens or pixels.
+            keep = torch.rand(lx.shape[0], self.rank, device=lx.device) > self.rank_dropout
+            keep = keep.to(lx.dtype)
+            if lx.dim() == 3:        # text encoder: (batch, tokens, rank)
+                keep = keep.unsqueeze(1)
+            elif lx.dim() == 4:      # conv: (batch, rank, height, width)
+                keep = keep.unsqueeze(-1).unsqueeze(-1)
+            lx = lx * keep
+            scale = scale / (1.0 - self.rank_dropout)
         lx = self.lora_up(lx)
-        return base + (lx * (self.multiplier * self.scale)).to(base.dtype)
+        return base + (lx * (self.multiplier * scale)).to(base.dtype)
 
     def delta_weight(self) -> torch.Tensor:
-        """ΔW this module adds to its target's weight (for tests and merging)."""
+        """ΔW this module adds to its target's weight (for tests, max-norm and merging)."""
         down, up = self.lora_down.weight, self.lora_up.weight
         if down.dim() == 2:
             return up @ down * self.scale
@@ -84,10 +92,14 @@ class LoRAModule(nn.Module):
                 .unsqueeze(2).unsqueeze(3) * self.scale
         return nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3) * self.scale
 
+    def factors(self) -> list[nn.Parameter]:
+        return [self.lora_down.weight, self.lora_up.weight]
+
 
 @dataclass
 class NetworkShape:
-    """The shape of a LoRA network: what the profile's [network] section asks for."""
+    """A plain LoRA/LoCon network's shape (older callers; build.build_network reads the
+    profile's [network] section directly)."""
 
     rank: int
     alpha: float
@@ -96,47 +108,32 @@ class NetworkShape:
     dropout: float | None = None
     train_unet: bool = True
     train_text_encoder: bool = True
+    rank_dropout: float | None = None
+    module_dropout: float | None = None
 
 
-class LoRANetwork(nn.Module):
+class LoRANetwork(AdapterNetwork):
     """All LoRA modules of one model, registered under their kohya names."""
 
     def __init__(self, unet: nn.Module, text_encoders: list[nn.Module], shape: NetworkShape,
                  text_encoder_prefixes: list[str] | None = None) -> None:
-        super().__init__()
+        super().__init__("LoCon" if shape.conv_rank is not None else "LoRA")
         self.shape = shape
-        self.text_encoder_names: list[str] = []
-        self.unet_names: list[str] = []
         if shape.train_text_encoder:
             prefixes = text_encoder_prefixes or ["lora_te"] * len(text_encoders)
             for encoder, prefix in zip(text_encoders, prefixes, strict=True):
                 for target in text_encoder_targets(encoder, prefix):
-                    self._add(target, shape)
-                    self.text_encoder_names.append(target.lora_name)
+                    self.add(self._module(target, shape), text_encoder=True)
         if shape.train_unet:
             for target in unet_targets(unet, with_conv=shape.conv_rank is not None):
-                self._add(target, shape)
-                self.unet_names.append(target.lora_name)
+                self.add(self._module(target, shape), text_encoder=False)
 
-    def _add(self, target: Target, shape: NetworkShape) -> None:
+    @staticmethod
+    def _module(target: Target, shape: NetworkShape) -> LoRAModule:
         if target.is_conv3x3:
             rank = shape.conv_rank
             alpha = shape.conv_alpha if shape.conv_alpha is not None else 1.0
         else:
             rank, alpha = shape.rank, shape.alpha
-        self.add_module(target.lora_name,
-                        LoRAModule(target.lora_name, target.module, rank, alpha, shape.dropout))
-
-    def lora_modules(self) -> list[LoRAModule]:
-        return [m for m in self.children() if isinstance(m, LoRAModule)]
-
-    def apply_to(self) -> None:
-        for module in self.lora_modules():
-            module.apply_to()
-
-    def remove(self) -> None:
-        for module in self.lora_modules():
-            module.remove()
-
-    def parameters_of(self, names: list[str]) -> list[nn.Parameter]:
-        return [p for name in names for p in getattr(self, name).parameters()]
+        return LoRAModule(target.lora_name, target.module, rank, alpha, shape.dropout,
+                          rank_dropout=shape.rank_dropout, module_dropout=shape.module_dropout)

@@ -13,6 +13,12 @@ parse these names:
   whatever version is installed: transformers >= 5.6 dropped the ``text_model`` wrapper, and
   files without the ``text_model_`` segment do not load in A1111 or ComfyUI.
 
+The same targets serve every network type (LoCon, LoHa and LoKr all use the conv set).
+LyCORIS' kohya wrapper names modules from the live module paths, so under transformers 5 it
+would write ``lora_te_encoder_layers_…`` — one reason these types are implemented here; its
+default "full" preset also wraps ``conv_in``, ``conv_out`` and ``time_embedding.linear_1/2``,
+which sd-scripts (kohya-compat.md §6.1) and this module leave out.
+
 Nothing here changes a model; it only finds modules and names them.
 """
 

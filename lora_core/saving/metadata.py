@@ -18,7 +18,7 @@ from typing import Any
 
 from lora_core import __version__
 from lora_core.dataset.plan import TrainingPlan
-from lora_core.profile import Profile, parse_resolution
+from lora_core.profile import Profile, conv_rank_and_alpha, parse_resolution
 
 
 @dataclass
@@ -188,14 +188,10 @@ def network_module_and_args(profile: Profile) -> tuple[str, dict[str, str]]:
     args: dict[str, str] = {}
     if kind in ("LoHa", "LoKr"):
         args["algo"] = kind.lower()
-    if kind != "LoRA":
-        conv_dim = net.conv_dim if net.conv_dim is not None else (
-            net.network_dim if kind != "LoCon" else None)
-        if conv_dim is not None:
-            default_alpha = 1.0 if kind == "LoCon" else net.network_alpha
-            args["conv_dim"] = str(conv_dim)
-            args["conv_alpha"] = str(net.conv_alpha if net.conv_alpha is not None
-                                     else default_alpha)
+    conv_dim, conv_alpha = conv_rank_and_alpha(net)
+    if conv_dim is not None:
+        args["conv_dim"] = str(conv_dim)
+        args["conv_alpha"] = str(conv_alpha)
     if kind == "LoKr":
         args["factor"] = str(net.factor)
     for section, keys in ((net, ("rank_dropout", "module_dropout", "block_dims", "block_alphas",

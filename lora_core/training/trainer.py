@@ -29,7 +29,10 @@ from lora_core.dataset.plan import TrainingPlan, epoch_batches
 from lora_core.errors import DatasetError, TrainingError
 from lora_core.events import CheckpointSaved, EpochEnded, EventBus, PhaseChanged, StepEnded
 from lora_core.models.families import ModelBundle
-from lora_core.network.lora import LoRANetwork, NetworkShape
+from lora_core.network.adapter import AdapterNetwork
+from lora_core.network.blocks import block_lr_weights
+from lora_core.network.build import build_network
+from lora_core.network.max_norm import apply_max_norm
 from lora_core.network.weights import load_network_weights
 from lora_core.profile import Profile
 from lora_core.saving import lora_file, names
@@ -92,18 +95,18 @@ def _setup_models(bundle: ModelBundle, profile: Profile, device: torch.device) -
     return weight_dtype
 
 
-def _setup_network(bundle: ModelBundle, profile: Profile, device: torch.device) -> LoRANetwork:
-    net = profile.network
-    shape = NetworkShape(rank=net.network_dim, alpha=net.network_alpha, conv_rank=net.conv_dim,
-                         conv_alpha=net.conv_alpha, dropout=net.network_dropout,
-                         train_unet=not net.network_train_text_encoder_only,
-                         train_text_encoder=not net.network_train_unet_only)
-    network = LoRANetwork(bundle.unet, bundle.text_encoders, shape)
+def _setup_network(bundle: ModelBundle, profile: Profile, device: torch.device) -> AdapterNetwork:
+    """The LoRA / LoCon / LoHa / LoKr network, started from network_weights if given."""
+    opt = profile.optimizer
+    lr_weights = block_lr_weights(opt.down_lr_weight, opt.mid_lr_weight, opt.up_lr_weight,
+                                  opt.block_lr_zero_threshold)
+    network = build_network(bundle.unet, bundle.text_encoders, profile.network, lr_weights)
     weights = profile.path("network", "network_weights")
     if weights is not None:
         load_network_weights(network, weights)
     network.to(device, torch.float32)
     network.apply_to()
+    network.train()  # the adapters' dropouts act in training only (previews switch it off)
     return network
 
 
@@ -241,12 +244,19 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            metrics = {}
+            if profile.optimizer.scale_weight_norms:
+                scaled, mean_norm, max_norm = apply_max_norm(
+                    network, profile.optimizer.scale_weight_norms)
+                metrics = {"max_norm/keys_scaled": scaled, "max_norm/average_key_norm": mean_norm,
+                           "max_norm/max_key_norm": max_norm}
             state.step += 1
             state.losses.append(step_loss)
             now = time.perf_counter()
             step_times.append(now - last_step_at)
             last_step_at = now
-            emit(_step_event(state, total_steps, total_epochs, optimizer, step_times))
+            emit(_step_event(state, total_steps, total_epochs, optimizer, scheduler, step_times,
+                             metrics))
             if main:
                 previews.after_step(state.step)
             if state.step in plan.step_save_points and main:
@@ -348,10 +358,17 @@ def _avg(losses: deque) -> float:
 
 
 def _step_event(state: TrainState, total_steps: int, total_epochs: int,
-                optimizer: torch.optim.Optimizer, step_times: deque) -> StepEnded:
+                optimizer: torch.optim.Optimizer, scheduler, step_times: deque,
+                metrics: dict[str, float]) -> StepEnded:
     seconds = sum(step_times) / len(step_times)
-    lrs = {f"lr/{g['name']}": float(g["lr"]) for g in optimizer.param_groups}
+    # The scheduler's rates, not the groups': AdaFactor's relative step keeps lr None in its
+    # groups and only its schedule knows the rate it used.
+    lrs = {f"lr/{g['name']}": float(lr)
+           for g, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True)}
+    for g in optimizer.param_groups:
+        if "d" in g:  # D-Adaptation / Prodigy: the step size they found (sd-scripts logs it)
+            lrs[f"lr/d*lr/{g['name']}"] = float(g["d"]) * float(g["lr"])
     return StepEnded(step=state.step, total_steps=total_steps, epoch=state.epoch + 1,
                      total_epochs=total_epochs, loss=state.losses[-1], avg_loss=_avg(state.losses),
                      lrs=lrs, it_per_s=1.0 / seconds if seconds > 0 else 0.0,
-                     eta_s=(total_steps - state.step) * seconds)
+                     eta_s=(total_steps - state.step) * seconds, metrics=metrics)

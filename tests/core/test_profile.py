@@ -208,7 +208,7 @@ def test_network_args_are_read_into_their_fields():
                                             "network_args": ["conv_dim=4"]}})
     assert "conflicts with `[network] conv_dim`" in msg
     msg = errors_of({**MINIMAL, "network": {"network_args": ["rank_dropout=2"]}})
-    assert "rank_dropout" in msg and "between 0.0 and 1.0" in msg
+    assert "rank_dropout" in msg and "between 0.0 and 0.99" in msg
 
 
 def test_rules_between_the_option_fields():

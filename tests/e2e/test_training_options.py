@@ -133,7 +133,7 @@ def test_network_weights_start_from_an_existing_file(train, tmp_path):
 
 
 def test_locon_file_has_conv_modules_that_diffusers_applies(train):
-    _, out = train("locon", network={"conv_dim": 4, "conv_alpha": 2.0})
+    _, out = train("locon", network={"network_module": "LoCon", "conv_dim": 4, "conv_alpha": 2.0})
     keys = keys_of(out / "locon.safetensors")
     assert "lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight" in keys
     tensors, meta = read_lora(out / "locon.safetensors")
