@@ -203,9 +203,10 @@ class OptimizerSection:
         "AdamW8bit", "Optimizer: AdamW8bit (less memory), AdamW, Lion, Prodigy / DAdaptation "
         "(find their own step size: learning_rate 1.0), AdaFactor, ...",
         choices=SUPPORTED_OPTIMIZERS)
-    optimizer_args: list[str] = setting(
-        ["weight_decay=0.1", "betas=0.9,0.99"],
-        "Extra optimizer arguments as \"name=value\" strings.")
+    optimizer_args: list[str] | None = setting(
+        None, "Extra optimizer arguments as \"name=value\" strings (unset: weight_decay=0.1 "
+        "and betas=0.9,0.99 for the AdamW optimizers, as LoRA Easy Training Scripts sets them; "
+        "none for the others).")
     learning_rate: float = setting(1e-4, "Base learning rate.", min=0.0)
     unet_lr: float | None = setting(None, "U-Net learning rate (unset: learning_rate).", min=0.0)
     text_encoder_lr: float | None = setting(
@@ -703,10 +704,13 @@ def cross_field_errors(p: Profile) -> list[str]:
     if opt.lr_warmup_steps >= 1 and opt.lr_warmup_steps != int(opt.lr_warmup_steps):
         errors.append(f"`[optimizer] lr_warmup_steps` = {_fmt(opt.lr_warmup_steps)}: use a whole "
                       "number of steps, or a ratio below 1")
-    from lora_core.training.optimizer_args import parse_optimizer_args  # pure Python
+    from lora_core.training.optimizer_args import (  # pure Python
+        optimizer_args_list,
+        parse_optimizer_args,
+    )
 
     try:
-        args = parse_optimizer_args(opt.optimizer_args)
+        args = parse_optimizer_args(optimizer_args_list(opt))
     except ProfileError as exc:
         errors.append(exc.message)
     else:

@@ -19,6 +19,7 @@ from lora_core.events import (
     RunFailed,
     RunFinished,
     RunStarted,
+    SampleSaved,
     StepEnded,
     WarningIssued,
 )
@@ -67,6 +68,8 @@ class ProgressPrinter:
                        f"average loss {event.avg_loss:.4f}")
         elif isinstance(event, CheckpointSaved):
             self._line(f"saved {event.path}")
+        elif isinstance(event, SampleSaved):
+            self._line(f"sample {event.prompt_index} at step {event.step}: {event.path}")
         elif isinstance(event, RunFinished):
             self._close()
             state = "stopped early" if event.interrupted else "finished"

@@ -36,6 +36,7 @@ from lora_core.training.optimizer_args import (
     adafactor_relative_step,
     effective_optimizer_args,
     group_learning_rates,
+    optimizer_args_list,
     loraplus_ratios,
 )
 
@@ -207,9 +208,27 @@ def build_optimizer(groups: list[ParamGroupSpec], opt: OptimizerSection
     try:
         return cls(torch_groups, lr=lr, **kwargs)
     except (TypeError, ValueError) as exc:
-        raise ProfileError(f"`[optimizer] optimizer_args` {opt.optimizer_args} do not fit "
+        raise ProfileError(f"`[optimizer] optimizer_args` {optimizer_args_list(opt)} do not fit "
                            f"{name}: {exc}",
                            "remove or correct the argument named above") from None
+
+
+def check_optimizer(opt: OptimizerSection) -> None:
+    """Before the model loads: the optimizer's package imports and takes every argument the
+    profile gives it (a misspelt or foreign argument would otherwise fail minutes later)."""
+    import inspect
+
+    cls = _optimizer_class(opt.optimizer_type)
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in effective_optimizer_args(opt) if k not in params]
+    if unknown:
+        accepted = ", ".join(k for k in params if k not in ("self", "params", "lr"))
+        raise ProfileError(
+            f"`[optimizer] optimizer_args` {optimizer_args_list(opt)}: {opt.optimizer_type} "
+            f"takes no argument {', '.join(repr(k) for k in unknown)}",
+            f"remove it; {opt.optimizer_type} accepts: {accepted}")
 
 
 def optimizer_description(opt: OptimizerSection) -> str:

@@ -49,11 +49,24 @@ ONE_LR_ONLY = ("DAdaptation", "DAdaptAdamPreprint", "DAdaptAdam", "DAdaptLion", 
                "Prodigy")
 
 
+# The arguments LoRA Easy Training Scripts fills in for the AdamW family; other optimizers
+# take different ones (AdaFactor has no betas), so they get none unless the profile says.
+ADAMW_FAMILY = ("AdamW", "AdamW8bit", "PagedAdamW8bit", "PagedAdamW", "PagedAdamW32bit")
+ADAMW_DEFAULT_ARGS = ("weight_decay=0.1", "betas=0.9,0.99")
+
+
+def optimizer_args_list(opt: OptimizerSection) -> list[str]:
+    """The profile's optimizer_args, or the defaults for its optimizer when unset."""
+    if opt.optimizer_args is not None:
+        return list(opt.optimizer_args)
+    return list(ADAMW_DEFAULT_ARGS) if opt.optimizer_type in ADAMW_FAMILY else []
+
+
 def effective_optimizer_args(opt: OptimizerSection) -> dict[str, Any]:
     """The keyword arguments the optimizer gets, with the defaults sd-scripts adds
     (§8.1): ``momentum=0.9`` for the Nesterov SGDs (Nesterov needs momentum) and
     ``relative_step=True`` for AdaFactor. ``nesterov=True`` is passed separately."""
-    args = parse_optimizer_args(opt.optimizer_args)
+    args = parse_optimizer_args(optimizer_args_list(opt))
     if opt.optimizer_type in ("SGDNesterov", "SGDNesterov8bit"):
         args.setdefault("momentum", 0.9)
     elif opt.optimizer_type == "AdaFactor":

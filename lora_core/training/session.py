@@ -64,6 +64,9 @@ def check_machine(profile: Profile) -> None:
     """Settings this machine cannot run, found before the model loads (exit code 2)."""
     import torch
 
+    from lora_core.training.optim import check_optimizer
+
+    check_optimizer(profile.optimizer)
     if profile.training.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ProfileError(
             "`[training] mixed_precision` = \"fp16\" needs a CUDA GPU, and none was found",

@@ -312,3 +312,16 @@ def test_advisories_import_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_arguments_an_optimizer_does_not_take_are_refused_before_the_model_loads():
+    from lora_core.training.optim import check_optimizer
+
+    adafactor = OptimizerSection(optimizer_type="AdaFactor", lr_scheduler="adafactor",
+                                 optimizer_args=["betas=0.9,0.99"])
+    with pytest.raises(ProfileError) as info:
+        check_optimizer(adafactor)
+    assert "takes no argument 'betas'" in info.value.message and "beta1" in info.value.hint
+    check_optimizer(OptimizerSection(optimizer_type="AdamW"))  # the AdamW defaults fit
+    # unset optimizer_args: the AdamW defaults are not given to other optimizers
+    check_optimizer(OptimizerSection(optimizer_type="AdaFactor", lr_scheduler="adafactor"))
