@@ -36,8 +36,8 @@ from lora_core.training.optimizer_args import (
     adafactor_relative_step,
     effective_optimizer_args,
     group_learning_rates,
-    optimizer_args_list,
     loraplus_ratios,
+    optimizer_args_list,
 )
 
 # optimizer_type → (module, class, pip package that provides it).

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import tomli_w
+import torch
 from safetensors import safe_open
 
 from lora_core.events import EventBus, RunFinished, StepEnded
