@@ -240,6 +240,21 @@ def _checkpoint_section(plan: TrainingPlan) -> list[str]:
     return lines
 
 
+def _sample_section(plan: TrainingPlan, profile: Profile) -> list[str]:
+    from lora_core.training.sample_prompts import sample_points  # torch-free
+
+    sample = profile.sample
+    if not sample.sample_prompts:
+        return ["  sample images: none ([sample] sample_prompts unset)"]
+    points = sample_points(sample, plan.max_train_steps, plan.steps_per_epoch, plan.num_epochs)
+    if not points:
+        return ["  sample images: none (set sample_every_n_steps, sample_every_n_epochs or "
+                "sample_at_first)"]
+    shown = ", ".join(str(p) for p in points[:12]) + (" ..." if len(points) > 12 else "")
+    return _wrap(f"sample images ({sample.sample_sampler}) in sample/ after step(s): {shown}"
+                 " (0 = before training)", indent="    ")
+
+
 def render_check_report(scan: DatasetScan, plan: TrainingPlan | None, profile: Profile,
                         found: list[str] | None = None, notes: list[str] | None = None) -> str:
     """The full check report. ``plan`` may be None when it could not be made (for
@@ -271,7 +286,7 @@ def render_check_report(scan: DatasetScan, plan: TrainingPlan | None, profile: P
         lines += ["", "Buckets (samples per epoch, with repeats)", *_bucket_section(plan)]
         lines += ["", "Steps", *_steps_section(plan)]
         lines += ["", f"Files written to {profile.saving.output_dir or '(output_dir unset)'}",
-                  *_checkpoint_section(plan)]
+                  *_checkpoint_section(plan), *_sample_section(plan, profile)]
     else:
         lines += ["", "No training plan: the dataset has no usable training images."]
     if found is None:

@@ -319,6 +319,20 @@ def should_sample(sample: SampleSection, *, step: int | None = None, epoch: int 
     return False
 
 
+def sample_points(sample: SampleSection, max_train_steps: int, steps_per_epoch: int,
+                  num_epochs: int) -> list[int]:
+    """The global steps after which preview images are made (0: before the first step), in
+    the order the loop reaches them: what :func:`should_sample` will answer in a run."""
+    points = [0] if should_sample(sample, first=True) else []
+    for step in range(1, max_train_steps + 1):
+        if should_sample(sample, step=step):
+            points.append(step)
+    for epoch in range(1, num_epochs + 1):
+        if should_sample(sample, epoch=epoch):
+            points.append(min(epoch * steps_per_epoch, max_train_steps))
+    return sorted(points)
+
+
 def sample_file_name(output_name: str, *, step: int, epoch: int | None, index: int,
                      timestamp: float, seed: int | None) -> str:
     """``<output_name>_<e######|######>_<NN>_<YYYYmmddHHMMSS>[_<seed>].png`` (§9).

@@ -47,6 +47,14 @@ def test_sample_images_at_first_and_every_20_steps(tour):
         with Image.open(path) as image:
             assert image.size == (64, 64)
     assert snapshot(tour["dataset"]) == tour["before"]
+    # `lora-train check` announces exactly the sampling points the run used
+    from lora_core.profile_io import load_profile
+    from lora_core.training.sample_prompts import sample_points
+
+    profile = load_profile(TOUR)
+    assert sample_points(profile.sample, 40, 20, 2) == sorted({e.step for e in samples})
+    check = run_cli("check", str(TOUR))
+    assert "after step(s): 0, 20, 40" in check.stdout
 
 
 def test_schedule_and_metadata_record_the_options(tour):
