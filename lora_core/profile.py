@@ -780,6 +780,27 @@ def _network_errors(p: Profile) -> list[str]:
                          opt.block_lr_zero_threshold)
     except ProfileError as exc:
         errors.append(exc.message)
+    opt = p.optimizer
+    for key in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio"):
+        if getattr(opt, key) == 0:
+            errors.append(f"`[optimizer] {key}` = 0 would freeze the up matrices, which start "
+                          "at zero, so nothing would be learned: use a ratio above 0 (16 is "
+                          "the LoRA+ paper's) or leave it unset")
+    if net.module_dropout and opt.optimizer_type == "AdaFactor":
+        from lora_core.training.optimizer_args import (  # pure Python
+            adafactor_relative_step,
+            effective_optimizer_args,
+        )
+
+        try:
+            relative = adafactor_relative_step(effective_optimizer_args(opt))
+        except ProfileError:
+            relative = False  # the bad argument is reported on its own
+        if relative:
+            errors.append("`[network] module_dropout` cannot be used with AdaFactor's relative "
+                          "step: a skipped module leaves its group without gradients, which "
+                          "transformers' AdafactorSchedule cannot report; add "
+                          "\"relative_step=False\" to optimizer_args or remove module_dropout")
     if net.block_alphas and not net.block_dims:
         errors.append("`[network] block_alphas` needs block_dims")
     if net.conv_block_alphas and not net.conv_block_dims:

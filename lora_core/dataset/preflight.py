@@ -41,9 +41,13 @@ def input_problems(profile: Profile) -> list[str]:
         problem = lora_file_problem(weights)
         if problem:
             found.append(f"`[network] network_weights` {problem}")
+    from lora_core.training.optimizer_args import missing_optimizer_package  # torch-free
     from lora_core.training.sample_prompts import check_sample_prompts  # torch-free
 
     found.extend(check_sample_prompts(profile))
+    missing = missing_optimizer_package(profile.optimizer)
+    if missing:
+        found.append(missing)
     output_dir = profile.path("saving", "output_dir")
     for key in ("train_data_dir", "reg_data_dir"):
         data_dir = profile.path("dataset", key)

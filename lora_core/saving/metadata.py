@@ -218,9 +218,10 @@ def modelspec(profile: Profile, title: str, width: int, height: int) -> dict[str
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.date": datetime.now().replace(microsecond=0).isoformat(),
         "modelspec.prediction_type": "v" if profile.model.v_parameterization else "epsilon",
-        "modelspec.encoder_layer": str(profile.model.clip_skip),
         "modelspec.implementation_version": f"lora-tui/{__version__}",
     }
+    if profile.model.clip_skip != 1:  # sd-scripts writes it only when clip_skip is given
+        spec["modelspec.encoder_layer"] = str(profile.model.clip_skip)
     tr = profile.training
     if (tr.min_timestep, tr.max_timestep) != (0, 1000):
         spec["modelspec.timestep_range"] = f"{tr.min_timestep},{tr.max_timestep}"

@@ -33,6 +33,7 @@ from lora_core.network.blocks import block_index, block_lr_weights
 from lora_core.profile import OptimizerSection
 from lora_core.training.optimizer_args import (
     ONE_LR_ONLY,
+    OPTIMIZER_CLASSES,  # noqa: F401 (re-export)
     adafactor_relative_step,
     effective_optimizer_args,
     group_learning_rates,
@@ -41,28 +42,6 @@ from lora_core.training.optimizer_args import (
 )
 
 # optimizer_type → (module, class, pip package that provides it).
-OPTIMIZER_CLASSES: dict[str, tuple[str, str, str]] = {
-    "AdamW": ("torch.optim", "AdamW", "torch"),
-    "AdamW8bit": ("bitsandbytes.optim", "AdamW8bit", "bitsandbytes"),
-    "PagedAdamW8bit": ("bitsandbytes.optim", "PagedAdamW8bit", "bitsandbytes"),
-    "PagedAdamW": ("bitsandbytes.optim", "PagedAdamW", "bitsandbytes"),
-    "PagedAdamW32bit": ("bitsandbytes.optim", "PagedAdamW32bit", "bitsandbytes"),
-    "Lion": ("lion_pytorch", "Lion", "lion-pytorch"),
-    "Lion8bit": ("bitsandbytes.optim", "Lion8bit", "bitsandbytes"),
-    "PagedLion8bit": ("bitsandbytes.optim", "PagedLion8bit", "bitsandbytes"),
-    "SGDNesterov": ("torch.optim", "SGD", "torch"),
-    "SGDNesterov8bit": ("bitsandbytes.optim", "SGD8bit", "bitsandbytes"),
-    "DAdaptation": ("dadaptation.experimental", "DAdaptAdamPreprint", "dadaptation"),
-    "DAdaptAdamPreprint": ("dadaptation.experimental", "DAdaptAdamPreprint", "dadaptation"),
-    "DAdaptAdaGrad": ("dadaptation", "DAdaptAdaGrad", "dadaptation"),
-    "DAdaptAdam": ("dadaptation", "DAdaptAdam", "dadaptation"),
-    "DAdaptAdan": ("dadaptation", "DAdaptAdan", "dadaptation"),
-    "DAdaptAdanIP": ("dadaptation.experimental", "DAdaptAdanIP", "dadaptation"),
-    "DAdaptLion": ("dadaptation", "DAdaptLion", "dadaptation"),
-    "DAdaptSGD": ("dadaptation", "DAdaptSGD", "dadaptation"),
-    "Prodigy": ("prodigyopt", "Prodigy", "prodigyopt"),
-    "AdaFactor": ("transformers.optimization", "Adafactor", "transformers"),
-}
 # Both get nesterov=True as in sd-scripts; bitsandbytes' SGD8bit (0.50) accepts the flag but
 # runs plain momentum SGD, so SGDNesterov8bit is Nesterov in name only (there as here).
 NESTEROV = ("SGDNesterov", "SGDNesterov8bit")

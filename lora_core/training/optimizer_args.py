@@ -49,6 +49,45 @@ ONE_LR_ONLY = ("DAdaptation", "DAdaptAdamPreprint", "DAdaptAdam", "DAdaptLion", 
                "Prodigy")
 
 
+# optimizer_type → (module, class, pip package that provides it). Pure data, so that
+# `lora-train check` can tell a missing package without importing torch.
+OPTIMIZER_CLASSES: dict[str, tuple[str, str, str]] = {
+    "AdamW": ("torch.optim", "AdamW", "torch"),
+    "AdamW8bit": ("bitsandbytes.optim", "AdamW8bit", "bitsandbytes"),
+    "PagedAdamW8bit": ("bitsandbytes.optim", "PagedAdamW8bit", "bitsandbytes"),
+    "PagedAdamW": ("bitsandbytes.optim", "PagedAdamW", "bitsandbytes"),
+    "PagedAdamW32bit": ("bitsandbytes.optim", "PagedAdamW32bit", "bitsandbytes"),
+    "Lion": ("lion_pytorch", "Lion", "lion-pytorch"),
+    "Lion8bit": ("bitsandbytes.optim", "Lion8bit", "bitsandbytes"),
+    "PagedLion8bit": ("bitsandbytes.optim", "PagedLion8bit", "bitsandbytes"),
+    "SGDNesterov": ("torch.optim", "SGD", "torch"),
+    "SGDNesterov8bit": ("bitsandbytes.optim", "SGD8bit", "bitsandbytes"),
+    "DAdaptation": ("dadaptation.experimental", "DAdaptAdamPreprint", "dadaptation"),
+    "DAdaptAdamPreprint": ("dadaptation.experimental", "DAdaptAdamPreprint", "dadaptation"),
+    "DAdaptAdaGrad": ("dadaptation", "DAdaptAdaGrad", "dadaptation"),
+    "DAdaptAdam": ("dadaptation", "DAdaptAdam", "dadaptation"),
+    "DAdaptAdan": ("dadaptation", "DAdaptAdan", "dadaptation"),
+    "DAdaptAdanIP": ("dadaptation.experimental", "DAdaptAdanIP", "dadaptation"),
+    "DAdaptLion": ("dadaptation", "DAdaptLion", "dadaptation"),
+    "DAdaptSGD": ("dadaptation", "DAdaptSGD", "dadaptation"),
+    "Prodigy": ("prodigyopt", "Prodigy", "prodigyopt"),
+    "AdaFactor": ("transformers.optimization", "Adafactor", "transformers"),
+}
+
+
+def missing_optimizer_package(opt: OptimizerSection) -> str | None:
+    """The problem when the optimizer's package is not installed (found without importing
+    it), else None."""
+    import importlib.util
+
+    module, _cls, package = OPTIMIZER_CLASSES[opt.optimizer_type]
+    if importlib.util.find_spec(module.split(".")[0]) is not None:
+        return None
+    return (f"`[optimizer] optimizer_type` = \"{opt.optimizer_type}\" needs the {package} "
+            f"package, which is not installed: pip install {package} (or choose another "
+            "optimizer)")
+
+
 # The arguments LoRA Easy Training Scripts fills in for the AdamW family; other optimizers
 # take different ones (AdaFactor has no betas), so they get none unless the profile says.
 ADAMW_FAMILY = ("AdamW", "AdamW8bit", "PagedAdamW8bit", "PagedAdamW", "PagedAdamW32bit")

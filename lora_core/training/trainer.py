@@ -92,6 +92,11 @@ def _setup_models(bundle: ModelBundle, profile: Profile, device: torch.device) -
     if profile.training.gradient_checkpointing:
         bundle.unet.enable_gradient_checkpointing()
         bundle.unet.train()  # diffusers only checkpoints in training mode; SD has no dropout
+        if not profile.network.network_train_unet_only:
+            # The text encoder is checkpointed too when it trains (sd-scripts §5.5).
+            for encoder in bundle.text_encoders:
+                encoder.gradient_checkpointing_enable()
+                encoder.train()
     return weight_dtype
 
 
@@ -128,6 +133,11 @@ def _setup_conditioning(accelerator, bundle: ModelBundle, profile: Profile, plan
             latents_from = build_cached_latents(
                 plan, bundle, device, weight_dtype, to_disk=True,
                 vae_batch_size=ds.vae_batch_size, autocast=accelerator.autocast)
+        # Training needs no VAE now: park it on the CPU (preview sampling brings it back)
+        # so its memory goes to the U-Net, as sd-scripts does after caching.
+        bundle.vae.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     else:
         latents_from = VaeLatents(bundle, device, weight_dtype)
     trains_te = not profile.network.network_train_unet_only

@@ -230,6 +230,9 @@ def test_rules_between_the_option_fields():
         ({"sample": {"sample_every_n_steps": 5}}, "sample_prompts is empty"),
         ({"optimizer": {"optimizer_type": "AdaFactor"}}, "lr_scheduler must be \"adafactor\""),
         ({"optimizer": {"lr_scheduler": "adafactor"}}, "only works with optimizer_type"),
+        ({"optimizer": {"loraplus_lr_ratio": 0.0}}, "would freeze the up matrices"),
+        ({"optimizer": {"optimizer_type": "AdaFactor", "lr_scheduler": "adafactor"},
+          "network": {"module_dropout": 0.1}}, "cannot be used with AdaFactor's relative"),
         ({"optimizer": {"optimizer_type": "AdaFactor", "lr_scheduler": "adafactor",
                         "lr_warmup_steps": 10}}, "must be 0"),
         ({"optimizer": {"optimizer_type": "AdaFactor", "lr_scheduler": "constant",
@@ -332,3 +335,17 @@ def test_reference_page_is_generated_from_the_field_declarations():
         f"docs/profile-reference.md is out of date: run `{REGENERATE}`"
     for _section, key, _type, _default, _doc in field_docs():
         assert f"| `{key}` |" in page.read_text(encoding="utf-8"), key
+
+
+def test_check_names_a_missing_optimizer_package_without_importing_it(monkeypatch):
+    import importlib.util
+
+    from lora_core.training.optimizer_args import missing_optimizer_package
+
+    p = profile_from_dict({**MINIMAL, "optimizer": {"optimizer_type": "Prodigy",
+                                                    "learning_rate": 1.0}})
+    assert missing_optimizer_package(p.optimizer) is None  # installed in the dev extra
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "prodigyopt" else real(name, *a))
+    assert "pip install prodigyopt" in missing_optimizer_package(p.optimizer)
