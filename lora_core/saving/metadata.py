@@ -45,7 +45,7 @@ FOLDER_MODE_KEYS = (
     "ss_bucket_no_upscale", "ss_min_bucket_reso", "ss_max_bucket_reso", "ss_keep_tokens",
     "ss_dataset_dirs", "ss_reg_dataset_dirs", "ss_tag_frequency", "ss_bucket_info",
     "ss_keep_tokens_separator", "ss_caption_prefix", "ss_caption_suffix",
-    "ss_secondary_separator", "ss_enable_wildcard", "ss_token_warmup_min",
+    "ss_secondary_separator", "ss_caption_separator", "ss_enable_wildcard", "ss_token_warmup_min",
     "ss_token_warmup_step")
 
 
@@ -151,6 +151,7 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
         "ss_caption_prefix": ds.caption_prefix,
         "ss_caption_suffix": ds.caption_suffix,
         "ss_secondary_separator": ds.secondary_separator,
+        "ss_caption_separator": ds.caption_separator,
         "ss_enable_wildcard": ds.enable_wildcard,
         "ss_token_warmup_min": ds.token_warmup_min,
         "ss_token_warmup_step": ds.token_warmup_step,
