@@ -50,8 +50,21 @@ class ModelSection:
     """The base model."""
 
     pretrained_model_name_or_path: str = setting(
-        "", "Base model: a local diffusers folder, or builtin:tiny-sd1 for smoke runs.",
+        "", "Base model: a single-file checkpoint (.safetensors or .ckpt, as A1111 and ComfyUI "
+        "use), a local diffusers folder, or builtin:tiny-sd1 / builtin:tiny-sdxl for smoke "
+        "runs. SD 1.x, SD 2.x and SDXL are told apart from the weights.",
         path=True, required=True)
+    v2: bool | None = setting(
+        None, "The model is SD 2.x (unset: detected from the weights; set only to confirm, "
+        "as sd-scripts' --v2).")
+    vae: str = setting(
+        "", "A separate VAE (.safetensors/.ckpt file or diffusers folder) to use instead of the "
+        "model's own (empty: the model's).", path=True)
+    no_half_vae: bool = setting(
+        False, "Keep the VAE in float32 under fp16/bf16 (SDXL's VAE makes NaNs in fp16).")
+    tokenizer_cache_dir: str = setting(
+        "", "A folder holding the tokenizers (checkpoints do not contain them); searched before "
+        "the Hugging Face cache.", path=True)
     clip_skip: int = setting(
         1, "Text-encoder layer to use counted from the end: 1 for realistic/base models, "
         "2 for anime (NovelAI-style) models.", min=1, max=12)
@@ -76,7 +89,7 @@ class DatasetSection:
     min_bucket_reso: int = setting(256, "Smallest bucket side in pixels.", min=64)
     max_bucket_reso: int = setting(1024, "Largest bucket side in pixels.", min=64)
     bucket_reso_steps: int = setting(
-        64, "Bucket sides are multiples of this (64 for SD 1.x).", min=8)
+        64, "Bucket sides are multiples of this (64 for SD 1.x/2.x, 32 or 64 for SDXL).", min=8)
     bucket_no_upscale: bool = setting(
         False, "Never enlarge small images; make buckets that fit them.")
     caption_extension: str = setting(".txt", "Caption files are <image name><this extension>.")
@@ -121,6 +134,13 @@ class DatasetSection:
         False, "Keep the latent cache on disk for the next run (implies cache_latents).")
     vae_batch_size: int = setting(1, "Images the VAE encodes at once while caching.", min=1,
                                   max=256)
+    cache_text_encoder_outputs: bool = setting(
+        False, "SDXL: encode every caption once before training (needs "
+        "network_train_unet_only and captions that do not change between steps). Other "
+        "models do this automatically whenever it gives the same result.")
+    cache_text_encoder_outputs_to_disk: bool = setting(
+        False, "Keep the text-encoder cache on disk for the next run (implies "
+        "cache_text_encoder_outputs).")
     prior_loss_weight: float = setting(1.0, "Loss weight of regularization images.", min=0.0)
     max_data_loader_n_workers: int = setting(
         1, "Processes that load images while the GPU trains (0: load in the training process).",

@@ -133,9 +133,9 @@ def cross_field_errors(p: Profile) -> list[str]:
             if ds.max_bucket_reso < max(reso):
                 errors.append(f"`[dataset] max_bucket_reso` = {ds.max_bucket_reso} must not be "
                               f"smaller than the resolution's larger side ({max(reso)})")
-    if ds.enable_bucket and ds.bucket_reso_steps % 64:
+    if ds.enable_bucket and ds.bucket_reso_steps % 32:
         errors.append(f"`[dataset] bucket_reso_steps` = {ds.bucket_reso_steps} must be a "
-                      "multiple of 64 for SD 1.x models")
+                      "multiple of 32 (64 for SD 1.x/2.x models)")
     if ds.caption_extension and not ds.caption_extension.startswith("."):
         errors.append(f"`[dataset] caption_extension` = {_fmt(ds.caption_extension)} must start "
                       "with a dot, like \".txt\"")
@@ -186,6 +186,17 @@ def _dataset_errors(p: Profile) -> list[str]:
                 errors.append(f"`[dataset] {key}` changes the pixels every step, so latents "
                               "cannot be cached: turn off cache_latents / cache_latents_to_disk "
                               f"or {key}")
+    if ds.cache_text_encoder_outputs or ds.cache_text_encoder_outputs_to_disk:
+        if not p.network.network_train_unet_only:
+            errors.append("`[dataset] cache_text_encoder_outputs` needs `[network] "
+                          "network_train_unet_only` = true: a trained text encoder changes "
+                          "its outputs every step")
+        varying = [k for k in ("shuffle_caption", "caption_dropout_rate",
+                               "caption_dropout_every_n_epochs", "caption_tag_dropout_rate",
+                               "token_warmup_step", "enable_wildcard") if getattr(ds, k)]
+        if varying:
+            errors.append(f"`[dataset] cache_text_encoder_outputs` cannot be used with "
+                          f"{', '.join(varying)}: the captions change between steps")
     if ds.token_warmup_step >= 1 and ds.token_warmup_step != int(ds.token_warmup_step):
         errors.append(f"`[dataset] token_warmup_step` = {_fmt(ds.token_warmup_step)}: use a "
                       "whole number of steps, or a ratio below 1")

@@ -48,7 +48,8 @@ def every_field_changed() -> dict:
     """A profile where every field differs from its default, to prove round trips."""
     values = {
         "model": {"pretrained_model_name_or_path": "/m/sd15", "clip_skip": 2,
-                  "v_parameterization": True},
+                  "v_parameterization": True, "v2": True, "vae": "/m/vae.safetensors",
+                  "no_half_vae": True, "tokenizer_cache_dir": "/m/tok"},
         "dataset": {"train_data_dir": "/d/img", "reg_data_dir": "/d/reg", "resolution": "768,512",
                     "enable_bucket": False, "min_bucket_reso": 320, "max_bucket_reso": 960,
                     "bucket_reso_steps": 128, "bucket_no_upscale": True,
@@ -61,6 +62,7 @@ def every_field_changed() -> dict:
                     "enable_wildcard": True, "token_warmup_min": 2, "token_warmup_step": 0.5,
                     "max_token_length": 225, "flip_aug": True, "cache_latents": True,
                     "cache_latents_to_disk": True, "vae_batch_size": 4},
+        # cache_text_encoder_outputs needs static captions: see the exclusive fields
         "network": {"network_module": "LoCon", "network_dim": 8, "network_alpha": 1.5,
                     "conv_dim": 4, "conv_alpha": 2.0, "network_dropout": 0.1,
                     "rank_dropout": 0.2, "module_dropout": 0.3,
@@ -100,15 +102,18 @@ def every_field_changed() -> dict:
 
 # Fields that cannot all differ from their defaults in one profile.
 EXCLUSIVE_FIELDS = {"save_model_as", "network_train_text_encoder_only", "dataset_config",
-                    "color_aug", "random_crop", "factor", "network_args"}
+                    "color_aug", "random_crop", "factor", "network_args",
+                    "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"}
 
 
 def test_round_trip_of_the_exclusive_fields(tmp_path):
     data = {"profile_version": 1,
             "model": {"pretrained_model_name_or_path": "/m/sd15"},
-            "dataset": {"dataset_config": "/d/ds.toml", "color_aug": True, "random_crop": True},
+            "dataset": {"dataset_config": "/d/ds.toml", "color_aug": True, "random_crop": True,
+                        "cache_text_encoder_outputs": True,
+                        "cache_text_encoder_outputs_to_disk": True},
             "network": {"network_module": "LoKr", "factor": 8,
-                        "network_train_text_encoder_only": True},
+                        "network_train_unet_only": True},
             "saving": {"output_dir": "/o"}}
     first = load_profile(write(tmp_path, data))
     assert (first.network.factor, first.dataset.color_aug, first.dataset.random_crop) == \
@@ -225,6 +230,11 @@ def test_rules_between_the_option_fields():
         ({"dataset": {"train_data_dir": "d", "cache_latents": True, "color_aug": True}},
          "cannot be cached"),
         ({"dataset": {"train_data_dir": "d", "max_token_length": 100}}, "75, 150 or 225"),
+        ({"dataset": {"train_data_dir": "d", "cache_text_encoder_outputs": True}},
+         "needs `[network] network_train_unet_only`"),
+        ({"dataset": {"train_data_dir": "d", "cache_text_encoder_outputs": True,
+                      "shuffle_caption": True}, "network": {"network_train_unet_only": True}},
+         "cannot be used with shuffle_caption"),
         ({"dataset": {"train_data_dir": "d", "dataset_config": "c.toml"}}, "not both"),
         ({"dataset": {}}, "train_data_dir` is required"),
         ({"sample": {"sample_every_n_steps": 5}}, "sample_prompts is empty"),
