@@ -36,6 +36,7 @@ class RunInfo:
     max_train_steps: int
     num_epochs: int
     num_processes: int = 1
+    family: str = "sd1"  # "sd1", "sd2" or "sdxl": the loaded model's
 
 
 # Keys sd-scripts writes only when the dataset comes from folders (no dataset_config).
@@ -90,8 +91,9 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
         "ss_network_dropout": net.network_dropout,
         "ss_mixed_precision": tr.mixed_precision,
         "ss_full_fp16": False,
-        "ss_v2": False,
-        "ss_base_model_version": "sd_v1_v" if profile.model.v_parameterization else "sd_v1",
+        "ss_v2": run.family == "sd2",
+        "ss_base_model_version": base_model_version(run.family,
+                                                    profile.model.v_parameterization),
         "ss_clip_skip": profile.model.clip_skip,
         "ss_max_token_length": None if ds.max_token_length == 75 else ds.max_token_length,
         "ss_cache_latents": ds.cache_latents or ds.cache_latents_to_disk,
@@ -176,7 +178,7 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
         for key in FOLDER_MODE_KEYS:
             metadata.pop(key, None)
         metadata.update(datasets_metadata(plan))
-    metadata.update(modelspec(profile, run.output_name, width, height))
+    metadata.update(modelspec(profile, run.output_name, width, height, run.family))
     return metadata
 
 
@@ -210,11 +212,31 @@ def network_module_and_args(profile: Profile) -> tuple[str, dict[str, str]]:
     return module, args
 
 
-def modelspec(profile: Profile, title: str, width: int, height: int) -> dict[str, str]:
+def base_model_version(family: str, v_parameterization: bool) -> str:
+    """``ss_base_model_version`` as sd-scripts writes it (§7.2)."""
+    if family == "sdxl":
+        return "sdxl_base_v1-0"
+    return f"sd_{'v2' if family == 'sd2' else 'v1'}{'_v' if v_parameterization else ''}"
+
+
+def modelspec_architecture(family: str, v_parameterization: bool) -> str:
+    """``modelspec.architecture`` of a LoRA for this base model (SAI ModelSpec, §7.4)."""
+    if family == "sdxl":
+        return "stable-diffusion-xl-v1-base/lora"
+    if family == "sd2":
+        return ("stable-diffusion-v2-768-v/lora" if v_parameterization
+                else "stable-diffusion-v2-512/lora")
+    return "stable-diffusion-v1/lora"
+
+
+def modelspec(profile: Profile, title: str, width: int, height: int,
+              family: str = "sd1") -> dict[str, str]:
+    v_pred = profile.model.v_parameterization
     spec = {
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": "stable-diffusion-v1/lora",
-        "modelspec.implementation": "diffusers",
+        "modelspec.architecture": modelspec_architecture(family, v_pred),
+        "modelspec.implementation": ("https://github.com/Stability-AI/generative-models"
+                                     if family == "sdxl" else "diffusers"),
         "modelspec.title": title,
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.date": datetime.now().replace(microsecond=0).isoformat(),

@@ -146,7 +146,8 @@ def run_training(profile: Profile, profile_path: Path | None, started_run: Start
                   model_file=bundle.model_file,
                   optimizer_repr=optimizer_description(profile.optimizer),
                   warmup_steps=plan.warmup_steps, max_train_steps=plan.max_train_steps,
-                  num_epochs=plan.num_epochs, num_processes=plan.num_processes)
+                  num_epochs=plan.num_epochs, num_processes=plan.num_processes,
+                  family=bundle.family)
     outputs = Outputs(output_dir=output_dir, output_name=output_name,
                       metadata=training_metadata(profile, plan, run),
                       save_precision=profile.saving.save_precision)

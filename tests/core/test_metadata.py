@@ -68,3 +68,15 @@ def test_every_option_reaches_the_metadata(tmp_path):
         "modelspec.timestep_range": "100,900",
     }
     assert {k: meta.get(k) for k in expected} == expected
+
+
+def test_base_model_version_and_architecture_per_family():
+    from lora_core.saving.metadata import base_model_version, modelspec_architecture
+
+    assert [base_model_version(f, v) for f, v in (("sd1", False), ("sd1", True), ("sd2", False),
+                                                  ("sd2", True), ("sdxl", False))] == \
+        ["sd_v1", "sd_v1_v", "sd_v2", "sd_v2_v", "sdxl_base_v1-0"]
+    assert modelspec_architecture("sd2", True) == "stable-diffusion-v2-768-v/lora"
+    assert modelspec_architecture("sd2", False) == "stable-diffusion-v2-512/lora"
+    assert modelspec_architecture("sdxl", False) == "stable-diffusion-xl-v1-base/lora"
+    assert modelspec_architecture("sd1", True) == "stable-diffusion-v1/lora"
