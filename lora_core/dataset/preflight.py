@@ -33,9 +33,11 @@ def input_problems(profile: Profile) -> list[str]:
     """Problems with the model and start-weights paths, found without loading anything."""
     found = []
     try:
-        inspect_model(profile.model.pretrained_model_name_or_path, profile.base_dir)
+        source = inspect_model(profile.model.pretrained_model_name_or_path, profile.base_dir)
     except LoraError as exc:
         found.append(f"{exc.message} ({exc.hint})" if exc.hint else exc.message)
+    else:
+        found.extend(model_problems(profile, source.family))
     weights = profile.path("network", "network_weights")
     if weights is not None:
         problem = lora_file_problem(weights)
@@ -56,6 +58,22 @@ def input_problems(profile: Profile) -> list[str]:
             found.append(f"`[saving] output_dir` {output_dir} is inside `[dataset] {key}` "
                          f"{data_dir}; lora-train never writes into a dataset (choose a "
                          "folder outside it)")
+    return found
+
+
+def model_problems(profile: Profile, family: str | None) -> list[str]:
+    """Settings that do not fit the detected model family (None: not known before loading)."""
+    found = []
+    if family is None:
+        return found
+    names = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+    if profile.model.v2 is not None and profile.model.v2 != (family == "sd2"):
+        found.append(f"`[model] v2` = {str(profile.model.v2).lower()} but the model is "
+                     f"{names.get(family, family)} (detected from its weights); remove v2")
+    steps = profile.dataset.bucket_reso_steps
+    if family in ("sd1", "sd2") and profile.dataset.enable_bucket and steps % 64:
+        found.append(f"`[dataset] bucket_reso_steps` = {steps} must be a multiple of 64 for "
+                     f"{names[family]} models (32 is allowed for SDXL only)")
     return found
 
 
