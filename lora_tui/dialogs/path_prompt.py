@@ -1,0 +1,41 @@
+"""Asks for a file path in the terminal (with completion); dismisses with the path, or None
+when cancelled. Never a native dialog: it must work over SSH."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.markup import escape
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, Static
+
+from lora_tui.widgets.path_suggester import PathSuggester
+
+
+class PathPrompt(ModalScreen[Path | None]):
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, question: str, value: str = "", base_dir: Path | None = None) -> None:
+        super().__init__(classes="dialog")
+        self.question = question
+        self.value = value
+        self.base_dir = base_dir or Path.cwd()
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog-box"):
+            yield Static(escape(self.question), classes="dialog-question")
+            yield Input(self.value, suggester=PathSuggester(self.base_dir), id="path")
+            yield Static("[dim]Enter: OK · Right arrow: complete · Escape: cancel[/dim]")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        if not text:
+            return
+        path = Path(text).expanduser()
+        self.dismiss(path if path.is_absolute() else self.base_dir / path)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

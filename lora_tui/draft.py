@@ -1,0 +1,231 @@
+"""The profile being edited: every answer kept as the text the user typed, checked by the
+profile's own rules.
+
+The wizard never re-implements a validation rule. A draft turns its texts into a plain
+TOML-like dict and hands it to :func:`lora_core.profile.profile_from_dict`; the messages that
+come back name their field (``[section] key``), so each one is shown under the input it is
+about. Everything the wizard shows about a field (its label, default, one-line doc, whether it
+is a path, a choice or a switch) comes from the field's ``setting`` metadata.
+
+Empty text means "use the default"; ``0`` is a value like any other. Fields the wizard never
+shows (a loaded profile's ``shuffle_caption``, say) are carried through untouched.
+This module does no file I/O beyond what ``profile_io`` does and imports no textual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lora_core.errors import ProfileError
+from lora_core.profile import SECTIONS, Profile, profile_from_dict, profile_to_dict
+
+FieldKey = tuple[str, str]
+# Every validation message names its field as `[section] key` (see lora_core.profile).
+_FIELD_IN_MESSAGE = re.compile(r"`\[(\w+)\] (\w+)`")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """What the wizard needs to draw one profile field, read from its ``setting`` metadata.
+
+    ``kind`` picks the input: "switch" (bool), "tristate" (bool or unset), "choice",
+    "number" (int/float, maybe unset), "list" (list of strings) or "text".
+    """
+
+    section: str
+    key: str
+    kind: str
+    default: Any
+    doc: str
+    choices: tuple[str, ...] | None
+    is_path: bool
+    required: bool
+    optional: bool  # None (unset) is allowed
+
+    @property
+    def label(self) -> str:
+        return self.key.replace("_", " ")
+
+    @property
+    def default_text(self) -> str:
+        """How the default is shown next to the field."""
+        if self.default is None:
+            return "unset"
+        if self.default == "" or self.default == []:
+            return "empty"
+        return to_text(self.default)
+
+
+def _type_parts(hint: Any) -> tuple[list[Any], bool]:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = list(typing.get_args(hint))
+    else:
+        args = [hint]
+    return [a for a in args if a is not type(None)], type(None) in args
+
+
+def field_spec(section: str, key: str) -> FieldSpec:
+    """The spec of ``[section] key``; KeyError when the profile has no such field."""
+    cls = SECTIONS[section]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    f = fields[key]
+    parts, optional = _type_parts(typing.get_type_hints(cls)[key])
+    meta = f.metadata
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if meta["choices"]:
+        kind = "choice"
+    elif parts == [bool]:
+        kind = "tristate" if optional else "switch"
+    elif all(p in (int, float) for p in parts):
+        kind = "number"
+    elif any(typing.get_origin(p) is list for p in parts):
+        kind = "list"
+    else:
+        kind = "text"
+    return FieldSpec(section, key, kind, default, meta["doc"], meta["choices"], meta["path"],
+                     meta["required"], optional)
+
+
+def to_text(value: Any) -> str:
+    """A profile value as the text the draft keeps (the inverse of :func:`from_text`)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_string(v) for v in value) + "]"
+    return str(value)
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def from_text(spec: FieldSpec, text: str) -> Any:
+    """The value to hand to the profile for ``text`` (``None`` when the text is empty).
+
+    Numbers and lists are read as TOML literals, so ``0``, ``1e-4`` and ``["a"]`` mean what
+    they mean in a profile file. Text that does not parse is passed on as a string, so the
+    profile's own check reports it ("has the wrong type: it must be an integer").
+    """
+    if text.strip() == "":
+        return None
+    if spec.kind in ("text", "choice") or spec.is_path:
+        if spec.kind == "text" and spec.default is not None and not isinstance(spec.default, str):
+            return _literal(text)  # int-or-string fields such as resolution
+        return text
+    if spec.kind in ("switch", "tristate"):
+        lowered = text.strip().lower()
+        return {"true": True, "false": False}.get(lowered, text)
+    return _literal(text)
+
+
+def _literal(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text.strip()
+
+
+@dataclass
+class Validation:
+    """The result of checking a draft: per-field messages and those naming no field."""
+
+    field_errors: dict[FieldKey, list[str]]
+    other_errors: list[str]
+    profile: Profile | None
+
+    def for_field(self, section: str, key: str) -> list[str]:
+        return self.field_errors.get((section, key), [])
+
+
+class Draft:
+    """The answers so far. ``base_dir`` anchors relative paths (the profile file's folder)."""
+
+    def __init__(self, base_dir: Path | None = None, source_path: Path | None = None) -> None:
+        self.base_dir = Path(base_dir) if base_dir else Path.cwd()
+        self.source_path = source_path  # the file it was loaded from or last saved to
+        self._texts: dict[FieldKey, str] = {}
+        self.dirty = False  # changed since loaded or saved
+
+    @classmethod
+    def from_profile(cls, profile: Profile, source_path: Path | None = None) -> Draft:
+        draft = cls(profile.base_dir, source_path)
+        defaults = profile_to_dict(Profile())
+        for section, values in profile_to_dict(profile).items():
+            if section not in SECTIONS:
+                continue
+            for key, value in values.items():
+                if defaults[section].get(key) != value:
+                    draft._texts[(section, key)] = to_text(value)
+        return draft
+
+    def text(self, section: str, key: str) -> str:
+        return self._texts.get((section, key), "")
+
+    def set_text(self, section: str, key: str, text: str) -> None:
+        field_spec(section, key)  # an unknown field is a programming error: fail here
+        if self._texts.get((section, key), "") != text:
+            self.dirty = True
+        if text == "":
+            self._texts.pop((section, key), None)
+        else:
+            self._texts[(section, key)] = text
+
+    def data(self, placeholders: dict[FieldKey, Any] | None = None) -> dict[str, Any]:
+        """The answers as the dict a profile file would hold (empty texts left out)."""
+        data: dict[str, Any] = {}
+        for (section, key), text in self._texts.items():
+            value = from_text(field_spec(section, key), text)
+            if value is not None:
+                data.setdefault(section, {})[key] = value
+        for (section, key), value in (placeholders or {}).items():
+            data.setdefault(section, {}).setdefault(key, value)
+        return data
+
+    def validate(self, placeholders: dict[FieldKey, Any] | None = None) -> Validation:
+        """Check every answer with the profile's rules; messages are sorted by field."""
+        try:
+            profile = profile_from_dict(self.data(placeholders), base_dir=self.base_dir,
+                                        source="the profile")
+        except ProfileError as exc:
+            return _split_errors(exc.message)
+        return Validation({}, [], profile)
+
+    def profile(self) -> Profile:
+        """The validated profile; raises ProfileError listing every problem."""
+        return profile_from_dict(self.data(), base_dir=self.base_dir, source="the profile")
+
+    def differences(self) -> list[tuple[str, str, Any, Any]]:
+        """(section, key, value, default) of every field the profile sets to a non-default."""
+        profile = self.profile()
+        ours, defaults = profile_to_dict(profile), profile_to_dict(Profile())
+        rows = []
+        for section in SECTIONS:
+            for f in dataclasses.fields(SECTIONS[section]):
+                value = ours[section].get(f.name)
+                default = defaults[section].get(f.name)
+                if value != default:
+                    rows.append((section, f.name, value, default))
+        return rows
+
+
+def _split_errors(message: str) -> Validation:
+    """Sort the lines of a profile error under the fields they name."""
+    field_errors: dict[FieldKey, list[str]] = {}
+    other: list[str] = []
+    lines = [line.strip()[2:] for line in message.splitlines() if line.strip().startswith("- ")]
+    for line in lines or [message]:
+        match = _FIELD_IN_MESSAGE.search(line)
+        if match:
+            field_errors.setdefault((match.group(1), match.group(2)), []).append(line)
+        else:
+            other.append(line)
+    return Validation(field_errors, other, None)

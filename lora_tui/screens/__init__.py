@@ -1,0 +1,1 @@
+"""The wizard's screens: start, one per step, review and training."""

@@ -1,0 +1,99 @@
+"""The training screen with a FakeRunner: failure with message, hint and log tail; Stop."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from rich.text import Text
+from textual.widgets import Static
+
+from lora_core.events import PhaseChanged, RunFailed, RunFinished, StepEnded
+from lora_tui.app import make_app
+from lora_tui.runner import FakeRunner, ProcessRunner, parse_line
+from lora_tui.screens.training import TrainingScreen
+from tests.tui.helpers import SIZE, wait_for
+
+
+def plain(app, selector: str) -> str:
+    return Text.from_markup(app.screen.query_one(selector, Static).content).plain
+
+
+def step(n: int) -> StepEnded:
+    return StepEnded(step=n, total_steps=10, epoch=1, total_epochs=1, loss=0.5, avg_loss=0.5,
+                     lrs={"unet": 1e-4}, it_per_s=2.0, eta_s=5.0)
+
+
+async def test_run_failed_shows_message_hint_and_log_tail(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("line one\nTraceback: the real cause\n", encoding="utf-8")
+    fake = FakeRunner([PhaseChanged("loading model"), "some stderr line",
+                       RunFailed("model file not found: /x.safetensors",
+                                 "check [model] pretrained_model_name_or_path", str(log))])
+    app = make_app(runner_factory=lambda: fake)
+    async with app.run_test(size=SIZE) as pilot:
+        app.start_training(tmp_path / "p.toml")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.state == "failed")
+        result = plain(app, "#train-result")
+        assert "model file not found: /x.safetensors" in result
+        assert "check [model] pretrained_model_name_or_path" in result
+        assert "Traceback: the real cause" in result
+        assert "console" not in result
+
+
+async def test_stop_asks_then_stops_the_runner(tmp_path):
+    fake = FakeRunner([step(i) for i in range(1, 11)] + [RunFinished([], "", 10, 1.0)],
+                      delay_s=0.3)
+    app = make_app(runner_factory=lambda: fake)
+    async with app.run_test(size=SIZE) as pilot:
+        app.start_training(tmp_path / "p.toml")
+        screen = app.screen
+        await wait_for(pilot, lambda: len(screen.losses) >= 1)
+        await pilot.press("s")
+        await pilot.press("n")  # not confirmed: keeps running
+        assert not fake.stop_requested
+        await pilot.press("s")
+        await pilot.press("y")
+        assert fake.stop_requested
+        await wait_for(pilot, lambda: screen.state == "failed")  # exited without run_finished
+        assert len(screen.losses) < 10
+        assert "code 130" in plain(app, "#train-result")
+        assert isinstance(app.screen, TrainingScreen)
+
+
+def test_parse_line_tells_events_from_text():
+    event = parse_line(step(3).to_json() + "\n")
+    assert isinstance(event, StepEnded) and event.step == 3
+    assert parse_line("{not json") == "{not json"
+    assert parse_line("hello\n") == "hello"
+
+
+async def test_process_runner_follows_a_child_and_stops_it_with_sigint(tmp_path, monkeypatch):
+    """A stand-in child that prints events and, on SIGINT, a run_finished(interrupted)."""
+    script = tmp_path / "child.py"
+    finished = RunFinished(["/out/x-interrupted.safetensors"], "/out/x-interrupted.safetensors",
+                           1, 0.1, interrupted=True)
+    script.write_text(
+        "import signal, sys, time\n"
+        f"line = {step(1).to_json()!r}\n"
+        f"done = {finished.to_json()!r}\n"
+        "def stop(*_):\n    print(done, flush=True); sys.exit(130)\n"
+        "signal.signal(signal.SIGINT, stop)\n"
+        "print(line, flush=True); print('to stderr', file=sys.stderr, flush=True)\n"
+        "time.sleep(30)\n", encoding="utf-8")
+    monkeypatch.setattr("lora_tui.runner.train_command", lambda p: [sys.executable, str(p)])
+    runner = ProcessRunner(kill_after_s=5)
+    seen: list = []
+
+    async def stop_when_started():
+        while not any(isinstance(o, StepEnded) for o in seen):
+            await asyncio.sleep(0.02)
+        runner.stop()
+
+    stopper = asyncio.ensure_future(stop_when_started())
+    code = await asyncio.wait_for(runner.run(script, seen.append), 10)
+    await stopper
+    assert code == 130
+    assert "to stderr" in seen
+    assert any(isinstance(o, RunFinished) and o.interrupted for o in seen)
