@@ -222,21 +222,13 @@ def _network_errors(p: Profile) -> list[str]:
                       f"is {kind})")
     if net.factor == 0:
         errors.append("`[network] factor` must be -1 (balanced) or at least 1")
-    from lora_core.network.blocks import block_lr_weights, parse_block_values  # pure Python
+    # The block count depends on the model (SD 1.x/2.x 25, SDXL 23): values that fit either
+    # layout pass here; preflight checks them against the detected model (block_errors).
+    from lora_core.network.blocks import SD_BLOCKS, SDXL_BLOCKS
 
-    for key in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas"):
-        if getattr(net, key):
-            try:
-                parse_block_values(getattr(net, key), f"[network] {key}",
-                                   integer=key.endswith("dims"))
-            except ProfileError as exc:
-                errors.append(exc.message)
-    opt = p.optimizer
-    try:
-        block_lr_weights(opt.down_lr_weight, opt.mid_lr_weight, opt.up_lr_weight,
-                         opt.block_lr_zero_threshold)
-    except ProfileError as exc:
-        errors.append(exc.message)
+    sd_errors = block_errors(p, SD_BLOCKS)
+    if sd_errors and block_errors(p, SDXL_BLOCKS):
+        errors.extend(sd_errors)
     opt = p.optimizer
     for key in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio"):
         if getattr(opt, key) == 0:
@@ -262,6 +254,27 @@ def _network_errors(p: Profile) -> list[str]:
         errors.append("`[network] block_alphas` needs block_dims")
     if net.conv_block_alphas and not net.conv_block_dims:
         errors.append("`[network] conv_block_alphas` needs conv_block_dims")
+    return errors
+
+
+def block_errors(p: Profile, layout) -> list[str]:
+    """Problems of the block-wise dims, alphas and learning-rate weights for one block layout
+    (``network.blocks.SD_BLOCKS`` or ``SDXL_BLOCKS``)."""
+    from lora_core.network.blocks import block_lr_weights, parse_block_values  # pure Python
+
+    net, opt, errors = p.network, p.optimizer, []
+    for key in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas"):
+        if getattr(net, key):
+            try:
+                parse_block_values(getattr(net, key), f"[network] {key}", layout.num_blocks,
+                                   integer=key.endswith("dims"), layout=layout)
+            except ProfileError as exc:
+                errors.append(exc.message)
+    try:
+        block_lr_weights(opt.down_lr_weight, opt.mid_lr_weight, opt.up_lr_weight,
+                         opt.block_lr_zero_threshold, layout)
+    except ProfileError as exc:
+        errors.append(exc.message)
     return errors
 
 

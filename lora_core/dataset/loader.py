@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lora_core.dataset.buckets import crop_ltrb_for_sdxl
 from lora_core.dataset.captions import process_caption, sample_rng
 from lora_core.dataset.images import augment_rng, draw_flip, load_sample_image
 from lora_core.dataset.plan import TrainingPlan
@@ -41,6 +42,21 @@ def pixels_to_tensor(image) -> torch.Tensor:
     """PIL RGB → float tensor (3, H, W) in [-1, 1] (ToTensor + Normalize(0.5, 0.5))."""
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def size_conditioning(image_size: tuple[int, int], bucket_reso: tuple[int, int],
+                      flipped: bool) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """SDXL's size conditioning of one sample: ``(original (h, w), crop (top, left),
+    target (h, w))`` (kohya-compat.md §10).
+
+    ``image_size`` is the image file's (w, h) before any resize, ``bucket_reso`` the bucket's
+    (w, h). The crop is sd-scripts' ``crop_ltrb`` (§4.3): computed as if centred even with
+    ``random_crop``, its left edge mirrored with the flip; the numbers are truncated to
+    integers as sd-scripts does when it builds the batch.
+    """
+    left, top, _, _ = crop_ltrb_for_sdxl(bucket_reso, image_size, flip=flipped)
+    return ((int(image_size[1]), int(image_size[0])), (int(top), int(left)),
+            (int(bucket_reso[1]), int(bucket_reso[0])))
 
 
 def optimizer_step_at(plan: TrainingPlan, epoch: int, position: int) -> int:
@@ -65,7 +81,9 @@ class EpochBatches(torch.utils.data.Dataset):
     * ``pixel_values`` (B, 3, H, W) in [-1, 1], augmented; absent when ``latents_cached``
       (then no image is decoded: the cached latent source picks ``latents`` or
       ``latents_flipped`` by ``flipped``);
-    * ``captions`` (list[str]): processed captions; ``loss_weights`` (B,) float32.
+    * ``captions`` (list[str]): processed captions; ``loss_weights`` (B,) float32;
+    * ``original_size``, ``crop_top_left``, ``target_size``: (B, 2) int64, SDXL's size
+      conditioning (:func:`size_conditioning`); cheap, so always present.
 
     A ``LoraError`` becomes ``{"error": (message, hint)}`` (see ``__getitem__``).
     """
@@ -90,7 +108,7 @@ class EpochBatches(torch.utils.data.Dataset):
     def _load(self, index: int) -> dict[str, Any]:
         position = self.first_position + index
         step = optimizer_step_at(self.plan, self.epoch, position)
-        pixels, captions, weights, flips = [], [], [], []
+        pixels, captions, weights, flips, sizes = [], [], [], [], []
         item_indices = self.batches[index]
         for slot, item_index in enumerate(item_indices):
             item = self.plan.items[item_index]
@@ -109,9 +127,14 @@ class EpochBatches(torch.utils.data.Dataset):
                 item.record.caption, opts, sample_rng(self.seed, self.epoch, position, slot),
                 epoch=self.epoch + 1, step=step, max_train_steps=self.plan.max_train_steps))
             weights.append(item.loss_weight)
+            sizes.append(size_conditioning((item.record.width, item.record.height),
+                                           item.bucket_reso, flips[-1]))
         batch: dict[str, Any] = {
             "item_indices": list(item_indices), "flipped": flips, "captions": captions,
             "loss_weights": torch.tensor(weights, dtype=torch.float32)}
+        for key, column in zip(("original_size", "crop_top_left", "target_size"),
+                               zip(*sizes, strict=True), strict=True):
+            batch[key] = torch.tensor(column, dtype=torch.int64)
         if not self.latents_cached:
             batch["pixel_values"] = torch.stack(pixels)
         return batch

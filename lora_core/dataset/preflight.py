@@ -70,6 +70,10 @@ def model_problems(profile: Profile, family: str | None) -> list[str]:
     if profile.model.v2 is not None and profile.model.v2 != (family == "sd2"):
         found.append(f"`[model] v2` = {str(profile.model.v2).lower()} but the model is "
                      f"{names.get(family, family)} (detected from its weights); remove v2")
+    from lora_core.network.blocks import block_layout
+    from lora_core.profile_rules import block_errors
+
+    found.extend(block_errors(profile, block_layout(family)))
     steps = profile.dataset.bucket_reso_steps
     if family in ("sd1", "sd2") and profile.dataset.enable_bucket and steps % 64:
         found.append(f"`[dataset] bucket_reso_steps` = {steps} must be a multiple of 64 for "
@@ -89,9 +93,9 @@ def lora_file_problem(path: Path) -> str | None:
             keys = list(fh.keys())
     except Exception as exc:  # safetensors raises several types for a broken header
         return f"{path} is not a readable .safetensors file ({exc})"
-    if not any(k.startswith(("lora_unet_", "lora_te_")) for k in keys):
-        return (f"{path} is not a kohya-format SD 1.x LoRA (no lora_unet_/lora_te_ keys); "
-                "give a LoRA trained for an SD 1.x model")
+    if not any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
+        return (f"{path} is not a kohya-format LoRA (no lora_unet_/lora_te_ keys); "
+                "give a LoRA file trained with sd-scripts or lora-train")
     return None
 
 

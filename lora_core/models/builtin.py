@@ -6,6 +6,13 @@ seconds on a CPU with no download. Its weights are random, so its images are noi
 names, layer kinds and file layout are those of a real SD1 model, so a LoRA trained on it is a
 valid SD1 LoRA file that diffusers and sd-scripts load.
 
+``builtin:tiny-sdxl`` does the same for SDXL: two tiny text encoders (a ``CLIPTextModel`` and
+a ``CLIPTextModelWithProjection`` whose tokenizer pads with ``!``, id 0, like SDXL's
+OpenCLIP tokenizer), an SDXL-shaped U-Net (three levels, the first without attention, two
+layers per block, so its original-layout block numbers are SDXL's; linear ``proj_in/out``;
+``text_time`` added conditioning) and a VAE with SDXL's scaling factor 0.13025, saved as a
+``StableDiffusionXLPipeline`` folder.
+
 The model is built once into ``cache_dir()/builtin/<name>-v<N>/`` as a complete diffusers
 folder and reused. The build is deterministic (fixed seed, fixed configs, generated
 tokenizer), so every machine builds the same bits. A build happens in a temporary folder that
@@ -37,7 +44,20 @@ TEXT_ENCODER_LAYERS = 2
 
 BUILTINS: dict[str, str] = {
     "tiny-sd1": "tiny SD1-shaped model with random weights (about 6 MB), for tests and demos",
+    "tiny-sdxl": "tiny SDXL-shaped model with random weights (two text encoders), for tests "
+                 "and demos",
 }
+# The model family of each built-in (what loading.inspect_model reports).
+BUILTIN_FAMILIES: dict[str, str] = {"tiny-sd1": "sd1", "tiny-sdxl": "sdxl"}
+
+# tiny-sdxl: the two text encoders have different widths so that a swapped or missing one
+# shows in the context width (32 + 48 = 80).
+SDXL_TE1_HIDDEN = 32
+SDXL_TE2_HIDDEN = 48
+SDXL_TE2_PROJECTION = 32
+SDXL_TIME_EMBED_DIM = 16  # per size number; the real model uses 256
+SDXL_VAE_SCALE = 0.13025
+SDXL_PAD_TOKEN = "!"  # OpenCLIP's tokenizer pads with id 0 ("!"), not with EOS
 
 
 def builtin_folder(name: str, cache_root: Path | None = None) -> Path:
@@ -66,7 +86,7 @@ def ensure_builtin(name: str, cache_root: Path | None = None) -> Path:
                          "set LORA_TUI_CACHE_DIR to a folder you can write to") from None
     tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
     try:
-        _build_tiny_sd1(tmp)  # the only built-in so far
+        _BUILDERS[name](tmp)
         try:
             os.rename(tmp, final)
         except OSError as exc:
@@ -163,6 +183,107 @@ def _build_tiny_sd1(folder: Path) -> None:
     _write_model_index(folder)
 
 
+def _build_tiny_sdxl(folder: Path) -> None:
+    """Build the tiny SDXL pipeline into the empty ``folder``."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    vocab_size = write_tokenizer(folder / "tokenizer")
+    write_tokenizer(folder / "tokenizer_2")
+    _use_pad_token(folder / "tokenizer_2", SDXL_PAD_TOKEN)
+
+    def text_config(hidden: int, act: str, pad_token_id: int) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            vocab_size=vocab_size, hidden_size=hidden, intermediate_size=4 * hidden,
+            num_hidden_layers=TEXT_ENCODER_LAYERS, num_attention_heads=4,
+            max_position_embeddings=MODEL_MAX_LENGTH, hidden_act=act,
+            projection_dim=SDXL_TE2_PROJECTION, bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1, pad_token_id=pad_token_id)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        unet = UNet2DConditionModel(
+            sample_size=16,  # latents of 16x16 -> 128 px images by default
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=(32, 32, 64),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 1, 2),  # SDXL: (1, 2, 10)
+            attention_head_dim=(2, 2, 4),  # diffusers reads these as head counts, as SDXL's
+            cross_attention_dim=SDXL_TE1_HIDDEN + SDXL_TE2_HIDDEN,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=SDXL_TIME_EMBED_DIM,
+            projection_class_embeddings_input_dim=6 * SDXL_TIME_EMBED_DIM + SDXL_TE2_PROJECTION,
+            norm_num_groups=32,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(32, 32, 32, 32),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=32,
+            sample_size=128,
+            scaling_factor=SDXL_VAE_SCALE,
+        )
+        text_encoder = CLIPTextModel(text_config(SDXL_TE1_HIDDEN, "quick_gelu", vocab_size - 1))
+        text_encoder_2 = CLIPTextModelWithProjection(text_config(SDXL_TE2_HIDDEN, "gelu", 0))
+
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    vae.save_pretrained(folder / "vae", safe_serialization=True)
+    _save_text_encoder(text_encoder, folder / "text_encoder")
+    _save_state_as_is(text_encoder_2, folder / "text_encoder_2")
+    training_noise_scheduler().save_pretrained(folder / "scheduler")
+    _write_sdxl_model_index(folder)
+
+
+def _use_pad_token(folder: Path, pad_token: str) -> None:
+    """Make a generated tokenizer pad with ``pad_token`` instead of EOS."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = folder / name
+        config = json.loads(path.read_text("utf-8"))
+        config["pad_token"] = pad_token
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", "utf-8")
+
+
+def _save_state_as_is(model, folder: Path) -> None:
+    """Save a ``CLIPTextModelWithProjection``: its keys (``text_model.…``,
+    ``text_projection.weight``) are the same in transformers 4.x and 5.x."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)
+    state = {key: tensor.contiguous() for key, tensor in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _write_sdxl_model_index(folder: Path) -> None:
+    """model_index.json as StableDiffusionXLPipeline.save_pretrained writes it."""
+    import diffusers
+
+    index = {
+        "_class_name": "StableDiffusionXLPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "force_zeros_for_empty_prompt": True,
+        "image_encoder": [None, None],
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", "utf-8")
+
+
 def _save_text_encoder(text_encoder, folder: Path) -> None:
     """Save a CLIPTextModel with ``text_model.``-prefixed keys.
 
@@ -202,3 +323,6 @@ def _write_model_index(folder: Path) -> None:
         "vae": ["diffusers", "AutoencoderKL"],
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", "utf-8")
+
+
+_BUILDERS = {"tiny-sd1": _build_tiny_sd1, "tiny-sdxl": _build_tiny_sdxl}

@@ -1,9 +1,11 @@
-"""Model families (SD1 now; SD2 and SDXL later) behind one small interface.
+"""Model families (SD 1.x, SD 2.x, SDXL) behind one small interface.
 
 Everything the trainer does differently per family goes through a ``Family``: how captions
-become token ids, how token ids become the U-Net's ``encoder_hidden_states``, and what extra
-conditioning the U-Net takes. The loaded parts travel together in a ``ModelBundle``. The
-training loop never asks "is this SDXL?"; it asks the bundle's family.
+become token ids, how token ids become the U-Net's text conditioning
+(:class:`TextConditioning`: ``encoder_hidden_states`` and, for SDXL, the pooled text
+embedding), and what extra conditioning the U-Net takes. SDXL lives in ``family_sdxl.py``.
+The loaded parts travel together in a ``ModelBundle``. The training loop never asks "is
+this SDXL?"; it asks the bundle's family.
 
 This module loads nothing from disk (that is ``loading.py``) and names no LoRA keys (that is
 ``network/naming.py``).
@@ -19,6 +21,40 @@ from lora_core.errors import ModelError
 
 if TYPE_CHECKING:
     import torch
+
+
+@dataclass
+class TextConditioning:
+    """What the text encoders give the U-Net for a batch of captions.
+
+    ``hidden``: ``encoder_hidden_states`` (B, T, D) for cross-attention. ``pooled``: one
+    vector per caption (B, P) that SDXL adds to the timestep embedding (TE2's projected EOS
+    state, kohya-compat.md §10); None for SD 1.x/2.x.
+    """
+
+    hidden: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def to(self, *args: Any, **kwargs: Any) -> TextConditioning:
+        """Both tensors moved / cast like ``Tensor.to``."""
+        pooled = None if self.pooled is None else self.pooled.to(*args, **kwargs)
+        return TextConditioning(self.hidden.to(*args, **kwargs), pooled)
+
+    def rows(self) -> list[TextConditioning]:
+        """One TextConditioning per caption (leading dimension dropped), e.g. for a cache."""
+        hidden = self.hidden.unbind(0)
+        pooled = [None] * len(hidden) if self.pooled is None else self.pooled.unbind(0)
+        return [TextConditioning(h, p) for h, p in zip(hidden, pooled, strict=True)]
+
+    @staticmethod
+    def stack(rows: list[TextConditioning]) -> TextConditioning:
+        """Inverse of :meth:`rows`."""
+        import torch
+
+        hidden = torch.stack([r.hidden for r in rows])
+        if any(r.pooled is None for r in rows):
+            return TextConditioning(hidden)
+        return TextConditioning(hidden, torch.stack([r.pooled for r in rows]))
 
 
 @dataclass
@@ -59,8 +95,19 @@ class Family(Protocol):
         (B, n·75 + 2, width), so 77 / 152 / 227 tokens long."""
         ...
 
+    def encode(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor],
+               clip_skip: int | None, max_token_length: int = 75) -> TextConditioning:
+        """Everything the U-Net needs from the text: ``encode_text``'s hidden states and,
+        where the family has one, the pooled embedding."""
+        ...
+
     def unet_extra_conditioning(self, bundle: ModelBundle, **kwargs: Any) -> dict[str, Any]:
-        """Extra keyword arguments for the U-Net call (SDXL: ``added_cond_kwargs``)."""
+        """Extra keyword arguments for the U-Net call (SDXL: ``added_cond_kwargs``).
+
+        The trainer passes ``batch`` (the loader's dict), ``text`` (the batch's
+        TextConditioning), ``device`` and ``dtype``; families without extra conditioning
+        ignore them and return ``{}``.
+        """
         ...
 
 
@@ -153,6 +200,8 @@ class SD1Family:
     """
 
     name = "sd1"
+    # Bucket sizes must be multiples of this (sd-scripts asserts 8 and warns below 64).
+    bucket_step_multiple = 64
 
     def tokenize(self, bundle: ModelBundle, captions: list[str],
                  max_token_length: int = 75) -> list[torch.Tensor]:
@@ -201,6 +250,11 @@ class SD1Family:
         outputs = text_encoder(input_ids, output_hidden_states=True)
         return final_layer_norm(text_encoder)(outputs.hidden_states[-skip])
 
+    def encode(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor],
+               clip_skip: int | None, max_token_length: int = 75) -> TextConditioning:
+        return TextConditioning(self.encode_text(bundle, input_ids_list, clip_skip,
+                                                 max_token_length))
+
     def unet_extra_conditioning(self, bundle: ModelBundle, **kwargs: Any) -> dict[str, Any]:
         return {}
 
@@ -208,8 +262,29 @@ class SD1Family:
 FAMILIES: dict[str, Family] = {"sd1": SD1Family()}
 
 
+def encode_conditioning(family: Any, bundle: ModelBundle, input_ids_list: list[torch.Tensor],
+                        clip_skip: int | None, max_token_length: int = 75) -> TextConditioning:
+    """``family.encode(...)``, or ``encode_text`` wrapped for a family that has no pooled
+    output and no ``encode`` of its own."""
+    encode = getattr(family, "encode", None)
+    if encode is not None:
+        return encode(bundle, input_ids_list, clip_skip, max_token_length)
+    return TextConditioning(family.encode_text(bundle, input_ids_list, clip_skip,
+                                               max_token_length))
+
+
+_LAZY_FAMILIES = {"sd2": ("lora_core.models.family_sd2", "SD2Family"),
+                  "sdxl": ("lora_core.models.family_sdxl", "SDXLFamily")}
+
+
 def get_family(name: str) -> Family:
     """The Family called ``name``; ModelError if there is none."""
+    if name not in FAMILIES and name in _LAZY_FAMILIES:
+        # Imported on first use: those modules build on this module's helpers.
+        import importlib
+
+        module_name, class_name = _LAZY_FAMILIES[name]
+        FAMILIES[name] = getattr(importlib.import_module(module_name), class_name)()
     try:
         return FAMILIES[name]
     except KeyError:

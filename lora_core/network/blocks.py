@@ -14,6 +14,19 @@ sd-scripts numbers an SD 1.x/2.x U-Net in **25 slots** and lets ``block_dims`` /
 The LR-weight vector is ``down (12) + mid (1) + up (12)``, so slot k uses the k-th value of
 that concatenation, exactly as sd-scripts' ``get_block_lr_weight`` builds it (networks/lora.py).
 
+An SDXL U-Net (LoRA names in the original ``input_blocks`` layout) has **23 slots**, and
+``down_lr_weight`` / ``up_lr_weight`` take 9 values, ``mid_lr_weight`` 3:
+
+    slot 0            time / label embedding (no LoRA module)
+    slot 1 + N        input_blocks.N                            (N 0..8)
+    slot 10 + N       middle_block.N                            (N 0..2)
+    slot 13 + N       output_blocks.N                           (N 0..8)
+    slot 22           out (no LoRA module)
+
+and the LR-weight vector is ``1.0 + down (9) + mid (3) + up (9) + 1.0`` (sd-scripts pads the
+two module-less ends). :class:`BlockLayout` carries these numbers; :func:`block_index` tells
+the layouts apart by the name itself.
+
 Pure Python: the profile check and the TUI use this without torch.
 """
 
@@ -31,18 +44,51 @@ NUM_MID = 1  # values in mid_lr_weight
 MID_SLOT = 12
 LR_WEIGHT_PRESETS = ("sine", "cosine", "linear", "reverse_linear", "zeros")
 
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """How many block slots a U-Net family has and how the LR-weight lists map onto them."""
+
+    name: str
+    num_blocks: int  # block_dims / block_alphas values
+    num_down_or_up: int  # down_lr_weight / up_lr_weight values
+    num_mid: int  # mid_lr_weight values
+    padded_ends: bool  # SDXL: a 1.0 before down and after up for the module-less slots
+    order: str  # for error hints: what the block values stand for, in order
+
+
+SD_BLOCKS = BlockLayout("SD 1.x/2.x", NUM_BLOCKS_SD, NUM_DOWN_OR_UP, NUM_MID, False,
+                        "BASE, 12 down, mid, 12 up")
+SDXL_BLOCKS = BlockLayout("SDXL", 23, 9, 3, True,
+                          "embedding, 9 input, 3 middle, 9 output, out")
+
+
+def block_layout(family: str) -> BlockLayout:
+    """The block layout of a model family ("sd1", "sd2", "sdxl")."""
+    return SDXL_BLOCKS if family == "sdxl" else SD_BLOCKS
+
+
 # Same pattern sd-scripts matches (RE_UPDOWN): block kind, block i, part, index j.
 _UPDOWN = re.compile(r"(up|down)_blocks_(\d+)_(resnets|upsamplers|downsamplers|attentions)_(\d+)_")
+# SDXL names (original layout), as sd-scripts' get_block_index(is_sdxl=True) reads them.
+_SAI_BLOCK = re.compile(r"^lora_unet_(input_blocks|middle_block|output_blocks)_(\d+)_")
+_SAI_FIRST_SLOT = {"input_blocks": 1, "middle_block": 10, "output_blocks": 13}
 
 
 def block_index(lora_name: str) -> int | None:
-    """The 25-slot index of a U-Net LoRA module name in diffusers naming; None for
-    text-encoder modules and for names outside the down/mid/up blocks.
+    """The block slot of a U-Net LoRA module name; None for text-encoder modules and for
+    names outside the blocks.
 
-    ``lora_unet_down_blocks_1_attentions_0_proj_in`` → 1 + 3·1 + 0 = 4.
+    Diffusers naming (SD 1.x/2.x, 25 slots): ``lora_unet_down_blocks_1_attentions_0_proj_in``
+    → 1 + 3·1 + 0 = 4. Original naming (SDXL, 23 slots):
+    ``lora_unet_input_blocks_4_1_proj_in`` → 1 + 4 = 5, ``lora_unet_middle_block_1_...`` →
+    11, ``lora_unet_output_blocks_2_2_conv`` → 15.
     """
     if not lora_name.startswith("lora_unet_"):
         return None
+    sai = _SAI_BLOCK.match(lora_name)
+    if sai:
+        return _SAI_FIRST_SLOT[sai.group(1)] + int(sai.group(2))
     match = _UPDOWN.search(lora_name)
     if match:
         kind, i, part, j = match.group(1), int(match.group(2)), match.group(3), int(match.group(4))
@@ -67,16 +113,18 @@ def _number(raw: str, field: str, text: str, integer: bool) -> float:
 
 
 def parse_block_values(text: str, field: str, count: int | None = NUM_BLOCKS_SD,
-                       *, integer: bool = False) -> list[float]:
+                       *, integer: bool = False, layout: BlockLayout = SD_BLOCKS
+                       ) -> list[float]:
     """Comma-separated numbers; exactly ``count`` of them unless ``count`` is None.
 
     ``field`` is the qualified name the error names, e.g. ``"[network] block_dims"``.
+    ``layout`` names the U-Net in the error (its ``num_blocks`` is the usual ``count``).
     """
     values = [_number(raw, field, text, integer) for raw in text.split(",")]
     if count is not None and len(values) != count:
         raise ProfileError(
-            f"`{field}` has {len(values)} values; SD 1.x/2.x U-Nets have {count} blocks",
-            "give one value per block: BASE, 12 down, mid, 12 up")
+            f"`{field}` has {len(values)} values; {layout.name} U-Nets have {count} blocks",
+            f"give one value per block: {layout.order}")
     return values
 
 
@@ -121,26 +169,29 @@ def _lr_weight_list(text: str, field: str, count: int, presets: bool) -> list[fl
     return (values + [1.0] * count)[:count]
 
 
-def block_lr_weights(down: str, mid: str, up: str, zero_threshold: float
-                     ) -> list[float] | None:
-    """The 25 per-slot learning-rate multipliers; None when all three strings are empty.
+def block_lr_weights(down: str, mid: str, up: str, zero_threshold: float,
+                     layout: BlockLayout = SD_BLOCKS) -> list[float] | None:
+    """The per-slot learning-rate multipliers (25, SDXL 23); None when all three strings
+    are empty.
 
-    ``down`` / ``up``: 12 values (or a preset); ``mid``: 1 value. A part left empty is all
-    1.0. Given values at or below ``zero_threshold`` become 0 — such blocks are not trained
-    (sd-scripts also creates no LoRA module there, see ``block_dims_and_alphas``).
+    ``down`` / ``up``: 12 values (SDXL 9) or a preset; ``mid``: 1 value (SDXL 3). A part left
+    empty is all 1.0. Given values at or below ``zero_threshold`` become 0 — such blocks are
+    not trained (sd-scripts also creates no LoRA module there, see
+    ``block_dims_and_alphas``). SDXL's two module-less end slots get 1.0.
     """
-    parts = [_lr_weight_list(down, "[optimizer] down_lr_weight", NUM_DOWN_OR_UP, True),
-             _lr_weight_list(mid, "[optimizer] mid_lr_weight", NUM_MID, False),
-             _lr_weight_list(up, "[optimizer] up_lr_weight", NUM_DOWN_OR_UP, True)]
+    side, middle = layout.num_down_or_up, layout.num_mid
+    parts = [_lr_weight_list(down, "[optimizer] down_lr_weight", side, True),
+             _lr_weight_list(mid, "[optimizer] mid_lr_weight", middle, False),
+             _lr_weight_list(up, "[optimizer] up_lr_weight", side, True)]
     if all(p is None for p in parts):
         return None
     weights: list[float] = []
-    for part, size in zip(parts, (NUM_DOWN_OR_UP, NUM_MID, NUM_DOWN_OR_UP), strict=True):
+    for part, size in zip(parts, (side, middle, side), strict=True):
         if part is None:
             weights += [1.0] * size  # not thresholded: sd-scripts fills defaults afterwards
         else:
             weights += [w if w > zero_threshold else 0.0 for w in part]
-    return weights
+    return [1.0, *weights, 1.0] if layout.padded_ends else weights
 
 
 @dataclass(frozen=True)
@@ -173,7 +224,8 @@ class BlockShape:
 def block_dims_and_alphas(block_dims: str, block_alphas: str, conv_block_dims: str,
                           conv_block_alphas: str, network_dim: int, network_alpha: float,
                           conv_dim: int | None, conv_alpha: float | None,
-                          lr_weights: list[float] | None = None) -> BlockShape | None:
+                          lr_weights: list[float] | None = None,
+                          layout: BlockLayout = SD_BLOCKS) -> BlockShape | None:
     """Per-block ranks/alphas from the ``[network]`` fields, with sd-scripts' defaults
     (``get_block_dims_and_alphas`` + ``remove_block_dims_and_alphas``):
 
@@ -186,25 +238,29 @@ def block_dims_and_alphas(block_dims: str, block_alphas: str, conv_block_dims: s
     * a slot whose LR weight is 0 gets rank 0 (no module) in both lists.
 
     ``conv_dim`` / ``conv_alpha`` are the values in effect (after the network type's defaults).
+    ``layout``: 25 slots for SD 1.x/2.x, 23 for SDXL.
     """
     if not block_dims and lr_weights is None:
         return None
-    dims = ([int(v) for v in parse_block_values(block_dims, "[network] block_dims",
-                                                 integer=True)]
-            if block_dims else [network_dim] * NUM_BLOCKS_SD)
-    alphas = (parse_block_values(block_alphas, "[network] block_alphas") if block_alphas
-              else [float(network_alpha)] * NUM_BLOCKS_SD)
+    count = layout.num_blocks
+
+    def values(text: str, field: str, integer: bool = False) -> list[float]:
+        return parse_block_values(text, f"[network] {field}", count, integer=integer,
+                                  layout=layout)
+
+    dims = ([int(v) for v in values(block_dims, "block_dims", integer=True)]
+            if block_dims else [network_dim] * count)
+    alphas = (values(block_alphas, "block_alphas") if block_alphas
+              else [float(network_alpha)] * count)
     conv_dims: list[int] | None
     conv_alphas: list[float] | None
     if conv_block_dims:
-        conv_dims = [int(v) for v in parse_block_values(
-            conv_block_dims, "[network] conv_block_dims", integer=True)]
-        conv_alphas = (parse_block_values(conv_block_alphas, "[network] conv_block_alphas")
-                       if conv_block_alphas
-                       else [1.0 if conv_alpha is None else float(conv_alpha)] * NUM_BLOCKS_SD)
+        conv_dims = [int(v) for v in values(conv_block_dims, "conv_block_dims", integer=True)]
+        conv_alphas = (values(conv_block_alphas, "conv_block_alphas") if conv_block_alphas
+                       else [1.0 if conv_alpha is None else float(conv_alpha)] * count)
     elif conv_dim is not None:
-        conv_dims = [conv_dim] * NUM_BLOCKS_SD
-        conv_alphas = [1.0 if conv_alpha is None else float(conv_alpha)] * NUM_BLOCKS_SD
+        conv_dims = [conv_dim] * count
+        conv_alphas = [1.0 if conv_alpha is None else float(conv_alpha)] * count
     else:
         conv_dims = conv_alphas = None
     if lr_weights is not None:

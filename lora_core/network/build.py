@@ -24,11 +24,16 @@ from torch import nn
 
 from lora_core.errors import ProfileError
 from lora_core.network.adapter import AdapterModule, AdapterNetwork
-from lora_core.network.blocks import BlockShape, block_dims_and_alphas
+from lora_core.network.blocks import BlockShape, block_dims_and_alphas, block_layout
 from lora_core.network.loha import LoHaModule
 from lora_core.network.lokr import LoKrModule
 from lora_core.network.lora import LoRAModule
-from lora_core.network.naming import Target, text_encoder_targets, unet_targets
+from lora_core.network.naming import (
+    Target,
+    default_text_encoder_prefixes,
+    text_encoder_targets,
+    unet_targets,
+)
 from lora_core.profile import NETWORK_TYPES, NetworkSection, conv_rank_and_alpha
 
 log = logging.getLogger(__name__)
@@ -52,20 +57,24 @@ def _check(net: NetworkSection) -> None:
 
 def build_network(unet: nn.Module, text_encoders: list[nn.Module], net: NetworkSection,
                   lr_weights: list[float] | None = None,
-                  text_encoder_prefixes: list[str] | None = None) -> AdapterNetwork:
+                  text_encoder_prefixes: list[str] | None = None, *, family: str = "sd1"
+                  ) -> AdapterNetwork:
     """The network of type ``net.network_module`` over ``unet`` and ``text_encoders``.
 
-    ``lr_weights``: the 25 per-block learning-rate weights (blocks.block_lr_weights), or
-    None; blocks with weight 0 get no module. ``text_encoder_prefixes``: one key prefix per
-    encoder (default ``lora_te``; SDXL ``lora_te1`` / ``lora_te2``). The modules are built
-    in float32 on the default device and not yet applied: call ``apply_to()``.
+    ``family`` ("sd1", "sd2", "sdxl", the bundle's) decides the key names and block layout:
+    SDXL names U-Net modules in the original layout, its text encoders ``lora_te1`` /
+    ``lora_te2``, and has 23 block slots. ``lr_weights``: the per-block learning-rate
+    weights (blocks.block_lr_weights with the family's layout), or None; blocks with weight
+    0 get no module. ``text_encoder_prefixes``: one key prefix per encoder, overriding the
+    family's. The modules are built in float32 on the default device and not yet applied:
+    call ``apply_to()``.
     """
     _check(net)
     kind = net.network_module
     conv_rank, conv_alpha = conv_rank_and_alpha(net)
     blocks = block_dims_and_alphas(net.block_dims, net.block_alphas, net.conv_block_dims,
                                    net.conv_block_alphas, net.network_dim, net.network_alpha,
-                                   conv_rank, conv_alpha, lr_weights)
+                                   conv_rank, conv_alpha, lr_weights, block_layout(family))
     network = AdapterNetwork(kind)
 
     def make(target: Target, rank: int, alpha: float) -> AdapterModule:
@@ -76,14 +85,15 @@ def build_network(unet: nn.Module, text_encoders: list[nn.Module], net: NetworkS
         return MODULE_CLASSES[kind](target.lora_name, target.module, rank, alpha, **options)
 
     if not net.network_train_unet_only:
-        prefixes = text_encoder_prefixes or ["lora_te"] * len(text_encoders)
+        prefixes = (text_encoder_prefixes
+                    or default_text_encoder_prefixes(family, len(text_encoders)))
         for encoder, prefix in zip(text_encoders, prefixes, strict=True):
             for target in text_encoder_targets(encoder, prefix):
                 network.add(make(target, net.network_dim, net.network_alpha), text_encoder=True)
 
     if not net.network_train_text_encoder_only:
         with_conv = conv_rank is not None or (blocks is not None and blocks.conv_dims is not None)
-        for target in unet_targets(unet, with_conv=with_conv):
+        for target in unet_targets(unet, with_conv=with_conv, family=family):
             shape = _rank_and_alpha(target, blocks, net, conv_rank, conv_alpha)
             if shape is None:
                 network.skipped_names.append(target.lora_name)

@@ -9,7 +9,11 @@ parse these names:
 * Text encoder: the ``Linear`` children of ``CLIPAttention`` / ``CLIPSdpaAttention`` /
   ``CLIPMLP``.
 * Name = ``<prefix>.<module path of the parent>.<child path>`` with every ``.`` turned into
-  ``_``. Text-encoder paths are those of transformers 4.x (``text_model.encoder.layers...``)
+  ``_``. SD 1.x/2.x U-Net paths are diffusers' (``down_blocks_0_attentions_0_...``); SDXL U-Net
+  paths are the original SAI layout (``input_blocks_4_1_...``, mapped by
+  ``models/unet_layout.py``), because sd-scripts trains SDXL on its own SAI-layout U-Net.
+  SDXL's two text encoders get ``lora_te1`` / ``lora_te2``.
+  Text-encoder paths are those of transformers 4.x (``text_model.encoder.layers...``)
   whatever version is installed: transformers >= 5.6 dropped the ``text_model`` wrapper, and
   files without the ``text_model_`` segment do not load in A1111 or ComfyUI.
 
@@ -24,9 +28,12 @@ Nothing here changes a model; it only finds modules and names them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
+
+from lora_core.models.unet_layout import UNetLayout, diffusers_to_original
 
 UNET_TARGETS = ("Transformer2DModel",)
 UNET_CONV_TARGETS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
@@ -34,6 +41,9 @@ TEXT_ENCODER_TARGETS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
 
 PREFIX_UNET = "lora_unet"
 PREFIX_TEXT_ENCODER = "lora_te"
+PREFIXES_SDXL_TEXT_ENCODERS = ("lora_te1", "lora_te2")
+# Families whose U-Net LoRA names use the original (SAI / LDM) module paths.
+ORIGINAL_UNET_NAMING = frozenset({"sdxl"})
 
 
 @dataclass(frozen=True)
@@ -62,9 +72,20 @@ def _kind(module: nn.Module) -> str | None:
     return None
 
 
+def default_text_encoder_prefixes(family: str, count: int) -> list[str]:
+    """Key prefix of each text encoder: ``lora_te`` (SD 1.x/2.x), ``lora_te1/2`` (SDXL)."""
+    if family == "sdxl":
+        return list(PREFIXES_SDXL_TEXT_ENCODERS[:count])
+    return [PREFIX_TEXT_ENCODER] * count
+
+
 def find_targets(root: nn.Module, prefix: str, target_classes: tuple[str, ...],
-                 include_conv3x3: bool, text_encoder: bool = False) -> list[Target]:
-    """Every module under ``root`` that sd-scripts' networks.lora would wrap, in model order."""
+                 include_conv3x3: bool, text_encoder: bool = False,
+                 rename: Callable[[str], str] | None = None) -> list[Target]:
+    """Every module under ``root`` that sd-scripts' networks.lora would wrap, in model order.
+
+    ``rename`` maps a module path before it becomes a name (SDXL: diffusers → SAI layout).
+    """
     targets: list[Target] = []
     seen: set[str] = set()
     for parent_path, parent in root.named_modules():
@@ -77,6 +98,8 @@ def find_targets(root: nn.Module, prefix: str, target_classes: tuple[str, ...],
             path = f"{parent_path}.{child_path}" if child_path else parent_path
             if text_encoder:
                 path = text_encoder_path(path)
+            if rename is not None:
+                path = rename(path)
             name = kohya_name(prefix, path)
             if name in seen:  # a target nested inside another target
                 continue
@@ -85,9 +108,17 @@ def find_targets(root: nn.Module, prefix: str, target_classes: tuple[str, ...],
     return targets
 
 
-def unet_targets(unet: nn.Module, with_conv: bool) -> list[Target]:
+def unet_targets(unet: nn.Module, with_conv: bool, family: str = "sd1") -> list[Target]:
+    """The U-Net's targets, named in the layout ``family`` uses (see the module docstring)."""
     classes = UNET_TARGETS + (UNET_CONV_TARGETS if with_conv else ())
-    return find_targets(unet, PREFIX_UNET, classes, include_conv3x3=with_conv)
+    rename = None
+    if family in ORIGINAL_UNET_NAMING:
+        layout = UNetLayout.from_config(unet.config)
+
+        def rename(path: str) -> str:
+            return diffusers_to_original(path, layout)
+
+    return find_targets(unet, PREFIX_UNET, classes, include_conv3x3=with_conv, rename=rename)
 
 
 def text_encoder_targets(text_encoder: nn.Module,

@@ -1,7 +1,9 @@
 """Where the loop gets latents and text conditioning from.
 
 The loop asks a :class:`LatentSource` for the latents of a batch and a
-:class:`TextConditioner` for its encoder hidden states. Two of each:
+:class:`TextConditioner` for its text conditioning (``conditioning()``: a
+``TextConditioning`` with the encoder hidden states and, for SDXL, the pooled embedding;
+``hidden_states()`` is its hidden part). Two of each:
 
 * :class:`VaeLatents` encodes the batch's pixels every step; :class:`CachedLatents` returns
   latents computed once before training (``cache_latents``, in memory, or
@@ -33,7 +35,12 @@ from lora_core.dataset.images import flip_horizontal, load_training_image
 from lora_core.dataset.loader import pixels_to_tensor
 from lora_core.dataset.plan import TrainingPlan
 from lora_core.errors import DatasetError, ProfileError
-from lora_core.models.families import ModelBundle, family_of
+from lora_core.models.families import (
+    ModelBundle,
+    TextConditioning,
+    encode_conditioning,
+    family_of,
+)
 from lora_core.saving import latent_cache
 from lora_core.saving.latent_cache import LatentKey
 
@@ -49,6 +56,9 @@ class LatentSource(Protocol):
 
 
 class TextConditioner(Protocol):
+    def conditioning(self, batch: dict[str, Any],
+                     train_text_encoder: bool) -> TextConditioning: ...
+
     def hidden_states(self, batch: dict[str, Any], train_text_encoder: bool) -> torch.Tensor: ...
 
 
@@ -262,13 +272,14 @@ def _refuse_varying_pixels(plan: TrainingPlan) -> None:
 
 
 def encode_captions(bundle: ModelBundle, captions: list[str], device: torch.device,
-                    clip_skip: int, max_token_length: int) -> torch.Tensor:
-    """The U-Net's ``encoder_hidden_states`` for captions: the one path both the live and the
-    cached text conditioner use, so they cannot disagree."""
+                    clip_skip: int, max_token_length: int) -> TextConditioning:
+    """The U-Net's text conditioning for captions (hidden states, and SDXL's pooled
+    embedding): the one path both the live and the cached text conditioner use, so they
+    cannot disagree."""
     family = family_of(bundle)
     ids = [t.to(device) for t in family.tokenize(bundle, list(captions),
                                                  max_token_length=max_token_length)]
-    return family.encode_text(bundle, ids, clip_skip, max_token_length=max_token_length)
+    return encode_conditioning(family, bundle, ids, clip_skip, max_token_length)
 
 
 class LiveTextEncoder:
@@ -281,10 +292,13 @@ class LiveTextEncoder:
         self.clip_skip = clip_skip
         self.max_token_length = max_token_length
 
-    def hidden_states(self, batch: dict[str, Any], train_text_encoder: bool) -> torch.Tensor:
+    def conditioning(self, batch: dict[str, Any], train_text_encoder: bool) -> TextConditioning:
         with torch.set_grad_enabled(train_text_encoder):
             return encode_captions(self.bundle, batch["captions"], self.device, self.clip_skip,
                                    self.max_token_length)
+
+    def hidden_states(self, batch: dict[str, Any], train_text_encoder: bool) -> torch.Tensor:
+        return self.conditioning(batch, train_text_encoder).hidden
 
 
 def text_outputs_cacheable(plan: TrainingPlan, network_trains_text_encoder: bool) -> bool:
@@ -316,21 +330,25 @@ def distinct_captions(plan: TrainingPlan) -> list[str]:
 
 
 class CachedTextEncoder:
-    """Hidden states of every caption, computed once (sd-scripts'
-    ``cache_text_encoder_outputs``, kept in CPU memory). Same tensors as
-    :class:`LiveTextEncoder` for the same captions: both go through
+    """Text conditioning of every caption, computed once (sd-scripts'
+    ``cache_text_encoder_outputs``, kept in CPU memory): hidden states and, for SDXL, the
+    pooled embedding (sd-scripts' ``hidden_state1`` / ``hidden_state2`` / ``pool2``). Same
+    tensors as :class:`LiveTextEncoder` for the same captions: both go through
     :func:`encode_captions`."""
 
-    def __init__(self, hidden: dict[str, torch.Tensor], live: LiveTextEncoder) -> None:
-        self.hidden = hidden
+    def __init__(self, cache: dict[str, TextConditioning], live: LiveTextEncoder) -> None:
+        self.cache = cache  # caption -> its row (no batch dimension), on the CPU
         self.live = live
         self.warned = False
 
     def hidden_states(self, batch: dict[str, Any], train_text_encoder: bool) -> torch.Tensor:
+        return self.conditioning(batch, train_text_encoder).hidden
+
+    def conditioning(self, batch: dict[str, Any], train_text_encoder: bool) -> TextConditioning:
         if train_text_encoder:
             raise ValueError("text-encoder outputs were cached, but the text encoder trains")
         captions = batch["captions"]
-        missing = [c for c in dict.fromkeys(captions) if c not in self.hidden]
+        missing = [c for c in dict.fromkeys(captions) if c not in self.cache]
         if missing:
             # Cannot happen while text_outputs_cacheable() agrees with process_caption();
             # encoding the stranger live gives the right tensor, so warn instead of failing.
@@ -339,10 +357,9 @@ class CachedTextEncoder:
                 log.warning("caption %r was not in the text-encoder cache; encoding it live",
                             missing[0])
             with torch.no_grad():
-                for caption, state in zip(missing, self.live.hidden_states(
-                        {"captions": missing}, False).cpu().unbind(0), strict=True):
-                    self.hidden[caption] = state
-        return torch.stack([self.hidden[c] for c in captions]).to(self.live.device)
+                rows = self.live.conditioning({"captions": missing}, False).to("cpu").rows()
+            self.cache.update(zip(missing, rows, strict=True))
+        return TextConditioning.stack([self.cache[c] for c in captions]).to(self.live.device)
 
 
 def build_cached_text_encoder(plan: TrainingPlan, bundle: ModelBundle, device: torch.device,
@@ -354,15 +371,14 @@ def build_cached_text_encoder(plan: TrainingPlan, bundle: ModelBundle, device: t
     :func:`text_outputs_cacheable`)."""
     live = LiveTextEncoder(bundle, device, clip_skip, max_token_length)
     captions = distinct_captions(plan)
-    hidden: dict[str, torch.Tensor] = {}
+    cache: dict[str, TextConditioning] = {}
     for start, chunk in _chunks(captions, batch_size):
         with torch.no_grad(), autocast():
-            states = live.hidden_states({"captions": chunk}, False)
-        for caption, state in zip(chunk, states.cpu().unbind(0), strict=True):
-            hidden[caption] = state
+            encoded = live.conditioning({"captions": chunk}, False)
+        cache.update(zip(chunk, encoded.to("cpu").rows(), strict=True))
         if progress is not None:
             progress(start + len(chunk), len(captions))
-    return CachedTextEncoder(hidden, live)
+    return CachedTextEncoder(cache, live)
 
 
 def _chunks(values: list[str], size: int) -> Iterator[tuple[int, list[str]]]:

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import torch
 
 from lora_core.errors import ProfileError
-from lora_core.network.blocks import block_index, block_lr_weights
+from lora_core.network.blocks import SD_BLOCKS, BlockLayout, block_index, block_lr_weights
 from lora_core.profile import OptimizerSection
 from lora_core.training.optimizer_args import (
     ONE_LR_ONLY,
@@ -92,7 +92,8 @@ def _split_plus(name: str, named: list[tuple[str, torch.nn.Parameter]], lr: floa
     return [g for g in groups if g.params and g.lr > 0]
 
 
-def param_groups(network: TrainableNetwork, opt: OptimizerSection) -> list[ParamGroupSpec]:
+def param_groups(network: TrainableNetwork, opt: OptimizerSection,
+                 layout: BlockLayout = SD_BLOCKS) -> list[ParamGroupSpec]:
     """The optimizer's groups, in sd-scripts' order: text encoder, then U-Net (by block)."""
     te_names, unet_names = set(network.text_encoder_names), set(network.unet_names)
     te_named: list[tuple[str, torch.nn.Parameter]] = []
@@ -109,7 +110,7 @@ def param_groups(network: TrainableNetwork, opt: OptimizerSection) -> list[Param
     te_ratio, unet_ratio = loraplus_ratios(opt)
     groups = _split_plus("textencoder", te_named, te_lr, te_ratio) if te_named else []
     weights = block_lr_weights(opt.down_lr_weight, opt.mid_lr_weight, opt.up_lr_weight,
-                               opt.block_lr_zero_threshold)
+                               opt.block_lr_zero_threshold, layout)
     if weights is None:
         if unet_named:
             groups += _split_plus("unet", unet_named, unet_lr, unet_ratio)

@@ -3,7 +3,8 @@
 The loop makes three calls out (see :class:`Previews`): before the first step, after each
 optimizer step and at each epoch end; the schedule checks live in ``sample_prompts``. Each
 sampling re-reads the prompt file, so it can be edited during a run, and builds a diffusers
-``StableDiffusionPipeline`` from the bundle's own parts. The U-Net and text encoder have the
+``StableDiffusionPipeline`` (SDXL: ``StableDiffusionXLPipeline``) from the bundle's own
+parts. The U-Net and text encoder have the
 LoRA patched into their modules' ``forward``, so the images show the LoRA as trained so far.
 
 Sampling must leave training exactly as it was: the torch (CPU and CUDA), Python ``random``
@@ -19,6 +20,11 @@ Choices that differ from plain diffusers, and why:
   ``k`` = diffusers ``k - 1``), applies it to the positive prompt only (sd-scripts' pipeline
   applies it to the negative prompt too), and reaches for ``text_encoder.text_model``, which
   transformers >= 5.6 no longer has.
+* SDXL: the pooled embeddings go in as ``pooled_prompt_embeds`` /
+  ``negative_pooled_prompt_embeds``; the size conditioning is the pipeline's default
+  (original = target = the image size, no crop), as sd-scripts' SDXL sampler does. The
+  image size is the prompt's (``--w`` / ``--h``, default 512, also for SDXL as in
+  sd-scripts). No invisible watermark is added.
 * The sampler's scheduler is assigned after the pipeline is built: the pipeline's
   constructor "fixes" ``clip_sample`` to False and ``steps_offset`` to 1, while sd-scripts
   samples with ``clip_sample=True`` and the scheduler defaults (``get_my_scheduler``).
@@ -52,7 +58,7 @@ from torch import nn
 
 from lora_core.errors import ProfileError
 from lora_core.events import Event, PhaseChanged, SampleSaved
-from lora_core.models.families import ModelBundle
+from lora_core.models.families import ModelBundle, encode_conditioning
 from lora_core.profile import SampleSection
 from lora_core.saving.atomic import atomic_write
 from lora_core.training.sample_prompts import (
@@ -149,16 +155,11 @@ def generate_samples(bundle: ModelBundle, prompts: Sequence[SamplePrompt], *, ou
     ``extra_modules`` (the LoRA network) are put in eval mode while sampling and restored.
     Returns the paths written, in prompt order.
     """
-    from diffusers import StableDiffusionPipeline
-
     device = torch.device(device)
     models = [bundle.unet, bundle.vae, *bundle.text_encoders]
     written: list[Path] = []
     with _training_state_kept(models, list(extra_modules), device), torch.no_grad():
-        pipeline = StableDiffusionPipeline(
-            vae=bundle.vae, text_encoder=bundle.text_encoders[0],
-            tokenizer=bundle.tokenizers[0], unet=bundle.unet, scheduler=None,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipeline = _make_pipeline(bundle)
         pipeline.set_progress_bar_config(disable=True)
         try:
             for index, prompt in enumerate(prompts):
@@ -180,6 +181,24 @@ def generate_samples(bundle: ModelBundle, prompts: Sequence[SamplePrompt], *, ou
     return written
 
 
+def _make_pipeline(bundle: ModelBundle) -> Any:
+    """A diffusers pipeline over the bundle's own modules (no copies), scheduler set later."""
+    if len(bundle.text_encoders) == 2:  # SDXL
+        from diffusers import StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline(
+            vae=bundle.vae, text_encoder=bundle.text_encoders[0],
+            text_encoder_2=bundle.text_encoders[1], tokenizer=bundle.tokenizers[0],
+            tokenizer_2=bundle.tokenizers[1], unet=bundle.unet, scheduler=None,
+            add_watermarker=False)
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=bundle.vae, text_encoder=bundle.text_encoders[0],
+        tokenizer=bundle.tokenizers[0], unet=bundle.unet, scheduler=None,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
 def _generate(pipeline: Any, bundle: ModelBundle, prompt: SamplePrompt, index: int,
               clip_skip: int, device: torch.device) -> Any:
     """One image: embeddings from the family, latents from the pipeline, decode in the VAE's
@@ -193,14 +212,20 @@ def _generate(pipeline: Any, bundle: ModelBundle, prompt: SamplePrompt, index: i
     torch.manual_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     family = bundle.impl
-    cond = family.encode_text(bundle, family.tokenize(bundle, [prompt.prompt]), clip_skip)
+    cond = encode_conditioning(family, bundle, family.tokenize(bundle, [prompt.prompt]),
+                               clip_skip)
     # sd-scripts: no negative prompt means the empty prompt as the unconditional input.
-    uncond = family.encode_text(bundle, family.tokenize(bundle, [prompt.negative_prompt or ""]),
-                                clip_skip)
-    latents = pipeline(prompt_embeds=cond, negative_prompt_embeds=uncond, height=prompt.height,
-                       width=prompt.width, num_inference_steps=prompt.sample_steps,
-                       guidance_scale=prompt.scale, generator=generator,
-                       output_type="latent").images
+    uncond = encode_conditioning(family, bundle,
+                                 family.tokenize(bundle, [prompt.negative_prompt or ""]),
+                                 clip_skip)
+    embeds: dict[str, Any] = {"prompt_embeds": cond.hidden,
+                              "negative_prompt_embeds": uncond.hidden}
+    if cond.pooled is not None:
+        embeds.update(pooled_prompt_embeds=cond.pooled,
+                      negative_pooled_prompt_embeds=uncond.pooled)
+    latents = pipeline(**embeds, height=prompt.height, width=prompt.width,
+                       num_inference_steps=prompt.sample_steps, guidance_scale=prompt.scale,
+                       generator=generator, output_type="latent").images
     vae = bundle.vae
     pixels = vae.decode(latents.to(vae.dtype) / bundle.vae_scaling_factor).sample
     return pipeline.image_processor.postprocess(pixels.float(), output_type="pil")[0]

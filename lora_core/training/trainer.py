@@ -30,7 +30,7 @@ from lora_core.errors import DatasetError, TrainingError
 from lora_core.events import CheckpointSaved, EpochEnded, EventBus, PhaseChanged, StepEnded
 from lora_core.models.families import ModelBundle
 from lora_core.network.adapter import AdapterNetwork
-from lora_core.network.blocks import block_lr_weights
+from lora_core.network.blocks import block_layout, block_lr_weights
 from lora_core.network.build import build_network
 from lora_core.network.max_norm import apply_max_norm
 from lora_core.network.weights import load_network_weights
@@ -104,8 +104,9 @@ def _setup_network(bundle: ModelBundle, profile: Profile, device: torch.device) 
     """The LoRA / LoCon / LoHa / LoKr network, started from network_weights if given."""
     opt = profile.optimizer
     lr_weights = block_lr_weights(opt.down_lr_weight, opt.mid_lr_weight, opt.up_lr_weight,
-                                  opt.block_lr_zero_threshold)
-    network = build_network(bundle.unet, bundle.text_encoders, profile.network, lr_weights)
+                                  opt.block_lr_zero_threshold, block_layout(bundle.family))
+    network = build_network(bundle.unet, bundle.text_encoders, profile.network, lr_weights,
+                            family=bundle.family)
     weights = profile.path("network", "network_weights")
     if weights is not None:
         load_network_weights(network, weights)
@@ -190,7 +191,7 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     latents_from, text_from = _setup_conditioning(accelerator, bundle, profile, plan,
                                                   weight_dtype, emit)
     network = _setup_network(bundle, profile, device)
-    groups = param_groups(network, profile.optimizer)
+    groups = param_groups(network, profile.optimizer, block_layout(bundle.family))
     optimizer = build_optimizer(groups, profile.optimizer)
     scheduler = build_scheduler(optimizer, profile.optimizer, plan.max_train_steps,
                                 plan.warmup_steps, accelerator.num_processes)
@@ -235,9 +236,11 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
                 timesteps = sample_timesteps(latents.shape[0], tr.min_timestep, tr.max_timestep,
                                              device)
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-                hidden = text_from.hidden_states(batch, train_te)
+                text = text_from.conditioning(batch, train_te)
+                extra = bundle.impl.unet_extra_conditioning(
+                    bundle, batch=batch, text=text, device=device, dtype=weight_dtype)
                 pred = bundle.unet(noisy.to(weight_dtype), timesteps,
-                                   hidden.to(weight_dtype)).sample
+                                   text.hidden.to(weight_dtype), **extra).sample
                 target = training_target(noise_scheduler, latents, noise, timesteps, v_pred)
                 loss = diffusion_loss(pred, target, timesteps, batch["loss_weights"], weighting)
                 accelerator.backward(loss / micro_in_update)
