@@ -38,6 +38,9 @@ def input_problems(profile: Profile) -> list[str]:
         found.append(f"{exc.message} ({exc.hint})" if exc.hint else exc.message)
     else:
         found.extend(model_problems(profile, source.family))
+        if "VAE" in source.missing and not profile.model.vae:
+            found.append(f"the checkpoint {source.path} has no VAE: set `[model] vae` to a VAE "
+                         "file or folder")
     weights = profile.path("network", "network_weights")
     if weights is not None:
         problem = lora_file_problem(weights)
@@ -148,11 +151,34 @@ def run_preflight(profile: Profile, strict: bool = True, num_processes: int = 1)
     return Preflight(scan, plan, found, notes)
 
 
+def _family_of(profile: Profile) -> str | None:
+    try:
+        return inspect_model(profile.model.pretrained_model_name_or_path, profile.base_dir).family
+    except LoraError:
+        return None
+
+
 def settings_advisories(profile: Profile) -> list[str]:
     """Settings that run but are probably not what was meant (sd-scripts warns about them)."""
     from lora_core.training.optimizer_args import optimizer_advisories  # torch-free
 
     notes = optimizer_advisories(profile.optimizer)
+    try:
+        from lora_core.models.loading import prediction_warning
+
+        source = inspect_model(profile.model.pretrained_model_name_or_path, profile.base_dir)
+        warning = prediction_warning(source, profile.model.v_parameterization)
+        if warning:
+            notes.append(warning)
+    except LoraError:
+        pass  # the model problem is reported by input_problems
+    family = _family_of(profile) if profile.model.clip_skip != 1 else None
+    if family == "sdxl":
+        notes.append("`[model] clip_skip` is ignored for SDXL models (sd-scripts ignores it too)")
+    elif family == "sd2":
+        from lora_core.models.family_sd2 import clip_skip_warning
+
+        notes.append(clip_skip_warning(profile.model.clip_skip))
     if profile.training.zero_terminal_snr and not profile.model.v_parameterization:
         notes.append("`[training] zero_terminal_snr` is meant for v-prediction models: with "
                      "noise prediction the last timestep has nothing left to predict (set "

@@ -1,27 +1,36 @@
 """Load a base model from a profile's ``pretrained_model_name_or_path`` into a ModelBundle.
 
-Accepted now: ``builtin:<name>`` (built on first use, see ``builtin.py``) and a local diffusers
-folder of an SD1 model (one with ``model_index.json``). Everything else fails early with a
-ModelError that names the path and says what to do: a missing path, a folder that is not a
-diffusers model, a single-file checkpoint, an SD2 or SDXL model (not supported yet), and a
-Hugging Face Hub id (nothing is ever downloaded).
+Accepted: ``builtin:<name>`` (built on first use, see ``builtin.py``), a local diffusers folder
+of an SD 1.x / SD 2.x / SDXL model, and a single-file checkpoint (``.safetensors``, ``.ckpt``)
+in the A1111 / LDM key layout (kohya-compat.md §11). A Hugging Face Hub id is refused: nothing
+is ever downloaded.
 
-Recognising a model (``inspect_model``, ``describe_model``) is pure Python and reads only JSON
-files, so the wizard and ``lora-train check`` can call it without importing torch. Only
-``load_model`` imports torch, diffusers and transformers. Nothing here prints.
+Recognising a model (``inspect_model``, ``describe_model``) is pure Python: JSON files and
+safetensors headers (``checkpoint.py``), so the wizard and ``lora-train check`` can call it
+without importing torch. Only ``load_model`` imports torch, diffusers and transformers.
+
+Single files are converted in-process with diffusers' own converters
+(``diffusers.loaders.single_file_utils``), fed with configs built from the shipped family
+configs and the checkpoint's shapes, never ``from_single_file`` (it would look up the Hub).
+Memory: each part is built on the meta device; its tensors are read one by one, cast to the
+training dtype as they are read (the file-dtype tensor is dropped at once), re-keyed, and
+assigned into the module (``load_state_dict(assign=True)``), so the module's parameters *are*
+the loaded tensors. Peak for the U-Net is one copy in the training dtype plus one tensor in the
+file's dtype; two full copies never exist. Nothing here prints.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lora_core.errors import ModelError
+from lora_core.models import checkpoint as ckpt
 from lora_core.models.builtin import BUILTINS, builtin_folder, ensure_builtin
 
 if TYPE_CHECKING:
@@ -30,14 +39,20 @@ if TYPE_CHECKING:
     from lora_core.models.families import ModelBundle
 
 BUILTIN_PREFIX = "builtin:"
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-SD1_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer")
+SAFETENSORS_SUFFIX = ".safetensors"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+SINGLE_FILE_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES)
+FOLDER_COMPONENTS = {"sd1": ("unet", "vae", "text_encoder"),
+                     "sd2": ("unet", "vae", "text_encoder"),
+                     "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2")}
+FAMILY_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
 # "owner/name" as on the Hugging Face Hub; only treated as one when no such local path exists.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_DIFFUSERS_FOLDER_HINT = (
-    "give a diffusers folder (one with model_index.json, unet/, vae/, text_encoder/, "
-    "tokenizer/), or builtin:tiny-sd1 to try things out"
+_MODEL_HINT = (
+    "give a single-file checkpoint (.safetensors or .ckpt, as A1111 / ComfyUI use), a "
+    "diffusers folder (one with model_index.json), or builtin:tiny-sd1 to try things out"
 )
+_DAMAGED = "the file is damaged or incomplete; copy or download it again"
 
 
 @dataclass(frozen=True)
@@ -45,10 +60,13 @@ class ModelSource:
     """Where a model spec points, after checking it without loading any weights."""
 
     spec: str
-    kind: str  # "builtin" or "diffusers"
-    family: str  # "sd1"
-    name: str  # for metadata: the builtin name or the folder's basename
-    path: Path | None  # the folder (None for a builtin that is not built yet)
+    kind: str  # "builtin" | "diffusers" | "single_file"
+    family: str | None  # "sd1" | "sd2" | "sdxl"; None: a .ckpt, told when it loads
+    name: str  # for metadata: the builtin name, the folder's or the file's basename
+    path: Path | None  # the folder or file (None for a builtin that is not built yet)
+    summary: str = ""  # one line for people
+    missing: tuple[str, ...] = ()  # parts the file lacks (only "VAE" can be made up for)
+    metadata: Mapping[str, str] = field(default_factory=dict)  # safetensors __metadata__
 
 
 def resolve_path(spec: str, base_dir: Path) -> Path:
@@ -57,17 +75,25 @@ def resolve_path(spec: str, base_dir: Path) -> Path:
     return path if path.is_absolute() else Path(base_dir) / path
 
 
+def _builtin_family(name: str) -> str:
+    from lora_core.models import builtin
+
+    return getattr(builtin, "BUILTIN_FAMILIES", {}).get(name, "sd1")
+
+
 def inspect_model(spec: str, base_dir: Path) -> ModelSource:
     """Check what ``spec`` points at; ModelError (message names the path, hint says what to
-    do) for anything ``load_model`` cannot load. Reads JSON only."""
+    do) for anything ``load_model`` cannot load. Reads JSON and safetensors headers only."""
     spec = spec.strip()
     if not spec:
         raise ModelError("no base model given (pretrained_model_name_or_path is empty)",
-                         _DIFFUSERS_FOLDER_HINT)
+                         _MODEL_HINT)
     if spec.startswith(BUILTIN_PREFIX):
         name = spec[len(BUILTIN_PREFIX):]
         folder = builtin_folder(name)  # raises for an unknown name
-        return ModelSource(spec, "builtin", "sd1", name, folder if folder.is_dir() else None)
+        family = _builtin_family(name)
+        return ModelSource(spec, "builtin", family, name, folder if folder.is_dir() else None,
+                           f"{FAMILY_LABELS[family]} built-in '{name}': {BUILTINS[name]}")
 
     path = resolve_path(spec, base_dir)
     if not path.exists():
@@ -81,17 +107,21 @@ def inspect_model(spec: str, base_dir: Path) -> ModelSource:
         raise ModelError(f"the base model {path} does not exist",
                          "check the path; a relative path is taken from the profile's folder")
     if path.is_file():
-        if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
-            raise ModelError(
-                f"{path} is a single-file checkpoint; single-file checkpoints are not "
-                "supported yet",
-                "convert it to a diffusers folder (diffusers' "
-                "scripts/convert_original_stable_diffusion_to_diffusers.py, or "
-                "StableDiffusionPipeline.from_single_file(...).save_pretrained(folder)) "
-                "and give that folder",
-            )
-        raise ModelError(f"{path} is a file, not a model folder", _DIFFUSERS_FOLDER_HINT)
-    return ModelSource(spec, "diffusers", _detect_family(path), path.name, path)
+        suffix = path.suffix.lower()
+        if suffix == SAFETENSORS_SUFFIX:
+            shapes, metadata = ckpt.read_header(path)
+            arch = ckpt.read_architecture(shapes, path)
+            return ModelSource(spec, "single_file", arch.family, path.name, path,
+                               ckpt.summary(arch), arch.missing, metadata)
+        if suffix in PICKLE_SUFFIXES:
+            return ModelSource(spec, "single_file", None, path.name, path,
+                               "pickled checkpoint (.ckpt); the family is detected when the "
+                               "model loads")
+        raise ModelError(f"{path} is a {suffix or 'suffix-less'} file, not a model",
+                         _MODEL_HINT)
+    family = _detect_folder_family(path)
+    return ModelSource(spec, "diffusers", family, path.name, path,
+                       f"{FAMILY_LABELS[family]} diffusers folder {path}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -106,36 +136,35 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _detect_family(folder: Path) -> str:
-    """The family of a diffusers folder ("sd1"), or ModelError for one we cannot train."""
+def _detect_folder_family(folder: Path) -> str:
+    """The family of a diffusers folder, or ModelError for one we cannot train."""
     index_file = folder / "model_index.json"
     if not index_file.is_file():
         raise ModelError(f"{folder} has no model_index.json, so it is not a diffusers model",
-                         _DIFFUSERS_FOLDER_HINT)
+                         _MODEL_HINT)
     index = _read_json(index_file)
     class_name = str(index.get("_class_name", ""))
-    if "XL" in class_name or "text_encoder_2" in index:
-        raise ModelError(
-            f"{folder} is an SDXL model ({class_name or 'two text encoders'}); SDXL is not "
-            "supported yet",
-            "use an SD1.x base model (for example a Stable Diffusion 1.5 diffusers folder)",
-        )
     if not class_name.startswith("StableDiffusion"):
         raise ModelError(f"{folder} holds a {class_name or 'unknown'} model, not Stable "
-                         "Diffusion", _DIFFUSERS_FOLDER_HINT)
-    missing = [c for c in SD1_COMPONENTS if not (folder / c).is_dir()]
+                         "Diffusion", _MODEL_HINT)
+    if "XL" in class_name or "text_encoder_2" in index:
+        family = "sdxl"
+        if not index.get("text_encoder") or index.get("text_encoder") == [None, None]:
+            raise ModelError(f"{folder} is an SDXL refiner (no first text encoder); a "
+                             "refiner cannot be trained as a base model",
+                             "give an SDXL base model")
+    else:
+        family = "sd1"
+    missing = [c for c in FOLDER_COMPONENTS[family] if not (folder / c).is_dir()]
     if missing:
         raise ModelError(f"{folder} lacks the subfolder(s) {', '.join(missing)}",
                          "the model folder is incomplete; copy or download it again")
-    width = _read_json(folder / "text_encoder" / "config.json").get("hidden_size")
-    cross = _read_json(folder / "unet" / "config.json").get("cross_attention_dim")
-    if width == 1024 or cross == 1024:
-        raise ModelError(
-            f"{folder} looks like an SD2.x model (text encoder width 1024); SD2 is not "
-            "supported yet",
-            "use an SD1.x base model (for example a Stable Diffusion 1.5 diffusers folder)",
-        )
-    return "sd1"
+    if family == "sd1":
+        width = _read_json(folder / "text_encoder" / "config.json").get("hidden_size")
+        cross = _read_json(folder / "unet" / "config.json").get("cross_attention_dim")
+        if width == 1024 or cross == 1024:
+            family = "sd2"  # OpenCLIP ViT-H text encoder
+    return family
 
 
 def describe_model(spec: str, base_dir: Path | None = None) -> str:
@@ -146,25 +175,90 @@ def describe_model(spec: str, base_dir: Path | None = None) -> str:
         return f"unusable: {exc.message}"
     if source.kind == "builtin":
         where = f"cached at {source.path}" if source.path else "built on first use"
-        return f"SD1 built-in '{source.name}': {BUILTINS[source.name]}; {where}"
-    return f"SD1 diffusers folder {source.path}"
+        return f"{source.summary}; {where}"
+    if source.kind == "single_file":
+        return f"{source.path} ({source.summary})"
+    return source.summary
+
+
+def prediction_warning(source: ModelSource, v_parameterization: bool) -> str | None:
+    """A warning when the model's file name or metadata suggests the other prediction type
+    than ``[model] v_parameterization`` says (preflight shows it as an advisory)."""
+    if source.kind == "builtin":
+        return None
+    return ckpt.prediction_warning(source.path, source.metadata, v_parameterization)
 
 
 def load_model(spec: str, base_dir: Path, dtype: torch.dtype | None = None,
-               *, vae_dtype: torch.dtype | None = None) -> ModelBundle:
-    """Load the base model ``spec`` (builtin:<name> or a local diffusers folder).
+               *, vae_dtype: torch.dtype | None = None, vae_spec: str | None = None,
+               tokenizer_dir: str | Path | None = None,
+               v_parameterization: bool = False) -> ModelBundle:
+    """Load the base model ``spec`` (builtin:<name>, a diffusers folder or a single file).
 
-    All weights are loaded straight in ``dtype`` (default float32) so nothing is held twice;
-    ``vae_dtype`` overrides it for the VAE (sd-scripts' ``--no_half_vae``). The noise
-    scheduler is always the DDPM schedule SD1 was trained with, whatever scheduler the folder
-    ships, as in sd-scripts. The models come back in eval mode; freezing is the caller's job.
+    All weights are loaded straight in ``dtype`` (default float32); ``vae_dtype`` overrides it
+    for the VAE (sd-scripts' ``--no_half_vae`` passes float32). ``vae_spec`` replaces the
+    model's VAE (``[model] vae``); ``tokenizer_dir`` is ``[model] tokenizer_cache_dir``. The
+    noise scheduler is always the DDPM schedule SD was trained with, whatever a folder ships
+    (as in sd-scripts), predicting v when ``v_parameterization``. The models come back in eval
+    mode; freezing is the caller's job.
     """
+    import torch
+
+    dtype = dtype or torch.float32
+    vae_dtype = vae_dtype or dtype
+    base_dir = Path(base_dir)
     source = inspect_model(spec, base_dir)
-    folder = ensure_builtin(source.name) if source.kind == "builtin" else source.path
-    assert folder is not None
-    bundle = _load_sd1_folder(folder, dtype, vae_dtype)
-    bundle.model_name = source.name
-    return bundle
+    tok_dir = resolve_path(str(tokenizer_dir), base_dir) if tokenizer_dir else None
+    vae_path = resolve_path(vae_spec, base_dir) if vae_spec else None
+    if vae_path is not None and not vae_path.exists():
+        raise ModelError(f"the VAE {vae_path} (`[model] vae`) does not exist",
+                         "give a VAE .safetensors/.ckpt file or diffusers folder, or leave "
+                         "`[model] vae` empty to use the model's own")
+    if source.kind == "single_file":
+        assert source.path is not None
+        parts = _load_single_file(source.path, dtype, vae_dtype, vae_path is not None,
+                                  tok_dir)
+    else:
+        folder = ensure_builtin(source.name) if source.kind == "builtin" else source.path
+        assert folder is not None
+        parts = _load_folder(folder, _detect_folder_family(folder), dtype, vae_dtype,
+                             vae_path is not None, tok_dir)
+    if vae_path is not None:
+        parts["vae"] = load_vae(vae_path, parts["family"], vae_dtype)
+    return _bundle(parts, source, v_parameterization)
+
+
+def _bundle(parts: dict[str, Any], source: ModelSource, v_parameterization: bool
+            ) -> ModelBundle:
+    from diffusers import DDPMScheduler
+
+    from lora_core.models.builtin import training_noise_scheduler
+    from lora_core.models.configs import load_config
+    from lora_core.models.families import ModelBundle
+
+    prediction = "v_prediction" if v_parameterization else "epsilon"
+    scheduler = DDPMScheduler.from_config(training_noise_scheduler().config,
+                                          prediction_type=prediction)
+    family = parts["family"]
+    # sd-scripts uses the family's constant, whatever a replacement VAE's config says.
+    scaling = float(load_config(family, "vae")["scaling_factor"])
+    if source.kind != "single_file" and parts.get("own_vae"):
+        scaling = float(getattr(parts["vae"].config, "scaling_factor", scaling))
+    for model in (parts["unet"], parts["vae"], *parts["text_encoders"]):
+        model.eval()
+    single = source.kind == "single_file"
+    return ModelBundle(
+        family=family,
+        unet=parts["unet"],
+        vae=parts["vae"],
+        text_encoders=parts["text_encoders"],
+        tokenizers=parts["tokenizers"],
+        noise_scheduler=scheduler,
+        vae_scaling_factor=scaling,
+        model_name=source.name,
+        model_file=source.path if single else None,
+        prediction_type=prediction,
+    )
 
 
 @contextmanager
@@ -182,16 +276,19 @@ def _no_transformers_progress_bar() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _load_sd1_folder(folder: Path, dtype: Any, vae_dtype: Any) -> ModelBundle:
-    import torch
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# --- diffusers folders ----------------------------------------------------------------------
+
+
+def _load_folder(folder: Path, family: str, dtype: Any, vae_dtype: Any, vae_replaced: bool,
+                 tokenizer_dir: Path | None) -> dict[str, Any]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from lora_core.models.builtin import training_noise_scheduler
-    from lora_core.models.families import ModelBundle
-
-    dtype = dtype or torch.float32
-    vae_dtype = vae_dtype or dtype
+    from lora_core.models.tokenizers import load_tokenizers
 
     def load(what: str, loader: Any) -> Any:
         try:
@@ -199,31 +296,297 @@ def _load_sd1_folder(folder: Path, dtype: Any, vae_dtype: Any) -> ModelBundle:
         except ModelError:
             raise
         except Exception as exc:  # any loader failure becomes a ModelError naming the part
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelError(f"could not load the {what} from {folder / what}: {first_line}",
+            raise ModelError(f"could not load the {what} from {folder / what}: "
+                             f"{_first_line(exc)}",
                              "the model folder may be incomplete or damaged; copy or "
                              "download it again") from exc
 
+    tokenizers = load_tokenizers(family, folder, tokenizer_dir)
     unet = load("unet", lambda: UNet2DConditionModel.from_pretrained(
         folder, subfolder="unet", torch_dtype=dtype, local_files_only=True))
-    vae = load("vae", lambda: AutoencoderKL.from_pretrained(
-        folder, subfolder="vae", torch_dtype=vae_dtype, local_files_only=True))
+    vae = None
+    if not vae_replaced:
+        vae = load("vae", lambda: AutoencoderKL.from_pretrained(
+            folder, subfolder="vae", torch_dtype=vae_dtype, local_files_only=True))
     with _no_transformers_progress_bar():
-        text_encoder = load("text_encoder", lambda: CLIPTextModel.from_pretrained(
-            folder / "text_encoder", dtype=dtype, local_files_only=True))
-    # model_max_length: without it transformers 5.x allows 1e30 tokens when the folder's
-    # tokenizer_config.json does not say 77.
-    tokenizer = load("tokenizer", lambda: CLIPTokenizer.from_pretrained(
-        folder / "tokenizer", model_max_length=77, local_files_only=True))
-    return ModelBundle(
-        family="sd1",
-        unet=unet,
-        vae=vae,
-        text_encoders=[text_encoder],
-        tokenizers=[tokenizer],
-        noise_scheduler=training_noise_scheduler(),
-        vae_scaling_factor=float(getattr(vae.config, "scaling_factor", 0.18215)),
-        model_name=folder.name,
-        model_file=None,
-        prediction_type="epsilon",
+        encoders = [load("text_encoder", lambda: CLIPTextModel.from_pretrained(
+            folder / "text_encoder", dtype=dtype, local_files_only=True))]
+        if family == "sdxl":
+            encoders.append(load("text_encoder_2",
+                                 lambda: CLIPTextModelWithProjection.from_pretrained(
+                                     folder / "text_encoder_2", dtype=dtype,
+                                     local_files_only=True)))
+    return {"family": family, "unet": unet, "vae": vae, "text_encoders": encoders,
+            "tokenizers": tokenizers, "own_vae": not vae_replaced}
+
+
+# --- single files ---------------------------------------------------------------------------
+
+
+class _Reader:
+    """The tensors of a checkpoint file, read one at a time.
+
+    ``.safetensors``: ``safe_open`` reads each tensor from the memory-mapped file on request.
+    ``.ckpt`` / ``.pt``: ``torch.load(weights_only=True, mmap=True)``; the tensors stay in the
+    mapped file until read. A pickle that needs anything beyond tensors and plain containers
+    is refused by torch's restricted unpickler before any of its code runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: Any = None
+        self._state: dict[str, Any] = {}
+        if path.suffix.lower() == SAFETENSORS_SUFFIX:
+            self.shapes, self.metadata = ckpt.read_header(path)
+            from safetensors import safe_open
+
+            try:
+                self._handle = safe_open(str(path), framework="pt")
+            except Exception as exc:  # safetensors raises its own error types
+                raise ModelError(f"cannot open {path}: {_first_line(exc)}", _DAMAGED) from exc
+        else:
+            self._state = _torch_load(path)
+            self.metadata = {}
+            self.shapes = {k: tuple(v.shape) for k, v in self._state.items()}
+
+    def get(self, key: str, dtype: Any) -> Any:
+        """The tensor ``key`` as ``dtype`` (floating tensors only; others as stored)."""
+        try:
+            tensor = (self._handle.get_tensor(key) if self._handle is not None
+                      else self._state[key])
+        except Exception as exc:
+            raise ModelError(f"cannot read tensor {key!r} from {self.path}: "
+                             f"{_first_line(exc)}", _DAMAGED) from exc
+        return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+    def take(self, prefix: str, dtype: Any, skip: Any = None) -> dict[str, Any]:
+        """Every tensor under ``prefix`` (minus ignorable ones and ``skip(key)``), cast."""
+        return {k: self.get(k, dtype) for k in self.shapes
+                if k.startswith(prefix) and not ckpt.is_ignorable(k)
+                and not (skip and skip(k))}
+
+
+def _torch_load(path: Path) -> dict[str, Any]:
+    import pickle
+
+    import torch
+
+    def load(mmap: bool) -> Any:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+
+    try:
+        try:
+            data = load(True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            data = load(False)  # a legacy (pre-zip) torch file cannot be memory-mapped
+    except pickle.UnpicklingError as exc:
+        raise ModelError(
+            f"{path} contains pickled code (it needs {_first_line(exc)[:160]!r}) and was not "
+            "loaded; none of its code was executed",
+            "use a .safetensors version of this model; convert the .ckpt only on a machine "
+            "and with a tool you trust") from None
+    except Exception as exc:
+        raise ModelError(f"cannot read {path} as a PyTorch checkpoint: {_first_line(exc)}",
+                         _DAMAGED) from None
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} holds a {type(data).__name__}, not a state dict",
+                         "give a Stable Diffusion checkpoint")
+    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+
+
+def _load_single_file(path: Path, dtype: Any, vae_dtype: Any, vae_replaced: bool,
+                      tokenizer_dir: Path | None) -> dict[str, Any]:
+    from lora_core.models.tokenizers import load_tokenizers
+
+    reader = _Reader(path)
+    arch = ckpt.read_architecture(reader.shapes, path)
+    if arch.vae is None and not vae_replaced:
+        raise ModelError(f"{path} contains no VAE (no {ckpt.VAE_PREFIX}* tensors)",
+                         "set `[model] vae` to the VAE this model is meant to be used with")
+    # Tokenizers first: a missing one fails in a second, not after gigabytes were read.
+    tokenizers = load_tokenizers(arch.family, None, tokenizer_dir)
+    unet = _single_file_unet(reader, arch, dtype)
+    vae = None
+    if not vae_replaced:
+        assert arch.vae is not None
+        vae = _ldm_vae(reader.take(ckpt.VAE_PREFIX, vae_dtype), arch.family, arch.vae, path)
+    with _no_transformers_progress_bar():
+        encoders = [_single_file_text_encoder(reader, arch, i, dtype)
+                    for i in range(len(arch.text_encoders))]
+    return {"family": arch.family, "unet": unet, "vae": vae, "text_encoders": encoders,
+            "tokenizers": tokenizers, "own_vae": not vae_replaced}
+
+
+def _empty(build: Any) -> Any:
+    """``build()`` with parameters on the meta device (buffers stay real: position ids)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        return build()
+
+
+def _single_file_unet(reader: _Reader, arch: ckpt.Architecture, dtype: Any) -> Any:
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    config = ckpt.unet_config(arch)
+    # sd-scripts builds SD 2.x U-Nets from single files with 1x1-conv proj_in / proj_out,
+    # reshaping the linear weights, so LoRA files get 4-D proj tensors (§6.1). Do the same.
+    conv_proj = arch.family == "sd2" and arch.unet.linear_proj
+    if conv_proj:
+        config["use_linear_projection"] = False
+    source = reader.take(ckpt.UNET_PREFIX, dtype)
+    converted = convert_ldm_unet_checkpoint(source, config)
+    if conv_proj:
+        converted = {k: (v.reshape(*v.shape, 1, 1) if k.endswith(("proj_in.weight",
+                                                                   "proj_out.weight"))
+                         and v.ndim == 2 else v) for k, v in converted.items()}
+    _check_all_used("U-Net", source, converted, reader.path)
+    unet = _empty(lambda: UNet2DConditionModel(**config))
+    _assign(unet, converted, "U-Net", reader.path, config)
+    return unet
+
+
+def _ldm_vae(source: dict[str, Any], family: str, vae: ckpt.VaeArch, path: Path) -> Any:
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    config = ckpt.vae_config(family, vae)
+    converted = convert_ldm_vae_checkpoint(source, config)
+    _check_all_used("VAE", source, converted, path)
+    model = _empty(lambda: AutoencoderKL(**config))
+    _assign(model, converted, "VAE", path)
+    return model
+
+
+def _single_file_text_encoder(reader: _Reader, arch: ckpt.Architecture, index: int,
+                              dtype: Any) -> Any:
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_clip_checkpoint,
+        convert_open_clip_checkpoint,
     )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    te = arch.text_encoders[index]
+    config = ckpt.text_encoder_config(arch.family, index, te)
+    config.pop("model_type", None)
+    cls = CLIPTextModelWithProjection if arch.family == "sdxl" and index == 1 else CLIPTextModel
+    model = _empty(lambda: cls(CLIPTextConfig(**config)))
+    if te.kind == "open_clip":
+        # SD 2.x: OpenCLIP's last block and text_projection are unused (§11) and not loaded.
+        dropped = (f"{te.prefix}transformer.resblocks.{te.layers}.",
+                   f"{te.prefix}text_projection") if arch.family == "sd2" else ()
+        source = reader.take(te.prefix, dtype, skip=lambda k: k.startswith(dropped))
+        converted = convert_open_clip_checkpoint(model, source, prefix=te.prefix)
+    else:
+        source = reader.take(te.prefix, dtype)
+        converted = convert_ldm_clip_checkpoint(source, remove_prefix=te.prefix)
+    # One key layout for both transformers generations: "text_model." + inner path;
+    # transformers >= 5.6 has no text_model wrapper in CLIPTextModel, so strip it there.
+    normal = {}
+    for key, value in converted.items():
+        inner = key.removeprefix("text_model.")
+        normal[key if key.startswith("text_projection") else f"text_model.{inner}"] = value
+    if not hasattr(model, "text_model"):
+        normal = {k.removeprefix("text_model."): v for k, v in normal.items()}
+    _check_all_used(f"text encoder {index + 1}" if len(arch.text_encoders) > 1
+                    else "text encoder", source, normal, reader.path)
+    _assign(model, normal, "text encoder", reader.path)
+    return model
+
+
+def _check_all_used(what: str, source: dict[str, Any], converted: dict[str, Any],
+                    path: Path) -> None:
+    """Every weight of the part must arrive: the converters only re-key, split (OpenCLIP's
+    fused q/k/v) or reshape, so the element counts before and after must match. A mismatch
+    means the converter did not understand some tensors; name them."""
+    before = sum(t.numel() for t in source.values())
+    after = sum(t.numel() for t in converted.values())
+    if before == after:
+        return
+    used = {t.untyped_storage().data_ptr() for t in converted.values()}
+    copied = ("in_proj_weight", "in_proj_bias", "text_projection")  # split or transposed
+    left = [k for k, t in source.items()
+            if t.untyped_storage().data_ptr() not in used and not k.endswith(copied)]
+    raise ModelError(f"{path}: {len(left) or 'some'} {what} tensor(s) would not be loaded "
+                     f"({', '.join(left[:4]) or f'{before - after} elements'}"
+                     f"{' ...' if len(left) > 4 else ''})",
+                     "the checkpoint has an unusual layout for this family; use the original "
+                     "file or the model's diffusers folder")
+
+
+def _assign(model: Any, converted: dict[str, Any], what: str, path: Path,
+            unet_config: dict[str, Any] | None = None) -> None:
+    """Put ``converted`` into the meta-device ``model`` as its parameters (no copy)."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(converted))
+    unexpected = sorted(set(converted) - set(expected))
+    wrong = [k for k in set(expected) & set(converted)
+             if tuple(expected[k].shape) != tuple(converted[k].shape)]
+    if missing:
+        raise ModelError(f"{path} is missing {len(missing)} {what} weight(s): "
+                         f"{', '.join(_file_key(k, unet_config) for k in missing[:4])}"
+                         f"{' ...' if len(missing) > 4 else ''}",
+                         "the checkpoint is incomplete or pruned too far; use the full file")
+    if unexpected or wrong:
+        names = [*(_file_key(k, unet_config) for k in unexpected),
+                 *(f"{_file_key(k, unet_config)} {tuple(converted[k].shape)}" for k in wrong)]
+        raise ModelError(f"{path}: {what} weights do not fit its detected architecture "
+                         f"({', '.join(names[:4])}{' ...' if len(names) > 4 else ''})",
+                         "the checkpoint has an unusual layout; use the original file or the "
+                         "model's diffusers folder")
+    model.load_state_dict(converted, strict=True, assign=True)
+
+
+def _file_key(key: str, unet_config: dict[str, Any] | None) -> str:
+    """A missing U-Net weight as the file would name it (``model.diffusion_model.…``)."""
+    if unet_config is None:
+        return key
+    try:
+        from lora_core.models.unet_layout import diffusers_to_original
+
+        return ckpt.UNET_PREFIX + diffusers_to_original(key, unet_config)
+    except (ImportError, ModelError):
+        return key
+
+
+# --- separate VAE ---------------------------------------------------------------------------
+
+
+def load_vae(path: Path, family: str, dtype: Any) -> Any:
+    """``[model] vae``: a diffusers folder (or its ``vae/``), a diffusers-format state dict
+    (.safetensors / .bin), or an LDM file, full (``first_stage_model.*``) or VAE-only (§11)."""
+    if path.is_dir():
+        from diffusers import AutoencoderKL
+
+        folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"the VAE folder {path} has no config.json (nor vae/config.json)",
+                             "give a diffusers VAE folder or a VAE file")
+        try:
+            return AutoencoderKL.from_pretrained(folder, torch_dtype=dtype,
+                                                 local_files_only=True)
+        except Exception as exc:  # any loader failure names the folder
+            raise ModelError(f"could not load the VAE from {folder}: {_first_line(exc)}",
+                             _DAMAGED) from exc
+    reader = _Reader(path)
+    keys = list(reader.shapes)
+    if any(k.startswith(ckpt.VAE_PREFIX) for k in keys):
+        arch = ckpt.read_vae(reader.shapes, ckpt.VAE_PREFIX, path)
+        return _ldm_vae(reader.take(ckpt.VAE_PREFIX, dtype), family, arch, path)
+    if any(k.startswith("encoder.down.") for k in keys):
+        arch = ckpt.read_vae(reader.shapes, "", path)
+        return _ldm_vae(reader.take("", dtype), family, arch, path)
+    if any(k.startswith("encoder.down_blocks.") for k in keys):
+        from diffusers import AutoencoderKL
+
+        config = ckpt.vae_config(family, ckpt.read_diffusers_vae(reader.shapes, path))
+        state = reader.take("", dtype)
+        model = _empty(lambda: AutoencoderKL(**config))
+        _assign(model, state, "VAE", path)
+        return model
+    raise ModelError(f"{path} is not a VAE (no encoder/decoder tensors)",
+                     "set `[model] vae` to a VAE file or folder, or leave it empty")

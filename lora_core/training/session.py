@@ -138,8 +138,14 @@ def run_training(profile: Profile, profile_path: Path | None, started_run: Start
             bus.emit(WarningIssued(message))
     set_seed(seed)
     bus.emit(PhaseChanged("loading model"))
+    import torch
+
     bundle = load_model(profile.model.pretrained_model_name_or_path, profile.base_dir,
-                        WEIGHT_DTYPES[profile.training.mixed_precision])
+                        WEIGHT_DTYPES[profile.training.mixed_precision],
+                        vae_dtype=torch.float32 if profile.model.no_half_vae else None,
+                        vae_spec=profile.model.vae or None,
+                        tokenizer_dir=profile.path("model", "tokenizer_cache_dir"),
+                        v_parameterization=profile.model.v_parameterization)
     output_dir = profile.path("saving", "output_dir")
     run = RunInfo(session_id=random.randint(0, 2**31), started_at=started, seed=seed,
                   output_name=output_name, model_name=bundle.model_name,

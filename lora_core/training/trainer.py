@@ -85,9 +85,12 @@ def _setup_accelerator(profile: Profile):
 def _setup_models(bundle: ModelBundle, profile: Profile, device: torch.device) -> torch.dtype:
     """Freeze the base model in the training dtype; LoRA parameters stay float32."""
     weight_dtype = WEIGHT_DTYPES[profile.training.mixed_precision]
-    for model in (bundle.unet, bundle.vae, *bundle.text_encoders):
+    # no_half_vae: the VAE stays float32 (fp16 VAEs, SDXL's above all, overflow to NaN).
+    vae_dtype = torch.float32 if profile.model.no_half_vae else weight_dtype
+    for model, dtype in ((bundle.unet, weight_dtype), (bundle.vae, vae_dtype),
+                         *((encoder, weight_dtype) for encoder in bundle.text_encoders)):
         model.requires_grad_(False)
-        model.to(device, weight_dtype)
+        model.to(device, dtype)
         model.eval()
     if profile.training.gradient_checkpointing:
         bundle.unet.enable_gradient_checkpointing()
@@ -126,13 +129,13 @@ def _setup_conditioning(accelerator, bundle: ModelBundle, profile: Profile, plan
         shard = ((accelerator.process_index, accelerator.num_processes)
                  if ds.cache_latents_to_disk else (0, 1))
         latents_from = build_cached_latents(
-            plan, bundle, device, weight_dtype, to_disk=ds.cache_latents_to_disk,
+            plan, bundle, device, bundle.vae.dtype, to_disk=ds.cache_latents_to_disk,
             vae_batch_size=ds.vae_batch_size, progress=_phase_progress("caching latents", emit),
             shard=shard, autocast=accelerator.autocast)
         if ds.cache_latents_to_disk and accelerator.num_processes > 1:
             accelerator.wait_for_everyone()
             latents_from = build_cached_latents(
-                plan, bundle, device, weight_dtype, to_disk=True,
+                plan, bundle, device, bundle.vae.dtype, to_disk=True,
                 vae_batch_size=ds.vae_batch_size, autocast=accelerator.autocast)
         # Training needs no VAE now: park it on the CPU (preview sampling brings it back)
         # so its memory goes to the U-Net, as sd-scripts does after caching.
@@ -140,7 +143,7 @@ def _setup_conditioning(accelerator, bundle: ModelBundle, profile: Profile, plan
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     else:
-        latents_from = VaeLatents(bundle, device, weight_dtype)
+        latents_from = VaeLatents(bundle, device, bundle.vae.dtype)
     trains_te = not profile.network.network_train_unet_only
     if text_outputs_cacheable(plan, network_trains_text_encoder=trains_te):
         emit(PhaseChanged("caching text encoder outputs"))

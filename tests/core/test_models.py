@@ -249,13 +249,13 @@ def test_clip_skip_with_transformers4_layout(bundle: ModelBundle) -> None:
 # --- loading errors -----------------------------------------------------------------------
 
 
-def test_single_file_checkpoint_is_refused(tmp_path: Path) -> None:
+def test_damaged_single_file_is_named(tmp_path: Path) -> None:
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"x")
     with pytest.raises(ModelError) as info:
         load_model("model.safetensors", tmp_path, torch.float32)
-    assert str(ckpt) in info.value.message and "not supported yet" in info.value.message
-    assert "diffusers" in info.value.hint
+    assert str(ckpt) in info.value.message and "not a .safetensors file" in info.value.message
+    assert "damaged" in info.value.hint
 
 
 def test_missing_path_is_named(tmp_path: Path) -> None:
@@ -280,7 +280,7 @@ def test_sdxl_folder_is_refused(tmp_path: Path) -> None:
     assert str(tmp_path) in info.value.message and "SDXL" in info.value.message
 
 
-def test_sd2_folder_and_plain_folder_are_refused(tiny_folder: Path, tmp_path: Path) -> None:
+def test_sd2_folder_is_detected_and_plain_folder_refused(tiny_folder: Path, tmp_path: Path) -> None:
     import shutil
 
     with pytest.raises(ModelError, match="model_index.json") as info:
@@ -291,8 +291,9 @@ def test_sd2_folder_and_plain_folder_are_refused(tiny_folder: Path, tmp_path: Pa
     shutil.copytree(tiny_folder, sd2, ignore=shutil.ignore_patterns("*.safetensors"))
     config = json.loads((sd2 / "text_encoder" / "config.json").read_text())
     (sd2 / "text_encoder" / "config.json").write_text(json.dumps({**config, "hidden_size": 1024}))
-    with pytest.raises(ModelError, match="SD2") as info:
-        load_model("sd2", tmp_path, torch.float32)
+    assert inspect_model("sd2", tmp_path).family == "sd2"  # told by the 1024-wide encoder
+    with pytest.raises(ModelError, match="could not load the unet") as info:
+        load_model("sd2", tmp_path, torch.float32)  # its weights were left out
     assert str(sd2) in info.value.message
 
 

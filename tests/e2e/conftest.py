@@ -69,33 +69,60 @@ def tiny_profile(tmp_path):
     return make
 
 
-def _kohya_module_map(pipe) -> dict:
-    from lora_core.network.naming import text_encoder_targets, unet_targets
+def _kohya_module_map(pipe, family: str = "sd1") -> dict:
+    from lora_core.network.naming import (
+        default_text_encoder_prefixes,
+        text_encoder_targets,
+        unet_targets,
+    )
 
-    modules = {t.lora_name: t.module for t in unet_targets(pipe.unet, with_conv=True)}
-    modules.update({t.lora_name: t.module for t in text_encoder_targets(pipe.text_encoder)})
+    modules = {t.lora_name: t.module
+               for t in unet_targets(pipe.unet, with_conv=True, family=family)}
+    encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e]
+    for encoder, prefix in zip(encoders, default_text_encoder_prefixes(family, len(encoders)),
+                               strict=True):
+        modules.update({t.lora_name: t.module for t in text_encoder_targets(encoder, prefix)})
     return modules
 
 
-def assert_diffusers_applies_every_module(path: Path) -> list[str]:
-    """Load a LoRA file into the tiny pipeline with diffusers, fuse it, and check that every
-    module in the file changed its weight by exactly alpha/dim · up·down, and that the
-    U-Net's output changed. Returns the module names found in the file."""
+def _expected_delta(down, up, weight_shape):
     import torch
-    from diffusers import StableDiffusionPipeline
+
+    if down.dim() == 4 and down.shape[2:] != (1, 1):
+        delta = torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
+    else:
+        delta = up.flatten(1) @ down.flatten(1)
+    return delta.reshape(weight_shape)
+
+
+def assert_diffusers_applies_every_module(path: Path, folder: Path | None = None,
+                                          family: str = "sd1") -> list[str]:
+    """Load a LoRA file into a pipeline with diffusers (the tiny SD1 one unless ``folder``
+    names another), fuse it, and check that every module in the file changed its weight by
+    exactly alpha/dim · up·down, and that the U-Net's output changed. Returns the module
+    names found in the file."""
+    import torch
+    from diffusers import DiffusionPipeline
     from safetensors import safe_open
 
     from lora_core.models.builtin import ensure_builtin
 
-    pipe = StableDiffusionPipeline.from_pretrained(
-        ensure_builtin("tiny-sd1"), safety_checker=None, requires_safety_checker=False,
-        local_files_only=True)
-    modules = _kohya_module_map(pipe)
+    pipe = DiffusionPipeline.from_pretrained(
+        folder or ensure_builtin("tiny-sd1"), safety_checker=None,
+        requires_safety_checker=False, local_files_only=True)
+    modules = _kohya_module_map(pipe, family)
     before = {name: m.weight.detach().clone() for name, m in modules.items()}
     torch.manual_seed(0)
-    latents, context, t = torch.randn(1, 4, 8, 8), torch.randn(1, 77, 32), torch.tensor([500])
+    config = pipe.unet.config
+    latents, t = torch.randn(1, config.in_channels, 8, 8), torch.tensor([500])
+    context = torch.randn(1, 77, config.cross_attention_dim)
+    extra = {}
+    if family == "sdxl":
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        extra = {"added_cond_kwargs": {"text_embeds": torch.randn(1, pooled),
+                                       "time_ids": torch.tensor([[64., 64, 0, 0, 64, 64]])}}
     with torch.no_grad():
-        out_before = pipe.unet(latents, t, context).sample
+        out_before = pipe.unet(latents, t, context, **extra).sample
     with safe_open(str(path), "pt") as fh:
         tensors = {k: fh.get_tensor(k).float() for k in fh.keys()}
     names = sorted({k.split(".")[0] for k in tensors})
@@ -106,16 +133,14 @@ def assert_diffusers_applies_every_module(path: Path) -> list[str]:
         down = tensors[f"{name}.lora_down.weight"]
         up = tensors[f"{name}.lora_up.weight"]
         scale = tensors[f"{name}.alpha"].item() / down.shape[0]
-        if down.dim() == 4 and down.shape[2:] != (1, 1):
-            expected = torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
-        elif down.dim() == 4:
-            expected = (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], down.shape[1], 1, 1)
-        else:
-            expected = up @ down
-        delta = modules[name].weight.detach().float() - before[name].float()
+        weight = modules[name].weight
+        expected = _expected_delta(down, up, weight.shape)
+        delta = weight.detach().float() - before[name].float()
         assert torch.allclose(delta, expected * scale, atol=2e-4, rtol=1e-2), name
-        assert delta.abs().max() > 0, f"{name} was not applied"
+        # (a module that never got a gradient keeps lora_up = 0: SDXL's last TE1 layer)
+        if expected.abs().max() > 0:
+            assert delta.abs().max() > 0, f"{name} was not applied"
     with torch.no_grad():
-        out_after = pipe.unet(latents, t, context).sample
+        out_after = pipe.unet(latents, t, context, **extra).sample
     assert not torch.allclose(out_before, out_after)
     return names
