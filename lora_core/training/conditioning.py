@@ -11,10 +11,12 @@ The loop asks a :class:`LatentSource` for the latents of a batch and a
   :func:`build_cached_latents`;
 * :class:`LiveTextEncoder` tokenizes and encodes every step (required when the text encoder
   trains or captions change between steps); :class:`CachedTextEncoder` encodes every distinct
-  caption once (:func:`build_cached_text_encoder`, when :func:`text_outputs_cacheable`).
+  caption once (:func:`build_cached_text_encoder`, when :func:`text_outputs_cacheable`), in
+  memory or, with ``cache_text_encoder_outputs_to_disk``, through ``saving.text_cache``.
 
 Switching caching on never touches the loop. This module decides nothing about *whether* to
-cache (the profile and the trainer do) and owns no file format.
+cache (the profile and the trainer do) and owns no file format (``saving.latent_cache`` and
+``saving.text_cache`` do).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from lora_core.models.families import (
     encode_conditioning,
     family_of,
 )
-from lora_core.saving import latent_cache
+from lora_core.saving import latent_cache, text_cache
 from lora_core.saving.latent_cache import LatentKey
 
 log = logging.getLogger(__name__)
@@ -331,13 +333,19 @@ def distinct_captions(plan: TrainingPlan) -> list[str]:
 
 class CachedTextEncoder:
     """Text conditioning of every caption, computed once (sd-scripts'
-    ``cache_text_encoder_outputs``, kept in CPU memory): hidden states and, for SDXL, the
-    pooled embedding (sd-scripts' ``hidden_state1`` / ``hidden_state2`` / ``pool2``). Same
-    tensors as :class:`LiveTextEncoder` for the same captions: both go through
-    :func:`encode_captions`."""
+    ``cache_text_encoder_outputs``): hidden states and, for SDXL, the pooled embedding
+    (sd-scripts' ``hidden_state1`` / ``hidden_state2`` / ``pool2``). Same tensors as
+    :class:`LiveTextEncoder` for the same captions: both go through :func:`encode_captions`.
 
-    def __init__(self, cache: dict[str, TextConditioning], live: LiveTextEncoder) -> None:
+    A caption's row is held in CPU memory (``cache``) or, with
+    ``cache_text_encoder_outputs_to_disk``, read from its cache file (``files``) when a batch
+    needs it, so a large dataset's outputs need not all fit in memory.
+    """
+
+    def __init__(self, cache: dict[str, TextConditioning], live: LiveTextEncoder,
+                 files: dict[str, Path] | None = None) -> None:
         self.cache = cache  # caption -> its row (no batch dimension), on the CPU
+        self.files = files or {}  # caption -> its text_cache file
         self.live = live
         self.warned = False
 
@@ -348,7 +356,8 @@ class CachedTextEncoder:
         if train_text_encoder:
             raise ValueError("text-encoder outputs were cached, but the text encoder trains")
         captions = batch["captions"]
-        missing = [c for c in dict.fromkeys(captions) if c not in self.cache]
+        missing = [c for c in dict.fromkeys(captions)
+                   if c not in self.cache and c not in self.files]
         if missing:
             # Cannot happen while text_outputs_cacheable() agrees with process_caption();
             # encoding the stranger live gives the right tensor, so warn instead of failing.
@@ -359,26 +368,56 @@ class CachedTextEncoder:
             with torch.no_grad():
                 rows = self.live.conditioning({"captions": missing}, False).to("cpu").rows()
             self.cache.update(zip(missing, rows, strict=True))
-        return TextConditioning.stack([self.cache[c] for c in captions]).to(self.live.device)
+        loaded = {c: text_cache.load_entry(self.files[c]) for c in dict.fromkeys(captions)
+                  if c not in self.cache}
+        rows = [self.cache[c] if c in self.cache else loaded[c] for c in captions]
+        return TextConditioning.stack(rows).to(self.live.device)
 
 
 def build_cached_text_encoder(plan: TrainingPlan, bundle: ModelBundle, device: torch.device,
                               clip_skip: int, *, max_token_length: int = 75,
-                              batch_size: int = 8, progress: Progress | None = None,
+                              batch_size: int = 8, to_disk: bool = False,
+                              root: Path | None = None, progress: Progress | None = None,
                               autocast: AutocastFactory = contextlib.nullcontext
                               ) -> CachedTextEncoder:
     """Encode :func:`distinct_captions` in batches of ``batch_size`` (call only when
-    :func:`text_outputs_cacheable`)."""
+    :func:`text_outputs_cacheable`).
+
+    ``to_disk``: each caption's outputs go to a ``saving.text_cache`` file under ``root``
+    (default ``text_cache.cache_root()``), in a folder named by the fingerprint of the text
+    encoders, tokenizers, ``clip_skip``, ``max_token_length`` and family; a valid file from an
+    earlier run is reused without encoding, a missing, stale, truncated or corrupt one is
+    encoded again. Otherwise the outputs stay in CPU memory. ``progress(done, total)`` is
+    called as captions are checked and encoded.
+    """
     live = LiveTextEncoder(bundle, device, clip_skip, max_token_length)
     captions = distinct_captions(plan)
     cache: dict[str, TextConditioning] = {}
-    for start, chunk in _chunks(captions, batch_size):
+    files: dict[str, Path] = {}
+    keys: dict[str, text_cache.TextKey] = {}
+    todo = captions
+    if to_disk:
+        root = root or text_cache.cache_root()
+        fingerprint = text_cache.text_encoder_fingerprint(
+            bundle.family, bundle.text_encoders, bundle.tokenizers, clip_skip, max_token_length)
+        keys = {c: text_cache.TextKey(c, fingerprint) for c in captions}
+        files = {c: text_cache.entry_path(root, keys[c]) for c in captions}
+        todo = [c for c in captions if text_cache.read_entry(files[c], keys[c]) is None]
+    done = len(captions) - len(todo)
+    if progress is not None:
+        progress(done, len(captions))
+    for _, chunk in _chunks(todo, batch_size):
         with torch.no_grad(), autocast():
             encoded = live.conditioning({"captions": chunk}, False)
-        cache.update(zip(chunk, encoded.to("cpu").rows(), strict=True))
+        for caption, row in zip(chunk, encoded.to("cpu").rows(), strict=True):
+            if to_disk:
+                text_cache.write_entry(files[caption], keys[caption], row)
+            else:
+                cache[caption] = row
+        done += len(chunk)
         if progress is not None:
-            progress(start + len(chunk), len(captions))
-    return CachedTextEncoder(cache, live)
+            progress(done, len(captions))
+    return CachedTextEncoder(cache, live, files)
 
 
 def _chunks(values: list[str], size: int) -> Iterator[tuple[int, list[str]]]:

@@ -26,7 +26,7 @@ import torch
 
 from lora_core.dataset.loader import make_epoch_loader, process_batches
 from lora_core.dataset.plan import TrainingPlan, epoch_batches
-from lora_core.errors import DatasetError, TrainingError
+from lora_core.errors import DatasetError, ProfileError, TrainingError
 from lora_core.events import CheckpointSaved, EpochEnded, EventBus, PhaseChanged, StepEnded
 from lora_core.models.families import ModelBundle
 from lora_core.network.adapter import AdapterNetwork
@@ -145,11 +145,27 @@ def _setup_conditioning(accelerator, bundle: ModelBundle, profile: Profile, plan
     else:
         latents_from = VaeLatents(bundle, device, bundle.vae.dtype)
     trains_te = not profile.network.network_train_unet_only
-    if text_outputs_cacheable(plan, network_trains_text_encoder=trains_te):
+    cacheable = text_outputs_cacheable(plan, network_trains_text_encoder=trains_te)
+    if (ds.cache_text_encoder_outputs or ds.cache_text_encoder_outputs_to_disk) and not cacheable:
+        # The profile rules refuse this for [dataset] values; a dataset_config subset can
+        # still turn on caption shuffling, dropout, wildcards or token warm-up.
+
+        field = ("cache_text_encoder_outputs_to_disk" if ds.cache_text_encoder_outputs_to_disk
+                 else "cache_text_encoder_outputs")
+        varying = [s.name for s in plan.subsets if s.scan.options.captions_vary]
+        why = ("the text encoder trains (network_train_unet_only is false)" if trains_te else
+               f"the captions of subset(s) {', '.join(varying)} change between steps "
+               "(shuffle_caption, caption dropout, wildcards or token_warmup_step)")
+        raise ProfileError(f"`[dataset] {field}` cannot be used: {why}",
+                           f"turn off {field}, or set network_train_unet_only = true and turn "
+                           "off the caption options that change captions in every subset")
+    if cacheable:
         emit(PhaseChanged("caching text encoder outputs"))
         text_from = build_cached_text_encoder(
             plan, bundle, device, profile.model.clip_skip, max_token_length=ds.max_token_length,
-            batch_size=plan.batch_size, autocast=accelerator.autocast)
+            batch_size=plan.batch_size, to_disk=ds.cache_text_encoder_outputs_to_disk,
+            progress=_phase_progress("caching text encoder outputs", emit),
+            autocast=accelerator.autocast)
     else:
         text_from = LiveTextEncoder(bundle, device, profile.model.clip_skip, ds.max_token_length)
     return latents_from, text_from
