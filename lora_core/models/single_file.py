@@ -1,0 +1,295 @@
+"""Single-file checkpoints (A1111 / LDM / SAI key layout) into diffusers models.
+
+``load_model`` (loading.py) calls :func:`load_single_file` for ``.safetensors`` / ``.ckpt``
+files and :func:`load_vae` for the profile's ``vae``. Conversion uses diffusers' own
+converters (``diffusers.loaders.single_file_utils``) fed with configs built from the shipped
+family configs and the checkpoint's shapes (``checkpoint.py``). Each part is built on the meta
+device and its tensors are read one by one, cast to the training dtype as read and assigned
+(``load_state_dict(assign=True)``): the U-Net peaks at one copy in the training dtype plus one
+tensor in the file's dtype. ``.ckpt`` files are read with ``torch.load(weights_only=True)``;
+one that needs more is refused without running its code. Every tensor of a part must be used
+and every parameter filled, else a ModelError names the file and the keys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lora_core.errors import ModelError
+from lora_core.models import checkpoint as ckpt
+from lora_core.models.loading import (
+    _DAMAGED,
+    SAFETENSORS_SUFFIX,
+    _first_line,
+    _no_transformers_progress_bar,
+)
+
+
+class _Reader:
+    """The tensors of a checkpoint file, read one at a time.
+
+    ``.safetensors``: ``safe_open`` reads each tensor from the memory-mapped file on request.
+    ``.ckpt`` / ``.pt``: ``torch.load(weights_only=True, mmap=True)``; the tensors stay in the
+    mapped file until read. A pickle that needs anything beyond tensors and plain containers
+    is refused by torch's restricted unpickler before any of its code runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: Any = None
+        self._state: dict[str, Any] = {}
+        if path.suffix.lower() == SAFETENSORS_SUFFIX:
+            self.shapes, self.metadata = ckpt.read_header(path)
+            from safetensors import safe_open
+
+            try:
+                self._handle = safe_open(str(path), framework="pt")
+            except Exception as exc:  # safetensors raises its own error types
+                raise ModelError(f"cannot open {path}: {_first_line(exc)}", _DAMAGED) from exc
+        else:
+            self._state = _torch_load(path)
+            self.metadata = {}
+            self.shapes = {k: tuple(v.shape) for k, v in self._state.items()}
+
+    def get(self, key: str, dtype: Any) -> Any:
+        """The tensor ``key`` as ``dtype`` (floating tensors only; others as stored)."""
+        try:
+            tensor = (self._handle.get_tensor(key) if self._handle is not None
+                      else self._state[key])
+        except Exception as exc:
+            raise ModelError(f"cannot read tensor {key!r} from {self.path}: "
+                             f"{_first_line(exc)}", _DAMAGED) from exc
+        return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+    def take(self, prefix: str, dtype: Any, skip: Any = None) -> dict[str, Any]:
+        """Every tensor under ``prefix`` (minus ignorable ones and ``skip(key)``), cast."""
+        return {k: self.get(k, dtype) for k in self.shapes
+                if k.startswith(prefix) and not ckpt.is_ignorable(k)
+                and not (skip and skip(k))}
+
+
+def _torch_load(path: Path) -> dict[str, Any]:
+    import pickle
+
+    import torch
+
+    def load(mmap: bool) -> Any:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+
+    try:
+        try:
+            data = load(True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            data = load(False)  # a legacy (pre-zip) torch file cannot be memory-mapped
+    except pickle.UnpicklingError as exc:
+        raise ModelError(
+            f"{path} contains pickled code (it needs {_first_line(exc)[:160]!r}) and was not "
+            "loaded; none of its code was executed",
+            "use a .safetensors version of this model; convert the .ckpt only on a machine "
+            "and with a tool you trust") from None
+    except Exception as exc:
+        raise ModelError(f"cannot read {path} as a PyTorch checkpoint: {_first_line(exc)}",
+                         _DAMAGED) from None
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} holds a {type(data).__name__}, not a state dict",
+                         "give a Stable Diffusion checkpoint")
+    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+
+
+def load_single_file(path: Path, dtype: Any, vae_dtype: Any, vae_replaced: bool,
+                      tokenizer_dir: Path | None) -> dict[str, Any]:
+    from lora_core.models.tokenizers import load_tokenizers
+
+    reader = _Reader(path)
+    arch = ckpt.read_architecture(reader.shapes, path)
+    if arch.vae is None and not vae_replaced:
+        raise ModelError(f"{path} contains no VAE (no {ckpt.VAE_PREFIX}* tensors)",
+                         "set `[model] vae` to the VAE this model is meant to be used with")
+    # Tokenizers first: a missing one fails in a second, not after gigabytes were read.
+    tokenizers = load_tokenizers(arch.family, None, tokenizer_dir)
+    unet = _single_file_unet(reader, arch, dtype)
+    vae = None
+    if not vae_replaced:
+        assert arch.vae is not None
+        vae = _ldm_vae(reader.take(ckpt.VAE_PREFIX, vae_dtype), arch.family, arch.vae, path)
+    with _no_transformers_progress_bar():
+        encoders = [_single_file_text_encoder(reader, arch, i, dtype)
+                    for i in range(len(arch.text_encoders))]
+    return {"family": arch.family, "unet": unet, "vae": vae, "text_encoders": encoders,
+            "tokenizers": tokenizers, "own_vae": not vae_replaced}
+
+
+def _empty(build: Any) -> Any:
+    """``build()`` with parameters on the meta device (buffers stay real: position ids)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        return build()
+
+
+def _single_file_unet(reader: _Reader, arch: ckpt.Architecture, dtype: Any) -> Any:
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    config = ckpt.unet_config(arch)
+    # sd-scripts builds SD 2.x U-Nets from single files with 1x1-conv proj_in / proj_out,
+    # reshaping the linear weights, so LoRA files get 4-D proj tensors (§6.1). Do the same.
+    conv_proj = arch.family == "sd2" and arch.unet.linear_proj
+    if conv_proj:
+        config["use_linear_projection"] = False
+    source = reader.take(ckpt.UNET_PREFIX, dtype)
+    converted = convert_ldm_unet_checkpoint(source, config)
+    if conv_proj:
+        converted = {k: (v.reshape(*v.shape, 1, 1) if k.endswith(("proj_in.weight",
+                                                                   "proj_out.weight"))
+                         and v.ndim == 2 else v) for k, v in converted.items()}
+    _check_all_used("U-Net", source, converted, reader.path)
+    unet = _empty(lambda: UNet2DConditionModel(**config))
+    _assign(unet, converted, "U-Net", reader.path, config)
+    return unet
+
+
+def _ldm_vae(source: dict[str, Any], family: str, vae: ckpt.VaeArch, path: Path) -> Any:
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    config = ckpt.vae_config(family, vae)
+    converted = convert_ldm_vae_checkpoint(source, config)
+    _check_all_used("VAE", source, converted, path)
+    model = _empty(lambda: AutoencoderKL(**config))
+    _assign(model, converted, "VAE", path)
+    return model
+
+
+def _single_file_text_encoder(reader: _Reader, arch: ckpt.Architecture, index: int,
+                              dtype: Any) -> Any:
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_clip_checkpoint,
+        convert_open_clip_checkpoint,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    te = arch.text_encoders[index]
+    config = ckpt.text_encoder_config(arch.family, index, te)
+    config.pop("model_type", None)
+    cls = CLIPTextModelWithProjection if arch.family == "sdxl" and index == 1 else CLIPTextModel
+    model = _empty(lambda: cls(CLIPTextConfig(**config)))
+    if te.kind == "open_clip":
+        # SD 2.x: OpenCLIP's last block and text_projection are unused (§11) and not loaded.
+        dropped = (f"{te.prefix}transformer.resblocks.{te.layers}.",
+                   f"{te.prefix}text_projection") if arch.family == "sd2" else ()
+        source = reader.take(te.prefix, dtype, skip=lambda k: k.startswith(dropped))
+        converted = convert_open_clip_checkpoint(model, source, prefix=te.prefix)
+    else:
+        source = reader.take(te.prefix, dtype)
+        converted = convert_ldm_clip_checkpoint(source, remove_prefix=te.prefix)
+    # One key layout for both transformers generations: "text_model." + inner path;
+    # transformers >= 5.6 has no text_model wrapper in CLIPTextModel, so strip it there.
+    normal = {}
+    for key, value in converted.items():
+        inner = key.removeprefix("text_model.")
+        normal[key if key.startswith("text_projection") else f"text_model.{inner}"] = value
+    if not hasattr(model, "text_model"):
+        normal = {k.removeprefix("text_model."): v for k, v in normal.items()}
+    _check_all_used(f"text encoder {index + 1}" if len(arch.text_encoders) > 1
+                    else "text encoder", source, normal, reader.path)
+    _assign(model, normal, "text encoder", reader.path)
+    return model
+
+
+def _check_all_used(what: str, source: dict[str, Any], converted: dict[str, Any],
+                    path: Path) -> None:
+    """Every weight of the part must arrive: the converters only re-key, split (OpenCLIP's
+    fused q/k/v) or reshape, so the element counts before and after must match. A mismatch
+    means the converter did not understand some tensors; name them."""
+    before = sum(t.numel() for t in source.values())
+    after = sum(t.numel() for t in converted.values())
+    if before == after:
+        return
+    used = {t.untyped_storage().data_ptr() for t in converted.values()}
+    copied = ("in_proj_weight", "in_proj_bias", "text_projection")  # split or transposed
+    left = [k for k, t in source.items()
+            if t.untyped_storage().data_ptr() not in used and not k.endswith(copied)]
+    raise ModelError(f"{path}: {len(left) or 'some'} {what} tensor(s) would not be loaded "
+                     f"({', '.join(left[:4]) or f'{before - after} elements'}"
+                     f"{' ...' if len(left) > 4 else ''})",
+                     "the checkpoint has an unusual layout for this family; use the original "
+                     "file or the model's diffusers folder")
+
+
+def _assign(model: Any, converted: dict[str, Any], what: str, path: Path,
+            unet_config: dict[str, Any] | None = None) -> None:
+    """Put ``converted`` into the meta-device ``model`` as its parameters (no copy)."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(converted))
+    unexpected = sorted(set(converted) - set(expected))
+    wrong = [k for k in set(expected) & set(converted)
+             if tuple(expected[k].shape) != tuple(converted[k].shape)]
+    if missing:
+        raise ModelError(f"{path} is missing {len(missing)} {what} weight(s): "
+                         f"{', '.join(_file_key(k, unet_config) for k in missing[:4])}"
+                         f"{' ...' if len(missing) > 4 else ''}",
+                         "the checkpoint is incomplete or pruned too far; use the full file")
+    if unexpected or wrong:
+        names = [*(_file_key(k, unet_config) for k in unexpected),
+                 *(f"{_file_key(k, unet_config)} {tuple(converted[k].shape)}" for k in wrong)]
+        raise ModelError(f"{path}: {what} weights do not fit its detected architecture "
+                         f"({', '.join(names[:4])}{' ...' if len(names) > 4 else ''})",
+                         "the checkpoint has an unusual layout; use the original file or the "
+                         "model's diffusers folder")
+    model.load_state_dict(converted, strict=True, assign=True)
+
+
+def _file_key(key: str, unet_config: dict[str, Any] | None) -> str:
+    """A missing U-Net weight as the file would name it (``model.diffusion_model.…``)."""
+    if unet_config is None:
+        return key
+    try:
+        from lora_core.models.unet_layout import diffusers_to_original
+
+        return ckpt.UNET_PREFIX + diffusers_to_original(key, unet_config)
+    except (ImportError, ModelError):
+        return key
+
+
+# --- separate VAE ---------------------------------------------------------------------------
+
+
+def load_vae(path: Path, family: str, dtype: Any) -> Any:
+    """``[model] vae``: a diffusers folder (or its ``vae/``), a diffusers-format state dict
+    (.safetensors / .bin), or an LDM file, full (``first_stage_model.*``) or VAE-only (§11)."""
+    if path.is_dir():
+        from diffusers import AutoencoderKL
+
+        folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"the VAE folder {path} has no config.json (nor vae/config.json)",
+                             "give a diffusers VAE folder or a VAE file")
+        try:
+            return AutoencoderKL.from_pretrained(folder, torch_dtype=dtype,
+                                                 local_files_only=True)
+        except Exception as exc:  # any loader failure names the folder
+            raise ModelError(f"could not load the VAE from {folder}: {_first_line(exc)}",
+                             _DAMAGED) from exc
+    reader = _Reader(path)
+    keys = list(reader.shapes)
+    if any(k.startswith(ckpt.VAE_PREFIX) for k in keys):
+        arch = ckpt.read_vae(reader.shapes, ckpt.VAE_PREFIX, path)
+        return _ldm_vae(reader.take(ckpt.VAE_PREFIX, dtype), family, arch, path)
+    if any(k.startswith("encoder.down.") for k in keys):
+        arch = ckpt.read_vae(reader.shapes, "", path)
+        return _ldm_vae(reader.take("", dtype), family, arch, path)
+    if any(k.startswith("encoder.down_blocks.") for k in keys):
+        from diffusers import AutoencoderKL
+
+        config = ckpt.vae_config(family, ckpt.read_diffusers_vae(reader.shapes, path))
+        state = reader.take("", dtype)
+        model = _empty(lambda: AutoencoderKL(**config))
+        _assign(model, state, "VAE", path)
+        return model
+    raise ModelError(f"{path} is not a VAE (no encoder/decoder tensors)",
+                     "set `[model] vae` to a VAE file or folder, or leave it empty")
