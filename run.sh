@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Thin launcher: make the virtual environment, install the project, run.
-#   ./run.sh         set up, then train the example (examples/quickstart.toml)
+#   ./run.sh         set up, then open the wizard with the example loaded
+#                    (examples/quickstart.toml); not in a terminal, or with arguments
+#                    (e.g. --set ...), train the example headless with lora-train
 #   ./run.sh test    set up, then run the test suite
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -11,5 +13,8 @@ fi
 if [ "${1:-}" = "test" ]; then
     shift
     exec .venv/bin/python -m pytest "$@"
+fi
+if [ $# -eq 0 ] && [ -t 0 ] && [ -t 1 ]; then
+    exec .venv/bin/lora-tui examples/quickstart.toml
 fi
 exec .venv/bin/lora-train run examples/quickstart.toml "$@"

@@ -15,6 +15,7 @@ from textual.app import App
 from lora_core.profile_io import load_profile
 from lora_tui.draft import Draft
 from lora_tui.runner import ProcessRunner, Runner
+from lora_tui.screens.queue import QueueScreen
 from lora_tui.screens.review import ReviewScreen
 from lora_tui.screens.start import StartScreen
 from lora_tui.screens.step import StepScreen
@@ -45,10 +46,19 @@ class WizardApp(App):
         self.draft = Draft()
         self.open_step(0)
 
-    def open_profile(self, path: Path) -> None:
-        """Load a profile file into the wizard (raises LoraError for a bad file)."""
+    def open_profile(self, path: Path, detach: bool = False) -> None:
+        """Load a profile file into the wizard (raises LoraError for a bad file).
+
+        ``detach``: the answers are taken from the file but the draft is not tied to it, so
+        Save asks where to write. Used for a run folder's profile ("rerun with changes"):
+        that file is the record of a past run and must not be overwritten."""
         self.draft = Draft.from_profile(load_profile(path), Path(path))
+        if detach:
+            self.draft.source_path = None
         self.open_step(0)
+
+    def open_queue(self) -> None:
+        self.push_screen(QueueScreen())
 
     def open_step(self, index: int, from_review: bool = False) -> None:
         self.push_screen(StepScreen(index, from_review=from_review))

@@ -9,12 +9,22 @@ is a path, a choice or a switch) comes from the field's ``setting`` metadata.
 
 Empty text means "use the default"; ``0`` is a value like any other. Fields the wizard never
 shows (a loaded profile's ``shuffle_caption``, say) are carried through untouched.
-This module does no file I/O beyond what ``profile_io`` does and imports no textual.
+Some defaults depend on other answers, as LETS' popup made them: with an optimizer that
+finds its own step size (DAdaptation*, Prodigy) an unanswered learning rate is 1.0, not 1e-4.
+Fields that do not apply to the other answers (``steps.CONDITIONS``) keep their text but
+stay out of the profile. Wizard-only questions (section ``"wizard"``) are kept here too:
+the "realistic or anime" choice reads and writes ``clip_skip``; typed sample prompts are
+held until the profile is saved (see ``screens.review.save_draft``).
+Typed prompts are kept in a working file in the state folder while they are typed, so the
+profile (and the review's preflight) check them like any prompt file before it is saved.
+Beyond that file, this module does no file I/O other than what ``profile_io`` and
+``inspect_model`` (a safetensors header) do, and it imports no textual.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
 import types
@@ -23,8 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lora_core.errors import ProfileError
-from lora_core.profile import SECTIONS, Profile, profile_from_dict, profile_to_dict
+from lora_core.errors import LoraError, ProfileError
+from lora_core.models.loading import ModelSource, inspect_model
+from lora_core.paths import state_dir
+from lora_core.profile import (
+    ADAPTIVE_OPTIMIZERS,
+    SECTIONS,
+    Profile,
+    profile_from_dict,
+    profile_to_dict,
+)
+from lora_tui.steps import WIZARD, WIZARD_QUESTIONS, applies, dropped_when_hidden
 
 FieldKey = tuple[str, str]
 # Every validation message names its field as `[section] key` (see lora_core.profile).
@@ -48,6 +67,7 @@ class FieldSpec:
     is_path: bool
     required: bool
     optional: bool  # None (unset) is allowed
+    labels: tuple[str, ...] | None = None  # shown for the choices (default: the choices)
 
     @property
     def label(self) -> str:
@@ -91,6 +111,20 @@ def field_spec(section: str, key: str) -> FieldSpec:
         kind = "text"
     return FieldSpec(section, key, kind, default, meta["doc"], meta["choices"], meta["path"],
                      meta["required"], optional)
+
+
+def spec_for(section: str, key: str) -> FieldSpec:
+    """The spec of a profile field or of a wizard question (section ``"wizard"``)."""
+    if section != WIZARD:
+        return field_spec(section, key)
+    q = WIZARD_QUESTIONS[key]
+    return FieldSpec(WIZARD, key, q.kind, q.default, q.doc, q.choices, False, False, False,
+                     q.labels)
+
+
+# With these optimizers the learning rate multiplies a step size they find themselves, so
+# LETS' popup switched its default to 1.0 when one was picked (wizard-anchors.md §a, #9).
+ADAPTIVE_LEARNING_RATE = 1.0
 
 
 def to_text(value: Any) -> str:
@@ -153,7 +187,10 @@ class Draft:
         self.base_dir = Path(base_dir) if base_dir else Path.cwd()
         self.source_path = source_path  # the file it was loaded from or last saved to
         self._texts: dict[FieldKey, str] = {}
+        self.typed_prompts = ""  # sample prompts typed in the wizard, one per line
         self.dirty = False  # changed since loaded or saved
+        self._model_cache: tuple[tuple[str, Path], ModelSource | LoraError] | None = None
+        self._written_prompts: str | None = None  # what the working prompt file holds
 
     @classmethod
     def from_profile(cls, profile: Profile, source_path: Path | None = None) -> Draft:
@@ -168,9 +205,14 @@ class Draft:
         return draft
 
     def text(self, section: str, key: str) -> str:
+        if section == WIZARD:
+            return self._wizard_text(key)
         return self._texts.get((section, key), "")
 
     def set_text(self, section: str, key: str, text: str) -> None:
+        if section == WIZARD:
+            self._set_wizard_text(key, text)
+            return
         field_spec(section, key)  # an unknown field is a programming error: fail here
         if self._texts.get((section, key), "") != text:
             self.dirty = True
@@ -179,13 +221,94 @@ class Draft:
         else:
             self._texts[(section, key)] = text
 
+    # -- wizard-only questions ----------------------------------------------------------
+
+    def _wizard_text(self, key: str) -> str:
+        if key == "model_style":
+            clip_skip = self.current("model", "clip_skip")
+            return {"1": "realistic", "2": "anime"}.get(clip_skip, "other")
+        if key == "typed_prompts":
+            return self.typed_prompts
+        raise KeyError(key)
+
+    def _set_wizard_text(self, key: str, text: str) -> None:
+        if key == "model_style":
+            # "other" keeps whatever clip_skip the advanced field holds.
+            clip_skip = {"realistic": "1", "anime": "2"}.get(text)
+            if clip_skip is not None and clip_skip != self.current("model", "clip_skip"):
+                self.set_text("model", "clip_skip", clip_skip)
+        elif key == "typed_prompts":
+            if text != self.typed_prompts:
+                self.typed_prompts, self.dirty = text, True
+        else:
+            raise KeyError(key)
+
+    # -- answers as the profile will read them -----------------------------------------
+
+    def default_for(self, section: str, key: str) -> Any:
+        """The field's default given the other answers (the learning rate's depends on the
+        optimizer)."""
+        if (section, key) == ("optimizer", "learning_rate") \
+                and self.current("optimizer", "optimizer_type") in ADAPTIVE_OPTIMIZERS:
+            return ADAPTIVE_LEARNING_RATE
+        return spec_for(section, key).default
+
+    def default_text(self, section: str, key: str) -> str:
+        """How the default is shown next to the field."""
+        spec = spec_for(section, key)
+        return dataclasses.replace(spec, default=self.default_for(section, key)).default_text
+
+    def current(self, section: str, key: str) -> str:
+        """The answer as text, or the default's text when unanswered (for conditions)."""
+        return self.text(section, key) or to_text(self.default_for(section, key))
+
+    def model_source(self) -> ModelSource | LoraError:
+        """What the base model is (``inspect_model``: headers only), or why it cannot be
+        used. Cached for the current path, since every keystroke asks."""
+        key = (self.text("model", "pretrained_model_name_or_path"), self.base_dir)
+        if self._model_cache is None or self._model_cache[0] != key:
+            try:
+                result: ModelSource | LoraError = inspect_model(key[0], key[1])
+            except LoraError as exc:
+                result = exc
+            self._model_cache = (key, result)
+        return self._model_cache[1]
+
+    def model_family(self) -> str | None:
+        """"sd1" / "sd2" / "sdxl" when the weights tell, else None."""
+        source = self.model_source()
+        return None if isinstance(source, LoraError) else source.family
+
+    def typed_prompts_file(self) -> Path:
+        """The working copy of the typed prompts (written when they changed)."""
+        path = state_dir() / "wizard" / f"typed-prompts-{os.getpid()}-{id(self)}.txt"
+        text = self.typed_prompts.strip() + "\n"
+        if self._written_prompts != text or not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            self._written_prompts = text
+        return path
+
+    def applies(self, section: str, key: str) -> bool:
+        return applies(self, section, key)
+
     def data(self, placeholders: dict[FieldKey, Any] | None = None) -> dict[str, Any]:
-        """The answers as the dict a profile file would hold (empty texts left out)."""
+        """The answers as the dict a profile file would hold (empty texts left out, and the
+        texts of fields that do not apply to the other answers)."""
         data: dict[str, Any] = {}
         for (section, key), text in self._texts.items():
+            if dropped_when_hidden(section, key) and not applies(self, section, key):
+                continue
             value = from_text(field_spec(section, key), text)
             if value is not None:
                 data.setdefault(section, {})[key] = value
+        if self.typed_prompts.strip():
+            # Typed prompts win over a named file: they are what saving writes and names.
+            data.setdefault("sample", {})["sample_prompts"] = str(self.typed_prompts_file())
+        if self.text("optimizer", "learning_rate") == "":
+            default = self.default_for("optimizer", "learning_rate")
+            if default != field_spec("optimizer", "learning_rate").default:
+                data.setdefault("optimizer", {})["learning_rate"] = default
         for (section, key), value in (placeholders or {}).items():
             data.setdefault(section, {}).setdefault(key, value)
         return data

@@ -1,41 +1,254 @@
-"""The wizard's questions, one step per screen, in the order LoRA Easy Training Scripts
-users know (base model, images, output, network, optimizer, length), then review.
+"""The wizard's questions, one step per screen, in the order LoRA Easy Training Scripts'
+popup asked them (wizard-anchors.md §a): base model, images, output, regularization,
+optimizer, network, learning rates, scheduler, resolution, batch, length, saving, captions,
+augmentation, precision, loss tweaks, sample prompts; then review.
 
-A step names the profile fields it asks about; how each field is drawn and checked comes
-from the profile's own metadata (see ``draft.field_spec``).
+A step names the profile fields it asks by default (``fields``) and the fields it reveals on
+"advanced" (``advanced``); between them, every profile field is reachable on exactly one
+step (:func:`unreachable_fields` is empty, and a test checks it). How each field is drawn
+and checked comes from the profile's own metadata (``draft.field_spec``).
+
+Two more kinds of data live here, because they are about the questions, not the profile:
+
+* :data:`CONDITIONS`: fields that only mean something for some answers (conv dim for
+  LoCon and friends, restarts for cosine_with_restarts...). They are hidden, never disabled,
+  and (unless marked ``keep``) their text is left out of the profile while hidden, so a
+  value typed for LoCon does not make a LoRA profile invalid.
+* :data:`WIZARD_QUESTIONS`: questions that are not profile fields but write one (the
+  "realistic or anime" choice writes ``clip_skip``; typed sample prompts become a prompt
+  file when the profile is saved). Their section is ``"wizard"``.
+
+No textual, no torch: pure data and small predicates over a draft.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lora_core.profile import SECTIONS
+
+if TYPE_CHECKING:
+    from lora_tui.draft import Draft
+
+FieldKey = tuple[str, str]
+WIZARD = "wizard"  # section name of the wizard-only questions
 
 
 @dataclass(frozen=True)
 class Step:
     title: str
     intro: str
-    fields: tuple[tuple[str, str], ...]
+    fields: tuple[FieldKey, ...]
+    advanced: tuple[FieldKey, ...] = ()
     dataset_check: bool = False  # show the live dataset check under the fields
+    model_check: bool = False  # show what the base model is, live, under its path
 
+
+@dataclass(frozen=True)
+class Condition:
+    """When a field applies. ``keep``: its text still goes into the profile while hidden
+    (for fields that only confirm something detected, such as ``v2``)."""
+
+    applies: Callable[[Draft], bool]
+    keep: bool = False
+
+
+def _is(section: str, key: str, *values: str) -> Callable[[Draft], bool]:
+    return lambda draft: draft.current(section, key) in values
+
+
+def _set(section: str, key: str) -> Callable[[Draft], bool]:
+    return lambda draft: draft.current(section, key) != ""
+
+
+_CONV_NETWORKS = ("LoCon", "LoHa", "LoKr", "lycoris.kohya")
+_BUCKETS = _is("dataset", "enable_bucket", "true")
+_HUBER = _is("training", "loss_type", "huber", "smooth_l1")
+
+
+def _model_family_unknown(draft: Draft) -> bool:
+    # SD 2.x is told from the weights; ask only when they cannot tell (a .ckpt, a path that
+    # does not load yet) or when the profile already says something.
+    return draft.model_family() is None or draft.text("model", "v2") != ""
+
+
+CONDITIONS: dict[FieldKey, Condition] = {
+    ("model", "v2"): Condition(_model_family_unknown, keep=True),
+    ("network", "conv_dim"): Condition(_is("network", "network_module", *_CONV_NETWORKS)),
+    ("network", "conv_alpha"): Condition(_is("network", "network_module", *_CONV_NETWORKS)),
+    ("network", "conv_block_dims"): Condition(
+        _is("network", "network_module", *_CONV_NETWORKS)),
+    ("network", "conv_block_alphas"): Condition(
+        _is("network", "network_module", *_CONV_NETWORKS)),
+    ("network", "factor"): Condition(_is("network", "network_module", "LoKr", "lycoris.kohya")),
+    ("optimizer", "lr_scheduler_num_cycles"): Condition(
+        _is("optimizer", "lr_scheduler", "cosine_with_restarts")),
+    ("optimizer", "lr_scheduler_power"): Condition(
+        _is("optimizer", "lr_scheduler", "polynomial")),
+    ("dataset", "min_bucket_reso"): Condition(_BUCKETS),
+    ("dataset", "max_bucket_reso"): Condition(_BUCKETS),
+    ("dataset", "bucket_reso_steps"): Condition(_BUCKETS),
+    ("dataset", "bucket_no_upscale"): Condition(_BUCKETS),
+    ("saving", "tag_summary_order"): Condition(_is("saving", "tag_summary", "true")),
+    ("training", "huber_schedule"): Condition(_HUBER),
+    ("training", "huber_c"): Condition(_HUBER),
+    ("training", "huber_scale"): Condition(_HUBER),
+    ("training", "multires_noise_discount"): Condition(
+        _set("training", "multires_noise_iterations")),
+    ("training", "adaptive_noise_scale"): Condition(_set("training", "noise_offset")),
+    ("training", "noise_offset_random_strength"): Condition(_set("training", "noise_offset")),
+}
+
+
+@dataclass(frozen=True)
+class WizardQuestion:
+    """A question that is not a profile field. ``kind`` as FieldSpec.kind, plus
+    "multiline" (a text area)."""
+
+    key: str
+    kind: str
+    default: str
+    doc: str
+    choices: tuple[str, ...] | None = None
+    labels: tuple[str, ...] | None = None  # shown for the choices, same order
+
+
+MODEL_STYLES = ("realistic", "anime", "other")
+WIZARD_QUESTIONS: dict[str, WizardQuestion] = {
+    "model_style": WizardQuestion(
+        "model_style", "choice", "realistic",
+        "Realistic and base models read the text encoder's last layer (clip skip 1); anime "
+        "models made from NovelAI's read the one before it (clip skip 2).",
+        MODEL_STYLES,
+        ("realistic or base model (clip skip 1)", "anime / NovelAI-based model (clip skip 2)",
+         "other (clip skip set in the advanced options, Ctrl+O)")),
+    "typed_prompts": WizardQuestion(
+        "typed_prompts", "multiline", "",
+        "Or type prompts here, one per line (options as in a prompt file: --n negative "
+        "--w 512 --h 512 --s 30 --l 7.5 --d seed). Saved as <output_name>-prompts.txt "
+        "next to the profile, and sample prompts then names that file. Enter on an empty "
+        "box moves on."),
+}
 
 STEPS: tuple[Step, ...] = (
-    Step("Base model", "The model the LoRA is trained for. Realistic models use clip skip 1, "
-         "anime (NovelAI-style) models 2.",
-         (("model", "pretrained_model_name_or_path"), ("model", "clip_skip"),
-          ("model", "v_parameterization"))),
-    Step("Training images", "Pick the folder that CONTAINS the <repeats>_<name> image "
-         "folders (for example dataset/train holding 10_mychar).",
-         (("dataset", "train_data_dir"), ("dataset", "reg_data_dir")), dataset_check=True),
+    Step("Base model",
+         "The model the LoRA is trained for: a .safetensors/.ckpt checkpoint, a diffusers "
+         "folder, or builtin:tiny-sd1 to try things out. Its family is read from the weights.",
+         (("model", "pretrained_model_name_or_path"), (WIZARD, "model_style"),
+          ("model", "v2"), ("model", "v_parameterization")),
+         (("model", "clip_skip"), ("model", "vae"), ("model", "no_half_vae"),
+          ("model", "tokenizer_cache_dir")),
+         model_check=True),
+    Step("Training images",
+         "Pick the folder that CONTAINS the <repeats>_<name> image folders (for example "
+         "dataset/train holding 10_mychar).",
+         (("dataset", "train_data_dir"),),
+         (("dataset", "dataset_config"), ("dataset", "max_data_loader_n_workers")),
+         dataset_check=True),
     Step("Output", "Where the LoRA files go and what they are called.",
-         (("saving", "output_dir"), ("saving", "output_name"),
-          ("saving", "save_every_n_epochs"))),
-    Step("Network", "The adapter's type and size.",
+         (("saving", "output_dir"), ("saving", "output_name")),
+         (("saving", "save_model_as"),)),
+    Step("Regularization images",
+         "Optional: a parent folder of <repeats>_<class> folders of images of the class "
+         "(\"a woman\") without your subject. Leave empty for none.",
+         (("dataset", "reg_data_dir"),),
+         (("dataset", "prior_loss_weight"),),
+         dataset_check=True),
+    Step("Optimizer", "How the weights are updated. AdamW8bit is the usual choice; Prodigy "
+         "and DAdaptation find their own step size.",
+         (("optimizer", "optimizer_type"), ("optimizer", "optimizer_args")),
+         (("optimizer", "max_grad_norm"), ("optimizer", "scale_weight_norms"))),
+    Step("Network", "The adapter's type and size. Alpha / dim scales the updates.",
          (("network", "network_module"), ("network", "network_dim"),
-          ("network", "network_alpha"))),
-    Step("Optimizer", "How the weights are updated.",
-         (("optimizer", "optimizer_type"), ("optimizer", "learning_rate"),
-          ("optimizer", "lr_scheduler"))),
-    Step("Length", "How long training runs and how big each step is.",
-         (("training", "max_train_epochs"), ("training", "train_batch_size"),
-          ("dataset", "resolution"), ("training", "mixed_precision"))),
+          ("network", "network_alpha"), ("network", "conv_dim"), ("network", "conv_alpha")),
+         (("network", "factor"), ("network", "network_dropout"), ("network", "rank_dropout"),
+          ("network", "module_dropout"), ("network", "network_train_unet_only"),
+          ("network", "network_train_text_encoder_only"), ("network", "network_weights"),
+          ("network", "block_dims"), ("network", "block_alphas"),
+          ("network", "conv_block_dims"), ("network", "conv_block_alphas"),
+          ("network", "network_args"))),
+    Step("Learning rates", "The base rate, and separate rates for the U-Net and the text "
+         "encoder (empty: the base rate).",
+         (("optimizer", "learning_rate"), ("optimizer", "unet_lr"),
+          ("optimizer", "text_encoder_lr")),
+         (("optimizer", "loraplus_lr_ratio"), ("optimizer", "loraplus_unet_lr_ratio"),
+          ("optimizer", "loraplus_text_encoder_lr_ratio"), ("optimizer", "down_lr_weight"),
+          ("optimizer", "mid_lr_weight"), ("optimizer", "up_lr_weight"),
+          ("optimizer", "block_lr_zero_threshold"))),
+    Step("Scheduler", "How the learning rate changes over the run.",
+         (("optimizer", "lr_scheduler"), ("optimizer", "lr_scheduler_num_cycles"),
+          ("optimizer", "lr_scheduler_power"), ("optimizer", "lr_warmup_steps"))),
+    Step("Resolution and bucketing", "Images are resized to about this many pixels; with "
+         "bucketing, each keeps its aspect ratio.",
+         (("dataset", "resolution"), ("dataset", "enable_bucket"),
+          ("dataset", "min_bucket_reso"), ("dataset", "max_bucket_reso")),
+         (("dataset", "bucket_reso_steps"), ("dataset", "bucket_no_upscale"))),
+    Step("Batch size", "Images per step: more is faster per epoch and needs more memory.",
+         (("training", "train_batch_size"),),
+         (("training", "gradient_accumulation_steps"),
+          ("training", "gradient_checkpointing"))),
+    Step("Epochs or steps", "How long training runs: epochs (each image x its repeats once) "
+         "or a number of steps. The review shows the exact totals.",
+         (("training", "max_train_epochs"), ("training", "max_train_steps")),
+         (("training", "seed"),)),
+    Step("Saving", "Numbered files along the way, the precision of the saved file, and a note "
+         "stored inside it.",
+         (("saving", "save_every_n_epochs"), ("saving", "save_precision"),
+          ("saving", "training_comment")),
+         (("saving", "save_every_n_steps"),)),
+    Step("Captions", "How captions are read and varied.",
+         (("dataset", "shuffle_caption"), ("dataset", "keep_tokens"),
+          ("dataset", "caption_extension"), ("saving", "tag_summary"),
+          ("saving", "tag_summary_order")),
+         (("dataset", "keep_tokens_separator"), ("dataset", "caption_separator"),
+          ("dataset", "secondary_separator"), ("dataset", "caption_prefix"),
+          ("dataset", "caption_suffix"), ("dataset", "caption_dropout_rate"),
+          ("dataset", "caption_dropout_every_n_epochs"),
+          ("dataset", "caption_tag_dropout_rate"), ("dataset", "enable_wildcard"),
+          ("dataset", "token_warmup_min"), ("dataset", "token_warmup_step"),
+          ("dataset", "max_token_length"))),
+    Step("Augmentation and caching", "Random changes to the images, and encoding them once "
+         "ahead of time (caching cannot be combined with color_aug or random_crop).",
+         (("dataset", "flip_aug"), ("dataset", "color_aug"), ("dataset", "random_crop"),
+          ("dataset", "cache_latents"), ("dataset", "cache_latents_to_disk")),
+         (("dataset", "vae_batch_size"), ("dataset", "cache_text_encoder_outputs"),
+          ("dataset", "cache_text_encoder_outputs_to_disk"))),
+    Step("Mixed precision", "The number format of the computation.",
+         (("training", "mixed_precision"),)),
+    Step("Min-SNR and noise offset", "Loss weighting and noise tweaks; both are off unless "
+         "set (min-SNR 5 and noise offset 0.05-0.1 are usual).",
+         (("training", "min_snr_gamma"), ("training", "noise_offset"),
+          ("training", "adaptive_noise_scale"), ("training", "noise_offset_random_strength")),
+         (("training", "multires_noise_iterations"), ("training", "multires_noise_discount"),
+          ("training", "scale_v_pred_loss_like_noise_pred"),
+          ("training", "debiased_estimation_loss"), ("training", "zero_terminal_snr"),
+          ("training", "min_timestep"), ("training", "max_timestep"), ("training", "loss_type"),
+          ("training", "huber_schedule"), ("training", "huber_c"), ("training", "huber_scale"))),
+    Step("Sample prompts", "Preview images during training: a prompt file, or prompts typed "
+         "here, and how often.",
+         (("sample", "sample_prompts"), (WIZARD, "typed_prompts"),
+          ("sample", "sample_every_n_epochs"), ("sample", "sample_every_n_steps"),
+          ("sample", "sample_sampler")),
+         (("sample", "sample_at_first"),)),
 )
+
+
+def applies(draft: Draft, section: str, key: str) -> bool:
+    """Whether ``[section] key`` means something with the draft's other answers."""
+    condition = CONDITIONS.get((section, key))
+    return condition is None or condition.applies(draft)
+
+
+def dropped_when_hidden(section: str, key: str) -> bool:
+    condition = CONDITIONS.get((section, key))
+    return condition is not None and not condition.keep
+
+
+def unreachable_fields() -> list[FieldKey]:
+    """Profile fields that no step asks, even with its advanced options shown."""
+    asked = {key for step in STEPS for key in (*step.fields, *step.advanced)}
+    return [(section, f.name) for section, cls in SECTIONS.items()
+            for f in dataclasses.fields(cls) if (section, f.name) not in asked]

@@ -1,42 +1,114 @@
-"""The review: the plan exactly as the trainer will run it, the answers that differ from the
-defaults, the equivalent ``lora-train`` command, and Save / Train.
+"""The review: the plan exactly as the trainer will run it (images x repeats, reg balance,
+buckets, steps, warmup, when checkpoints and samples happen), the answers that differ from
+the defaults, the equivalent ``lora-train`` command, and Save / Train.
 
-Keys: 1-6 reopen a step (its Next comes back here), S saves the profile (TOML), T trains,
-Escape goes back to the last step.
+Keys: Enter on a step in the list (or 1-9) reopens it (its Next comes back here), S saves
+the profile (TOML; "save only, don't train"), T trains, Escape goes back to the last step.
+
+Saving lives here too (:func:`save_draft`, :func:`save_with_prompt`), because every step
+saves the same way with Ctrl+S: sample prompts typed in the wizard are written next to the
+profile as ``<output_name>-prompts.txt`` and ``sample_prompts`` names that file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 
-from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Footer, OptionList, Static
+from textual.widgets.option_list import Option
 from textual.worker import Worker, WorkerState
 
+from lora_core.dataset.plan import TrainingPlan
 from lora_core.errors import LoraError
 from lora_core.paths import state_dir
+from lora_core.profile import SECTIONS, Profile, SampleSection
 from lora_core.profile_io import absolute_profile, save_profile
+from lora_core.saving.atomic import atomic_write_bytes
+from lora_core.training.sample_prompts import sample_points
 from lora_tui.dataset_check import DatasetCheck, check_dataset
 from lora_tui.dialogs.path_prompt import PathPrompt
 from lora_tui.draft import Draft, to_text
 from lora_tui.steps import STEPS
+from lora_tui.widgets.field_editor import escape
+
+_LISTED = 8  # checkpoints / sample points / buckets listed before "..."
+
+
+def prompts_file_name(output_name: str) -> str:
+    """Where typed sample prompts go, next to the profile."""
+    return f"{output_name}-prompts.txt"
+
+
+def profile_to_write(draft: Draft, path: Path) -> Profile:
+    """The profile as it will be written to ``path``: typed sample prompts are written to
+    ``<output_name>-prompts.txt`` beside it and ``sample_prompts`` names that file; relative
+    paths stay relative only when ``path`` is in the folder they are relative to, elsewhere
+    they are made absolute. Raises ProfileError (nothing written) for invalid answers."""
+    profile = draft.profile()
+    target_dir = Path(path).parent.resolve()
+    same_dir = target_dir == Path(draft.base_dir).resolve()
+    if draft.typed_prompts.strip():
+        prompts = target_dir / prompts_file_name(profile.saving.output_name)
+        target_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(prompts, (draft.typed_prompts.strip() + "\n").encode("utf-8"))
+        profile.sample.sample_prompts = prompts.name if same_dir else str(prompts)
+    return profile if same_dir else absolute_profile(profile)
 
 
 def save_draft(draft: Draft, path: Path) -> Path:
-    """Write the draft's profile to ``path``. Relative paths stay relative only when the file
-    goes to the folder they are relative to; elsewhere they are made absolute."""
-    profile = draft.profile()
+    """Write the draft's profile to ``path`` (see :func:`profile_to_write`); the draft then
+    belongs to that file (its relative paths are taken from that file's folder)."""
     path = Path(path)
-    if path.parent.resolve() != Path(draft.base_dir).resolve():
-        profile = absolute_profile(profile)
+    profile = profile_to_write(draft, path)
     save_profile(profile, path)
+    # The draft now answers for this file: carry over what was rewritten for it (absolute
+    # paths, the prompt file), so its texts mean the same from the new folder.
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            if f.metadata["path"] and draft.text(section, f.name):
+                draft.set_text(section, f.name, getattr(getattr(profile, section), f.name))
+    if draft.typed_prompts.strip():
+        draft.set_text("sample", "sample_prompts", profile.sample.sample_prompts)
     draft.source_path, draft.base_dir, draft.dirty = path, path.resolve().parent, False
     return path
+
+
+def save_with_prompt(screen: Screen, draft: Draft, ask: bool = False,
+                     on_saved: Callable[[Path], None] | None = None) -> None:
+    """Save the draft to its file, asking for a path the first time (or when ``ask``).
+    Answers the profile refuses are shown, and nothing is written."""
+    try:
+        draft.profile()
+    except LoraError as exc:
+        screen.notify(f"cannot save yet: {exc.message}", severity="error", timeout=10)
+        return
+
+    def save_to(path: Path | None) -> None:
+        if path is None:
+            return
+        try:
+            save_draft(draft, path)
+        except LoraError as exc:
+            screen.notify(f"{exc.message}\n{exc.hint}", severity="error", timeout=10)
+            return
+        screen.notify(f"saved {path}")
+        if on_saved is not None:
+            on_saved(path)
+
+    if draft.source_path is not None and not ask:
+        save_to(draft.source_path)
+        return
+    name = draft.text("saving", "output_name") or "lora"
+    default = draft.source_path or Path.cwd() / f"{name}.toml"
+    screen.app.push_screen(PathPrompt("Save the profile as:", str(default), Path.cwd()),
+                           save_to)
 
 
 def run_command(profile_path: Path | None) -> str:
@@ -48,9 +120,10 @@ class ReviewScreen(Screen):
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("s", "save", "Save"),
+        Binding("ctrl+s", "save_quick", "Save", show=False),
         Binding("t", "train", "Train"),
         *[Binding(str(i + 1), f"edit({i})", step.title, show=False)
-          for i, step in enumerate(STEPS)],
+          for i, step in enumerate(STEPS[:9])],
     ]
 
     def __init__(self) -> None:
@@ -62,17 +135,23 @@ class ReviewScreen(Screen):
         return self.app.draft  # type: ignore[attr-defined]
 
     def compose(self) -> ComposeResult:
-        yield Static("[b]Review[/b]  [dim]S save · T train · 1-6 change a step[/dim]",
-                     classes="step-title")
+        yield Static("[b]Review[/b]  [dim]Enter: train · S save · 1-9 or the list below: "
+                     "change a step[/dim]", classes="step-title")
         with VerticalScroll(classes="step-body"):
+            # First and focused: Enter on the review trains, so pressing Enter through every
+            # step of a loaded profile trains it.
+            yield OptionList(Option("Train now", id="train"),
+                             Option("Save the profile", id="save"), id="review-actions")
             yield Static("computing the plan...", id="review-plan")
-            yield Static("", id="review-changes")
             yield Static("", id="review-command")
-            yield Static("\n".join(f"  [b]{i + 1}[/b] {escape(s.title)}"
-                                   for i, s in enumerate(STEPS)), id="review-steps")
+            yield Static("", id="review-changes")
+            yield Static("[b]Change a step[/b]")
+            yield OptionList(*[Option(f"{i + 1:>2}  {s.title}", id=str(i))
+                               for i, s in enumerate(STEPS)], id="review-steps")
         yield Footer()
 
     def on_mount(self) -> None:
+        self.query_one("#review-actions", OptionList).focus()
         self.refresh_review()
 
     def on_screen_resume(self) -> None:
@@ -94,10 +173,17 @@ class ReviewScreen(Screen):
             changes.update(f"[red]{escape(exc.message)}[/red]")
             command.update("")
             return
+        prompts = [p for p in self.draft.typed_prompts.splitlines() if p.strip()]
+        if prompts:  # sample_prompts names the working copy until saved: said below instead
+            rows = [row for row in rows if row[:2] != ("sample", "sample_prompts")]
         lines = ["[b]Changed from the defaults[/b]"]
         lines += [f"  {escape(f'[{section}] {key}')} = {escape(to_text(value) or '(empty)')}"
                   f"  [dim](default {escape(to_text(default) or 'unset')})[/dim]"
                   for section, key, value, default in rows]
+        if prompts:
+            name = prompts_file_name(self.draft.current("saving", "output_name"))
+            lines.append(f"  {len(prompts)} typed sample prompt(s), written to "
+                         f"{escape(name)} beside the profile when it is saved")
         changes.update("\n".join(lines))
         path = self.draft.source_path
         note = "" if path and not self.draft.dirty else "  [dim](after saving with S)[/dim]"
@@ -107,7 +193,21 @@ class ReviewScreen(Screen):
         if event.worker.name != "review-check" or event.state != WorkerState.SUCCESS:
             return
         self.check = event.worker.result
-        self.query_one("#review-plan", Static).update(plan_text(self.check))
+        self.query_one("#review-plan", Static).update(plan_text(self.check,
+                                                                self._sample_section()))
+
+    def _sample_section(self) -> SampleSection | None:
+        """The sample settings the run will have."""
+        try:
+            return self.draft.profile().sample
+        except LoraError:
+            return None
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option_list.id == "review-actions":
+            self.action_train() if event.option.id == "train" else self.action_save()
+            return
+        self.action_edit(int(event.option.id or 0))
 
     def action_back(self) -> None:
         self.app.pop_screen()
@@ -116,22 +216,10 @@ class ReviewScreen(Screen):
         self.app.open_step(index, from_review=True)  # type: ignore[attr-defined]
 
     def action_save(self) -> None:
-        draft = self.draft
-        name = draft.text("saving", "output_name") or "lora"
-        default = draft.source_path or Path.cwd() / f"{name}.toml"
-        self.app.push_screen(PathPrompt("Save the profile as:", str(default), Path.cwd()),
-                             self._save_to)
+        save_with_prompt(self, self.draft, ask=True, on_saved=lambda _: self._show_changes())
 
-    def _save_to(self, path: Path | None) -> None:
-        if path is None:
-            return
-        try:
-            save_draft(self.draft, path)
-        except LoraError as exc:
-            self.notify(f"{exc.message}\n{exc.hint}", severity="error", timeout=10)
-            return
-        self.notify(f"saved {path}")
-        self._show_changes()
+    def action_save_quick(self) -> None:
+        save_with_prompt(self, self.draft, on_saved=lambda _: self._show_changes())
 
     def action_train(self) -> None:
         try:
@@ -149,12 +237,42 @@ class ReviewScreen(Screen):
             # it runs from anywhere); the user's own files are never written behind their back.
             path = state_dir() / "wizard" / f"{profile.saving.output_name}.toml"
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_profile(absolute_profile(profile), path)
+            save_profile(absolute_profile(profile_to_write(self.draft, path)), path)
         self.app.start_training(path)  # type: ignore[attr-defined]
 
 
-def plan_text(check: DatasetCheck) -> str:
-    """The plan as the trainer computes it (lora_core's plan), as review text."""
+def _listed(items: list[str]) -> str:
+    if len(items) <= _LISTED:
+        return ", ".join(items)
+    return ", ".join(items[:_LISTED - 2]) + f", ... ({len(items) - _LISTED + 1} more), " \
+        + items[-1]
+
+
+def _buckets(counts: dict[tuple[int, int], int]) -> str:
+    return _listed([f"{w}x{h}: {n}" for (w, h), n in counts.items()])
+
+
+def _schedule_lines(plan: TrainingPlan, sample: SampleSection | None) -> list[str]:
+    """When checkpoints and preview images happen, as the trainer's own checks say."""
+    saves = [f"step {step} {name}" for step, name in plan.checkpoint_schedule()]
+    saves.append(f"step {plan.max_train_steps} {plan.final_file_name}")
+    lines = [f"  checkpoints: {escape(_listed(saves))}"]
+    if sample is None:
+        return lines
+    if not sample.sample_prompts:
+        lines.append("  samples: none (no prompt file or typed prompts)")
+        return lines
+    points = sample_points(sample, plan.max_train_steps, plan.steps_per_epoch, plan.num_epochs)
+    if points:
+        lines.append(f"  samples after step: {_listed([str(p) for p in points])}")
+    else:
+        lines.append("  samples: none (set sample every N epochs or steps)")
+    return lines
+
+
+def plan_text(check: DatasetCheck, sample: SampleSection | None = None) -> str:
+    """The plan as the trainer computes it (lora_core's plan), as review text; ``sample``
+    adds when preview images are made."""
     if check.preflight is None:
         hint = f"\n  [dim]{escape(check.hint)}[/dim]" if check.hint else ""
         return f"[b]Plan[/b]\n  [red]{escape(check.message or '')}[/red]{hint}"
@@ -167,15 +285,19 @@ def plan_text(check: DatasetCheck) -> str:
             lines.append(f"  {'reg/' if subset.is_reg else ''}{escape(subset.name)}: "
                          f"{len(subset.scan.images)} images x {subset.scan.repeats} repeats = "
                          f"{subset.samples_per_epoch} samples")
-        reg = (f", {plan.num_reg_samples} reg samples" if plan.num_reg_images else "")
-        lines += [
-            f"  {plan.num_train_images} train samples per epoch{reg}; "
-            f"{len(plan.bucket_counts)} bucket(s), batch {plan.batch_size}",
-            f"  steps per epoch: {plan.steps_per_epoch}   epochs: {plan.num_epochs}   "
-            f"total steps: {plan.max_train_steps}   warmup steps: {plan.warmup_steps}",
-        ]
-        files = [name for _, name in plan.checkpoint_schedule()] + [plan.final_file_name]
-        lines.append(f"  checkpoints: {escape(', '.join(files))}")
+        reg = (f", {plan.num_reg_samples} reg samples (balanced from {plan.num_reg_images})"
+               if plan.num_reg_images else "")
+        lines.append(f"  {plan.num_train_images} train samples per epoch{reg}; "
+                     f"batch {plan.batch_size}")
+        if len(plan.datasets) > 1:
+            for dataset in plan.datasets:
+                lines.append(f"  buckets of dataset {dataset.index + 1} (batch "
+                             f"{dataset.batch_size}): {_buckets(dataset.bucket_counts)}")
+        else:
+            lines.append(f"  buckets (size: samples): {_buckets(plan.bucket_counts)}")
+        lines.append(f"  steps per epoch: {plan.steps_per_epoch}   epochs: {plan.num_epochs}   "
+                     f"total steps: {plan.max_train_steps}   warmup steps: {plan.warmup_steps}")
+        lines += _schedule_lines(plan, sample)
     lines += [f"  [red]problem:[/red] {escape(p)}" for p in check.preflight.problems]
     lines += [f"  [yellow]note:[/yellow] {escape(a)}" for a in check.preflight.advisories]
     return "\n".join(lines)

@@ -1,7 +1,12 @@
-"""The first screen: new profile, open a saved profile, rerun the last run, quit.
+"""The first screen: new profile, open a saved profile, rerun the last run, queue, quit.
 
 Keys: N new, O open, R rerun last (trains again at once), E rerun last with changes (opens
-it in the wizard), Q quit. Arrow keys and Enter work on the list too.
+it in the wizard), U the queue, Q quit. Arrow keys and Enter work on the list too.
+
+"The last run" is ``last_run.json`` in the state folder, written by ``lora-train run`` (so
+also by runs this app did not start). Its ``profile`` is the run folder's resolved copy
+(absolute paths, ``--set`` overrides applied): rerunning it repeats exactly what ran, from
+any working directory, like ``lora-train rerun-last``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ CHOICES = (
     ("open", "O  Open a saved profile (.toml)"),
     ("rerun", "R  Rerun the last run"),
     ("rerun_edit", "E  Rerun the last run with changes"),
+    ("queue", "U  Queue: run several saved profiles one after another"),
     ("quit", "Q  Quit"),
 )
 
@@ -34,6 +40,7 @@ class StartScreen(Screen):
         Binding("o", "choose('open')", "Open"),
         Binding("r", "choose('rerun')", "Rerun last"),
         Binding("e", "choose('rerun_edit')", "Rerun with changes"),
+        Binding("u", "choose('queue')", "Queue"),
         Binding("q", "choose('quit')", "Quit"),
     ]
 
@@ -69,14 +76,16 @@ class StartScreen(Screen):
             if choice == "rerun":
                 app.start_training(profile_path)  # type: ignore[attr-defined]
             else:
-                self._open(profile_path)
+                self._open(profile_path, detach=True)
+        elif choice == "queue":
+            app.open_queue()  # type: ignore[attr-defined]
         elif choice == "quit":
             app.exit()
 
-    def _open(self, path: Path | None) -> None:
+    def _open(self, path: Path | None, detach: bool = False) -> None:
         if path is None:
             return
         try:
-            self.app.open_profile(path)  # type: ignore[attr-defined]
+            self.app.open_profile(path, detach=detach)  # type: ignore[attr-defined]
         except LoraError as exc:
             self.show_error(exc)

@@ -1,17 +1,21 @@
 """One step of the wizard: a few profile fields, checked as they are typed.
 
-Enter in a field accepts it (an empty field takes the default) and moves to the next field;
-Enter in the last field, or Ctrl+N anywhere, goes on to the next step. Escape goes back with
-every answer kept (answers live in the draft, not in the screen). Messages under the fields
-are the profile's own. The training-images step also runs the dataset check live and offers
-Ctrl+R when a concept folder was picked instead of its parent.
+Enter in a field accepts it (an empty field takes the default) and moves to the next shown
+field; Enter in the last one, or Ctrl+N anywhere, goes on to the next step. Escape goes back
+with every answer kept (answers live in the draft, not in the screen). Ctrl+O shows or hides
+the step's advanced options; Ctrl+S saves the profile (asking for a path the first time).
+
+Fields that do not apply to the other answers (``steps.CONDITIONS``) are hidden, not
+disabled, and shown again as soon as they apply. Messages under the fields are the profile's
+own. The base-model step says live what the model is (``inspect_model``, headers only); the
+image steps run the dataset check live and offer Ctrl+R when a concept folder was picked
+instead of its parent.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from rich.markup import escape
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -21,19 +25,47 @@ from textual.timer import Timer
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
 
+from lora_core.errors import LoraError
+from lora_core.models.loading import FAMILY_LABELS
+from lora_core.profile import ADAPTIVE_OPTIMIZERS
 from lora_tui.dataset_check import DatasetCheck, check_dataset
-from lora_tui.draft import Draft, field_spec
+from lora_tui.draft import Draft, spec_for
+from lora_tui.screens.review import save_with_prompt
 from lora_tui.steps import STEPS, Step
 from lora_tui.widgets.dataset_table import DatasetTable
-from lora_tui.widgets.field_editor import FieldEditor
+from lora_tui.widgets.field_editor import FieldEditor, escape
 
 _CHECK_DELAY_S = 0.3  # wait for typing to pause before scanning folders
+
+# What each optimizer is usually given in optimizer_args (the hint under that field). The
+# AdamW family's are what an unset optimizer_args means (LETS' defaults); Prodigy's are the
+# settings its README suggests for diffusion fine-tuning; AdaFactor's turn off its own step
+# size so the learning rate and schedule apply (then constant_with_warmup is usual).
+_ADAMW = '["weight_decay=0.1", "betas=0.9,0.99"] (what unset means)'
+RECOMMENDED_ARGS = {
+    "AdamW": _ADAMW, "AdamW8bit": _ADAMW, "PagedAdamW8bit": _ADAMW, "PagedAdamW": _ADAMW,
+    "PagedAdamW32bit": _ADAMW,
+    "Lion": '["weight_decay=0.1", "betas=0.9,0.99"], with a learning rate 3-10x lower',
+    "Lion8bit": '["weight_decay=0.1", "betas=0.9,0.99"], with a learning rate 3-10x lower',
+    "PagedLion8bit": '["weight_decay=0.1", "betas=0.9,0.99"], with a learning rate 3-10x lower',
+    "SGDNesterov": '["momentum=0.9"] (added when unset)',
+    "SGDNesterov8bit": '["momentum=0.9"] (added when unset)',
+    "Prodigy": '["decouple=True", "weight_decay=0.01", "d_coef=2", '
+               '"use_bias_correction=True", "safeguard_warmup=True"]',
+    "DAdaptation": '["decouple=True", "weight_decay=0.01"]',
+    "DAdaptAdam": '["decouple=True", "weight_decay=0.01"]',
+    "DAdaptAdamPreprint": '["decouple=True", "weight_decay=0.01"]',
+    "AdaFactor": '["scale_parameter=False", "relative_step=False", "warmup_init=False"] to '
+                 'use your learning rate (unset: relative_step=True, it picks its own)',
+}
 
 
 class StepScreen(Screen):
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("ctrl+n", "next", "Next"),
+        Binding("ctrl+o", "toggle_advanced", "Advanced"),
+        Binding("ctrl+s", "save", "Save"),
         Binding("ctrl+r", "use_parent", "Use parent folder", show=False),
     ]
 
@@ -42,6 +74,7 @@ class StepScreen(Screen):
         self.index = index
         self.from_review = from_review
         self.last_check: DatasetCheck | None = None
+        self.show_advanced = False
         self._check_timer: Timer | None = None
         self._show_required = False  # "is required" appears once Next was tried
 
@@ -57,6 +90,10 @@ class StepScreen(Screen):
     def editors(self) -> list[FieldEditor]:
         return list(self.query(FieldEditor))
 
+    @property
+    def shown_editors(self) -> list[FieldEditor]:
+        return [e for e in self.editors if e.display]
+
     def editor(self, section: str, key: str) -> FieldEditor:
         return self.query_one(f"#field-{section}-{key}", FieldEditor)
 
@@ -68,26 +105,114 @@ class StepScreen(Screen):
         with VerticalScroll(classes="step-body"):
             yield Static(escape(step.intro), classes="step-intro")
             for section, key in step.fields:
-                yield FieldEditor(field_spec(section, key), self.draft.text(section, key),
+                yield FieldEditor(spec_for(section, key), self.draft.text(section, key),
                                   self.draft.base_dir)
+            # Advanced fields are built when first shown (fewer widgets: faster steps),
+            # except those already answered, which are always in sight.
+            yield from self._advanced_editors(answered_only=True)
+            if step.advanced:
+                yield Static("", id="advanced-hint")
             if step.dataset_check:
                 yield DatasetTable(id="dataset-check")
             yield Static("", id="step-errors")
         yield Footer()
 
+    def _advanced_editors(self, answered_only: bool) -> list[FieldEditor]:
+        present = {(e.spec.section, e.spec.key) for e in self.editors} if self.is_mounted \
+            else set()
+        editors = []
+        for section, key in self.step.advanced:
+            text = self.draft.text(section, key)
+            if (section, key) in present or (answered_only and text == ""):
+                continue
+            editor = FieldEditor(spec_for(section, key), text, self.draft.base_dir)
+            editor.add_class("advanced")
+            editors.append(editor)
+        return editors
+
+    async def _mount_advanced(self) -> None:
+        """Build the advanced editors not built yet, each in its place in the step."""
+        missing = {(e.spec.section, e.spec.key): e
+                   for e in self._advanced_editors(answered_only=False)}
+        previous = self.editor(*self.step.fields[-1])
+        for key in self.step.advanced:
+            if key in missing:
+                await self.query_one(".step-body").mount(missing[key], after=previous)
+                previous = missing[key]
+            else:
+                previous = self.editor(*key)
+
     def on_mount(self) -> None:
-        self.editors[0].input_widget.focus()
-        self.revalidate()
+        self.refresh_fields()
+        self.shown_editors[0].input_widget.focus()
         self.schedule_check()
 
     def on_screen_resume(self) -> None:
         # A step reopened from review may have changed answers behind this screen.
+        self.refresh_fields()
+        self.schedule_check()
+
+    # -- what is shown -------------------------------------------------------------------
+
+    def refresh_fields(self) -> bool:
+        """Bring every editor in line with the draft: its text (answers derived from
+        others, such as clip skip from the model style), whether it is shown, its default,
+        its live note and the profile's messages. True when this step has no problem."""
+        draft = self.draft
         for editor in self.editors:
-            text = self.draft.text(editor.spec.section, editor.spec.key)
+            section, key = editor.spec.section, editor.spec.key
+            text = draft.text(section, key)
             if editor.text != text:
                 editor.set_text(text)
-        self.revalidate()
-        self.schedule_check()
+            shown = draft.applies(section, key)
+            if editor.has_class("advanced") and not self.show_advanced and text == "":
+                shown = False
+            editor.display = shown
+            default = draft.default_text(section, key)
+            if default != editor.spec.default_text or editor.has_class("default-changed"):
+                editor.set_default_text(default)
+                editor.set_class(default != editor.spec.default_text, "default-changed")
+        if self.step.advanced:
+            advanced_hidden = 0 if self.show_advanced else sum(
+                1 for key in self.step.advanced
+                if draft.text(*key) == "" and draft.applies(*key))
+            hint = self.query_one("#advanced-hint", Static)
+            hint.update(f"[dim]Ctrl+O: {advanced_hidden} more option(s)[/dim]"
+                        if advanced_hidden else "[dim]Ctrl+O: hide the advanced options[/dim]"
+                        if self.show_advanced else "")
+        self._update_notes()
+        return self.revalidate()
+
+    def _update_notes(self) -> None:
+        keys = {(e.spec.section, e.spec.key) for e in self.editors}
+        if ("model", "pretrained_model_name_or_path") in keys:
+            self.editor("model", "pretrained_model_name_or_path").set_note(self._model_note())
+        if ("optimizer", "optimizer_args") in keys:
+            name = self.draft.current("optimizer", "optimizer_type")
+            advice = RECOMMENDED_ARGS.get(name)
+            self.editor("optimizer", "optimizer_args").set_note(
+                f"[i]{escape(name)}: usually {escape(advice)}[/i]" if advice
+                else f"[i]{escape(name)}: usually none[/i]")
+        if ("optimizer", "learning_rate") in keys:
+            name = self.draft.current("optimizer", "optimizer_type")
+            self.editor("optimizer", "learning_rate").set_note(
+                f"[i]{escape(name)} finds its own step size; the learning rate multiplies it, "
+                "so 1.0 is usual[/i]" if name in ADAPTIVE_OPTIMIZERS else "")
+
+    def _model_note(self) -> str:
+        """The detected model (family and summary) or why it cannot be used."""
+        draft = self.draft
+        if not draft.text("model", "pretrained_model_name_or_path").strip():
+            return ""
+        source = draft.model_source()
+        if isinstance(source, LoraError):
+            hint = f"\n[dim]{escape(source.hint)}[/dim]" if source.hint else ""
+            return f"[red]unusable: {escape(source.message)}[/red]{hint}"
+        if source.family is None:
+            return (f"[yellow]{escape(source.summary or source.name)}[/yellow]\n[dim]the family "
+                    "is told when it loads: say below whether it is SD 2.x[/dim]")
+        family = FAMILY_LABELS[source.family]
+        return f"[green]detected: {family}[/green] [dim]{escape(source.summary)}[/dim]"
 
     def revalidate(self) -> bool:
         """Show the profile's messages for this step's fields; True when there are none."""
@@ -98,19 +223,20 @@ class StepScreen(Screen):
             if not self._show_required and editor.text == "":
                 errors = [e for e in errors if "is required" not in e]
             editor.set_errors(errors)
-            clean = clean and not validation.for_field(editor.spec.section, editor.spec.key)
+            if editor.display:
+                clean = clean and not validation.for_field(editor.spec.section, editor.spec.key)
         return clean
 
     @on(FieldEditor.Changed)
     def field_changed(self, event: FieldEditor.Changed) -> None:
         self.draft.set_text(event.section, event.key, event.text)
-        self.revalidate()
+        self.refresh_fields()
         self.schedule_check()
 
     @on(FieldEditor.Submitted)
     def field_submitted(self, event: FieldEditor.Submitted) -> None:
-        editors = self.editors
-        position = editors.index(event.editor)
+        editors = self.shown_editors
+        position = editors.index(event.editor) if event.editor in editors else len(editors)
         if position + 1 < len(editors):
             editors[position + 1].input_widget.focus()
         else:
@@ -119,7 +245,7 @@ class StepScreen(Screen):
     def action_next(self) -> None:
         self._show_required = True
         if not self.revalidate():
-            bad = next(e for e in self.editors if e.has_class("has-error"))
+            bad = next(e for e in self.shown_editors if e.has_class("has-error"))
             bad.input_widget.focus()
             self.notify(f"fix {bad.spec.label} first", severity="error")
             return
@@ -130,6 +256,29 @@ class StepScreen(Screen):
 
     def action_back(self) -> None:
         self.app.pop_screen()
+
+    async def action_toggle_advanced(self) -> None:
+        """Show the step's advanced options (or hide the unanswered ones again)."""
+        if not self.step.advanced:
+            self.notify("this step has no advanced options")
+            return
+        self.show_advanced = not self.show_advanced
+        if self.show_advanced:
+            await self._mount_advanced()
+        self.refresh_fields()
+        if self.show_advanced:
+            first = next((e for e in self.shown_editors if e.has_class("advanced")), None)
+            if first is not None:
+                first.input_widget.focus()
+                first.scroll_visible()
+        elif self.focused is not None:
+            owner = next((a for a in self.focused.ancestors_with_self
+                          if isinstance(a, FieldEditor)), None)
+            if owner is not None and not owner.display:
+                self.shown_editors[0].input_widget.focus()
+
+    def action_save(self) -> None:
+        save_with_prompt(self, self.draft)
 
     # -- the live dataset check -------------------------------------------------------
 
@@ -164,7 +313,6 @@ class StepScreen(Screen):
         text = self.draft.text("dataset", "train_data_dir").rstrip("/\\")
         parent = str(Path(text).parent) if text else str(self.last_check.concept_parent)
         self.draft.set_text("dataset", "train_data_dir", parent)
-        self.editor("dataset", "train_data_dir").set_text(parent)
         self.notify(f"train_data_dir is now {parent}")
-        self.revalidate()
+        self.refresh_fields()
         self.schedule_check()

@@ -14,11 +14,12 @@ _DRIVE = textwrap.dedent("""
     from lora_tui.app import make_app
     from lora_tui.runner import FakeRunner
     from lora_tui.screens.review import ReviewScreen
+    from lora_tui.steps import STEPS
 
     async def main():
         app = make_app(sys.argv[1], runner_factory=lambda: FakeRunner([]))
         async with app.run_test(size=(80, 24)) as pilot:
-            for _ in range(6):
+            for _ in range(len(STEPS)):
                 await pilot.press("ctrl+n")
                 await pilot.pause()
             assert isinstance(app.screen, ReviewScreen), app.screen

@@ -15,7 +15,8 @@ from lora_tui.runner import FakeRunner
 from lora_tui.screens.review import ReviewScreen
 from lora_tui.screens.step import StepScreen
 from lora_tui.screens.training import TrainingScreen
-from tests.tui.helpers import EVENTS_FILE, SIZE, type_into, wait_for
+from lora_tui.steps import STEPS
+from tests.tui.helpers import EVENTS_FILE, ROOT, SIZE, type_into, wait_for
 
 
 def text_of(app, selector: str) -> str:
@@ -23,12 +24,29 @@ def text_of(app, selector: str) -> str:
     return Text.from_markup(content).plain if isinstance(content, str) else str(content)
 
 
+def index_of(title: str) -> int:
+    return next(i for i, step in enumerate(STEPS) if step.title == title)
+
+
+# Answers typed on the way (step title -> (section, key, text)); other steps keep defaults.
+ANSWERS = {
+    "Network": [("network", "network_dim", "16"),
+                ("network", "network_alpha", "0")],  # explicit 0 is a value
+    "Learning rates": [("optimizer", "learning_rate", "2e-4")],
+    "Batch size": [("training", "train_batch_size", "3")],
+    "Epochs or steps": [("training", "max_train_epochs", "3")],
+}
+
+
 async def fill_to_review(pilot, dataset: Path, out: Path) -> None:
     """New profile → every step answered → review."""
     await pilot.press("n")
     assert isinstance(pilot.app.screen, StepScreen) and pilot.app.screen.index == 0
     await type_into(pilot, "model", "pretrained_model_name_or_path", "builtin:tiny-sd1")
-    await pilot.press("enter", "enter", "enter")  # model, clip skip default, v-pred default
+    await pilot.press("enter", "enter")  # model, realistic/anime default
+    await wait_for(pilot, lambda: pilot.app.screen.focused is not None and
+                   "v_parameterization" in str(pilot.app.screen.focused.parent.id))
+    await pilot.press("enter")  # v-pred default: next step
     await wait_for(pilot, lambda: pilot.app.screen.index == 1)
     await type_into(pilot, "dataset", "train_data_dir", str(dataset))
     await pilot.press("ctrl+n")
@@ -36,17 +54,11 @@ async def fill_to_review(pilot, dataset: Path, out: Path) -> None:
     await type_into(pilot, "saving", "output_dir", str(out))
     await type_into(pilot, "saving", "output_name", "my lora")
     await pilot.press("ctrl+n")
-    await wait_for(pilot, lambda: pilot.app.screen.index == 3)
-    await type_into(pilot, "network", "network_dim", "16")
-    await type_into(pilot, "network", "network_alpha", "0")  # explicit 0 is a value
-    await pilot.press("ctrl+n")
-    await wait_for(pilot, lambda: pilot.app.screen.index == 4)
-    await type_into(pilot, "optimizer", "learning_rate", "2e-4")
-    await pilot.press("ctrl+n")
-    await wait_for(pilot, lambda: pilot.app.screen.index == 5)
-    await type_into(pilot, "training", "max_train_epochs", "3")
-    await type_into(pilot, "training", "train_batch_size", "3")
-    await pilot.press("ctrl+n")
+    for index in range(3, len(STEPS)):
+        await wait_for(pilot, lambda i=index: getattr(pilot.app.screen, "index", None) == i)
+        for section, key, text in ANSWERS.get(STEPS[index].title, []):
+            await type_into(pilot, section, key, text)
+        await pilot.press("ctrl+n")
     await wait_for(pilot, lambda: isinstance(pilot.app.screen, ReviewScreen))
     await wait_for(pilot, lambda: pilot.app.screen.check is not None)
 
@@ -103,15 +115,20 @@ async def test_back_keeps_answers_and_review_reopens_a_step(dataset, tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await fill_to_review(pilot, dataset, tmp_path / "out")
         await pilot.press("escape")  # back to the last step, answers kept
-        assert app.screen.index == 5
+        assert app.screen.index == len(STEPS) - 1
+        epochs = index_of("Epochs or steps")
+        for _ in range(len(STEPS) - 1 - epochs):
+            await pilot.press("escape")
+        assert app.screen.index == epochs
         assert app.screen.editor("training", "max_train_epochs").input_widget.value == "3"
-        await pilot.press("escape", "escape")
-        assert app.screen.index == 3
-        assert app.screen.editor("network", "network_dim").input_widget.value == "16"
-        await pilot.press("ctrl+n", "ctrl+n", "ctrl+n")
+        for _ in range(len(STEPS) - epochs):
+            await pilot.press("ctrl+n")
         await wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
-        await pilot.press("6")  # reopen the length step from review
-        assert app.screen.from_review and app.screen.index == 5
+        steps_list = app.screen.query_one("#review-steps")
+        steps_list.focus()  # the review opens on its Train/Save actions
+        steps_list.highlighted = epochs
+        await pilot.press("enter")  # reopen the epochs step from review
+        assert app.screen.from_review and app.screen.index == epochs
         await type_into(pilot, "training", "max_train_epochs", "5")
         await pilot.press("ctrl+n")
         await wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
@@ -121,7 +138,9 @@ async def test_back_keeps_answers_and_review_reopens_a_step(dataset, tmp_path):
         expected = run_preflight(app.draft.profile(), strict=False).plan
         assert f"total steps: {expected.max_train_steps}" in text_of(app, "#review-plan")
         # The step screen under review was refreshed from the draft.
-        await pilot.press("escape")
+        for _ in range(len(STEPS) - epochs):
+            await pilot.press("escape")
+        assert app.screen.index == epochs
         assert app.screen.editor("training", "max_train_epochs").input_widget.value == "5"
 
 
@@ -130,10 +149,8 @@ async def test_bad_value_shows_the_profiles_message(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("n")
         app.draft.set_text("model", "pretrained_model_name_or_path", "builtin:tiny-sd1")
-        for _ in range(3):
-            app.next_step(app.screen.index)
-            await pilot.pause()
-        assert app.screen.index == 3
+        app.open_step(index_of("Network"))
+        await pilot.pause()
         await type_into(pilot, "network", "network_dim", "0")
         editor = app.screen.editor("network", "network_dim")
         assert editor.has_class("has-error")
@@ -141,7 +158,7 @@ async def test_bad_value_shows_the_profiles_message(tmp_path):
         assert "`[network] network_dim` = 0 is out of range: it must be between 1 and 1024" \
             in message
         await pilot.press("ctrl+n")
-        assert app.screen.index == 3  # Next refuses while the value is bad
+        assert app.screen.index == index_of("Network")  # Next refuses while the value is bad
         await type_into(pilot, "network", "network_dim", "abc")
         assert "has the wrong type" in text_of(app, "#field-network-network_dim .field-error")
         await type_into(pilot, "network", "network_dim", "8")
@@ -194,3 +211,24 @@ async def test_loaded_profile_opens_in_the_wizard(tmp_path):
         assert app.draft.text("network", "network_dim") == "8"
         # Untouched fields of the file are carried through.
         assert app.draft.profile().dataset.shuffle_caption is True
+
+
+async def test_pressing_enter_through_a_loaded_profile_trains_it():
+    """The README's promise: open the example, press Enter until training starts."""
+    fake = FakeRunner.from_file(EVENTS_FILE)
+    app = make_app(ROOT / "examples" / "quickstart.toml", runner_factory=lambda: fake)
+    async with app.run_test(size=SIZE) as pilot:
+        for _ in range(200):
+            if isinstance(app.screen, TrainingScreen):
+                break
+            if isinstance(app.screen, ReviewScreen):
+                # Enter trains once the plan is there (it refuses while problems are listed)
+                await wait_for(pilot, lambda: app.screen.check is not None, timeout_s=30)
+            await pilot.press("enter")
+            await pilot.pause()
+        assert isinstance(app.screen, TrainingScreen), type(app.screen).__name__
+        await wait_for(pilot, lambda: app.screen.state == "finished")
+        assert fake.profile_path is not None
+        trained = load_profile(fake.profile_path)
+        assert trained.training.max_train_epochs == 2  # the example's own answers
+        assert trained.network.network_dim == 8
