@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image as PILImage
 from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -40,6 +41,7 @@ from lora_tui.dialogs.confirm import ConfirmDialog
 from lora_tui.runner import Output, Runner
 
 _LOSS_POINTS = 200  # the sparkline shows the most recent losses
+_SAMPLE_COLUMNS = 32  # the preview's width in characters (and its height in pixel rows)
 _TAIL_LINES = 12
 
 
@@ -84,11 +86,28 @@ class TrainingScreen(Screen):
             yield RichLog(id="train-log", wrap=True, markup=False, max_lines=2000)
             with Vertical(id="train-side"):
                 yield Static("[b]Files[/b]", id="train-files")
+                yield Static("", id="train-sample")
         yield Static("", id="train-result")
         yield Footer()
 
     def on_mount(self) -> None:
         self.run_worker(self._follow(), exclusive=True, name="training")
+
+    def show_sample(self, path: str) -> None:
+        """The newest sample image, drawn with coloured half-height cells (two pixels per
+        character), which every colour terminal shows, SSH included; the path is listed
+        with the files either way."""
+        from rich_pixels import HalfcellRenderer, Pixels
+
+        target = self.query_one("#train-sample", Static)
+        try:
+            with PILImage.open(path) as image:
+                image.thumbnail((_SAMPLE_COLUMNS, _SAMPLE_COLUMNS))  # keeps the aspect ratio
+                pixels = Pixels.from_image(image.convert("RGB"), renderer=HalfcellRenderer())
+        except OSError as exc:  # the file may be gone or unreadable: say so, keep training
+            target.update(f"[dim]cannot show {escape(path)}: {escape(str(exc))}[/dim]")
+            return
+        target.update(pixels)
 
     async def _follow(self) -> None:
         code = await self.runner.run(self.profile_path,
@@ -133,6 +152,7 @@ class TrainingScreen(Screen):
             self._add_file(f"{event.kind} checkpoint: {event.path}")
         elif isinstance(event, SampleSaved):
             self._add_file(f"sample {event.prompt_index} (step {event.step}): {event.path}")
+            self.show_sample(event.path)
         elif isinstance(event, WarningIssued):
             self.tail.append(f"warning: {event.message}")
             log.write(f"warning: {event.message}")
@@ -159,8 +179,9 @@ class TrainingScreen(Screen):
             f"[green]{word}[/green] after {event.steps} steps "
             f"({format_duration(event.seconds)}). The LoRA: {escape(event.final_file)}\n"
             "[dim]Escape: back to the review · Ctrl+Q: quit[/dim]")
+        samples = [f for f in self.files if f.startswith("sample ")]
         self.query_one("#train-files", Static).update(
-            "[b]Files[/b]\n" + "\n".join(escape(f) for f in event.files))
+            "[b]Files[/b]\n" + "\n".join(escape(f) for f in [*event.files, *samples]))
         self.refresh_bindings()
 
     def _failed(self, message: str, hint: str, log_path: str | None) -> None:

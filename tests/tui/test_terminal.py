@@ -22,6 +22,23 @@ import pytest
 
 from tests.tui.helpers import ROOT
 
+
+def _tmux() -> str | None:
+    """tmux, installed from the system's packages when missing and this user may (a CI
+    container runs as root); None when it cannot be had."""
+    found = shutil.which("tmux")
+    if found is None and shutil.which("apt-get") and hasattr(os, "geteuid") \
+            and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (["apt-get", "install", "-y", "-q", "tmux"], ["apt-get", "update", "-q"],
+                        ["apt-get", "install", "-y", "-q", "tmux"]):
+            subprocess.run(command, capture_output=True, timeout=300, env=env)
+            found = shutil.which("tmux")
+            if found:
+                break
+    return found
+
+
 TMUX = shutil.which("tmux")
 
 
@@ -68,8 +85,11 @@ def title(screen: str) -> str:
 
 @pytest.fixture
 def terminal():
+    global TMUX
+    TMUX = TMUX or _tmux()
     if TMUX is None:
-        pytest.skip("tmux is not installed (install it with: apt-get install -y tmux)")
+        pytest.skip("tmux is not installed and could not be installed here (install it with: "
+                    "apt-get install -y tmux)")
     term = Terminal()
     yield term
     term.kill()

@@ -97,3 +97,26 @@ async def test_process_runner_follows_a_child_and_stops_it_with_sigint(tmp_path,
     assert code == 130
     assert "to stderr" in seen
     assert any(isinstance(o, RunFinished) and o.interrupted for o in seen)
+
+
+async def test_sample_images_are_listed_and_drawn_in_the_terminal(tmp_path):
+    from PIL import Image
+    from rich_pixels import Pixels
+
+    from lora_core.events import SampleSaved
+
+    png = tmp_path / "run_000002_00_20260101000000.png"
+    Image.new("RGB", (64, 48), (255, 0, 0)).save(png)
+    fake = FakeRunner([step(1), SampleSaved(str(png), 2, None, 0, "ohwx cube"),
+                       RunFinished([], "", 2, 1.0)])
+    app = make_app(runner_factory=lambda: fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.start_training(tmp_path / "p.toml")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.state == "finished")
+        assert str(png) in plain(app, "#train-files")
+        drawn = screen.query_one("#train-sample", Static).content
+        assert isinstance(drawn, Pixels)  # the image itself, not a placeholder
+        segments = list(app.console.render(drawn))
+        assert any(s.style and s.style.bgcolor and s.style.bgcolor.triplet == (255, 0, 0)
+                   for s in segments)
