@@ -17,7 +17,7 @@ from lora_core.dataset.plan import TrainingPlan, make_plan
 from lora_core.dataset.scan import DatasetScan, advisories, problems, scan_config, scan_dataset
 from lora_core.dataset.subset_options import options_from_dataset_section
 from lora_core.errors import DatasetError, LoraError, ProfileError
-from lora_core.models.loading import inspect_model
+from lora_core.models.loading import ModelSource, inspect_model
 from lora_core.profile import Profile
 
 
@@ -29,13 +29,20 @@ class Preflight:
     advisories: list[str]
 
 
-def input_problems(profile: Profile) -> list[str]:
-    """Problems with the model and start-weights paths, found without loading anything."""
-    found = []
+def inspect_profile_model(profile: Profile) -> ModelSource | LoraError:
+    """What the profile's base model is (headers only), or why it cannot be used."""
     try:
-        source = inspect_model(profile.model.pretrained_model_name_or_path, profile.base_dir)
+        return inspect_model(profile.model.pretrained_model_name_or_path, profile.base_dir)
     except LoraError as exc:
-        found.append(f"{exc.message} ({exc.hint})" if exc.hint else exc.message)
+        return exc
+
+
+def input_problems(profile: Profile, source: ModelSource | LoraError) -> list[str]:
+    """Problems with the model and start-weights paths, found without loading anything.
+    ``source`` is :func:`inspect_profile_model`'s answer."""
+    found = []
+    if isinstance(source, LoraError):
+        found.append(f"{source.message} ({source.hint})" if source.hint else source.message)
     else:
         found.extend(model_problems(profile, source.family))
         if "VAE" in source.missing and not profile.model.vae:
@@ -132,7 +139,9 @@ def _output_inside_subsets(profile: Profile, scan: DatasetScan) -> list[str]:
 def run_preflight(profile: Profile, strict: bool = True, num_processes: int = 1) -> Preflight:
     """Check inputs, scan and plan. With ``strict`` any problem raises one error listing all."""
     scan = scan_profile(profile)
-    found = input_problems(profile) + _output_inside_subsets(profile, scan) + problems(scan)
+    source = inspect_profile_model(profile)
+    found = (input_problems(profile, source) + _output_inside_subsets(profile, scan)
+             + problems(scan))
     if found and strict:
         raise DatasetError(
             f"{len(found)} problem{'s' if len(found) > 1 else ''} must be fixed before "
@@ -147,35 +156,28 @@ def run_preflight(profile: Profile, strict: bool = True, num_processes: int = 1)
             raise
         if not found:  # else it only restates a problem already listed
             found.append(exc.message)
-    notes = advisories(scan) + (plan.warnings if plan else []) + settings_advisories(profile)
+    notes = (advisories(scan) + (plan.warnings if plan else [])
+             + settings_advisories(profile, source))
     return Preflight(scan, plan, found, notes)
 
 
-def _family_of(profile: Profile) -> str | None:
-    try:
-        return inspect_model(profile.model.pretrained_model_name_or_path, profile.base_dir).family
-    except LoraError:
-        return None
-
-
-def settings_advisories(profile: Profile) -> list[str]:
-    """Settings that run but are probably not what was meant (sd-scripts warns about them)."""
+def settings_advisories(profile: Profile, source: ModelSource | LoraError) -> list[str]:
+    """Settings that run but are probably not what was meant (sd-scripts warns about them).
+    ``source`` is :func:`inspect_profile_model`'s answer (an unusable model is a problem,
+    reported by :func:`input_problems`)."""
+    from lora_core.models.loading import prediction_warning
     from lora_core.training.optimizer_args import optimizer_advisories  # torch-free
 
     notes = optimizer_advisories(profile.optimizer)
-    try:
-        from lora_core.models.loading import prediction_warning
-
-        source = inspect_model(profile.model.pretrained_model_name_or_path, profile.base_dir)
+    family = None
+    if not isinstance(source, LoraError):
+        family = source.family
         warning = prediction_warning(source, profile.model.v_parameterization)
         if warning:
             notes.append(warning)
-    except LoraError:
-        pass  # the model problem is reported by input_problems
-    family = _family_of(profile) if profile.model.clip_skip != 1 else None
-    if family == "sdxl":
+    if profile.model.clip_skip != 1 and family == "sdxl":
         notes.append("`[model] clip_skip` is ignored for SDXL models (sd-scripts ignores it too)")
-    elif family == "sd2":
+    elif profile.model.clip_skip != 1 and family == "sd2":
         from lora_core.models.family_sd2 import clip_skip_warning
 
         notes.append(clip_skip_warning(profile.model.clip_skip))

@@ -178,9 +178,9 @@ def _build_tiny_sd1(folder: Path) -> None:
 
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     vae.save_pretrained(folder / "vae", safe_serialization=True)
-    _save_text_encoder(text_encoder, folder / "text_encoder")
+    save_text_encoder(text_encoder, folder / "text_encoder")
     training_noise_scheduler().save_pretrained(folder / "scheduler")
-    _write_model_index(folder)
+    write_model_index(folder)
 
 
 def _build_tiny_sdxl(folder: Path) -> None:
@@ -237,10 +237,10 @@ def _build_tiny_sdxl(folder: Path) -> None:
 
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     vae.save_pretrained(folder / "vae", safe_serialization=True)
-    _save_text_encoder(text_encoder, folder / "text_encoder")
-    _save_state_as_is(text_encoder_2, folder / "text_encoder_2")
+    save_text_encoder(text_encoder, folder / "text_encoder")
+    save_text_encoder(text_encoder_2, folder / "text_encoder_2")
     training_noise_scheduler().save_pretrained(folder / "scheduler")
-    _write_sdxl_model_index(folder)
+    write_model_index(folder, xl=True)
 
 
 def _use_pad_token(folder: Path, pad_token: str) -> None:
@@ -252,77 +252,51 @@ def _use_pad_token(folder: Path, pad_token: str) -> None:
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", "utf-8")
 
 
-def _save_state_as_is(model, folder: Path) -> None:
-    """Save a ``CLIPTextModelWithProjection``: its keys (``text_model.…``,
-    ``text_projection.weight``) are the same in transformers 4.x and 5.x."""
-    from safetensors.torch import save_file
+def save_text_encoder(text_encoder, folder: Path) -> None:
+    """Save a ``CLIPTextModel`` / ``CLIPTextModelWithProjection`` with ``text_model.``-prefixed
+    keys (``text_projection.weight`` as it is).
 
-    folder.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(folder)
-    state = {key: tensor.contiguous() for key, tensor in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-
-
-def _write_sdxl_model_index(folder: Path) -> None:
-    """model_index.json as StableDiffusionXLPipeline.save_pretrained writes it."""
-    import diffusers
-
-    index = {
-        "_class_name": "StableDiffusionXLPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None],
-        "force_zeros_for_empty_prompt": True,
-        "image_encoder": [None, None],
-        "scheduler": ["diffusers", "DDPMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "tokenizer_2": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", "utf-8")
-
-
-def _save_text_encoder(text_encoder, folder: Path) -> None:
-    """Save a CLIPTextModel with ``text_model.``-prefixed keys.
-
-    transformers >= 5.6 names the weights ``encoder.layers.N...`` (no ``text_model`` wrapper)
-    and strips the prefix when loading; transformers 4.x needs the prefix and would load
-    unprefixed weights as random ones with only a warning. Prefixed keys load in both.
+    transformers >= 5.6 names a CLIPTextModel's weights ``encoder.layers.N...`` (no
+    ``text_model`` wrapper) and strips the prefix when loading; transformers 4.x needs the
+    prefix and would load unprefixed weights as random ones with only a warning. Prefixed keys
+    load in both. Only the config goes through save_pretrained; the weights are written here.
     """
     from safetensors.torch import save_file
 
-    # Only the config goes through save_pretrained; the weights are written here, prefixed.
     folder.mkdir(parents=True, exist_ok=True)
     text_encoder.config.save_pretrained(folder)
     state = {}
     for key, tensor in text_encoder.state_dict().items():
-        if key.startswith("text_model."):
-            state[key] = tensor.contiguous()
-        else:
-            state[f"text_model.{key}"] = tensor.contiguous()
+        if not key.startswith(("text_model.", "text_projection.")):
+            key = f"text_model.{key}"
+        state[key] = tensor.contiguous()
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
-def _write_model_index(folder: Path) -> None:
-    """model_index.json as StableDiffusionPipeline.save_pretrained writes it for SD1."""
+def write_model_index(folder: Path, xl: bool = False) -> None:
+    """model_index.json as ``StableDiffusionPipeline`` (no safety checker) or
+    ``StableDiffusionXLPipeline``'s save_pretrained writes it (keys in sorted order)."""
     import diffusers
 
-    index = {
-        "_class_name": "StableDiffusionPipeline",
+    index: dict[str, object] = {
+        "_class_name": "StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline",
         "_diffusers_version": diffusers.__version__,
         "feature_extractor": [None, None],
         "image_encoder": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
         "scheduler": ["diffusers", "DDPMScheduler"],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", "utf-8")
+    if xl:
+        index.update(force_zeros_for_empty_prompt=True,
+                     text_encoder_2=["transformers", "CLIPTextModelWithProjection"],
+                     tokenizer_2=["transformers", "CLIPTokenizer"])
+    else:
+        index.update(requires_safety_checker=False, safety_checker=[None, None])
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n",
+                                             "utf-8")
 
 
 _BUILDERS = {"tiny-sd1": _build_tiny_sd1, "tiny-sdxl": _build_tiny_sdxl}

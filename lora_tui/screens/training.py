@@ -15,7 +15,6 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image as PILImage
 from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -97,6 +96,7 @@ class TrainingScreen(Screen):
         """The newest sample image, drawn with coloured half-height cells (two pixels per
         character), which every colour terminal shows, SSH included; the path is listed
         with the files either way."""
+        from PIL import Image as PILImage  # only once a sample exists: not at start-up
         from rich_pixels import HalfcellRenderer, Pixels
 
         target = self.query_one("#train-sample", Static)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from lora_core.models.builtin import save_text_encoder, write_model_index
 from lora_core.models.tokenizer_gen import BOS_TOKEN, EOS_TOKEN, write_tokenizer
 
 SEED = 20240602
@@ -88,39 +89,6 @@ def _scheduler(prediction_type: str):
                          prediction_type=prediction_type, steps_offset=1)
 
 
-def save_text_encoder(text_encoder, folder: Path) -> None:
-    """Save a CLIP text model with ``text_model.``-prefixed keys (loads in transformers 4.x
-    and 5.x alike; 5.x strips the prefix, 4.x needs it)."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    text_encoder.config.save_pretrained(folder)
-    state = {}
-    for key, tensor in text_encoder.state_dict().items():
-        if not key.startswith(("text_model.", "text_projection.")):
-            key = f"text_model.{key}"
-        state[key] = tensor.contiguous()
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-
-
-def _write_model_index(folder: Path) -> None:
-    """model_index.json as StableDiffusionPipeline.save_pretrained writes it (no safety
-    checker)."""
-    import diffusers
-
-    index = {
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None], "image_encoder": [None, None],
-        "requires_safety_checker": False, "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDPMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", "utf-8")
-
-
 def tiny_sd2_folder(tmp_path: Path, v_pred: bool = False) -> Path:
     """Build a tiny SD 2.x diffusers folder under ``tmp_path`` and return it.
 
@@ -152,7 +120,7 @@ def tiny_sd2_folder(tmp_path: Path, v_pred: bool = False) -> Path:
     vae.save_pretrained(folder / "vae", safe_serialization=True)
     save_text_encoder(text_encoder, folder / "text_encoder")
     _scheduler("v_prediction" if v_pred else "epsilon").save_pretrained(folder / "scheduler")
-    _write_model_index(folder)  # last: its presence marks a complete folder
+    write_model_index(folder)  # last: its presence marks a complete folder
     return folder
 
 
