@@ -1,6 +1,9 @@
 """`lora-train`: the headless command line for scripts, queues and the wizard.
 
     lora-train run PROFILE [--set section.key=value ...] [--events FILE|-]
+    lora-train resume RUN_FOLDER [--set ...] [--events FILE|-]
+    lora-train status [RUN_FOLDER] [--json]
+    lora-train stop RUN_FOLDER [--force]
     lora-train check PROFILE [--set ...]
     lora-train rerun-last [--events FILE|-]
     lora-train queue PROFILE... [--continue-on-error]
@@ -14,6 +17,7 @@ run and 130 for a run stopped with Ctrl+C (what was trained is saved).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -73,27 +77,47 @@ def _print_error(exc: LoraError) -> None:
 
 
 class StopFlag:
-    """Ctrl+C (or SIGTERM) once: stop after the current step and save. Twice: abort."""
+    """Ctrl+C (or SIGTERM) once: stop after the current step and save. Twice: abort.
+
+    A second Ctrl+C that arrives while a file is being written (inside :meth:`saving`)
+    waits for the write to finish, then aborts: a save is never cut in half."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self._saving = 0
+        self._abort_after_save = False
 
     def __call__(self) -> bool:
         return self.event.is_set()
 
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-
-        def handler(signum, frame):
-            if self.event.is_set():
+    @contextlib.contextmanager
+    def saving(self):
+        self._saving += 1
+        try:
+            yield
+        finally:
+            self._saving -= 1
+            if self._saving == 0 and self._abort_after_save:
+                self._abort_after_save = False
                 raise KeyboardInterrupt
+
+    def handle(self, signum=None, frame=None) -> None:
+        if not self.event.is_set():
             self.event.set()
             print("\nstopping after this step and saving what was trained; press Ctrl+C "
                   "again to abort without saving", file=sys.stderr, flush=True)
+        elif self._saving:
+            self._abort_after_save = True
+            print("\nfinishing the file being written, then aborting", file=sys.stderr,
+                  flush=True)
+        else:
+            raise KeyboardInterrupt
 
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGINT, self.handle)
+        signal.signal(signal.SIGTERM, self.handle)
 
 
 def _open_event_sinks(bus: EventBus, events_arg: str | None) -> list[JsonLinesSink]:
@@ -111,9 +135,34 @@ def _open_event_sinks(bus: EventBus, events_arg: str | None) -> list[JsonLinesSi
 def cmd_run(profile_path: Path, overrides: list[str], events_arg: str | None,
             progress: bool = True) -> int:
     """Run one profile. Every failure, early or late, ends the event stream with run_failed."""
-    from lora_core.profile_io import load_profile
+
+    def start():
+        from lora_core.profile_io import load_profile
+        from lora_core.training.session import start_run
+
+        profile = load_profile(profile_path, overrides)
+        return profile, profile_path, start_run(profile, profile_path)
+
+    return _run(start, events_arg, progress)
+
+
+def cmd_resume(run_dir: Path, overrides: list[str], events_arg: str | None,
+               progress: bool = True) -> int:
+    """Continue a stopped, failed or crashed run from its newest state."""
+
+    def start():
+        from lora_core.training.session import start_resume
+
+        profile, started = start_resume(run_dir, overrides)
+        return profile, started.folder.profile if started.folder else None, started
+
+    return _run(start, events_arg, progress)
+
+
+def _run(start, events_arg: str | None, progress: bool) -> int:
     from lora_core.progress import ProgressPrinter
-    from lora_core.training.session import is_main_process, run_training, start_run
+    from lora_core.saving.run_status import StatusRecorder
+    from lora_core.training.session import is_main_process, run_training
 
     bus = EventBus()
     main = is_main_process()  # under accelerate launch, only rank 0 talks and writes
@@ -125,32 +174,35 @@ def cmd_run(profile_path: Path, overrides: list[str], events_arg: str | None,
     log_path = state_dir() / "lora-train.log"
     bridge = LogToEvents(bus)
     logging.getLogger("lora_core").addHandler(bridge)
+    profile = started = None
     try:
-        profile = load_profile(profile_path, overrides)
-        started = start_run(profile, profile_path)
+        profile, profile_path, started = start()
         if started.folder is not None:
             log_path = started.folder.log
             _add_log_file(log_path)
             events_file = open(started.folder.events, "a", encoding="utf-8")  # noqa: SIM115
             sinks.append(JsonLinesSink(events_file, close=True))
             bus.add(sinks[-1])
+        if started.status is not None:
+            bus.add(StatusRecorder(started.status))
         result = run_training(profile, profile_path, started, bus, stop)
         return EXIT_INTERRUPTED if result.interrupted else 0
     except LoraError as exc:
         log.exception("run failed")
-        bus.emit(RunFailed(exc.message, exc.hint, str(log_path)))
+        bus.emit(_failure_event(exc, profile, started, log_path))
         _print_error(exc)
         return exc.exit_code
     except KeyboardInterrupt:
         log.warning("aborted with a second Ctrl+C")
         bus.emit(RunFailed("aborted with a second Ctrl+C; nothing more was saved", "",
-                           str(log_path)))
+                           str(log_path), **_resume_fields(started)))
         print("aborted; nothing more was saved", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug, not bad input: short message, traceback in the log
         log.exception("internal error")
         bus.emit(RunFailed(f"internal error: {type(exc).__name__}: {exc}",
-                           f"the full traceback is in {log_path}", str(log_path)))
+                           f"the full traceback is in {log_path}", str(log_path),
+                           **_resume_fields(started)))
         print(f"error: internal error: {type(exc).__name__}: {exc}\n"
               f"the full traceback is in {log_path}", file=sys.stderr)
         return 1
@@ -158,6 +210,82 @@ def cmd_run(profile_path: Path, overrides: list[str], events_arg: str | None,
         logging.getLogger("lora_core").removeHandler(bridge)
         for sink in sinks:
             sink.close()
+
+
+def _resume_fields(started) -> dict:
+    """The run folder of a failed run, and whether it has a state to resume from."""
+    if started is None or started.folder is None:
+        return {}
+    from lora_core.saving.train_state import latest_state
+
+    return {"run_dir": str(started.folder.path),
+            "resumable": latest_state(started.folder.path) is not None}
+
+
+def _failure_event(exc: LoraError, profile, started, log_path: Path) -> RunFailed:
+    """run_failed with what a UI needs to offer the fix: the kind of failure, and for an
+    out-of-memory error the lighter settings to retry with (also put in the hint)."""
+    overrides, description, hint = [], "", exc.hint
+    if exc.kind == "out_of_memory" and profile is not None:
+        from lora_core.lighter import lighter_setting
+
+        lighter = lighter_setting(profile)
+        if lighter is not None:
+            overrides, description = lighter.overrides, lighter.description
+            sets = " ".join(f"--set {o}" for o in overrides)
+            exc.hint = hint = f"{hint}; to retry with {description}: lora-train run PROFILE {sets}"
+    return RunFailed(exc.message, hint, str(log_path), kind=exc.kind,
+                     retry_overrides=overrides, retry_description=description,
+                     **_resume_fields(started))
+
+
+def cmd_status(run_dir: Path | None, as_json: bool) -> int:
+    """Runs on this machine (or one run): state, step, folder; a crashed one's log tail."""
+    import dataclasses
+    import json
+    import time
+
+    from lora_core.saving.run_status import list_runs, log_tail, read_status
+
+    runs = [read_status(run_dir)] if run_dir is not None else list_runs(limit=20)
+    if as_json:
+        print(json.dumps([dataclasses.asdict(r) | {"resumable": r.resumable} for r in runs],
+                         indent=2))
+        return 0
+    if not runs:
+        print("no runs recorded on this machine yet")
+        return 0
+    for r in runs:
+        steps = f"step {r.step}/{r.total_steps}" if r.total_steps else f"step {r.step}"
+        age = _age(time.time() - r.updated_at)
+        extra = "  (lora-train resume can continue it)" if r.resumable else ""
+        print(f"{r.status:<9} {r.output_name:<24} {steps:<16} {age:>8} ago  {r.run_dir}{extra}")
+        if r.status in ("crashed", "failed"):
+            if r.message:
+                print(f"          {r.message}")
+            for line in log_tail(r.path, 5 if run_dir is None else 20):
+                print(f"          | {line}")
+    return 0
+
+
+def _age(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}min"
+    return f"{seconds // 3600}h" if seconds < 172800 else f"{seconds // 86400}d"
+
+
+def cmd_stop(run_dir: Path, force: bool) -> int:
+    from lora_core.saving.run_status import read_status, request_stop
+
+    status = read_status(run_dir)
+    if not request_stop(status, force=force):
+        raise LoraError(f"the run in {run_dir} is not running here (it is {status.status})",
+                        "`lora-train status` lists the runs on this machine")
+    print("killed" if force else "asked to stop: it finishes its step, saves and exits")
+    return 0
 
 
 def cmd_check(profile_path: Path, overrides: list[str]) -> int:
@@ -174,7 +302,14 @@ def cmd_check(profile_path: Path, overrides: list[str]) -> int:
         return exc.exit_code
     print(render_check_report(preflight.scan, preflight.plan, profile, preflight.problems,
                               preflight.advisories))
-    return 2 if preflight.problems else 0
+    if preflight.problems:
+        count = len(preflight.problems)
+        print(f"error: {count} problem{'s' * (count != 1)} must be fixed before training "
+              "(listed under Problems above)", file=sys.stderr)
+        print("hint: fix the files or fields named there (lora-train never changes the "
+              "dataset), then run `lora-train check` again", file=sys.stderr)
+        return 2
+    return 0
 
 
 def cmd_rerun_last(events_arg: str | None) -> int:
@@ -222,6 +357,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("profile", type=Path)
     check.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="SECTION.KEY=VALUE")
+    resume = sub.add_parser("resume", help="continue a stopped, failed or crashed run from "
+                            "its last saved state")
+    resume.add_argument("run_dir", type=Path, metavar="RUN_FOLDER")
+    resume.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="override a profile field")
+    resume.add_argument("--events", metavar="FILE|-", help="also write the JSON event stream")
+    resume.add_argument("--no-progress", action="store_true", help="print no progress")
+    status = sub.add_parser("status", help="list runs on this machine: running, finished, "
+                            "stopped, failed or crashed")
+    status.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_FOLDER")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    stop = sub.add_parser("stop", help="ask a running run to stop (it saves first)")
+    stop.add_argument("run_dir", type=Path, metavar="RUN_FOLDER")
+    stop.add_argument("--force", action="store_true", help="kill it at once (SIGKILL)")
     rerun = sub.add_parser("rerun-last", help="run the most recent run's profile again")
     rerun.add_argument("--events", metavar="FILE|-")
     queue = sub.add_parser("queue", help="run several profiles one after another")
@@ -241,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
     log_path = _setup_logging()
+    # A log file on a full disk must not print a traceback of its own.
+    logging.raiseExceptions = False
     try:
         return _dispatch(args)
     except LoraError as exc:
@@ -257,6 +408,12 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return cmd_run(args.profile, args.overrides, args.events, not args.no_progress)
+    if args.command == "resume":
+        return cmd_resume(args.run_dir, args.overrides, args.events, not args.no_progress)
+    if args.command == "status":
+        return cmd_status(args.run_dir, args.json)
+    if args.command == "stop":
+        return cmd_stop(args.run_dir, args.force)
     if args.command == "check":
         return cmd_check(args.profile, args.overrides)
     if args.command == "rerun-last":

@@ -12,11 +12,16 @@ class LoraError(Exception):
     """An error the user can act on: a message that names the thing, and a hint."""
 
     exit_code = 2
+    # What went wrong, for a UI to offer a fix ("out_of_memory", "non_finite_loss",
+    # "disk_full"); "" for everything else.
+    kind = ""
 
-    def __init__(self, message: str, hint: str = "") -> None:
+    def __init__(self, message: str, hint: str = "", *, kind: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        if kind is not None:
+            self.kind = kind
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\nhint: {self.hint}"
@@ -42,3 +47,15 @@ class TrainingError(LoraError):
 
 class OutputError(LoraError):
     """A file cannot be written where the profile says."""
+
+
+class NonFiniteError(TrainingError):
+    """The loss or the network's weights became NaN or infinite."""
+
+    kind = "non_finite_loss"
+
+
+class OutOfMemoryError(TrainingError):
+    """The GPU ran out of memory."""
+
+    kind = "out_of_memory"

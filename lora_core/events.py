@@ -83,6 +83,26 @@ class CheckpointSaved(Event):
 
 
 @dataclass
+class StateSaved(Event):
+    """A resumable training state was written (``lora-train resume`` continues from it)."""
+
+    type: ClassVar[str] = "state_saved"
+    path: str
+    step: int
+    epoch: int
+
+
+@dataclass
+class RunResumed(Event):
+    """The run continues from a saved state (sent right after its ``run_started``)."""
+
+    type: ClassVar[str] = "run_resumed"
+    state_path: str
+    step: int
+    epoch: int
+
+
+@dataclass
 class SampleSaved(Event):
     """A preview image was written (``epoch`` is None for a mid-epoch, step-based sample)."""
 
@@ -123,11 +143,21 @@ class RunFailed(Event):
     message: str
     hint: str
     log_path: str
+    # What went wrong, for a UI to offer a fix: "out_of_memory", "non_finite_loss",
+    # "disk_full", or "" for anything else.
+    kind: str = ""
+    # For out_of_memory: `--set` overrides that make the run lighter, and what they do.
+    retry_overrides: list[str] = field(default_factory=list)
+    retry_description: str = ""
+    # The run folder when the run got one, and whether it left a state to resume from.
+    run_dir: str = ""
+    resumable: bool = False
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.type: cls for cls in (RunStarted, PhaseChanged, StepEnded, EpochEnded, CheckpointSaved,
-                              SampleSaved, WarningIssued, LogLine, RunFinished, RunFailed)
+    cls.type: cls for cls in (RunStarted, RunResumed, PhaseChanged, StepEnded, EpochEnded,
+                              CheckpointSaved, StateSaved, SampleSaved, WarningIssued, LogLine,
+                              RunFinished, RunFailed)
 }
 
 
@@ -172,10 +202,18 @@ class JsonLinesSink:
     def __init__(self, stream: TextIO, close: bool = False) -> None:
         self._stream = stream
         self._close = close
+        self.broken: OSError | None = None
 
     def __call__(self, event: Event) -> None:
-        self._stream.write(event.to_json() + "\n")
-        self._stream.flush()
+        if self.broken is not None:
+            return
+        try:
+            self._stream.write(event.to_json() + "\n")
+            self._stream.flush()
+        except OSError as exc:
+            # A full disk or a closed pipe must not end the training; the sink goes quiet
+            # (the LoRA files and states are the record that matters).
+            self.broken = exc
 
     def close(self) -> None:
         if self._close:

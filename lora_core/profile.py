@@ -324,6 +324,19 @@ class SavingSection:
         None, "Also save a numbered file every N epochs (unset: only at the end).", min=1)
     save_every_n_steps: int | None = setting(
         None, "Also save a numbered file every N steps (unset: never).", min=1)
+    save_state: bool = setting(
+        True, "Save the full training state (optimizer, scheduler, RNG, position in the data) "
+        "with every checkpoint, when the run is stopped, and every save_state_every_n_minutes, "
+        "in the run folder; `lora-train resume RUN_FOLDER` continues exactly from it.")
+    save_state_every_n_minutes: float | None = setting(
+        30.0, "Also save the training state when this many minutes passed since the last one "
+        "(unset: only with checkpoints and when stopped).", min=0.1)
+    save_last_n_states: int = setting(
+        2, "Keep this many training states; older ones are deleted once a newer one is "
+        "complete.", min=1)
+    save_state_on_train_end: bool = setting(
+        False, "Also keep a training state when the run finishes (to train it further later "
+        "with more epochs).")
     training_comment: str = setting("", "Text stored in the file (trigger words, notes).")
     tag_summary: bool = setting(
         False, "Write <output_name>.txt listing every caption tag with its count.")
@@ -497,6 +510,10 @@ def closest(name: str, candidates: list[str]) -> str | None:
 
 def _unknown_key_message(section: str | None, key: str, candidates: list[str]) -> str:
     where = f"[{section}] {key}" if section else key
+    if key == "resume":
+        return (f"`{where}`: a profile does not say where to resume from; remove it and run "
+                "`lora-train resume RUN_FOLDER` (the run folder the run printed at its start; "
+                "`lora-train status` lists them)")
     if key in NOT_YET_KEYS:
         return (f"`{where}` is not supported yet by this version of lora-train; "
                 "remove it from the profile")
@@ -557,6 +574,11 @@ def profile_from_dict(data: dict, base_dir: Path | None = None, source: str = "p
         elif key in NOT_YET_SECTIONS:
             errors.append(f"`[{key}]` is not supported yet by this version of lora-train; "
                           "remove that section from the profile")
+        elif isinstance(value, dict):  # a [table]: say "section", and which ones exist
+            guess = closest(key, list(SECTIONS))
+            errors.append(f"`[{key}]`: unknown section; "
+                          + (f"did you mean `[{guess}]`?" if guess
+                             else f"the sections are {', '.join(SECTIONS)}"))
         else:
             errors.append(_unknown_key_message(None, key, ["profile_version", *SECTIONS]))
     profile = Profile(**sections, base_dir=base_dir or Path.cwd())

@@ -19,19 +19,39 @@ from lora_core.saving.atomic import atomic_write_bytes
 
 def read_profile_dict(path: Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.toml"))[:3]
+        raise ProfileError(f"the profile {path} is a folder, not a file",
+                           "give the .toml profile file itself"
+                           + (f", e.g. one of: {', '.join(inside)}" if inside else ""))
     if not path.is_file():
         raise ProfileError(f"profile file not found: {path}",
                            "check the path; `lora-train run` takes a .toml profile file")
     try:
-        text = path.read_bytes().decode("utf-8")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ProfileError(f"cannot read the profile {path}: {exc.strerror}",
+                           "check that the file is readable") from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ProfileError(f"{path} is not UTF-8 text (byte {exc.start})",
-                           "save the profile as UTF-8") from None
+        raise ProfileError(f"{path} is not UTF-8 text ({_encoding_clue(data, exc)})",
+                           "save the profile as UTF-8 (in Notepad: Save as, Encoding UTF-8)"
+                           ) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{path} is not valid TOML: {exc}",
                            "fix the syntax at the line and column named above") from None
+
+
+def _encoding_clue(data: bytes, exc: UnicodeDecodeError) -> str:
+    """Where decoding failed, in words: the line, or the UTF-16 byte-order mark that Windows
+    editors write for "Unicode"."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "it is UTF-16, as Windows editors save \"Unicode\" text"
+    line = data[:exc.start].count(b"\n") + 1
+    return f"byte 0x{data[exc.start]:02x} on line {line}"
 
 
 def load_profile(path: Path, overrides: list[str] | None = None) -> Profile:

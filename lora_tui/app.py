@@ -3,18 +3,22 @@
 Screens are a stack (Textual's model): each step is pushed on the one before, so Back is a
 pop and the answers, kept in the draft, survive it. Build the app with :func:`make_app`, which
 the console script and the tests both use. Never imports torch, diffusers or transformers.
+
+Quitting never stops training: runs live in their own process (``lora_tui.runner``). When
+one is still going, the app says so on the way out (``background_message``), so the user
+knows where to find it again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from textual.app import App
 
 from lora_core.profile_io import load_profile
 from lora_tui.draft import Draft
-from lora_tui.runner import ProcessRunner, Runner
+from lora_tui.runner import ProcessRunner, Runner, background_runs
 from lora_tui.screens.queue import QueueScreen
 from lora_tui.screens.review import ReviewScreen
 from lora_tui.screens.start import StartScreen
@@ -69,8 +73,53 @@ class WizardApp(App):
         else:
             self.push_screen(ReviewScreen())
 
-    def start_training(self, profile_path: Path) -> None:
-        self.push_screen(TrainingScreen(profile_path, self.runner_factory()))
+    def start_training(self, profile_path: Path, extra_args: Sequence[str] = (),
+                       replace: bool = False) -> None:
+        """Train ``profile_path`` (``extra_args``: ``--set`` overrides). ``replace``: in
+        place of the current (training) screen, so Back skips the run that ended."""
+        self._show_training(TrainingScreen(profile_path, self.runner_factory(), "run",
+                                           extra_args), replace)
+
+    def resume_run(self, run_dir: Path, replace: bool = False) -> None:
+        """``lora-train resume RUN_DIR``: continue a run from its last saved state."""
+        self._show_training(TrainingScreen(run_dir, self.runner_factory(), "resume"), replace)
+
+    def attach_run(self, run_dir: Path) -> None:
+        """Follow a run folder: its events so far, then live until it ends."""
+        self._show_training(TrainingScreen(run_dir, self.runner_factory(), "attach"), False)
+
+    def _show_training(self, screen: TrainingScreen, replace: bool) -> None:
+        if replace and isinstance(self.screen, TrainingScreen):
+            self.switch_screen(screen)
+        else:
+            self.push_screen(screen)
+
+    # -- quitting -----------------------------------------------------------------------
+
+    def runs_in_background(self) -> list[str]:
+        """Runs that go on after the app has gone: those it launched that still train, and
+        those it follows (by run folder, or by profile before the folder is known)."""
+        found = background_runs()
+        for screen in self.screen_stack:
+            if isinstance(screen, TrainingScreen) and screen.running:
+                found.append(str(screen.run_dir or screen.profile_path))
+        return list(dict.fromkeys(found))
+
+    def background_message(self) -> str:
+        runs = self.runs_in_background()
+        if not runs:
+            return ""
+        lines = "\n".join(f"  {run}" for run in runs)
+        return (f"training goes on in the background:\n{lines}\n"
+                "`lora-tui` lists it on its start screen (A attaches); "
+                "`lora-train status` and `lora-train stop RUN_FOLDER` work too.")
+
+    def quit_app(self) -> None:
+        """Exit, saying which runs go on (printed once the terminal is restored)."""
+        self.exit(message=self.background_message() or None)
+
+    async def action_quit(self) -> None:  # Ctrl+Q anywhere
+        self.quit_app()
 
 
 def make_app(profile_path: Path | None = None,

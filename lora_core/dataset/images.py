@@ -5,7 +5,8 @@ per-sample augmentations of the image's subset (kohya-compat.md §4.3, §4.5), i
 order: decide the flip, crop (centre, or a random offset with ``random_crop``), colour
 augmentation (``color_aug``), flip (``flip_aug``). Like sd-scripts, no EXIF rotation is
 applied (the size the plan used is the stored one), and an RGBA image simply loses its alpha
-channel.
+channel. Unlike PIL's plain ``convert("RGB")``, 16-bit greyscale is scaled to 8 bits rather
+than clipped to white (:func:`to_rgb`).
 
 Interpolation: sd-scripts uses OpenCV's INTER_AREA when the image shrinks on both sides and
 PIL's LANCZOS otherwise. We use PIL's BOX filter for shrinking: for a downscale it averages
@@ -55,7 +56,7 @@ def load_training_image(path: Path, bucket_reso: Size, resized_size: Size,
     """
     try:
         with Image.open(path) as opened:
-            image = opened.convert("RGB")  # forces a full decode, inside the try
+            image = to_rgb(opened)  # forces a full decode, inside the try
     except Exception as exc:  # every decoder failure means the same to the user
         raise DatasetError(
             f"cannot decode image {path}: {type(exc).__name__}: {exc}",
@@ -67,6 +68,30 @@ def load_training_image(path: Path, bucket_reso: Size, resized_size: Size,
     if (left, top) != (0, 0) or image.size != tuple(bucket_reso):
         image = image.crop((left, top, left + bucket_reso[0], top + bucket_reso[1]))
     return image
+
+
+# PIL modes holding one 16-bit sample per pixel: what a 16-bit greyscale PNG opens as
+# ("I" in older Pillow versions, "I;16" now).
+_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The image as 8-bit RGB, with the colours it shows.
+
+    PIL's ``convert("RGB")`` clips a 16-bit greyscale pixel to 255 (32768, mid-grey, becomes
+    white), so those are scaled instead: ``v8 = round(v16 · 255 / 65535) = round(v16 / 257)``
+    (65535 → 255, 32768 → 128). 16-bit RGB PNGs already open as 8-bit RGB (PIL keeps each
+    sample's high byte). A palette image with a transparent colour goes through RGBA first,
+    which is what PIL asks for; the alpha is then dropped as for RGBA, keeping the palette
+    colours. CMYK JPEGs are converted by PIL (it undoes Adobe's inverted storage).
+    """
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        grey = np.clip(np.floor(values / 257.0 + 0.5), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
 
 
 def augment_rng(seed: int, epoch: int, position: int, slot: int) -> random.Random:

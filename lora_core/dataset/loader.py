@@ -165,8 +165,14 @@ def make_epoch_loader(plan: TrainingPlan, ds: DatasetSection, batches: list[list
     # Without pixels to decode a batch costs microseconds: worker processes would only add
     # start-up time and memory.
     workers = 0 if latents_cached else min(ds.max_data_loader_n_workers, len(remaining))
+    # Its own generator: a DataLoader draws a base seed for its workers from the generator
+    # it is given, by default torch's global one, which noise and dropout draw from. A
+    # resumed run starts its loader at another point of that stream, so drawing from it here
+    # would shift every later noise sample. (Items need no random numbers from torch: their
+    # flips, crops and captions are functions of (seed, epoch, position).)
+    generator = torch.Generator().manual_seed(state.seed + state.epoch)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=workers,
+        dataset, batch_size=None, shuffle=False, num_workers=workers, generator=generator,
         pin_memory=device.type == "cuda" and not latents_cached,
         prefetch_factor=2 if workers else None,
         worker_init_fn=_ignore_ctrl_c if workers else None)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image
+from PIL import Image, ImageFile
 
 from lora_core.dataset.subset_options import SubsetOptions
 from lora_core.errors import DatasetError
@@ -39,6 +39,11 @@ KNOWN_CAPTION_EXTENSIONS = (".txt", ".caption", ".tags", ".md")
 # How many file names one message lists before it says "and N more".
 _MAX_LISTED = 5
 _EXAMPLE_FOLDER = "10_mychar"
+# How far from the end of an image file its end marker is looked for. Cameras and editors
+# may append data after a JPEG's end marker; beyond this the file is decoded to be sure.
+_TAIL_BYTES = 4096
+# The bytes a complete file of each format ends with (PNG: the IEND chunk and its CRC).
+_END_MARKERS = {"PNG": b"IEND\xaeB`\x82", "JPEG": b"\xff\xd9"}
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,9 @@ class SubsetScan:
     multiline_captions: list[Path] = field(default_factory=list)
     # Caption files starting with a UTF-8 byte-order mark (removed before use).
     bom_captions: list[Path] = field(default_factory=list)
+    # Subfolders holding images, which are not read (sd-scripts does not recurse): set only
+    # when the folder itself has no images, the "one level too deep" mistake.
+    nested_image_dirs: list[Path] = field(default_factory=list)
     tag_frequency: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -287,12 +295,42 @@ def _no_subsets_error(parent: Path, key: str, loose_images: int,
     if skipped:
         names = ", ".join(f"\"{folder.name}\"" for folder, _ in skipped[:_MAX_LISTED])
         more = f" and {len(skipped) - _MAX_LISTED} more" if len(skipped) > _MAX_LISTED else ""
+        deeper = _concept_folders_below(skipped)
+        if deeper is not None:
+            # One level too deep: "data/my dataset/10_char" with train_data_dir = "data".
+            wrapper, concepts = deeper
+            return DatasetError(
+                f"{key} {parent} has no usable <repeats>_<name> subfolder: the "
+                f"<repeats>_<name> folders are one level deeper, inside \"{wrapper.name}\" "
+                f"({', '.join(f'{c.name!r}' for c in concepts[:_MAX_LISTED])})",
+                f"set {key} to {wrapper}")
+        first = skipped[0][0].name
+        parsed = parse_folder_name(first)
+        # A folder with 0 or negative repeats gets a new count; one without gets one added.
+        renamed = f"1_{parsed[1]}" if parsed is not None else f"10_{first}"
         return DatasetError(
             f"{key} {parent} has no usable <repeats>_<name> subfolder: skipped {names}{more} "
             f"({skipped[0][1]})",
-            f"rename the folders with a repeat count in front, e.g. \"{skipped[0][0].name}\" → "
-            f"\"10_{skipped[0][0].name}\". {convention}")
+            f"rename the folders with a repeat count of at least 1 in front, e.g. "
+            f"\"{first}\" → \"{renamed}\". {convention}")
     return DatasetError(f"{key} {parent} contains no image folders", convention)
+
+
+def _concept_folders_below(skipped: list[tuple[Path, str]]
+                           ) -> tuple[Path, list[Path]] | None:
+    """The first skipped folder that itself holds ``<repeats>_<name>`` folders with images,
+    and those folders; None when there is none."""
+    for folder, _ in skipped:
+        try:
+            with os.scandir(folder) as entries:
+                concepts = sorted((Path(e.path) for e in entries if e.is_dir()
+                                   and (parse_folder_name(e.name) or (0, ""))[0] >= 1
+                                   and _has_images(Path(e.path))), key=lambda p: p.name)
+        except OSError:
+            continue
+        if concepts:
+            return folder, concepts
+    return None
 
 
 def _scan_subset(folder: Path, repeats: int, class_tokens: str, is_reg: bool,
@@ -342,7 +380,8 @@ def _scan_subset(folder: Path, repeats: int, class_tokens: str, is_reg: bool,
         captions.append(caption)
     subset.tag_frequency = count_tags(captions)
     if not image_paths:
-        nested = [d for d in child_dirs if _has_images(d)]
+        nested = sorted((d for d in child_dirs if _has_images(d)), key=lambda p: p.name)
+        subset.nested_image_dirs = nested
         where = (f"; images in deeper folders are not read (found some in "
                  f"{nested[0].name}/)" if nested else "")
         scan.warnings.append(f"folder {folder} contains no images "
@@ -351,14 +390,78 @@ def _scan_subset(folder: Path, repeats: int, class_tokens: str, is_reg: bool,
 
 
 def _read_size(path: Path) -> tuple[tuple[int, int] | None, str]:
-    """(width, height) from the file header only; (None, reason) if PIL cannot open it."""
+    """(width, height) from the file header; (None, reason) if the file cannot be trained on.
+
+    Pixels are decoded only for a file whose end looks missing (:func:`_looks_truncated`):
+    a truncated download has a readable header, and would otherwise pass the check and stop
+    the run when the loader reaches it, after the model was loaded.
+    """
     try:
+        if path.stat().st_size == 0:
+            return None, "the file is empty (0 bytes)"
         # Image.open reads the header lazily; no .load(), so no pixels are decoded.
         with Image.open(path) as image:
-            return image.size, ""
+            size = image.size  # before draft(), which changes it to the reduced size
+            if _looks_truncated(path, image.format):
+                # A JPEG decoded at 1/8 scale still reads every byte of its data, in a
+                # fraction of the time (draft() is a no-op for other formats).
+                image.draft(None, (image.width // 8, image.height // 8))
+                try:
+                    image.load()
+                except Exception as exc:  # the decoder's own words say where it stopped
+                    return None, f"truncated: the file ends inside its image data ({exc})"
+            return size, ""
+    except Image.DecompressionBombError:
+        return None, _too_large_reason(path)
     except Exception as exc:  # any decoder failure is a per-file finding
         # PIL's messages repeat the full path; the finding already names the file.
         return None, f"{type(exc).__name__}: {str(exc).replace(str(path), path.name)}"
+
+
+def _looks_truncated(path: Path, image_format: str | None) -> bool:
+    """Whether the file may end early: no end marker near its end (PNG, JPEG), or shorter
+    than the length its header declares (WebP's RIFF size, BMP's file size). Cheap: reads
+    at most the last 4 KiB. A yes is confirmed by decoding, so a JPEG with data appended
+    after its end marker is not blamed."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        marker = _END_MARKERS.get(image_format or "")
+        if marker is not None:
+            fh.seek(max(0, size - _TAIL_BYTES))
+            return marker not in fh.read()
+    if image_format == "WEBP" and head[:4] == b"RIFF":
+        return size < int.from_bytes(head[4:8], "little") + 8
+    if image_format == "BMP" and head[:2] == b"BM":
+        return size < int.from_bytes(head[2:6], "little")
+    return False
+
+
+def _too_large_reason(path: Path) -> str:
+    """Why a header PIL refuses as a decompression bomb cannot be trained, with the size it
+    claims. Image.open refuses before it says the size, so the header is read again by the
+    format's own PIL reader, which runs no bomb check and decodes nothing."""
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # PIL refuses at twice its warning limit
+    claimed = "more pixels"
+    try:
+        with open(path, "rb") as fh:
+            prefix = fh.read(16)
+            for image_format in Image.ID:
+                factory, accept = Image.OPEN[image_format]
+                if accept is not None and not accept(prefix):
+                    continue
+                fh.seek(0)
+                try:
+                    image: ImageFile.ImageFile = factory(fh, path.name)
+                except Exception:  # not this format: try the next reader, as Image.open does
+                    continue
+                width, height = image.size
+                claimed = f"{width}x{height} ({width * height / 1e6:,.0f} megapixels)"
+                break
+    except OSError:
+        pass
+    return (f"its header says {claimed}, more than the {limit / 1e6:,.0f} megapixels PIL "
+            "decodes safely: a damaged file or a decompression bomb")
 
 
 def _find_caption(folder: Path, image_name: str, extension: str, files: set[str],
@@ -470,10 +573,15 @@ def problems(scan: DatasetScan) -> list[str]:
         found.append(f"no usable training images in any folder under {scan.train_dir} "
                      f"(folders: {folders}); put .png/.jpg/.jpeg/.webp/.bmp images in the "
                      "<repeats>_<name> folders")
+        # The images may be there, one level too deep: say where, and what to do.
+        found += [f"{subset.label}: its images are in the subfolder "
+                  f"{', '.join(d.name + '/' for d in subset.nested_image_dirs)}, which is not "
+                  f"read (sd-scripts does not look into subfolders); move them up into "
+                  f"{subset.folder}" for subset in scan.train if subset.nested_image_dirs]
     for subset in scan.subsets:
         for what, entries, fix in (
                 ("cannot open image {} ({})", subset.undecodable,
-                 "delete it or re-save it as PNG/JPEG"),
+                 "delete it, or re-save it as a PNG/JPEG of ordinary size"),
                 ("caption file {} is {}", subset.bad_captions, "re-save it as UTF-8")):
             found += [f"{subset.label}: {what.format(path.name, reason)}; {fix}"
                       for path, reason in entries[:_MAX_LISTED]]

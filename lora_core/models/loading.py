@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -97,7 +98,10 @@ def inspect_model(spec: str, base_dir: Path) -> ModelSource:
 
     path = resolve_path(spec, base_dir)
     if not path.exists():
-        if _HUB_ID.match(spec) and not spec.startswith("."):
+        # "models/sd15.safetensors" is shaped like "owner/name" too; a model file suffix
+        # says it was meant as a path.
+        if _HUB_ID.match(spec) and not spec.startswith(".") \
+                and not spec.lower().endswith(SINGLE_FILE_SUFFIXES):
             raise ModelError(
                 f"'{spec}' looks like a Hugging Face Hub id, but there is no local folder "
                 f"{path}; lora-train does not download models",
@@ -114,6 +118,7 @@ def inspect_model(spec: str, base_dir: Path) -> ModelSource:
             return ModelSource(spec, "single_file", arch.family, path.name, path,
                                ckpt.summary(arch), arch.missing, metadata)
         if suffix in PICKLE_SUFFIXES:
+            _check_pickle_container(path)
             return ModelSource(spec, "single_file", None, path.name, path,
                                "pickled checkpoint (.ckpt); the family is detected when the "
                                "model loads")
@@ -122,6 +127,30 @@ def inspect_model(spec: str, base_dir: Path) -> ModelSource:
     family = _detect_folder_family(path)
     return ModelSource(spec, "diffusers", family, path.name, path,
                        f"{FAMILY_LABELS[family]} diffusers folder {path}")
+
+
+def _check_pickle_container(path: Path) -> None:
+    """ModelError unless ``path`` can be a PyTorch checkpoint: a zip archive (torch.save
+    since 1.6) or a pickle stream (the legacy format starts with the PROTO opcode, 0x80).
+
+    Only the first bytes are read, so ``lora-train check`` catches a download that is an
+    HTML error page or an empty file without importing torch. Whether the pickle is safe is
+    decided when it loads (``torch.load(weights_only=True)`` refuses code; see
+    single_file.py)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+    except OSError as exc:
+        raise ModelError(f"cannot read {path}: {exc.strerror}",
+                         "check that the file exists and is readable") from None
+    if size == 0:
+        raise ModelError(f"{path} is empty (0 bytes)", _DAMAGED)
+    if zipfile.is_zipfile(path) or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"):
+        return
+    raise ModelError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a "
+                     f"pickle; it starts with {head!r})",
+                     f"{_DAMAGED}; a download that failed is often a saved HTML page")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

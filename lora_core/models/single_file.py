@@ -13,6 +13,7 @@ and every parameter filled, else a ModelError names the file and the keys.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,14 @@ def _torch_load(path: Path) -> dict[str, Any]:
                 raise
             data = load(False)  # a legacy (pre-zip) torch file cannot be memory-mapped
     except pickle.UnpicklingError as exc:
+        # torch's message starts with a paragraph about its weights_only default; the line
+        # that matters names the function the pickle wanted to call.
+        wanted = re.search(r"GLOBAL ([\w.]+)", str(exc), re.IGNORECASE)
+        if wanted is None:
+            raise ModelError(f"cannot read {path} as a PyTorch checkpoint: the pickle inside "
+                             "is damaged or not a checkpoint", _DAMAGED) from None
         raise ModelError(
-            f"{path} contains pickled code (it needs {_first_line(exc)[:160]!r}) and was not "
+            f"{path} contains pickled code (it would call {wanted.group(1)}) and was not "
             "loaded; none of its code was executed",
             "use a .safetensors version of this model; convert the .ckpt only on a machine "
             "and with a tool you trust") from None

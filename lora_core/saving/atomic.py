@@ -6,6 +6,7 @@ file. ``exclusive=True`` refuses to replace an existing file.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -22,7 +23,10 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, exclusive: bool =
     except OSError as exc:
         raise OutputError(f"cannot create the folder {path.parent}: {exc.strerror}",
                           "choose a folder you can write to") from None
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -42,11 +46,21 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, exclusive: bool =
                           "choose another output_name or move the old file away") from None
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise OutputError(f"could not write {path}: {exc.strerror or exc}",
-                          "check free disk space and permissions of that folder") from None
+        raise _write_error(path, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _write_error(path: Path, exc: OSError) -> OutputError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(
+            f"the disk is full: {path} could not be written (the files written before are "
+            "intact)", "free some space and resume the run (`lora-train resume RUN_FOLDER`), "
+            "or resume it on another disk with --set saving.output_dir=<folder on that disk>",
+            kind="disk_full")
+    return OutputError(f"could not write {path}: {exc.strerror or exc}",
+                       "check free disk space and permissions of that folder")
 
 
 def _umask() -> int:

@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_to_bytes
-from safetensors.torch import save_file
 
 from lora_core.errors import ModelError
 from lora_core.saving.atomic import atomic_write
@@ -46,14 +45,17 @@ def model_hashes(state_dict: dict[str, torch.Tensor], metadata: dict[str, str]
 
 
 def save_lora(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str],
-              save_precision: str) -> Path:
-    """Write a LoRA file atomically; never replaces an existing file."""
+              save_precision: str, *, replace: bool = False) -> Path:
+    """Write a LoRA file atomically; never replaces an existing file unless ``replace``."""
     tensors = cast_state_dict(state_dict, save_precision)
     metadata = {k: str(v) for k, v in metadata.items()}
     model_hash, legacy_hash = model_hashes(tensors, metadata)
     metadata["sshs_model_hash"] = model_hash
     metadata["sshs_legacy_hash"] = legacy_hash
-    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata), exclusive=True)
+    # Serialised in memory, written with Python's file I/O: a full disk then raises OSError
+    # with its errno (safetensors' own writer reports it as an opaque SafetensorError).
+    data = save_to_bytes(tensors, metadata)
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(data), exclusive=not replace)
     return Path(path)
 
 

@@ -22,10 +22,19 @@ from pathlib import Path
 
 from lora_core.dataset.plan import plan_summary
 from lora_core.dataset.preflight import Preflight, run_preflight
-from lora_core.errors import ProfileError
+from lora_core.errors import DatasetError, LoraError, ProfileError
 from lora_core.events import EventBus, PhaseChanged, RunFinished, RunStarted, WarningIssued
 from lora_core.profile import Profile
 from lora_core.saving import names
+from lora_core.saving.run_status import (
+    RunStatus,
+    new_status,
+    pid_alive,
+    process_start_time,
+    read_status,
+    register_run,
+    write_status,
+)
 from lora_core.saving.runs import RunFolder, create_run_folder, record_last_run
 from lora_core.saving.tag_summary import write_tag_summary
 
@@ -58,6 +67,8 @@ class StartedRun:
     folder: RunFolder | None  # None on processes other than the main one
     output_name: str
     warnings: list[str]
+    status: RunStatus | None = None  # run.json (main process only)
+    resume: object | None = None     # a saving.train_state.LoadedState to continue from
 
 
 def check_machine(profile: Profile) -> None:
@@ -95,7 +106,81 @@ def start_run(profile: Profile, profile_path: Path | None) -> StartedRun:
         preflight.plan = dataclasses.replace(preflight.plan, output_name=output_name)
     folder = create_run_folder(output_dir, output_name, profile)
     record_last_run(folder, profile_path)
-    return StartedRun(preflight, folder, output_name, warnings)
+    status = _start_status(folder, output_name, profile_path, preflight)
+    return StartedRun(preflight, folder, output_name, warnings, status)
+
+
+def _start_status(folder: RunFolder, output_name: str, profile_path: Path | None,
+                  preflight: Preflight) -> RunStatus:
+    status = new_status(folder.path, output_name, folder.profile, profile_path,
+                        total_steps=preflight.plan.max_train_steps,
+                        total_epochs=preflight.plan.num_epochs)
+    write_status(status)
+    register_run(folder.path)
+    return status
+
+
+def start_resume(run_dir: Path, overrides: list[str]) -> tuple[Profile, StartedRun]:
+    """Everything before the model loads for ``lora-train resume``: the run's own profile
+    (plus ``--set`` overrides), its newest state, and a check that the dataset still makes
+    the same plan. The run continues in its folder, under its name; when ``--set
+    saving.output_dir=...`` moves it (a full disk), a new run folder there continues it."""
+    from lora_core.profile_io import load_profile
+    from lora_core.saving.train_state import load_state, plan_fingerprint
+
+    run_dir = Path(run_dir).resolve()
+    old = read_status(run_dir)
+    if old.active and pid_alive(old.pid, old.pid_started):
+        raise LoraError(f"the run in {run_dir} is still running (pid {old.pid})",
+                        "follow it with `lora-tui` or stop it with `lora-train stop "
+                        f"{run_dir}` first")
+    folder = RunFolder(run_dir)
+    profile = load_profile(folder.profile, overrides)
+    loaded = load_state(run_dir)
+    position = loaded.position
+    preflight = run_preflight(profile, num_processes=process_count())
+    check_machine(profile)
+    plan = dataclasses.replace(preflight.plan, output_name=position.output_name)
+    preflight.plan = plan
+    if plan_fingerprint(plan) != position.plan_fingerprint:
+        raise DatasetError(
+            f"the dataset or batch settings changed since this run saved its state "
+            f"({loaded.path.name}): the same steps would not see the same images",
+            "put the dataset back as it was, or start a new run that begins from the last "
+            "LoRA file: set `[network] network_weights` to it")
+    warnings = list(preflight.advisories)
+    if (plan.max_train_steps, plan.num_epochs) != (position.max_train_steps,
+                                                   position.num_epochs):
+        warnings.append(
+            f"the run now has {plan.max_train_steps} steps in {plan.num_epochs} epochs "
+            f"(it was started for {position.max_train_steps} in {position.num_epochs}): the "
+            "learning-rate schedule continues on the new length")
+    output_dir = profile.path("saving", "output_dir")
+    if output_dir.resolve() != run_dir.parent.parent.resolve() and is_main_process():
+        if names.names_in_use(output_dir, position.output_name):
+            raise LoraError(
+                f"files named {position.output_name!r} already exist in {output_dir}",
+                "resume into an empty folder (--set saving.output_dir=...)")
+        folder = create_run_folder(output_dir, position.output_name, profile)
+        warnings.append(f"continuing {run_dir} in a new run folder {folder.path}")
+    if not is_main_process():
+        return profile, StartedRun(preflight, None, position.output_name, warnings,
+                                   resume=loaded)
+    record_last_run(folder, folder.profile)
+    if folder.path == run_dir:
+        status = old
+        status.status, status.message = "starting", ""
+        status.pid = os.getpid()
+        status.pid_started = process_start_time(status.pid)
+        status.resumes += 1
+        status.total_steps, status.total_epochs = plan.max_train_steps, plan.num_epochs
+        write_status(status)
+    else:
+        status = _start_status(folder, position.output_name, folder.profile, preflight)
+        status.resumed_from = str(run_dir)
+        write_status(status)
+    return profile, StartedRun(preflight, folder, position.output_name, warnings, status,
+                               resume=loaded)
 
 
 def shared_seed(profile: Profile) -> int:
@@ -128,7 +213,8 @@ def run_training(profile: Profile, profile_path: Path | None, started_run: Start
     from lora_core.training.trainer import WEIGHT_DTYPES, Outputs, TrainState, train
 
     _route_library_logs()
-    seed = shared_seed(profile)
+    resume = started_run.resume
+    seed = resume.position.seed if resume is not None else shared_seed(profile)
     if main:
         summary = plan_summary(plan)
         summary["seed"] = seed
@@ -147,7 +233,9 @@ def run_training(profile: Profile, profile_path: Path | None, started_run: Start
                         tokenizer_dir=profile.path("model", "tokenizer_cache_dir"),
                         v_parameterization=profile.model.v_parameterization)
     output_dir = profile.path("saving", "output_dir")
-    run = RunInfo(session_id=random.randint(0, 2**31), started_at=started, seed=seed,
+    first_started = (started_run.status.started_at if started_run.status is not None
+                     else started)
+    run = RunInfo(session_id=random.randint(0, 2**31), started_at=first_started, seed=seed,
                   output_name=output_name, model_name=bundle.model_name,
                   model_file=bundle.model_file,
                   optimizer_repr=optimizer_description(profile.optimizer),
@@ -156,9 +244,13 @@ def run_training(profile: Profile, profile_path: Path | None, started_run: Start
                   family=bundle.family)
     outputs = Outputs(output_dir=output_dir, output_name=output_name,
                       metadata=training_metadata(profile, plan, run),
-                      save_precision=profile.saving.save_precision)
+                      save_precision=profile.saving.save_precision,
+                      run_dir=folder.path if main else None,
+                      replace_existing=resume is not None)
+    if resume is not None:
+        outputs.written = [Path(p) for p in resume.position.written]
     state = TrainState(seed=seed)
-    interrupted = train(profile, plan, bundle, outputs, state, bus, stop_requested)
+    interrupted = train(profile, plan, bundle, outputs, state, bus, stop_requested, resume)
     if main and profile.saving.tag_summary:
         # Written with the final file, so a run that fails early leaves no file behind.
         outputs.written.append(write_tag_summary(

@@ -20,14 +20,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from lora_core.dataset.loader import make_epoch_loader, process_batches
 from lora_core.dataset.plan import TrainingPlan, epoch_batches
-from lora_core.errors import DatasetError, ProfileError, TrainingError
-from lora_core.events import CheckpointSaved, EpochEnded, EventBus, PhaseChanged, StepEnded
+from lora_core.errors import DatasetError, NonFiniteError, OutOfMemoryError, ProfileError
+from lora_core.events import EpochEnded, EventBus, PhaseChanged, RunResumed, StepEnded
 from lora_core.models.families import ModelBundle
 from lora_core.network.adapter import AdapterNetwork
 from lora_core.network.blocks import block_layout, block_lr_weights
@@ -35,8 +34,8 @@ from lora_core.network.build import build_network
 from lora_core.network.max_norm import apply_max_norm
 from lora_core.network.weights import load_network_weights
 from lora_core.profile import Profile
-from lora_core.saving import lora_file, names
-from lora_core.saving.metadata import at_save
+from lora_core.saving.train_state import LoadedState, Position, plan_fingerprint
+from lora_core.training.checkpoints import NON_FINITE_HINT, Checkpointer, Outputs, restore
 from lora_core.training.conditioning import (
     LiveTextEncoder,
     VaeLatents,
@@ -61,17 +60,6 @@ class TrainState:
     epoch: int = 0           # index of the current epoch (0-based)
     batch_in_epoch: int = 0  # batches of the current epoch already consumed
     losses: deque = field(default_factory=deque)  # the last epoch's step losses (avg_loss)
-
-
-@dataclass
-class Outputs:
-    """Where files go and what they are stamped with."""
-
-    output_dir: Path
-    output_name: str
-    metadata: dict[str, str]
-    save_precision: str
-    written: list[Path] = field(default_factory=list)
 
 
 def _setup_accelerator(profile: Profile):
@@ -185,12 +173,18 @@ def _phase_progress(phase: str, emit) -> Callable[[int, int], None]:
 
 
 def train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: Outputs,
-          state: TrainState, bus: EventBus, stop_requested: Callable[[], bool]) -> bool:
-    """Train until the plan's last step or a stop request. Returns True if interrupted."""
+          state: TrainState, bus: EventBus, stop_requested: Callable[[], bool],
+          resume: LoadedState | None = None) -> bool:
+    """Train until the plan's last step or a stop request. Returns True if interrupted.
+
+    ``resume``: a saved state to continue from (``lora-train resume``). ``stop_requested``
+    may also offer ``saving()``, a context that holds off a second Ctrl+C during a write.
+    """
     from accelerate.state import AcceleratorState, GradientState
 
     try:
-        return _train(profile, plan, bundle, outputs, state, bus, stop_requested)
+        with out_of_memory_hints():
+            return _train(profile, plan, bundle, outputs, state, bus, stop_requested, resume)
     finally:
         # accelerate keeps process-wide singletons; a later run in this process (tests, an
         # in-process queue) may use another precision.
@@ -199,7 +193,8 @@ def train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: Ou
 
 
 def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: Outputs,
-           state: TrainState, bus: EventBus, stop_requested: Callable[[], bool]) -> bool:
+           state: TrainState, bus: EventBus, stop_requested: Callable[[], bool],
+           resume: LoadedState | None) -> bool:
     accelerator = _setup_accelerator(profile)
     main = accelerator.is_main_process
     emit = bus.emit if main else (lambda event: None)
@@ -218,6 +213,20 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     # encoder, so a DDP wrapper's forward would never run and it would never sync.
     # Gradients are averaged by hand on each optimizer step instead (as sd-scripts does).
     optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    if resume is not None:
+        # After every setup step that draws random numbers (latent sampling, LoRA init),
+        # so the restored RNG streams are the ones the interrupted run had at this point.
+        restore(resume, network, optimizer, scheduler, state)
+        emit(RunResumed(str(resume.path), state.step, state.epoch))
+    fingerprint = plan_fingerprint(plan)
+    checkpoints = Checkpointer(
+        outputs, profile.saving, lambda: Position(
+            step=state.step, epoch=state.epoch, batch_in_epoch=state.batch_in_epoch,
+            seed=state.seed, output_name=outputs.output_name,
+            max_train_steps=plan.max_train_steps, num_epochs=plan.num_epochs,
+            plan_fingerprint=fingerprint, losses=list(state.losses),
+            written=[str(p) for p in outputs.written]),
+        network, optimizer, scheduler, bus, getattr(stop_requested, "saving", None))
     trainable = [p for g in groups for p in g.params]
     train_te = any(g.name == "textencoder" for g in groups)
     previews = Previews(profile.sample, profile.path("sample", "sample_prompts"), bundle,
@@ -233,7 +242,7 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     grad_accum = profile.training.gradient_accumulation_steps
     total_steps, total_epochs = plan.max_train_steps, plan.num_epochs
     step_times: deque[float] = deque(maxlen=20)
-    if main:
+    if main and state.step == 0:
         previews.at_start(state.step)
     emit(PhaseChanged("training"))
     last_step_at = time.perf_counter()
@@ -249,7 +258,7 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
             raise_loader_error(batch)
             update_start = (index // grad_accum) * grad_accum
             micro_in_update = min(grad_accum, len(mine) - update_start)
-            with accelerator.autocast(), out_of_memory_hints():
+            with accelerator.autocast():
                 latents = latents_from.latents(batch)
                 noise = make_noise(latents, tr)
                 timesteps = sample_timesteps(latents.shape[0], tr.min_timestep, tr.max_timestep,
@@ -291,16 +300,18 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
                              metrics))
             if main:
                 previews.after_step(state.step)
-            if state.step in plan.step_save_points and main:
-                save(network, outputs, state, "step", bus)
+            if main and state.step in plan.step_save_points:
+                checkpoints.save(state, "step")
+            elif main and checkpoints.state_due():
+                checkpoints.save_state(state)
             if state.step >= total_steps or any_process_asks_to_stop(accelerator, stop_requested):
                 break
         if state.batch_in_epoch == len(mine):  # the epoch ran to its end
             state.epoch += 1
             state.batch_in_epoch = 0
             emit(EpochEnded(state.epoch, total_epochs, state.step, _avg(state.losses)))
-            if state.epoch in plan.epoch_save_points and main:
-                save(network, outputs, state, "epoch", bus)
+            if main and state.epoch in plan.epoch_save_points:
+                checkpoints.save(state, "epoch")
             if main:
                 previews.after_epoch(state.epoch, state.step)
         if state.step >= total_steps or any_process_asks_to_stop(accelerator, stop_requested):
@@ -309,7 +320,9 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     interrupted = state.step < total_steps
     accelerator.wait_for_everyone()
     if main:
-        save(network, outputs, state, "interrupted" if interrupted else "final", bus)
+        checkpoints.save(state, "interrupted" if interrupted else "final")
+        if not interrupted:
+            checkpoints.drop_states()
     return interrupted
 
 
@@ -348,41 +361,23 @@ def raise_loader_error(batch: dict) -> None:
 
 @contextlib.contextmanager
 def out_of_memory_hints():
+    """CUDA out-of-memory anywhere in a run (caching, a step, a preview) becomes an error
+    with the usual remedies; the CLI adds the exact lighter settings to retry with."""
     try:
         yield
     except torch.cuda.OutOfMemoryError:
-        raise TrainingError(
+        raise OutOfMemoryError(
             "the GPU ran out of memory",
-            "lower `[training] train_batch_size`, set gradient_checkpointing = true, use "
-            "optimizer_type = \"AdamW8bit\", lower network_dim, or lower the resolution"
-        ) from None
-
-
-def save(network, outputs: Outputs, state: TrainState, kind: str, bus: EventBus) -> Path:
-    name = outputs.output_name
-    file_name = {
-        "step": lambda: names.step_file_name(name, state.step),
-        "epoch": lambda: names.epoch_file_name(name, state.epoch),
-        "final": lambda: names.final_file_name(name),
-        "interrupted": lambda: names.interrupted_file_name(name),
-    }[kind]()
-    path = outputs.output_dir / file_name
-    bus.emit(PhaseChanged(f"saving {file_name}"))
-    # ss_epoch: the epoch this save belongs to (1-based), also when stopping mid-epoch.
-    epoch = state.epoch + (1 if state.batch_in_epoch else 0)
-    metadata = at_save(outputs.metadata, state.step, epoch)
-    lora_file.save_lora(path, network.state_dict(), metadata, outputs.save_precision)
-    outputs.written.append(path)
-    bus.emit(CheckpointSaved(str(path), state.step, epoch, kind))
-    return path
+            "lower `[training] train_batch_size`, set gradient_checkpointing = true, "
+            "cache_latents = true, use optimizer_type = \"AdamW8bit\", lower network_dim, or "
+            "lower the resolution") from None
 
 
 def _check_finite(loss: float, step: int) -> None:
     if not math.isfinite(loss):
-        raise TrainingError(
-            f"the loss became {loss} at step {step}; nothing from this step is saved",
-            "lower the learning rate, use mixed_precision = \"bf16\" or \"no\" instead of "
-            "fp16, or keep the VAE in full precision")
+        raise NonFiniteError(
+            f"the loss became {loss} at step {step}; nothing from this step is saved, so the "
+            "files saved before are the last good ones", NON_FINITE_HINT)
 
 
 def _avg(losses: deque) -> float:

@@ -1,7 +1,15 @@
-"""The first screen: new profile, open a saved profile, rerun the last run, queue, quit.
+"""The first screen: new profile, open a saved profile, rerun the last run, queue, quit;
+and the recent runs, to follow or continue.
 
 Keys: N new, O open, R rerun last (trains again at once), E rerun last with changes (opens
 it in the wizard), U the queue, Q quit. Arrow keys and Enter work on the list too.
+
+Below the menu, the runs on this machine (``list_runs``), running ones first: A (or Enter
+on the list) attaches to the selected run (its events replayed, then followed live; S
+there stops it), C continues a stopped, failed or crashed run from its saved state
+(``lora-train resume``). A crashed or failed run shows its message and log tail when
+selected. The list is read again when the screen comes back and, while a run is going,
+every few seconds.
 
 "The last run" is ``last_run.json`` in the state folder, written by ``lora-train run`` (so
 also by runs this app did not start). Its ``profile`` is the run folder's resolved copy
@@ -16,13 +24,16 @@ from pathlib import Path
 from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import Footer, OptionList, Static
+from textual.widgets import DataTable, Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
 from lora_core.errors import LoraError
+from lora_core.saving.run_status import RunStatus, list_runs
 from lora_core.saving.runs import last_run
 from lora_tui.dialogs.path_prompt import PathPrompt
+from lora_tui.widgets.run_list import RunList, run_detail
 
 CHOICES = (
     ("new", "N  New profile: answer the questions step by step"),
@@ -32,6 +43,8 @@ CHOICES = (
     ("queue", "U  Queue: run several saved profiles one after another"),
     ("quit", "Q  Quit"),
 )
+RECENT_RUNS = 8
+_REFRESH_S = 2.0  # while a listed run is going, its step count is read again this often
 
 
 class StartScreen(Screen):
@@ -42,13 +55,82 @@ class StartScreen(Screen):
         Binding("e", "choose('rerun_edit')", "Rerun with changes"),
         Binding("u", "choose('queue')", "Queue"),
         Binding("q", "choose('quit')", "Quit"),
+        Binding("a", "attach", "Attach run"),
+        Binding("c", "resume", "Continue run"),
     ]
+
+    def __init__(self) -> None:
+        super().__init__(classes="start-screen")
+
+    @property
+    def run_list(self) -> RunList:
+        return self.query_one("#start-runs", RunList)
+
+    @property
+    def selected_run(self) -> RunStatus | None:
+        try:
+            return self.run_list.selected
+        except NoMatches:  # bindings are checked before the list is mounted
+            return None
 
     def compose(self) -> ComposeResult:
         yield Static("[b]lora-tui[/b]: train a LoRA for Stable Diffusion", classes="step-title")
         yield OptionList(*[Option(text, id=key) for key, text in CHOICES], id="start-menu")
         yield Static("", id="start-message")
+        yield Static("[b]Recent runs[/b]  [dim]A attach · C continue · Tab to the list[/dim]",
+                     id="start-runs-title")
+        yield RunList(id="start-runs")
+        yield Static("", id="start-run-detail")
         yield Footer()
+
+    def on_mount(self) -> None:
+        self.refresh_runs()
+        self.set_interval(_REFRESH_S, self._refresh_while_running)
+
+    def on_screen_resume(self) -> None:
+        self.refresh_runs()
+
+    def refresh_runs(self) -> None:
+        runs = list_runs(limit=RECENT_RUNS)
+        self.run_list.show_runs(runs)
+        for widget in (self.run_list, self.query_one("#start-runs-title")):
+            widget.display = bool(runs)
+        self._show_run_detail()
+        self.refresh_bindings()
+
+    def _refresh_while_running(self) -> None:
+        if self.is_current and any(run.active for run in self.run_list.runs):
+            self.refresh_runs()
+
+    def _show_run_detail(self) -> None:
+        run = self.selected_run
+        self.query_one("#start-run-detail", Static).update(
+            run_detail(run) if run is not None else "")
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_run_detail()
+        self.refresh_bindings()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_attach()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "attach":
+            return self.selected_run is not None
+        if action == "resume":
+            run = self.selected_run
+            return run is not None and run.resumable
+        return True
+
+    def action_attach(self) -> None:
+        run = self.selected_run
+        if run is not None:
+            self.app.attach_run(run.path)  # type: ignore[attr-defined]
+
+    def action_resume(self) -> None:
+        run = self.selected_run
+        if run is not None and run.resumable:
+            self.app.resume_run(run.path)  # type: ignore[attr-defined]
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.action_choose(event.option.id or "")
@@ -80,7 +162,7 @@ class StartScreen(Screen):
         elif choice == "queue":
             app.open_queue()  # type: ignore[attr-defined]
         elif choice == "quit":
-            app.exit()
+            app.quit_app()  # type: ignore[attr-defined]
 
     def _open(self, path: Path | None, detach: bool = False) -> None:
         if path is None:

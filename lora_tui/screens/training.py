@@ -1,9 +1,20 @@
 """Training: follows a runner's event stream and shows it.
 
 A progress bar (step / total, epoch), loss with its moving average as a live sparkline,
-learning rate, it/s and ETA, the log in a scrollable pane, and every checkpoint and sample
-with its path. S asks to confirm, then stops the run cleanly (the engine saves what was
-trained). A failure shows the engine's message and hint and the log tail, in the app.
+learning rate, it/s and ETA, the log in a scrollable pane, and every checkpoint, sample and
+saved training state with its path. S asks to confirm, then stops the run cleanly (the
+engine saves what was trained). A failure shows the engine's message and hint and the log
+tail, in the app.
+
+The screen follows one of three things (``mode``): a new run of a profile ("run"), a
+``lora-train resume`` of a run folder ("resume"), or a run folder that is already going or
+over ("attach": its events are replayed, then followed). Runs outlive the screen and the
+app: Escape goes back and Ctrl+Q quits while training goes on in the background
+(``lora_tui.runner``); the start screen lists it to attach again.
+
+After a failure the screen offers the fix the engine found: L retries a CUDA out-of-memory
+failure with the lighter settings the engine named (``RunFailed.retry_overrides``), C
+continues a stopped, failed or crashed run from its last saved state.
 
 The runner is awaited in a worker on the app's event loop: reading the child's output never
 blocks the UI.
@@ -12,6 +23,7 @@ blocks the UI.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +35,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, ProgressBar, RichLog, Sparkline, Static
 
+from lora_core.errors import LoraError
 from lora_core.events import (
     CheckpointSaved,
     EpochEnded,
@@ -31,17 +44,24 @@ from lora_core.events import (
     PhaseChanged,
     RunFailed,
     RunFinished,
+    RunResumed,
     RunStarted,
     SampleSaved,
+    StateSaved,
     StepEnded,
     WarningIssued,
 )
+from lora_core.saving.run_status import read_status
+from lora_core.saving.runs import PROFILE_FILE
 from lora_tui.dialogs.confirm import ConfirmDialog
 from lora_tui.runner import Output, Runner
 
 _LOSS_POINTS = 200  # the sparkline shows the most recent losses
 _SAMPLE_COLUMNS = 32  # the preview's width in characters (and its height in pixel rows)
 _TAIL_LINES = 12
+MODES = ("run", "resume", "attach")
+BACKGROUND_NOTICE = ("training goes on in the background; lora-tui lists it on its start "
+                     "screen (A attaches, S there stops it)")
 
 
 def format_duration(seconds: float) -> str:
@@ -54,6 +74,8 @@ def format_duration(seconds: float) -> str:
 class TrainingScreen(Screen):
     BINDINGS = [
         Binding("s", "stop", "Stop"),
+        Binding("l", "retry_lighter", "Retry lighter"),
+        Binding("c", "resume", "Continue"),
         Binding("escape", "leave", "Back"),
     ]
 
@@ -65,19 +87,32 @@ class TrainingScreen(Screen):
     class RunExited(Message):
         exit_code: int
 
-    def __init__(self, profile_path: Path, runner: Runner) -> None:
+    def __init__(self, target: Path, runner: Runner, mode: str = "run",
+                 extra_args: Sequence[str] = ()) -> None:
+        """``target``: the profile for "run", the run folder for "resume" and "attach";
+        ``extra_args``: more ``lora-train`` arguments (``--set`` overrides)."""
         super().__init__(classes="training-screen")
-        self.profile_path = profile_path
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        self.mode = mode
+        self.profile_path = Path(target)  # (the run folder for resume / attach)
+        self.extra_args = list(extra_args)
         self.runner = runner
         self.state = "starting"  # starting, running, stopping, finished, stopped, failed
+        self.run_dir: Path | None = Path(target) if mode != "run" else None
+        self.states_saved = 0  # state_saved events since the last run_started
+        self.resumed_from_step: int | None = None
         self.files: list[str] = []
         self.tail: deque[str] = deque(maxlen=_TAIL_LINES)
         self.losses: deque[float] = deque(maxlen=_LOSS_POINTS)
         self.failure: RunFailed | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static(f"[b]Training[/b] {escape(str(self.profile_path))}", id="train-title")
-        yield Static("starting lora-train...", id="train-phase")
+        verb = {"run": "Training", "resume": "Resuming", "attach": "Following"}[self.mode]
+        first = "reading the run's events..." if self.mode == "attach" else \
+            "starting lora-train..."
+        yield Static(f"[b]{verb}[/b] {escape(str(self.profile_path))}", id="train-title")
+        yield Static(first, id="train-phase")
         yield ProgressBar(total=None, show_eta=False, id="train-progress")
         yield Static("", id="train-stats")
         yield Sparkline([], id="train-loss")
@@ -110,8 +145,24 @@ class TrainingScreen(Screen):
         target.update(pixels)
 
     async def _follow(self) -> None:
-        code = await self.runner.run(self.profile_path,
-                                     lambda item: self.post_message(self.RunOutput(item)))
+        def emit(item: Output) -> None:
+            self.post_message(self.RunOutput(item))
+
+        try:
+            if self.mode == "attach":
+                code = await self.runner.attach(self.profile_path, emit)
+            elif self.mode == "resume":
+                code = await self.runner.resume(self.profile_path, emit, self.extra_args)
+            else:
+                code = await self.runner.run(self.profile_path, emit, self.extra_args)
+        except LoraError as exc:  # not a run folder, an unreadable run.json
+            emit(RunFailed(exc.message, exc.hint, ""))
+            code = 1
+        except OSError as exc:  # the child could not be started at all
+            emit(RunFailed(f"lora-train could not start: {exc}",
+                           "check that the project is installed in this Python environment",
+                           ""))
+            code = 1
         self.post_message(self.RunExited(code))
 
     # -- events ---------------------------------------------------------------------
@@ -128,10 +179,28 @@ class TrainingScreen(Screen):
         log = self.query_one(RichLog)
         phase = self.query_one("#train-phase", Static)
         if isinstance(event, RunStarted):
-            self.state = "running"
+            # (again after a stop or failure when a resume appended to the same stream)
+            self.state, self.failure, self.states_saved = "running", None, 0
+            self.resumed_from_step = None
+            if event.run_dir:
+                self.run_dir = Path(event.run_dir)
             steps = event.plan.get("max_train_steps")
-            self.query_one(ProgressBar).update(total=steps)
+            self.query_one(ProgressBar).update(total=steps, progress=0)
+            self.query_one("#train-result", Static).update("")
             log.write(f"run folder: {event.run_dir}")
+            self.refresh_bindings()
+        elif isinstance(event, RunResumed):
+            self.resumed_from_step = event.step
+            self.query_one(ProgressBar).update(progress=event.step)
+            phase.update(f"resumed from step {event.step}")
+            log.write(f"resumed from step {event.step} (epoch {event.epoch}): "
+                      f"{event.state_path}")
+        elif isinstance(event, StateSaved):
+            self.states_saved += 1
+            log.write(f"training state saved at step {event.step}: {event.path}")
+            # Only the newest state matters (older ones are deleted): one line, replaced.
+            self.files = [f for f in self.files if not f.startswith("state ")]
+            self._add_file(f"state (step {event.step}): {event.path}", log_it=False)
         elif isinstance(event, PhaseChanged):
             phase.update(escape(event.phase))
             log.write(event.phase)
@@ -164,9 +233,12 @@ class TrainingScreen(Screen):
         elif isinstance(event, RunFailed):
             self.failure = event
             self._failed(event.message, event.hint, event.log_path)
+            if event.kind == "crashed":
+                phase.update("[b red]crashed[/b red]")
 
-    def _add_file(self, line: str) -> None:
-        self.query_one(RichLog).write(line)
+    def _add_file(self, line: str, log_it: bool = True) -> None:
+        if log_it:
+            self.query_one(RichLog).write(line)
         self.files.append(line)
         self.query_one("#train-files", Static).update(
             "[b]Files[/b]\n" + "\n".join(escape(f) for f in self.files))
@@ -175,11 +247,12 @@ class TrainingScreen(Screen):
         self.state = "stopped" if event.interrupted else "finished"
         word = "stopped; what was trained is saved" if event.interrupted else "finished"
         self.query_one("#train-phase", Static).update(f"[b]{word}[/b]")
+        keys = "C: continue (resume) · " if self.resume_dir is not None else ""
         self.query_one("#train-result", Static).update(
             f"[green]{word}[/green] after {event.steps} steps "
             f"({format_duration(event.seconds)}). The LoRA: {escape(event.final_file)}\n"
-            "[dim]Escape: back to the review · Ctrl+Q: quit[/dim]")
-        samples = [f for f in self.files if f.startswith("sample ")]
+            f"[dim]{keys}Escape: back · Ctrl+Q: quit[/dim]")
+        samples = [f for f in self.files if f.startswith(("sample ", "state "))]
         self.query_one("#train-files", Static).update(
             "[b]Files[/b]\n" + "\n".join(escape(f) for f in [*event.files, *samples]))
         self.refresh_bindings()
@@ -201,15 +274,48 @@ class TrainingScreen(Screen):
             text += f"\n[dim]log: {escape(log_path)}[/dim]"
         if tail:
             text += "\n[b]last lines of the log:[/b]\n" + escape("\n".join(tail))
+        offers = []
+        if self.retry_overrides:
+            offers.append(f"L: retry with {self.failure.retry_description or 'lighter settings'}")
+        if self.resume_dir is not None:
+            offers.append("C: continue (resume)")
+        if offers:
+            text = f"[b]{escape(' · '.join(offers))}[/b]\n" + text
         self.query_one("#train-result", Static).update(text)
         self.refresh_bindings()
 
     def on_training_screen_run_exited(self, message: RunExited) -> None:
         if self.state in ("finished", "stopped", "failed"):
+            self.refresh_bindings()  # the run is over: C may be on offer now
             return
         # The child ended without saying how: report its exit code and what it printed.
         self._failed(f"lora-train exited with code {message.exit_code} without finishing",
                      "the lines below are the last it printed", None)
+
+    # -- what can be offered after the end -----------------------------------------------
+
+    @property
+    def retry_overrides(self) -> list[str]:
+        """The engine's lighter ``--set`` overrides after an out-of-memory failure."""
+        failure = self.failure
+        if failure is None or failure.kind != "out_of_memory":
+            return []
+        return list(failure.retry_overrides)
+
+    @property
+    def resume_dir(self) -> Path | None:
+        """The run folder to continue, when the run stopped or failed with a saved state."""
+        if self.state == "failed" and self.failure is not None:
+            resumable = self.failure.resumable and self.failure.run_dir
+            return Path(self.failure.run_dir) if resumable else None
+        if self.state == "stopped" and self.run_dir is not None:
+            if self.states_saved:
+                return self.run_dir
+            try:
+                return self.run_dir if read_status(self.run_dir).resumable else None
+            except LoraError:
+                return None
+        return None
 
     # -- keys -----------------------------------------------------------------------
 
@@ -220,8 +326,10 @@ class TrainingScreen(Screen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "stop":
             return self.state in ("starting", "running")
-        if action == "leave":
-            return not self.running
+        if action == "retry_lighter":
+            return self.state == "failed" and bool(self.retry_overrides)
+        if action == "resume":
+            return not self.running and self.resume_dir is not None
         return True
 
     def action_stop(self) -> None:
@@ -236,5 +344,28 @@ class TrainingScreen(Screen):
             self.runner.stop()
             self.refresh_bindings()
 
+    def action_retry_lighter(self) -> None:
+        """A new run of the same profile with the engine's lighter settings added."""
+        overrides = self.retry_overrides
+        if not overrides:
+            return
+        profile = self.profile_path
+        extra = list(self.extra_args)
+        if self.mode != "run":
+            # The run folder's resolved profile: the exact settings that ran out of memory.
+            profile, extra = (self.run_dir or self.profile_path) / PROFILE_FILE, []
+        for override in overrides:
+            extra += ["--set", override]
+        self.app.start_training(profile, extra_args=extra,  # type: ignore[attr-defined]
+                                replace=True)
+
+    def action_resume(self) -> None:
+        run_dir = self.resume_dir
+        if run_dir is not None and not self.running:
+            self.app.resume_run(run_dir, replace=True)  # type: ignore[attr-defined]
+
     def action_leave(self) -> None:
+        if self.running:
+            # The worker is cancelled with the screen; the run itself goes on.
+            self.app.notify(BACKGROUND_NOTICE, timeout=8)
         self.app.pop_screen()

@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_TRAIN = ROOT / "examples" / "dataset" / "train"
 EVENTS_FILE = Path(__file__).parent / "data" / "quickstart_events.jsonl"
 SIZE = (80, 24)
+FAKE_ENGINE = Path(__file__).parent / "fake_engine.py"  # a stand-in for lora-train run
 
 
 async def type_into(pilot, section: str, key: str, text: str) -> None:

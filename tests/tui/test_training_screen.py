@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from rich.text import Text
 from textual.widgets import Static
 
 from lora_core.events import PhaseChanged, RunFailed, RunFinished, StepEnded
+from lora_core.saving.run_status import read_status
 from lora_tui.app import make_app
 from lora_tui.runner import FakeRunner, ProcessRunner, parse_line
 from lora_tui.screens.training import TrainingScreen
-from tests.tui.helpers import SIZE, wait_for
+from tests.tui.helpers import FAKE_ENGINE, ROOT, SIZE, wait_for
 
 
 def plain(app, selector: str) -> str:
@@ -69,34 +71,35 @@ def test_parse_line_tells_events_from_text():
     assert parse_line("hello\n") == "hello"
 
 
-async def test_process_runner_follows_a_child_and_stops_it_with_sigint(tmp_path, monkeypatch):
-    """A stand-in child that prints events and, on SIGINT, a run_finished(interrupted)."""
-    script = tmp_path / "child.py"
-    finished = RunFinished(["/out/x-interrupted.safetensors"], "/out/x-interrupted.safetensors",
-                           1, 0.1, interrupted=True)
-    script.write_text(
-        "import signal, sys, time\n"
-        f"line = {step(1).to_json()!r}\n"
-        f"done = {finished.to_json()!r}\n"
-        "def stop(*_):\n    print(done, flush=True); sys.exit(130)\n"
-        "signal.signal(signal.SIGINT, stop)\n"
-        "print(line, flush=True); print('to stderr', file=sys.stderr, flush=True)\n"
-        "time.sleep(30)\n", encoding="utf-8")
-    monkeypatch.setattr("lora_tui.runner.train_command", lambda p: [sys.executable, str(p)])
-    runner = ProcessRunner(kill_after_s=5)
+async def test_process_runner_follows_a_detached_child_and_stops_it_with_sigint(
+        tmp_path, state_dir, monkeypatch):
+    """A stand-in engine (tests/tui/fake_engine.py): its events come through the launch
+    file, its stderr through the output file; it runs in its own session with no pipe to
+    us; SIGINT (via the run folder's run.json) makes it save and say run_finished."""
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setattr("lora_tui.runner.train_command", lambda profile, events, extra=(): [
+        sys.executable, str(FAKE_ENGINE), str(events), str(run_dir)])
+    runner = ProcessRunner(kill_after_s=5, poll_s=0.05)
     seen: list = []
 
     async def stop_when_started():
         while not any(isinstance(o, StepEnded) for o in seen):
             await asyncio.sleep(0.02)
+        pid = runner.pid
+        assert os.getsid(pid) == pid  # its own session: no SIGHUP from our terminal
+        assert not os.readlink(f"/proc/{pid}/fd/1").startswith("pipe:")
+        assert runner.run_dir == run_dir  # learnt from run_started: what stop() signals
         runner.stop()
 
     stopper = asyncio.ensure_future(stop_when_started())
-    code = await asyncio.wait_for(runner.run(script, seen.append), 10)
+    code = await asyncio.wait_for(runner.run(tmp_path / "p.toml", seen.append), 20)
     await stopper
     assert code == 130
-    assert "to stderr" in seen
+    assert "fake engine: started" in seen
     assert any(isinstance(o, RunFinished) and o.interrupted for o in seen)
+    assert read_status(run_dir).status == "stopped"
+    assert runner.events_path.parent == state_dir / "launches"
 
 
 async def test_sample_images_are_listed_and_drawn_in_the_terminal(tmp_path):

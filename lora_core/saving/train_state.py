@@ -1,0 +1,275 @@
+"""Resumable training states: the folder format, writing it safely, finding and reading it.
+
+A state is everything ``lora-train resume`` needs to continue a run exactly, as if it had
+never stopped (kohya-compat.md §7.1 names the folders; kohya_ss #2384 / #3380 are the
+resumes that silently restarted the step count):
+
+    <run folder>/states/<output_name>-step<step:08d>-state/
+        train_state.json     position: step, epoch, batch in the epoch, seed, the recent
+                             losses, the files written so far, a fingerprint of the plan
+        network.safetensors  the adapter weights in float32 (not the save precision)
+        optimizer.pt         optimizer.state_dict()
+        scheduler.pt         lr scheduler state_dict()
+        rng.pt               torch CPU/CUDA, Python random and numpy RNG states
+
+The ``.pt`` files hold only tensors and plain values and are read with
+``torch.load(weights_only=True)``: a state folder someone else hands you cannot run code.
+
+A state is written into a hidden temporary folder which is renamed into place once every
+file is on disk (a rename is atomic), so a crash, a kill -9 or a full disk mid-write leaves
+the older states whole and no half state that looks complete. Only then are states beyond
+``save_last_n_states`` deleted, oldest first.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as save_to_bytes
+
+from lora_core.errors import NonFiniteError, OutputError, TrainingError
+from lora_core.saving.run_status import STATES_DIR
+
+STATE_FORMAT = 1
+POSITION_FILE = "train_state.json"
+NETWORK_FILE = "network.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.pt"
+RNG_FILE = "rng.pt"
+_TMP_PREFIX = ".tmp-"
+
+
+@dataclass
+class Position:
+    """Where the run is, as ``train_state.json`` stores it."""
+
+    step: int
+    epoch: int                  # 0-based index of the current epoch
+    batch_in_epoch: int         # batches of that epoch already trained on
+    seed: int
+    output_name: str
+    max_train_steps: int
+    num_epochs: int
+    plan_fingerprint: str
+    losses: list[float] = field(default_factory=list)  # the current epoch's step losses
+    written: list[str] = field(default_factory=list)   # files saved so far, in order
+    saved_at: float = 0.0
+    format: int = STATE_FORMAT
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        # sd-scripts' train_state.json keys, so its users recognise the file.
+        data["current_step"] = self.step
+        data["current_epoch"] = self.epoch
+        return data
+
+
+@dataclass
+class LoadedState:
+    path: Path
+    position: Position
+    network: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, Any]
+
+
+def state_name(output_name: str, step: int) -> str:
+    return f"{output_name}-step{step:08d}-state"
+
+
+def states_folder(run_dir: Path) -> Path:
+    return Path(run_dir) / STATES_DIR
+
+
+def plan_fingerprint(plan) -> str:
+    """A hash of what decides the data order: every image with its repeats and bucket, the
+    batch size and the step count. A resume with a different dataset would not continue the
+    same run, so it is refused."""
+    digest = hashlib.sha256()
+    for item in plan.items:
+        digest.update(f"{item.record.path}|{item.repeats}|{item.bucket_reso}|"
+                      f"{item.subset_index}\n".encode())
+    digest.update(f"{plan.batch_size}|{plan.batches_per_epoch}|{plan.max_train_steps}|"
+                  f"{plan.num_epochs}|{plan.gradient_accumulation_steps}|"
+                  f"{plan.num_processes}".encode())
+    return digest.hexdigest()[:16]
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every RNG training draws from, as tensors and plain values."""
+    version, internal, gauss = __import__("random").getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch_cpu": torch.get_rng_state(),
+        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                  float(cached)],
+    }
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    import random
+
+    torch.set_rng_state(rng["torch_cpu"])
+    if rng["torch_cuda"] and torch.cuda.is_available():
+        if len(rng["torch_cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["torch_cuda"])
+        else:  # another GPU count: seed what there is from the first (not bit-exact)
+            for index in range(torch.cuda.device_count()):
+                torch.cuda.set_rng_state(rng["torch_cuda"][0], index)
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def save_state(run_dir: Path, position: Position, network_state: dict[str, torch.Tensor],
+               optimizer, scheduler, keep_last: int) -> Path:
+    """Write a state folder atomically, then prune older ones; returns its path."""
+    folder = states_folder(run_dir)
+    final = folder / state_name(position.output_name, position.step)
+    position.saved_at = time.time()
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous()
+               for k, v in network_state.items()}
+    _check_finite(tensors, position.step)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=folder))
+    except OSError as exc:
+        raise _write_error(folder, exc) from None
+    try:
+        # Serialised in memory and written with Python's file I/O, so a full disk raises
+        # OSError with its errno (safetensors and torch.save wrap it in their own errors).
+        (tmp / NETWORK_FILE).write_bytes(save_to_bytes(tensors))
+        (tmp / OPTIMIZER_FILE).write_bytes(_torch_bytes(optimizer.state_dict()))
+        (tmp / SCHEDULER_FILE).write_bytes(_torch_bytes(scheduler.state_dict()))
+        (tmp / RNG_FILE).write_bytes(_torch_bytes(capture_rng()))
+        (tmp / POSITION_FILE).write_text(json.dumps(position.to_json(), indent=2),
+                                         encoding="utf-8")
+        _fsync_folder_files(tmp)
+        if final.exists():  # a resumed run saving the same step again: the newer one wins
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(final, exc) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prune_states(run_dir, keep_last)
+    return final
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], step: int) -> None:
+    bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise NonFiniteError(
+            f"the network's weights hold NaN or infinite values at step {step} "
+            f"({len(bad)} tensors, e.g. {bad[0]}); nothing from this step is saved",
+            "resume from the last state with a lower learning rate (lora-train resume "
+            "RUN_FOLDER --set optimizer.learning_rate=...), mixed_precision = \"bf16\" or "
+            "\"no\" instead of fp16, or no_half_vae = true")
+
+
+def _fsync_folder_files(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def _write_error(path: Path, exc: OSError) -> OutputError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(
+            f"the disk is full: the training state {path} could not be written; the earlier "
+            "states and LoRA files are intact",
+            "free some space and run `lora-train resume` on the run folder, or resume it on "
+            "another disk with --set saving.output_dir=<folder on that disk>", kind="disk_full")
+    return OutputError(f"could not write the training state {path}: {exc.strerror or exc}",
+                       "check the permissions and free space of the output folder")
+
+
+def list_states(run_dir: Path) -> list[Path]:
+    """Complete state folders of a run, oldest first (temporary folders are ignored)."""
+    folder = states_folder(run_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        if path.name.startswith(_TMP_PREFIX) or not (path / POSITION_FILE).is_file():
+            continue
+        try:
+            step = json.loads((path / POSITION_FILE).read_text(encoding="utf-8"))["step"]
+        except (OSError, ValueError, KeyError):
+            continue
+        found.append((int(step), path.stat().st_mtime, path))
+    return [path for _, _, path in sorted(found)]
+
+
+def latest_state(run_dir: Path) -> Path | None:
+    states = list_states(run_dir)
+    return states[-1] if states else None
+
+
+def prune_states(run_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` states, and temporary folders left by a
+    crash during a write."""
+    folder = states_folder(run_dir)
+    for path in folder.glob(f"{_TMP_PREFIX}*"):
+        if time.time() - path.stat().st_mtime > 60:  # not one being written right now
+            shutil.rmtree(path, ignore_errors=True)
+    for path in list_states(run_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def load_state(path: Path) -> LoadedState:
+    """Read a state folder (or the newest state of a run folder)."""
+    path = Path(path)
+    if not (path / POSITION_FILE).is_file():
+        newest = latest_state(path)
+        if newest is None:
+            raise TrainingError(
+                f"{path} holds no saved training state",
+                "a state is written with every checkpoint, when a run is stopped, and every "
+                "save_state_every_n_minutes; a run that never got that far cannot be resumed: "
+                "start it again")
+        path = newest
+    try:
+        data = json.loads((path / POSITION_FILE).read_text(encoding="utf-8"))
+        data.pop("current_step", None)
+        data.pop("current_epoch", None)
+        position = Position(**data)
+        if position.format != STATE_FORMAT:
+            raise ValueError(f"state format {position.format}, this version reads "
+                             f"{STATE_FORMAT}")
+        network = load_file(str(path / NETWORK_FILE))
+        optimizer = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        scheduler = torch.load(path / SCHEDULER_FILE, map_location="cpu", weights_only=True)
+        rng = torch.load(path / RNG_FILE, map_location="cpu", weights_only=True)
+    except (OSError, ValueError, TypeError, KeyError, SafetensorError, RuntimeError,
+            pickle.UnpicklingError) as exc:
+        raise TrainingError(f"the training state {path} is damaged: {exc}",
+                            "delete that folder; resume then uses the state before it") from None
+    return LoadedState(path, position, network, optimizer, scheduler, rng)

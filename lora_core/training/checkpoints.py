@@ -1,0 +1,149 @@
+"""Saving during training: LoRA files and resumable states, and when a state is due.
+
+The loop calls :meth:`Checkpointer.save` at its save points and :meth:`Checkpointer.state_due`
+after every step; everything about names, precision, NaN checks, rotation and keeping a
+second Ctrl+C away from a half-written file is here, not in the loop.
+
+Rules a user can rely on:
+
+* a LoRA file or state with a NaN or infinite weight is never written: the run stops with
+  the step named, and the files before it stay the last good ones;
+* every write is atomic (temporary file or folder, then rename): Ctrl+C, kill -9 or a full
+  disk mid-write leaves the previous files whole;
+* a second Ctrl+C while a file is being written waits for the write to finish (the
+  ``guard`` the CLI's stop flag provides), then aborts;
+* with ``save_state`` a state goes with every numbered file, with the file written when the
+  run is stopped, and at least every ``save_state_every_n_minutes``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lora_core.errors import NonFiniteError
+from lora_core.events import CheckpointSaved, EventBus, PhaseChanged, StateSaved
+from lora_core.profile import SavingSection
+from lora_core.saving import lora_file, names
+from lora_core.saving.metadata import at_save
+from lora_core.saving.train_state import LoadedState, Position, restore_rng, save_state
+
+NON_FINITE_HINT = ("lower the learning rate, use mixed_precision = \"bf16\" or \"no\" instead "
+                   "of fp16, or set no_half_vae = true; `lora-train resume RUN_FOLDER --set "
+                   "optimizer.learning_rate=...` continues from the last state")
+
+
+@dataclass
+class Outputs:
+    """Where files go and what they are stamped with."""
+
+    output_dir: Path
+    output_name: str
+    metadata: dict[str, str]
+    save_precision: str
+    written: list[Path] = field(default_factory=list)
+    run_dir: Path | None = None       # where states go (None: no states, e.g. tests)
+    # A resumed run saves names its first attempt may already have written after its last
+    # state; those files are this run's own, and the newer one replaces them.
+    replace_existing: bool = False
+
+
+class Checkpointer:
+    def __init__(self, outputs: Outputs, saving: SavingSection, position: Callable[[], Position],
+                 network, optimizer, scheduler, bus: EventBus,
+                 guard: Callable[[], contextlib.AbstractContextManager] | None = None) -> None:
+        self.outputs = outputs
+        self.saving = saving
+        self.position = position
+        self.network, self.optimizer, self.scheduler = network, optimizer, scheduler
+        self.bus = bus
+        self.guard = guard or contextlib.nullcontext
+        self.last_state_at = time.monotonic()
+        self.last_state_step = -1
+
+    @property
+    def states_on(self) -> bool:
+        return self.saving.save_state and self.outputs.run_dir is not None
+
+    def save(self, state, kind: str) -> Path:
+        """A LoRA file (``kind``: step, epoch, final, interrupted), then a state with it."""
+        path = self.save_lora(state, kind)
+        if self.states_on and (kind != "final" or self.saving.save_state_on_train_end):
+            self.save_state(state)
+        return path
+
+    def save_lora(self, state, kind: str) -> Path:
+        name = self.outputs.output_name
+        file_name = {
+            "step": lambda: names.step_file_name(name, state.step),
+            "epoch": lambda: names.epoch_file_name(name, state.epoch),
+            "final": lambda: names.final_file_name(name),
+            "interrupted": lambda: names.interrupted_file_name(name),
+        }[kind]()
+        path = self.outputs.output_dir / file_name
+        precision = self.outputs.save_precision
+        # Checked in the save precision: a weight fp32 holds can still be inf in fp16.
+        tensors = lora_file.cast_state_dict(self.network.state_dict(), precision)
+        bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
+        if bad:
+            raise NonFiniteError(
+                f"the network's weights became NaN or infinite (in {precision}, the save "
+                f"precision) by step {state.step} ({len(bad)} tensors, e.g. {bad[0]}); "
+                f"{file_name} was not written, so the files saved before are the last good "
+                "ones", NON_FINITE_HINT)
+        self.bus.emit(PhaseChanged(f"saving {file_name}"))
+        # ss_epoch: the epoch this save belongs to (1-based), also when stopping mid-epoch.
+        epoch = state.epoch + (1 if state.batch_in_epoch else 0)
+        metadata = at_save(self.outputs.metadata, state.step, epoch)
+        with self.guard():
+            lora_file.save_lora(path, tensors, metadata, precision,
+                                replace=self.outputs.replace_existing)
+        if path not in self.outputs.written:
+            self.outputs.written.append(path)
+        self.bus.emit(CheckpointSaved(str(path), state.step, epoch, kind))
+        return path
+
+    def save_state(self, state) -> Path | None:
+        if not self.states_on or self.last_state_step == state.step:
+            return None
+        position = self.position()
+        self.bus.emit(PhaseChanged(f"saving the training state at step {state.step}"))
+        with self.guard():
+            path = save_state(self.outputs.run_dir, position, self.network.state_dict(),
+                              self.optimizer, self.scheduler, self.saving.save_last_n_states)
+        self.last_state_at = time.monotonic()
+        self.last_state_step = state.step
+        self.bus.emit(StateSaved(str(path), state.step, state.epoch))
+        return path
+
+    def state_due(self) -> bool:
+        """The wall-clock interval passed since the last state (OneTrainer's backups)."""
+        minutes = self.saving.save_state_every_n_minutes
+        return (self.states_on and minutes is not None
+                and time.monotonic() - self.last_state_at >= minutes * 60)
+
+    def drop_states(self) -> None:
+        """A finished run has nothing to resume: its states go, unless asked to keep one."""
+        if self.outputs.run_dir is not None and not self.saving.save_state_on_train_end:
+            shutil.rmtree(self.outputs.run_dir / "states", ignore_errors=True)
+
+
+def restore(loaded: LoadedState, network, optimizer, scheduler, state) -> None:
+    """Put a run back where its state was: weights, optimizer moments, schedule position,
+    RNG streams and the position in the data order."""
+    position = loaded.position
+    device = next(network.parameters()).device
+    network.load_state_dict({k: v.to(device) for k, v in loaded.network.items()}, strict=True)
+    optimizer.load_state_dict(loaded.optimizer)
+    scheduler.load_state_dict(loaded.scheduler)
+    restore_rng(loaded.rng)
+    state.step, state.epoch = position.step, position.epoch
+    state.batch_in_epoch = position.batch_in_epoch
+    state.losses.clear()
+    state.losses.extend(position.losses)

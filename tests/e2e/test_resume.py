@@ -1,0 +1,285 @@
+"""Runs that survive: kill -9 then resume, Ctrl+C then resume, a full disk, a NaN.
+
+Every test compares with one uninterrupted reference run of the same profile (fixed seed):
+a resumed run must produce the same loss at every step and the same final weights, bit for
+bit on this CPU, with checkpoint names and step numbers continuing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tomli_w
+from safetensors.torch import load_file
+
+from tests.e2e.conftest import ROOT, make_images, run_cli
+
+STEPS = 20  # 2 images x 5 repeats x 2 epochs, batch 1
+
+
+def write_profile(root: Path, name: str, **saving) -> Path:
+    data = root / "data"
+    if not data.exists():
+        make_images(data / "5_tok thing", 2, caption="tok, thing, red, blue")
+    profile = {
+        "profile_version": 1,
+        "model": {"pretrained_model_name_or_path": "builtin:tiny-sd1"},
+        # Caption shuffling and dropout draw random numbers: a resume must restore them.
+        "dataset": {"train_data_dir": str(data), "resolution": 64, "min_bucket_reso": 64,
+                    "max_bucket_reso": 64, "max_data_loader_n_workers": 0,
+                    "shuffle_caption": True},
+        "network": {"network_dim": 4, "network_alpha": 2.0, "network_dropout": 0.1},
+        "optimizer": {"optimizer_type": "AdamW", "learning_rate": 1e-3,
+                      "lr_scheduler": "cosine"},
+        "training": {"max_train_epochs": 2, "train_batch_size": 1, "mixed_precision": "no",
+                     "seed": 3},
+        "saving": {"output_dir": str(root / f"out-{name}"), "output_name": name,
+                   "save_every_n_steps": 3, **saving},
+    }
+    profile["saving"] = {k: v for k, v in profile["saving"].items() if v is not None}
+    path = root / f"{name}.toml"
+    path.write_text(tomli_w.dumps(profile), encoding="utf-8")
+    return path
+
+
+def events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.endswith("}")]
+
+
+def losses(path: Path) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in events(path) if e["type"] == "step_ended"}
+
+
+def run_folder(out: Path) -> Path:
+    (folder,) = (out / "runs").iterdir()
+    return folder
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("resume")
+
+
+@pytest.fixture(scope="module")
+def reference(workdir) -> dict:
+    """The uninterrupted run: its losses per step and its final weights."""
+    profile = write_profile(workdir, "ref")
+    result = run_cli("run", str(profile), "--events", str(workdir / "ref.jsonl"),
+                     "--no-progress", env={"LORA_TUI_STATE_DIR": str(workdir / "state")})
+    assert result.returncode == 0, result.stderr
+    ref = losses(workdir / "ref.jsonl")
+    assert sorted(ref) == list(range(1, STEPS + 1))
+    out = workdir / "out-ref"
+    # A finished run keeps no states (save_state_on_train_end is off).
+    assert not (run_folder(out) / "states").exists()
+    return {"losses": ref, "final": load_file(str(out / "ref.safetensors"))}
+
+
+def start(profile: Path, events_file: Path, state: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lora_core.cli", "run", str(profile), "--events",
+         str(events_file), "--no-progress"], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, env={**os.environ, "LORA_TUI_STATE_DIR": str(state)})
+
+
+def wait_for_step(events_file: Path, step: int, child: subprocess.Popen) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if events_file.exists() and step in losses(events_file):
+            return
+        assert child.poll() is None, child.stderr.read().decode()
+        time.sleep(0.02)
+    raise AssertionError(f"step {step} never came")
+
+
+def assert_same_as_reference(reference: dict, resumed_events: Path, out: Path, name: str,
+                             first_step: int) -> None:
+    resumed = losses(resumed_events)
+    assert sorted(resumed) == list(range(first_step, STEPS + 1))
+    # Step for step the same loss: same data order, captions, noise, timesteps, dropout.
+    assert {s: reference["losses"][s] for s in resumed} == resumed
+    final = load_file(str(out / f"{name}.safetensors"))
+    assert final.keys() == reference["final"].keys()
+    for key, tensor in reference["final"].items():
+        assert (final[key] == tensor).all(), key
+
+
+def test_kill_9_at_a_random_step_then_resume_continues_exactly(workdir, reference):
+    state = workdir / "state-kill"
+    profile = write_profile(workdir, "kill")
+    first = workdir / "kill.jsonl"
+    child = start(profile, first, state)
+    kill_at = random.Random().randint(4, STEPS - 3)
+    wait_for_step(first, kill_at, child)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    out = workdir / "out-kill"
+    folder = run_folder(out)
+    before = {p.name: sha(p) for p in out.glob("*.safetensors")}
+    assert before, "a checkpoint was written before the kill"
+
+    status = run_cli("status", str(folder), "--json",
+                     env={"LORA_TUI_STATE_DIR": str(state)})
+    (record,) = json.loads(status.stdout)
+    assert record["status"] == "crashed" and record["resumable"], record
+
+    second = workdir / "kill-resumed.jsonl"
+    result = run_cli("resume", str(folder), "--events", str(second), "--no-progress",
+                     env={"LORA_TUI_STATE_DIR": str(state)})
+    assert result.returncode == 0, result.stderr
+    resumed = events(second)
+    (point,) = [e for e in resumed if e["type"] == "run_resumed"]
+    # States go with every checkpoint (every 3 steps): the newest one before the kill.
+    assert point["step"] == 3 * (kill_at // 3) or point["step"] == 3 * (kill_at // 3) - 3
+    assert_same_as_reference(reference, second, out, "kill", point["step"] + 1)
+
+    # Nothing written before the kill is lost; names continue where the run was.
+    for name, digest in before.items():
+        assert sha(out / name) == digest, name
+    steps_saved = sorted(int(p.stem.split("step")[1]) for p in out.glob("kill-step*"))
+    assert steps_saved == list(range(3, STEPS + 1, 3))
+    # The run folder's own stream has both attempts; run.json says finished.
+    assert [e["type"] for e in events(folder / "events.jsonl")].count("run_started") == 2
+    assert json.loads((folder / "run.json").read_text())["status"] == "finished"
+    assert json.loads((folder / "run.json").read_text())["resumes"] == 1
+
+
+def test_ctrl_c_saves_a_state_and_resume_finishes_the_same_run(workdir, reference):
+    state = workdir / "state-stop"
+    profile = write_profile(workdir, "stop", save_every_n_steps=None)
+    first = workdir / "stop.jsonl"
+    child = start(profile, first, state)
+    wait_for_step(first, 7, child)
+    child.send_signal(signal.SIGINT)
+    assert child.wait(timeout=120) == 130
+    out = workdir / "out-stop"
+    finished = [e for e in events(first) if e["type"] == "run_finished"][-1]
+    assert finished["interrupted"]
+    stopped_at = finished["steps"]
+    assert (out / "stop-interrupted.safetensors").is_file()
+    folder = run_folder(out)
+    states = [e for e in events(first) if e["type"] == "state_saved"]
+    assert states and states[-1]["step"] == stopped_at
+
+    second = workdir / "stop-resumed.jsonl"
+    result = run_cli("resume", str(folder), "--events", str(second), "--no-progress",
+                     env={"LORA_TUI_STATE_DIR": str(state)})
+    assert result.returncode == 0, result.stderr
+    assert_same_as_reference(reference, second, out, "stop", stopped_at + 1)
+    # The -interrupted file of the first attempt is still there, untouched.
+    assert (out / "stop-interrupted.safetensors").is_file()
+
+
+def test_resume_refuses_a_changed_dataset_and_a_live_run(workdir, tmp_path):
+    state = tmp_path / "state"
+    root = tmp_path / "changed"
+    root.mkdir()
+    profile = write_profile(root, "changed", save_every_n_steps=None)
+    child = start(profile, root / "e.jsonl", state)
+    wait_for_step(root / "e.jsonl", 2, child)
+    folder = run_folder(root / "out-changed")
+    live = run_cli("resume", str(folder), env={"LORA_TUI_STATE_DIR": str(state)})
+    assert live.returncode == 2 and "still running" in live.stderr
+    child.send_signal(signal.SIGINT)
+    assert child.wait(timeout=120) == 130
+
+    make_images(root / "data" / "5_tok thing", 3)  # one more image than the state knew
+    changed = run_cli("resume", str(folder), env={"LORA_TUI_STATE_DIR": str(state)})
+    assert changed.returncode == 2
+    assert "dataset" in changed.stderr and "hint:" in changed.stderr
+    assert "Traceback" not in changed.stderr
+
+
+def test_nan_loss_stops_with_the_step_and_never_writes_a_nan_lora(tmp_path):
+    # A learning rate this large blows the weights up within a few steps: a real NaN/inf.
+    profile = write_profile(tmp_path, "nan", save_every_n_steps=1)
+    text = profile.read_text().replace("learning_rate = 0.001", "learning_rate = 1e12")
+    profile.write_text(text)
+    result = run_cli("run", str(profile), "--events", str(tmp_path / "nan.jsonl"),
+                     "--no-progress", env={"LORA_TUI_STATE_DIR": str(tmp_path / "state")})
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    (failed,) = [e for e in events(tmp_path / "nan.jsonl") if e["type"] == "run_failed"]
+    assert failed["kind"] == "non_finite_loss"
+    assert "step" in failed["message"] and "learning rate" in failed["hint"]
+    written = list((tmp_path / "out-nan").glob("*.safetensors"))
+    import torch
+
+    for path in written:  # every file that was written is whole and finite
+        for key, tensor in load_file(str(path)).items():
+            assert torch.isfinite(tensor).all(), (path.name, key)
+    assert not (tmp_path / "out-nan" / "nan.safetensors").exists()
+
+
+def _can_mount_tmpfs() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c",
+                            "mkdir -p /tmp/.lora-probe && mount -t tmpfs -o size=64k tmpfs "
+                            "/tmp/.lora-probe"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="cannot mount a tmpfs here (needs unshare "
+                    "with user namespaces); the simulated full disk test still runs")
+def test_disk_full_on_a_real_small_tmpfs_then_resume_on_another_disk(tmp_path):
+    """The output folder is a 1.5 MiB tmpfs: a few checkpoints and states fit, then a save
+    fails with ENOSPC. The error is clear, the files before it are whole, and the run
+    resumes with its output on another disk."""
+    small = tmp_path / "small"
+    small.mkdir()
+    profile = write_profile(tmp_path, "full", save_every_n_steps=2)
+    profile.write_text(profile.read_text().replace(str(tmp_path / "out-full"), str(small)))
+    copy = tmp_path / "copy"
+    elsewhere = tmp_path / "elsewhere"
+    py = sys.executable
+    script = f"""
+set -u
+mount -t tmpfs -o size=1536k tmpfs '{small}'
+cd '{ROOT}'
+'{py}' -m lora_core.cli run '{profile}' --events '{tmp_path}/full.jsonl' --no-progress \
+    2> '{tmp_path}/full.err'
+echo $? > '{tmp_path}/full.rc'
+'{py}' -c "import sys; from safetensors.torch import load_file; from pathlib import Path
+[load_file(str(p)) for p in Path('{small}').glob('*.safetensors')]" \
+    2> '{tmp_path}/load.err'; echo $? > '{tmp_path}/load.rc'
+run=$(ls -d '{small}'/runs/*)
+'{py}' -m lora_core.cli resume "$run" --set saving.output_dir='{elsewhere}' \
+    --events '{tmp_path}/resumed.jsonl' --no-progress 2> '{tmp_path}/resumed.err'
+echo $? > '{tmp_path}/resumed.rc'
+cp -a '{small}' '{copy}'
+"""
+    subprocess.run(["unshare", "-rm", "sh", "-c", script], timeout=600,
+                   env={**os.environ, "LORA_TUI_STATE_DIR": str(tmp_path / "state")})
+    err = (tmp_path / "full.err").read_text()
+    assert (tmp_path / "full.rc").read_text().strip() == "2", err
+    assert "disk is full" in err and "hint:" in err and "Traceback" not in err
+    (failed,) = [e for e in events(tmp_path / "full.jsonl") if e["type"] == "run_failed"]
+    assert failed["kind"] == "disk_full" and failed["resumable"]
+    # Every LoRA file left on the full disk loads: none is torn, no temporary file is left.
+    assert (tmp_path / "load.rc").read_text().strip() == "0", (tmp_path / "load.err").read_text()
+    assert list(copy.glob("*.safetensors"))
+    assert not [p for p in copy.rglob(".*") if p.name.endswith(".tmp")]
+    # Resumed on another disk: a new run folder there continues it to the end.
+    assert (tmp_path / "resumed.rc").read_text().strip() == "0", \
+        (tmp_path / "resumed.err").read_text()
+    assert (elsewhere / "full.safetensors").is_file()
+    resumed = losses(tmp_path / "resumed.jsonl")
+    assert max(resumed) == STEPS and min(resumed) > 1
+    (new_run,) = (elsewhere / "runs").iterdir()
+    assert json.loads((new_run / "run.json").read_text())["resumed_from"]
