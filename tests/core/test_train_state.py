@@ -308,3 +308,41 @@ output_dir = "{tmp_path / 'out'}"
     assert failed["run_dir"] and not failed["resumable"]
     run = read_status(Path(failed["run_dir"]))
     assert run.status == "failed" and "out of memory" in run.message
+
+
+def test_a_state_is_due_every_n_minutes_without_a_checkpoint(tmp_path, monkeypatch):
+    from dataclasses import dataclass, field
+
+    from lora_core.events import EventBus, StateSaved
+    from lora_core.profile import SavingSection
+    from lora_core.training import checkpoints
+    from lora_core.training.checkpoints import Checkpointer, Outputs
+
+    @dataclass
+    class State:
+        step: int = 0
+        epoch: int = 0
+        batch_in_epoch: int = 0
+        losses: list = field(default_factory=list)
+
+    clock = [1000.0]
+    monkeypatch.setattr(checkpoints.time, "monotonic", lambda: clock[0])
+    net, opt, sched = trained_optimizer("AdamW")
+    saved = []
+    bus = EventBus([lambda e: saved.append(e) if isinstance(e, StateSaved) else None])
+    outputs = Outputs(tmp_path, "x", {}, "fp16", run_dir=tmp_path)
+    state = State()
+    keeper = Checkpointer(outputs, SavingSection(output_dir="o", save_state_every_n_minutes=2.0),
+                          lambda: position(state.step), net, opt, sched, bus)
+    clock[0] += 119
+    assert not keeper.state_due()
+    clock[0] += 1
+    assert keeper.state_due()
+    state.step = 7
+    keeper.save_state(state)
+    assert [e.step for e in saved] == [7] and not keeper.state_due()
+    assert latest_state(tmp_path).name == "x-step00000007-state"
+    off = Checkpointer(outputs, SavingSection(output_dir="o", save_state=False),
+                       lambda: position(1), net, opt, sched, bus)
+    clock[0] += 10_000
+    assert not off.state_due() and off.save_state(state) is None
