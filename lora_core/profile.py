@@ -239,6 +239,10 @@ class OptimizerSection:
         1, "Hard restarts for cosine_with_restarts.", min=1)
     lr_scheduler_power: float = setting(1.0, "Power of the polynomial schedule.", min=0.0)
     max_grad_norm: float = setting(1.0, "Clip gradients to this norm (0: no clipping).", min=0.0)
+    fused_optimizer: bool = setting(
+        True, "Use torch's fused kernel for AdamW / Adam (one kernel over all parameters "
+        "instead of one per tensor: the optimizer step took 3 ms instead of 9 ms in "
+        "bench/RESULTS.md); other optimizers ignore it.")
     scale_weight_norms: float | None = setting(
         None, "Max-norm regularisation: shrink any module whose update norm exceeds this "
         "(1.0 is usual; unset: off).", min=0.0)

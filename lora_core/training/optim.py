@@ -185,6 +185,11 @@ def build_optimizer(groups: list[ParamGroupSpec], opt: OptimizerSection
         lr = opt.learning_rate
     if name in NESTEROV:
         kwargs = {**kwargs, "nesterov": True}
+    if opt.fused_optimizer and cls in (torch.optim.AdamW, torch.optim.Adam) \
+            and "foreach" not in kwargs and "fused" not in kwargs:
+        # torch's fused AdamW runs on CPU (torch >= 2.4) and CUDA for float32 parameters,
+        # which LoRA parameters always are; same update rule as the per-tensor loop.
+        kwargs = {**kwargs, "fused": True}
     try:
         return cls(torch_groups, lr=lr, **kwargs)
     except (TypeError, ValueError) as exc:

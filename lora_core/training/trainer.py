@@ -281,7 +281,7 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
             _check_finite(step_loss, state.step + 1)
             average_gradients(accelerator, trainable)
             if profile.optimizer.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(trainable, profile.optimizer.max_grad_norm)
+                clip_gradients(accelerator, trainable, profile.optimizer.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -340,6 +340,16 @@ def average_gradients(accelerator, params: list[torch.nn.Parameter]) -> None:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         p.grad = accelerator.reduce(p.grad, reduction="mean")
+
+
+def clip_gradients(accelerator, params: list[torch.nn.Parameter], max_norm: float) -> None:
+    """Clip the gradients' global norm. With fp16's loss scaler accelerate must unscale
+    first; otherwise torch's foreach kernel does it in a few ops instead of one per tensor
+    (bench/RESULTS.md: about 2 ms of a 60 ms step on the tiny model)."""
+    if accelerator.scaler is not None:
+        accelerator.clip_grad_norm_(params, max_norm)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
 
 
 def any_process_asks_to_stop(accelerator, stop_requested: Callable[[], bool]) -> bool:

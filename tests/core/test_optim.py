@@ -325,3 +325,27 @@ def test_arguments_an_optimizer_does_not_take_are_refused_before_the_model_loads
     check_optimizer(OptimizerSection(optimizer_type="AdamW"))  # the AdamW defaults fit
     # unset optimizer_args: the AdamW defaults are not given to other optimizers
     check_optimizer(OptimizerSection(optimizer_type="AdaFactor", lr_scheduler="adafactor"))
+
+
+def test_adamw_is_fused_unless_turned_off_or_given_foreach():
+    from lora_core.profile import OptimizerSection
+    from lora_core.training.optim import ParamGroupSpec, build_optimizer
+
+    def built(**fields):
+        params = [torch.nn.Parameter(torch.randn(3, 3))]
+        section = OptimizerSection(optimizer_type="AdamW", **fields)
+        return build_optimizer([ParamGroupSpec("unet", params, 1e-3)], section)
+
+    assert built().defaults["fused"] is True
+    assert not built(fused_optimizer=False).defaults["fused"]
+    assert not built(optimizer_args=["foreach=True"]).defaults["fused"]
+    # Same update as the per-tensor loop (to float rounding).
+    torch.manual_seed(0)
+    a, b = built(), built(fused_optimizer=False)
+    for opt in (a, b):
+        with torch.no_grad():
+            opt.param_groups[0]["params"][0].copy_(torch.ones(3, 3))
+        opt.param_groups[0]["params"][0].grad = torch.full((3, 3), 0.5)
+        opt.step()
+    assert torch.allclose(a.param_groups[0]["params"][0], b.param_groups[0]["params"][0],
+                          atol=1e-7)

@@ -75,7 +75,7 @@ def every_field_changed() -> dict:
                       "learning_rate": 2e-4, "unet_lr": 3e-4, "text_encoder_lr": 5e-5,
                       "lr_scheduler": "polynomial", "lr_warmup_steps": 0.1,
                       "lr_scheduler_num_cycles": 3, "lr_scheduler_power": 2.0,
-                      "max_grad_norm": 0.0, "scale_weight_norms": 1.0,
+                      "max_grad_norm": 0.0, "fused_optimizer": False, "scale_weight_norms": 1.0,
                       "loraplus_lr_ratio": 16.0, "loraplus_unet_lr_ratio": 8.0,
                       "loraplus_text_encoder_lr_ratio": 4.0, "down_lr_weight": "cosine+.25",
                       "mid_lr_weight": "0.5", "up_lr_weight": "linear",
