@@ -86,6 +86,8 @@ class StopFlag:
         self.event = threading.Event()
         self._saving = 0
         self._abort_after_save = False
+        self.on_first = None  # called once on the first stop request (run.json: stopping)
+        self.done = False
 
     def __call__(self) -> bool:
         return self.event.is_set()
@@ -102,8 +104,12 @@ class StopFlag:
                 raise KeyboardInterrupt
 
     def handle(self, signum=None, frame=None) -> None:
+        if self.done:
+            return  # the run is over and its files are written: a late Ctrl+C changes nothing
         if not self.event.is_set():
             self.event.set()
+            if self.on_first is not None:
+                self.on_first()
             print("\nstopping after this step and saving what was trained; press Ctrl+C "
                   "again to abort without saving", file=sys.stderr, flush=True)
         elif self._saving:
@@ -184,7 +190,9 @@ def _run(start, events_arg: str | None, progress: bool) -> int:
             sinks.append(JsonLinesSink(events_file, close=True))
             bus.add(sinks[-1])
         if started.status is not None:
-            bus.add(StatusRecorder(started.status))
+            recorder = StatusRecorder(started.status)
+            bus.add(recorder)
+            stop.on_first = recorder.mark_stopping
         result = run_training(profile, profile_path, started, bus, stop)
         return EXIT_INTERRUPTED if result.interrupted else 0
     except LoraError as exc:
@@ -207,6 +215,7 @@ def _run(start, events_arg: str | None, progress: bool) -> int:
               f"the full traceback is in {log_path}", file=sys.stderr)
         return 1
     finally:
+        stop.done = True
         logging.getLogger("lora_core").removeHandler(bridge)
         for sink in sinks:
             sink.close()
@@ -233,7 +242,7 @@ def _failure_event(exc: LoraError, profile, started, log_path: Path) -> RunFaile
         if lighter is not None:
             overrides, description = lighter.overrides, lighter.description
             sets = " ".join(f"--set {o}" for o in overrides)
-            exc.hint = hint = f"{hint}; to retry with {description}: lora-train run PROFILE {sets}"
+            exc.hint = hint = f"{hint}; to retry with {description}, run again with {sets}"
     return RunFailed(exc.message, hint, str(log_path), kind=exc.kind,
                      retry_overrides=overrides, retry_description=description,
                      **_resume_fields(started))
@@ -388,12 +397,15 @@ def main(argv: list[str] | None = None) -> int:
     # Base models are always local: never let a library reach for the network.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    command_line = argv is None  # a real process, not a call from a test or a queue
     args = build_parser().parse_args(argv)
     log_path = _setup_logging()
     # A log file on a full disk must not print a traceback of its own.
     logging.raiseExceptions = False
     try:
         return _dispatch(args)
+    except KeyboardInterrupt:  # Ctrl+C outside a run (a status listing, a check)
+        return EXIT_INTERRUPTED
     except LoraError as exc:
         log.exception("failed")
         _print_error(exc)
@@ -403,6 +415,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: internal error: {type(exc).__name__}: {exc}\n"
               f"the full traceback is in {log_path}", file=sys.stderr)
         return 1
+    finally:
+        if command_line:
+            # The work is done and its files are written. The interpreter puts back the
+            # default Ctrl+C handler while it shuts down, so a late second Ctrl+C would kill
+            # the process by signal (exit -2 instead of 130): ignore it from here on.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -35,7 +35,10 @@ def lighter_setting(profile: Profile) -> Lighter | None:
         return Lighter(["dataset.cache_latents=true"],
                        "latents cached (the VAE leaves the GPU while training)")
     if tr.train_batch_size > 1:
-        batch = tr.train_batch_size // 2
+        # The largest batch below this one that divides it: the same effective batch
+        # (6 -> 3 x 2, 5 -> 1 x 5).
+        batch = next(b for b in range(tr.train_batch_size // 2, 0, -1)
+                     if tr.train_batch_size % b == 0)
         accumulation = tr.gradient_accumulation_steps * tr.train_batch_size // batch
         return Lighter([f"training.train_batch_size={batch}",
                         f"training.gradient_accumulation_steps={accumulation}"],

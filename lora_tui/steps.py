@@ -163,7 +163,8 @@ STEPS: tuple[Step, ...] = (
     Step("Optimizer", "How the weights are updated. AdamW8bit is the usual choice; Prodigy "
          "and DAdaptation find their own step size.",
          (("optimizer", "optimizer_type"), ("optimizer", "optimizer_args")),
-         (("optimizer", "max_grad_norm"), ("optimizer", "scale_weight_norms"))),
+         (("optimizer", "max_grad_norm"), ("optimizer", "scale_weight_norms"),
+          ("optimizer", "fused_optimizer"))),
     Step("Network", "The adapter's type and size. Alpha / dim scales the updates.",
          (("network", "network_module"), ("network", "network_dim"),
           ("network", "network_alpha"), ("network", "conv_dim"), ("network", "conv_alpha")),

@@ -52,3 +52,8 @@ def free_output_name(output_dir: Path, output_name: str) -> str:
     while names_in_use(output_dir, f"{output_name}_{n}"):
         n += 1
     return f"{output_name}_{n}"
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with the glob wildcards *, ? and [ made literal."""
+    return _glob_escape(text)

@@ -33,6 +33,7 @@ from lora_core.paths import state_dir
 from lora_core.saving.atomic import atomic_write_bytes
 
 RUN_FILE = "run.json"
+LOCK_FILE = "run.lock"
 INDEX_FILE = "runs.jsonl"
 STATES_DIR = "states"
 # States a run's record can be in. "crashed" is never written: it is what a reader concludes
@@ -61,6 +62,7 @@ class RunStatus:
     epoch: int = 0
     total_epochs: int = 0
     last_state: str = ""            # the newest resumable state folder, if any
+    last_state_step: int = 0        # the step a resume continues from
     final_file: str = ""
     message: str = ""               # the error of a failed run, or why it stopped
     resumed_from: str = ""          # run folder this run continues (resumed elsewhere)
@@ -226,11 +228,12 @@ def list_runs(limit: int | None = None) -> list[RunStatus]:
             continue
         seen.add(run_dir)
         try:
-            runs.append(read_status(Path(run_dir)))
+            status = read_status(Path(run_dir))
         except LoraError:
             continue
-        if limit is not None and len(runs) >= limit:
-            break
+        # Runs still going are always listed; the limit is on the others.
+        if status.active or limit is None or sum(not r.active for r in runs) < limit:
+            runs.append(status)
     return runs
 
 
@@ -272,6 +275,7 @@ class StatusRecorder:
             status.status = "running"
         elif isinstance(event, StateSaved):
             status.last_state, status.step = event.path, event.step
+            status.last_state_step = event.step
         elif isinstance(event, RunFinished):
             status.status = "stopped" if event.interrupted else "finished"
             status.final_file, status.step = event.final_file, event.steps
@@ -282,3 +286,28 @@ class StatusRecorder:
         else:
             return
         write_status(status)
+
+    def mark_stopping(self) -> None:
+        """A stop was asked for (Ctrl+C, SIGTERM, a UI's Stop): every UI shows it."""
+        if self.status.active:
+            self.status.status = "stopping"
+            write_status(self.status)
+
+
+def lock_run(run_dir: Path):
+    """Hold the run folder's lock for as long as this process lives (the OS releases it when
+    the process ends, kill -9 included), so two processes never train into one folder.
+    Returns the open lock file, or None where the OS has no flock (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(Path(run_dir) / LOCK_FILE, "a")  # noqa: SIM115 (held until exit)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise LoraError(f"another process is training in {run_dir}",
+                        "follow it with `lora-tui`, or stop it with `lora-train stop "
+                        f"{run_dir}` before resuming") from None
+    return handle

@@ -51,6 +51,7 @@ NETWORK_FILE = "network.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng.pt"
+SCALER_FILE = "scaler.pt"  # fp16's loss scale, when the run has one
 _TMP_PREFIX = ".tmp-"
 
 
@@ -66,6 +67,7 @@ class Position:
     max_train_steps: int
     num_epochs: int
     plan_fingerprint: str
+    fixed: dict[str, str] = field(default_factory=dict)  # fixed_settings() of the profile
     losses: list[float] = field(default_factory=list)  # the current epoch's step losses
     written: list[str] = field(default_factory=list)   # files saved so far, in order
     saved_at: float = 0.0
@@ -87,6 +89,7 @@ class LoadedState:
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     rng: dict[str, Any]
+    scaler: dict[str, Any] | None = None
 
 
 def state_name(output_name: str, step: int) -> str:
@@ -105,10 +108,27 @@ def plan_fingerprint(plan) -> str:
     for item in plan.items:
         digest.update(f"{item.record.path}|{item.repeats}|{item.bucket_reso}|"
                       f"{item.subset_index}\n".encode())
-    digest.update(f"{plan.batch_size}|{plan.batches_per_epoch}|{plan.max_train_steps}|"
-                  f"{plan.num_epochs}|{plan.gradient_accumulation_steps}|"
-                  f"{plan.num_processes}".encode())
+    # Not the step or epoch count: the order of an epoch depends only on (seed, epoch), so a
+    # finished run can be trained further with more epochs.
+    digest.update(f"{plan.batch_size}|{plan.batches_per_epoch}|"
+                  f"{plan.gradient_accumulation_steps}|{plan.num_processes}".encode())
     return digest.hexdigest()[:16]
+
+
+# Fields a resume cannot change: the saved weights and optimizer moments have their shapes
+# and meaning. (The learning rates, the schedule's length and most others can change.)
+FIXED_ON_RESUME = (
+    ("network", "network_module"), ("network", "network_dim"), ("network", "network_alpha"),
+    ("network", "conv_dim"), ("network", "conv_alpha"), ("network", "factor"),
+    ("network", "network_train_unet_only"), ("network", "network_train_text_encoder_only"),
+    ("optimizer", "optimizer_type"), ("optimizer", "lr_scheduler"),
+    ("model", "pretrained_model_name_or_path"),
+)
+
+
+def fixed_settings(profile) -> dict[str, str]:
+    return {f"{section}.{key}": str(getattr(getattr(profile, section), key))
+            for section, key in FIXED_ON_RESUME}
 
 
 def capture_rng() -> dict[str, Any]:
@@ -141,7 +161,7 @@ def restore_rng(rng: dict[str, Any]) -> None:
 
 
 def save_state(run_dir: Path, position: Position, network_state: dict[str, torch.Tensor],
-               optimizer, scheduler, keep_last: int) -> Path:
+               optimizer, scheduler, keep_last: int, scaler=None) -> Path:
     """Write a state folder atomically, then prune older ones; returns its path."""
     folder = states_folder(run_dir)
     final = folder / state_name(position.output_name, position.step)
@@ -161,12 +181,20 @@ def save_state(run_dir: Path, position: Position, network_state: dict[str, torch
         (tmp / OPTIMIZER_FILE).write_bytes(_torch_bytes(optimizer.state_dict()))
         (tmp / SCHEDULER_FILE).write_bytes(_torch_bytes(scheduler.state_dict()))
         (tmp / RNG_FILE).write_bytes(_torch_bytes(capture_rng()))
+        if scaler is not None:
+            (tmp / SCALER_FILE).write_bytes(_torch_bytes(scaler.state_dict()))
         (tmp / POSITION_FILE).write_text(json.dumps(position.to_json(), indent=2),
                                          encoding="utf-8")
         _fsync_folder_files(tmp)
+        old = None
         if final.exists():  # a resumed run saving the same step again: the newer one wins
-            shutil.rmtree(final)
+            # Moved aside, not deleted, until the new one is in place: a kill in between
+            # still leaves a complete state (the aside folder is a temporary one).
+            old = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=folder))
+            os.rename(final, old / final.name)
         os.rename(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _write_error(final, exc) from None
@@ -221,9 +249,9 @@ def list_states(run_dir: Path) -> list[Path]:
         if path.name.startswith(_TMP_PREFIX) or not (path / POSITION_FILE).is_file():
             continue
         try:
-            step = json.loads((path / POSITION_FILE).read_text(encoding="utf-8"))["step"]
-        except (OSError, ValueError, KeyError):
-            continue
+            step = int(json.loads((path / POSITION_FILE).read_text(encoding="utf-8"))["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # damaged: not offered for a resume (load_state names it when asked)
         found.append((int(step), path.stat().st_mtime, path))
     return [path for _, _, path in sorted(found)]
 
@@ -268,8 +296,16 @@ def load_state(path: Path) -> LoadedState:
         optimizer = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
         scheduler = torch.load(path / SCHEDULER_FILE, map_location="cpu", weights_only=True)
         rng = torch.load(path / RNG_FILE, map_location="cpu", weights_only=True)
-    except (OSError, ValueError, TypeError, KeyError, SafetensorError, RuntimeError,
-            pickle.UnpicklingError) as exc:
+        scaler = (torch.load(path / SCALER_FILE, map_location="cpu", weights_only=True)
+                  if (path / SCALER_FILE).is_file() else None)
+        for name, value, keys in ((OPTIMIZER_FILE, optimizer, ("state", "param_groups")),
+                                  (SCHEDULER_FILE, scheduler, ("last_epoch",)),
+                                  (RNG_FILE, rng, ("torch_cpu", "torch_cuda", "python",
+                                                   "numpy"))):
+            if not isinstance(value, dict) or any(k not in value for k in keys):
+                raise ValueError(f"{name} lacks {', '.join(keys)}")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, EOFError,
+            SafetensorError, RuntimeError, pickle.UnpicklingError) as exc:
         raise TrainingError(f"the training state {path} is damaged: {exc}",
                             "delete that folder; resume then uses the state before it") from None
-    return LoadedState(path, position, network, optimizer, scheduler, rng)
+    return LoadedState(path, position, network, optimizer, scheduler, rng, scaler)

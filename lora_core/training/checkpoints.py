@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from lora_core.errors import NonFiniteError
+from lora_core.errors import NonFiniteError, TrainingError
 from lora_core.events import CheckpointSaved, EventBus, PhaseChanged, StateSaved
 from lora_core.profile import SavingSection
 from lora_core.saving import lora_file, names
@@ -57,15 +57,18 @@ class Outputs:
 class Checkpointer:
     def __init__(self, outputs: Outputs, saving: SavingSection, position: Callable[[], Position],
                  network, optimizer, scheduler, bus: EventBus,
-                 guard: Callable[[], contextlib.AbstractContextManager] | None = None) -> None:
+                 guard: Callable[[], contextlib.AbstractContextManager] | None = None,
+                 scaler=None) -> None:
         self.outputs = outputs
         self.saving = saving
         self.position = position
         self.network, self.optimizer, self.scheduler = network, optimizer, scheduler
         self.bus = bus
         self.guard = guard or contextlib.nullcontext
+        self.scaler = scaler  # fp16's GradScaler: its loss scale is part of the state
         self.last_state_at = time.monotonic()
         self.last_state_step = -1
+        remove_stale_temporaries(outputs.output_dir, outputs.output_name)
 
     @property
     def states_on(self) -> bool:
@@ -116,7 +119,8 @@ class Checkpointer:
         self.bus.emit(PhaseChanged(f"saving the training state at step {state.step}"))
         with self.guard():
             path = save_state(self.outputs.run_dir, position, self.network.state_dict(),
-                              self.optimizer, self.scheduler, self.saving.save_last_n_states)
+                              self.optimizer, self.scheduler, self.saving.save_last_n_states,
+                              scaler=self.scaler)
         self.last_state_at = time.monotonic()
         self.last_state_step = state.step
         self.bus.emit(StateSaved(str(path), state.step, state.epoch))
@@ -134,16 +138,75 @@ class Checkpointer:
             shutil.rmtree(self.outputs.run_dir / "states", ignore_errors=True)
 
 
-def restore(loaded: LoadedState, network, optimizer, scheduler, state) -> None:
+def remove_stale_temporaries(output_dir: Path, output_name: str, age_s: float = 60) -> None:
+    """Temporary files a killed run of this name left mid-write (kill -9 gives no chance to
+    clean up); one younger than ``age_s`` may be another process's write in progress."""
+    now = time.time()
+    name = names.glob_escape(output_name)
+    for pattern in (f".{name}.*.tmp", f".{name}-*.tmp"):
+        for path in Path(output_dir).glob(pattern):
+            with contextlib.suppress(OSError):
+                if now - path.stat().st_mtime > age_s:
+                    path.unlink()
+
+
+# Group entries the profile sets (optimizer_args); not the ones an optimizer keeps as its
+# own running state in its groups (Prodigy's and D-Adaptation's d, k, numerators...).
+_PROFILE_HYPERPARAMETERS = frozenset({
+    "betas", "weight_decay", "eps", "momentum", "dampening", "nesterov", "amsgrad",
+    "beta1", "decay_rate", "clip_threshold", "scale_parameter", "warmup_init", "d_coef",
+    "growth_rate", "use_bias_correction", "safeguard_warmup", "decouple",
+})
+
+
+def restore(loaded: LoadedState, network, optimizer, scheduler, state,
+            scaler=None) -> list[str]:
     """Put a run back where its state was: weights, optimizer moments, schedule position,
-    RNG streams and the position in the data order."""
+    RNG streams and the position in the data order. Returns warnings for the user.
+
+    The optimizer's hyperparameters (learning rates, betas, weight decay...) come from the
+    profile, not from the state: ``lora-train resume --set optimizer.learning_rate=...``
+    (the usual answer to a NaN) must take effect. The schedule keeps its position and is
+    rescaled to the new base rates.
+    """
     position = loaded.position
     device = next(network.parameters()).device
-    network.load_state_dict({k: v.to(device) for k, v in loaded.network.items()}, strict=True)
-    optimizer.load_state_dict(loaded.optimizer)
-    scheduler.load_state_dict(loaded.scheduler)
-    restore_rng(loaded.rng)
+    wanted = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    try:
+        network.load_state_dict({k: v.to(device) for k, v in loaded.network.items()},
+                                strict=True)
+        optimizer.load_state_dict(loaded.optimizer)
+        scheduler.load_state_dict(loaded.scheduler)
+        if scaler is not None and loaded.scaler is not None:
+            scaler.load_state_dict(loaded.scaler)
+        restore_rng(loaded.rng)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise TrainingError(
+            f"the training state {loaded.path} does not fit this network or optimizer "
+            f"({type(exc).__name__}: {first_line})",
+            "resume with the settings the run was started with, or start a new run from "
+            "its last LoRA file (`[network] network_weights`)") from None
+    warnings = []
+    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate's wrapper holds it
+    base_lrs = getattr(inner, "base_lrs", None)
+    for index, (group, new) in enumerate(zip(optimizer.param_groups, wanted, strict=True)):
+        old_initial = group.get("initial_lr", group.get("lr"))
+        new_initial = new.get("initial_lr", new.get("lr"))
+        for key in _PROFILE_HYPERPARAMETERS & new.keys():
+            group[key] = new[key]
+        if old_initial and new_initial and old_initial != new_initial:
+            # Same point of the schedule, new base rate.
+            group["lr"] = group["lr"] * new_initial / old_initial
+            group["initial_lr"] = new_initial
+            if base_lrs is not None:
+                base_lrs[index] = new_initial
+            warnings.append(f"learning rate of {group.get('name', index)} changed from "
+                            f"{old_initial:g} to {new_initial:g} on resume")
+    if base_lrs is not None and hasattr(inner, "_last_lr"):
+        inner._last_lr = [g["lr"] for g in optimizer.param_groups]
     state.step, state.epoch = position.step, position.epoch
     state.batch_in_epoch = position.batch_in_epoch
     state.losses.clear()
     state.losses.extend(position.losses)
+    return warnings

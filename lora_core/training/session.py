@@ -28,6 +28,7 @@ from lora_core.profile import Profile
 from lora_core.saving import names
 from lora_core.saving.run_status import (
     RunStatus,
+    lock_run,
     new_status,
     pid_alive,
     process_start_time,
@@ -69,6 +70,7 @@ class StartedRun:
     warnings: list[str]
     status: RunStatus | None = None  # run.json (main process only)
     resume: object | None = None     # a saving.train_state.LoadedState to continue from
+    lock: object | None = None       # the run folder's lock, held until the process ends
 
 
 def check_machine(profile: Profile) -> None:
@@ -105,9 +107,10 @@ def start_run(profile: Profile, profile_path: Path | None) -> StartedRun:
                         f"saves as {output_name!r} so nothing is overwritten")
         preflight.plan = dataclasses.replace(preflight.plan, output_name=output_name)
     folder = create_run_folder(output_dir, output_name, profile)
+    lock = lock_run(folder.path)
     record_last_run(folder, profile_path)
     status = _start_status(folder, output_name, profile_path, preflight)
-    return StartedRun(preflight, folder, output_name, warnings, status)
+    return StartedRun(preflight, folder, output_name, warnings, status, lock=lock)
 
 
 def _start_status(folder: RunFolder, output_name: str, profile_path: Path | None,
@@ -126,7 +129,7 @@ def start_resume(run_dir: Path, overrides: list[str]) -> tuple[Profile, StartedR
     the same plan. The run continues in its folder, under its name; when ``--set
     saving.output_dir=...`` moves it (a full disk), a new run folder there continues it."""
     from lora_core.profile_io import load_profile
-    from lora_core.saving.train_state import load_state, plan_fingerprint
+    from lora_core.saving.train_state import fixed_settings, load_state, plan_fingerprint
 
     run_dir = Path(run_dir).resolve()
     old = read_status(run_dir)
@@ -135,9 +138,19 @@ def start_resume(run_dir: Path, overrides: list[str]) -> tuple[Profile, StartedR
                         "follow it with `lora-tui` or stop it with `lora-train stop "
                         f"{run_dir}` first")
     folder = RunFolder(run_dir)
+    lock = lock_run(run_dir) if is_main_process() else None
     profile = load_profile(folder.profile, overrides)
     loaded = load_state(run_dir)
     position = loaded.position
+    changed = [f"`[{key.split('.')[0]}] {key.split('.')[1]}` ({position.fixed[key]} -> {now})"
+               for key, now in fixed_settings(profile).items()
+               if key in position.fixed and position.fixed[key] != now]
+    if changed:
+        raise ProfileError(
+            f"a resume cannot change {', '.join(changed)}: the saved weights and optimizer "
+            "state belong to the old value",
+            "resume without that --set, or start a new run that begins from the run's last "
+            "LoRA file (`[network] network_weights`)")
     preflight = run_preflight(profile, num_processes=process_count())
     check_machine(profile)
     plan = dataclasses.replace(preflight.plan, output_name=position.output_name)
@@ -162,7 +175,14 @@ def start_resume(run_dir: Path, overrides: list[str]) -> tuple[Profile, StartedR
                 f"files named {position.output_name!r} already exist in {output_dir}",
                 "resume into an empty folder (--set saving.output_dir=...)")
         folder = create_run_folder(output_dir, position.output_name, profile)
+        lock = lock_run(folder.path)
         warnings.append(f"continuing {run_dir} in a new run folder {folder.path}")
+    elif overrides and is_main_process():
+        # The run folder's profile is the record of what runs: a later resume or rerun
+        # must see the overrides too.
+        from lora_core.profile_io import absolute_profile, save_profile
+
+        save_profile(absolute_profile(profile), folder.profile)
     if not is_main_process():
         return profile, StartedRun(preflight, None, position.output_name, warnings,
                                    resume=loaded)
@@ -175,12 +195,13 @@ def start_resume(run_dir: Path, overrides: list[str]) -> tuple[Profile, StartedR
         status.resumes += 1
         status.total_steps, status.total_epochs = plan.max_train_steps, plan.num_epochs
         write_status(status)
+        register_run(folder.path)  # listed as the newest again
     else:
         status = _start_status(folder, position.output_name, folder.profile, preflight)
         status.resumed_from = str(run_dir)
         write_status(status)
     return profile, StartedRun(preflight, folder, position.output_name, warnings, status,
-                               resume=loaded)
+                               resume=loaded, lock=lock)
 
 
 def shared_seed(profile: Profile) -> int:

@@ -26,7 +26,14 @@ import torch
 from lora_core.dataset.loader import make_epoch_loader, process_batches
 from lora_core.dataset.plan import TrainingPlan, epoch_batches
 from lora_core.errors import DatasetError, NonFiniteError, OutOfMemoryError, ProfileError
-from lora_core.events import EpochEnded, EventBus, PhaseChanged, RunResumed, StepEnded
+from lora_core.events import (
+    EpochEnded,
+    EventBus,
+    PhaseChanged,
+    RunResumed,
+    StepEnded,
+    WarningIssued,
+)
 from lora_core.models.families import ModelBundle
 from lora_core.network.adapter import AdapterNetwork
 from lora_core.network.blocks import block_layout, block_lr_weights
@@ -34,7 +41,12 @@ from lora_core.network.build import build_network
 from lora_core.network.max_norm import apply_max_norm
 from lora_core.network.weights import load_network_weights
 from lora_core.profile import Profile
-from lora_core.saving.train_state import LoadedState, Position, plan_fingerprint
+from lora_core.saving.train_state import (
+    LoadedState,
+    Position,
+    fixed_settings,
+    plan_fingerprint,
+)
 from lora_core.training.checkpoints import NON_FINITE_HINT, Checkpointer, Outputs, restore
 from lora_core.training.conditioning import (
     LiveTextEncoder,
@@ -216,7 +228,9 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     if resume is not None:
         # After every setup step that draws random numbers (latent sampling, LoRA init),
         # so the restored RNG streams are the ones the interrupted run had at this point.
-        restore(resume, network, optimizer, scheduler, state)
+        for message in restore(resume, network, optimizer, scheduler, state,
+                               scaler=accelerator.scaler):
+            emit(WarningIssued(message))
         emit(RunResumed(str(resume.path), state.step, state.epoch))
     fingerprint = plan_fingerprint(plan)
     checkpoints = Checkpointer(
@@ -224,9 +238,10 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
             step=state.step, epoch=state.epoch, batch_in_epoch=state.batch_in_epoch,
             seed=state.seed, output_name=outputs.output_name,
             max_train_steps=plan.max_train_steps, num_epochs=plan.num_epochs,
-            plan_fingerprint=fingerprint, losses=list(state.losses),
-            written=[str(p) for p in outputs.written]),
-        network, optimizer, scheduler, bus, getattr(stop_requested, "saving", None))
+            plan_fingerprint=fingerprint, fixed=fixed_settings(profile),
+            losses=list(state.losses), written=[str(p) for p in outputs.written]),
+        network, optimizer, scheduler, bus, getattr(stop_requested, "saving", None),
+        scaler=accelerator.scaler)
     trainable = [p for g in groups for p in g.params]
     train_te = any(g.name == "textencoder" for g in groups)
     previews = Previews(profile.sample, profile.path("sample", "sample_prompts"), bundle,
@@ -244,6 +259,9 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     step_times: deque[float] = deque(maxlen=20)
     if main and state.step == 0:
         previews.at_start(state.step)
+    if any_process_asks_to_stop(accelerator, stop_requested):
+        # Ctrl+C while the model loaded or latents were cached: nothing new was trained.
+        return True
     emit(PhaseChanged("training"))
     last_step_at = time.perf_counter()
     window_loss = torch.zeros((), device=device)

@@ -48,7 +48,7 @@ def run_detail(run: RunStatus) -> str:
              f"  [dim]{escape(run.run_dir)}[/dim]"]
     keys = ["Enter / A: follow it live" if run.active else "Enter / A: show its events"]
     if run.resumable:
-        keys.append(f"C: continue from its saved state (step {run.step})")
+        keys.append(f"C: continue from its saved state (step {run.last_state_step or run.step})")
     lines.append("[dim]" + " · ".join(keys) + "[/dim]")
     if run.final_file and run.status in ("finished", "stopped"):
         lines.append(f"LoRA: {escape(run.final_file)}")

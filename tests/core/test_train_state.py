@@ -131,6 +131,41 @@ def test_damaged_and_missing_states_are_clear_errors(tmp_path):
     with pytest.raises(TrainingError, match="damaged") as info:
         load_state(tmp_path)
     assert "delete that folder" in info.value.hint
+    (path / "optimizer.pt").write_bytes(b"")  # zero bytes: EOFError inside torch.load
+    with pytest.raises(TrainingError, match="damaged"):
+        load_state(tmp_path)
+    path = save_state(tmp_path, position(4), net.state_dict(), opt, sched, keep_last=9)
+    (path / "train_state.json").write_text("null")
+    with pytest.raises(TrainingError, match="damaged"):
+        load_state(path)
+    path = save_state(tmp_path, position(6), net.state_dict(), opt, sched, keep_last=9)
+    torch.save({"torch_cpu": torch.get_rng_state()}, path / "rng.pt")  # keys missing
+    with pytest.raises(TrainingError, match="rng.pt lacks"):
+        load_state(path)
+
+
+def test_saving_the_same_step_again_replaces_it_whole(tmp_path):
+    net, opt, sched = trained_optimizer("AdamW")
+    first = save_state(tmp_path, position(3, losses=[1.0]), net.state_dict(), opt, sched, 2)
+    again = save_state(tmp_path, position(3, losses=[2.0]), net.state_dict(), opt, sched, 2)
+    assert first == again and load_state(again).position.losses == [2.0]
+    assert [p.name for p in (tmp_path / "states").iterdir()] == [again.name]
+
+
+def test_one_process_holds_a_run_folder(tmp_path):
+    from lora_core.saving.run_status import lock_run
+
+    held = lock_run(tmp_path)
+    script = ("import sys; from pathlib import Path; from lora_core.saving.run_status import "
+              "lock_run\ntry:\n    lock_run(Path(sys.argv[1]))\nexcept Exception as e:\n"
+              "    print(type(e).__name__, e)")
+    other = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                           text=True, cwd=Path(__file__).parents[2])
+    assert "another process is training" in other.stdout
+    held.close()
+    free = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, cwd=Path(__file__).parents[2])
+    assert free.stdout == "" and free.returncode == 0
 
 
 def test_rng_states_restore_every_stream():
@@ -212,6 +247,21 @@ def test_a_dead_process_marked_running_reads_as_crashed(tmp_path, state_dir):
     assert read_status(run).status == "crashed"
     (listed,) = list_runs()
     assert listed.status == "crashed" and listed.run_dir == str(run)
+    # A run still going is listed whatever the limit; ended ones count against it.
+    live = tmp_path / "runs" / "live"
+    live.mkdir()
+    alive = new_status(live, "live", live / "p.toml", None, total_steps=5, total_epochs=1)
+    alive.status = "running"
+    write_status(alive)
+    register_run(live)
+    for index in range(3):
+        ended = tmp_path / "runs" / f"ended-{index}"
+        ended.mkdir()
+        done = new_status(ended, "e", ended / "p.toml", None, total_steps=5, total_epochs=1)
+        done.status = "finished"
+        write_status(done)
+        register_run(ended)
+    assert [Path(r.run_dir).name for r in list_runs(limit=2)] == ["ended-2", "ended-1", "live"]
     # This process is alive, but a recorded start time that differs means the pid was reused.
     status.pid, status.pid_started = os.getpid(), "1"
     write_status(status)
@@ -261,6 +311,11 @@ def test_lighter_settings_go_in_order_and_keep_the_effective_batch():
                                       dataset={"color_aug": True},
                                       optimizer={"optimizer_type": "AdamW"}))
     assert fourth.overrides == ["optimizer.optimizer_type=AdamW8bit"]
+    odd = lighter_setting(_profile(training={"train_batch_size": 5,
+                                             "gradient_checkpointing": True},
+                                   dataset={"cache_latents": True}))
+    assert odd.overrides == ["training.train_batch_size=1",
+                             "training.gradient_accumulation_steps=5"]
     assert lighter_setting(_profile(training={"gradient_checkpointing": True},
                                     dataset={"cache_latents": True},
                                     optimizer={"optimizer_type": "AdamW8bit"})) is None

@@ -27,7 +27,7 @@ from tests.e2e.conftest import ROOT, make_images, run_cli
 STEPS = 20  # 2 images x 5 repeats x 2 epochs, batch 1
 
 
-def write_profile(root: Path, name: str, **saving) -> Path:
+def write_profile(root: Path, name: str, epochs: int = 2, **saving) -> Path:
     data = root / "data"
     if not data.exists():
         make_images(data / "5_tok thing", 2, caption="tok, thing, red, blue")
@@ -41,7 +41,7 @@ def write_profile(root: Path, name: str, **saving) -> Path:
         "network": {"network_dim": 4, "network_alpha": 2.0, "network_dropout": 0.1},
         "optimizer": {"optimizer_type": "AdamW", "learning_rate": 1e-3,
                       "lr_scheduler": "cosine"},
-        "training": {"max_train_epochs": 2, "train_batch_size": 1, "mixed_precision": "no",
+        "training": {"max_train_epochs": epochs, "train_batch_size": 1, "mixed_precision": "no",
                      "seed": 3},
         "saving": {"output_dir": str(root / f"out-{name}"), "output_name": name,
                    "save_every_n_steps": 3, **saving},
@@ -189,7 +189,8 @@ def test_resume_refuses_a_changed_dataset_and_a_live_run(workdir, tmp_path):
     state = tmp_path / "state"
     root = tmp_path / "changed"
     root.mkdir()
-    profile = write_profile(root, "changed", save_every_n_steps=None)
+    # Long enough that it is still running while the first resume is refused.
+    profile = write_profile(root, "changed", epochs=40, save_every_n_steps=None)
     child = start(profile, root / "e.jsonl", state)
     wait_for_step(root / "e.jsonl", 2, child)
     folder = run_folder(root / "out-changed")
@@ -283,3 +284,62 @@ cp -a '{small}' '{copy}'
     assert max(resumed) == STEPS and min(resumed) > 1
     (new_run,) = (elsewhere / "runs").iterdir()
     assert json.loads((new_run / "run.json").read_text())["resumed_from"]
+
+
+def lrs(path: Path) -> dict[int, float]:
+    return {e["step"]: e["lrs"]["lr/unet"] for e in events(path) if e["type"] == "step_ended"}
+
+
+def test_resume_with_a_new_learning_rate_applies_and_records_it(workdir, reference):
+    """The usual answer to a NaN: resume from the last state with a lower rate. Settings the
+    saved weights depend on cannot change."""
+    state = workdir / "state-lr"
+    profile = write_profile(workdir, "lr", save_every_n_steps=None)
+    first = workdir / "lr.jsonl"
+    child = start(profile, first, state)
+    wait_for_step(first, 4, child)
+    child.send_signal(signal.SIGINT)
+    assert child.wait(timeout=120) == 130
+    folder = run_folder(workdir / "out-lr")
+    env = {"LORA_TUI_STATE_DIR": str(state)}
+
+    refused = run_cli("resume", str(folder), "--set", "network.network_dim=8", env=env)
+    assert refused.returncode == 2 and "`[network] network_dim` (4 -> 8)" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    second = workdir / "lr-resumed.jsonl"
+    result = run_cli("resume", str(folder), "--set", "optimizer.learning_rate=1e-4",
+                     "--events", str(second), "--no-progress", env=env)
+    assert result.returncode == 0, result.stderr
+    ref_lrs = lrs(workdir / "ref.jsonl")
+    for step, lr in lrs(second).items():  # the same point of the schedule, a tenth the rate
+        assert lr == pytest.approx(ref_lrs[step] / 10, rel=1e-6), step
+    assert any(e["type"] == "warning" and "learning rate" in e["message"]
+               for e in events(second))
+    assert "learning_rate = 0.0001" in (folder / "profile.toml").read_text()
+
+
+def test_ctrl_c_twice_while_files_are_written_never_leaves_a_broken_file(tmp_path):
+    """A file and a state at every step, and Ctrl+C twice in quick succession: the abort
+    waits for the write in progress, so every file and state on disk is whole."""
+    from lora_core.saving.train_state import list_states, load_state
+
+    state = tmp_path / "state"
+    profile = write_profile(tmp_path, "twice", save_every_n_steps=1)
+    stream = tmp_path / "twice.jsonl"
+    child = start(profile, stream, state)
+    wait_for_step(stream, 3, child)
+    child.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    assert child.wait(timeout=120) == 130
+    out = tmp_path / "out-twice"
+    loras = list(out.glob("*.safetensors"))
+    assert loras
+    for path in loras:
+        load_file(str(path))
+    assert not list(out.glob(".*.tmp"))
+    folder = run_folder(out)
+    assert not list((folder / "states").glob(".tmp-*"))
+    for path in list_states(folder):
+        assert load_state(path).position.step >= 1
