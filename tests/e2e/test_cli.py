@@ -182,13 +182,18 @@ def test_network_weights_that_is_not_a_lora_is_refused_before_loading(tmp_path, 
     assert proc.returncode == 2 and "not a kohya-format LoRA" in proc.stdout
 
 
-def test_truncated_image_found_while_training_is_a_clear_error(tmp_path, tiny_profile):
+def test_damaged_image_found_while_training_is_a_clear_error(tmp_path, tiny_profile):
+    """Damage the check cannot see without decoding (a truncated file it does see: the
+    bad-input corpus covers that): the loader finds it during training."""
     profile = tiny_profile("trunc", dataset={"max_data_loader_n_workers": 1})
     image = tmp_path / "data-trunc" / "1_tok thing" / "0.png"
     from PIL import Image
 
     Image.effect_noise((64, 64), 60).convert("RGB").save(image)
-    image.write_bytes(image.read_bytes()[:-2000])  # header intact, pixels cut off
+    data = bytearray(image.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(64)  # pixel data damaged; size and end marker intact
+    image.write_bytes(bytes(data))
     proc = run_cli("run", str(profile))
     assert proc.returncode == 2, proc.stderr
     assert "0.png" in proc.stderr and "Traceback" not in proc.stderr
