@@ -12,10 +12,9 @@ an interrupted build is never reused. This module imports no torch.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from lora_core.saving.atomic import atomic_folder
 
 TRAIN_IMAGES = 20
 CHECK_IMAGES = 1000
@@ -54,18 +53,12 @@ def _ensure(final: Path, count: int, size_px: int) -> Path:
     marker = final / ".complete"
     if marker.is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         write_images(tmp / SUBSET, count, size_px)
         (tmp / ".complete").write_text(f"{count} images of {size_px} px\n", encoding="utf-8")
-        tmp.chmod(0o755)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_folder(final, write, replace=True)  # a leftover without the marker is replaced
     return final
 
 

@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from lora_core.saving.atomic import atomic_folder
 
 SEED = 1234
 MAX_POSITIONS = 77
@@ -97,11 +96,13 @@ def check_widths(config: BenchModelConfig) -> None:
 def build_model(folder: Path, config: BenchModelConfig) -> None:
     """Write the diffusers folder of ``config`` into the empty ``folder`` (deterministic)."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
 
     from lora_core.models.builtin import (
         save_text_encoder,
+        sd1_text_config,
+        small_vae,
         training_noise_scheduler,
         write_model_index,
     )
@@ -123,33 +124,12 @@ def build_model(folder: Path, config: BenchModelConfig) -> None:
             attention_head_dim=config.unet_head_dim,
             norm_num_groups=32,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=config.vae_channels,
-            layers_per_block=config.vae_layers_per_block,
-            latent_channels=4,
-            norm_num_groups=32,
-            sample_size=8 * config.sample_size,
-            scaling_factor=0.18215,
-        )
-        # The generated tokenizer puts <|startoftext|> and <|endoftext|> last; CLIP pools at
-        # the EOS id, and SD1 pads with EOS.
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=config.text_hidden,
-            intermediate_size=4 * config.text_hidden,
-            num_hidden_layers=config.text_layers,
-            num_attention_heads=config.text_heads,
-            max_position_embeddings=MAX_POSITIONS,
-            hidden_act="quick_gelu",
-            projection_dim=config.text_hidden,
-            bos_token_id=vocab_size - 2,
-            eos_token_id=vocab_size - 1,
-            pad_token_id=vocab_size - 1,
-        ))
+        vae = small_vae(sample_size=8 * config.sample_size, scaling_factor=0.18215,
+                        block_out_channels=config.vae_channels,
+                        layers_per_block=config.vae_layers_per_block)
+        text_encoder = CLIPTextModel(sd1_text_config(
+            vocab_size, hidden=config.text_hidden, num_layers=config.text_layers,
+            num_heads=config.text_heads, max_positions=MAX_POSITIONS))
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     vae.save_pretrained(folder / "vae", safe_serialization=True)
     save_text_encoder(text_encoder, folder / "text_encoder")
@@ -160,23 +140,13 @@ def build_model(folder: Path, config: BenchModelConfig) -> None:
 def ensure_model(cache_root: Path, config: BenchModelConfig) -> Path:
     """The model folder of ``config`` under ``cache_root``, built on first use.
 
-    The build goes to a temporary sibling folder renamed into place, so an interrupted build
-    never leaves a half-written model that a later run would load.
     """
     final = Path(cache_root) / "models" / f"{config.name}-{config.key()}"
     if (final / "model_index.json").is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        build_model(tmp, config)
-        tmp.chmod(0o755)
-        if final.exists():  # an incomplete leftover: replace it
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    # Built into a hidden folder renamed into place: an interrupted build never leaves a
+    # half-written model that a later run would load.
+    atomic_folder(final, lambda tmp: build_model(tmp, config), replace=True)
     return final
 
 

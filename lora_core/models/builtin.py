@@ -24,14 +24,12 @@ This module must not download anything and must not print.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from lora_core.errors import ModelError
+from lora_core.errors import ModelError, OutputError
 from lora_core.models.tokenizer_gen import BOS_TOKEN, EOS_TOKEN, MODEL_MAX_LENGTH, write_tokenizer
 from lora_core.paths import cache_dir
+from lora_core.saving.atomic import atomic_folder
 
 # Bump when anything that changes the built files changes (configs, seed, tokenizer words).
 BUILD_VERSION = 1
@@ -79,41 +77,31 @@ def ensure_builtin(name: str, cache_root: Path | None = None) -> Path:
                              "delete that folder; it is rebuilt on the next run")
         return final
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    except OSError as exc:
-        raise ModelError(f"cannot write the model cache {final.parent}: {exc.strerror}",
-                         "set LORA_TUI_CACHE_DIR to a folder you can write to") from None
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-    try:
-        _BUILDERS[name](tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError as exc:
-            # Another process finished first: its folder is complete, use it.
-            if not (final / "model_index.json").is_file():
-                raise ModelError(f"could not move the built model into {final}: "
-                                 f"{exc.strerror}",
-                                 "check free disk space and permissions of the cache "
-                                 "(LORA_TUI_CACHE_DIR)") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        # Built into a hidden folder and renamed into place: an interrupted build never
+        # leaves a half model; when another process finished first, its folder is used.
+        atomic_folder(final, _BUILDERS[name])
+    except OutputError as exc:
+        raise ModelError(f"cannot build the built-in model in {final.parent}: {exc.message}",
+                         "set LORA_TUI_CACHE_DIR to a folder you can write to, with free "
+                         "space") from None
     return final
 
 
-def _tiny_sd1_text_config(vocab_size: int):
+def sd1_text_config(vocab_size: int, hidden: int = TEXT_ENCODER_HIDDEN,
+                    num_layers: int = TEXT_ENCODER_LAYERS, num_heads: int = 4,
+                    max_positions: int = MODEL_MAX_LENGTH):
+    """An SD1-style CLIP text tower (quick_gelu, pads with EOS) for a generated tokenizer."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         vocab_size=vocab_size,
-        hidden_size=TEXT_ENCODER_HIDDEN,
-        intermediate_size=4 * TEXT_ENCODER_HIDDEN,
-        num_hidden_layers=TEXT_ENCODER_LAYERS,
-        num_attention_heads=4,
-        max_position_embeddings=MODEL_MAX_LENGTH,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        max_position_embeddings=max_positions,
         hidden_act="quick_gelu",
-        projection_dim=TEXT_ENCODER_HIDDEN,
+        projection_dim=hidden,
         # The generated tokenizer puts the two specials last; pooling looks for the EOS id.
         bos_token_id=vocab_size - 2,
         eos_token_id=vocab_size - 1,
@@ -121,8 +109,29 @@ def _tiny_sd1_text_config(vocab_size: int):
     )
 
 
-def training_noise_scheduler():
-    """The DDPM schedule SD1/SD2 were trained with; sd-scripts always trains with it."""
+def small_vae(*, sample_size: int, scaling_factor: float,
+              block_out_channels: tuple[int, ...] = (32, 32, 32, 32), layers_per_block: int = 1):
+    """An SD-topology VAE (4 levels, 8x down, 4 latent channels) with small widths; every
+    width a multiple of 32 so GroupNorm(32) and single-file export work."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=block_out_channels,
+        layers_per_block=layers_per_block,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=sample_size,
+        scaling_factor=scaling_factor,
+    )
+
+
+def training_noise_scheduler(prediction_type: str = "epsilon"):
+    """The DDPM schedule SD1/SD2 were trained with; sd-scripts always trains with it
+    (``v_prediction`` for SD 2.x 768-v models)."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(
@@ -131,7 +140,7 @@ def training_noise_scheduler():
         beta_end=0.012,
         beta_schedule="scaled_linear",
         clip_sample=False,
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
         steps_offset=1,
     )
 
@@ -139,7 +148,7 @@ def training_noise_scheduler():
 def _build_tiny_sd1(folder: Path) -> None:
     """Build the tiny SD1 pipeline into the empty ``folder``."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     vocab_size = write_tokenizer(folder / "tokenizer")
@@ -162,19 +171,8 @@ def _build_tiny_sd1(folder: Path) -> None:
             attention_head_dim=8,
             norm_num_groups=32,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(32, 32, 32, 32),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=32,
-            sample_size=64,
-            scaling_factor=0.18215,
-        )
-        text_encoder = CLIPTextModel(_tiny_sd1_text_config(vocab_size))
+        vae = small_vae(sample_size=64, scaling_factor=0.18215)
+        text_encoder = CLIPTextModel(sd1_text_config(vocab_size))
 
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     vae.save_pretrained(folder / "vae", safe_serialization=True)
@@ -186,7 +184,7 @@ def _build_tiny_sd1(folder: Path) -> None:
 def _build_tiny_sdxl(folder: Path) -> None:
     """Build the tiny SDXL pipeline into the empty ``folder``."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     vocab_size = write_tokenizer(folder / "tokenizer")
@@ -220,18 +218,7 @@ def _build_tiny_sdxl(folder: Path) -> None:
             projection_class_embeddings_input_dim=6 * SDXL_TIME_EMBED_DIM + SDXL_TE2_PROJECTION,
             norm_num_groups=32,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(32, 32, 32, 32),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=32,
-            sample_size=128,
-            scaling_factor=SDXL_VAE_SCALE,
-        )
+        vae = small_vae(sample_size=128, scaling_factor=SDXL_VAE_SCALE)
         text_encoder = CLIPTextModel(text_config(SDXL_TE1_HIDDEN, "quick_gelu", vocab_size - 1))
         text_encoder_2 = CLIPTextModelWithProjection(text_config(SDXL_TE2_HIDDEN, "gelu", 0))
 

@@ -1,13 +1,16 @@
-"""Atomic file writes: write a temporary file beside the target, fsync, rename into place.
+"""Atomic writes: build a temporary file or folder beside the target, fsync, rename it into
+place.
 
 A crash or Ctrl+C during a write leaves either the old file or the new one, never a torn
-file. ``exclusive=True`` refuses to replace an existing file.
+file. ``exclusive=True`` refuses to replace an existing file. Temporaries are hidden names
+(``.<name>.<random>.tmp``), so a reader listing the folder never takes one for the real thing.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +53,47 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, exclusive: bool =
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_folder(path: Path, build: Callable[[Path], None], *, replace: bool = False) -> bool:
+    """Call ``build(tmp_folder)``, fsync its files, and rename it to ``path`` in one step.
+
+    ``replace``: an existing ``path`` is moved aside first and deleted only once the new one
+    is in place (a kill in between leaves a complete folder, the aside one being a hidden
+    temporary). Without it an existing ``path`` wins (another process built it first) and
+    the new one is discarded; returns False then.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    aside = None
+    try:
+        build(tmp)
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb") as fh:
+                    os.fsync(fh.fileno())
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; this is an ordinary folder
+        if replace and path.exists():
+            aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp",
+                                          dir=path.parent))
+            os.rename(path, aside / path.name)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if replace or not path.exists():
+                raise
+            return False  # built by someone else meanwhile: theirs is complete too
+        return True
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    finally:
+        for leftover in (tmp, aside):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _write_error(path: Path, exc: OSError) -> OutputError:

@@ -28,7 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_core.errors import LoraError
-from lora_core.events import StepEnded, event_from_json
+from lora_core.events import (
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    StateSaved,
+    StepEnded,
+    event_from_json,
+)
 from lora_core.paths import state_dir
 from lora_core.saving.atomic import atomic_write_bytes
 
@@ -265,8 +272,6 @@ class StatusRecorder:
         self.status = status
 
     def __call__(self, event) -> None:
-        from lora_core.events import RunFailed, RunFinished, RunStarted, StateSaved
-
         status = self.status
         if isinstance(event, StepEnded):
             status.step, status.epoch = event.step, event.epoch  # written with the next write

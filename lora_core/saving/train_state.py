@@ -23,14 +23,11 @@ the older states whole and no half state that looks complete. Only then are stat
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
-import os
 import pickle
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +39,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as save_to_bytes
 
-from lora_core.errors import NonFiniteError, OutputError, TrainingError
+from lora_core.errors import NonFiniteError, TrainingError
+from lora_core.saving.atomic import atomic_folder
 from lora_core.saving.run_status import STATES_DIR
 
 STATE_FORMAT = 1
@@ -52,7 +50,6 @@ OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng.pt"
 SCALER_FILE = "scaler.pt"  # fp16's loss scale, when the run has one
-_TMP_PREFIX = ".tmp-"
 
 
 @dataclass
@@ -169,12 +166,8 @@ def save_state(run_dir: Path, position: Position, network_state: dict[str, torch
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous()
                for k, v in network_state.items()}
     _check_finite(tensors, position.step)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=folder))
-    except OSError as exc:
-        raise _write_error(folder, exc) from None
-    try:
+
+    def write(tmp: Path) -> None:
         # Serialised in memory and written with Python's file I/O, so a full disk raises
         # OSError with its errno (safetensors and torch.save wrap it in their own errors).
         (tmp / NETWORK_FILE).write_bytes(save_to_bytes(tensors))
@@ -185,22 +178,9 @@ def save_state(run_dir: Path, position: Position, network_state: dict[str, torch
             (tmp / SCALER_FILE).write_bytes(_torch_bytes(scaler.state_dict()))
         (tmp / POSITION_FILE).write_text(json.dumps(position.to_json(), indent=2),
                                          encoding="utf-8")
-        _fsync_folder_files(tmp)
-        old = None
-        if final.exists():  # a resumed run saving the same step again: the newer one wins
-            # Moved aside, not deleted, until the new one is in place: a kill in between
-            # still leaves a complete state (the aside folder is a temporary one).
-            old = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=folder))
-            os.rename(final, old / final.name)
-        os.rename(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _write_error(final, exc) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    # A resumed run saving the same step again: the newer state replaces the older whole.
+    atomic_folder(final, write, replace=True)
     prune_states(run_dir, keep_last)
     return final
 
@@ -222,31 +202,14 @@ def _check_finite(tensors: dict[str, torch.Tensor], step: int) -> None:
             "\"no\" instead of fp16, or no_half_vae = true")
 
 
-def _fsync_folder_files(folder: Path) -> None:
-    for path in folder.iterdir():
-        with open(path, "rb") as fh:
-            os.fsync(fh.fileno())
-
-
-def _write_error(path: Path, exc: OSError) -> OutputError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return OutputError(
-            f"the disk is full: the training state {path} could not be written; the earlier "
-            "states and LoRA files are intact",
-            "free some space and run `lora-train resume` on the run folder, or resume it on "
-            "another disk with --set saving.output_dir=<folder on that disk>", kind="disk_full")
-    return OutputError(f"could not write the training state {path}: {exc.strerror or exc}",
-                       "check the permissions and free space of the output folder")
-
-
 def list_states(run_dir: Path) -> list[Path]:
-    """Complete state folders of a run, oldest first (temporary folders are ignored)."""
+    """Complete state folders of a run, oldest first (hidden temporary folders are ignored)."""
     folder = states_folder(run_dir)
     if not folder.is_dir():
         return []
     found = []
     for path in folder.iterdir():
-        if path.name.startswith(_TMP_PREFIX) or not (path / POSITION_FILE).is_file():
+        if path.name.startswith(".") or not (path / POSITION_FILE).is_file():
             continue
         try:
             step = int(json.loads((path / POSITION_FILE).read_text(encoding="utf-8"))["step"])
@@ -265,7 +228,7 @@ def prune_states(run_dir: Path, keep_last: int) -> None:
     """Delete all but the newest ``keep_last`` states, and temporary folders left by a
     crash during a write."""
     folder = states_folder(run_dir)
-    for path in folder.glob(f"{_TMP_PREFIX}*"):
+    for path in folder.glob(".*"):
         if time.time() - path.stat().st_mtime > 60:  # not one being written right now
             shutil.rmtree(path, ignore_errors=True)
     for path in list_states(run_dir)[:-keep_last] if keep_last > 0 else []:

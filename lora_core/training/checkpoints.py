@@ -203,8 +203,6 @@ def restore(loaded: LoadedState, network, optimizer, scheduler, state,
                 base_lrs[index] = new_initial
             warnings.append(f"learning rate of {group.get('name', index)} changed from "
                             f"{old_initial:g} to {new_initial:g} on resume")
-    if base_lrs is not None and hasattr(inner, "_last_lr"):
-        inner._last_lr = [g["lr"] for g in optimizer.param_groups]
     state.step, state.epoch = position.step, position.epoch
     state.batch_in_epoch = position.batch_in_epoch
     state.losses.clear()

@@ -128,7 +128,7 @@ def start_resume(run_dir: Path, overrides: list[str]) -> tuple[Profile, StartedR
     (plus ``--set`` overrides), its newest state, and a check that the dataset still makes
     the same plan. The run continues in its folder, under its name; when ``--set
     saving.output_dir=...`` moves it (a full disk), a new run folder there continues it."""
-    from lora_core.profile_io import load_profile
+    from lora_core.profile_io import absolute_profile, load_profile, save_profile
     from lora_core.saving.train_state import fixed_settings, load_state, plan_fingerprint
 
     run_dir = Path(run_dir).resolve()
@@ -180,8 +180,6 @@ def start_resume(run_dir: Path, overrides: list[str]) -> tuple[Profile, StartedR
     elif overrides and is_main_process():
         # The run folder's profile is the record of what runs: a later resume or rerun
         # must see the overrides too.
-        from lora_core.profile_io import absolute_profile, save_profile
-
         save_profile(absolute_profile(profile), folder.profile)
     if not is_main_process():
         return profile, StartedRun(preflight, None, position.output_name, warnings,

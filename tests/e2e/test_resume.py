@@ -340,6 +340,6 @@ def test_ctrl_c_twice_while_files_are_written_never_leaves_a_broken_file(tmp_pat
         load_file(str(path))
     assert not list(out.glob(".*.tmp"))
     folder = run_folder(out)
-    assert not list((folder / "states").glob(".tmp-*"))
+    assert not list((folder / "states").glob(".*"))
     for path in list_states(folder):
         assert load_state(path).position.step >= 1

@@ -34,7 +34,12 @@ from pathlib import Path
 
 import torch
 
-from lora_core.models.builtin import save_text_encoder, write_model_index
+from lora_core.models.builtin import (
+    save_text_encoder,
+    small_vae,
+    training_noise_scheduler,
+    write_model_index,
+)
 from lora_core.models.tokenizer_gen import BOS_TOKEN, EOS_TOKEN, write_tokenizer
 
 SEED = 20240602
@@ -69,26 +74,6 @@ def _text_config(vocab: dict[str, int], width: int, layers: int, act: str, pad_t
     )
 
 
-def _tiny_vae():
-    from diffusers import AutoencoderKL
-
-    # SD 1.x, 2.x and XL share the VAE architecture (SDXL only rescales the latents).
-    return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(32, 32, 32, 32), layers_per_block=1, norm_num_groups=32,
-        sample_size=64,
-    )
-
-
-def _scheduler(prediction_type: str):
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                         beta_schedule="scaled_linear", clip_sample=False,
-                         prediction_type=prediction_type, steps_offset=1)
-
-
 def tiny_sd2_folder(tmp_path: Path, v_pred: bool = False) -> Path:
     """Build a tiny SD 2.x diffusers folder under ``tmp_path`` and return it.
 
@@ -113,13 +98,15 @@ def tiny_sd2_folder(tmp_path: Path, v_pred: bool = False) -> Path:
             attention_head_dim=(1, 2), cross_attention_dim=SD2_TEXT_WIDTH,
             use_linear_projection=True, upcast_attention=v_pred, norm_num_groups=32,
         )
-        vae = _tiny_vae()
+        # SD 1.x, 2.x and XL share the VAE architecture (SDXL only rescales the latents).
+        vae = small_vae(sample_size=64, scaling_factor=0.18215)
         text_encoder = CLIPTextModel(_text_config(vocab, SD2_TEXT_WIDTH, SD2_TEXT_LAYERS,
                                                   "gelu", SD2_PAD_TOKEN))
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     vae.save_pretrained(folder / "vae", safe_serialization=True)
     save_text_encoder(text_encoder, folder / "text_encoder")
-    _scheduler("v_prediction" if v_pred else "epsilon").save_pretrained(folder / "scheduler")
+    training_noise_scheduler("v_prediction" if v_pred else "epsilon").save_pretrained(
+        folder / "scheduler")
     write_model_index(folder)  # last: its presence marks a complete folder
     return folder
 
