@@ -144,7 +144,7 @@ def cmd_run(profile_path: Path, overrides: list[str], events_arg: str | None,
 
     def start():
         from lora_core.profile_io import load_profile
-        from lora_core.training.session import start_run
+        from lora_core.session import start_run
 
         profile = load_profile(profile_path, overrides)
         return profile, profile_path, start_run(profile, profile_path)
@@ -157,7 +157,7 @@ def cmd_resume(run_dir: Path, overrides: list[str], events_arg: str | None,
     """Continue a stopped, failed or crashed run from its newest state."""
 
     def start():
-        from lora_core.training.session import start_resume
+        from lora_core.session import start_resume
 
         profile, started = start_resume(run_dir, overrides)
         return profile, started.folder.profile if started.folder else None, started
@@ -168,7 +168,7 @@ def cmd_resume(run_dir: Path, overrides: list[str], events_arg: str | None,
 def _run(start, events_arg: str | None, progress: bool) -> int:
     from lora_core.progress import ProgressPrinter
     from lora_core.saving.run_status import StatusRecorder
-    from lora_core.training.session import is_main_process, run_training
+    from lora_core.session import is_main_process, run_training
 
     bus = EventBus()
     main = is_main_process()  # under accelerate launch, only rank 0 talks and writes
@@ -298,27 +298,35 @@ def cmd_stop(run_dir: Path, force: bool) -> int:
 
 
 def cmd_check(profile_path: Path, overrides: list[str]) -> int:
-    from lora_core.dataset.preflight import run_preflight
-    from lora_core.dataset.report import render_check_report
-    from lora_core.profile_io import load_profile
+    """Every check `run` makes before its first step, as a report on stdout; the problems
+    that stop a run go last, to stderr, and make the exit code 2."""
+    from lora_core.checks import check_profile
+    from lora_core.checks.problem import errors_of
+    from lora_core.dataset.report import render_check_report, render_errors, render_notes
+    from lora_core.profile_io import read_profile_file
 
-    try:
-        profile = load_profile(profile_path, overrides)
-        preflight = run_preflight(profile, strict=False)
-    except LoraError as exc:
-        log.exception("check failed")
-        _print_error(exc)
-        return exc.exit_code
-    print(render_check_report(preflight.scan, preflight.plan, profile, preflight.problems,
-                              preflight.advisories))
-    if preflight.problems:
-        count = len(preflight.problems)
-        print(f"error: {count} problem{'s' * (count != 1)} must be fixed before training "
-              "(listed under Problems above)", file=sys.stderr)
-        print("hint: fix the files or fields named there (lora-train never changes the "
-              "dataset), then run `lora-train check` again", file=sys.stderr)
-        return 2
-    return 0
+    profile, problems = read_profile_file(profile_path, overrides)
+    if errors_of(problems):
+        notes = render_notes(problems) if len(errors_of(problems)) < len(problems) else []
+        print("\n".join([f"Profile: {profile_path}", "", *notes, "" if notes else "",
+                         "(the dataset and the model are checked once the problems below "
+                         "are fixed)"]).replace("\n\n\n", "\n\n"))
+    else:
+        report = check_profile(profile)
+        problems = problems + report.problems
+        print(render_check_report(report.scan, report.plan, profile, problems,
+                                  with_errors=not errors_of(problems)), end="")
+    errors = errors_of(problems)
+    if not errors:
+        return 0
+    sys.stdout.flush()
+    print("\n" + "\n".join(render_errors(errors)) + "\n", file=sys.stderr)
+    count = len(errors)
+    print(f"error: {count} problem{'s' * (count != 1)} must be fixed before training "
+          "(listed under Problems above)", file=sys.stderr)
+    print("hint: fix the files or fields named there (lora-train never changes the "
+          "dataset), then run `lora-train check` again", file=sys.stderr)
+    return 2
 
 
 def cmd_rerun_last(events_arg: str | None) -> int:

@@ -7,6 +7,8 @@ traceback goes to the run's log file, never to the screen. Nothing here imports 
 
 from __future__ import annotations
 
+import difflib
+
 
 class LoraError(Exception):
     """An error the user can act on: a message that names the thing, and a hint."""
@@ -16,15 +18,28 @@ class LoraError(Exception):
     # "disk_full"); "" for everything else.
     kind = ""
 
-    def __init__(self, message: str, hint: str = "", *, kind: str | None = None) -> None:
+    def __init__(self, message: str, hint: str = "", *, kind: str | None = None,
+                 problems: list | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
         if kind is not None:
             self.kind = kind
+        # The checks' Problem values behind a message that lists several (checks.problem).
+        self.problems = list(problems or [])
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\nhint: {self.hint}"
+
+
+def closest(name: str, candidates: list[str]) -> str | None:
+    """The candidate ``name`` was most likely meant to be (for "did you mean ...?")."""
+    found = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+class CheckError(LoraError):
+    """The checks found something that would stop the run (``lora_core.checks``)."""
 
 
 class ProfileError(LoraError):

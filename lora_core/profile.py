@@ -1,4 +1,4 @@
-"""The training profile: typed sections, their defaults, docs and validation rules.
+"""The training profile: typed sections, their fields, defaults and docs.
 
 A profile is everything one run needs. Keys use sd-scripts' argument names wherever the
 concept is the same, so users' knowledge and configs carry over; defaults follow what users
@@ -6,23 +6,21 @@ of LoRA Easy Training Scripts expect (AdamW8bit, dim 32 / alpha 16, lr 1e-4,
 cosine_with_restarts, 512 px, batch 1).
 
 Each field is declared with :func:`setting`, which records its one-line doc, its allowed
-range or choices, and whether it is a path. Validation (:func:`profile_from_dict`) uses those
-records to produce messages that name the field, the value and what is allowed. This module
-does no file I/O (see ``profile_io``) and never imports torch.
+range or choices, and whether it is a path. This module only declares: reading a profile
+(``profile_load``) turns TOML into a :class:`Profile` in its resolved form (``resolution`` a
+:class:`~lora_core.values.Resolution`, every path absolute), and the checks
+(``lora_core.checks``) judge it. No file I/O, no torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import os
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_core.errors import ProfileError
+from lora_core.values import Resolution, describe_type
 
 PROFILE_VERSION = 1
 
@@ -82,8 +80,8 @@ class DatasetSection:
         "dataset_config is set).", path=True)
     reg_data_dir: str = setting(
         "", "Parent folder of regularization image folders (empty: none).", path=True)
-    resolution: int | str = setting(
-        512, "Training resolution: one number for square, or \"W,H\".")
+    resolution: Resolution = setting(
+        Resolution(512, 512), "Training resolution: one number for square, or \"W,H\".")
     enable_bucket: bool = setting(
         True, "Group images by aspect ratio instead of cropping to a square.")
     min_bucket_reso: int = setting(256, "Smallest bucket side in pixels.", min=64)
@@ -145,6 +143,12 @@ class DatasetSection:
     max_data_loader_n_workers: int = setting(
         1, "Processes that load images while the GPU trains (0: load in the training process).",
         min=0, max=64)
+
+    def __post_init__(self) -> None:
+        # Built in code (tests, tools) with 512 or "768,512": the resolved form all the same.
+        parsed = Resolution.parse(self.resolution)
+        if parsed is not None:
+            self.resolution = parsed
 
 
 NETWORK_TYPES = ("LoRA", "LoCon", "LoHa", "LoKr")
@@ -406,14 +410,29 @@ _SD_SCRIPTS_KEYS = frozenset({
     "metadata_title", "metadata_author", "metadata_description", "metadata_license",
     "metadata_tags", "no_metadata", "sdpa", "mem_eff_attn", "fp8_base_unet", "in_json",
 })
+# sd-scripts options that change nothing here, with why: a profile (or an imported command
+# line) may carry them; they are accepted with a note instead of stopping the profile cold.
+HARMLESS_KEYS = {
+    "xformers": "attention runs through PyTorch's scaled-dot-product attention, which is as "
+                "fast and as lean as xformers",
+    "sdpa": "scaled-dot-product attention is always used",
+    "mem_eff_attn": "scaled-dot-product attention is always used (it is memory-efficient)",
+    "persistent_data_loader_workers": "data loader workers are kept for the whole run",
+    "lowram": "models are read one tensor at a time, so loading needs little RAM anyway",
+    "highvram": "nothing is offloaded to RAM in the first place",
+    "max_data_loader_n_workers_persistent": "data loader workers are kept for the whole run",
+}
 NOT_YET_KEYS = _SD_SCRIPTS_KEYS - {f.name for cls in SECTIONS.values()
-                                   for f in dataclasses.fields(cls)}
+                                   for f in dataclasses.fields(cls)} - set(HARMLESS_KEYS)
 NOT_YET_SECTIONS = frozenset({"logging"})
+BUILTIN_PREFIX = "builtin:"
 
 
 @dataclass
 class Profile:
-    """Everything one training run needs. ``base_dir`` anchors relative paths (not saved)."""
+    """Everything one training run needs, in the resolved form reading a profile gives:
+    path fields hold absolute paths, ``[dataset] resolution`` a Resolution. ``base_dir`` is
+    the folder relative paths were taken from (the profile file's; not saved)."""
 
     profile_version: int = PROFILE_VERSION
     model: ModelSection = field(default_factory=ModelSection)
@@ -426,177 +445,13 @@ class Profile:
     base_dir: Path = field(default_factory=Path.cwd, compare=False, repr=False)
 
     def path(self, section: str, key: str) -> Path | None:
-        """The absolute path a path field names, or None when it is empty."""
+        """The path a path field names, or None when it is empty or a built-in model.
+        Loaded profiles hold absolute paths already (``profile_load.resolve_paths``)."""
         value = getattr(getattr(self, section), key)
-        if value in ("", None) or str(value).startswith("builtin:"):
+        if value in ("", None) or str(value).startswith(BUILTIN_PREFIX):
             return None
-        p = Path(value).expanduser()
-        return Path(os.path.normpath(p if p.is_absolute() else self.base_dir / p))
-
-
-# ----------------------------------------------------------------------------------------
-# Validation
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _type_parts(tp: Any) -> tuple[list[type], bool]:
-    """The plain types a hint allows, and whether None is allowed."""
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        args = list(typing.get_args(tp))
-    else:
-        args = [tp]
-    optional = type(None) in args
-    return [a for a in args if a is not type(None)], optional
-
-
-def describe_type(tp: Any) -> str:
-    parts, optional = _type_parts(tp)
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    words = [names.get(p, "a list of strings") for p in parts]
-    return " or ".join(words)
-
-
-def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
-    """Convert a TOML value to the field type. Returns (ok, value)."""
-    parts, optional = _type_parts(tp)
-    if value is None:
-        return optional, None
-    for part in parts:
-        if part is bool and isinstance(value, bool):
-            return True, value
-        if part is int and isinstance(value, int) and not isinstance(value, bool):
-            return True, value
-        if part is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
-        if part is str and isinstance(value, str):
-            return True, value
-        if typing.get_origin(part) is list and isinstance(value, list) \
-                and all(isinstance(v, str) for v in value):
-            return True, list(value)
-    return False, value
-
-
-def _fmt(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value).lower() \
-        if isinstance(value, bool) else str(value)
-
-
-def _check_value(where: str, value: Any, meta: dict) -> str | None:
-    choices = meta["choices"]
-    if choices is not None and isinstance(value, str):
-        match = {c.lower(): c for c in choices}.get(value.lower())
-        if match is None and value.lower() in {o.lower() for o in LATER_OPTIMIZERS}:
-            return (f"{where} = {_fmt(value)} is not supported yet by this version of "
-                    f"lora-train; the choices are: {', '.join(choices)}")
-        if match is None:
-            return (f"{where} = {_fmt(value)} is not one of the choices: "
-                    f"{', '.join(choices)}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        lo, hi = meta["min"], meta["max"]
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            if lo is not None and hi is not None:
-                allowed = f"between {_fmt(lo)} and {_fmt(hi)}"
-            elif lo is not None:
-                allowed = f"at least {_fmt(lo)}"
-            else:
-                allowed = f"at most {_fmt(hi)}"
-            return f"{where} = {_fmt(value)} is out of range: it must be {allowed}"
-    return None
-
-
-def closest(name: str, candidates: list[str]) -> str | None:
-    found = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
-    return found[0] if found else None
-
-
-def _unknown_key_message(section: str | None, key: str, candidates: list[str]) -> str:
-    where = f"[{section}] {key}" if section else key
-    if key == "resume":
-        return (f"`{where}`: a profile does not say where to resume from; remove it and run "
-                "`lora-train resume RUN_FOLDER` (the run folder the run printed at its start; "
-                "`lora-train status` lists them)")
-    if key in NOT_YET_KEYS:
-        return (f"`{where}` is not supported yet by this version of lora-train; "
-                "remove it from the profile")
-    guess = closest(key, candidates)
-    owner = None
-    if guess is None:
-        for sec_name, cls in SECTIONS.items():
-            if key in {f.name for f in dataclasses.fields(cls)}:
-                owner = sec_name
-    if guess:
-        return f"`{where}`: unknown key; did you mean `{guess}`?"
-    if owner:
-        return f"`{where}`: this key belongs in the [{owner}] section"
-    return f"`{where}`: unknown key"
-
-
-def _section_from_dict(name: str, cls: type, data: Any, errors: list[str]) -> Any:
-    if not isinstance(data, dict):
-        errors.append(f"`[{name}]` must be a table of settings, not {_fmt(data)}")
-        return cls()
-    hints = _field_types(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in fields:
-            errors.append(_unknown_key_message(name, key, list(fields)))
-            continue
-        where = f"`[{name}] {key}`"
-        ok, coerced = _coerce(value, hints[key])
-        if not ok:
-            errors.append(f"{where} = {_fmt(value)} has the wrong type: it must be "
-                          f"{describe_type(hints[key])}")
-            continue
-        meta = fields[key].metadata
-        problem = _check_value(where, coerced, meta)
-        if problem:
-            errors.append(problem)
-            continue
-        if meta["choices"] and isinstance(coerced, str):
-            coerced = {c.lower(): c for c in meta["choices"]}[coerced.lower()]
-        kwargs[key] = coerced
-    return cls(**kwargs)
-
-
-def profile_from_dict(data: dict, base_dir: Path | None = None, source: str = "profile") -> Profile:
-    """Build a validated Profile from parsed TOML. Raises ProfileError listing every problem."""
-    errors: list[str] = []
-    version = data.get("profile_version", PROFILE_VERSION)
-    if version != PROFILE_VERSION:
-        errors.append(f"`profile_version` = {_fmt(version)} is not supported: this version of "
-                      f"lora-train reads version {PROFILE_VERSION}")
-    sections: dict[str, Any] = {}
-    for key, value in data.items():
-        if key == "profile_version":
-            continue
-        if key in SECTIONS:
-            sections[key] = _section_from_dict(key, SECTIONS[key], value, errors)
-        elif key in NOT_YET_SECTIONS:
-            errors.append(f"`[{key}]` is not supported yet by this version of lora-train; "
-                          "remove that section from the profile")
-        elif isinstance(value, dict):  # a [table]: say "section", and which ones exist
-            guess = closest(key, list(SECTIONS))
-            errors.append(f"`[{key}]`: unknown section; "
-                          + (f"did you mean `[{guess}]`?" if guess
-                             else f"the sections are {', '.join(SECTIONS)}"))
-        else:
-            errors.append(_unknown_key_message(None, key, ["profile_version", *SECTIONS]))
-    profile = Profile(**sections, base_dir=base_dir or Path.cwd())
-    from lora_core.profile_rules import apply_network_args, cross_field_errors
-
-    apply_network_args(profile, data.get("network"), errors)
-    errors.extend(cross_field_errors(profile))
-    if errors:
-        raise ProfileError(
-            f"{source} has {len(errors)} problem{'s' if len(errors) > 1 else ''}:\n  - "
-            + "\n  - ".join(errors),
-            "fix the fields named above; `lora-train fields` lists every field with its "
-            "allowed values")
-    return profile
+        path = Path(value)
+        return path if path.is_absolute() else self.base_dir / path
 
 
 def conv_rank_and_alpha(net: NetworkSection) -> tuple[int | None, float | None]:
@@ -620,17 +475,6 @@ def conv_rank_and_alpha(net: NetworkSection) -> tuple[int | None, float | None]:
     return (net.conv_dim if net.conv_dim is not None else net.network_dim), alpha
 
 
-def parse_resolution(value: int | str) -> tuple[int, int] | None:
-    """`512` → (512, 512); `"768,512"` → (768, 512) as (width, height). None if malformed."""
-    if isinstance(value, int):
-        return (value, value) if value > 0 else None
-    parts = [p.strip() for p in str(value).split(",")]
-    if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
-        return None
-    w, h = int(parts[0]), int(parts[-1])
-    return (w, h) if w > 0 and h > 0 else None
-
-
 SECTION_FIELD_DOC: dict[str, dict[str, str]] = {
     name: {f.name: f.metadata["doc"] for f in dataclasses.fields(cls)}
     for name, cls in SECTIONS.items()}
@@ -647,6 +491,8 @@ def section_to_dict(section: Any) -> dict[str, Any]:
         value = getattr(section, f.name)
         if value is None:
             continue
+        if isinstance(value, Resolution):
+            value = value.to_toml()
         out[f.name] = list(value) if isinstance(value, list) else value
     return out
 
@@ -662,11 +508,13 @@ def field_docs() -> list[tuple[str, str, str, Any, str]]:
     """(section, key, type, default, doc) for every field: the source of `lora-train fields`."""
     rows = []
     for sec_name, cls in SECTIONS.items():
-        hints = _field_types(cls)
+        hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             doc = f.metadata["doc"]
             if f.metadata["choices"]:
                 doc += f" Choices: {', '.join(f.metadata['choices'])}."
+            if isinstance(default, Resolution):
+                default = default.to_toml()
             rows.append((sec_name, f.name, describe_type(hints[f.name]), default, doc))
     return rows

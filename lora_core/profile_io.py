@@ -1,7 +1,10 @@
 """Reading and writing profile TOML files, and command-line overrides.
 
 Loads with tomllib, saves with tomli-w, writes atomically. Relative paths in a profile are
-relative to the folder the profile file is in, so a profile works from any working directory.
+relative to the folder the profile file is in, so a profile works from any working directory;
+a loaded profile holds them absolute (``profile_load``), so a profile saved from one (a run
+folder's record) runs from anywhere too. A file a person edits is saved from its data
+(:func:`save_profile_data`), keeping paths as they were written.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from typing import Any
 
 import tomli_w
 
-from lora_core.errors import ProfileError
-from lora_core.profile import SECTIONS, Profile, profile_from_dict, profile_to_dict
+from lora_core.checks.problem import Problem
+from lora_core.errors import ProfileError, closest
+from lora_core.profile import SECTIONS, Profile, profile_to_dict
+from lora_core.profile_load import profile_from_dict, read_profile
 from lora_core.saving.atomic import atomic_write_bytes
 
 
@@ -55,10 +60,22 @@ def _encoding_clue(data: bytes, exc: UnicodeDecodeError) -> str:
 
 
 def load_profile(path: Path, overrides: list[str] | None = None) -> Profile:
+    """The profile in ``path`` (with ``--set`` overrides); ProfileError listing every
+    problem when it is not valid."""
     path = Path(path)
     data = read_profile_dict(path)
     apply_overrides(data, overrides or [])
     return profile_from_dict(data, base_dir=path.resolve().parent, source=str(path))
+
+
+def read_profile_file(path: Path, overrides: list[str] | None = None
+                      ) -> tuple[Profile, list[Problem]]:
+    """The profile in ``path`` and every problem reading it found (``profile_load``), for
+    ``lora-train check``. A file that cannot be read at all still raises ProfileError."""
+    path = Path(path)
+    data = read_profile_dict(path)
+    apply_overrides(data, overrides or [])
+    return read_profile(data, base_dir=path.resolve().parent)
 
 
 def parse_override(item: str) -> tuple[str, str, Any]:
@@ -69,7 +86,6 @@ def parse_override(item: str) -> tuple[str, str, Any]:
         raise ProfileError(f"--set {item!r} is not of the form section.key=value",
                            "for example: --set network.network_dim=16")
     if section not in SECTIONS:
-        from lora_core.profile import closest
         guess = closest(section, list(SECTIONS))
         raise ProfileError(f"--set {item!r}: unknown section `{section}`"
                            + (f"; did you mean `{guess}`?" if guess else ""),
@@ -95,18 +111,10 @@ def dumps_profile(profile: Profile) -> str:
 
 
 def save_profile(profile: Profile, path: Path) -> None:
+    """Write ``profile`` (paths absolute, as loaded) atomically."""
     atomic_write_bytes(Path(path), dumps_profile(profile).encode("utf-8"))
 
 
-def absolute_profile(profile: Profile) -> Profile:
-    """A copy whose path fields are absolute, for snapshots stored away from the original."""
-    import dataclasses
-
-    data = profile_to_dict(profile)
-    for sec_name, cls in SECTIONS.items():
-        for f in dataclasses.fields(cls):
-            if f.metadata["path"]:
-                resolved = profile.path(sec_name, f.name)
-                if resolved is not None:
-                    data[sec_name][f.name] = str(resolved)
-    return profile_from_dict(data, base_dir=profile.base_dir)
+def save_profile_data(data: dict[str, Any], path: Path) -> None:
+    """Write profile data (a dict as a file holds it: paths as written) atomically."""
+    atomic_write_bytes(Path(path), tomli_w.dumps(data).encode("utf-8"))

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from textual.app import App
 
-from lora_core.profile_io import load_profile
 from lora_tui.draft import Draft
 from lora_tui.runner import ProcessRunner, Runner, background_runs
 from lora_tui.screens.queue import QueueScreen
@@ -56,7 +55,7 @@ class WizardApp(App):
         ``detach``: the answers are taken from the file but the draft is not tied to it, so
         Save asks where to write. Used for a run folder's profile ("rerun with changes"):
         that file is the record of a past run and must not be overwritten."""
-        self.draft = Draft.from_profile(load_profile(path), Path(path))
+        self.draft = Draft.from_file(Path(path))
         if detach:
             self.draft.source_path = None
         self.open_step(0)
@@ -128,5 +127,5 @@ def make_app(profile_path: Path | None = None,
     for a profile that cannot be read)."""
     draft = None
     if profile_path is not None:
-        draft = Draft.from_profile(load_profile(profile_path), Path(profile_path))
+        draft = Draft.from_file(Path(profile_path))
     return WizardApp(draft, runner_factory or ProcessRunner)

@@ -2,10 +2,11 @@
 profile's own rules.
 
 The wizard never re-implements a validation rule. A draft turns its texts into a plain
-TOML-like dict and hands it to :func:`lora_core.profile.profile_from_dict`; the messages that
-come back name their field (``[section] key``), so each one is shown under the input it is
-about. Everything the wizard shows about a field (its label, default, one-line doc, whether it
-is a path, a choice or a switch) comes from the field's ``setting`` metadata.
+TOML-like dict (``values.parse_text``, the engine profiles and dataset configs are read with)
+and hands it to :func:`lora_core.profile_load.read_profile`; the problems that come back are
+values that name their field, so each one is shown under the input it is about. Everything
+the wizard shows about a field (its label, default, one-line doc, whether it is a path, a
+choice or a switch) comes from the field's ``setting`` metadata.
 
 Empty text means "use the default"; ``0`` is a value like any other. Fields the wizard never
 shows (a loaded profile's ``shuffle_caption``, say) are carried through untouched.
@@ -25,29 +26,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-import tomllib
-import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lora_core.checks.fields import FIELDS_HINT
+from lora_core.checks.problem import Problem, errors_of, raise_for_errors
 from lora_core.errors import LoraError, ProfileError
 from lora_core.models.loading import ModelSource, inspect_model
 from lora_core.paths import state_dir
-from lora_core.profile import (
-    ADAPTIVE_OPTIMIZERS,
-    SECTIONS,
-    Profile,
-    profile_from_dict,
-    profile_to_dict,
-)
+from lora_core.profile import ADAPTIVE_OPTIMIZERS, SECTIONS, Profile, profile_to_dict
+from lora_core.profile_io import read_profile_dict
+from lora_core.profile_load import profile_from_dict, read_profile
+from lora_core.values import Resolution, parse_text, type_parts
 from lora_tui.steps import WIZARD, WIZARD_QUESTIONS, applies, dropped_when_hidden
 
 FieldKey = tuple[str, str]
-# Every validation message names its field as `[section] key` (see lora_core.profile).
-_FIELD_IN_MESSAGE = re.compile(r"`\[(\w+)\] (\w+)`")
 
 
 @dataclass(frozen=True)
@@ -68,6 +63,7 @@ class FieldSpec:
     required: bool
     optional: bool  # None (unset) is allowed
     labels: tuple[str, ...] | None = None  # shown for the choices (default: the choices)
+    hint: Any = str  # the field's type hint (values.parse_text reads typed text by it)
 
     @property
     def label(self) -> str:
@@ -83,20 +79,13 @@ class FieldSpec:
         return to_text(self.default)
 
 
-def _type_parts(hint: Any) -> tuple[list[Any], bool]:
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        args = list(typing.get_args(hint))
-    else:
-        args = [hint]
-    return [a for a in args if a is not type(None)], type(None) in args
-
-
 def field_spec(section: str, key: str) -> FieldSpec:
     """The spec of ``[section] key``; KeyError when the profile has no such field."""
     cls = SECTIONS[section]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     f = fields[key]
-    parts, optional = _type_parts(typing.get_type_hints(cls)[key])
+    hint = typing.get_type_hints(cls)[key]
+    parts, optional = type_parts(hint)
     meta = f.metadata
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     if meta["choices"]:
@@ -110,7 +99,7 @@ def field_spec(section: str, key: str) -> FieldSpec:
     else:
         kind = "text"
     return FieldSpec(section, key, kind, default, meta["doc"], meta["choices"], meta["path"],
-                     meta["required"], optional)
+                     meta["required"], optional, hint=hint)
 
 
 def spec_for(section: str, key: str) -> FieldSpec:
@@ -135,6 +124,8 @@ def to_text(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, list):
         return "[" + ", ".join(_toml_string(v) for v in value) + "]"
+    if isinstance(value, Resolution):
+        return str(value.to_toml())
     return str(value)
 
 
@@ -143,38 +134,34 @@ def _toml_string(value: str) -> str:
 
 
 def from_text(spec: FieldSpec, text: str) -> Any:
-    """The value to hand to the profile for ``text`` (``None`` when the text is empty).
-
-    Numbers and lists are read as TOML literals, so ``0``, ``1e-4`` and ``["a"]`` mean what
-    they mean in a profile file. Text that does not parse is passed on as a string, so the
-    profile's own check reports it ("has the wrong type: it must be an integer").
-    """
-    if text.strip() == "":
-        return None
-    if spec.kind in ("text", "choice") or spec.is_path:
-        if spec.kind == "text" and spec.default is not None and not isinstance(spec.default, str):
-            return _literal(text)  # int-or-string fields such as resolution
-        return text
-    if spec.kind in ("switch", "tristate"):
-        lowered = text.strip().lower()
-        return {"true": True, "false": False}.get(lowered, text)
-    return _literal(text)
-
-
-def _literal(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text.strip()
+    """The value to hand to the profile for ``text`` (``None`` when the text is empty):
+    ``values.parse_text`` by the field's type, so ``0``, ``1e-4`` and ``["a"]`` mean what they
+    mean in a profile file, and text that does not parse is passed on as it is for the
+    profile's own check to name ("has the wrong type: it must be an integer")."""
+    if spec.kind == "choice":
+        return text if text.strip() else None
+    return parse_text(text, spec.hint)
 
 
 @dataclass
 class Validation:
-    """The result of checking a draft: per-field messages and those naming no field."""
+    """The result of checking a draft: the problems reading it found, and the profile when
+    there is no error."""
 
-    field_errors: dict[FieldKey, list[str]]
-    other_errors: list[str]
+    problems: list[Problem]
     profile: Profile | None
+
+    @property
+    def field_errors(self) -> dict[FieldKey, list[str]]:
+        found: dict[FieldKey, list[str]] = {}
+        for problem in errors_of(self.problems):
+            if problem.field:
+                found.setdefault(problem.field, []).append(problem.message)
+        return found
+
+    @property
+    def other_errors(self) -> list[str]:
+        return [p.message for p in errors_of(self.problems) if not p.field]
 
     def for_field(self, section: str, key: str) -> list[str]:
         return self.field_errors.get((section, key), [])
@@ -202,6 +189,21 @@ class Draft:
             for key, value in values.items():
                 if defaults[section].get(key) != value:
                     draft._texts[(section, key)] = to_text(value)
+        return draft
+
+    @classmethod
+    def from_file(cls, path: Path) -> Draft:
+        """A draft of the profile file ``path`` (LoraError when it cannot be used), with
+        every path as the file writes it, so saving it back keeps them as they were."""
+        path = Path(path)
+        data = read_profile_dict(path)
+        draft = cls.from_profile(profile_from_dict(data, base_dir=path.resolve().parent,
+                                                   source=str(path)), path)
+        for section, cls_ in SECTIONS.items():
+            for f in dataclasses.fields(cls_):
+                written = data.get(section, {}).get(f.name) if f.metadata["path"] else None
+                if isinstance(written, str) and written:
+                    draft._texts[(section, f.name)] = written
         return draft
 
     def text(self, section: str, key: str) -> str:
@@ -314,17 +316,15 @@ class Draft:
         return data
 
     def validate(self, placeholders: dict[FieldKey, Any] | None = None) -> Validation:
-        """Check every answer with the profile's rules; messages are sorted by field."""
-        try:
-            profile = profile_from_dict(self.data(placeholders), base_dir=self.base_dir,
-                                        source="the profile")
-        except ProfileError as exc:
-            return _split_errors(exc.message)
-        return Validation({}, [], profile)
+        """Check every answer with the profile's rules (each problem names its field)."""
+        profile, problems = read_profile(self.data(placeholders), base_dir=self.base_dir)
+        return Validation(problems, None if errors_of(problems) else profile)
 
     def profile(self) -> Profile:
         """The validated profile; raises ProfileError listing every problem."""
-        return profile_from_dict(self.data(), base_dir=self.base_dir, source="the profile")
+        profile, problems = read_profile(self.data(), base_dir=self.base_dir)
+        raise_for_errors(problems, "the profile has", FIELDS_HINT, ProfileError)
+        return profile
 
     def differences(self) -> list[tuple[str, str, Any, Any]]:
         """(section, key, value, default) of every field the profile sets to a non-default."""
@@ -338,17 +338,3 @@ class Draft:
                 if value != default:
                     rows.append((section, f.name, value, default))
         return rows
-
-
-def _split_errors(message: str) -> Validation:
-    """Sort the lines of a profile error under the fields they name."""
-    field_errors: dict[FieldKey, list[str]] = {}
-    other: list[str] = []
-    lines = [line.strip()[2:] for line in message.splitlines() if line.strip().startswith("- ")]
-    for line in lines or [message]:
-        match = _FIELD_IN_MESSAGE.search(line)
-        if match:
-            field_errors.setdefault((match.group(1), match.group(2)), []).append(line)
-        else:
-            other.append(line)
-    return Validation(field_errors, other, None)

@@ -23,8 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from lora_core.errors import ProfileError
-from lora_core.profile import DatasetSection, parse_resolution
+from lora_core.profile import DatasetSection
 
 Size = tuple[int, int]  # (width, height) in pixels
 BucketMode = Literal["aspect", "no_upscale", "single"]
@@ -179,12 +178,8 @@ class BucketConfig:
 def bucket_config(dataset: DatasetSection) -> tuple[BucketConfig, list[str]]:
     """The profile's [dataset] bucket settings resolved (folder mode); see
     :func:`resolve_bucket_config`."""
-    resolution = parse_resolution(dataset.resolution)
-    if resolution is None:
-        raise ProfileError(f"`[dataset] resolution` = {dataset.resolution!r} is not a "
-                           "resolution", "use one number like 512, or \"W,H\" like \"768,512\"")
     return resolve_bucket_config(
-        resolution, enable_bucket=dataset.enable_bucket,
+        dataset.resolution, enable_bucket=dataset.enable_bucket,
         bucket_no_upscale=dataset.bucket_no_upscale, min_bucket_reso=dataset.min_bucket_reso,
         max_bucket_reso=dataset.max_bucket_reso, bucket_reso_steps=dataset.bucket_reso_steps)
 

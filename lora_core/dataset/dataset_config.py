@@ -18,8 +18,9 @@ support it yet. Keys sd-scripts accepts at a value that changes nothing
 by GUIs that spell out every key still load.
 
 This module reads the file and resolves its values; it never looks inside the image folders
-(``scan.scan_config`` does). It also renders the ``ss_*`` keys sd-scripts writes only in this
-mode (:func:`datasets_metadata`). Pure Python.
+(``scan.scan_config`` does), and the ``ss_*`` keys of this mode are written by
+``saving.metadata``. Values are judged by ``values.coerce``, as the profile's are. Pure
+Python.
 """
 
 from __future__ import annotations
@@ -31,21 +32,13 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from lora_core.dataset.buckets import BucketConfig, Size, resolve_bucket_config
 from lora_core.dataset.subset_options import SUBSET_OPTION_NAMES, SubsetOptions
-from lora_core.errors import ProfileError
-from lora_core.profile import (
-    SECTIONS,
-    DatasetSection,
-    TrainingSection,
-    closest,
-    parse_resolution,
-)
-
-if TYPE_CHECKING:
-    from lora_core.dataset.plan import TrainingPlan
+from lora_core.errors import ProfileError, closest
+from lora_core.profile import SECTIONS, DatasetSection, TrainingSection
+from lora_core.values import Resolution, coerce, describe_type
 
 Level = Literal["general", "dataset", "subset"]
 
@@ -93,7 +86,9 @@ _NOT_YET_WHY = {
 
 _OPTION_TYPES = typing.get_type_hints(SubsetOptions)
 _TYPES: dict[str, Any] = {
-    "num_repeats": int, "class_tokens": str, "image_dir": str, "is_reg": bool,
+    # sd-scripts takes a number or a [width, height] pair (no "W,H" string, unlike a profile)
+    "resolution": int | tuple[int, int], "num_repeats": int, "class_tokens": str, "image_dir": str,
+    "is_reg": bool,
     "batch_size": int, "enable_bucket": bool, "min_bucket_reso": int, "max_bucket_reso": int,
     "bucket_reso_steps": int, "bucket_no_upscale": bool, "network_multiplier": float,
     "validation_seed": int, "validation_split": float, "alpha_mask": bool, "cache_info": bool,
@@ -279,57 +274,10 @@ def _placement_problem(key: str, at: str, level: Level) -> str | None:
             + ", ".join(sorted(_allowed(level))))
 
 
-_UnionType = type(int | str)
-
-
-def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
-    """(ok, value converted to ``tp``); ints are accepted for floats, bools never for
-    numbers (TOML and JSON keep them apart, and so does voluptuous)."""
-    if typing.get_origin(tp) is tuple:
-        parts = typing.get_args(tp)
-        if isinstance(value, list) and len(value) == len(parts):
-            converted = [_coerce(v, p) for v, p in zip(value, parts, strict=True)]
-            if all(ok for ok, _ in converted):
-                return True, tuple(v for _, v in converted)
-        return False, value
-    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, _UnionType) else (tp,)
-    for part in args:
-        if part is bool and isinstance(value, bool):
-            return True, value
-        if isinstance(value, bool):
-            continue
-        if part is int and isinstance(value, int):
-            return True, value
-        if part is float and isinstance(value, (int, float)):
-            return True, float(value)
-        if part in (str, dict) and isinstance(value, part):
-            return True, value
-        if typing.get_origin(part) is tuple:
-            ok, converted = _coerce(value, part)
-            if ok:
-                return True, converted
-    return False, value
-
-
 def _describe(key: str) -> str:
     if key == "resolution":
         return "one integer like 512, or [width, height] like [768, 512]"
-    tp = _TYPES[key]
-    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, _UnionType) else (tp,)
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-             dict: "a table"}
-    words = [names.get(a, "a list of two numbers") for a in args if a is not type(None)]
-    return " or ".join(words)
-
-
-def _resolution_value(value: Any) -> tuple[bool, Any]:
-    """sd-scripts accepts an int (square) or exactly two ints; (ok, (w, h))."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value > 0, (value, value)
-    if isinstance(value, list) and len(value) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-        return True, (value[0], value[1])
-    return False, value
+    return describe_type(_TYPES[key])
 
 
 def _fmt(value: Any) -> str:
@@ -370,8 +318,10 @@ def _table(raw: Any, where: str, level: Level, errors: list[str]) -> dict[str, A
             continue
         if value is None:
             continue  # JSON null: unset, as sd-scripts' search_value skips None
-        ok, converted = (_resolution_value(value) if key == "resolution"
-                         else _coerce(value, _TYPES[key]))
+        ok, converted = coerce(value, _TYPES[key])
+        if ok and key == "resolution":
+            converted = Resolution.parse(converted)
+            ok = converted is not None
         if not ok:
             errors.append(f"`{at}` = {_fmt(value)} has the wrong type: it must be "
                           f"{_describe(key)}")
@@ -414,7 +364,7 @@ def _dataset(raw: Any, index: int, general: dict[str, Any], base: Path, ds: Data
         if found:
             sources[key] = source
         elif key == "resolution":
-            value = parse_resolution(ds.resolution)
+            value = ds.resolution
         elif key == "batch_size":
             value = train_batch_size
         else:
@@ -563,85 +513,3 @@ def _subset_rules(where: str, options: SubsetOptions, sources: dict[str, str],
         found.append(f"`{sources['token_warmup_step']}` = {_fmt(step)}: use a whole number of "
                      "steps, or a ratio below 1")
     return found
-
-
-# ----------------------------------------------------------------------------------------
-# Metadata
-
-
-def datasets_metadata(plan: TrainingPlan) -> dict[str, str]:
-    """The ``ss_*`` keys sd-scripts writes only in dataset_config mode (kohya-compat §7.2).
-
-    ``ss_datasets`` (a JSON list, one entry per dataset with its subsets), ``ss_tag_frequency``
-    (per folder basename; a folder used by several datasets counts once, the first one) and
-    ``ss_dataset_dirs`` (non-reg subsets; a basename seen before gets " (2)", " (3)", ...).
-    Shapes as sd-scripts' ``train_network.py`` builds them: subsets without images are left
-    out of the lists, unset strings are ``null``, bucket indices are positions in the
-    dataset's sorted bucket list (so predefined buckets nobody uses leave gaps), and
-    min/max_bucket_reso are ``null`` without bucketing. The folder-mode keys
-    (``ss_resolution``, ``ss_bucket_info``, ``ss_reg_dataset_dirs``, ...) are not written in
-    this mode.
-    """
-    datasets: list[dict[str, Any]] = []
-    tag_frequency: dict[str, dict[str, int]] = {}
-    dataset_dirs: dict[str, dict[str, int]] = {}
-    for dataset in plan.datasets:
-        scans = [plan.subsets[i].scan for i in dataset.subset_indices]
-        tags: dict[str, dict[str, int]] = {}
-        for scan in scans:
-            merged = tags.setdefault(scan.name, {})
-            for tag, count in scan.tag_frequency.items():
-                merged[tag] = merged.get(tag, 0) + count
-        subsets = []
-        for scan in scans:
-            if not scan.images:
-                continue
-            options = scan.options
-            subsets.append({
-                "img_count": len(scan.images), "num_repeats": scan.repeats,
-                "color_aug": options.color_aug, "flip_aug": options.flip_aug,
-                "random_crop": options.random_crop, "shuffle_caption": options.shuffle_caption,
-                "keep_tokens": options.keep_tokens,
-                "keep_tokens_separator": options.keep_tokens_separator,
-                "secondary_separator": options.secondary_separator or None,
-                "enable_wildcard": options.enable_wildcard,
-                "caption_prefix": options.caption_prefix or None,
-                "caption_suffix": options.caption_suffix or None,
-                "resize_interpolation": None,
-                "image_dir": scan.name, "class_tokens": scan.class_tokens or None,
-                "is_reg": scan.is_reg,
-            })
-            if not scan.is_reg:
-                name, n = scan.name, 2
-                while name in dataset_dirs:
-                    name, n = f"{scan.name} ({n})", n + 1
-                dataset_dirs[name] = {"n_repeats": scan.repeats, "img_count": len(scan.images)}
-        bucket = dataset.bucket
-        enabled = bucket.mode != "single"
-        low, high, steps = bucket.min_bucket_reso, bucket.max_bucket_reso, bucket.bucket_reso_steps
-        datasets.append({
-            "is_dreambooth": True, "batch_size_per_device": dataset.batch_size,
-            "num_train_images": dataset.num_train_images,
-            "num_reg_images": dataset.num_reg_images,
-            "resolution": list(bucket.resolution), "enable_bucket": enabled,
-            # sd-scripts rounds them whenever bucketing is on (bucket_no_upscale too).
-            "min_bucket_reso": low - low % steps if enabled else None,
-            "max_bucket_reso": (high + (-high) % steps) if enabled else None,
-            "tag_frequency": tags,
-            "bucket_info": _bucket_info(dataset) if enabled else None,
-            "resize_interpolation": None,
-            "subsets": subsets,
-        })
-        for name, counts in tags.items():
-            tag_frequency.setdefault(name, counts)
-    return {"ss_datasets": json.dumps(datasets), "ss_tag_frequency": json.dumps(tag_frequency),
-            "ss_dataset_dirs": json.dumps(dataset_dirs)}
-
-
-def _bucket_info(dataset: Any) -> dict[str, Any]:
-    used = dataset.bucket_counts
-    resos = sorted(set(dataset.bucket.predefined) | set(used))
-    position = {reso: i for i, reso in enumerate(resos)}
-    return {"buckets": {position[reso]: {"resolution": list(reso), "count": count}
-                        for reso, count in used.items()},
-            "mean_img_ar_error": dataset.mean_ar_error}

@@ -8,7 +8,7 @@ datasets, and each does its own balancing, buckets and batching (sd-scripts make
 DreamBoothDataset per [[datasets]] and concatenates them); folder mode is one dataset.
 ``lora-train check`` prints it, the run records it (``plan_summary``) and the LoRA file's
 ``ss_*`` metadata quotes it (``saving.metadata.dataset_metadata``; with a dataset_config
-also ``dataset_config.datasets_metadata``). Per-epoch batch order is derived from
+also ``saving.metadata.datasets_metadata``). Per-epoch batch order is derived from
 (seed, epoch) alone so a run can be resumed mid-epoch. Pure Python; no torch, no file I/O.
 """
 

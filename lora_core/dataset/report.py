@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from lora_core.checks.problem import Problem, errors_of, warnings_of
 from lora_core.dataset.plan import DatasetPlan, TrainingPlan
-from lora_core.dataset.scan import DatasetScan, SubsetScan, advisories, problems
+from lora_core.dataset.scan import DatasetScan, SubsetScan
 from lora_core.dataset.subset_options import options_from_dataset_section
 from lora_core.profile import Profile
 
@@ -255,16 +256,42 @@ def _sample_section(plan: TrainingPlan, profile: Profile) -> list[str]:
                  " (0 = before training)", indent="    ")
 
 
-def render_check_report(scan: DatasetScan, plan: TrainingPlan | None, profile: Profile,
-                        found: list[str] | None = None, notes: list[str] | None = None) -> str:
-    """The full check report. ``plan`` may be None when it could not be made (for
-    instance no usable images); the folder table and the findings are still shown.
-    ``found`` / ``notes`` are the preflight's problems and advisories when it has them
-    (they include the model and start-weights checks); else the scan's own."""
+def render_errors(problems: list[Problem]) -> list[str]:
+    """The "Problems" section: the errors, which stop a run, each with its hint."""
+    errors = errors_of(problems)
+    lines = [f"Problems ({len(errors)})" + (": these stop a run" if errors else "")]
+    for problem in errors:
+        lines += _wrap(problem.message, indent="    ", first="  - ")
+        if problem.hint:
+            lines += _wrap(f"hint: {problem.hint}", indent="      ", first="    ")
+    if not errors:
+        lines.append("  none")
+    return lines
+
+
+def render_notes(problems: list[Problem]) -> list[str]:
+    """The "Advisories" section: the warnings, worth reading, never stopping a run."""
+    notes = warnings_of(problems)
+    lines = [f"Advisories ({len(notes)})"]
+    for problem in notes:
+        lines += _wrap(problem.text(), indent="    ", first="  - ")
+    if not notes:
+        lines.append("  none")
+    return lines
+
+
+def render_check_report(scan: DatasetScan | None, plan: TrainingPlan | None, profile: Profile,
+                        problems: list[Problem], with_errors: bool = True) -> str:
+    """The full check report: the dataset and plan as training will see them (either may be
+    None when it could not be made), then the advisories and (``with_errors``) the
+    problems that stop a run."""
     from lora_core.models.loading import describe_model
 
     model = describe_model(profile.model.pretrained_model_name_or_path, profile.base_dir)
-    if scan.config is not None:
+    if scan is None:
+        lines = [f"Model: {model}", "", "No dataset report: the dataset could not be read "
+                 "(see Problems)."]
+    elif scan.config is not None:
         count = len(scan.config.datasets)
         lines = [f"Model: {model}",
                  f"Dataset config: {scan.config.path} ({count} dataset{'s' * (count != 1)})",
@@ -276,7 +303,7 @@ def render_check_report(scan: DatasetScan, plan: TrainingPlan | None, profile: P
             lines.append(f"Regularization: {scan.reg_dir}")
         lines.append(f"Captions: <image file name without extension>{scan.caption_extension}")
         lines += ["", "Folders", *_folder_table(scan)]
-    if scan.skipped:
+    if scan is not None and scan.skipped:
         lines.append("  skipped:")
         for folder, reason in scan.skipped:
             text = reason if scan.config is not None else f"{folder.name}: {reason}"
@@ -287,16 +314,9 @@ def render_check_report(scan: DatasetScan, plan: TrainingPlan | None, profile: P
         lines += ["", "Steps", *_steps_section(plan)]
         lines += ["", f"Files written to {profile.saving.output_dir or '(output_dir unset)'}",
                   *_checkpoint_section(plan), *_sample_section(plan, profile)]
-    else:
+    elif scan is not None:
         lines += ["", "No training plan: the dataset has no usable training images."]
-    if found is None:
-        found = problems(scan)
-    if notes is None:
-        notes = advisories(scan) + (plan.warnings if plan is not None else [])
-    lines += ["", f"Problems ({len(found)})" + (": these stop a run" if found else "")]
-    for text in found or ["none"]:
-        lines += _wrap(text, indent="    ", first="  - " if found else "  ")
-    lines += ["", f"Advisories ({len(notes)})"]
-    for text in notes or ["none"]:
-        lines += _wrap(text, indent="    ", first="  - " if notes else "  ")
+    lines += ["", *render_notes(problems)]
+    if with_errors:
+        lines += ["", *render_errors(problems)]
     return "\n".join(lines) + "\n"

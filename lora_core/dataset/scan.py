@@ -7,8 +7,8 @@ subsets it lists, with their own repeats, class tokens and options. Either way i
 globbed non-recursively and captions come from ``<image stem><caption_extension>`` (the first
 line; every non-empty line with enable_wildcard) with the class tokens as the fallback.
 It also collects everything a user may have got wrong (captions under another
-extension, undecodable images, non-UTF-8 captions, ...) so that ``lora-train check`` can say
-so before any GPU time is spent.
+extension, undecodable images, non-UTF-8 captions, ...), which ``checks.dataset`` turns into
+problems before any GPU time is spent.
 
 It reads only: image sizes come from file headers (no pixel decoding), and nothing is ever
 written inside the dataset folders. Pure Python + PIL; no torch.
@@ -547,118 +547,3 @@ def count_tags(captions: Iterable[str]) -> dict[str, int]:
                 tag = tag.lower()
                 counts[tag] = counts.get(tag, 0) + 1
     return counts
-
-
-# ----------------------------------------------------------------------------------------
-# Findings
-
-
-def _names(paths: Iterable[Path]) -> str:
-    paths = list(paths)
-    shown = ", ".join(p.name for p in paths[:_MAX_LISTED])
-    return shown + (f" and {len(paths) - _MAX_LISTED} more" if len(paths) > _MAX_LISTED else "")
-
-
-def problems(scan: DatasetScan) -> list[str]:
-    """Findings that must stop a run: sd-scripts would crash on them or train on nothing."""
-    found: list[str] = []
-    if scan.config is not None and not any(subset.images for subset in scan.train):
-        folders = ", ".join(s.spec.where for s in scan.train if s.spec) or "none"
-        found.append(f"no usable training images in any train subset of dataset_config "
-                     f"{scan.config.path} (train subsets: {folders}); put .png/.jpg/.jpeg/"
-                     ".webp/.bmp images in their image_dir folders, or add a subset without "
-                     "is_reg = true")
-    elif not any(subset.images for subset in scan.train):
-        folders = ", ".join(s.name for s in scan.train)
-        found.append(f"no usable training images in any folder under {scan.train_dir} "
-                     f"(folders: {folders}); put .png/.jpg/.jpeg/.webp/.bmp images in the "
-                     "<repeats>_<name> folders")
-        # The images may be there, one level too deep: say where, and what to do.
-        found += [f"{subset.label}: its images are in the subfolder "
-                  f"{', '.join(d.name + '/' for d in subset.nested_image_dirs)}, which is not "
-                  f"read (sd-scripts does not look into subfolders); move them up into "
-                  f"{subset.folder}" for subset in scan.train if subset.nested_image_dirs]
-    for subset in scan.subsets:
-        for what, entries, fix in (
-                ("cannot open image {} ({})", subset.undecodable,
-                 "delete it, or re-save it as a PNG/JPEG of ordinary size"),
-                ("caption file {} is {}", subset.bad_captions, "re-save it as UTF-8")):
-            found += [f"{subset.label}: {what.format(path.name, reason)}; {fix}"
-                      for path, reason in entries[:_MAX_LISTED]]
-            if len(entries) > _MAX_LISTED:
-                found.append(f"{subset.label}: {len(entries) - _MAX_LISTED} more like this")
-    return found
-
-
-def advisories(scan: DatasetScan) -> list[str]:
-    """Findings worth reading that do not stop a run."""
-    notes = list(scan.warnings)
-    for subset in scan.subsets:
-        label = subset.label if subset.spec else f"{'reg ' if subset.is_reg else ''}{subset.name}"
-        ext = scan.caption_extension_of(subset)
-        missing = subset.missing_captions
-        if missing:
-            if subset.spec is not None:
-                used = (f"the caption \"{subset.class_tokens}\" (class_tokens of "
-                        f"{subset.spec.where})" if subset.class_tokens else
-                        f"an EMPTY caption ({subset.spec.where} sets no class_tokens)")
-            else:
-                used = (f"the caption \"{subset.class_tokens}\" (class tokens from the folder "
-                        "name)" if subset.class_tokens else "an EMPTY caption (the folder name "
-                        "has no class tokens after the repeats)")
-            notes.append(f"{label}: {len(missing)} of {len(subset.images)} "
-                         f"images have no {ext} caption file and train with {used}: "
-                         f"{_names(missing)}")
-        if subset.other_extension_captions:
-            other = subset.other_extension_captions[0][1].suffix
-            notes.append(
-                f"{label}: {len(subset.other_extension_captions)} image(s) have a caption "
-                f"file only under another extension, which is not read (e.g. "
-                f"{subset.other_extension_captions[0][1].name}); set caption_extension = "
-                f"\"{other}\" if those are your captions")
-        if subset.empty_captions:
-            empty = "no text" if subset.options.enable_wildcard else "an empty first line"
-            notes.append(f"{label}: {len(subset.empty_captions)} caption file(s) have "
-                         f"{empty}; the class tokens are used instead: "
-                         f"{_names(subset.empty_captions)}")
-        if subset.multiline_captions:
-            notes.append(f"{label}: {len(subset.multiline_captions)} caption file(s) have "
-                         "more than one line; only the first line is used: "
-                         f"{_names(subset.multiline_captions)}")
-        if subset.bom_captions:
-            notes.append(f"{label}: {len(subset.bom_captions)} caption file(s) start with a "
-                         "UTF-8 byte-order mark, which was removed (sd-scripts would keep it "
-                         f"in the first tag): {_names(subset.bom_captions)}")
-        if subset.too_small:
-            notes.append(f"{label}: {len(subset.too_small)} image(s) are smaller than "
-                         f"{subset.min_side_px} px on a side and will be enlarged (blurry "
-                         f"training data): {_names(subset.too_small)}")
-    notes.extend(_reg_surplus_notes(scan))
-    return notes
-
-
-def _reg_surplus_notes(scan: DatasetScan) -> list[str]:
-    """Reg images the balancing never uses, per dataset (§1.4 balances each one alone)."""
-    if not scan.reg:
-        return []
-    # The balancing rule lives with the rest of the plan maths; imported here, not at the
-    # top, because plan.py imports this module.
-    from lora_core.dataset.plan import balance_reg_repeats
-
-    notes = []
-    for index in sorted({s.dataset_index for s in scan.reg}):
-        train = [s for s in scan.train if s.dataset_index == index]
-        num_train = sum(s.repeats * len(s.images) for s in train)
-        reg_repeats = [s.repeats for s in scan.reg if s.dataset_index == index
-                       for _ in s.images]
-        unused = sum(1 for r in balance_reg_repeats(num_train, reg_repeats) if r == 0)
-        if not unused:
-            continue
-        where = f"datasets[{index}]: " if scan.config is not None else ""
-        notes.append(f"{where}{unused} of {len(reg_repeats)} regularization images are never "
-                     f"used: sd-scripts takes reg images in order only until they match the "
-                     f"{num_train} train samples per epoch (images x repeats)"
-                     + ("; remove the surplus or add train images/repeats" if num_train else
-                        "; this dataset has no train images, so none of its reg images are "
-                        "used"))
-    return notes

@@ -29,6 +29,7 @@ from typing import Any
 
 from lora_core.errors import ModelError
 from lora_core.models.configs import init_kwargs, load_config
+from lora_core.models.files import DAMAGED_HINT
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -46,7 +47,6 @@ _MAX_HEADER_BYTES = 100 * 2**20
 _IGNORABLE = re.compile(
     r"^(model_ema\.|denoiser\.|betas$|alphas_cumprod|sqrt_|log_one_minus|posterior_|"
     r"logvar$|lvlb_weights$)|\.position_ids$|\.logit_scale$|^cond_stage_model\.model\.attn_mask$")
-_HINT_DAMAGED = "the file is damaged or incomplete; copy or download it again"
 # File names that usually mean a v-prediction model (SD 2.x 768-v, v-pred finetunes).
 _V_NAME = re.compile(r"(v[-_ ]?pred|768-v|[-_]v\.|[-_]v[-_])", re.IGNORECASE)
 
@@ -108,12 +108,12 @@ def read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]
             head = fh.read(8)
             if len(head) < 8:
                 raise ModelError(f"{path} is not a .safetensors file (only {size} bytes)",
-                                 _HINT_DAMAGED)
+                                 DAMAGED_HINT)
             (length,) = struct.unpack("<Q", head)
             if length > min(size - 8, _MAX_HEADER_BYTES):
                 raise ModelError(f"{path} has a broken .safetensors header (it claims "
                                  f"{length} bytes of header in a {size}-byte file)",
-                                 _HINT_DAMAGED)
+                                 DAMAGED_HINT)
             raw = fh.read(length)
     except OSError as exc:
         raise ModelError(f"cannot read {path}: {exc.strerror}",
@@ -122,10 +122,10 @@ def read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path} has a broken .safetensors header ({exc})",
-                         _HINT_DAMAGED) from None
+                         DAMAGED_HINT) from None
     if not isinstance(header, dict):
         raise ModelError(f"{path} has a broken .safetensors header (not a JSON object)",
-                         _HINT_DAMAGED)
+                         DAMAGED_HINT)
     metadata = header.pop("__metadata__", None) or {}
     data_bytes = size - 8 - length
     shapes: dict[str, tuple[int, ...]] = {}
@@ -136,10 +136,10 @@ def read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]
             str(entry["dtype"])
         except (KeyError, TypeError, ValueError):
             raise ModelError(f"{path} has a broken .safetensors header (entry {key!r})",
-                             _HINT_DAMAGED) from None
+                             DAMAGED_HINT) from None
         if end > data_bytes or start > end:
             raise ModelError(f"{path} is truncated: tensor {key!r} ends at byte {end} of "
-                             f"{data_bytes} data bytes", _HINT_DAMAGED)
+                             f"{data_bytes} data bytes", DAMAGED_HINT)
         shapes[key] = shape
     return shapes, {str(k): str(v) for k, v in metadata.items()}
 

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-import zipfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +31,14 @@ from typing import TYPE_CHECKING, Any
 from lora_core.errors import ModelError
 from lora_core.models import checkpoint as ckpt
 from lora_core.models.builtin import BUILTINS, builtin_folder, ensure_builtin
+from lora_core.models.files import (
+    PICKLE_SUFFIXES,
+    SAFETENSORS_SUFFIX,
+    SINGLE_FILE_SUFFIXES,
+    first_line,
+    no_transformers_progress_bar,
+)
+from lora_core.models.pickle_scan import check_pickle_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -40,9 +46,6 @@ if TYPE_CHECKING:
     from lora_core.models.families import ModelBundle
 
 BUILTIN_PREFIX = "builtin:"
-SAFETENSORS_SUFFIX = ".safetensors"
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-SINGLE_FILE_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES)
 FOLDER_COMPONENTS = {"sd1": ("unet", "vae", "text_encoder"),
                      "sd2": ("unet", "vae", "text_encoder"),
                      "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2")}
@@ -53,7 +56,6 @@ _MODEL_HINT = (
     "give a single-file checkpoint (.safetensors or .ckpt, as A1111 / ComfyUI use), a "
     "diffusers folder (one with model_index.json), or builtin:tiny-sd1 to try things out"
 )
-_DAMAGED = "the file is damaged or incomplete; copy or download it again"
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ def inspect_model(spec: str, base_dir: Path) -> ModelSource:
             return ModelSource(spec, "single_file", arch.family, path.name, path,
                                ckpt.summary(arch), arch.missing, metadata)
         if suffix in PICKLE_SUFFIXES:
-            _check_pickle_container(path)
+            check_pickle_checkpoint(path)
             return ModelSource(spec, "single_file", None, path.name, path,
                                "pickled checkpoint (.ckpt); the family is detected when the "
                                "model loads")
@@ -127,30 +129,6 @@ def inspect_model(spec: str, base_dir: Path) -> ModelSource:
     family = _detect_folder_family(path)
     return ModelSource(spec, "diffusers", family, path.name, path,
                        f"{FAMILY_LABELS[family]} diffusers folder {path}")
-
-
-def _check_pickle_container(path: Path) -> None:
-    """ModelError unless ``path`` can be a PyTorch checkpoint: a zip archive (torch.save
-    since 1.6) or a pickle stream (the legacy format starts with the PROTO opcode, 0x80).
-
-    Only the first bytes are read, so ``lora-train check`` catches a download that is an
-    HTML error page or an empty file without importing torch. Whether the pickle is safe is
-    decided when it loads (``torch.load(weights_only=True)`` refuses code; see
-    single_file.py)."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(2)
-    except OSError as exc:
-        raise ModelError(f"cannot read {path}: {exc.strerror}",
-                         "check that the file exists and is readable") from None
-    if size == 0:
-        raise ModelError(f"{path} is empty (0 bytes)", _DAMAGED)
-    if zipfile.is_zipfile(path) or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"):
-        return
-    raise ModelError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a "
-                     f"pickle; it starts with {head!r})",
-                     f"{_DAMAGED}; a download that failed is often a saved HTML page")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -294,25 +272,6 @@ def _bundle(parts: dict[str, Any], source: ModelSource, v_parameterization: bool
     )
 
 
-@contextmanager
-def _no_transformers_progress_bar() -> Iterator[None]:
-    """transformers 5.x draws a "Loading weights" bar on stderr; the trainer reports its own
-    progress through events, so hide it while loading and restore the setting after."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 # --- diffusers folders ----------------------------------------------------------------------
 
 
@@ -330,7 +289,7 @@ def _load_folder(folder: Path, family: str, dtype: Any, vae_dtype: Any, vae_repl
             raise
         except Exception as exc:  # any loader failure becomes a ModelError naming the part
             raise ModelError(f"could not load the {what} from {folder / what}: "
-                             f"{_first_line(exc)}",
+                             f"{first_line(exc)}",
                              "the model folder may be incomplete or damaged; copy or "
                              "download it again") from exc
 
@@ -341,7 +300,7 @@ def _load_folder(folder: Path, family: str, dtype: Any, vae_dtype: Any, vae_repl
     if not vae_replaced:
         vae = load("vae", lambda: AutoencoderKL.from_pretrained(
             folder, subfolder="vae", torch_dtype=vae_dtype, local_files_only=True))
-    with _no_transformers_progress_bar():
+    with no_transformers_progress_bar():
         encoders = [load("text_encoder", lambda: CLIPTextModel.from_pretrained(
             folder / "text_encoder", dtype=dtype, local_files_only=True))]
         if family == "sdxl":

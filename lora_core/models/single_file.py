@@ -19,12 +19,13 @@ from typing import Any
 
 from lora_core.errors import ModelError
 from lora_core.models import checkpoint as ckpt
-from lora_core.models.loading import (
-    _DAMAGED,
+from lora_core.models.files import (
+    DAMAGED_HINT,
     SAFETENSORS_SUFFIX,
-    _first_line,
-    _no_transformers_progress_bar,
+    first_line,
+    no_transformers_progress_bar,
 )
+from lora_core.models.pickle_scan import code_error
 
 
 class _Reader:
@@ -46,7 +47,7 @@ class _Reader:
             try:
                 self._handle = safe_open(str(path), framework="pt")
             except Exception as exc:  # safetensors raises its own error types
-                raise ModelError(f"cannot open {path}: {_first_line(exc)}", _DAMAGED) from exc
+                raise ModelError(f"cannot open {path}: {first_line(exc)}", DAMAGED_HINT) from exc
         else:
             self._state = _torch_load(path)
             self.metadata = {}
@@ -59,7 +60,7 @@ class _Reader:
                       else self._state[key])
         except Exception as exc:
             raise ModelError(f"cannot read tensor {key!r} from {self.path}: "
-                             f"{_first_line(exc)}", _DAMAGED) from exc
+                             f"{first_line(exc)}", DAMAGED_HINT) from exc
         return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
     def take(self, prefix: str, dtype: Any, skip: Any = None) -> dict[str, Any]:
@@ -90,15 +91,11 @@ def _torch_load(path: Path) -> dict[str, Any]:
         wanted = re.search(r"GLOBAL ([\w.]+)", str(exc), re.IGNORECASE)
         if wanted is None:
             raise ModelError(f"cannot read {path} as a PyTorch checkpoint: the pickle inside "
-                             "is damaged or not a checkpoint", _DAMAGED) from None
-        raise ModelError(
-            f"{path} contains pickled code (it would call {wanted.group(1)}) and was not "
-            "loaded; none of its code was executed",
-            "use a .safetensors version of this model; convert the .ckpt only on a machine "
-            "and with a tool you trust") from None
+                             "is damaged or not a checkpoint", DAMAGED_HINT) from None
+        raise code_error(path, wanted.group(1)) from None
     except Exception as exc:
-        raise ModelError(f"cannot read {path} as a PyTorch checkpoint: {_first_line(exc)}",
-                         _DAMAGED) from None
+        raise ModelError(f"cannot read {path} as a PyTorch checkpoint: {first_line(exc)}",
+                         DAMAGED_HINT) from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
@@ -123,7 +120,7 @@ def load_single_file(path: Path, dtype: Any, vae_dtype: Any, vae_replaced: bool,
     if not vae_replaced:
         assert arch.vae is not None
         vae = _ldm_vae(reader.take(ckpt.VAE_PREFIX, vae_dtype), arch.family, arch.vae, path)
-    with _no_transformers_progress_bar():
+    with no_transformers_progress_bar():
         encoders = [_single_file_text_encoder(reader, arch, i, dtype)
                     for i in range(len(arch.text_encoders))]
     return {"family": arch.family, "unet": unet, "vae": vae, "text_encoders": encoders,
@@ -280,8 +277,8 @@ def load_vae(path: Path, family: str, dtype: Any) -> Any:
             return AutoencoderKL.from_pretrained(folder, torch_dtype=dtype,
                                                  local_files_only=True)
         except Exception as exc:  # any loader failure names the folder
-            raise ModelError(f"could not load the VAE from {folder}: {_first_line(exc)}",
-                             _DAMAGED) from exc
+            raise ModelError(f"could not load the VAE from {folder}: {first_line(exc)}",
+                             DAMAGED_HINT) from exc
     reader = _Reader(path)
     keys = list(reader.shapes)
     if any(k.startswith(ckpt.VAE_PREFIX) for k in keys):

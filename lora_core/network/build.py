@@ -47,7 +47,8 @@ def _check(net: NetworkSection) -> None:
     if net.network_module not in NETWORK_TYPES:
         raise ProfileError(f"`[network] network_module` = {net.network_module!r} is not one of "
                            f"{', '.join(NETWORK_TYPES)}",
-                           "load the profile through profile_from_dict, which normalises it")
+                           "load the profile through profile_load.profile_from_dict, which "
+                           "normalises it")
     for key in ("network_dropout", "rank_dropout", "module_dropout"):
         value = getattr(net, key)
         if value is not None and not 0.0 <= value < 1.0:

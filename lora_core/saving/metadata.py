@@ -18,7 +18,7 @@ from typing import Any
 
 from lora_core import __version__
 from lora_core.dataset.plan import TrainingPlan
-from lora_core.profile import Profile, conv_rank_and_alpha, parse_resolution
+from lora_core.profile import Profile, conv_rank_and_alpha
 
 
 @dataclass
@@ -69,7 +69,7 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
     """The full metadata dict (all values str) for this run; ``ss_steps`` etc. set at save."""
     net, opt, tr, ds = profile.network, profile.optimizer, profile.training, profile.dataset
     width, height = (plan.bucket.resolution if plan.dataset_config is not None
-                     else parse_resolution(ds.resolution))
+                     else ds.resolution)
     module, network_args = network_module_and_args(profile)
     values: dict[str, object] = {
         "ss_session_id": run.session_id,
@@ -173,8 +173,6 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
     metadata.update(dataset_metadata(plan))
     if plan.dataset_config is not None:
         # sd-scripts writes these per dataset inside ss_datasets in dataset_config mode.
-        from lora_core.dataset.dataset_config import datasets_metadata
-
         for key in FOLDER_MODE_KEYS:
             metadata.pop(key, None)
         metadata.update(datasets_metadata(plan))
@@ -295,3 +293,81 @@ def dataset_metadata(plan: TrainingPlan) -> dict[str, str]:
         # sd-scripts reads len(train_dataloader) after accelerate has split it per process.
         "ss_num_batches_per_epoch": str(-(-plan.batches_per_epoch // plan.num_processes)),
     }
+
+
+def datasets_metadata(plan: TrainingPlan) -> dict[str, str]:
+    """The ``ss_*`` keys sd-scripts writes only in dataset_config mode (kohya-compat §7.2).
+
+    ``ss_datasets`` (a JSON list, one entry per dataset with its subsets), ``ss_tag_frequency``
+    (per folder basename; a folder used by several datasets counts once, the first one) and
+    ``ss_dataset_dirs`` (non-reg subsets; a basename seen before gets " (2)", " (3)", ...).
+    Shapes as sd-scripts' ``train_network.py`` builds them: subsets without images are left
+    out of the lists, unset strings are ``null``, bucket indices are positions in the
+    dataset's sorted bucket list (so predefined buckets nobody uses leave gaps), and
+    min/max_bucket_reso are ``null`` without bucketing. The folder-mode keys
+    (``ss_resolution``, ``ss_bucket_info``, ``ss_reg_dataset_dirs``, ...) are not written in
+    this mode.
+    """
+    datasets: list[dict[str, Any]] = []
+    tag_frequency: dict[str, dict[str, int]] = {}
+    dataset_dirs: dict[str, dict[str, int]] = {}
+    for dataset in plan.datasets:
+        scans = [plan.subsets[i].scan for i in dataset.subset_indices]
+        tags: dict[str, dict[str, int]] = {}
+        for scan in scans:
+            merged = tags.setdefault(scan.name, {})
+            for tag, count in scan.tag_frequency.items():
+                merged[tag] = merged.get(tag, 0) + count
+        subsets = []
+        for scan in scans:
+            if not scan.images:
+                continue
+            options = scan.options
+            subsets.append({
+                "img_count": len(scan.images), "num_repeats": scan.repeats,
+                "color_aug": options.color_aug, "flip_aug": options.flip_aug,
+                "random_crop": options.random_crop, "shuffle_caption": options.shuffle_caption,
+                "keep_tokens": options.keep_tokens,
+                "keep_tokens_separator": options.keep_tokens_separator,
+                "secondary_separator": options.secondary_separator or None,
+                "enable_wildcard": options.enable_wildcard,
+                "caption_prefix": options.caption_prefix or None,
+                "caption_suffix": options.caption_suffix or None,
+                "resize_interpolation": None,
+                "image_dir": scan.name, "class_tokens": scan.class_tokens or None,
+                "is_reg": scan.is_reg,
+            })
+            if not scan.is_reg:
+                name, n = scan.name, 2
+                while name in dataset_dirs:
+                    name, n = f"{scan.name} ({n})", n + 1
+                dataset_dirs[name] = {"n_repeats": scan.repeats, "img_count": len(scan.images)}
+        bucket = dataset.bucket
+        enabled = bucket.mode != "single"
+        low, high, steps = bucket.min_bucket_reso, bucket.max_bucket_reso, bucket.bucket_reso_steps
+        datasets.append({
+            "is_dreambooth": True, "batch_size_per_device": dataset.batch_size,
+            "num_train_images": dataset.num_train_images,
+            "num_reg_images": dataset.num_reg_images,
+            "resolution": list(bucket.resolution), "enable_bucket": enabled,
+            # sd-scripts rounds them whenever bucketing is on (bucket_no_upscale too).
+            "min_bucket_reso": low - low % steps if enabled else None,
+            "max_bucket_reso": (high + (-high) % steps) if enabled else None,
+            "tag_frequency": tags,
+            "bucket_info": _bucket_info(dataset) if enabled else None,
+            "resize_interpolation": None,
+            "subsets": subsets,
+        })
+        for name, counts in tags.items():
+            tag_frequency.setdefault(name, counts)
+    return {"ss_datasets": json.dumps(datasets), "ss_tag_frequency": json.dumps(tag_frequency),
+            "ss_dataset_dirs": json.dumps(dataset_dirs)}
+
+
+def _bucket_info(dataset: Any) -> dict[str, Any]:
+    used = dataset.bucket_counts
+    resos = sorted(set(dataset.bucket.predefined) | set(used))
+    position = {reso: i for i, reso in enumerate(resos)}
+    return {"buckets": {position[reso]: {"resolution": list(reso), "count": count}
+                        for reso, count in used.items()},
+            "mean_img_ar_error": dataset.mean_ar_error}

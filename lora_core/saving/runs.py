@@ -20,7 +20,7 @@ from pathlib import Path
 from lora_core.errors import LoraError, OutputError
 from lora_core.paths import state_dir
 from lora_core.profile import Profile
-from lora_core.profile_io import absolute_profile, save_profile
+from lora_core.profile_io import save_profile
 from lora_core.saving.atomic import atomic_write_bytes
 
 PROFILE_FILE = "profile.toml"
@@ -64,7 +64,7 @@ def create_run_folder(output_dir: Path, output_name: str, profile: Profile) -> R
         raise OutputError(f"cannot create a run folder in {runs}: {exc.strerror or exc}",
                           "set `[saving] output_dir` to a folder you can write to") from None
     folder = RunFolder(path)
-    save_profile(absolute_profile(profile), folder.profile)
+    save_profile(profile, folder.profile)
     return folder
 
 

@@ -135,7 +135,7 @@ def param_groups(network: TrainableNetwork, opt: OptimizerSection,
     return groups
 
 
-def _optimizer_class(name: str) -> type:
+def optimizer_class(name: str) -> type:
     """The class for an optimizer_type, imported now; a missing package is a ProfileError."""
     if name not in OPTIMIZER_CLASSES:
         raise AssertionError(f"optimizer {name!r} passed profile validation")  # unreachable
@@ -167,7 +167,7 @@ def build_optimizer(groups: list[ParamGroupSpec], opt: OptimizerSection
     block weights have no effect there).
     """
     name = opt.optimizer_type
-    cls = _optimizer_class(name)
+    cls = optimizer_class(name)
     kwargs = effective_optimizer_args(opt)
     rates = {g.lr for g in groups}
     if name in ONE_LR_ONLY and len(rates) > 1:
@@ -198,29 +198,11 @@ def build_optimizer(groups: list[ParamGroupSpec], opt: OptimizerSection
                            "remove or correct the argument named above") from None
 
 
-def check_optimizer(opt: OptimizerSection) -> None:
-    """Before the model loads: the optimizer's package imports and takes every argument the
-    profile gives it (a misspelt or foreign argument would otherwise fail minutes later)."""
-    import inspect
-
-    cls = _optimizer_class(opt.optimizer_type)
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    unknown = [k for k in effective_optimizer_args(opt) if k not in params]
-    if unknown:
-        accepted = ", ".join(k for k in params if k not in ("self", "params", "lr"))
-        raise ProfileError(
-            f"`[optimizer] optimizer_args` {optimizer_args_list(opt)}: {opt.optimizer_type} "
-            f"takes no argument {', '.join(repr(k) for k in unknown)}",
-            f"remove it; {opt.optimizer_type} accepts: {accepted}")
-
-
 def optimizer_description(opt: OptimizerSection) -> str:
     """``ss_optimizer`` in sd-scripts' format: ``<module>.<Class>(k=v,...)``, from the real
     class and the arguments it gets (defaults sd-scripts adds, like SGDNesterov's
     momentum=0.9 or AdaFactor's relative_step=True, included; nesterov=True is not)."""
-    cls = _optimizer_class(opt.optimizer_type)
+    cls = optimizer_class(opt.optimizer_type)
     described = ",".join(f"{k}={v}" for k, v in effective_optimizer_args(opt).items())
     return f"{cls.__module__}.{cls.__name__}" + (f"({described})" if described else "")
 

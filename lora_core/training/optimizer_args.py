@@ -76,16 +76,12 @@ OPTIMIZER_CLASSES: dict[str, tuple[str, str, str]] = {
 
 
 def missing_optimizer_package(opt: OptimizerSection) -> str | None:
-    """The problem when the optimizer's package is not installed (found without importing
-    it), else None."""
+    """The pip package the optimizer needs when it is not installed (found without
+    importing it), else None."""
     import importlib.util
 
     module, _cls, package = OPTIMIZER_CLASSES[opt.optimizer_type]
-    if importlib.util.find_spec(module.split(".")[0]) is not None:
-        return None
-    return (f"`[optimizer] optimizer_type` = \"{opt.optimizer_type}\" needs the {package} "
-            f"package, which is not installed: pip install {package} (or choose another "
-            "optimizer)")
+    return None if importlib.util.find_spec(module.split(".")[0]) is not None else package
 
 
 # The arguments LoRA Easy Training Scripts fills in for the AdamW family; other optimizers
@@ -136,8 +132,9 @@ def loraplus_ratios(opt: OptimizerSection) -> tuple[float | None, float | None]:
             opt.loraplus_unet_lr_ratio or opt.loraplus_lr_ratio)
 
 
-def _distinct_rates(opt: OptimizerSection) -> set[float]:
-    """The non-zero rates the groups would get if both sides are trained (pure Python)."""
+def distinct_rates(opt: OptimizerSection, trains_text_encoder: bool = True,
+                   trains_unet: bool = True) -> set[float]:
+    """The non-zero rates the parameter groups get (pure Python)."""
     from lora_core.network.blocks import block_lr_weights
 
     te_lr, unet_lr = group_learning_rates(opt)
@@ -149,17 +146,23 @@ def _distinct_rates(opt: OptimizerSection) -> set[float]:
         weights = None  # reported by the profile check itself
     # Slot 0 (BASE) holds no module, so its weight makes no group.
     unet_rates = {unet_lr * w for w in (weights[1:] if weights else [1.0])}
-    rates = {te_lr} | unet_rates
-    if te_ratio is not None:
-        rates.add(te_lr * te_ratio)
-    if unet_ratio is not None:
-        rates |= {r * unet_ratio for r in unet_rates}
+    rates: set[float] = set()
+    if trains_text_encoder:
+        rates.add(te_lr)
+        if te_ratio is not None:
+            rates.add(te_lr * te_ratio)
+    if trains_unet:
+        rates |= unet_rates
+        if unet_ratio is not None:
+            rates |= {r * unet_ratio for r in unet_rates}
     return {r for r in rates if r > 0}
 
 
-def optimizer_advisories(opt: OptimizerSection) -> list[str]:
+def optimizer_advisories(opt: OptimizerSection, trains_text_encoder: bool = True,
+                         trains_unet: bool = True) -> list[str]:
     """sd-scripts' optimizer warnings (train_util.get_optimizer), for `lora-train check` and
-    the run's start. Pure Python: imports neither torch nor any optimizer package."""
+    the run's start. Pure Python: imports neither torch nor any optimizer package. (One
+    learning rate for optimizers that refuse several is an error: ``checks.optimizer``.)"""
     name = opt.optimizer_type
     try:
         args = effective_optimizer_args(opt)
@@ -174,18 +177,12 @@ def optimizer_advisories(opt: OptimizerSection) -> list[str]:
                 f"{name} finds its own step size and multiplies it by the learning rate; "
                 f"{low[0]:g} is very low: use a learning_rate around 1.0 (and leave unet_lr / "
                 "text_encoder_lr unset)")
-        rates = _distinct_rates(opt)
-        if len(rates) > 1:
+        rates = distinct_rates(opt, trains_text_encoder, trains_unet)
+        if len(rates) > 1 and name not in ONE_LR_ONLY:
             listed = ", ".join(f"{r:g}" for r in sorted(rates))
-            if name in ONE_LR_ONLY:
-                notes.append(
-                    f"{name} refuses different learning rates per parameter group (here "
-                    f"{listed}) and training will stop before the first step: use one "
-                    "learning rate, without LoRA+ ratios or block learning-rate weights")
-            else:
-                notes.append(
-                    f"{name} uses only the first parameter group's learning rate for all "
-                    f"groups, so the different rates here ({listed}) have no effect")
+            notes.append(
+                f"{name} uses only the first parameter group's learning rate for all "
+                f"groups, so the different rates here ({listed}) have no effect")
     elif name == "AdaFactor":
         if adafactor_relative_step(args):
             ignored = [k for k in ("unet_lr", "text_encoder_lr", "loraplus_lr_ratio",

@@ -24,7 +24,6 @@ file before torch is even installed.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
@@ -34,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lora_core.errors import ProfileError
-from lora_core.profile import SAMPLERS, Profile, SampleSection, closest
+from lora_core.errors import ProfileError, closest
+from lora_core.profile import SAMPLERS, SampleSection
 
 log = logging.getLogger(__name__)
 
@@ -347,40 +346,3 @@ def sample_file_name(output_name: str, *, step: int, epoch: int | None, index: i
     stamp = time.strftime("%Y%m%d%H%M%S", time.localtime(timestamp))
     seed_part = "" if seed is None else f"_{seed}"
     return f"{output_name}_{number}_{index:02d}_{stamp}{seed_part}.png"
-
-
-# ----------------------------------------------------------------------------------------
-# Preflight
-
-
-def check_sample_prompts(profile: Profile) -> list[str]:
-    """Problems with the profile's prompt file, for ``lora-train check`` and run start-up.
-
-    A prompt file that is named is read and checked whole, even when no schedule is set
-    yet, so a mistake shows before the run instead of as a warning hours into it. Also
-    reports a file without prompts while a schedule asks for samples, and the LMS sampler
-    without scipy (diffusers needs it for that one). Empty when all is well.
-    """
-    section = profile.sample
-    path = profile.path("sample", "sample_prompts")
-    if path is None:
-        return []
-    try:
-        prompts = read_sample_prompts(path, section.sample_sampler)
-    except ProfileError as exc:
-        return [f"{exc.message}: {exc.hint}" if exc.hint else exc.message]
-    errors = []
-    wanted = section.sample_at_first or section.sample_every_n_steps \
-        or section.sample_every_n_epochs
-    if wanted and not prompts:
-        errors.append(f"sample prompt file {path} has no prompts: add one prompt per line, "
-                      "or remove the [sample] schedule")
-    lms = sorted({p.sampler for p in prompts if p.sampler in ("lms", "k_lms")})
-    if lms and not _scipy_installed():
-        errors.append(f"sample prompt file {path}: sampler {lms[0]!r} needs scipy, which is "
-                      "not installed: pip install scipy, or choose another sampler")
-    return errors
-
-
-def _scipy_installed() -> bool:
-    return importlib.util.find_spec("scipy") is not None

@@ -28,8 +28,8 @@ from textual.worker import Worker, WorkerState
 from lora_core.dataset.plan import TrainingPlan
 from lora_core.errors import LoraError
 from lora_core.paths import state_dir
-from lora_core.profile import SECTIONS, Profile, SampleSection
-from lora_core.profile_io import absolute_profile, save_profile
+from lora_core.profile import SECTIONS, SampleSection, profile_to_dict
+from lora_core.profile_io import save_profile, save_profile_data
 from lora_core.saving.atomic import atomic_write_bytes
 from lora_core.training.sample_prompts import sample_points
 from lora_tui.dataset_check import DatasetCheck, check_dataset
@@ -46,36 +46,43 @@ def prompts_file_name(output_name: str) -> str:
     return f"{output_name}-prompts.txt"
 
 
-def profile_to_write(draft: Draft, path: Path) -> Profile:
-    """The profile as it will be written to ``path``: typed sample prompts are written to
-    ``<output_name>-prompts.txt`` beside it and ``sample_prompts`` names that file; relative
-    paths stay relative only when ``path`` is in the folder they are relative to, elsewhere
-    they are made absolute. Raises ProfileError (nothing written) for invalid answers."""
-    profile = draft.profile()
+def profile_data_to_write(draft: Draft, path: Path) -> dict:
+    """The profile as it will be written to ``path`` (every field, as TOML data): typed
+    sample prompts are written to ``<output_name>-prompts.txt`` beside it and
+    ``sample_prompts`` names that file; paths keep the text typed for them when ``path`` is
+    in the folder they are relative to, elsewhere they are written absolute. Raises
+    ProfileError (nothing written) for invalid answers."""
+    profile = draft.profile()  # resolved: every path absolute
+    data = profile_to_dict(profile)
     target_dir = Path(path).parent.resolve()
     same_dir = target_dir == Path(draft.base_dir).resolve()
+    if same_dir:
+        for section, cls in SECTIONS.items():
+            for f in dataclasses.fields(cls):
+                if f.metadata["path"] and draft.text(section, f.name):
+                    data[section][f.name] = draft.text(section, f.name)
     if draft.typed_prompts.strip():
         prompts = target_dir / prompts_file_name(profile.saving.output_name)
         target_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(prompts, (draft.typed_prompts.strip() + "\n").encode("utf-8"))
-        profile.sample.sample_prompts = prompts.name if same_dir else str(prompts)
-    return profile if same_dir else absolute_profile(profile)
+        data["sample"]["sample_prompts"] = prompts.name if same_dir else str(prompts)
+    return data
 
 
 def save_draft(draft: Draft, path: Path) -> Path:
-    """Write the draft's profile to ``path`` (see :func:`profile_to_write`); the draft then
-    belongs to that file (its relative paths are taken from that file's folder)."""
+    """Write the draft's profile to ``path`` (see :func:`profile_data_to_write`); the draft
+    then belongs to that file (its relative paths are taken from that file's folder)."""
     path = Path(path)
-    profile = profile_to_write(draft, path)
-    save_profile(profile, path)
+    data = profile_data_to_write(draft, path)
+    save_profile_data(data, path)
     # The draft now answers for this file: carry over what was rewritten for it (absolute
     # paths, the prompt file), so its texts mean the same from the new folder.
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             if f.metadata["path"] and draft.text(section, f.name):
-                draft.set_text(section, f.name, getattr(getattr(profile, section), f.name))
+                draft.set_text(section, f.name, data[section][f.name])
     if draft.typed_prompts.strip():
-        draft.set_text("sample", "sample_prompts", profile.sample.sample_prompts)
+        draft.set_text("sample", "sample_prompts", data["sample"]["sample_prompts"])
     draft.source_path, draft.base_dir, draft.dirty = path, path.resolve().parent, False
     return path
 
@@ -227,8 +234,8 @@ class ReviewScreen(Screen):
         except LoraError as exc:
             self.notify(exc.message, severity="error", timeout=10)
             return
-        if self.check is not None and self.check.preflight is not None \
-                and self.check.preflight.problems:
+        if self.check is not None and self.check.report is not None \
+                and self.check.report.errors:
             self.notify("fix the problems the plan lists first", severity="error")
             return
         path = self.draft.source_path
@@ -237,7 +244,7 @@ class ReviewScreen(Screen):
             # it runs from anywhere); the user's own files are never written behind their back.
             path = state_dir() / "wizard" / f"{profile.saving.output_name}.toml"
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_profile(absolute_profile(profile_to_write(self.draft, path)), path)
+            save_profile(profile, path)  # every path absolute; typed prompts: their working copy
         self.app.start_training(path)  # type: ignore[attr-defined]
 
 
@@ -273,10 +280,10 @@ def _schedule_lines(plan: TrainingPlan, sample: SampleSection | None) -> list[st
 def plan_text(check: DatasetCheck, sample: SampleSection | None = None) -> str:
     """The plan as the trainer computes it (lora_core's plan), as review text; ``sample``
     adds when preview images are made."""
-    if check.preflight is None:
+    if check.report is None:
         hint = f"\n  [dim]{escape(check.hint)}[/dim]" if check.hint else ""
         return f"[b]Plan[/b]\n  [red]{escape(check.message or '')}[/red]{hint}"
-    plan = check.preflight.plan
+    plan = check.report.plan
     lines = ["[b]Plan[/b]"]
     if plan is None:
         lines.append("  [red]no plan can be made[/red]")
@@ -298,6 +305,6 @@ def plan_text(check: DatasetCheck, sample: SampleSection | None = None) -> str:
         lines.append(f"  steps per epoch: {plan.steps_per_epoch}   epochs: {plan.num_epochs}   "
                      f"total steps: {plan.max_train_steps}   warmup steps: {plan.warmup_steps}")
         lines += _schedule_lines(plan, sample)
-    lines += [f"  [red]problem:[/red] {escape(p)}" for p in check.preflight.problems]
-    lines += [f"  [yellow]note:[/yellow] {escape(a)}" for a in check.preflight.advisories]
+    lines += [f"  [red]problem:[/red] {escape(p.text())}" for p in check.report.errors]
+    lines += [f"  [yellow]note:[/yellow] {escape(p.text())}" for p in check.report.warnings]
     return "\n".join(lines)

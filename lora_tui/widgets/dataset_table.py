@@ -30,7 +30,7 @@ class DatasetTable(Vertical):
         table.clear()
         status = self.query_one("#check-status", Static)
         problems = self.query_one("#check-problems", Static)
-        if check.preflight is None:
+        if check.report is None or check.report.scan is None:
             status.update("[b]Dataset check[/b]: [red]cannot read the images[/red]")
             text = escape(check.message or "")
             if check.concept_parent is not None:
@@ -40,16 +40,16 @@ class DatasetTable(Vertical):
                 text += f"\n[dim]{escape(check.hint)}[/dim]"
             problems.update(text)
             return
-        scan = check.preflight.scan
+        scan = check.report.scan
         for subset in scan.subsets:
             table.add_row(("reg/" if subset.is_reg else "") + subset.name, len(subset.images),
                           subset.repeats, subset.captions_found, len(subset.missing_captions),
                           len(subset.other_extension_captions), len(subset.undecodable),
                           len(subset.too_small))
-        plan = check.preflight.plan
+        plan = check.report.plan
         summary = (f"{plan.num_train_images} training samples per epoch (images x repeats), "
                    f"{plan.steps_per_epoch} steps per epoch" if plan else "no plan")
         status.update(f"[b]Dataset check[/b]: {summary}")
-        lines = [f"[red]problem:[/red] {escape(p)}" for p in check.preflight.problems]
-        lines += [f"[yellow]note:[/yellow] {escape(a)}" for a in check.preflight.advisories]
+        lines = [f"[red]problem:[/red] {escape(p.text())}" for p in check.report.errors]
+        lines += [f"[yellow]note:[/yellow] {escape(p.text())}" for p in check.report.warnings]
         problems.update("\n".join(lines) or "[green]no problems found[/green]")

@@ -9,6 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from lora_core.profile import SECTIONS, Profile
+from lora_core.values import Resolution
 
 
 def png_bytes(width: int, height: int, color: tuple[int, int, int] = (200, 40, 40)) -> bytes:
@@ -55,5 +56,7 @@ def profile_for(train_dir: Path, reg_dir: Path | None = None, **overrides: objec
         owners = [name for name in SECTIONS
                   if key in {f.name for f in dataclasses.fields(SECTIONS[name])}]
         assert len(owners) == 1, f"unknown profile field {key}"
+        if key == "resolution":  # the resolved form a loaded profile holds
+            value = Resolution.parse(value)
         setattr(getattr(profile, owners[0]), key, value)
     return profile

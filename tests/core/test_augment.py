@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lora_core.checks import scan_profile
 from lora_core.dataset import loader
 from lora_core.dataset.images import (
     GAMMA_RANGE,
@@ -28,7 +29,6 @@ from lora_core.dataset.images import (
 )
 from lora_core.dataset.loader import EpochBatches, optimizer_step_at, pixels_to_tensor
 from lora_core.dataset.plan import epoch_batches, make_plan
-from lora_core.dataset.preflight import scan_profile
 from lora_core.dataset.subset_options import SubsetOptions
 from tests.core.dataset_helpers import profile_for
 

@@ -28,6 +28,6 @@ def test_core_never_imports_textual():
 
 def test_profile_check_and_cli_start_without_torch():
     loaded = modules_after(
-        "import lora_core.cli, lora_core.profile_io, lora_core.dataset.preflight, "
+        "import lora_core.cli, lora_core.profile_io, lora_core.checks, "
         "lora_core.dataset.report, lora_core.events, lora_core.models.loading")
     assert not [m for m in HEAVY if m in loaded]

@@ -10,17 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from lora_core.dataset.dataset_config import (
-    dataset_config_from_dict,
-    datasets_metadata,
-    load_dataset_config,
-)
+from lora_core.checks import check_profile, scan_profile
+from lora_core.checks.dataset import scan_notes
+from lora_core.dataset.dataset_config import dataset_config_from_dict, load_dataset_config
 from lora_core.dataset.plan import epoch_batches, make_plan, plan_summary
-from lora_core.dataset.preflight import run_preflight, scan_profile
 from lora_core.dataset.report import render_check_report
-from lora_core.dataset.scan import advisories
 from lora_core.errors import DatasetError, ProfileError
 from lora_core.profile import DatasetSection, Profile
+from lora_core.saving.metadata import datasets_metadata
+from lora_core.values import Resolution
 from tests.core.dataset_helpers import make_folder
 
 CONFIG = """
@@ -76,7 +74,7 @@ def make_profile(root: Path, config: str = "config/ds.toml", **dataset: object) 
     profile.dataset.dataset_config = config
     profile.dataset.caption_dropout_rate = 0.1  # only the profile sets this one
     for key, value in dataset.items():
-        setattr(profile.dataset, key, value)
+        setattr(profile.dataset, key, Resolution.parse(value) if key == "resolution" else value)
     profile.training.train_batch_size = 7  # every dataset sets batch_size, so unused
     profile.saving.output_dir = str(root / "out")
     profile.saving.output_name = "mylora"
@@ -144,7 +142,7 @@ def test_wildcard_captions_keep_every_line_and_are_not_an_advisory(project):
     wide = next(s for s in scan.subsets if s.name == "wide")
     assert [r.caption for r in wide.images] == ["red0, car\nblue0, bike", "red1, car\nblue1, bike"]
     assert wide.multiline_captions == []
-    assert not any("more than one line" in note for note in advisories(scan))
+    assert not any("more than one line" in note for note in [n.text() for n in scan_notes(scan)])
     # The raw (joined) caption is what tag counts see, as in sd-scripts.
     assert wide.tag_frequency["car\nblue0"] == 1
 
@@ -404,10 +402,10 @@ def test_missing_image_folder_is_a_dataset_error_naming_the_key(project):
 def test_no_train_images_is_a_problem_naming_the_config(project):
     config = {"datasets": [{"subsets": [{"image_dir": "../data/reg_dog", "is_reg": True}]}]}
     (project / "config" / "reg.json").write_text(json.dumps(config), encoding="utf-8")
-    preflight = run_preflight(make_profile(project, "config/reg.json"), strict=False)
-    assert preflight.plan is None
-    assert any("no usable training images in any train subset of dataset_config" in p
-               for p in preflight.problems)
+    report = check_profile(make_profile(project, "config/reg.json"))
+    assert report.plan is None
+    assert any("no usable training images in any train subset of dataset_config" in p.message
+               and p.field == ("dataset", "dataset_config") for p in report.errors)
 
 
 # ---------------------------------------------------------------------------------------
@@ -416,9 +414,8 @@ def test_no_train_images_is_a_problem_naming_the_config(project):
 
 def test_check_report_shows_datasets_and_options_that_differ(project):
     profile = make_profile(project)
-    preflight = run_preflight(profile, strict=False)
-    text = render_check_report(preflight.scan, preflight.plan, profile, preflight.problems,
-                               preflight.advisories)
+    report = check_profile(profile)
+    text = render_check_report(report.scan, report.plan, profile, report.problems)
     assert f"Dataset config: {project / 'config' / 'ds.toml'} (2 datasets)" in text
     assert "datasets[0]: resolution 512x512, batch size 2" in text
     assert "datasets[1]: resolution 768x512, batch size 1" in text

@@ -7,16 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from lora_core.dataset.scan import (
-    advisories,
-    count_tags,
-    parse_folder_name,
-    problems,
-    scan_dataset,
-)
+from lora_core.checks.dataset import scan_notes, scan_problems
+from lora_core.dataset.scan import count_tags, parse_folder_name, scan_dataset
 from lora_core.dataset.subset_options import SubsetOptions
 from lora_core.errors import DatasetError
 from tests.core.dataset_helpers import make_folder, make_image, png_bytes, snapshot
+
+
+def problems(result) -> list[str]:
+    """The scan's errors as text (checks.dataset)."""
+    found = scan_problems(result)
+    assert all(p.is_error and p.section == "dataset" for p in found)
+    return [p.text() for p in found]
+
+
+def advisories(result) -> list[str]:
+    found = scan_notes(result)
+    assert not any(p.is_error for p in found)
+    return [p.text() for p in found]
 
 
 def scan(train: Path, reg: Path | None = None, ext: str = ".txt", min_side: int = 0):

@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
+from lora_core.checks import scan_profile
 from lora_core.dataset.images import flip_horizontal, load_training_image
 from lora_core.dataset.loader import pixels_to_tensor
 from lora_core.dataset.plan import make_plan
-from lora_core.dataset.preflight import scan_profile
 from lora_core.errors import DatasetError, ProfileError
 from lora_core.saving import latent_cache
 from lora_core.training.conditioning import (

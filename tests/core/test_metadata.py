@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from lora_core.checks import scan_profile
 from lora_core.dataset.plan import make_plan
-from lora_core.dataset.preflight import scan_profile
 from lora_core.saving.metadata import RunInfo, training_metadata
 from tests.core.dataset_helpers import make_folder, profile_for
 

@@ -268,19 +268,35 @@ def test_bad_optimizer_args_are_a_profile_error():
 def test_advisories_for_adaptive_optimizers():
     assert any("around 1.0" in n for n in optimizer_advisories(section(optimizer_type="Prodigy")))
     assert optimizer_advisories(section(optimizer_type="Prodigy", learning_rate=1.0)) == []
-    mixed = optimizer_advisories(section(optimizer_type="DAdaptAdam", learning_rate=1.0,
-                                         text_encoder_lr=0.5))
-    assert len(mixed) == 1 and "refuses different learning rates" in mixed[0]
     first = optimizer_advisories(section(optimizer_type="DAdaptAdaGrad", learning_rate=1.0,
                                          text_encoder_lr=0.5))
     assert len(first) == 1 and "only the first" in first[0]
-    plus = optimizer_advisories(section(optimizer_type="Prodigy", learning_rate=1.0,
-                                        loraplus_lr_ratio=16.0))
-    assert len(plus) == 1 and "refuses" in plus[0]
-    blocks = optimizer_advisories(section(optimizer_type="Prodigy", learning_rate=1.0,
-                                          up_lr_weight="cosine"))
-    assert len(blocks) == 1 and "refuses" in blocks[0]
     assert optimizer_advisories(section()) == []
+
+
+def test_several_rates_for_an_optimizer_that_refuses_them_stop_the_profile():
+    """DAdaptAdam & co raise at their first step: the profile check says so first."""
+    from lora_core.checks.optimizer import profile_problems
+    from lora_core.profile import Profile
+
+    def errors(**fields):
+        p = Profile()
+        for key, value in fields.items():
+            owner = p.network if key.startswith("network_") else p.optimizer
+            setattr(owner, key, value)
+        return [e for e in profile_problems(p) if e.is_error]
+
+    mixed = errors(optimizer_type="DAdaptAdam", learning_rate=1.0, text_encoder_lr=0.5)
+    assert len(mixed) == 1 and "refuses different learning rates" in mixed[0].message
+    assert mixed[0].field == ("optimizer", "learning_rate")
+    assert errors(optimizer_type="Prodigy", learning_rate=1.0, loraplus_lr_ratio=16.0)
+    assert errors(optimizer_type="Prodigy", learning_rate=1.0, up_lr_weight="cosine")
+    # a side that is not trained has no group: its rate does not count
+    assert errors(optimizer_type="DAdaptAdam", learning_rate=1.0, text_encoder_lr=0.5,
+                  network_train_unet_only=True) == []
+    assert errors(optimizer_type="DAdaptAdaGrad", learning_rate=1.0, text_encoder_lr=0.5) == []
+    nothing = errors(optimizer_type="AdamW", learning_rate=0.0)
+    assert len(nothing) == 1 and "every learning rate in use is 0" in nothing[0].message
 
 
 def test_advisories_for_adafactor():
@@ -314,17 +330,43 @@ def test_advisories_import_no_torch():
     assert out.stdout.strip() == "[]"
 
 
-def test_arguments_an_optimizer_does_not_take_are_refused_before_the_model_loads():
-    from lora_core.training.optim import check_optimizer
+@pytest.mark.parametrize("read", ["source", "imported"])
+def test_arguments_an_optimizer_does_not_take_are_refused_before_the_model_loads(read):
+    """The installed optimizer's signature, read from its source (check: no import) or from
+    the imported class (run, when the source cannot be read), judges the same way."""
+    from lora_core.checks.optimizer import (
+        OptimizerSignature,
+        installed_optimizer_problems,
+        static_signature,
+    )
+    from lora_core.training.optim import optimizer_class
+    from lora_core.training.optimizer_args import OPTIMIZER_CLASSES
+
+    def problems(opt):
+        if read == "source":
+            return installed_optimizer_problems(opt)
+        module, name, _ = OPTIMIZER_CLASSES[opt.optimizer_type]
+        assert static_signature(module, name) is not None  # the source is readable here
+        return installed_optimizer_problems(
+            opt, OptimizerSignature.of(optimizer_class(opt.optimizer_type)))
 
     adafactor = OptimizerSection(optimizer_type="AdaFactor", lr_scheduler="adafactor",
                                  optimizer_args=["betas=0.9,0.99"])
-    with pytest.raises(ProfileError) as info:
-        check_optimizer(adafactor)
-    assert "takes no argument 'betas'" in info.value.message and "beta1" in info.value.hint
-    check_optimizer(OptimizerSection(optimizer_type="AdamW"))  # the AdamW defaults fit
+    found = problems(adafactor)
+    assert len(found) == 1 and found[0].field == ("optimizer", "optimizer_args")
+    assert "takes no argument 'betas'" in found[0].message and "beta1" in found[0].hint
+    assert problems(OptimizerSection(optimizer_type="AdamW")) == []  # the defaults fit
     # unset optimizer_args: the AdamW defaults are not given to other optimizers
-    check_optimizer(OptimizerSection(optimizer_type="AdaFactor", lr_scheduler="adafactor"))
+    assert problems(OptimizerSection(optimizer_type="AdaFactor",
+                                     lr_scheduler="adafactor")) == []
+    # a value of the wrong shape: one number where the optimizer takes a pair
+    pair = problems(OptimizerSection(optimizer_type="AdamW8bit",
+                                     optimizer_args=["betas=0.9", "weight_decay=0.1"]))
+    assert len(pair) == 1 and "expects 2 numbers for betas" in pair[0].message
+    assert "betas=0.9,0.999" in pair[0].hint
+    flag = problems(OptimizerSection(optimizer_type="Prodigy", learning_rate=1.0,
+                                     optimizer_args=["decouple=0.5"]))
+    assert len(flag) == 1 and "True or False" in flag[0].message
 
 
 def test_adamw_is_fused_unless_turned_off_or_given_foreach():

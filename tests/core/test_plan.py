@@ -8,15 +8,15 @@ from collections import Counter
 
 import pytest
 
+from lora_core.checks import scan_profile
+from lora_core.checks.dataset import scan_notes, scan_problems
 from lora_core.dataset.plan import (
     balance_reg_repeats,
     epoch_batches,
     make_plan,
     plan_summary,
 )
-from lora_core.dataset.preflight import scan_profile
 from lora_core.dataset.report import render_check_report
-from lora_core.dataset.scan import advisories
 from lora_core.errors import DatasetError
 from lora_core.saving.metadata import dataset_metadata
 from tests.core.dataset_helpers import make_folder, profile_for
@@ -78,7 +78,8 @@ def test_plan_with_surplus_reg_images_leaves_them_unused(tmp_path):
     assert plan.unused_reg_images == 2
     assert [it.record.path.name for it in plan.items if it.is_reg] == [
         "img00.png", "img01.png", "img02.png"]  # the same first ones, always
-    assert any("2 of 5 regularization images are never used" in a for a in advisories(scan))
+    assert any("2 of 5 regularization images are never used" in n.message
+               for n in scan_notes(scan))
     assert json.loads(dataset_metadata(plan)["ss_reg_dataset_dirs"]) == {
         "1_person": {"n_repeats": 1, "img_count": 5}}
 
@@ -244,7 +245,7 @@ def test_check_report_fits_80_columns_and_shows_the_numbers(two_buckets):
     (two_buckets / "train" / "1_wide" / "broken.png").write_bytes(b"junk")
     profile, scan, plan = plan_for(two_buckets, train_batch_size=2, max_train_epochs=4,
                                    save_every_n_epochs=1, save_every_n_steps=3)
-    text = render_check_report(scan, plan, profile)
+    text = render_check_report(scan, plan, profile, scan_problems(scan) + scan_notes(scan))
     # Only lines that name a (long, temporary) folder may be wider than 80 columns.
     assert max(len(line) for line in text.splitlines() if str(two_buckets) not in line) <= 80
     for expected in ["1_sq", "reg/1_person", "512x512", "576x448", "mylora.safetensors",
@@ -253,5 +254,5 @@ def test_check_report_fits_80_columns_and_shows_the_numbers(two_buckets):
     steps_line = next(line for line in text.splitlines() if "total steps" in line)
     assert steps_line.split()[-1] == str(plan.max_train_steps)
     assert "..." in text  # the 9 step files are abbreviated
-    without_plan = render_check_report(scan, None, profile)
+    without_plan = render_check_report(scan, None, profile, scan_problems(scan))
     assert "reg/1_person" in without_plan and "Steps" not in without_plan

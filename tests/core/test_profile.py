@@ -11,8 +11,9 @@ import pytest
 import tomli_w
 
 from lora_core.errors import ProfileError
-from lora_core.profile import SECTIONS, Profile, field_docs, profile_from_dict, profile_to_dict
+from lora_core.profile import SECTIONS, Profile, field_docs, profile_to_dict
 from lora_core.profile_io import apply_overrides, dumps_profile, load_profile, save_profile
+from lora_core.profile_load import profile_from_dict
 
 MINIMAL = {
     "model": {"pretrained_model_name_or_path": "builtin:tiny-sd1"},
@@ -39,7 +40,7 @@ def test_defaults_match_what_lets_users_expect():
     assert (p.network.network_dim, p.network.network_alpha) == (32, 16.0)
     assert p.optimizer.learning_rate == 1e-4
     assert p.optimizer.lr_scheduler == "cosine_with_restarts"
-    assert p.dataset.resolution == 512
+    assert p.dataset.resolution == (512, 512)  # the resolved form: (width, height)
     assert p.training.train_batch_size == 1
     assert p.dataset.caption_extension == ".txt"
 
@@ -169,7 +170,7 @@ def test_key_in_wrong_section_says_where_it_belongs():
 
 def test_wrong_type_names_field_value_and_type():
     msg = errors_of({**MINIMAL, "network": {"network_dim": "big"}})
-    assert "`[network] network_dim` = 'big' has the wrong type: it must be an integer" in msg
+    assert "`[network] network_dim` = \"big\" has the wrong type: it must be an integer" in msg
     msg = errors_of({**MINIMAL, "dataset": {**MINIMAL["dataset"], "shuffle_caption": 1}})
     assert "shuffle_caption" in msg and "true or false" in msg
 
@@ -332,7 +333,7 @@ def test_profile_dataclass_default_is_invalid_until_paths_are_set():
 
 def test_later_optimizers_and_sd_scripts_keys_say_not_supported_yet():
     msg = errors_of({**MINIMAL, "optimizer": {"optimizer_type": "SGDScheduleFree"}})
-    assert "'SGDScheduleFree' is not supported yet" in msg and "AdamW8bit" in msg
+    assert "\"SGDScheduleFree\" is not supported yet" in msg and "AdamW8bit" in msg
     msg = errors_of({**MINIMAL, "saving": {"output_dir": "o", "save_last_n_epochs": 3}})
     assert "save_last_n_epochs` is not supported yet" in msg
     msg = errors_of({**MINIMAL, "training": {"ip_noise_gamma": 0.1}})
@@ -360,4 +361,9 @@ def test_check_names_a_missing_optimizer_package_without_importing_it(monkeypatc
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "prodigyopt" else real(name, *a))
-    assert "pip install prodigyopt" in missing_optimizer_package(p.optimizer)
+    assert missing_optimizer_package(p.optimizer) == "prodigyopt"
+    from lora_core.checks.optimizer import installed_optimizer_problems
+
+    found = installed_optimizer_problems(p.optimizer)
+    assert len(found) == 1 and found[0].field == ("optimizer", "optimizer_type")
+    assert "pip install prodigyopt" in found[0].hint

@@ -1,5 +1,5 @@
 """Prompt files for preview images (.txt / .toml / .json), the sampling schedule, the sample
-file names and the preflight check. Pure Python: nothing here imports torch."""
+file names and the prompt-file check. Pure Python: nothing here imports torch."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from lora_core.checks import inputs
+from lora_core.checks.inputs import sample_prompt_problems
 from lora_core.errors import ProfileError
 from lora_core.events import SampleSaved, event_from_json
 from lora_core.profile import Profile, SampleSection
-from lora_core.training import sample_prompts
 from lora_core.training.sample_prompts import (
     SamplePrompt,
-    check_sample_prompts,
     read_sample_prompts,
     sample_file_name,
     should_sample,
@@ -246,7 +246,13 @@ def test_sample_saved_event_round_trips():
     assert json.loads(event.to_json())["type"] == "sample_saved"
 
 
-# --- preflight ----------------------------------------------------------------------------
+# --- the check (checks.inputs) -----------------------------------------------------------
+
+
+def check_sample_prompts(profile: Profile) -> list[str]:
+    found = sample_prompt_problems(profile)
+    assert all(p.is_error and p.field == ("sample", "sample_prompts") for p in found)
+    return [p.text() for p in found]
 
 
 def profile_with(tmp_path: Path, file_text: str | None, **schedule) -> Profile:
@@ -264,7 +270,7 @@ def test_check_reports_a_broken_prompt_file(tmp_path):
     assert str(tmp_path / "prompts.txt") in errors[0] and "line 2" in errors[0]
     (tmp_path / "prompts.txt").unlink()
     assert check_sample_prompts(profile_with(tmp_path, None, sample_at_first=True)) == [
-        f"sample prompt file {tmp_path / 'prompts.txt'} does not exist: check `[sample] "
+        f"sample prompt file {tmp_path / 'prompts.txt'} does not exist; check `[sample] "
         "sample_prompts` (relative paths start at the profile's folder)"]
 
 
@@ -280,7 +286,7 @@ def test_check_reports_an_empty_file_only_when_sampling_is_scheduled(tmp_path):
 
 
 def test_check_reports_lms_without_scipy(tmp_path, monkeypatch):
-    monkeypatch.setattr(sample_prompts, "_scipy_installed", lambda: False)
+    monkeypatch.setattr(inputs, "installed", lambda name: name != "scipy")
     errors = check_sample_prompts(profile_with(tmp_path, "a --ss k_lms\n", sample_at_first=True))
     assert errors and "'k_lms' needs scipy" in errors[0]
     assert check_sample_prompts(profile_with(tmp_path, "a --ss euler\n",

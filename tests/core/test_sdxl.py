@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from lora_core.checks import scan_profile
 from lora_core.dataset.loader import EpochBatches, size_conditioning
 from lora_core.dataset.plan import make_plan
-from lora_core.dataset.preflight import scan_profile
 from lora_core.models.builtin import ensure_builtin, training_noise_scheduler
 from lora_core.models.families import ModelBundle, TextConditioning
 from lora_core.models.family_sdxl import size_embedding

@@ -16,8 +16,8 @@ import torch
 from safetensors import safe_open
 
 from lora_core import paths
+from lora_core.checks import scan_profile
 from lora_core.dataset.plan import make_plan
-from lora_core.dataset.preflight import scan_profile
 from lora_core.errors import ProfileError
 from lora_core.saving import text_cache
 from lora_core.training.conditioning import (

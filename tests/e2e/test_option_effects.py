@@ -21,8 +21,8 @@ from lora_core.network.build import build_network
 from lora_core.network.weights import load_network_weights
 from lora_core.profile_io import load_profile
 from lora_core.saving.lora_file import read_lora
+from lora_core.session import run_training, start_run
 from lora_core.training import conditioning
-from lora_core.training.session import run_training, start_run
 from tests.e2e.conftest import make_images
 
 # §6.7: the tensor names each algorithm writes per module (besides `alpha`).

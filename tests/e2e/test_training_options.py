@@ -11,7 +11,7 @@ from lora_core.events import CheckpointSaved, EpochEnded, EventBus, RunFinished,
 from lora_core.models.builtin import ensure_builtin
 from lora_core.profile_io import load_profile
 from lora_core.saving.lora_file import read_lora
-from lora_core.training.session import run_training, start_run
+from lora_core.session import run_training, start_run
 from tests.e2e.conftest import assert_diffusers_applies_every_module
 
 

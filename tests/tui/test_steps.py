@@ -9,9 +9,10 @@ from pathlib import Path
 from rich.text import Text
 from textual.widgets import Static
 
-from lora_core.dataset.preflight import run_preflight
-from lora_core.profile import profile_from_dict, profile_to_dict
+from lora_core.checks import check_profile
+from lora_core.profile import profile_to_dict
 from lora_core.profile_io import load_profile
+from lora_core.profile_load import profile_from_dict
 from lora_core.training.sample_prompts import read_sample_prompts, sample_points
 from lora_tui.app import make_app
 from lora_tui.runner import FakeRunner
@@ -85,8 +86,8 @@ async def test_enter_through_every_step_lands_on_review_with_the_core_plan(datas
         profile = app.draft.profile()
         assert profile_from_dict(profile_to_dict(profile), base_dir=tmp_path) == profile
 
-        expected = run_preflight(profile, strict=False).plan
-        assert review.check.preflight.plan.max_train_steps == expected.max_train_steps
+        expected = check_profile(profile).plan
+        assert review.check.report.plan.max_train_steps == expected.max_train_steps
         text = plain(review.query_one("#review-plan"))
         assert f"steps per epoch: {expected.steps_per_epoch}" in text
         assert f"total steps: {expected.max_train_steps}" in text
@@ -252,7 +253,7 @@ async def test_typed_prompts_are_saved_next_to_the_profile(dataset, tmp_path):
         prompts = read_sample_prompts(prompts_file, "ddim")
         assert [p.prompt for p in prompts] == ["a red cube", "a blue cube"]
         assert prompts[0].width == 64 and prompts[1].seed == 7
-        assert run_preflight(profile, strict=False).problems == []
+        assert [e for e in check_profile(profile).errors if e.section == "sample"] == []
 
 
 async def test_review_shows_when_checkpoints_and_samples_happen(dataset, tmp_path):
@@ -272,7 +273,7 @@ async def test_review_shows_when_checkpoints_and_samples_happen(dataset, tmp_pat
         review = app.screen
         await wait_for(pilot, lambda: review.check is not None)
         profile = draft.profile()
-        plan = run_preflight(profile, strict=False).plan
+        plan = check_profile(profile).plan
         text = plain(review.query_one("#review-plan"))
         assert f"warmup steps: {plan.warmup_steps}" in text and plan.warmup_steps > 0
         for step, name in plan.checkpoint_schedule():

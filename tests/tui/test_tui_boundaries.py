@@ -25,7 +25,7 @@ _DRIVE = textwrap.dedent("""
             assert isinstance(app.screen, ReviewScreen), app.screen
             while app.screen.check is None:
                 await pilot.pause(0.05)
-            assert app.screen.check.preflight is not None
+            assert app.screen.check.report is not None
     asyncio.run(main())
     bad = [m for m in ("torch", "diffusers", "transformers") if m in sys.modules]
     print("IMPORTED:", bad)

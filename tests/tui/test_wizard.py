@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.text import Text
 from textual.widgets import Static
 
-from lora_core.dataset.preflight import run_preflight
+from lora_core.checks import check_profile
 from lora_core.events import read_events
 from lora_core.profile_io import load_profile
 from lora_tui.app import make_app
@@ -35,6 +35,7 @@ ANSWERS = {
     "Learning rates": [("optimizer", "learning_rate", "2e-4")],
     "Batch size": [("training", "train_batch_size", "3")],
     "Epochs or steps": [("training", "max_train_epochs", "3")],
+    "Mixed precision": [("training", "mixed_precision", "no")],  # no CUDA GPU here
 }
 
 
@@ -69,7 +70,7 @@ async def test_new_profile_to_review_save_and_train(dataset, tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await fill_to_review(pilot, dataset, tmp_path / "out")
         # The review's plan is lora_core's plan for the same answers.
-        expected = run_preflight(app.draft.profile(), strict=False).plan
+        expected = check_profile(app.draft.profile()).plan
         plan = text_of(app, "#review-plan")
         assert f"total steps: {expected.max_train_steps}" in plan
         assert f"steps per epoch: {expected.steps_per_epoch}" in plan
@@ -134,8 +135,8 @@ async def test_back_keeps_answers_and_review_reopens_a_step(dataset, tmp_path):
         await wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
         review = app.screen
         await wait_for(pilot, lambda: "total steps" in text_of(app, "#review-plan")
-                       and review.check.preflight.plan.num_epochs == 5)
-        expected = run_preflight(app.draft.profile(), strict=False).plan
+                       and review.check.report.plan.num_epochs == 5)
+        expected = check_profile(app.draft.profile()).plan
         assert f"total steps: {expected.max_train_steps}" in text_of(app, "#review-plan")
         # The step screen under review was refreshed from the draft.
         for _ in range(len(STEPS) - epochs):
@@ -193,7 +194,8 @@ async def test_concept_folder_fix_sets_the_parent(dataset, tmp_path):
         await pilot.press("ctrl+r")
         assert app.draft.text("dataset", "train_data_dir") == str(dataset)
         assert screen.editor("dataset", "train_data_dir").input_widget.value == str(dataset)
-        await wait_for(pilot, lambda: screen.last_check.preflight is not None)
+        await wait_for(pilot, lambda: screen.last_check.report is not None
+                       and screen.last_check.report.scan is not None)
         table = screen.query_one("#check-folders")
         assert table.row_count == 1
         row = table.get_row_at(0)

@@ -1,9 +1,10 @@
-"""One training run from a validated profile: preflight, run folder, model, train, finish.
+"""One training run from a valid profile: checks, run folder, model, train, finish.
 
-This is what ``lora-train run`` (and later the wizard, through that command) executes. The
-dataset check here is the same function ``lora-train check`` calls, so the plan the user
-saw is the plan that runs. Errors are :class:`LoraError` with a message and hint; the CLI
-turns them into an exit code and a ``run_failed`` event.
+This is what ``lora-train run`` (and the wizard, through that command) executes. The checks
+here are the ones ``lora-train check`` runs (``lora_core.checks``), so the plan the user saw
+is the plan that runs and nothing heavy starts with an error in the profile. Errors are
+:class:`LoraError` with a message and hint; the CLI turns them into an exit code and a
+``run_failed`` event.
 
 Under ``accelerate launch`` / ``torchrun`` every process runs this; only the main one
 (rank 0) makes the run folder, records the last run and writes files and events. The plan
@@ -20,8 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lora_core.checks import CheckReport, check_profile
+from lora_core.checks.machine import TorchMachine
 from lora_core.dataset.plan import plan_summary
-from lora_core.dataset.preflight import Preflight, run_preflight
 from lora_core.errors import DatasetError, LoraError, ProfileError
 from lora_core.events import EventBus, PhaseChanged, RunFinished, RunStarted, WarningIssued
 from lora_core.profile import Profile
@@ -64,7 +66,7 @@ class RunResult:
 class StartedRun:
     """What exists once a run has started, before any model is loaded."""
 
-    preflight: Preflight
+    report: CheckReport
     folder: RunFolder | None  # None on processes other than the main one
     output_name: str
     warnings: list[str]
@@ -73,19 +75,21 @@ class StartedRun:
     lock: object | None = None       # the run folder's lock, held until the process ends
 
 
-def check_machine(profile: Profile) -> None:
-    """Settings this machine cannot run, found before the model loads (exit code 2)."""
-    import torch
+def run_checks(profile: Profile) -> CheckReport:
+    """Every check ``lora-train check`` makes, then what only the imported optimizer can
+    tell when its source could not be read; raises on any error."""
+    report = check_profile(profile, num_processes=process_count(), on=TorchMachine())
+    report.raise_for_errors()
+    from lora_core.checks.optimizer import OptimizerSignature, signature_problems
+    from lora_core.checks.problem import raise_for_errors
+    from lora_core.training.optim import optimizer_class
+    from lora_core.training.optimizer_args import effective_optimizer_args
 
-    from lora_core.training.optim import check_optimizer
-
-    check_optimizer(profile.optimizer)
-    if profile.training.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ProfileError(
-            "`[training] mixed_precision` = \"fp16\" needs a CUDA GPU, and none was found",
-            "on a CPU set mixed_precision = \"no\" (or \"bf16\"); on a GPU machine check that "
-            "a CUDA build of torch is installed (python -c \"import torch; "
-            "print(torch.cuda.is_available())\")")
+    opt = profile.optimizer
+    found = signature_problems(opt, effective_optimizer_args(opt),
+                               OptimizerSignature.of(optimizer_class(opt.optimizer_type)))
+    raise_for_errors(found, "the profile has", "fix the fields named above", ProfileError)
+    return report
 
 
 def start_run(profile: Profile, profile_path: Path | None) -> StartedRun:
@@ -94,30 +98,28 @@ def start_run(profile: Profile, profile_path: Path | None) -> StartedRun:
     An existing output name is never overwritten: the run saves under the next free
     ``<name>_N`` and says so in a warning.
     """
-    preflight = run_preflight(profile, num_processes=process_count())
-    check_machine(profile)
-    warnings = list(preflight.advisories)
+    report = run_checks(profile)
+    warnings = [p.text() for p in report.warnings]
     output_dir = profile.path("saving", "output_dir")
     wanted = profile.saving.output_name
     if not is_main_process():
-        return StartedRun(preflight, None, wanted, warnings)
+        return StartedRun(report, None, wanted, warnings)
     output_name = names.free_output_name(output_dir, wanted)
     if output_name != wanted:
         warnings.append(f"files named {wanted!r} already exist in {output_dir}; this run "
                         f"saves as {output_name!r} so nothing is overwritten")
-        preflight.plan = dataclasses.replace(preflight.plan, output_name=output_name)
+        report.plan = dataclasses.replace(report.plan, output_name=output_name)
     folder = create_run_folder(output_dir, output_name, profile)
     lock = lock_run(folder.path)
     record_last_run(folder, profile_path)
-    status = _start_status(folder, output_name, profile_path, preflight)
-    return StartedRun(preflight, folder, output_name, warnings, status, lock=lock)
+    status = _start_status(folder, output_name, profile_path, report.plan)
+    return StartedRun(report, folder, output_name, warnings, status, lock=lock)
 
 
 def _start_status(folder: RunFolder, output_name: str, profile_path: Path | None,
-                  preflight: Preflight) -> RunStatus:
+                  plan) -> RunStatus:
     status = new_status(folder.path, output_name, folder.profile, profile_path,
-                        total_steps=preflight.plan.max_train_steps,
-                        total_epochs=preflight.plan.num_epochs)
+                        total_steps=plan.max_train_steps, total_epochs=plan.num_epochs)
     write_status(status)
     register_run(folder.path)
     return status
@@ -128,7 +130,7 @@ def start_resume(run_dir: Path, overrides: list[str]) -> tuple[Profile, StartedR
     (plus ``--set`` overrides), its newest state, and a check that the dataset still makes
     the same plan. The run continues in its folder, under its name; when ``--set
     saving.output_dir=...`` moves it (a full disk), a new run folder there continues it."""
-    from lora_core.profile_io import absolute_profile, load_profile, save_profile
+    from lora_core.profile_io import load_profile, save_profile
     from lora_core.saving.train_state import fixed_settings, load_state, plan_fingerprint
 
     run_dir = Path(run_dir).resolve()
@@ -151,17 +153,16 @@ def start_resume(run_dir: Path, overrides: list[str]) -> tuple[Profile, StartedR
             "state belong to the old value",
             "resume without that --set, or start a new run that begins from the run's last "
             "LoRA file (`[network] network_weights`)")
-    preflight = run_preflight(profile, num_processes=process_count())
-    check_machine(profile)
-    plan = dataclasses.replace(preflight.plan, output_name=position.output_name)
-    preflight.plan = plan
+    report = run_checks(profile)
+    plan = dataclasses.replace(report.plan, output_name=position.output_name)
+    report.plan = plan
     if plan_fingerprint(plan) != position.plan_fingerprint:
         raise DatasetError(
             f"the dataset or batch settings changed since this run saved its state "
             f"({loaded.path.name}): the same steps would not see the same images",
             "put the dataset back as it was, or start a new run that begins from the last "
             "LoRA file: set `[network] network_weights` to it")
-    warnings = list(preflight.advisories)
+    warnings = [p.text() for p in report.warnings]
     if (plan.max_train_steps, plan.num_epochs) != (position.max_train_steps,
                                                    position.num_epochs):
         warnings.append(
@@ -180,9 +181,9 @@ def start_resume(run_dir: Path, overrides: list[str]) -> tuple[Profile, StartedR
     elif overrides and is_main_process():
         # The run folder's profile is the record of what runs: a later resume or rerun
         # must see the overrides too.
-        save_profile(absolute_profile(profile), folder.profile)
+        save_profile(profile, folder.profile)
     if not is_main_process():
-        return profile, StartedRun(preflight, None, position.output_name, warnings,
+        return profile, StartedRun(report, None, position.output_name, warnings,
                                    resume=loaded)
     record_last_run(folder, folder.profile)
     if folder.path == run_dir:
@@ -195,10 +196,10 @@ def start_resume(run_dir: Path, overrides: list[str]) -> tuple[Profile, StartedR
         write_status(status)
         register_run(folder.path)  # listed as the newest again
     else:
-        status = _start_status(folder, position.output_name, folder.profile, preflight)
+        status = _start_status(folder, position.output_name, folder.profile, plan)
         status.resumed_from = str(run_dir)
         write_status(status)
-    return profile, StartedRun(preflight, folder, position.output_name, warnings, status,
+    return profile, StartedRun(report, folder, position.output_name, warnings, status,
                                resume=loaded, lock=lock)
 
 
@@ -219,8 +220,8 @@ def shared_seed(profile: Profile) -> int:
 def run_training(profile: Profile, profile_path: Path | None, started_run: StartedRun,
                  bus: EventBus, stop_requested) -> RunResult:
     started = time.time()
-    preflight, folder = started_run.preflight, started_run.folder
-    output_name, plan = started_run.output_name, started_run.preflight.plan
+    report, folder = started_run.report, started_run.folder
+    output_name, plan = started_run.output_name, started_run.report.plan
     main = folder is not None
 
     # Heavy imports only now: `check` and the wizard never pay for torch.
@@ -273,7 +274,7 @@ def run_training(profile: Profile, profile_path: Path | None, started_run: Start
     if main and profile.saving.tag_summary:
         # Written with the final file, so a run that fails early leaves no file behind.
         outputs.written.append(write_tag_summary(
-            output_dir / names.tag_summary_file_name(output_name), preflight.scan,
+            output_dir / names.tag_summary_file_name(output_name), report.scan,
             profile.saving.tag_summary_order))
     seconds = time.time() - started
     loras = [p for p in outputs.written if p.suffix == ".safetensors"]

@@ -1,0 +1,205 @@
+"""Checks of the files a profile names, from their headers: the base model and what loading
+it needs (tokenizers, a VAE), the start weights, the sample prompts, the output folder, and
+the optimizer's package and arguments.
+
+Only headers and small text files are read (safetensors JSON headers, model_index.json, the
+prompt file, an optimizer's source): never weights, never torch. What ``run`` would stop on
+while loading the model and can be told from here is reported here, with the message ``run``
+would give.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from lora_core.checks import optimizer
+from lora_core.checks.problem import Problem, error, from_error, warning
+from lora_core.checks.rules import block_problems
+from lora_core.errors import LoraError
+from lora_core.models.loading import ModelSource, inspect_model
+from lora_core.profile import Profile
+
+_MODEL = {"section": "model", "key": "pretrained_model_name_or_path"}
+
+
+def inspect_profile_model(profile: Profile) -> ModelSource | LoraError:
+    """What the profile's base model is (headers only), or why it cannot be used."""
+    try:
+        return inspect_model(profile.model.pretrained_model_name_or_path, profile.base_dir)
+    except LoraError as exc:
+        return exc
+
+
+def input_problems(profile: Profile, source: ModelSource | LoraError) -> list[Problem]:
+    """Every problem with the files the profile names. ``source``: the answer of
+    :func:`inspect_profile_model`."""
+    found: list[Problem] = []
+    if isinstance(source, LoraError):
+        found += from_error(source, **_MODEL, path=profile.model.pretrained_model_name_or_path)
+    else:
+        found += model_problems(profile, source)
+    found += lora_weights_problems(profile, None if isinstance(source, LoraError)
+                                   else source.family)
+    found += sample_prompt_problems(profile)
+    found += optimizer.installed_optimizer_problems(profile.optimizer)
+    found += output_problems(profile)
+    return found
+
+
+def model_problems(profile: Profile, source: ModelSource) -> list[Problem]:
+    """Settings that do not fit the detected model, and what loading it would miss."""
+    found: list[Problem] = []
+    family = source.family
+    if "VAE" in source.missing and not profile.model.vae:
+        found.append(error(f"the checkpoint {source.path} has no VAE: set `[model] vae` to a "
+                           "VAE file or folder", section="model", key="vae"))
+    found += tokenizer_problems(profile, source)
+    if family is None:
+        return found
+    names = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+    if profile.model.v2 is not None and profile.model.v2 != (family == "sd2"):
+        found.append(error(f"`[model] v2` = {str(profile.model.v2).lower()} but the model is "
+                           f"{names.get(family, family)} (detected from its weights); remove v2",
+                           section="model", key="v2"))
+    from lora_core.network.blocks import block_layout  # pure Python
+
+    found += block_problems(profile, block_layout(family))
+    steps = profile.dataset.bucket_reso_steps
+    if family in ("sd1", "sd2") and profile.dataset.enable_bucket and steps % 64:
+        found.append(error(f"`[dataset] bucket_reso_steps` = {steps} must be a multiple of 64 "
+                           f"for {names[family]} models (32 is allowed for SDXL only)",
+                           section="dataset", key="bucket_reso_steps"))
+    return found
+
+
+def tokenizer_problems(profile: Profile, source: ModelSource) -> list[Problem]:
+    """Checkpoints hold no tokenizers: each one the family needs must be on this machine
+    (``models.tokenizers.find_tokenizer``, the lookup the load uses). A pickled checkpoint's
+    family is told only when it loads: SD 1.x is assumed unless ``[model] v2`` says SD 2.x."""
+    if source.kind == "builtin":
+        return []
+    from lora_core.models.tokenizers import ROLES, find_tokenizer
+
+    family = source.family or ("sd2" if profile.model.v2 else "sd1")
+    folder = source.path if source.kind == "diffusers" else None
+    found = []
+    for index, role in enumerate(ROLES[family]):
+        try:
+            find_tokenizer(role, folder, ("tokenizer", "tokenizer_2")[index],
+                           profile.path("model", "tokenizer_cache_dir"))
+        except LoraError as exc:
+            found.append(error(exc.message, exc.hint, section="model",
+                               key="tokenizer_cache_dir"))
+    return found
+
+
+def lora_weights_problems(profile: Profile, model_family: str | None) -> list[Problem]:
+    """``[network] network_weights``: a readable kohya-format LoRA file."""
+    path = profile.path("network", "network_weights")
+    if path is None:
+        return []
+    spot = {"section": "network", "key": "network_weights", "path": path}
+    if not path.is_file():
+        return [error(f"`[network] network_weights` file not found: {path}",
+                      "give an existing LoRA .safetensors file, or \"\" to start fresh", **spot)]
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as fh:
+            keys = list(fh.keys())
+    except Exception as exc:  # safetensors raises several types for a broken header
+        return [error(f"`[network] network_weights` {path} is not a readable .safetensors "
+                      f"file ({exc})", "the file may be truncated; copy it again", **spot)]
+    if not any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
+        return [error(f"`[network] network_weights` {path} is not a kohya-format LoRA (no "
+                      "lora_unet_/lora_te_ keys)", "give a LoRA file trained with sd-scripts "
+                      "or lora-train", **spot)]
+    return []
+
+
+def sample_prompt_problems(profile: Profile) -> list[Problem]:
+    """The prompt file, read and checked whole, even when no schedule is set yet, so a
+    mistake shows before the run instead of as a warning hours into it; a file without
+    prompts while a schedule asks for samples; the LMS samplers without scipy."""
+    from lora_core.training.sample_prompts import read_sample_prompts  # torch-free
+
+    section = profile.sample
+    path = profile.path("sample", "sample_prompts")
+    if path is None:
+        return []
+    spot = {"section": "sample", "key": "sample_prompts", "path": path}
+    try:
+        prompts = read_sample_prompts(path, section.sample_sampler)
+    except LoraError as exc:
+        return [error(exc.message, exc.hint, **spot)]
+    found = []
+    wanted = section.sample_at_first or section.sample_every_n_steps \
+        or section.sample_every_n_epochs
+    if wanted and not prompts:
+        found.append(error(f"sample prompt file {path} has no prompts",
+                           "add one prompt per line, or remove the [sample] schedule", **spot))
+    lms = sorted({p.sampler for p in prompts if p.sampler in ("lms", "k_lms")})
+    if lms and not installed("scipy"):
+        found.append(error(f"sample prompt file {path}: sampler {lms[0]!r} needs scipy, which "
+                           "is not installed", "pip install scipy, or choose another sampler",
+                           **spot))
+    return found
+
+
+def installed(package: str) -> bool:
+    """Whether ``package`` can be imported (found without importing it)."""
+    return importlib.util.find_spec(package) is not None
+
+
+def output_problems(profile: Profile) -> list[Problem]:
+    """The output folder can be made and written, and is not inside a dataset."""
+    output_dir = profile.path("saving", "output_dir")
+    if output_dir is None:
+        return []
+    spot = {"section": "saving", "key": "output_dir", "path": output_dir}
+    hint = "set `[saving] output_dir` to a folder you can write to"
+    existing = output_dir
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        what = "is a file" if existing == output_dir else f"is inside {existing}, which is a file"
+        return [error(f"`[saving] output_dir` {output_dir} {what}, not a folder", hint, **spot)]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [error(f"`[saving] output_dir` {output_dir} cannot be created or written "
+                      f"({existing} is not writable)", hint, **spot)]
+    found = []
+    for key in ("train_data_dir", "reg_data_dir"):
+        data_dir = profile.path("dataset", key)
+        if data_dir is not None and (output_dir == data_dir or data_dir in output_dir.parents):
+            found.append(error(f"`[saving] output_dir` {output_dir} is inside `[dataset] {key}` "
+                               f"{data_dir}; lora-train never writes into a dataset",
+                               "choose a folder outside it", **spot))
+    return found
+
+
+def model_notes(profile: Profile, source: ModelSource | LoraError) -> list[Problem]:
+    """Settings that run but are probably not what was meant (sd-scripts warns about them)."""
+    from lora_core.models.loading import prediction_warning
+
+    notes: list[Problem] = []
+    family = None
+    if not isinstance(source, LoraError):
+        family = source.family
+        text = prediction_warning(source, profile.model.v_parameterization)
+        if text:
+            notes.append(warning(text, section="model", key="v_parameterization"))
+    clip = {"section": "model", "key": "clip_skip"}
+    if profile.model.clip_skip != 1 and family == "sdxl":
+        notes.append(warning("`[model] clip_skip` is ignored for SDXL models (sd-scripts ignores "
+                             "it too)", **clip))
+    elif profile.model.clip_skip != 1 and family == "sd2":
+        from lora_core.models.family_sd2 import clip_skip_warning
+
+        notes.append(warning(clip_skip_warning(profile.model.clip_skip), **clip))
+    if profile.training.zero_terminal_snr and not profile.model.v_parameterization:
+        notes.append(warning("`[training] zero_terminal_snr` is meant for v-prediction models: "
+                             "with noise prediction the last timestep has nothing left to "
+                             "predict (set `[model] v_parameterization` = true if the model is "
+                             "a v-pred model)", section="training", key="zero_terminal_snr"))
+    return notes
