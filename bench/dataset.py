@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lora_core.saving.atomic import atomic_folder
+from lora_core.atomic import atomic_folder
 
 TRAIN_IMAGES = 20
 CHECK_IMAGES = 1000

@@ -28,7 +28,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lora_core.saving.atomic import atomic_folder
+from lora_core.atomic import atomic_folder
 
 SEED = 1234
 MAX_POSITIONS = 77

@@ -143,7 +143,7 @@ def cmd_run(profile_path: Path, overrides: list[str], events_arg: str | None,
     """Run one profile. Every failure, early or late, ends the event stream with run_failed."""
 
     def start():
-        from lora_core.profile_io import load_profile
+        from lora_core.profile_load import load_profile
         from lora_core.session import start_run
 
         profile = load_profile(profile_path, overrides)
@@ -302,8 +302,8 @@ def cmd_check(profile_path: Path, overrides: list[str]) -> int:
     that stop a run go last, to stderr, and make the exit code 2."""
     from lora_core.checks import check_profile
     from lora_core.checks.problem import errors_of
-    from lora_core.dataset.report import render_check_report, render_errors, render_notes
-    from lora_core.profile_io import read_profile_file
+    from lora_core.checks.report import render_check_report, render_errors, render_notes
+    from lora_core.profile_load import read_profile_file
 
     profile, problems = read_profile_file(profile_path, overrides)
     if errors_of(problems):

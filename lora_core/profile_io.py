@@ -1,9 +1,10 @@
-"""Reading and writing profile TOML files, and command-line overrides.
+"""Profile TOML files as data: reading them, ``--set`` overrides, writing them.
 
-Loads with tomllib, saves with tomli-w, writes atomically. Relative paths in a profile are
-relative to the folder the profile file is in, so a profile works from any working directory;
-a loaded profile holds them absolute (``profile_load``), so a profile saved from one (a run
-folder's record) runs from anywhere too. A file a person edits is saved from its data
+Reads with tomllib, saves with tomli-w, writes atomically. Turning the data into a checked
+profile is ``profile_load``'s job (``load_profile``); this module knows TOML, not the rules.
+Relative paths in a profile are relative to the folder the profile file is in, so a profile
+works from any working directory; a loaded profile holds them absolute, so one saved from it
+(a run folder's record) runs from anywhere too. A file a person edits is saved from its data
 (:func:`save_profile_data`), keeping paths as they were written.
 """
 
@@ -15,11 +16,9 @@ from typing import Any
 
 import tomli_w
 
-from lora_core.checks.problem import Problem
+from lora_core.atomic import atomic_write_bytes
 from lora_core.errors import ProfileError, closest
 from lora_core.profile import SECTIONS, Profile, profile_to_dict
-from lora_core.profile_load import profile_from_dict, read_profile
-from lora_core.saving.atomic import atomic_write_bytes
 
 
 def read_profile_dict(path: Path) -> dict[str, Any]:
@@ -57,25 +56,6 @@ def _encoding_clue(data: bytes, exc: UnicodeDecodeError) -> str:
         return "it is UTF-16, as Windows editors save \"Unicode\" text"
     line = data[:exc.start].count(b"\n") + 1
     return f"byte 0x{data[exc.start]:02x} on line {line}"
-
-
-def load_profile(path: Path, overrides: list[str] | None = None) -> Profile:
-    """The profile in ``path`` (with ``--set`` overrides); ProfileError listing every
-    problem when it is not valid."""
-    path = Path(path)
-    data = read_profile_dict(path)
-    apply_overrides(data, overrides or [])
-    return profile_from_dict(data, base_dir=path.resolve().parent, source=str(path))
-
-
-def read_profile_file(path: Path, overrides: list[str] | None = None
-                      ) -> tuple[Profile, list[Problem]]:
-    """The profile in ``path`` and every problem reading it found (``profile_load``), for
-    ``lora-train check``. A file that cannot be read at all still raises ProfileError."""
-    path = Path(path)
-    data = read_profile_dict(path)
-    apply_overrides(data, overrides or [])
-    return read_profile(data, base_dir=path.resolve().parent)
 
 
 def parse_override(item: str) -> tuple[str, str, Any]:

@@ -38,6 +38,7 @@ from lora_core.profile import (
     SECTIONS,
     Profile,
 )
+from lora_core.profile_io import apply_overrides, read_profile_dict
 from lora_core.values import coerce, describe_type, format_value, type_parts
 
 # sd-scripts' network_args (and LyCORIS's) that are fields here: key -> section.
@@ -191,3 +192,22 @@ def apply_network_args(profile: Profile, raw_network: Any) -> list[Problem]:
                               f"network_module = {format_value(net.network_module)}; set the "
                               "type in network_module only", **spot))
     return problems
+
+
+def load_profile(path: Path, overrides: list[str] | None = None) -> Profile:
+    """The profile in ``path`` (with ``--set`` overrides); ProfileError listing every
+    problem when it is not valid."""
+    path = Path(path)
+    data = read_profile_dict(path)
+    apply_overrides(data, overrides or [])
+    return profile_from_dict(data, base_dir=path.resolve().parent, source=str(path))
+
+
+def read_profile_file(path: Path, overrides: list[str] | None = None
+                      ) -> tuple[Profile, list[Problem]]:
+    """The profile in ``path`` and every problem reading it found (``profile_load``), for
+    ``lora-train check``. A file that cannot be read at all still raises ProfileError."""
+    path = Path(path)
+    data = read_profile_dict(path)
+    apply_overrides(data, overrides or [])
+    return read_profile(data, base_dir=path.resolve().parent)

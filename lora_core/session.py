@@ -21,13 +21,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lora_core import output_names as names
 from lora_core.checks import CheckReport, check_profile
 from lora_core.checks.machine import TorchMachine
 from lora_core.dataset.plan import plan_summary
 from lora_core.errors import DatasetError, LoraError, ProfileError
 from lora_core.events import EventBus, PhaseChanged, RunFinished, RunStarted, WarningIssued
 from lora_core.profile import Profile
-from lora_core.saving import names
 from lora_core.saving.run_status import (
     RunStatus,
     lock_run,
@@ -130,7 +130,8 @@ def start_resume(run_dir: Path, overrides: list[str]) -> tuple[Profile, StartedR
     (plus ``--set`` overrides), its newest state, and a check that the dataset still makes
     the same plan. The run continues in its folder, under its name; when ``--set
     saving.output_dir=...`` moves it (a full disk), a new run folder there continues it."""
-    from lora_core.profile_io import load_profile, save_profile
+    from lora_core.profile_io import save_profile
+    from lora_core.profile_load import load_profile
     from lora_core.saving.train_state import fixed_settings, load_state, plan_fingerprint
 
     run_dir = Path(run_dir).resolve()

@@ -17,7 +17,7 @@ from lora_core.checks import optimizer
 from lora_core.checks.problem import Problem, error, from_error, warning
 from lora_core.checks.rules import block_problems
 from lora_core.errors import LoraError
-from lora_core.models.loading import ModelSource, inspect_model
+from lora_core.models.loading import ModelSource, inspect_model, inspect_vae
 from lora_core.profile import Profile
 
 _MODEL = {"section": "model", "key": "pretrained_model_name_or_path"}
@@ -39,6 +39,12 @@ def input_problems(profile: Profile, source: ModelSource | LoraError) -> list[Pr
         found += from_error(source, **_MODEL, path=profile.model.pretrained_model_name_or_path)
     else:
         found += model_problems(profile, source)
+    if profile.model.vae:
+        try:
+            inspect_vae(profile.model.vae, profile.base_dir)
+        except LoraError as exc:
+            found.append(error(exc.message, exc.hint, section="model", key="vae",
+                               path=profile.model.vae))
     found += lora_weights_problems(profile, None if isinstance(source, LoraError)
                                    else source.family)
     found += sample_prompt_problems(profile)

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lora_core import output_names as names
 from lora_core.dataset.buckets import BucketConfig, Size, aspect_ratio_error, bucket_config
 from lora_core.dataset.scan import DatasetScan, ImageRecord, SubsetScan
 from lora_core.errors import DatasetError
 from lora_core.profile import Profile
-from lora_core.saving import names
 
 # plan_summary lists at most this many save points of each kind (an event must stay small).
 _SUMMARY_LIST_LIMIT = 200

@@ -26,10 +26,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lora_core.atomic import atomic_folder
 from lora_core.errors import ModelError, OutputError
 from lora_core.models.tokenizer_gen import BOS_TOKEN, EOS_TOKEN, MODEL_MAX_LENGTH, write_tokenizer
 from lora_core.paths import cache_dir
-from lora_core.saving.atomic import atomic_folder
 
 # Bump when anything that changes the built files changes (configs, seed, tokenizer words).
 BUILD_VERSION = 1

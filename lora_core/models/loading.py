@@ -174,6 +174,34 @@ def _detect_folder_family(folder: Path) -> str:
     return family
 
 
+def inspect_vae(spec: str, base_dir: Path) -> Path:
+    """The path of ``[model] vae`` when it can be a VAE (what ``single_file.load_vae``
+    reads), told from headers; ModelError naming it otherwise."""
+    path = resolve_path(spec, base_dir)
+    if not path.exists():
+        raise ModelError(f"the VAE {path} (`[model] vae`) does not exist",
+                         "give a VAE .safetensors/.ckpt file or diffusers folder, or leave "
+                         "`[model] vae` empty to use the model's own")
+    if path.is_dir():
+        if not (path / "config.json").is_file() and not (path / "vae" / "config.json").is_file():
+            raise ModelError(f"the VAE folder {path} has no config.json (nor vae/config.json)",
+                             "give a diffusers VAE folder or a VAE file")
+        return path
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        check_pickle_checkpoint(path)
+        return path
+    if suffix != SAFETENSORS_SUFFIX:
+        raise ModelError(f"the VAE {path} is a {suffix or 'suffix-less'} file, not a VAE",
+                         "give a VAE .safetensors/.ckpt file or diffusers folder")
+    shapes, _ = ckpt.read_header(path)
+    if not any(k.startswith((ckpt.VAE_PREFIX, "encoder.down.", "encoder.down_blocks."))
+               for k in shapes):
+        raise ModelError(f"{path} is not a VAE (no encoder/decoder tensors)",
+                         "set `[model] vae` to a VAE file or folder, or leave it empty")
+    return path
+
+
 def describe_model(spec: str, base_dir: Path | None = None) -> str:
     """One short line for people: what the spec is and where, or why it cannot be used."""
     try:
@@ -216,11 +244,7 @@ def load_model(spec: str, base_dir: Path, dtype: torch.dtype | None = None,
     base_dir = Path(base_dir)
     source = inspect_model(spec, base_dir)
     tok_dir = resolve_path(str(tokenizer_dir), base_dir) if tokenizer_dir else None
-    vae_path = resolve_path(vae_spec, base_dir) if vae_spec else None
-    if vae_path is not None and not vae_path.exists():
-        raise ModelError(f"the VAE {vae_path} (`[model] vae`) does not exist",
-                         "give a VAE .safetensors/.ckpt file or diffusers folder, or leave "
-                         "`[model] vae` empty to use the model's own")
+    vae_path = inspect_vae(vae_spec, base_dir) if vae_spec else None
     if source.kind == "single_file":
         assert source.path is not None
         from lora_core.models.single_file import load_single_file

@@ -22,7 +22,7 @@ corrupt) is rebuilt and overwritten, never fatal.
 
 Tensors are float32 and *unscaled* (before ``vae_scaling_factor``), as sd-scripts' npz:
 ``latents`` (C, h, w) and, with ``flip_aug``, ``latents_flipped``. Every write goes through
-``saving.atomic`` (temporary file + rename), so an interrupted caching run leaves no torn
+``lora_core.atomic`` (temporary file + rename), so an interrupted caching run leaves no torn
 file behind.
 """
 
@@ -40,9 +40,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from lora_core import paths
+from lora_core.atomic import atomic_write
 from lora_core.dataset.buckets import Size
 from lora_core.errors import DatasetError
-from lora_core.saving.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_to_bytes
 
+from lora_core.atomic import atomic_write
 from lora_core.errors import ModelError
-from lora_core.saving.atomic import atomic_write
 
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lora_core.atomic import atomic_write_bytes
 from lora_core.errors import LoraError
 from lora_core.events import (
     RunFailed,
@@ -37,7 +38,6 @@ from lora_core.events import (
     event_from_json,
 )
 from lora_core.paths import state_dir
-from lora_core.saving.atomic import atomic_write_bytes
 
 RUN_FILE = "run.json"
 LOCK_FILE = "run.lock"

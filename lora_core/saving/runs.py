@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lora_core.atomic import atomic_write_bytes
 from lora_core.errors import LoraError, OutputError
 from lora_core.paths import state_dir
 from lora_core.profile import Profile
 from lora_core.profile_io import save_profile
-from lora_core.saving.atomic import atomic_write_bytes
 
 PROFILE_FILE = "profile.toml"
 EVENTS_FILE = "events.jsonl"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from lora_core.saving.atomic import atomic_write_bytes
+from lora_core.atomic import atomic_write_bytes
 
 
 def tag_counts(scan) -> Counter:

@@ -23,7 +23,7 @@ were computed in. The metadata also holds a SHA-256 of the tensors' names, shape
 bytes, so a file with flipped bytes is caught as surely as a truncated one. A file is reused
 only when its metadata matches, it loads, the checksum agrees and the tensors are finite;
 anything else is rebuilt and overwritten, never fatal. Every write goes through
-``saving.atomic``.
+``lora_core.atomic``.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from lora_core import paths
+from lora_core.atomic import atomic_write
 from lora_core.errors import DatasetError
 from lora_core.models.families import TextConditioning
-from lora_core.saving.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as save_to_bytes
 
+from lora_core.atomic import atomic_folder
 from lora_core.errors import NonFiniteError, TrainingError
-from lora_core.saving.atomic import atomic_folder
 from lora_core.saving.run_status import STATES_DIR
 
 STATE_FORMAT = 1

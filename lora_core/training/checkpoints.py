@@ -27,10 +27,11 @@ from pathlib import Path
 
 import torch
 
+from lora_core import output_names as names
 from lora_core.errors import NonFiniteError, TrainingError
 from lora_core.events import CheckpointSaved, EventBus, PhaseChanged, StateSaved
 from lora_core.profile import SavingSection
-from lora_core.saving import lora_file, names
+from lora_core.saving import lora_file
 from lora_core.saving.metadata import at_save
 from lora_core.saving.train_state import LoadedState, Position, restore_rng, save_state
 

@@ -56,11 +56,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from lora_core.atomic import atomic_write
 from lora_core.errors import ProfileError
 from lora_core.events import Event, PhaseChanged, SampleSaved
 from lora_core.models.families import ModelBundle, encode_conditioning
 from lora_core.profile import SampleSection
-from lora_core.saving.atomic import atomic_write
 from lora_core.training.sample_prompts import (
     SamplePrompt,
     read_sample_prompts,

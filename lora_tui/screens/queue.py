@@ -29,11 +29,11 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
+from lora_core.atomic import atomic_write_bytes
 from lora_core.errors import LoraError
 from lora_core.events import RunFailed, RunFinished, RunStarted, StepEnded
 from lora_core.paths import state_dir
-from lora_core.profile_io import load_profile
-from lora_core.saving.atomic import atomic_write_bytes
+from lora_core.profile_load import load_profile
 from lora_tui.dialogs.confirm import ConfirmDialog
 from lora_tui.dialogs.path_prompt import PathPrompt
 from lora_tui.runner import Output, Runner

@@ -25,12 +25,12 @@ from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import Worker, WorkerState
 
+from lora_core.atomic import atomic_write_bytes
 from lora_core.dataset.plan import TrainingPlan
 from lora_core.errors import LoraError
 from lora_core.paths import state_dir
 from lora_core.profile import SECTIONS, SampleSection, profile_to_dict
 from lora_core.profile_io import save_profile, save_profile_data
-from lora_core.saving.atomic import atomic_write_bytes
 from lora_core.training.sample_prompts import sample_points
 from lora_tui.dataset_check import DatasetCheck, check_dataset
 from lora_tui.dialogs.path_prompt import PathPrompt

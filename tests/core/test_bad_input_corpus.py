@@ -185,7 +185,7 @@ def test_bom_caption_is_used_without_the_mark(tmp_path: Path, cli) -> None:
     (setup.concept / "img0.txt").write_bytes("\ufeffbom tag, second".encode())
     setup.write()
     from lora_core.checks import check_profile
-    from lora_core.profile_io import load_profile
+    from lora_core.profile_load import load_profile
 
     report = check_profile(load_profile(setup.profile_path))
     record = next(r for s in report.scan.subsets for r in s.images
@@ -229,7 +229,7 @@ def test_jpeg_with_trailing_bytes_is_not_called_truncated(tmp_path: Path, cli) -
     code, out, err = cli("check", str(setup.profile_path))
     assert code == 0, out + err
     from lora_core.checks import scan_profile
-    from lora_core.profile_io import load_profile
+    from lora_core.profile_load import load_profile
 
     scan = scan_profile(load_profile(setup.profile_path))
     record = next(r for r in scan.train[0].images if r.path.name == "camera.jpg")

@@ -29,5 +29,32 @@ def test_core_never_imports_textual():
 def test_profile_check_and_cli_start_without_torch():
     loaded = modules_after(
         "import lora_core.cli, lora_core.profile_io, lora_core.checks, "
-        "lora_core.dataset.report, lora_core.events, lora_core.models.loading")
+        "lora_core.checks.report, lora_core.events, lora_core.models.loading")
     assert not [m for m in HEAVY if m in loaded]
+
+
+def test_import_contracts_hold():
+    """pyproject's import-linter contracts: the engine never imports the wizard or textual;
+    each layer (cli > session > profile_load > checks > training > network > saving >
+    dataset / models > profile > values) imports only those below it; no import cycles
+    between the modules of a package."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    lint = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run([str(lint), "--no-cache"], cwd=root, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Contracts: 3 kept, 0 broken." in result.stdout
+
+
+def test_the_layers_contract_catches_an_upward_import():
+    """The same layers, on the real graph with one import added where it must not be: a
+    dataset module importing the checks."""
+    import grimp
+
+    graph = grimp.build_graph("lora_core")
+    layers = ["lora_core.checks", "lora_core.training", "lora_core.dataset"]
+    assert graph.find_illegal_dependencies_for_layers(layers=layers) == set()
+    graph.add_import(importer="lora_core.dataset.scan", imported="lora_core.checks.problem")
+    assert graph.find_illegal_dependencies_for_layers(layers=layers)

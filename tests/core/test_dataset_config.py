@@ -12,9 +12,9 @@ import pytest
 
 from lora_core.checks import check_profile, scan_profile
 from lora_core.checks.dataset import scan_notes
+from lora_core.checks.report import render_check_report
 from lora_core.dataset.dataset_config import dataset_config_from_dict, load_dataset_config
 from lora_core.dataset.plan import epoch_batches, make_plan, plan_summary
-from lora_core.dataset.report import render_check_report
 from lora_core.errors import DatasetError, ProfileError
 from lora_core.profile import DatasetSection, Profile
 from lora_core.saving.metadata import datasets_metadata

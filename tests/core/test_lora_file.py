@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from lora_core import output_names as names
+from lora_core.atomic import atomic_write_bytes
 from lora_core.errors import ModelError, OutputError
-from lora_core.saving import lora_file, names
-from lora_core.saving.atomic import atomic_write_bytes
+from lora_core.saving import lora_file
 
 
 def sample_state() -> dict[str, torch.Tensor]:
@@ -82,7 +83,7 @@ def test_failed_write_leaves_previous_file_and_no_temp(tmp_path):
         tmp.write_bytes(b"half")
         raise KeyboardInterrupt
 
-    from lora_core.saving.atomic import atomic_write
+    from lora_core.atomic import atomic_write
 
     with pytest.raises(KeyboardInterrupt):
         atomic_write(path, boom)
@@ -125,7 +126,7 @@ def test_written_files_get_normal_permissions(tmp_path):
 def test_exclusive_move_without_hard_links_still_never_overwrites(tmp_path, monkeypatch):
     import os
 
-    from lora_core.saving import atomic
+    from lora_core import atomic
 
     def no_links(src, dst):
         raise PermissionError("no hard links here")

@@ -10,13 +10,13 @@ import pytest
 
 from lora_core.checks import scan_profile
 from lora_core.checks.dataset import scan_notes, scan_problems
+from lora_core.checks.report import render_check_report
 from lora_core.dataset.plan import (
     balance_reg_repeats,
     epoch_batches,
     make_plan,
     plan_summary,
 )
-from lora_core.dataset.report import render_check_report
 from lora_core.errors import DatasetError
 from lora_core.saving.metadata import dataset_metadata
 from tests.core.dataset_helpers import make_folder, profile_for

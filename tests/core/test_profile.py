@@ -12,8 +12,8 @@ import tomli_w
 
 from lora_core.errors import ProfileError
 from lora_core.profile import SECTIONS, Profile, field_docs, profile_to_dict
-from lora_core.profile_io import apply_overrides, dumps_profile, load_profile, save_profile
-from lora_core.profile_load import profile_from_dict
+from lora_core.profile_io import apply_overrides, dumps_profile, save_profile
+from lora_core.profile_load import load_profile, profile_from_dict
 
 MINIMAL = {
     "model": {"pretrained_model_name_or_path": "builtin:tiny-sd1"},

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from lora_core.atomic import atomic_write
 from lora_core.cli import StopFlag
 from lora_core.errors import NonFiniteError, OutputError, TrainingError
 from lora_core.lighter import lighter_setting
 from lora_core.profile_load import profile_from_dict
-from lora_core.saving.atomic import atomic_write
 from lora_core.saving.run_status import (
     StatusRecorder,
     list_runs,

@@ -19,7 +19,7 @@ from lora_core.models.builtin import ensure_builtin
 from lora_core.models.loading import load_model
 from lora_core.network.build import build_network
 from lora_core.network.weights import load_network_weights
-from lora_core.profile_io import load_profile
+from lora_core.profile_load import load_profile
 from lora_core.saving.lora_file import read_lora
 from lora_core.session import run_training, start_run
 from lora_core.training import conditioning

@@ -48,7 +48,7 @@ def test_sample_images_at_first_and_every_20_steps(tour):
             assert image.size == (64, 64)
     assert snapshot(tour["dataset"]) == tour["before"]
     # `lora-train check` announces exactly the sampling points the run used
-    from lora_core.profile_io import load_profile
+    from lora_core.profile_load import load_profile
     from lora_core.training.sample_prompts import sample_points
 
     profile = load_profile(TOUR)

@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from lora_core.events import EventBus, RunFinished, StepEnded
 from lora_core.models.builtin import ensure_builtin
-from lora_core.profile_io import load_profile
+from lora_core.profile_load import load_profile
 from lora_core.session import run_training, start_run
 from tests.e2e.conftest import assert_diffusers_applies_every_module
 from tests.helpers.ldm_export import write_single_file

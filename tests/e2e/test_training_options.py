@@ -9,7 +9,7 @@ from safetensors import safe_open
 from lora_core.errors import ProfileError
 from lora_core.events import CheckpointSaved, EpochEnded, EventBus, RunFinished, StepEnded
 from lora_core.models.builtin import ensure_builtin
-from lora_core.profile_io import load_profile
+from lora_core.profile_load import load_profile
 from lora_core.saving.lora_file import read_lora
 from lora_core.session import run_training, start_run
 from tests.e2e.conftest import assert_diffusers_applies_every_module

@@ -11,8 +11,7 @@ from textual.widgets import Static
 
 from lora_core.checks import check_profile
 from lora_core.profile import profile_to_dict
-from lora_core.profile_io import load_profile
-from lora_core.profile_load import profile_from_dict
+from lora_core.profile_load import load_profile, profile_from_dict
 from lora_core.training.sample_prompts import read_sample_prompts, sample_points
 from lora_tui.app import make_app
 from lora_tui.runner import FakeRunner

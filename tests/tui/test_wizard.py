@@ -9,7 +9,7 @@ from textual.widgets import Static
 
 from lora_core.checks import check_profile
 from lora_core.events import read_events
-from lora_core.profile_io import load_profile
+from lora_core.profile_load import load_profile
 from lora_tui.app import make_app
 from lora_tui.runner import FakeRunner
 from lora_tui.screens.review import ReviewScreen
