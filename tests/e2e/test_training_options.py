@@ -108,7 +108,9 @@ def test_bf16_and_gradient_checkpointing_train(train):
 
 
 def test_fp16_on_cpu_is_a_clear_error(train):
-    with pytest.raises(ProfileError, match="fp16.*needs a CUDA GPU"):
+    from lora_core.errors import CheckError
+
+    with pytest.raises(CheckError, match="fp16.*needs a CUDA GPU"):
         train("fp16", training={"mixed_precision": "fp16"})
 
 
