@@ -228,6 +228,7 @@ def run_training(profile: Profile, profile_path: Path | None, started_run: Start
     # Heavy imports only now: `check` and the wizard never pay for torch.
     from accelerate.utils import set_seed
 
+    from lora_core.models.families import TextSettings
     from lora_core.models.loading import load_model
     from lora_core.saving.metadata import RunInfo, training_metadata
     from lora_core.training.optim import optimizer_description
@@ -252,7 +253,9 @@ def run_training(profile: Profile, profile_path: Path | None, started_run: Start
                         vae_dtype=torch.float32 if profile.model.no_half_vae else None,
                         vae_spec=profile.model.vae or None,
                         tokenizer_dir=profile.path("model", "tokenizer_cache_dir"),
-                        v_parameterization=profile.model.v_parameterization)
+                        v_parameterization=profile.model.v_parameterization,
+                        text=TextSettings(clip_skip=profile.model.clip_skip,
+                                          max_token_length=profile.dataset.max_token_length))
     output_dir = profile.path("saving", "output_dir")
     first_started = (started_run.status.started_at if started_run.status is not None
                      else started)

@@ -13,7 +13,7 @@ This module loads nothing from disk (that is ``loading.py``) and names no LoRA k
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -57,9 +57,20 @@ class TextConditioning:
         return TextConditioning(hidden, torch.stack([r.pooled for r in rows]))
 
 
+@dataclass(frozen=True)
+class TextSettings:
+    """How captions become the U-Net's conditioning, set once when the model loads
+    (``[model] clip_skip``, ``[dataset] max_token_length``) and read from the bundle by
+    everything that encodes text: training, the text cache, preview images."""
+
+    clip_skip: int = 1  # 1 = the last layer, 2 = the one before (kohya-compat.md §5.4)
+    max_token_length: int = 75  # 75, 150 or 225 caption tokens
+
+
 @dataclass
 class ModelBundle:
-    """The parts of a loaded base model, and what the metadata needs to say about it."""
+    """The parts of a loaded base model, how it reads text and what it predicts, and what
+    the metadata needs to say about it. The one owner of the text-conditioning settings."""
 
     family: str
     unet: Any
@@ -70,7 +81,12 @@ class ModelBundle:
     vae_scaling_factor: float
     model_name: str
     model_file: Path | None = None
-    prediction_type: str = "epsilon"
+    prediction_type: str = "epsilon"  # "v_prediction" with [model] v_parameterization
+    text: TextSettings = field(default_factory=TextSettings)
+
+    @property
+    def v_parameterization(self) -> bool:
+        return self.prediction_type == "v_prediction"
 
     @property
     def impl(self) -> Family:
@@ -83,20 +99,20 @@ class Family(Protocol):
 
     name: str
 
-    def tokenize(self, bundle: ModelBundle, captions: list[str],
-                 max_token_length: int = 75) -> list[torch.Tensor]:
+    def tokenize(self, bundle: ModelBundle, captions: list[str]) -> list[torch.Tensor]:
         """Token ids, one LongTensor per tokenizer of the bundle: (B, n·77) holding the
-        n = max_token_length / 75 encoder windows of each caption side by side."""
+        n = max_token_length / 75 encoder windows of each caption side by side
+        (``bundle.text``)."""
         ...
 
-    def encode_text(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor],
-                    clip_skip: int | None, max_token_length: int = 75) -> torch.Tensor:
+    def encode_text(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor]
+                    ) -> torch.Tensor:
         """The U-Net's ``encoder_hidden_states`` for those token ids:
-        (B, n·75 + 2, width), so 77 / 152 / 227 tokens long."""
+        (B, n·75 + 2, width), so 77 / 152 / 227 tokens long, at ``bundle.text.clip_skip``."""
         ...
 
-    def encode(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor],
-               clip_skip: int | None, max_token_length: int = 75) -> TextConditioning:
+    def encode(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor]
+               ) -> TextConditioning:
         """Everything the U-Net needs from the text: ``encode_text``'s hidden states and,
         where the family has one, the pooled embedding."""
         ...
@@ -203,8 +219,8 @@ class SD1Family:
     # Bucket sizes must be multiples of this (sd-scripts asserts 8 and warns below 64).
     bucket_step_multiple = 64
 
-    def tokenize(self, bundle: ModelBundle, captions: list[str],
-                 max_token_length: int = 75) -> list[torch.Tensor]:
+    def tokenize(self, bundle: ModelBundle, captions: list[str]) -> list[torch.Tensor]:
+        max_token_length = bundle.text.max_token_length
         tokenizer = bundle.tokenizers[0]
         n = window_count(tokenizer, max_token_length)
         # Truncation keeps the final EOS, so a too-long caption loses its tail tokens only.
@@ -219,8 +235,9 @@ class SD1Family:
             return [encoded.input_ids]
         return [split_into_windows(encoded.input_ids, tokenizer, n)]
 
-    def encode_text(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor],
-                    clip_skip: int | None, max_token_length: int = 75) -> torch.Tensor:
+    def encode_text(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor]
+                    ) -> torch.Tensor:
+        max_token_length = bundle.text.max_token_length
         text_encoder = bundle.text_encoders[0]
         window = bundle.tokenizers[0].model_max_length
         n = window_count(bundle.tokenizers[0], max_token_length)
@@ -229,8 +246,8 @@ class SD1Family:
             raise ModelError(
                 f"token ids of length {input_ids.shape[-1]} do not match max_token_length "
                 f"{max_token_length} ({n * window} ids expected)",
-                "pass the same max_token_length to tokenize and encode_text")
-        skip = 1 if clip_skip is None else int(clip_skip)
+                "tokenize and encode_text with the same bundle.text")
+        skip = int(bundle.text.clip_skip)
         layers = num_text_layers(text_encoder)
         if not 1 <= skip <= layers:
             raise ModelError(
@@ -250,10 +267,9 @@ class SD1Family:
         outputs = text_encoder(input_ids, output_hidden_states=True)
         return final_layer_norm(text_encoder)(outputs.hidden_states[-skip])
 
-    def encode(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor],
-               clip_skip: int | None, max_token_length: int = 75) -> TextConditioning:
-        return TextConditioning(self.encode_text(bundle, input_ids_list, clip_skip,
-                                                 max_token_length))
+    def encode(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor]
+               ) -> TextConditioning:
+        return TextConditioning(self.encode_text(bundle, input_ids_list))
 
     def unet_extra_conditioning(self, bundle: ModelBundle, **kwargs: Any) -> dict[str, Any]:
         return {}
@@ -262,15 +278,14 @@ class SD1Family:
 FAMILIES: dict[str, Family] = {"sd1": SD1Family()}
 
 
-def encode_conditioning(family: Any, bundle: ModelBundle, input_ids_list: list[torch.Tensor],
-                        clip_skip: int | None, max_token_length: int = 75) -> TextConditioning:
+def encode_conditioning(family: Any, bundle: ModelBundle, input_ids_list: list[torch.Tensor]
+                        ) -> TextConditioning:
     """``family.encode(...)``, or ``encode_text`` wrapped for a family that has no pooled
     output and no ``encode`` of its own."""
     encode = getattr(family, "encode", None)
     if encode is not None:
-        return encode(bundle, input_ids_list, clip_skip, max_token_length)
-    return TextConditioning(family.encode_text(bundle, input_ids_list, clip_skip,
-                                               max_token_length))
+        return encode(bundle, input_ids_list)
+    return TextConditioning(family.encode_text(bundle, input_ids_list))
 
 
 _LAZY_FAMILIES = {"sd2": ("lora_core.models.family_sd2", "SD2Family"),

@@ -62,26 +62,24 @@ class SD2Family:
         self._text = SD1Family()
         self._warned_clip_skip = False
 
-    def tokenize(self, bundle: ModelBundle, captions: list[str],
-                 max_token_length: int = 75) -> list[torch.Tensor]:
+    def tokenize(self, bundle: ModelBundle, captions: list[str]) -> list[torch.Tensor]:
         """[ids (B, n·77)] as SD 1.x's, with PAD = ``!`` and the window fix-ups."""
         check_sd2_tokenizer(bundle)
-        return self._text.tokenize(bundle, captions, max_token_length)
+        return self._text.tokenize(bundle, captions)
 
-    def encode_text(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor],
-                    clip_skip: int | None, max_token_length: int = 75) -> torch.Tensor:
+    def encode_text(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor]
+                    ) -> torch.Tensor:
         """``encoder_hidden_states`` (B, n·75 + 2, 1024 for the real model)."""
-        warning = clip_skip_warning(clip_skip)
+        warning = clip_skip_warning(bundle.text.clip_skip)
         if warning and not self._warned_clip_skip:
             self._warned_clip_skip = True
             log.warning("%s", warning)
-        return self._text.encode_text(bundle, input_ids_list, clip_skip, max_token_length)
+        return self._text.encode_text(bundle, input_ids_list)
 
-    def encode(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor],
-               clip_skip: int | None, max_token_length: int = 75) -> TextConditioning:
+    def encode(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor]
+               ) -> TextConditioning:
         """Hidden states only: SD 2.x has no pooled text embedding."""
-        return TextConditioning(self.encode_text(bundle, input_ids_list, clip_skip,
-                                                 max_token_length))
+        return TextConditioning(self.encode_text(bundle, input_ids_list))
 
     def unet_extra_conditioning(self, bundle: ModelBundle, **kwargs: Any) -> dict[str, Any]:
         return {}

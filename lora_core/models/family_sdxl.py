@@ -93,12 +93,12 @@ class SDXLFamily:
     def __init__(self) -> None:
         self._warned_clip_skip = False
 
-    def tokenize(self, bundle: ModelBundle, captions: list[str],
-                 max_token_length: int = 75) -> list[torch.Tensor]:
+    def tokenize(self, bundle: ModelBundle, captions: list[str]) -> list[torch.Tensor]:
         """[TE1 ids, TE2 ids], each (B, n·77) as in :meth:`SD1Family.tokenize`; TE2's
         padding is its own PAD (id 0), and the window fix-ups keep each window ending in
         EOS (``families.split_into_windows``)."""
         self._check_bundle(bundle)
+        max_token_length = bundle.text.max_token_length
         ids = []
         for tokenizer in bundle.tokenizers:
             n = window_count(tokenizer, max_token_length)
@@ -108,12 +108,13 @@ class SDXLFamily:
             ids.append(encoded if n == 1 else split_into_windows(encoded, tokenizer, n))
         return ids
 
-    def encode(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor],
-               clip_skip: int | None, max_token_length: int = 75) -> TextConditioning:
+    def encode(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor]
+               ) -> TextConditioning:
         """Hidden states (B, n·75 + 2, width1 + width2) and pooled (B, projection_dim)."""
         import torch
 
         self._check_bundle(bundle)
+        clip_skip, max_token_length = bundle.text.clip_skip, bundle.text.max_token_length
         if clip_skip is not None and clip_skip > 1 and not self._warned_clip_skip:
             self._warned_clip_skip = True
             log.warning("clip_skip %d is ignored for SDXL (it always uses the penultimate "
@@ -129,7 +130,7 @@ class SDXLFamily:
                 raise ModelError(
                     f"token ids of length {ids.shape[-1]} do not match max_token_length "
                     f"{max_token_length} ({n * window} ids expected)",
-                    "pass the same max_token_length to tokenize and encode")
+                    "tokenize and encode with the same bundle.text")
         batch_size = ids1.shape[0]
         windows1, windows2 = ids1.reshape(-1, window), ids2.reshape(-1, window)
         hidden1 = te1(windows1, output_hidden_states=True).hidden_states[-2]
@@ -143,9 +144,9 @@ class SDXLFamily:
         return TextConditioning(torch.cat([hidden1, hidden2.to(hidden1.dtype)], dim=-1),
                                 pooled)
 
-    def encode_text(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor],
-                    clip_skip: int | None, max_token_length: int = 75) -> torch.Tensor:
-        return self.encode(bundle, input_ids_list, clip_skip, max_token_length).hidden
+    def encode_text(self, bundle: ModelBundle, input_ids_list: list[torch.Tensor]
+                    ) -> torch.Tensor:
+        return self.encode(bundle, input_ids_list).hidden
 
     @staticmethod
     def _pool(te2: Any, last_hidden: torch.Tensor, input_ids: torch.Tensor,

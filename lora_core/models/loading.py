@@ -43,7 +43,7 @@ from lora_core.models.pickle_scan import check_pickle_checkpoint
 if TYPE_CHECKING:
     import torch
 
-    from lora_core.models.families import ModelBundle
+    from lora_core.models.families import ModelBundle, TextSettings
 
 BUILTIN_PREFIX = "builtin:"
 FOLDER_COMPONENTS = {"sd1": ("unet", "vae", "text_encoder"),
@@ -227,14 +227,16 @@ def prediction_warning(source: ModelSource, v_parameterization: bool) -> str | N
 def load_model(spec: str, base_dir: Path, dtype: torch.dtype | None = None,
                *, vae_dtype: torch.dtype | None = None, vae_spec: str | None = None,
                tokenizer_dir: str | Path | None = None,
-               v_parameterization: bool = False) -> ModelBundle:
+               v_parameterization: bool = False, text: TextSettings | None = None
+               ) -> ModelBundle:
     """Load the base model ``spec`` (builtin:<name>, a diffusers folder or a single file).
 
     All weights are loaded straight in ``dtype`` (default float32); ``vae_dtype`` overrides it
     for the VAE (sd-scripts' ``--no_half_vae`` passes float32). ``vae_spec`` replaces the
     model's VAE (``[model] vae``); ``tokenizer_dir`` is ``[model] tokenizer_cache_dir``. The
     noise scheduler is always the DDPM schedule SD was trained with, whatever a folder ships
-    (as in sd-scripts), predicting v when ``v_parameterization``. The models come back in eval
+    (as in sd-scripts), predicting v when ``v_parameterization``; ``text`` (clip_skip,
+    max_token_length) is how the bundle reads captions. The models come back in eval
     mode; freezing is the caller's job.
     """
     import torch
@@ -260,16 +262,16 @@ def load_model(spec: str, base_dir: Path, dtype: torch.dtype | None = None,
         from lora_core.models.single_file import load_vae
 
         parts["vae"] = load_vae(vae_path, parts["family"], vae_dtype)
-    return _bundle(parts, source, v_parameterization)
+    return _bundle(parts, source, v_parameterization, text)
 
 
-def _bundle(parts: dict[str, Any], source: ModelSource, v_parameterization: bool
-            ) -> ModelBundle:
+def _bundle(parts: dict[str, Any], source: ModelSource, v_parameterization: bool,
+            text: TextSettings | None) -> ModelBundle:
     from diffusers import DDPMScheduler
 
     from lora_core.models.builtin import training_noise_scheduler
     from lora_core.models.configs import load_config
-    from lora_core.models.families import ModelBundle
+    from lora_core.models.families import ModelBundle, TextSettings
 
     prediction = "v_prediction" if v_parameterization else "epsilon"
     scheduler = DDPMScheduler.from_config(training_noise_scheduler().config,
@@ -293,6 +295,7 @@ def _bundle(parts: dict[str, Any], source: ModelSource, v_parameterization: bool
         model_name=source.name,
         model_file=source.path if single else None,
         prediction_type=prediction,
+        text=text or TextSettings(),
     )
 
 

@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 from lora_core import paths
 from lora_core.atomic import atomic_write
 from lora_core.errors import DatasetError
-from lora_core.models.families import TextConditioning
+from lora_core.models.families import TextConditioning, TextSettings
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def entry_path(root: Path, key: TextKey) -> Path:
 
 
 def text_encoder_fingerprint(family: str, text_encoders: list[Any], tokenizers: list[Any],
-                             clip_skip: int, max_token_length: int) -> str:
+                             text: TextSettings) -> str:
     """A hash of everything besides the caption that decides its text conditioning.
 
     Same approach as ``latent_cache.vae_fingerprint``: the config (without the keys that only
@@ -93,8 +93,8 @@ def text_encoder_fingerprint(family: str, text_encoders: list[Any], tokenizers: 
     """
     digest = hashlib.sha256()
     digest.update(json.dumps({"format_version": FORMAT_VERSION, "family": family,
-                              "clip_skip": clip_skip,
-                              "max_token_length": max_token_length}).encode())
+                              "clip_skip": text.clip_skip,
+                              "max_token_length": text.max_token_length}).encode())
     for encoder in text_encoders:
         _hash_module(digest, encoder)
     for tokenizer in tokenizers:

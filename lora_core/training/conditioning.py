@@ -273,31 +273,26 @@ def _refuse_varying_pixels(plan: TrainingPlan) -> None:
 # Text conditioning
 
 
-def encode_captions(bundle: ModelBundle, captions: list[str], device: torch.device,
-                    clip_skip: int, max_token_length: int) -> TextConditioning:
+def encode_captions(bundle: ModelBundle, captions: list[str], device: torch.device
+                    ) -> TextConditioning:
     """The U-Net's text conditioning for captions (hidden states, and SDXL's pooled
-    embedding): the one path both the live and the cached text conditioner use, so they
-    cannot disagree."""
+    embedding), read the bundle's way (``bundle.text``: clip_skip, max_token_length): the
+    one path both the live and the cached text conditioner use, so they cannot disagree."""
     family = family_of(bundle)
-    ids = [t.to(device) for t in family.tokenize(bundle, list(captions),
-                                                 max_token_length=max_token_length)]
-    return encode_conditioning(family, bundle, ids, clip_skip, max_token_length)
+    ids = [t.to(device) for t in family.tokenize(bundle, list(captions))]
+    return encode_conditioning(family, bundle, ids)
 
 
 class LiveTextEncoder:
     """Tokenizes and encodes captions each step (needed when the text encoder trains)."""
 
-    def __init__(self, bundle: ModelBundle, device: torch.device, clip_skip: int,
-                 max_token_length: int = 75) -> None:
+    def __init__(self, bundle: ModelBundle, device: torch.device) -> None:
         self.bundle = bundle
         self.device = device
-        self.clip_skip = clip_skip
-        self.max_token_length = max_token_length
 
     def conditioning(self, batch: dict[str, Any], train_text_encoder: bool) -> TextConditioning:
         with torch.set_grad_enabled(train_text_encoder):
-            return encode_captions(self.bundle, batch["captions"], self.device, self.clip_skip,
-                                   self.max_token_length)
+            return encode_captions(self.bundle, batch["captions"], self.device)
 
     def hidden_states(self, batch: dict[str, Any], train_text_encoder: bool) -> torch.Tensor:
         return self.conditioning(batch, train_text_encoder).hidden
@@ -375,8 +370,7 @@ class CachedTextEncoder:
 
 
 def build_cached_text_encoder(plan: TrainingPlan, bundle: ModelBundle, device: torch.device,
-                              clip_skip: int, *, max_token_length: int = 75,
-                              batch_size: int = 8, to_disk: bool = False,
+                              *, batch_size: int = 8, to_disk: bool = False,
                               root: Path | None = None, progress: Progress | None = None,
                               autocast: AutocastFactory = contextlib.nullcontext
                               ) -> CachedTextEncoder:
@@ -385,12 +379,12 @@ def build_cached_text_encoder(plan: TrainingPlan, bundle: ModelBundle, device: t
 
     ``to_disk``: each caption's outputs go to a ``saving.text_cache`` file under ``root``
     (default ``text_cache.cache_root()``), in a folder named by the fingerprint of the text
-    encoders, tokenizers, ``clip_skip``, ``max_token_length`` and family; a valid file from an
+    encoders, tokenizers, ``bundle.text`` and family; a valid file from an
     earlier run is reused without encoding, a missing, stale, truncated or corrupt one is
     encoded again. Otherwise the outputs stay in CPU memory. ``progress(done, total)`` is
     called as captions are checked and encoded.
     """
-    live = LiveTextEncoder(bundle, device, clip_skip, max_token_length)
+    live = LiveTextEncoder(bundle, device)
     captions = distinct_captions(plan)
     cache: dict[str, TextConditioning] = {}
     files: dict[str, Path] = {}
@@ -399,7 +393,7 @@ def build_cached_text_encoder(plan: TrainingPlan, bundle: ModelBundle, device: t
     if to_disk:
         root = root or text_cache.cache_root()
         fingerprint = text_cache.text_encoder_fingerprint(
-            bundle.family, bundle.text_encoders, bundle.tokenizers, clip_skip, max_token_length)
+            bundle.family, bundle.text_encoders, bundle.tokenizers, bundle.text)
         keys = {c: text_cache.TextKey(c, fingerprint) for c in captions}
         files = {c: text_cache.entry_path(root, keys[c]) for c in captions}
         todo = [c for c in captions if text_cache.read_entry(files[c], keys[c]) is None]

@@ -13,8 +13,9 @@ and every model's device are restored afterwards, and the pipeline is dropped at
 
 Choices that differ from plain diffusers, and why:
 
-* The text embeddings are computed by the model family (``encode_text``, §5.4 clip_skip:
-  ``hidden_states[-k]`` then the final LayerNorm) and handed to the pipeline as
+* The text embeddings are computed by the model family, the bundle's way (``encode_text``
+  with ``bundle.text``; §5.4 clip_skip: ``hidden_states[-k]`` then the final LayerNorm)
+  and handed to the pipeline as
   ``prompt_embeds`` / ``negative_prompt_embeds``, so the images are conditioned exactly as
   training is. diffusers' own ``clip_skip=c`` means ``hidden_states[-(c + 1)]`` (kohya
   ``k`` = diffusers ``k - 1``), applies it to the positive prompt only (sd-scripts' pipeline
@@ -102,12 +103,12 @@ Emit = Callable[[Event], None]
 Autocast = Callable[[], AbstractContextManager]
 
 
-def make_sampler_scheduler(sampler: str, noise_scheduler_config: Any,
-                           v_parameterization: bool) -> Any:
+def make_sampler_scheduler(sampler: str, noise_scheduler_config: Any) -> Any:
     """A fresh diffusers scheduler for ``sampler`` on the training noise schedule's betas.
 
-    v-prediction models get ``prediction_type="v_prediction"``; schedulers that can clip
-    the predicted x0 to [-1, 1] get ``clip_sample=True``, as sd-scripts forces.
+    The prediction type is the training schedule's (``v_prediction`` for v-prediction
+    models); schedulers that can clip the predicted x0 to [-1, 1] get ``clip_sample=True``,
+    as sd-scripts forces.
     """
     import inspect
 
@@ -127,7 +128,7 @@ def make_sampler_scheduler(sampler: str, noise_scheduler_config: Any,
     kwargs = {k: noise_scheduler_config[k] for k in _SCHEDULE_KEYS
               if k in noise_scheduler_config and k in params}
     kwargs.update(extra)
-    if v_parameterization:
+    if noise_scheduler_config.get("prediction_type") == "v_prediction":
         kwargs["prediction_type"] = "v_prediction"
     if "clip_sample" in params:
         kwargs["clip_sample"] = True
@@ -143,8 +144,8 @@ def make_sampler_scheduler(sampler: str, noise_scheduler_config: Any,
 
 
 def generate_samples(bundle: ModelBundle, prompts: Sequence[SamplePrompt], *, output_dir: Path,
-                     output_name: str, step: int, epoch: int | None, clip_skip: int,
-                     v_parameterization: bool, device: torch.device | str, emit: Emit,
+                     output_name: str, step: int, epoch: int | None,
+                     device: torch.device | str, emit: Emit,
                      autocast: Autocast | None = None,
                      extra_modules: Sequence[nn.Module] = ()) -> list[Path]:
     """Make one PNG per prompt in ``<output_dir>/sample/`` and emit ``SampleSaved`` for each.
@@ -163,10 +164,10 @@ def generate_samples(bundle: ModelBundle, prompts: Sequence[SamplePrompt], *, ou
         pipeline.set_progress_bar_config(disable=True)
         try:
             for index, prompt in enumerate(prompts):
-                pipeline.scheduler = make_sampler_scheduler(
-                    prompt.sampler, bundle.noise_scheduler.config, v_parameterization)
+                pipeline.scheduler = make_sampler_scheduler(prompt.sampler,
+                                                            bundle.noise_scheduler.config)
                 with (autocast or contextlib.nullcontext)():
-                    image = _generate(pipeline, bundle, prompt, index, clip_skip, device)
+                    image = _generate(pipeline, bundle, prompt, index, device)
                 name = sample_file_name(output_name, step=step, epoch=epoch, index=index,
                                         timestamp=time.time(), seed=prompt.seed)
                 path = Path(output_dir) / SAMPLE_FOLDER / name
@@ -200,7 +201,7 @@ def _make_pipeline(bundle: ModelBundle) -> Any:
 
 
 def _generate(pipeline: Any, bundle: ModelBundle, prompt: SamplePrompt, index: int,
-              clip_skip: int, device: torch.device) -> Any:
+              device: torch.device) -> Any:
     """One image: embeddings from the family, latents from the pipeline, decode in the VAE's
     dtype. The seed seeds both a generator on the device and the global torch RNG (as
     sd-scripts does), so schedulers that draw from either are reproducible."""
@@ -212,12 +213,10 @@ def _generate(pipeline: Any, bundle: ModelBundle, prompt: SamplePrompt, index: i
     torch.manual_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     family = bundle.impl
-    cond = encode_conditioning(family, bundle, family.tokenize(bundle, [prompt.prompt]),
-                               clip_skip)
+    cond = encode_conditioning(family, bundle, family.tokenize(bundle, [prompt.prompt]))
     # sd-scripts: no negative prompt means the empty prompt as the unconditional input.
     uncond = encode_conditioning(family, bundle,
-                                 family.tokenize(bundle, [prompt.negative_prompt or ""]),
-                                 clip_skip)
+                                 family.tokenize(bundle, [prompt.negative_prompt or ""]))
     embeds: dict[str, Any] = {"prompt_embeds": cond.hidden,
                               "negative_prompt_embeds": uncond.hidden}
     if cond.pooled is not None:
@@ -233,8 +232,7 @@ def _generate(pipeline: Any, bundle: ModelBundle, prompt: SamplePrompt, index: i
 
 def sample_now(prompt_file: Path, default_sampler: str, bundle: ModelBundle, *,
                output_dir: Path, output_name: str, step: int, epoch: int | None,
-               clip_skip: int, v_parameterization: bool, device: torch.device | str,
-               emit: Emit, autocast: Autocast | None = None,
+               device: torch.device | str, emit: Emit, autocast: Autocast | None = None,
                extra_modules: Sequence[nn.Module] = ()) -> list[Path]:
     """Re-read the prompt file and make the samples; never stops a run.
 
@@ -248,9 +246,8 @@ def sample_now(prompt_file: Path, default_sampler: str, bundle: ModelBundle, *,
             log.warning("no sample images at step %d: %s has no prompts", step, prompt_file)
             return []
         return generate_samples(bundle, prompts, output_dir=output_dir, output_name=output_name,
-                                step=step, epoch=epoch, clip_skip=clip_skip,
-                                v_parameterization=v_parameterization, device=device,
-                                emit=emit, autocast=autocast, extra_modules=extra_modules)
+                                step=step, epoch=epoch, device=device, emit=emit,
+                                autocast=autocast, extra_modules=extra_modules)
     except ProfileError as exc:
         log.warning("no sample images at step %d: %s (%s); training goes on", step,
                     exc.message, exc.hint)
@@ -275,8 +272,6 @@ class Previews:
     bundle: ModelBundle
     output_dir: Path
     output_name: str
-    clip_skip: int
-    v_parameterization: bool
     device: torch.device | str
     emit: Emit
     autocast: Autocast | None = None
@@ -300,9 +295,8 @@ class Previews:
         self.emit(PhaseChanged(f"making sample images at step {step}"))
         return sample_now(self.prompt_file, self.section.sample_sampler, self.bundle,
                           output_dir=self.output_dir, output_name=self.output_name, step=step,
-                          epoch=epoch, clip_skip=self.clip_skip,
-                          v_parameterization=self.v_parameterization, device=self.device,
-                          emit=self.emit, autocast=self.autocast,
+                          epoch=epoch, device=self.device, emit=self.emit,
+                          autocast=self.autocast,
                           extra_modules=self.extra_modules)
 
 

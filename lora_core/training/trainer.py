@@ -25,7 +25,7 @@ import torch
 
 from lora_core.dataset.loader import make_epoch_loader, process_batches
 from lora_core.dataset.plan import TrainingPlan, epoch_batches
-from lora_core.errors import DatasetError, NonFiniteError, OutOfMemoryError, ProfileError
+from lora_core.errors import DatasetError, NonFiniteError, OutOfMemoryError
 from lora_core.events import (
     EpochEnded,
     EventBus,
@@ -144,30 +144,18 @@ def _setup_conditioning(accelerator, bundle: ModelBundle, profile: Profile, plan
             torch.cuda.empty_cache()
     else:
         latents_from = VaeLatents(bundle, device, bundle.vae.dtype)
-    trains_te = not profile.network.network_train_unet_only
-    cacheable = text_outputs_cacheable(plan, network_trains_text_encoder=trains_te)
-    if (ds.cache_text_encoder_outputs or ds.cache_text_encoder_outputs_to_disk) and not cacheable:
-        # The profile rules refuse this for [dataset] values; a dataset_config subset can
-        # still turn on caption shuffling, dropout, wildcards or token warm-up.
-
-        field = ("cache_text_encoder_outputs_to_disk" if ds.cache_text_encoder_outputs_to_disk
-                 else "cache_text_encoder_outputs")
-        varying = [s.name for s in plan.subsets if s.scan.options.captions_vary]
-        why = ("the text encoder trains (network_train_unet_only is false)" if trains_te else
-               f"the captions of subset(s) {', '.join(varying)} change between steps "
-               "(shuffle_caption, caption dropout, wildcards or token_warmup_step)")
-        raise ProfileError(f"`[dataset] {field}` cannot be used: {why}",
-                           f"turn off {field}, or set network_train_unet_only = true and turn "
-                           "off the caption options that change captions in every subset")
+    # The checks refused a cache the options rule out (checks.rules, checks.dataset).
+    cacheable = text_outputs_cacheable(
+        plan, network_trains_text_encoder=not profile.network.network_train_unet_only)
     if cacheable:
         emit(PhaseChanged("caching text encoder outputs"))
         text_from = build_cached_text_encoder(
-            plan, bundle, device, profile.model.clip_skip, max_token_length=ds.max_token_length,
-            batch_size=plan.batch_size, to_disk=ds.cache_text_encoder_outputs_to_disk,
+            plan, bundle, device, batch_size=plan.batch_size,
+            to_disk=ds.cache_text_encoder_outputs_to_disk,
             progress=_phase_progress("caching text encoder outputs", emit),
             autocast=accelerator.autocast)
     else:
-        text_from = LiveTextEncoder(bundle, device, profile.model.clip_skip, ds.max_token_length)
+        text_from = LiveTextEncoder(bundle, device)
     return latents_from, text_from
 
 
@@ -246,11 +234,9 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     train_te = any(g.name == "textencoder" for g in groups)
     previews = Previews(profile.sample, profile.path("sample", "sample_prompts"), bundle,
                         output_dir=outputs.output_dir, output_name=outputs.output_name,
-                        clip_skip=profile.model.clip_skip,
-                        v_parameterization=profile.model.v_parameterization,
                         device=device, emit=emit, autocast=accelerator.autocast,
                         extra_modules=[network])
-    tr, v_pred = profile.training, profile.model.v_parameterization
+    tr, v_pred = profile.training, bundle.v_parameterization
     # A copy: zero_terminal_snr rescales the schedule in place, and the bundle may be reused.
     noise_scheduler = type(bundle.noise_scheduler).from_config(bundle.noise_scheduler.config)
     weighting = prepare_schedule_and_loss(noise_scheduler, tr, v_pred, device)

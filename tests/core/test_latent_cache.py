@@ -31,6 +31,7 @@ from lora_core.training.conditioning import (
     text_outputs_cacheable,
 )
 from tests.core.dataset_helpers import profile_for, snapshot
+from tests.helpers.tiny_models import with_text
 
 CPU = torch.device("cpu")
 
@@ -313,11 +314,11 @@ def test_cached_text_encoder_equals_live_encoding(tmp_path, bundle, max_token_le
     plan = plan_of(make_dataset(tmp_path, count=3, captions=captions), caption_prefix="photo of")
     assert distinct_captions(plan) == ["photo of a red thing", "photo of a blue thing"]
     progress = []
-    cached = build_cached_text_encoder(plan, bundle, CPU, clip_skip=2,
-                                       max_token_length=max_token_length, batch_size=1,
+    reading = with_text(bundle, clip_skip=2, max_token_length=max_token_length)
+    cached = build_cached_text_encoder(plan, reading, CPU, batch_size=1,
                                        progress=lambda d, t: progress.append((d, t)))
     assert progress[-1] == (2, 2)
-    live = LiveTextEncoder(bundle, CPU, clip_skip=2, max_token_length=max_token_length)
+    live = LiveTextEncoder(reading, CPU)
     batch = {"captions": ["photo of a blue thing", "photo of a red thing",
                           "photo of a blue thing"]}
     got = cached.hidden_states(batch, train_text_encoder=False)

@@ -17,6 +17,7 @@ from lora_core.errors import ModelError
 from lora_core.models.builtin import ensure_builtin
 from lora_core.models.families import ModelBundle, SD1Family, final_layer_norm
 from lora_core.models.loading import load_model
+from tests.helpers.tiny_models import with_text
 
 WORDS = ("red", "hair", "blue", "eyes", "smile", "woman", "dress", "hat", "forest", "flower",
          "cat", "dog", "portrait", "photo", "light", "shadow")
@@ -69,10 +70,11 @@ def test_words_are_single_tokens(bundle: ModelBundle) -> None:
                          [(75, 77, 77), (150, 154, 152), (225, 231, 227)])
 def test_shapes(bundle: ModelBundle, max_tokens: int, ids_len: int, states_len: int) -> None:
     family = SD1Family()
-    ids = family.tokenize(bundle, [words(10), words(200)], max_tokens)
+    ids = family.tokenize(with_text(bundle, max_token_length=max_tokens), [words(10), words(200)])
     assert len(ids) == 1 and ids[0].shape == (2, ids_len) and ids[0].dtype == torch.long
     for clip_skip in (None, 2):
-        hidden = family.encode_text(bundle, ids, clip_skip, max_tokens)
+        reading = with_text(bundle, clip_skip=clip_skip, max_token_length=max_tokens)
+        hidden = family.encode_text(reading, ids)
         assert hidden.shape == (2, states_len, 32)
 
 
@@ -80,14 +82,14 @@ def test_shapes(bundle: ModelBundle, max_tokens: int, ids_len: int, states_len: 
 def test_75_tokens_is_the_plain_encoder_call(bundle: ModelBundle) -> None:
     family, tokenizer, te = SD1Family(), bundle.tokenizers[0], bundle.text_encoders[0]
     captions = [words(5), words(120)]
-    ids = family.tokenize(bundle, captions, 75)
+    ids = family.tokenize(bundle, captions)
     plain = tokenizer(captions, padding="max_length", max_length=77, truncation=True,
                       return_tensors="pt").input_ids
     assert torch.equal(ids[0], plain)
     assert torch.equal(family.tokenize(bundle, captions)[0], plain)
-    assert torch.equal(family.encode_text(bundle, ids, 1, 75), te(plain).last_hidden_state)
+    assert torch.equal(family.encode_text(bundle, ids), te(plain).last_hidden_state)
     skipped = final_layer_norm(te)(te(plain, output_hidden_states=True).hidden_states[-2])
-    assert torch.equal(family.encode_text(bundle, ids, 2), skipped)
+    assert torch.equal(family.encode_text(with_text(bundle, clip_skip=2), ids), skipped)
 
 
 # --- what reaches the encoder ----------------------------------------------------------------
@@ -100,15 +102,16 @@ def test_tokens_after_75_reach_the_encoder(bundle: ModelBundle, clip_skip: int) 
     head = words(75)
     captions = [head + " " + words(40, 3), head + " " + words(40, 7)]
 
-    long_ids = family.tokenize(bundle, captions, 150)
-    long_states = family.encode_text(bundle, long_ids, clip_skip, 150)
+    long_ids = family.tokenize(with_text(bundle, max_token_length=150), captions)
+    long_states = family.encode_text(
+        with_text(bundle, clip_skip=clip_skip, max_token_length=150), long_ids)
     # The first window sees the same 75 tokens: identical states up to the boundary.
     assert torch.equal(long_states[0, :76], long_states[1, :76])
     # Tokens 76+ differ, and so do the second window's states.
     assert not torch.allclose(long_states[0, 76:151], long_states[1, 76:151])
 
-    short_states = family.encode_text(bundle, family.tokenize(bundle, captions, 75),
-                                      clip_skip, 75)
+    short_states = family.encode_text(with_text(bundle, clip_skip=clip_skip),
+                                      family.tokenize(bundle, captions))
     assert torch.equal(short_states[0], short_states[1])  # 75 cuts the difference off
 
 
@@ -118,7 +121,7 @@ def test_windows_hold_bos_and_eos_at_their_ends(bundle: ModelBundle) -> None:
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     caption = words(100)
     tokens = plain_tokens(bundle, caption)
-    ids = SD1Family().tokenize(bundle, [caption, words(10)], 150)[0]
+    ids = SD1Family().tokenize(with_text(bundle, max_token_length=150), [caption, words(10)])[0]
 
     first, second = ids[:, :77], ids[:, 77:]
     assert first[0].tolist() == [bos] + tokens[:75] + [eos]
@@ -132,7 +135,7 @@ def test_windows_hold_bos_and_eos_at_their_ends(bundle: ModelBundle) -> None:
 def test_a_caption_longer_than_max_token_length_is_cut(bundle: ModelBundle) -> None:
     tokenizer = bundle.tokenizers[0]
     caption = words(300)
-    ids = SD1Family().tokenize(bundle, [caption], 225)[0][0]
+    ids = SD1Family().tokenize(with_text(bundle, max_token_length=225), [caption])[0][0]
     tokens = plain_tokens(bundle, caption)
     for k in range(3):
         window = ids[77 * k:77 * (k + 1)].tolist()
@@ -153,8 +156,8 @@ def test_states_are_reassembled_from_each_window(bundle: ModelBundle, clip_skip:
         return final_layer_norm(te)(out.hidden_states[-clip_skip])
 
     family = SD1Family()
-    ids = family.tokenize(bundle, [words(160), words(30, 5)], 225)
-    states = family.encode_text(bundle, ids, clip_skip, 225)
+    ids = family.tokenize(with_text(bundle, max_token_length=225), [words(160), words(30, 5)])
+    states = family.encode_text(with_text(bundle, clip_skip=clip_skip, max_token_length=225), ids)
     windows = [encoder(ids[0][:, 77 * k:77 * (k + 1)]) for k in range(3)]
 
     torch.testing.assert_close(states[:, 0], windows[0][:, 0])
@@ -173,7 +176,8 @@ def test_pad_tokenizer_fix_ups(v2_bundle: ModelBundle) -> None:
     tokenizer = v2_bundle.tokenizers[0]
     bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
     tokens = plain_tokens(v2_bundle, words(100))
-    ids = SD1Family().tokenize(v2_bundle, [words(100), words(10)], 150)[0]
+    long = with_text(v2_bundle, max_token_length=150)
+    ids = SD1Family().tokenize(long, [words(100), words(10)])[0]
 
     # Window 1 ends on a real word: its last id becomes EOS (the caption's last id is PAD).
     assert ids[0, :77].tolist() == [bos] + tokens[:75] + [eos]
@@ -183,7 +187,7 @@ def test_pad_tokenizer_fix_ups(v2_bundle: ModelBundle) -> None:
     # Window 1 of the short caption is untouched: "... EOS PAD ... PAD".
     assert ids[1, 11:13].tolist() == [eos, pad] and ids[1, 76].item() == pad
 
-    states = SD1Family().encode_text(v2_bundle, [ids], None, 150)
+    states = SD1Family().encode_text(long, [ids])
     assert states.shape == (2, 152, 32)
 
 
@@ -193,8 +197,8 @@ def test_pad_tokenizer_fix_ups(v2_bundle: ModelBundle) -> None:
 def test_unsupported_lengths_are_refused(bundle: ModelBundle) -> None:
     family = SD1Family()
     with pytest.raises(ModelError, match="max_token_length 100") as info:
-        family.tokenize(bundle, ["red"], 100)
+        family.tokenize(with_text(bundle, max_token_length=100), ["red"])
     assert "150" in info.value.hint
-    ids = family.tokenize(bundle, ["red"], 150)
+    ids = family.tokenize(with_text(bundle, max_token_length=150), ["red"])
     with pytest.raises(ModelError, match="do not match max_token_length 75"):
-        family.encode_text(bundle, ids, None, 75)
+        family.encode_text(bundle, ids)  # read with 75 tokens

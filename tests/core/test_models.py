@@ -34,6 +34,7 @@ from lora_core.models.tokenizer_gen import (
     learn_merges,
     write_tokenizer,
 )
+from tests.helpers.tiny_models import with_text
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -210,16 +211,16 @@ def test_encode_text_and_clip_skip(bundle: ModelBundle) -> None:
     family = SD1Family()
     ids = family.tokenize(bundle, ["a photo of a woman with red hair", "cat"])
     assert len(ids) == 1 and ids[0].shape == (2, 77) and ids[0].dtype == torch.long
-    h1 = family.encode_text(bundle, ids, 1)
-    h2 = family.encode_text(bundle, ids, 2)
+    h1 = family.encode_text(bundle, ids)
+    h2 = family.encode_text(with_text(bundle, clip_skip=2), ids)
     assert h1.shape == h2.shape == (2, 77, 32)
-    assert torch.equal(h1, family.encode_text(bundle, ids, None))
+    assert torch.equal(h1, family.encode_text(with_text(bundle, clip_skip=None), ids))
     assert not torch.allclose(h1, h2)
     te = bundle.text_encoders[0]
     hidden = te(ids[0], output_hidden_states=True).hidden_states
     assert torch.allclose(h2, final_layer_norm(te)(hidden[-2]))
     with pytest.raises(ModelError, match="clip_skip 3"):
-        family.encode_text(bundle, ids, 3)
+        family.encode_text(with_text(bundle, clip_skip=3), ids)
 
 
 @torch.no_grad()
@@ -242,8 +243,8 @@ def test_clip_skip_with_transformers4_layout(bundle: ModelBundle) -> None:
 
     wrapped = dataclasses.replace(bundle, text_encoders=[Wrapped()])
     ids = SD1Family().tokenize(bundle, ["red hair"])
-    assert torch.equal(SD1Family().encode_text(wrapped, ids, 2),
-                       SD1Family().encode_text(bundle, ids, 2))
+    assert torch.equal(SD1Family().encode_text(with_text(wrapped, clip_skip=2), ids),
+                       SD1Family().encode_text(with_text(bundle, clip_skip=2), ids))
 
 
 # --- loading errors -----------------------------------------------------------------------

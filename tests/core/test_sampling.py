@@ -26,6 +26,7 @@ from lora_core.training.sampling import (
     make_sampler_scheduler,
     sample_now,
 )
+from tests.helpers.tiny_models import with_text
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -45,9 +46,9 @@ def bundle():
 
 def generate(bundle, prompts, out: Path, *, step=7, epoch=None, clip_skip=1, **kwargs):
     events = []
-    paths = generate_samples(bundle, prompts, output_dir=out, output_name="cube", step=step,
-                             epoch=epoch, clip_skip=clip_skip, v_parameterization=False,
-                             device="cpu", emit=events.append, **kwargs)
+    paths = generate_samples(with_text(bundle, clip_skip=clip_skip), prompts, output_dir=out,
+                             output_name="cube", step=step, epoch=epoch, device="cpu",
+                             emit=events.append, **kwargs)
     return paths, events
 
 
@@ -134,7 +135,8 @@ def test_unet_gets_the_family_embeddings_with_clip_skip_for_both_prompts(bundle,
     family = bundle.impl
     with torch.no_grad():
         def embed(text: str, skip: int) -> torch.Tensor:
-            return family.encode_text(bundle, family.tokenize(bundle, [text]), skip)
+            return family.encode_text(with_text(bundle, clip_skip=skip),
+                                      family.tokenize(bundle, [text]))
 
         expected = torch.cat([embed("dark", 2), embed("a green cube", 2)])
         last_layer = torch.cat([embed("dark", 1), embed("a green cube", 1)])
@@ -160,18 +162,18 @@ def test_samples_show_the_lora(bundle, tmp_path):
 
 def test_sampler_schedulers_follow_sd_scripts(bundle):
     config = dict(bundle.noise_scheduler.config, beta_end=0.02)
-    ddim = make_sampler_scheduler("ddim", config, v_parameterization=True)
+    ddim = make_sampler_scheduler("ddim", dict(config, prediction_type="v_prediction"))
     assert type(ddim).__name__ == "DDIMScheduler"
     assert (ddim.config.prediction_type, ddim.config.clip_sample) == ("v_prediction", True)
     assert (ddim.config.beta_end, ddim.config.steps_offset) == (0.02, 0)
-    assert make_sampler_scheduler("heun", config, False).config.clip_sample is True
-    assert type(make_sampler_scheduler("k_euler_a", config, False)).__name__ == \
+    assert make_sampler_scheduler("heun", config).config.clip_sample is True
+    assert type(make_sampler_scheduler("k_euler_a", config)).__name__ == \
         "EulerAncestralDiscreteScheduler"
-    plus = make_sampler_scheduler("dpmsolver++", config, False)
+    plus = make_sampler_scheduler("dpmsolver++", config)
     assert (type(plus).__name__, plus.config.algorithm_type, plus.config.prediction_type) == (
         "DPMSolverMultistepScheduler", "dpmsolver++", "epsilon")
-    assert make_sampler_scheduler("dpmsolver", config, False).config.algorithm_type == "dpmsolver"
-    assert type(make_sampler_scheduler("k_dpm_2_a", config, False)).__name__ == \
+    assert make_sampler_scheduler("dpmsolver", config).config.algorithm_type == "dpmsolver"
+    assert type(make_sampler_scheduler("k_dpm_2_a", config)).__name__ == \
         "KDPM2AncestralDiscreteScheduler"
 
 
@@ -184,8 +186,7 @@ def test_previews_follow_the_schedule_and_reread_the_prompt_file(bundle, tmp_pat
     previews = Previews(SampleSection(sample_prompts=str(prompt_file), sample_every_n_steps=2,
                                       sample_at_first=True, sample_sampler="euler"),
                         prompt_file, bundle, output_dir=tmp_path, output_name="cube",
-                        clip_skip=1, v_parameterization=False, device="cpu",
-                        emit=events.append)
+                        device="cpu", emit=events.append)
     try:
         (first,) = previews.at_start()
         assert previews.after_step(3) == [] and previews.after_epoch(1, 3) == []
@@ -210,7 +211,7 @@ def test_previews_follow_the_schedule_and_reread_the_prompt_file(bundle, tmp_pat
 def test_sample_now_warns_about_a_missing_file(bundle, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="lora_core"):
         paths = sample_now(tmp_path / "gone.txt", "ddim", bundle, output_dir=tmp_path,
-                           output_name="cube", step=3, epoch=None, clip_skip=1,
-                           v_parameterization=False, device="cpu", emit=lambda e: None)
+                           output_name="cube", step=3, epoch=None, device="cpu",
+                           emit=lambda e: None)
     assert paths == [] and "gone.txt does not exist" in caplog.text
     assert not (tmp_path / "sample").exists()

@@ -19,7 +19,12 @@ from lora_core.paths import cache_dir
 from lora_core.profile import NetworkSection, TrainingSection
 from lora_core.saving.metadata import base_model_version, modelspec_architecture
 from lora_core.training.loss import diffusion_loss, prepare_schedule_and_loss, training_target
-from tests.helpers.tiny_models import SD2_TEXT_LAYERS, SD2_TEXT_WIDTH, tiny_sd2_folder
+from tests.helpers.tiny_models import (
+    SD2_TEXT_LAYERS,
+    SD2_TEXT_WIDTH,
+    tiny_sd2_folder,
+    with_text,
+)
 
 LONG_CAPTION = " ".join(["red hair"] * 50)  # 100 tokens: more than one 75-token window
 
@@ -85,7 +90,8 @@ def test_long_caption_windows_get_the_pad_fixups(bundle: ModelBundle) -> None:
     tok = bundle.tokenizers[0]
     bos, eos, pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
     family = SD2Family()
-    short, long = family.tokenize(bundle, ["a photo of a cat", LONG_CAPTION], 150)[0]
+    short, long = family.tokenize(with_text(bundle, max_token_length=150),
+                                  ["a photo of a cat", LONG_CAPTION])[0]
     assert short.shape == long.shape == (154,)
     first, second = short[:77], short[77:]
     n_words = len(tok("a photo of a cat").input_ids) - 2
@@ -101,9 +107,10 @@ def test_encode_shapes_and_windows_match_separate_encoder_calls(bundle: ModelBun
     te = bundle.text_encoders[0]
     captions = ["a photo of a cat", LONG_CAPTION]
     with torch.no_grad():
-        hidden75 = family.encode(bundle, family.tokenize(bundle, captions), None).hidden
-        ids150 = family.tokenize(bundle, captions, 150)
-        hidden150 = family.encode(bundle, ids150, None, 150)
+        hidden75 = family.encode(bundle, family.tokenize(bundle, captions)).hidden
+        long = with_text(bundle, max_token_length=150)
+        ids150 = family.tokenize(long, captions)
+        hidden150 = family.encode(long, ids150)
         assert hidden150.pooled is None
         windows = [te(ids150[0][:, k * 77:(k + 1) * 77]).last_hidden_state for k in (0, 1)]
     assert hidden75.shape == (2, 77, SD2_TEXT_WIDTH)
@@ -118,9 +125,9 @@ def test_clip_skip_works_as_sd1_and_warns_once(bundle: ModelBundle, caplog) -> N
     te = bundle.text_encoders[0]
     ids = family.tokenize(bundle, ["a photo of a cat"])
     with torch.no_grad(), caplog.at_level(logging.WARNING):
-        skip1 = family.encode_text(bundle, ids, 1)
-        skip2 = family.encode_text(bundle, ids, 2)
-        family.encode_text(bundle, ids, 2)
+        skip1 = family.encode_text(bundle, ids)
+        skip2 = family.encode_text(with_text(bundle, clip_skip=2), ids)
+        family.encode_text(with_text(bundle, clip_skip=2), ids)
         manual = final_layer_norm(te)(te(ids[0], output_hidden_states=True).hidden_states[-2])
     torch.testing.assert_close(skip2, manual)
     assert not torch.allclose(skip1, skip2)
@@ -177,7 +184,7 @@ def test_v_prediction_steps_with_min_snr(sd2_v_folder: Path) -> None:
     noisy = scheduler.add_noise(latents, noise, timesteps)
     first_pred = None
     for step in range(3):
-        hidden = family.encode(bundle, ids, None).hidden
+        hidden = family.encode(bundle, ids).hidden
         pred = bundle.unet(noisy, timesteps, encoder_hidden_states=hidden).sample
         loss = diffusion_loss(pred, target, timesteps, torch.ones(2), weighting)
         manual = (((pred - target) ** 2).mean(dim=(1, 2, 3)) * snr.clamp(max=5.0)
@@ -259,7 +266,7 @@ def test_single_file_load_gives_conv_projections_and_the_same_model(
     with torch.no_grad():
         outputs = []
         for b in (bundle, loaded):
-            hidden = family.encode(b, ids, None).hidden
+            hidden = family.encode(b, ids).hidden
             outputs.append((hidden, b.unet(latents, torch.tensor([10]),
                                            encoder_hidden_states=hidden).sample))
     torch.testing.assert_close(outputs[1][0], outputs[0][0])

@@ -31,6 +31,7 @@ from lora_core.training.conditioning import LiveTextEncoder, build_cached_text_e
 from lora_core.training.sample_prompts import SamplePrompt
 from lora_core.training.sampling import generate_samples
 from tests.core.dataset_helpers import profile_for
+from tests.helpers.tiny_models import with_text
 
 CONFIGS = Path(__file__).resolve().parents[2] / "lora_core" / "models" / "configs"
 CPU = torch.device("cpu")
@@ -183,7 +184,7 @@ def test_encode_concatenates_penultimate_states_and_pools_te2(bundle):
     assert ids[1][0, -1] == 0  # TE2 pads with "!" (id 0), TE1 with EOS
     assert ids[0][0, -1] == bundle.tokenizers[0].eos_token_id
     with torch.no_grad():
-        cond = family.encode(bundle, ids, None)
+        cond = family.encode(with_text(bundle, clip_skip=None), ids)
         te1, te2 = bundle.text_encoders
         out2 = te2(ids[1], output_hidden_states=True)
         expected = torch.cat([te1(ids[0], output_hidden_states=True).hidden_states[-2],
@@ -199,10 +200,12 @@ def test_long_prompts_use_the_first_windows_pool_and_ignore_clip_skip(bundle, ca
     family = bundle.impl
     captions = ["a photo of a cat"]
     with torch.no_grad():
-        short = family.encode(bundle, family.tokenize(bundle, captions), None)
-        long = family.encode(bundle, family.tokenize(bundle, captions, 150), None, 150)
+        short = family.encode(bundle, family.tokenize(bundle, captions))
+        reading = with_text(bundle, max_token_length=150)
+        long = family.encode(reading, family.tokenize(reading, captions))
         with caplog.at_level(logging.WARNING):
-            skipped = family.encode(bundle, family.tokenize(bundle, captions), 2)
+            skipped = family.encode(with_text(bundle, clip_skip=2),
+                                    family.tokenize(bundle, captions))
     assert long.hidden.shape == (1, 152, 80)
     torch.testing.assert_close(long.pooled, short.pooled)
     torch.testing.assert_close(long.hidden[:, :76], short.hidden[:, :76])
@@ -288,7 +291,7 @@ def test_training_steps_with_added_conditioning_and_sai_named_lora(bundle):
         latents = torch.randn(2, 4, 8, 12, generator=torch.Generator().manual_seed(0))
         before = {k: v.clone() for k, v in network.state_dict().items()}
         for step in range(2):
-            text = LiveTextEncoder(bundle, CPU, 1).conditioning(batch, True)
+            text = LiveTextEncoder(bundle, CPU).conditioning(batch, True)
             extra = family.unet_extra_conditioning(bundle, batch=batch, text=text,
                                                    device=CPU, dtype=torch.float32)
             noise = torch.randn_like(latents)
@@ -328,11 +331,11 @@ def test_text_encoder_cache_keeps_the_pooled_output(tmp_path, bundle):
     profile = profile_for(train, resolution=64, min_bucket_reso=64, max_bucket_reso=64,
                           train_batch_size=2)
     plan = make_plan(profile, scan_profile(profile))
-    cached = build_cached_text_encoder(plan, bundle, CPU, 1, batch_size=1)
+    cached = build_cached_text_encoder(plan, bundle, CPU, batch_size=1)
     batch = {"captions": ["a blue dog", "a red cat", "a blue dog"]}
     got = cached.conditioning(batch, False)
     with torch.no_grad():
-        live = LiveTextEncoder(bundle, CPU, 1).conditioning(batch, False)
+        live = LiveTextEncoder(bundle, CPU).conditioning(batch, False)
     assert isinstance(got, TextConditioning) and got.pooled is not None
     assert got.pooled.shape == (3, 32)
     torch.testing.assert_close(got.pooled, live.pooled)
@@ -344,8 +347,7 @@ def test_sdxl_preview_writes_a_png(tmp_path, bundle):
     events = []
     prompts = [SamplePrompt("a red cat", "blurry", 64, 96, 5, 2, 5.0, "euler")]
     paths = generate_samples(bundle, prompts, output_dir=tmp_path, output_name="xl", step=3,
-                             epoch=None, clip_skip=1, v_parameterization=False, device="cpu",
-                             emit=events.append)
+                             epoch=None, device="cpu", emit=events.append)
     assert len(paths) == 1 and paths[0].is_file() and len(events) == 1
     with Image.open(paths[0]) as image:
         assert image.format == "PNG" and image.size == (64, 96)

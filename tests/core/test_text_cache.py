@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from safetensors import safe_open
 from lora_core import paths
 from lora_core.checks import scan_profile
 from lora_core.dataset.plan import make_plan
-from lora_core.errors import ProfileError
+from lora_core.models.families import TextSettings
 from lora_core.saving import text_cache
 from lora_core.training.conditioning import (
     LiveTextEncoder,
@@ -26,6 +25,7 @@ from lora_core.training.conditioning import (
     distinct_captions,
 )
 from tests.core.dataset_helpers import make_image, profile_for, snapshot
+from tests.helpers.tiny_models import with_text
 
 CPU = torch.device("cpu")
 CAPTIONS = ["a red cat", "a blue dog", "a red cat"]  # two distinct captions
@@ -69,8 +69,8 @@ class EncoderCalls:
 
 def live(bundle, captions, clip_skip=1):
     with torch.no_grad():
-        return LiveTextEncoder(bundle, CPU, clip_skip).conditioning({"captions": captions},
-                                                                    False)
+        return LiveTextEncoder(with_text(bundle, clip_skip=clip_skip), CPU).conditioning(
+            {"captions": captions}, False)
 
 
 def cache_files(root: Path) -> list[Path]:
@@ -80,8 +80,7 @@ def cache_files(root: Path) -> list[Path]:
 def test_disk_cache_equals_live_encoding(tmp_path, bundle):
     plan = plan_of(dataset(tmp_path))
     root = tmp_path / "cache"
-    cached = build_cached_text_encoder(plan, bundle, CPU, 1, batch_size=1, to_disk=True,
-                                       root=root)
+    cached = build_cached_text_encoder(plan, bundle, CPU, batch_size=1, to_disk=True, root=root)
     assert cached.cache == {}  # nothing kept in memory: rows come from the files
     batch = ["a blue dog", "a red cat", "a blue dog"]
     got, want = cached.conditioning({"captions": batch}, False), live(bundle, batch)
@@ -102,11 +101,11 @@ def test_disk_cache_equals_live_encoding(tmp_path, bundle):
 def test_valid_files_are_reused_without_encoding(tmp_path, bundle, monkeypatch):
     plan = plan_of(dataset(tmp_path))
     root = tmp_path / "cache"
-    first = build_cached_text_encoder(plan, bundle, CPU, 1, to_disk=True, root=root)
+    first = build_cached_text_encoder(plan, bundle, CPU, to_disk=True, root=root)
     before = {f: f.stat().st_mtime_ns for f in cache_files(root)}
     calls = EncoderCalls(bundle, monkeypatch)
     progress = []
-    second = build_cached_text_encoder(plan, bundle, CPU, 1, to_disk=True, root=root,
+    second = build_cached_text_encoder(plan, bundle, CPU, to_disk=True, root=root,
                                        progress=lambda done, total: progress.append(
                                            (done, total)))
     assert calls.rows == 0
@@ -121,12 +120,13 @@ def test_valid_files_are_reused_without_encoding(tmp_path, bundle, monkeypatch):
 def test_clip_skip_or_encoder_change_rebuilds(tmp_path, bundle, monkeypatch):
     plan = plan_of(dataset(tmp_path))
     root = tmp_path / "cache"
-    build_cached_text_encoder(plan, bundle, CPU, 1, to_disk=True, root=root)
+    build_cached_text_encoder(plan, bundle, CPU, to_disk=True, root=root)
     # SDXL warns once that it ignores clip_skip: undo that at teardown for later tests.
     monkeypatch.setattr(bundle.impl, "_warned_clip_skip",
                         getattr(bundle.impl, "_warned_clip_skip", False), raising=False)
     calls = EncoderCalls(bundle, monkeypatch)
-    skipped = build_cached_text_encoder(plan, bundle, CPU, 2, to_disk=True, root=root)
+    skipped = build_cached_text_encoder(plan, with_text(bundle, clip_skip=2), CPU, to_disk=True,
+                                        root=root)
     assert calls.rows > 0
     batch = ["a red cat", "a blue dog"]
     torch.testing.assert_close(skipped.conditioning({"captions": batch}, False).hidden,
@@ -137,7 +137,7 @@ def test_clip_skip_or_encoder_change_rebuilds(tmp_path, bundle, monkeypatch):
     with torch.no_grad():
         next(changed.text_encoders[0].parameters()).view(-1)[0] += 1e-3
     counted = EncoderCalls(changed, monkeypatch)
-    build_cached_text_encoder(plan, changed, CPU, 1, to_disk=True, root=root)
+    build_cached_text_encoder(plan, changed, CPU, to_disk=True, root=root)
     assert counted.rows > 0
     assert len({f.parent for f in cache_files(root)}) == 3
 
@@ -145,7 +145,7 @@ def test_clip_skip_or_encoder_change_rebuilds(tmp_path, bundle, monkeypatch):
 def test_fingerprint_covers_tokenizer_and_token_length(bundle):
     def fingerprint(tokenizers=bundle.tokenizers, max_token_length=75, family=bundle.family):
         return text_cache.text_encoder_fingerprint(family, bundle.text_encoders, tokenizers,
-                                                   1, max_token_length)
+                                                   TextSettings(1, max_token_length))
 
     base = fingerprint()
     assert fingerprint() == base  # deterministic
@@ -160,7 +160,7 @@ def test_fingerprint_covers_tokenizer_and_token_length(bundle):
 def test_damaged_file_is_rebuilt(tmp_path, bundle, monkeypatch, damage):
     plan = plan_of(dataset(tmp_path))
     root = tmp_path / "cache"
-    build_cached_text_encoder(plan, bundle, CPU, 1, to_disk=True, root=root)
+    build_cached_text_encoder(plan, bundle, CPU, to_disk=True, root=root)
     victim = cache_files(root)[0]
     data = victim.read_bytes()
     if damage == "truncate":
@@ -168,7 +168,7 @@ def test_damaged_file_is_rebuilt(tmp_path, bundle, monkeypatch, damage):
     else:  # same length, a few bytes of tensor data changed
         victim.write_bytes(data[:-16] + bytes(b ^ 0xFF for b in data[-16:]))
     calls = EncoderCalls(bundle, monkeypatch)
-    rebuilt = build_cached_text_encoder(plan, bundle, CPU, 1, to_disk=True, root=root)
+    rebuilt = build_cached_text_encoder(plan, bundle, CPU, to_disk=True, root=root)
     # Only the damaged caption is encoded again (once per text encoder).
     assert calls.rows == len(bundle.text_encoders)
     batch = ["a red cat", "a blue dog"]
@@ -185,7 +185,7 @@ def test_nothing_is_written_outside_the_cache_root(tmp_path, bundle, monkeypatch
     train = dataset(tmp_path)
     plan = plan_of(train)
     before = snapshot(tmp_path / "data")
-    build_cached_text_encoder(plan, bundle, CPU, 1, to_disk=True)
+    build_cached_text_encoder(plan, bundle, CPU, to_disk=True)
     assert snapshot(tmp_path / "data") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "lora-cache"]
     expected_root = paths.cache_dir() / "text_encoder_outputs"
@@ -198,19 +198,22 @@ def test_nothing_is_written_outside_the_cache_root(tmp_path, bundle, monkeypatch
 def test_in_memory_cache_writes_no_file(tmp_path, bundle, monkeypatch):
     monkeypatch.setenv("LORA_TUI_CACHE_DIR", str(tmp_path / "lora-cache"))
     plan = plan_of(dataset(tmp_path))
-    cached = build_cached_text_encoder(plan, bundle, CPU, 1)
+    cached = build_cached_text_encoder(plan, bundle, CPU)
     assert set(cached.cache) == {"a red cat", "a blue dog"}
     assert not (tmp_path / "lora-cache").exists()
 
 
-def test_trainer_refuses_caching_when_the_text_encoder_trains(tmp_path, bundle):
-    from lora_core.training.trainer import _setup_conditioning
+def test_the_checks_refuse_caching_when_the_text_encoder_trains(tmp_path):
+    """Refused before anything loads (checks.rules), not by the trainer after caching."""
+    from lora_core.checks import check_profile
+    from lora_core.checks.rules import profile_rules
 
     train = dataset(tmp_path)
     profile = profile_for(train, resolution=64, min_bucket_reso=64, max_bucket_reso=64,
                           cache_text_encoder_outputs_to_disk=True,
                           network_train_unet_only=False)
-    plan = make_plan(profile, scan_profile(profile))
-    accelerator = SimpleNamespace(device=CPU, autocast=None)
-    with pytest.raises(ProfileError, match="cache_text_encoder_outputs_to_disk"):
-        _setup_conditioning(accelerator, bundle, profile, plan, torch.float32, [].append)
+    found = [p for p in profile_rules(profile) if p.is_error and p.section == "dataset"]
+    assert [p.field for p in found] == [("dataset", "cache_text_encoder_outputs_to_disk")]
+    assert "network_train_unet_only" in found[0].message
+    profile.network.network_train_unet_only = True
+    assert not [p for p in check_profile(profile).errors if p.section == "dataset"]

@@ -131,3 +131,13 @@ def full_size_meta(family: str) -> dict:
             parts["text_encoder_2"] = CLIPTextModelWithProjection(
                 CLIPTextConfig(**init_kwargs(load_config(family, "text_encoder_2"))))
     return parts
+
+
+def with_text(bundle, clip_skip: int | None = 1, max_token_length: int = 75):
+    """``bundle`` reading captions another way (the bundle owns clip_skip and
+    max_token_length, ``families.TextSettings``); the models are shared, not copied."""
+    import dataclasses
+
+    from lora_core.models.families import TextSettings
+
+    return dataclasses.replace(bundle, text=TextSettings(clip_skip or 1, max_token_length))
