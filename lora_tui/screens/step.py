@@ -6,10 +6,13 @@ with every answer kept (answers live in the draft, not in the screen). Ctrl+O sh
 the step's advanced options; Ctrl+S saves the profile (asking for a path the first time).
 
 Fields that do not apply to the other answers (``steps.CONDITIONS``) are hidden, not
-disabled, and shown again as soon as they apply. Messages under the fields are the profile's
-own. The base-model step says live what the model is (``inspect_model``, headers only); the
-image steps run the dataset check live and offer Ctrl+R when a concept folder was picked
-instead of its parent.
+disabled, and shown again as soon as they apply. Messages under the fields are the engine's
+own, as values that name their field: the profile's rules as answers are typed, and every
+check ``lora-train check`` makes (the files the answers name, the dataset, the machine) a
+moment after typing pauses, in a worker. A problem about a field of this step that is not
+shown (an advanced option) is listed under the step. The base-model step says live what the
+model is (``inspect_model``, headers only); the image steps show the dataset check and offer
+Ctrl+R when a concept folder was picked instead of its parent.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
 
+from lora_core.checks.problem import Problem
 from lora_core.errors import LoraError
 from lora_core.models.loading import FAMILY_LABELS
 from lora_core.profile import ADAPTIVE_OPTIMIZERS
@@ -77,6 +81,7 @@ class StepScreen(Screen):
         self.show_advanced = False
         self._check_timer: Timer | None = None
         self._show_required = False  # "is required" appears once Next was tried
+        self.check_problems: list[Problem] = []  # the full check's, located on this step
 
     @property
     def step(self) -> Step:
@@ -215,21 +220,39 @@ class StepScreen(Screen):
         return f"[green]detected: {family}[/green] [dim]{escape(source.summary)}[/dim]"
 
     def revalidate(self) -> bool:
-        """Show the profile's messages for this step's fields; True when there are none."""
+        """Show the problems at this step's fields (the profile's rules now, the last full
+        check's too); True when none of them is an error."""
         validation = self.draft.validate()
-        clean = True
+        located: dict[tuple[str, str], list[str]] = {}
+        for problem in self.check_problems:
+            located.setdefault(problem.field, []).append(problem.text())
+        clean, elsewhere = True, []
         for editor in self.editors:
-            errors = validation.for_field(editor.spec.section, editor.spec.key)
+            key = (editor.spec.section, editor.spec.key)
+            errors = validation.for_field(*key)
             if not self._show_required and editor.text == "":
                 errors = [e for e in errors if "is required" not in e]
-            editor.set_errors(errors)
+            found = [e for e in located.pop(key, []) if e not in errors]
             if editor.display:
-                clean = clean and not validation.for_field(editor.spec.section, editor.spec.key)
-        return clean
+                editor.set_errors(errors + found)
+                clean = clean and not validation.for_field(*key) and not found
+            else:
+                editor.set_errors(errors)
+                elsewhere += found
+        step_fields = {*self.step.fields, *self.step.advanced}
+        elsewhere += [text for key, texts in located.items() if key in step_fields
+                      for text in texts]  # advanced fields not built yet
+        self.query_one("#step-errors", Static).update(
+            "\n".join(f"[red]problem:[/red] {escape(text)}" for text in elsewhere))
+        return clean and not elsewhere
 
     @on(FieldEditor.Changed)
     def field_changed(self, event: FieldEditor.Changed) -> None:
         self.draft.set_text(event.section, event.key, event.text)
+        # The last full check said nothing about this new answer yet: its word on the
+        # field is dropped until the check (scheduled below) runs again.
+        self.check_problems = [p for p in self.check_problems
+                               if p.field != (event.section, event.key)]
         self.refresh_fields()
         self.schedule_check()
 
@@ -245,9 +268,13 @@ class StepScreen(Screen):
     def action_next(self) -> None:
         self._show_required = True
         if not self.revalidate():
-            bad = next(e for e in self.shown_editors if e.has_class("has-error"))
-            bad.input_widget.focus()
-            self.notify(f"fix {bad.spec.label} first", severity="error")
+            bad = next((e for e in self.shown_editors if e.has_class("has-error")), None)
+            if bad is not None:
+                bad.input_widget.focus()
+                self.notify(f"fix {bad.spec.label} first", severity="error")
+            else:  # about an advanced option that is not shown: Ctrl+O shows it
+                self.notify("fix the problem listed under this step first (Ctrl+O shows "
+                            "the advanced options)", severity="error")
             return
         if self.from_review:
             self.dismiss()
@@ -283,14 +310,13 @@ class StepScreen(Screen):
     # -- the live dataset check -------------------------------------------------------
 
     def schedule_check(self) -> None:
-        if not self.step.dataset_check:
-            return
         if self._check_timer is not None:
             self._check_timer.stop()
         self._check_timer = self.set_timer(_CHECK_DELAY_S, self._start_check)
 
     def _start_check(self) -> None:
-        self.query_one(DatasetTable).show_running()
+        if self.step.dataset_check:
+            self.query_one(DatasetTable).show_running()
         draft = self.draft
         self.run_worker(lambda: check_dataset(draft), thread=True, exclusive=True,
                         group="dataset-check", name="dataset-check")
@@ -298,8 +324,20 @@ class StepScreen(Screen):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.name == "dataset-check" and event.state == WorkerState.SUCCESS:
             self.last_check = event.worker.result
-            self.query_one(DatasetTable).show(self.last_check)
+            self.check_problems = self._located(self.last_check)
+            if self.step.dataset_check:
+                self.query_one(DatasetTable).show(self.last_check)
+            self.revalidate()
             self.refresh_bindings()
+
+    def _located(self, check: DatasetCheck) -> list[Problem]:
+        """The full check's errors about this step's fields (the dataset table shows the
+        dataset's own; the review lists everything)."""
+        if check.report is None:
+            return []
+        fields = {*self.step.fields, *self.step.advanced}
+        return [p for p in check.report.errors if p.field in fields
+                and not (self.step.dataset_check and p.section == "dataset")]
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "use_parent":

@@ -62,7 +62,9 @@ async def test_enter_through_every_step_lands_on_review_with_the_core_plan(datas
     app = new_app()
     answers = {0: ("model", "pretrained_model_name_or_path", "builtin:tiny-sd1"),
                1: ("dataset", "train_data_dir", str(dataset)),
-               2: ("saving", "output_dir", str(tmp_path / "out"))}
+               2: ("saving", "output_dir", str(tmp_path / "out")),
+               # fp16, the default, needs a CUDA GPU: the step refuses it on this CPU
+               index_of("Mixed precision"): ("training", "mixed_precision", "no")}
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("n")
         for index, step in enumerate(STEPS):
@@ -79,7 +81,7 @@ async def test_enter_through_every_step_lands_on_review_with_the_core_plan(datas
         review = app.screen
         await wait_for(pilot, lambda: review.check is not None)
 
-        # Enter wrote nothing: only the three typed answers differ from the defaults.
+        # Enter wrote nothing: only the typed answers differ from the defaults.
         changed = {(section, key) for section, key, _, _ in app.draft.differences()}
         assert changed == {(s, k) for s, k, _ in answers.values()}
         profile = app.draft.profile()
@@ -287,3 +289,67 @@ async def test_review_shows_when_checkpoints_and_samples_happen(dataset, tmp_pat
         await pilot.press("8")  # reopen the scheduler step (keys 1-9)
         assert isinstance(app.screen, StepScreen) and app.screen.from_review
         assert app.screen.step.title == "Scheduler"
+
+
+async def test_the_full_check_shows_each_problem_at_its_field(dataset, tmp_path):
+    """What `lora-train check` finds beyond the profile's rules (files on disk, the machine)
+    appears under the field it names, and Next stays on the step while it is there."""
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_step_with_basics(pilot, "Output", dataset, tmp_path / "out")
+        await type_into(pilot, "saving", "output_dir", str(blocker))
+        editor = screen.editor("saving", "output_dir")
+        await wait_for(pilot, lambda: editor.has_class("has-error"), timeout_s=10)
+        assert "is a file, not a folder" in plain(editor.query_one(".field-error"))
+        await pilot.press("ctrl+n")
+        assert app.screen is screen  # refused: run would stop on it
+        await type_into(pilot, "saving", "output_dir", str(tmp_path / "out"))
+        await wait_for(pilot, lambda: not editor.has_class("has-error"), timeout_s=10)
+
+        app.open_step(index_of("Mixed precision"))  # fp16 (the default) on this CPU
+        await pilot.pause()
+        mixed = app.screen
+        field = mixed.editor("training", "mixed_precision")
+        await wait_for(pilot, lambda: field.has_class("has-error"), timeout_s=10)
+        assert "needs a CUDA GPU" in plain(field.query_one(".field-error"))
+
+
+async def test_a_problem_at_an_answered_advanced_field_is_shown_there(dataset, tmp_path):
+    from tests.helpers.bad_inputs import safetensors_bytes
+
+    xl = tmp_path / "xl.safetensors"
+    xl.write_bytes(safetensors_bytes(
+        {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": (4, 8)}))
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("n")
+        for section, key, text in (("model", "pretrained_model_name_or_path", "builtin:tiny-sd1"),
+                                   ("dataset", "train_data_dir", str(dataset)),
+                                   ("saving", "output_dir", str(tmp_path / "out")),
+                                   ("network", "network_weights", str(xl))):
+            app.draft.set_text(section, key, text)
+        app.open_step(index_of("Network"))
+        await pilot.pause()
+        shown = app.screen.editor("network", "network_weights")  # answered: always shown
+        await wait_for(pilot, lambda: shown.has_class("has-error"), timeout_s=10)
+        assert "for SDXL models, but the base model is SD 1.x" in plain(
+            shown.query_one(".field-error"))
+
+
+async def test_a_problem_at_a_hidden_advanced_field_is_listed_under_the_step(dataset, tmp_path):
+    """A checkpoint without its tokenizer on this machine: the fix is the advanced
+    tokenizer_cache_dir, which the step lists until it is answered."""
+    from tests.helpers.ldm_export import write_single_file
+
+    model = write_single_file("builtin:tiny-sd1", tmp_path / "model.safetensors", "sd1")
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_step_with_basics(pilot, "Base model", dataset, tmp_path / "out")
+        await type_into(pilot, "model", "pretrained_model_name_or_path", str(model))
+        errors = screen.query_one("#step-errors", Static)
+        await wait_for(pilot, lambda: "tokenizer" in plain(errors), timeout_s=10)
+        assert "hf download" in plain(errors)
+        await pilot.press("ctrl+n")
+        assert app.screen is screen
