@@ -10,7 +10,13 @@ cd /d "%~dp0"
 if not exist .venv\Scripts\python.exe (
     py -3 -m venv .venv || python -m venv .venv || exit /b 1
 )
-.venv\Scripts\python.exe -m pip install --disable-pip-version-check -q -e ".[dev]" || exit /b 1
+rem Install only when pyproject.toml changed since the last install (the code itself is an
+rem editable install): a relaunch starts in about a second.
+fc /b pyproject.toml .venv\installed-pyproject.toml >nul 2>&1
+if errorlevel 1 (
+    .venv\Scripts\python.exe -m pip install --disable-pip-version-check -q -e ".[dev]" || exit /b 1
+    copy /y pyproject.toml .venv\installed-pyproject.toml >nul
+)
 if "%~1"=="test" (
     shift
     .venv\Scripts\python.exe -m pytest %2 %3 %4 %5 %6 %7 %8 %9

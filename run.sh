@@ -9,7 +9,12 @@ cd "$(dirname "$0")"
 if [ ! -x .venv/bin/python ]; then
     "${PYTHON:-python3}" -m venv .venv
 fi
-.venv/bin/python -m pip install --disable-pip-version-check -q -e ".[dev]"
+# Install only when pyproject.toml changed since the last install (the code itself is an
+# editable install): a relaunch starts in about a second.
+if ! cmp -s pyproject.toml .venv/.installed-pyproject.toml; then
+    .venv/bin/python -m pip install --disable-pip-version-check -q -e ".[dev]"
+    cp pyproject.toml .venv/.installed-pyproject.toml
+fi
 if [ "${1:-}" = "test" ]; then
     shift
     exec .venv/bin/python -m pytest "$@"

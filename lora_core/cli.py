@@ -25,11 +25,13 @@ import sys
 import threading
 from pathlib import Path
 
+from lora_core.durations import format_age
 from lora_core.errors import LoraError
 from lora_core.events import EventBus, JsonLinesSink, LogLine, RunFailed, WarningIssued
 from lora_core.paths import state_dir
 
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a Unix tool killed by a closed pipe returns
 log = logging.getLogger("lora_core")
 
 
@@ -249,7 +251,9 @@ def _failure_event(exc: LoraError, profile, started, log_path: Path) -> RunFaile
 
 
 def cmd_status(run_dir: Path | None, as_json: bool) -> int:
-    """Runs on this machine (or one run): state, step, folder; a crashed one's log tail."""
+    """Runs on this machine (or one run) under column headers: state, name, step, age,
+    folder; a failed run's message, a crashed one's last log lines (tracebacks left out:
+    they are in the log)."""
     import dataclasses
     import json
     import time
@@ -264,26 +268,22 @@ def cmd_status(run_dir: Path | None, as_json: bool) -> int:
     if not runs:
         print("no runs recorded on this machine yet")
         return 0
+    print(f"{'STATE':<9} {'RUN':<24} {'STEP':<11} {'AGE':>6}  FOLDER")
     for r in runs:
-        steps = f"step {r.step}/{r.total_steps}" if r.total_steps else f"step {r.step}"
-        age = _age(time.time() - r.updated_at)
-        extra = "  (lora-train resume can continue it)" if r.resumable else ""
-        print(f"{r.status:<9} {r.output_name:<24} {steps:<16} {age:>8} ago  {r.run_dir}{extra}")
-        if r.status in ("crashed", "failed"):
+        steps = f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step)
+        age = format_age(time.time() - (r.started_at if r.active else r.updated_at))
+        print(f"{r.status:<9} {r.output_name:<24} {steps:<11} {age:>6}  {r.run_dir}")
+        if r.resumable:
+            print(f"{'':10}lora-train resume can continue it from step "
+                  f"{r.last_state_step or r.step}")
+        if r.status == "failed" and r.message:
+            print(f"{'':10}{r.message}")
+        elif r.status == "crashed":
             if r.message:
-                print(f"          {r.message}")
-            for line in log_tail(r.path, 5 if run_dir is None else 20):
-                print(f"          | {line}")
+                print(f"{'':10}{r.message}")
+            for line in log_tail(r.path, 5 if run_dir is None else 20, tracebacks=False):
+                print(f"{'':10}| {line}")
     return 0
-
-
-def _age(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}min"
-    return f"{seconds // 3600}h" if seconds < 172800 else f"{seconds // 86400}d"
 
 
 def cmd_stop(run_dir: Path, force: bool) -> int:
@@ -343,6 +343,7 @@ def cmd_rerun_last(events_arg: str | None) -> int:
 
 def cmd_fields(markdown: bool = False) -> int:
     from lora_core.profile import field_docs
+    from lora_core.values import format_value
 
     if markdown:
         from lora_core.profile_reference import reference_markdown
@@ -355,7 +356,7 @@ def cmd_fields(markdown: bool = False) -> int:
         if section != current:
             print(f"\n[{section}]")
             current = section
-        shown = "(unset)" if default is None else repr(default)
+        shown = "(unset)" if default is None else format_value(default)
         print(f"  {key} = {shown}    # {type_text}\n      {doc}")
     return 0
 
@@ -411,7 +412,14 @@ def main(argv: list[str] | None = None) -> int:
     # A log file on a full disk must not print a traceback of its own.
     logging.raiseExceptions = False
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # `lora-train fields | head`: the reader has gone. Quiet, as Unix tools are; stdout
+        # is pointed at /dev/null so the interpreter's own flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:  # Ctrl+C outside a run (a status listing, a check)
         return EXIT_INTERRUPTED
     except LoraError as exc:

@@ -42,10 +42,20 @@ class RunStarted(Event):
 
 @dataclass
 class PhaseChanged(Event):
-    """A slow phase began, e.g. "loading model" or "training"."""
+    """A slow phase began, e.g. "loading model" or "training", or moved on: ``done`` of
+    ``total`` items ("caching latents", 40 of 120). A UI shows the counts where the phase is
+    shown and logs a phase once, not every count. After a save or preview images mid-run,
+    "training" is said again before the next step."""
 
     type: ClassVar[str] = "phase_changed"
     phase: str
+    done: int | None = None
+    total: int | None = None
+
+    @property
+    def text(self) -> str:
+        """The phase with its count, for a status line."""
+        return self.phase if self.total is None else f"{self.phase} {self.done}/{self.total}"
 
 
 @dataclass
@@ -178,6 +188,18 @@ def read_events(path: Path) -> Iterator[Event]:
 
 
 Sink = Callable[[Event], None]
+
+
+class PhaseTracker:
+    """A sink that remembers the phase last said (the trainer says "training" again when a
+    save or preview images said something else)."""
+
+    def __init__(self) -> None:
+        self.phase: str | None = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, PhaseChanged):
+            self.phase = event.phase
 
 
 class EventBus:

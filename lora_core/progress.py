@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from lora_core.durations import format_duration
 from lora_core.events import (
     CheckpointSaved,
     EpochEnded,
@@ -25,13 +26,6 @@ from lora_core.events import (
 )
 
 
-def format_duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
 class ProgressPrinter:
     """An event sink that draws progress for a person."""
 
@@ -40,6 +34,7 @@ class ProgressPrinter:
         self.use_bar = self.stream.isatty() if use_bar is None else use_bar
         self.bar = None
         self.next_report = 0
+        self.phases_said: set[str] = set()
 
     def _line(self, text: str) -> None:
         if self.bar is not None:
@@ -57,7 +52,9 @@ class ProgressPrinter:
                        f"{plan.get('num_epochs')} epochs, {plan.get('max_train_steps')} steps, "
                        f"seed {plan.get('seed')}")
         elif isinstance(event, PhaseChanged):
-            if not event.phase.startswith("saving"):  # a "saved ..." line follows anyway
+            # Each phase once: not its counts, not "training" again after a save.
+            if not event.phase.startswith("saving") and event.phase not in self.phases_said:
+                self.phases_said.add(event.phase)
                 self._line(f"{event.phase}...")
         elif isinstance(event, WarningIssued):
             self._line(f"warning: {event.message}")

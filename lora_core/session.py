@@ -23,6 +23,7 @@ from pathlib import Path
 
 from lora_core import output_names as names
 from lora_core.checks import CheckReport, check_profile
+from lora_core.checks.inputs import taken_name
 from lora_core.checks.machine import TorchMachine
 from lora_core.dataset.plan import plan_summary
 from lora_core.errors import DatasetError, LoraError, ProfileError
@@ -98,16 +99,15 @@ def start_run(profile: Profile, profile_path: Path | None) -> StartedRun:
     An existing output name is never overwritten: the run saves under the next free
     ``<name>_N`` and says so in a warning.
     """
-    report = run_checks(profile)
+    report = run_checks(profile)  # its plan names the files with a free output name
     warnings = [p.text() for p in report.warnings]
     output_dir = profile.path("saving", "output_dir")
-    wanted = profile.saving.output_name
     if not is_main_process():
-        return StartedRun(report, None, wanted, warnings)
-    output_name = names.free_output_name(output_dir, wanted)
-    if output_name != wanted:
-        warnings.append(f"files named {wanted!r} already exist in {output_dir}; this run "
-                        f"saves as {output_name!r} so nothing is overwritten")
+        return StartedRun(report, None, report.plan.output_name, warnings)
+    # Files may have appeared since the check (another run): ask once more.
+    output_name, notes = taken_name(output_dir, report.plan.output_name)
+    if notes:
+        warnings += [p.text() for p in notes]
         report.plan = dataclasses.replace(report.plan, output_name=output_name)
     folder = create_run_folder(output_dir, output_name, profile)
     lock = lock_run(folder.path)
@@ -163,7 +163,8 @@ def start_resume(run_dir: Path, overrides: list[str]) -> tuple[Profile, StartedR
             f"({loaded.path.name}): the same steps would not see the same images",
             "put the dataset back as it was, or start a new run that begins from the last "
             "LoRA file: set `[network] network_weights` to it")
-    warnings = [p.text() for p in report.warnings]
+    # The run's own files carry its name: continuing it overwrites nothing of another run.
+    warnings = [p.text() for p in report.warnings if p.field != ("saving", "output_name")]
     if (plan.max_train_steps, plan.num_epochs) != (position.max_train_steps,
                                                    position.num_epochs):
         warnings.append(
@@ -277,9 +278,11 @@ def run_training(profile: Profile, profile_path: Path | None, started_run: Start
     interrupted = train(profile, plan, bundle, outputs, state, bus, stop_requested, resume)
     if main and profile.saving.tag_summary:
         # Written with the final file, so a run that fails early leaves no file behind.
-        outputs.written.append(write_tag_summary(
+        summary = write_tag_summary(
             output_dir / names.tag_summary_file_name(output_name), report.scan,
-            profile.saving.tag_summary_order))
+            profile.saving.tag_summary_order, replace=outputs.replace_existing)
+        if summary not in outputs.written:  # a resumed run rewrote its own
+            outputs.written.append(summary)
     seconds = time.time() - started
     loras = [p for p in outputs.written if p.suffix == ".safetensors"]
     bus.emit(RunFinished(files=[str(p) for p in outputs.written],

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from textual.app import App
+from textual.binding import Binding
 
 from lora_tui.draft import Draft
 from lora_tui.runner import ProcessRunner, Runner, background_runs
@@ -22,7 +23,7 @@ from lora_tui.screens.queue import QueueScreen
 from lora_tui.screens.review import ReviewScreen
 from lora_tui.screens.start import StartScreen
 from lora_tui.screens.step import StepScreen
-from lora_tui.screens.training import TrainingScreen
+from lora_tui.screens.training import BACKGROUND_NOTICE, TrainingScreen
 from lora_tui.steps import STEPS
 
 RunnerFactory = Callable[[], Runner]
@@ -31,6 +32,7 @@ RunnerFactory = Callable[[], Runner]
 class WizardApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "lora-tui"
+    BINDINGS = [Binding("ctrl+g", "home", "Home", priority=True)]
 
     def __init__(self, draft: Draft | None, runner_factory: RunnerFactory) -> None:
         super().__init__()
@@ -41,7 +43,7 @@ class WizardApp(App):
     def on_mount(self) -> None:
         self.push_screen(StartScreen())
         if self._open_at_start:
-            self.open_step(0)
+            self.open_review()
 
     # -- navigation (screens call these) -----------------------------------------------
 
@@ -58,19 +60,26 @@ class WizardApp(App):
         self.draft = Draft.from_file(Path(path))
         if detach:
             self.draft.source_path = None
-        self.open_step(0)
+        self.open_review()
+
+    def open_review(self) -> None:
+        """The review: an opened profile lands here, one key (Enter) from training, each
+        step one key (its number) from being changed."""
+        self.clear_notifications()
+        self.push_screen(ReviewScreen())
 
     def open_queue(self) -> None:
         self.push_screen(QueueScreen())
 
     def open_step(self, index: int, from_review: bool = False) -> None:
+        self.clear_notifications()  # a "fix ... first" is about the step being left
         self.push_screen(StepScreen(index, from_review=from_review))
 
     def next_step(self, index: int) -> None:
         if index + 1 < len(STEPS):
             self.open_step(index + 1)
         else:
-            self.push_screen(ReviewScreen())
+            self.open_review()
 
     def start_training(self, profile_path: Path, extra_args: Sequence[str] = (),
                        replace: bool = False) -> None:
@@ -92,6 +101,20 @@ class WizardApp(App):
             self.switch_screen(screen)
         else:
             self.push_screen(screen)
+
+    def action_home(self) -> None:
+        """Back to the start menu from anywhere (Ctrl+G). Runs go on in the background;
+        the answers stay in the draft (N starts a new one)."""
+        if any(isinstance(s, QueueScreen) and s.running for s in self.screen_stack):
+            self.notify("the queue is running: stop it first (S on the queue screen)",
+                        severity="warning")
+            return
+        if isinstance(self.screen, StartScreen):
+            return
+        if self.runs_in_background():
+            self.notify(BACKGROUND_NOTICE, timeout=8)
+        while len(self.screen_stack) > 1 and not isinstance(self.screen, StartScreen):
+            self.pop_screen()
 
     # -- quitting -----------------------------------------------------------------------
 

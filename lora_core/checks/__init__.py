@@ -23,6 +23,7 @@ Python: headers and text files only, never torch.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from lora_core.checks import dataset as dataset_checks
@@ -103,6 +104,10 @@ def check_profile(profile: Profile, num_processes: int = 1,
         problems += dataset_checks.scan_notes(scan)
         if plan is not None:
             problems += dataset_checks.plan_problems(profile, plan)
+            name, notes = inputs.taken_name(profile.path("saving", "output_dir"),
+                                            plan.output_name)
+            plan = dataclasses.replace(plan, output_name=name)  # the names the run writes
+            problems += notes
     problems += machine.machine_problems(profile, on or machine.ProbedMachine())
     problems += optimizer.optimizer_notes(profile)
     problems += inputs.model_notes(profile, source)

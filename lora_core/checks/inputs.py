@@ -229,6 +229,21 @@ def sample_prompt_problems(profile: Profile) -> list[Problem]:
     return found
 
 
+def taken_name(output_dir: Path | None, wanted: str) -> tuple[str, list[Problem]]:
+    """The output name a run will use (``output_names.free_output_name``: files are never
+    overwritten, so a taken name becomes ``<name>_2``...) and the note saying so."""
+    from lora_core import output_names
+
+    if output_dir is None:
+        return wanted, []
+    name = output_names.free_output_name(output_dir, wanted)
+    if name == wanted:
+        return wanted, []
+    return name, [warning(f"files named {wanted!r} already exist in {output_dir}; this run "
+                          f"saves as {name!r} so nothing is overwritten",
+                          section="saving", key="output_name")]
+
+
 def installed(package: str) -> bool:
     """Whether ``package`` can be imported (found without importing it)."""
     return importlib.util.find_spec(package) is not None

@@ -252,8 +252,9 @@ def _sample_section(plan: TrainingPlan, profile: Profile) -> list[str]:
         return ["  sample images: none (set sample_every_n_steps, sample_every_n_epochs or "
                 "sample_at_first)"]
     shown = ", ".join(str(p) for p in points[:12]) + (" ..." if len(points) > 12 else "")
+    before = " (0 = before training)" if 0 in points else ""
     return _wrap(f"sample images ({sample.sample_sampler}) in sample/ after step(s): {shown}"
-                 " (0 = before training)", indent="    ")
+                 f"{before}", indent="    ")
 
 
 def render_errors(problems: list[Problem]) -> list[str]:

@@ -194,8 +194,10 @@ def last_step_event(events_path: Path) -> StepEnded | None:
     return None
 
 
-def log_tail(run_dir: Path, num_lines: int = 10) -> list[str]:
-    """The last lines of the run's ``train.log`` (for a crashed or failed run)."""
+def log_tail(run_dir: Path, num_lines: int = 10, tracebacks: bool = True) -> list[str]:
+    """The last lines of the run's ``train.log`` (for a crashed or failed run);
+    ``tracebacks=False`` leaves out Python tracebacks (a person reads the message; the
+    traceback stays in the log for a bug report)."""
     try:
         with open(Path(run_dir) / "train.log", "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -203,7 +205,28 @@ def log_tail(run_dir: Path, num_lines: int = 10) -> list[str]:
             text = fh.read().decode("utf-8", "replace")
     except OSError:
         return []
-    return text.splitlines()[-num_lines:]
+    lines = text.splitlines()
+    if not tracebacks:
+        lines = _without_tracebacks(lines)
+    return lines[-num_lines:]
+
+
+def _without_tracebacks(lines: list[str]) -> list[str]:
+    """Drop each "Traceback (most recent call last):" block up to (not including) the
+    exception line that ends it, and the chained-exception notes between blocks."""
+    kept, inside = [], False
+    for line in lines:
+        if line.startswith("Traceback (most recent call last)"):
+            inside = True
+            continue
+        if inside and (line.startswith((" ", "\t")) or not line.strip()):
+            continue
+        if line.startswith(("During handling of the above exception",
+                            "The above exception was the direct cause")):
+            continue
+        inside = False
+        kept.append(line)
+    return kept
 
 
 def register_run(run_dir: Path) -> None:

@@ -28,7 +28,9 @@ def render_tag_summary(counts: Counter, order: str) -> str:
     return "".join(f"[{count}] {tag}\n" for tag, count in items)
 
 
-def write_tag_summary(path: Path, scan, order: str) -> Path:
+def write_tag_summary(path: Path, scan, order: str, replace: bool = False) -> Path:
+    """Write the summary atomically; an existing file is never replaced unless ``replace``
+    (a resumed run replaces the one its own stopped part wrote)."""
     atomic_write_bytes(path, render_tag_summary(tag_counts(scan), order).encode("utf-8"),
-                       exclusive=True)
+                       exclusive=not replace)
     return path

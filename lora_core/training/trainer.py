@@ -30,6 +30,7 @@ from lora_core.events import (
     EpochEnded,
     EventBus,
     PhaseChanged,
+    PhaseTracker,
     RunResumed,
     StepEnded,
     WarningIssued,
@@ -167,7 +168,7 @@ def _phase_progress(phase: str, emit) -> Callable[[int, int], None]:
         tenth = (10 * done) // max(total, 1)
         if tenth != last[0]:
             last[0] = tenth
-            emit(PhaseChanged(f"{phase} {done}/{total}"))
+            emit(PhaseChanged(phase, done, total))
 
     return report
 
@@ -198,6 +199,8 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     accelerator = _setup_accelerator(profile)
     main = accelerator.is_main_process
     emit = bus.emit if main else (lambda event: None)
+    phases = PhaseTracker()
+    bus.add(phases)
     device = accelerator.device
     weight_dtype = _setup_models(bundle, profile, device)
     # Caching comes before the network is applied: cached text-encoder outputs must be
@@ -259,6 +262,8 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
                                    latents_cached=not isinstance(latents_from, VaeLatents))
         state.losses = deque(state.losses, maxlen=max(1, math.ceil(len(mine) / grad_accum)))
         for index, batch in enumerate(loader, start=state.batch_in_epoch):
+            if phases.phase not in ("training", None):  # a save or previews said otherwise
+                emit(PhaseChanged("training"))
             raise_loader_error(batch)
             update_start = (index // grad_accum) * grad_accum
             micro_in_update = min(grad_accum, len(mine) - update_start)

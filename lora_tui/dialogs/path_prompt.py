@@ -12,7 +12,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
-from lora_tui.widgets.path_suggester import PathSuggester
+from lora_tui.widgets.path_input import PathInput
 
 
 class PathPrompt(ModalScreen[Path | None]):
@@ -27,8 +27,8 @@ class PathPrompt(ModalScreen[Path | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog-box"):
             yield Static(escape(self.question), classes="dialog-question")
-            yield Input(self.value, suggester=PathSuggester(self.base_dir), id="path")
-            yield Static("[dim]Enter: OK · Right arrow: complete · Escape: cancel[/dim]")
+            yield PathInput(self.value, self.base_dir, id="path")
+            yield Static("[dim]Enter: OK · Tab or Right: complete · Escape: cancel[/dim]")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         text = event.value.strip()

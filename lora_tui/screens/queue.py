@@ -42,8 +42,7 @@ QUEUE_FILE = "queue.json"
 QUEUE_VERSION = 1
 STATES = ("waiting", "running", "done", "failed", "stopped", "skipped")
 _TAIL_LINES = 5  # plain output lines kept to explain a child that died without run_failed
-_NAME_WIDTH = 24
-_RESULT_WIDTH = 34
+_NAME_WIDTH = 22
 
 
 def queue_file() -> Path:
@@ -150,7 +149,7 @@ class QueueScreen(Screen):
         Binding("d,shift+down", "move(1)", "Down"),
         Binding("r", "run", "Run all"),
         Binding("s", "stop", "Stop"),
-        Binding("c", "clear_done", "Clear done", show=False),
+        Binding("c", "clear_done", "Clear done"),
         Binding("escape", "leave", "Back"),
     ]
 
@@ -171,8 +170,8 @@ class QueueScreen(Screen):
         return self.query_one("#queue-table", DataTable)
 
     def compose(self) -> ComposeResult:
-        yield Static("[b]Queue[/b]  [dim]A add · U/D move · X remove · R run all · S stop[/dim]",
-                     classes="step-title")
+        yield Static("[b]Queue[/b]  [dim]A add · U/D move · X remove · R run all · S stop · "
+                     "C clear done[/dim]", classes="step-title")
         yield DataTable(id="queue-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="queue-detail")
         yield Footer()
@@ -187,9 +186,19 @@ class QueueScreen(Screen):
 
     # -- the table ----------------------------------------------------------------------
 
+    @property
+    def _result_width(self) -> int:
+        """What is left of the table's width for the result column (at least 12)."""
+        width = self.table.size.width or 80
+        return max(12, width - _NAME_WIDTH - len("running 999/9999") - 12)
+
     def _cells(self, index: int, entry: QueueEntry) -> tuple[str, str, str, str]:
         return (str(index + 1), _clip(entry.profile.name, _NAME_WIDTH), entry.state_text(),
-                _clip(entry.result_text(), _RESULT_WIDTH))
+                _clip(entry.result_text(), self._result_width))
+
+    def on_resize(self) -> None:
+        if self.is_mounted and self.entries:
+            self._render_rows()
 
     def _render_rows(self, cursor: int | None = None) -> None:
         table = self.table

@@ -193,8 +193,14 @@ class ReviewScreen(Screen):
                          f"{escape(name)} beside the profile when it is saved")
         changes.update("\n".join(lines))
         path = self.draft.source_path
-        note = "" if path and not self.draft.dirty else "  [dim](after saving with S)[/dim]"
-        command.update(f"[b]Command[/b]\n  {escape(run_command(path))}{note}")
+        if path is not None and not self.draft.dirty:
+            how = f"Enter trains from {escape(str(path))}"
+        elif path is not None:
+            how = (f"Enter trains the answers as they are now; S saves them to "
+                   f"{escape(path.name)} (the command is for after saving)")
+        else:
+            how = "Enter trains the answers as they are now; S saves them to a profile"
+        command.update(f"[b]Command[/b]\n  {escape(run_command(path))}\n  [dim]{how}[/dim]")
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.name != "review-check" or event.state != WorkerState.SUCCESS:
@@ -289,9 +295,14 @@ def plan_text(check: DatasetCheck, sample: SampleSection | None = None) -> str:
         lines.append("  [red]no plan can be made[/red]")
     else:
         for subset in plan.subsets:
-            lines.append(f"  {'reg/' if subset.is_reg else ''}{escape(subset.name)}: "
-                         f"{len(subset.scan.images)} images x {subset.scan.repeats} repeats = "
-                         f"{subset.samples_per_epoch} samples")
+            images, repeats = len(subset.scan.images), subset.scan.repeats
+            made = (f"{images} image{'s' * (images != 1)} x {repeats} "
+                    f"repeat{'s' * (repeats != 1)}")
+            if subset.is_reg:  # reg images are balanced against the train samples
+                made += f", balanced to {subset.samples_per_epoch} samples per epoch"
+            else:
+                made += f" = {subset.samples_per_epoch} samples"
+            lines.append(f"  {'reg/' if subset.is_reg else ''}{escape(subset.name)}: {made}")
         reg = (f", {plan.num_reg_samples} reg samples (balanced from {plan.num_reg_images})"
                if plan.num_reg_images else "")
         lines.append(f"  {plan.num_train_images} train samples per epoch{reg}; "

@@ -12,13 +12,15 @@ selected. The list is read again when the screen comes back and, while a run is 
 every few seconds.
 
 "The last run" is ``last_run.json`` in the state folder, written by ``lora-train run`` (so
-also by runs this app did not start). Its ``profile`` is the run folder's resolved copy
-(absolute paths, ``--set`` overrides applied): rerunning it repeats exactly what ran, from
-any working directory, like ``lora-train rerun-last``.
+also by runs this app did not start). R trains the profile the user chose for it (its
+``source_profile``), as it is now, when that file still exists, else the run folder's
+resolved copy (absolute paths, ``--set`` overrides applied); either way it says which. E
+opens the same file on the review, every step one key away.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from rich.markup import escape
@@ -45,6 +47,7 @@ CHOICES = (
 )
 RECENT_RUNS = 8
 _REFRESH_S = 2.0  # while a listed run is going, its step count is read again this often
+_AGE_REFRESH_S = 30.0  # and the list again this often regardless (the ages change)
 
 
 class StartScreen(Screen):
@@ -61,6 +64,7 @@ class StartScreen(Screen):
 
     def __init__(self) -> None:
         super().__init__(classes="start-screen")
+        self._refreshed_at = 0.0
 
     @property
     def run_list(self) -> RunList:
@@ -91,6 +95,7 @@ class StartScreen(Screen):
         self.refresh_runs()
 
     def refresh_runs(self) -> None:
+        self._refreshed_at = time.monotonic()
         runs = list_runs(limit=RECENT_RUNS)
         self.run_list.show_runs(runs)
         for widget in (self.run_list, self.query_one("#start-runs-title")):
@@ -99,7 +104,12 @@ class StartScreen(Screen):
         self.refresh_bindings()
 
     def _refresh_while_running(self) -> None:
-        if self.is_current and any(run.active for run in self.run_list.runs):
+        """Every few seconds while a run goes on (its step count), and every half minute
+        anyway, so the age column keeps telling the truth."""
+        if not self.is_current:
+            return
+        stale = time.monotonic() - self._refreshed_at > _AGE_REFRESH_S
+        if stale or any(run.active for run in self.run_list.runs):
             self.refresh_runs()
 
     def _show_run_detail(self) -> None:
@@ -117,9 +127,8 @@ class StartScreen(Screen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "attach":
             return self.selected_run is not None
-        if action == "resume":
-            run = self.selected_run
-            return run is not None and run.resumable
+        if action == "resume":  # on any listed run; one that cannot continue says why
+            return self.selected_run is not None
         return True
 
     def action_attach(self) -> None:
@@ -129,8 +138,17 @@ class StartScreen(Screen):
 
     def action_resume(self) -> None:
         run = self.selected_run
-        if run is not None and run.resumable:
-            self.app.resume_run(run.path)  # type: ignore[attr-defined]
+        if run is None:
+            return
+        if not run.resumable:
+            why = {"finished": "it finished: there is nothing left to train",
+                   "running": "it is still running (A follows it)",
+                   "starting": "it is still starting (A follows it)",
+                   "stopping": "it is stopping (A follows it)"}.get(
+                run.status, "it saved no training state to continue from")
+            self.notify(f"{run.output_name} cannot be continued: {why}", severity="warning")
+            return
+        self.app.resume_run(run.path)  # type: ignore[attr-defined]
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.action_choose(event.option.id or "")
@@ -154,11 +172,18 @@ class StartScreen(Screen):
             except LoraError as exc:
                 self.show_error(exc)
                 return
-            profile_path = Path(record["profile"])
+            # The profile the user chose, as it is now, when it still exists; else the run
+            # folder's record of what ran (never overwritten: opened detached).
+            source = record.get("source_profile")
+            chosen = Path(source) if source and Path(source).is_file() else None
+            profile_path = chosen or Path(record["profile"])
             if choice == "rerun":
+                self.notify(f"rerunning {profile_path}"
+                            + ("" if chosen else " (the last run's own copy: the profile it "
+                               "was started from is gone)"))
                 app.start_training(profile_path)  # type: ignore[attr-defined]
             else:
-                self._open(profile_path, detach=True)
+                self._open(profile_path, detach=chosen is None)
         elif choice == "queue":
             app.open_queue()  # type: ignore[attr-defined]
         elif choice == "quit":

@@ -167,6 +167,8 @@ class StepScreen(Screen):
         for editor in self.editors:
             section, key = editor.spec.section, editor.spec.key
             text = draft.text(section, key)
+            # The draft holds each field's live text (field_changed), so they differ only
+            # when an answer changed behind the field: derived from another, a one-key fix.
             if editor.text != text:
                 editor.set_text(text)
             shown = draft.applies(section, key)
@@ -217,7 +219,10 @@ class StepScreen(Screen):
             return (f"[yellow]{escape(source.summary or source.name)}[/yellow]\n[dim]the family "
                     "is told when it loads: say below whether it is SD 2.x[/dim]")
         family = FAMILY_LABELS[source.family]
-        return f"[green]detected: {family}[/green] [dim]{escape(source.summary)}[/dim]"
+        summary = source.summary or source.name
+        if summary.startswith(family):  # "SD1 built-in 'tiny-sd1': ..." says it already
+            return f"[green]detected:[/green] {escape(summary)}"
+        return f"[green]detected: {family}[/green] [dim]{escape(summary)}[/dim]"
 
     def revalidate(self) -> bool:
         """Show the problems at this step's fields (the profile's rules now, the last full
@@ -248,7 +253,8 @@ class StepScreen(Screen):
 
     @on(FieldEditor.Changed)
     def field_changed(self, event: FieldEditor.Changed) -> None:
-        self.draft.set_text(event.section, event.key, event.text)
+        # The editor's live text, not the message's: later keys of a burst may already be in.
+        self.draft.set_text(event.section, event.key, event.editor.text)
         # The last full check said nothing about this new answer yet: its word on the
         # field is dropped until the check (scheduled below) runs again.
         self.check_problems = [p for p in self.check_problems
@@ -258,8 +264,24 @@ class StepScreen(Screen):
 
     @on(FieldEditor.Submitted)
     def field_submitted(self, event: FieldEditor.Submitted) -> None:
+        """Enter accepts the field and moves on, as Ctrl+N would: not past a field the
+        profile refuses (an empty required one included)."""
+        editor = event.editor
+        key = (editor.spec.section, editor.spec.key)
+        self.draft.set_text(*key, editor.text)  # what the field holds right now
+        validation = self.draft.validate()
+        if editor.spec.required:
+            self._show_required = True
+        problems = validation.for_field(*key) + [p.text() for p in self.check_problems
+                                                 if p.field == key]
+        if problems:
+            self.revalidate()
+            editor.input_widget.focus()
+            self.notify(f"fix {editor.spec.label} first: {problems[0]}", severity="error",
+                        timeout=6)
+            return
         editors = self.shown_editors
-        position = editors.index(event.editor) if event.editor in editors else len(editors)
+        position = editors.index(editor) if editor in editors else len(editors)
         if position + 1 < len(editors):
             editors[position + 1].input_widget.focus()
         else:

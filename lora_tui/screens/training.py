@@ -35,6 +35,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, ProgressBar, RichLog, Sparkline, Static
 
+from lora_core.durations import format_duration
 from lora_core.errors import LoraError
 from lora_core.events import (
     CheckpointSaved,
@@ -62,13 +63,6 @@ _TAIL_LINES = 12
 MODES = ("run", "resume", "attach")
 BACKGROUND_NOTICE = ("training goes on in the background; lora-tui lists it on its start "
                      "screen (A attaches, S there stops it)")
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 class TrainingScreen(Screen):
@@ -106,6 +100,8 @@ class TrainingScreen(Screen):
         self.tail: deque[str] = deque(maxlen=_TAIL_LINES)
         self.losses: deque[float] = deque(maxlen=_LOSS_POINTS)
         self.failure: RunFailed | None = None
+        self.logged_phase: str | None = None  # the phase last written to the log
+        self.last_step: StepEnded | None = None
 
     def compose(self) -> ComposeResult:
         verb = {"run": "Training", "resume": "Resuming", "attach": "Following"}[self.mode]
@@ -117,10 +113,13 @@ class TrainingScreen(Screen):
         yield Static("", id="train-stats")
         yield Sparkline([], id="train-loss")
         with Horizontal(id="train-panes"):
-            yield RichLog(id="train-log", wrap=True, markup=False, max_lines=2000)
+            # min_width: wrap at the pane's own width (RichLog's default, 78, would draw
+            # past a narrow pane and cut the middle of long paths)
+            yield RichLog(id="train-log", wrap=True, markup=False, max_lines=2000,
+                          min_width=20)
             with Vertical(id="train-side"):
+                yield Static("", id="train-sample")  # first: in sight at 80x24
                 yield Static("[b]Files[/b]", id="train-files")
-                yield Static("", id="train-sample")
         yield Static("", id="train-result")
         yield Footer()
 
@@ -135,9 +134,14 @@ class TrainingScreen(Screen):
         from rich_pixels import HalfcellRenderer, Pixels
 
         target = self.query_one("#train-sample", Static)
+        side = self.query_one("#train-side").content_size
+        # As big as the side pane allows (two pixel rows per line), leaving two lines for
+        # the files title: at 80x24 about 24x22 pixels, at 120x40 the full 32x32.
+        columns = max(8, min(_SAMPLE_COLUMNS, side.width or _SAMPLE_COLUMNS))
+        pixel_rows = max(8, min(_SAMPLE_COLUMNS, 2 * ((side.height or 18) - 2)))
         try:
             with PILImage.open(path) as image:
-                image.thumbnail((_SAMPLE_COLUMNS, _SAMPLE_COLUMNS))  # keeps the aspect ratio
+                image.thumbnail((columns, pixel_rows))  # keeps the aspect ratio
                 pixels = Pixels.from_image(image.convert("RGB"), renderer=HalfcellRenderer())
         except OSError as exc:  # the file may be gone or unreadable: say so, keep training
             target.update(f"[dim]cannot show {escape(path)}: {escape(str(exc))}[/dim]")
@@ -176,65 +180,98 @@ class TrainingScreen(Screen):
             self.show_event(item)
 
     def show_event(self, event: Event) -> None:
-        log = self.query_one(RichLog)
-        phase = self.query_one("#train-phase", Static)
-        if isinstance(event, RunStarted):
-            # (again after a stop or failure when a resume appended to the same stream)
-            self.state, self.failure, self.states_saved = "running", None, 0
-            self.resumed_from_step = None
-            if event.run_dir:
-                self.run_dir = Path(event.run_dir)
-            steps = event.plan.get("max_train_steps")
-            self.query_one(ProgressBar).update(total=steps, progress=0)
-            self.query_one("#train-result", Static).update("")
-            log.write(f"run folder: {event.run_dir}")
-            self.refresh_bindings()
-        elif isinstance(event, RunResumed):
-            self.resumed_from_step = event.step
-            self.query_one(ProgressBar).update(progress=event.step)
-            phase.update(f"resumed from step {event.step}")
-            log.write(f"resumed from step {event.step} (epoch {event.epoch}): "
-                      f"{event.state_path}")
-        elif isinstance(event, StateSaved):
-            self.states_saved += 1
-            log.write(f"training state saved at step {event.step}: {event.path}")
-            # Only the newest state matters (older ones are deleted): one line, replaced.
-            self.files = [f for f in self.files if not f.startswith("state ")]
-            self._add_file(f"state (step {event.step}): {event.path}", log_it=False)
-        elif isinstance(event, PhaseChanged):
-            phase.update(escape(event.phase))
-            log.write(event.phase)
-        elif isinstance(event, StepEnded):
-            self.state = "running" if self.state == "starting" else self.state
-            self.query_one(ProgressBar).update(total=event.total_steps, progress=event.step)
-            self.losses.append(event.loss)
-            self.query_one(Sparkline).data = list(self.losses)
-            lrs = "  ".join(f"{name} {value:.2e}" for name, value in event.lrs.items())
-            self.query_one("#train-stats", Static).update(
-                f"step {event.step}/{event.total_steps}  epoch {event.epoch}/"
-                f"{event.total_epochs}  loss {event.loss:.4f}  avg {event.avg_loss:.4f}\n"
-                f"lr {lrs}  {event.it_per_s:.2f} it/s  ETA {format_duration(event.eta_s)}")
-        elif isinstance(event, EpochEnded):
-            log.write(f"epoch {event.epoch}/{event.total_epochs} ended at step {event.step}, "
-                      f"average loss {event.avg_loss:.4f}")
-        elif isinstance(event, CheckpointSaved):
-            self._add_file(f"{event.kind} checkpoint: {event.path}")
-        elif isinstance(event, SampleSaved):
-            self._add_file(f"sample {event.prompt_index} (step {event.step}): {event.path}")
-            self.show_sample(event.path)
-        elif isinstance(event, WarningIssued):
-            self.tail.append(f"warning: {event.message}")
-            log.write(f"warning: {event.message}")
-        elif isinstance(event, LogLine):
-            self.tail.append(event.message)
-            log.write(event.message)
-        elif isinstance(event, RunFinished):
-            self._finished(event)
-        elif isinstance(event, RunFailed):
-            self.failure = event
-            self._failed(event.message, event.hint, event.log_path)
-            if event.kind == "crashed":
-                phase.update("[b red]crashed[/b red]")
+        """Show one engine event (a dispatch table by event type; unknown ones are
+        ignored, so an older app can follow a newer engine)."""
+        handler = self._handlers.get(type(event))
+        if handler is not None:
+            handler(self, event)
+
+    @property
+    def _log(self) -> RichLog:
+        return self.query_one(RichLog)
+
+    def _phase(self, markup: str) -> None:
+        self.query_one("#train-phase", Static).update(markup)
+
+    def _on_run_started(self, event: RunStarted) -> None:
+        # (again after a stop or failure when a resume appended to the same stream)
+        self.state, self.failure, self.states_saved = "running", None, 0
+        self.resumed_from_step, self.logged_phase = None, None
+        if event.run_dir:
+            self.run_dir = Path(event.run_dir)
+        steps = event.plan.get("max_train_steps")
+        self.query_one(ProgressBar).update(total=steps, progress=0)
+        self.query_one("#train-result", Static).update("")
+        self._log.write(f"run folder: {event.run_dir}")
+        self.refresh_bindings()
+
+    def _on_run_resumed(self, event: RunResumed) -> None:
+        self.resumed_from_step = event.step
+        self.query_one(ProgressBar).update(progress=event.step)
+        # event.epoch counts the epochs done; the run goes on in the next one.
+        where = f"step {event.step} (in epoch {event.epoch + 1})"
+        self._phase(f"resumed from {where}")
+        self._log.write(f"resumed from {where}: {event.state_path}")
+
+    def _on_state_saved(self, event: StateSaved) -> None:
+        self.states_saved += 1
+        self._log.write(f"training state saved at step {event.step}: {event.path}")
+        # Only the newest state matters (older ones are deleted): one line, replaced.
+        self.files = [f for f in self.files if not f.startswith("state ")]
+        self._add_file(f"state (step {event.step}): {event.path}", log_it=False)
+
+    def _on_phase_changed(self, event: PhaseChanged) -> None:
+        self._phase(escape(event.text))
+        if event.phase != self.logged_phase:  # a phase once; its counts only on the line
+            self.logged_phase = event.phase
+            self._log.write(event.phase)
+
+    def _on_step_ended(self, event: StepEnded) -> None:
+        self.state = "running" if self.state == "starting" else self.state
+        self.query_one(ProgressBar).update(total=event.total_steps, progress=event.step)
+        self.losses.append(event.loss)
+        self.query_one(Sparkline).data = list(self.losses)
+        # "lr/unet" -> "unet": the line already says lr
+        lrs = "  ".join(f"{name.removeprefix('lr/')} {value:.2e}"
+                        for name, value in event.lrs.items())
+        self.last_step = event
+        self.query_one("#train-stats", Static).update(
+            f"step {event.step}/{event.total_steps}  epoch {event.epoch}/"
+            f"{event.total_epochs}  loss {event.loss:.4f}  avg {event.avg_loss:.4f}\n"
+            f"lr {lrs}  {event.it_per_s:.2f} it/s  ETA {format_duration(event.eta_s)}")
+
+    def _on_epoch_ended(self, event: EpochEnded) -> None:
+        self._log.write(f"epoch {event.epoch}/{event.total_epochs} ended at step "
+                        f"{event.step}, average loss {event.avg_loss:.4f}")
+
+    def _on_checkpoint_saved(self, event: CheckpointSaved) -> None:
+        self._add_file(f"{event.kind} checkpoint: {event.path}")
+
+    def _on_sample_saved(self, event: SampleSaved) -> None:
+        self._add_file(f"sample {event.prompt_index} (step {event.step}): {event.path}")
+        self.show_sample(event.path)
+
+    def _on_warning(self, event: WarningIssued) -> None:
+        self.tail.append(f"warning: {event.message}")
+        self._log.write(f"warning: {event.message}")
+
+    def _on_log_line(self, event: LogLine) -> None:
+        self.tail.append(event.message)
+        self._log.write(event.message)
+
+    def _on_run_failed(self, event: RunFailed) -> None:
+        self.failure = event
+        self._failed(event.message, event.hint, event.log_path)
+        if event.kind == "crashed":
+            self._phase("[b red]crashed[/b red]")
+
+    _handlers = {RunStarted: _on_run_started, RunResumed: _on_run_resumed,
+                 StateSaved: _on_state_saved, PhaseChanged: _on_phase_changed,
+                 StepEnded: _on_step_ended, EpochEnded: _on_epoch_ended,
+                 CheckpointSaved: _on_checkpoint_saved, SampleSaved: _on_sample_saved,
+                 WarningIssued: _on_warning, LogLine: _on_log_line,
+                 RunFinished: lambda self, event: self._finished(event),
+                 RunFailed: _on_run_failed}
 
     def _add_file(self, line: str, log_it: bool = True) -> None:
         if log_it:
@@ -243,7 +280,20 @@ class TrainingScreen(Screen):
         self.query_one("#train-files", Static).update(
             "[b]Files[/b]\n" + "\n".join(escape(f) for f in self.files))
 
+    def _settle(self) -> None:
+        """The run is over: the bar stops pulsing (a run that failed before its first step
+        never had a total) and the stats lose their ETA."""
+        bar = self.query_one(ProgressBar)
+        if bar.total is None:
+            bar.update(total=1, progress=0)
+        event = self.last_step
+        if event is not None:
+            self.query_one("#train-stats", Static).update(
+                f"step {event.step}/{event.total_steps}  epoch {event.epoch}/"
+                f"{event.total_epochs}  last loss {event.loss:.4f}  avg {event.avg_loss:.4f}")
+
     def _finished(self, event: RunFinished) -> None:
+        self._settle()
         self.state = "stopped" if event.interrupted else "finished"
         word = "stopped; what was trained is saved" if event.interrupted else "finished"
         self.query_one("#train-phase", Static).update(f"[b]{word}[/b]")
@@ -258,6 +308,7 @@ class TrainingScreen(Screen):
         self.refresh_bindings()
 
     def _failed(self, message: str, hint: str, log_path: str | None) -> None:
+        self._settle()
         self.state = "failed"
         tail = list(self.tail)
         if log_path and Path(log_path).is_file():
@@ -329,7 +380,8 @@ class TrainingScreen(Screen):
         if action == "retry_lighter":
             return self.state == "failed" and bool(self.retry_overrides)
         if action == "resume":
-            return not self.running and self.resume_dir is not None
+            # Offered once the run is over; C on a run that cannot continue says why.
+            return None if self.running else True
         return True
 
     def action_stop(self) -> None:
@@ -360,9 +412,15 @@ class TrainingScreen(Screen):
                                 replace=True)
 
     def action_resume(self) -> None:
+        if self.running:
+            return
         run_dir = self.resume_dir
-        if run_dir is not None and not self.running:
-            self.app.resume_run(run_dir, replace=True)  # type: ignore[attr-defined]
+        if run_dir is None:
+            why = ("it finished: there is nothing left to train" if self.state == "finished"
+                   else "it saved no training state to continue from")
+            self.notify(f"this run cannot be continued: {why}", severity="warning")
+            return
+        self.app.resume_run(run_dir, replace=True)  # type: ignore[attr-defined]
 
     def action_leave(self) -> None:
         if self.running:

@@ -12,6 +12,7 @@ that was detected, the optimizer's recommended arguments).
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from textual.message import Message
 from textual.widgets import Input, Label, Select, Static, Switch, TextArea
 
 from lora_tui.draft import FieldSpec
-from lora_tui.widgets.path_suggester import PathSuggester
+from lora_tui.widgets.path_input import PathInput
 
 
 def escape(text: str) -> str:
@@ -33,6 +34,7 @@ def escape(text: str) -> str:
 
 
 _TRISTATE = (("unset (detect)", ""), ("true", "true"), ("false", "false"))
+DOC_LINES = 2  # lines of help a field shows while another field has focus
 
 
 def _submit_from(widget) -> None:
@@ -102,14 +104,34 @@ class FieldEditor(Vertical):
 
     @property
     def text(self) -> str:
-        return self._text
+        """What the input holds now. Read from the widget, never from a message: keys typed
+        in a burst (a paste, SSH) change the input several times before the first Changed
+        message is handled, and a stale value written back would scramble the typing."""
+        if not self.is_mounted:
+            return self._text
+        widget = self.input_widget
+        if isinstance(widget, Input):
+            return widget.value
+        if isinstance(widget, TextArea):
+            return widget.text
+        if isinstance(widget, Switch):
+            if not self._text and widget.value == bool(self.spec.default):
+                return ""  # untouched: the default
+            return "true" if widget.value else "false"
+        value = widget.value if isinstance(widget.value, str) else ""
+        if not self._text and self.spec.kind == "choice" and value == self.spec.default:
+            return ""  # untouched: the default
+        return value
 
     def compose(self) -> ComposeResult:
         spec = self.spec
         yield Label(self._label_markup(spec.default_text), classes="field-label")
-        yield Static(escape(spec.doc), classes="field-doc")
+        yield Static(escape(spec.doc), classes="field-doc")  # clipped in _show_doc
         yield Static("", classes="field-note")
         yield self._make_input()
+        if spec.kind == "multiline":
+            yield Static("[dim]Enter: new line · Ctrl+N: next step (Enter in an empty box "
+                         "moves on)[/dim]", classes="field-keys")
         yield Static("", classes="field-error")
 
     def _label_markup(self, default_text: str) -> str:
@@ -133,9 +155,44 @@ class FieldEditor(Vertical):
             return EnterSwitch(value=current, classes="field-input")
         if spec.kind == "multiline":
             return PromptArea(text, classes="field-input field-multiline")
+        if spec.is_path:
+            return PathInput(text, self._base_dir, placeholder=f"Enter: {spec.default_text}",
+                             classes="field-input")
         return Input(value=text, placeholder=f"Enter: {spec.default_text}",
-                     suggester=PathSuggester(self._base_dir) if spec.is_path else None,
                      classes="field-input")
+
+    # -- the doc: two lines while the field is not focused, all of it while it is --------
+
+    def on_mount(self) -> None:
+        self._show_doc()
+
+    def on_resize(self) -> None:
+        self._show_doc()
+
+    def on_descendant_focus(self) -> None:
+        self._show_doc()
+
+    def on_descendant_blur(self) -> None:
+        self._show_doc()
+
+    @property
+    def doc_expanded(self) -> bool:
+        focused = self.screen.focused if self.is_mounted else None
+        return focused is not None and focused in self.walk_children()
+
+    def _show_doc(self) -> None:
+        """The whole doc while the field has focus; else its first two lines, the second
+        ending in "…" when there is more (so nothing is cut without saying so)."""
+        doc = self.query_one(".field-doc", Static)
+        width = max(20, self.content_size.width or self.size.width or 78)
+        lines = textwrap.wrap(self.spec.doc, width)
+        if self.doc_expanded or len(lines) <= DOC_LINES:
+            doc.update(escape(self.spec.doc))
+            return
+        shown = lines[:DOC_LINES]
+        shown[-1] = textwrap.shorten(shown[-1] + " " + lines[DOC_LINES], width - 1,
+                                     placeholder="") + "…"
+        doc.update(escape("\n".join(shown)))
 
     def set_default_text(self, default_text: str) -> None:
         """Show another default (one that depends on other answers)."""
@@ -177,7 +234,7 @@ class FieldEditor(Vertical):
 
     def _changed(self, text: str) -> None:
         self._text = text
-        self.post_message(self.Changed(self, self.spec.section, self.spec.key, text))
+        self.post_message(self.Changed(self, self.spec.section, self.spec.key, self.text))
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()

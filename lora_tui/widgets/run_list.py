@@ -15,22 +15,14 @@ import time
 from rich.markup import escape
 from textual.widgets import DataTable
 
+from lora_core.durations import format_age
 from lora_core.saving.run_status import RunStatus, log_tail
 
 _NAME_WIDTH = 28
-_DETAIL_LOG_LINES = 8
+_DETAIL_LOG_LINES = 3
+_DETAIL_WIDTH = 74
 _STATE_COLOURS = {"running": "green", "starting": "green", "stopping": "yellow",
                   "crashed": "red", "failed": "red", "stopped": "yellow"}
-
-
-def format_age(seconds: float) -> str:
-    """A short age: 45s, 12min, 5h, 3d."""
-    seconds = int(max(0, seconds))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 2 * 3600:
-        return f"{seconds // 60}min"
-    return f"{seconds // 3600}h" if seconds < 2 * 86400 else f"{seconds // 86400}d"
 
 
 def order_runs(runs: list[RunStatus]) -> list[RunStatus]:
@@ -55,11 +47,19 @@ def run_detail(run: RunStatus) -> str:
     if run.status in ("crashed", "failed"):
         if run.message:
             lines.append(f"[red]{escape(run.message)}[/red]")
-        tail = log_tail(run.path, _DETAIL_LOG_LINES)
+        # A failed run's message says what happened; a crashed one has only its log. Short
+        # lines without tracebacks, so it fits an 80x24 screen (the log has everything).
+        tail = [] if run.status == "failed" and run.message else \
+            log_tail(run.path, _DETAIL_LOG_LINES, tracebacks=False)
         if tail:
             lines.append("[b]last lines of the log:[/b]")
-            lines += [escape(line) for line in tail]
+            lines += [escape(_clip(line, _DETAIL_WIDTH)) for line in tail]
+        lines.append(f"[dim]log: {escape(str(run.path / 'train.log'))}[/dim]")
     return "\n".join(lines)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 class RunList(DataTable):

@@ -16,8 +16,8 @@ from lora_core.saving.runs import create_run_folder, record_last_run
 from lora_tui.app import make_app
 from lora_tui.runner import FakeRunner
 from lora_tui.screens.queue import QUEUE_FILE, QueueScreen, load_queue
+from lora_tui.screens.review import ReviewScreen
 from lora_tui.screens.start import StartScreen
-from lora_tui.screens.step import StepScreen
 from lora_tui.screens.training import TrainingScreen
 from tests.tui.helpers import ROOT, SIZE, wait_for
 
@@ -185,16 +185,17 @@ def test_a_running_row_saved_by_a_closed_app_loads_as_stopped(state_dir):
 
 # -- rerun last, from the record lora-train itself writes --------------------------------
 
-def record_a_run(tmp_path) -> Path:
-    """What `lora-train run` leaves behind: a run folder and last_run.json."""
-    profile = load_profile(QUICKSTART)
+def record_a_run(tmp_path, source: Path = QUICKSTART) -> Path:
+    """What `lora-train run` leaves behind: a run folder and last_run.json naming the profile
+    the user started it from (``source``)."""
+    profile = load_profile(source)
     folder = create_run_folder(tmp_path / "out", "quickstart", profile)
-    record_last_run(folder, QUICKSTART)
+    record_last_run(folder, source)
     return folder.profile
 
 
-async def test_rerun_last_trains_the_recorded_profile(tmp_path, state_dir):
-    recorded = record_a_run(tmp_path)
+async def test_rerun_last_trains_the_profile_the_user_chose_and_says_so(tmp_path, state_dir):
+    record_a_run(tmp_path)
     fake = succeeding("quickstart")
     app = make_app(runner_factory=lambda: fake)
     async with app.run_test(size=SIZE) as pilot:
@@ -202,19 +203,49 @@ async def test_rerun_last_trains_the_recorded_profile(tmp_path, state_dir):
         assert isinstance(app.screen, TrainingScreen)
         screen = app.screen
         await wait_for(pilot, lambda: screen.state == "finished")
+        assert fake.profile_path == QUICKSTART
+        assert any(f"rerunning {QUICKSTART}" in str(n.message) for n in app._notifications)
+
+
+async def test_rerun_last_falls_back_to_the_run_folder_copy(tmp_path, state_dir):
+    source = tmp_path / "mine.toml"
+    source.write_bytes(QUICKSTART.read_bytes())
+    (tmp_path / "dataset").symlink_to(QUICKSTART.parent / "dataset")
+    recorded = record_a_run(tmp_path, source)
+    source.unlink()  # the user's profile is gone
+    fake = succeeding("quickstart")
+    app = make_app(runner_factory=lambda: fake)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("r")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.state == "finished")
         assert fake.profile_path == recorded
 
 
-async def test_rerun_with_changes_opens_the_recorded_profile_unattached(tmp_path, state_dir):
-    recorded = record_a_run(tmp_path)
+async def test_rerun_with_changes_opens_the_chosen_profile_on_the_review(tmp_path, state_dir):
+    record_a_run(tmp_path)
     app = make_app(runner_factory=lambda: FakeRunner([]))
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("e")
-        assert isinstance(app.screen, StepScreen) and app.screen.index == 0
-        assert app.draft.text("model", "pretrained_model_name_or_path") == "builtin:tiny-sd1"
+        assert isinstance(app.screen, ReviewScreen)
+        assert app.draft.source_path == QUICKSTART  # the user's own file: Save writes it
         assert app.draft.text("network", "network_dim") == "8"
+
+
+async def test_rerun_with_changes_of_a_vanished_profile_opens_the_record_unattached(
+        tmp_path, state_dir):
+    source = tmp_path / "gone.toml"
+    source.write_bytes(QUICKSTART.read_bytes())
+    (tmp_path / "dataset").symlink_to(QUICKSTART.parent / "dataset")
+    recorded = record_a_run(tmp_path, source)
+    source.unlink()
+    app = make_app(runner_factory=lambda: FakeRunner([]))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("e")
+        assert isinstance(app.screen, ReviewScreen)
+        assert app.draft.text("model", "pretrained_model_name_or_path") == "builtin:tiny-sd1"
         # The recorded profile has absolute paths (it runs from anywhere)...
-        expected = (QUICKSTART.parent / "dataset" / "train").resolve()
+        expected = (tmp_path / "dataset" / "train").resolve()
         assert Path(app.draft.profile().dataset.train_data_dir).resolve() == expected
         # ...and is the record of a past run: Save must ask where, not overwrite it.
         assert app.draft.source_path is None

@@ -203,13 +203,16 @@ async def test_concept_folder_fix_sets_the_parent(dataset, tmp_path):
         assert row[1] == len(list(concept.glob("*.png")))
 
 
-async def test_loaded_profile_opens_in_the_wizard(tmp_path):
+async def test_loaded_profile_opens_on_the_review_one_key_from_each_step(tmp_path):
     app = make_app(Path("examples/quickstart.toml"), runner_factory=lambda: FakeRunner([]))
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
+        assert isinstance(app.screen, ReviewScreen)
+        await pilot.press("1")  # a step's number reopens it
         assert isinstance(app.screen, StepScreen) and app.screen.index == 0
         value = app.screen.editor("model", "pretrained_model_name_or_path").input_widget.value
         assert value == "builtin:tiny-sd1"
+        assert app.draft.text("dataset", "train_data_dir") == "dataset/train"  # as written
         assert app.draft.text("network", "network_dim") == "8"
         # Untouched fields of the file are carried through.
         assert app.draft.profile().dataset.shuffle_caption is True
