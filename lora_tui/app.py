@@ -32,7 +32,9 @@ RunnerFactory = Callable[[], Runner]
 class WizardApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "lora-tui"
-    BINDINGS = [Binding("ctrl+g", "home", "Home", priority=True)]
+    BINDINGS = [
+        Binding("ctrl+g", "home", "Home", priority=True),
+    ]
 
     def __init__(self, draft: Draft | None, runner_factory: RunnerFactory) -> None:
         super().__init__()

@@ -216,7 +216,7 @@ class QueueScreen(Screen):
             return
         index = self.entries.index(entry)
         for column, value in enumerate(self._cells(index, entry)):
-            self.table.update_cell_at((index, column), value)
+            self.table.update_cell_at((index, column), value, update_width=True)
         if index == self.table.cursor_row:
             self._show_detail()
 
@@ -285,8 +285,6 @@ class QueueScreen(Screen):
             return not self.running and any(e.state != "done" for e in self.entries)
         if action == "stop":
             return self.running and not self._stop_requested
-        if action == "leave":
-            return not self.running
         if action in ("remove", "move"):
             return self.selected() is not None
         return True
@@ -318,6 +316,10 @@ class QueueScreen(Screen):
         self._render_rows(cursor=0)
 
     def action_leave(self) -> None:
+        if self.running:  # leaving would stop following the queue: it must be stopped first
+            self.notify("the queue is running: S stops it (the current run saves first)",
+                        severity="warning")
+            return
         self.app.pop_screen()
 
     # -- running ------------------------------------------------------------------------

@@ -254,21 +254,25 @@ class StepScreen(Screen):
     @on(FieldEditor.Changed)
     def field_changed(self, event: FieldEditor.Changed) -> None:
         # The editor's live text, not the message's: later keys of a burst may already be in.
-        self.draft.set_text(event.section, event.key, event.editor.text)
-        # The last full check said nothing about this new answer yet: its word on the
-        # field is dropped until the check (scheduled below) runs again.
-        self.check_problems = [p for p in self.check_problems
-                               if p.field != (event.section, event.key)]
+        self._answer_changed((event.section, event.key), event.editor.text)
         self.refresh_fields()
         self.schedule_check()
 
+    def editor_of(self, widget) -> FieldEditor | None:
+        """The field editor ``widget`` belongs to, if any."""
+        return next((a for a in widget.ancestors_with_self if isinstance(a, FieldEditor)),
+                    None)
+
     @on(FieldEditor.Submitted)
     def field_submitted(self, event: FieldEditor.Submitted) -> None:
+        self.submit_field(event.editor)
+
+    def submit_field(self, editor: FieldEditor) -> None:
         """Enter accepts the field and moves on, as Ctrl+N would: not past a field the
-        profile refuses (an empty required one included)."""
-        editor = event.editor
+        profile refuses (an empty required one included). Called by the app as the key
+        arrives for text inputs (ordered keys), by the Submitted message for the others."""
         key = (editor.spec.section, editor.spec.key)
-        self.draft.set_text(*key, editor.text)  # what the field holds right now
+        self.sync_draft()  # what the fields hold right now
         validation = self.draft.validate()
         if editor.spec.required:
             self._show_required = True
@@ -287,7 +291,22 @@ class StepScreen(Screen):
         else:
             self.action_next()
 
+    def _answer_changed(self, key: tuple[str, str], text: str) -> None:
+        self.draft.set_text(*key, text)
+        # The last full check said nothing about this new answer yet: its word on the
+        # field is dropped until the check (scheduled on every change) runs again.
+        self.check_problems = [p for p in self.check_problems if p.field != key]
+
+    def sync_draft(self) -> None:
+        """Take every field's live text into the draft: a key (Enter, Ctrl+N) can be read
+        before the messages of the keys typed just before it have reached the screen."""
+        for editor in self.editors:
+            key = (editor.spec.section, editor.spec.key)
+            if self.draft.text(*key) != editor.text:
+                self._answer_changed(key, editor.text)
+
     def action_next(self) -> None:
+        self.sync_draft()
         self._show_required = True
         if not self.revalidate():
             bad = next((e for e in self.shown_editors if e.has_class("has-error")), None)

@@ -24,6 +24,7 @@ from textual.message import Message
 from textual.widgets import Input, Label, Select, Static, Switch, TextArea
 
 from lora_tui.draft import FieldSpec
+from lora_tui.widgets.ordered_keys import OrderedInput, OrderedKeys
 from lora_tui.widgets.path_input import PathInput
 
 
@@ -42,23 +43,31 @@ def _submit_from(widget) -> None:
     field.post_message(FieldEditor.Submitted(field))
 
 
-class EnterSwitch(Switch):
+class EnterSwitch(OrderedKeys, Switch):
     """A switch where Space toggles and Enter moves on, like every other field."""
 
     BINDINGS = [Binding("space", "toggle_switch", "Toggle", show=False)]
     inherit_bindings = False  # Switch binds Enter to toggle too
+
+    async def _on_key(self, event: events.Key) -> None:
+        if not await self.ordered_key(event):
+            await super()._on_key(event)
 
     def key_enter(self, event: events.Key) -> None:
         event.stop()
         _submit_from(self)
 
 
-class EnterSelect(Select):
+class EnterSelect(OrderedKeys, Select):
     """A Select where Enter accepts the shown choice and moves on; Space, Up or Down open
     the list."""
 
     BINDINGS = [Binding("space,down,up", "show_overlay", "Choose", show=False)]
     inherit_bindings = False
+
+    async def _on_key(self, event: events.Key) -> None:
+        if not await self.ordered_key(event):
+            await super()._on_key(event)
 
     def key_enter(self, event: events.Key) -> None:
         if self.expanded:
@@ -123,6 +132,21 @@ class FieldEditor(Vertical):
             return ""  # untouched: the default
         return value
 
+    def on_mount(self) -> None:
+        widget = self.input_widget
+        if isinstance(widget, OrderedKeys):
+            # Enter accepts the field as the key is read (see ordered_keys), so the next
+            # key typed goes to the field that follows.
+            widget.submit = self._submit_now
+        self._show_doc()
+
+    def _submit_now(self) -> None:
+        submit = getattr(self.screen, "submit_field", None)
+        if submit is not None:
+            submit(self)
+        else:
+            self.post_message(self.Submitted(self))
+
     def compose(self) -> ComposeResult:
         spec = self.spec
         yield Label(self._label_markup(spec.default_text), classes="field-label")
@@ -158,13 +182,10 @@ class FieldEditor(Vertical):
         if spec.is_path:
             return PathInput(text, self._base_dir, placeholder=f"Enter: {spec.default_text}",
                              classes="field-input")
-        return Input(value=text, placeholder=f"Enter: {spec.default_text}",
-                     classes="field-input")
+        return OrderedInput(value=text, placeholder=f"Enter: {spec.default_text}",
+                            classes="field-input")
 
     # -- the doc: two lines while the field is not focused, all of it while it is --------
-
-    def on_mount(self) -> None:
-        self._show_doc()
 
     def on_resize(self) -> None:
         self._show_doc()

@@ -6,26 +6,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textual import events
-from textual.widgets import Input
-
+from lora_tui.widgets.ordered_keys import OrderedInput
 from lora_tui.widgets.path_suggester import PathSuggester
 
 
-class PathInput(Input):
+class PathInput(OrderedInput):
     def __init__(self, value: str = "", base_dir: Path | None = None, **kwargs) -> None:
         super().__init__(value, suggester=PathSuggester(base_dir or Path.cwd()), **kwargs)
 
     @property
     def completion(self) -> str:
-        """The suggested completion of what is typed ("" when there is none)."""
-        return self._suggestion if len(self._suggestion) > len(self.value) else ""
+        """The completion of what is typed ("" when there is none), worked out now: Tab
+        may come before the suggestion shown as the user types is ready."""
+        suggester = self.suggester
+        found = suggester.complete(self.value) if isinstance(suggester, PathSuggester) else None
+        return found if found and len(found) > len(self.value) else ""
 
-    async def _on_key(self, event: events.Key) -> None:
-        if event.key == "tab" and self.cursor_at_end and self.completion:
-            event.stop()
-            event.prevent_default()
-            self.value = self.completion
-            self.cursor_position = len(self.value)
-            return
-        await super()._on_key(event)
+    def on_tab(self) -> bool:
+        """Tab takes the completion when there is one (else it moves on)."""
+        completion = self.completion if self.cursor_at_end else ""
+        if not completion:
+            return False
+        self.value = completion
+        self.cursor_position = len(self.value)
+        return True

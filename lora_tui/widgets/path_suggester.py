@@ -1,6 +1,6 @@
 """Completion for path fields typed in the terminal (never a native dialog: the wizard must
 work over SSH with no display). The suggestion completes the last part of the path with the
-first matching entry of its folder; Right arrow accepts it."""
+first matching entry of its folder; Tab or Right accepts it (``PathInput``)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ class PathSuggester(Suggester):
         self.base_dir = base_dir
 
     async def get_suggestion(self, value: str) -> str | None:
+        return self.complete(value)
+
+    def complete(self, value: str) -> str | None:
+        """``value`` with its last part completed from its folder (None: nothing to add)."""
         if not value or value.startswith("builtin:"):
             return None
         head, _, stem = value.rpartition("/")

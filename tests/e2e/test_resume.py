@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -343,3 +344,46 @@ def test_ctrl_c_twice_while_files_are_written_never_leaves_a_broken_file(tmp_pat
     assert not list((folder / "states").glob(".*"))
     for path in list_states(folder):
         assert load_state(path).position.step >= 1
+
+
+def test_ctrl_c_then_resume_finishes_with_every_file_beside_the_lora(workdir, tmp_path):
+    """Issue 12: a stopped run that wrote a tag summary, preview images, numbered files and
+    states beside its LoRA continues to "finished" (its own tag summary, once refused as
+    an existing file, is rewritten), with the final file named in run.json. The event
+    stream says "training" again after every mid-run save and preview (the phase line once
+    froze on "making sample images")."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cube --w 64 --h 64 --s 1 --d 2\n", encoding="utf-8")
+    profile = write_profile(tmp_path, "files", tag_summary=True)
+    data = tomllib.loads(profile.read_text(encoding="utf-8"))
+    data["sample"] = {"sample_prompts": str(prompts), "sample_every_n_steps": 4}
+    profile.write_text(tomli_w.dumps(data), encoding="utf-8")
+    state, first = tmp_path / "state", tmp_path / "first.jsonl"
+    child = start(profile, first, state)
+    wait_for_step(first, 9, child)
+    child.send_signal(signal.SIGINT)
+    assert child.wait(timeout=120) == 130
+    out = tmp_path / "out-files"
+    assert (out / "files.txt").is_file() and (out / "files-interrupted.safetensors").is_file()
+    stopped_at = [e for e in events(first) if e["type"] == "run_finished"][-1]["steps"]
+
+    second = tmp_path / "second.jsonl"
+    result = run_cli("resume", str(run_folder(out)), "--events", str(second), "--no-progress",
+                     env={"LORA_TUI_STATE_DIR": str(state)})
+    assert result.returncode == 0, result.stderr
+    status = json.loads((run_folder(out) / "run.json").read_text(encoding="utf-8"))
+    assert status["status"] == "finished"
+    assert status["final_file"] == str(out / "files.safetensors")
+    finished = [e for e in events(second) if e["type"] == "run_finished"][-1]
+    assert not finished["interrupted"] and finished["final_file"] == status["final_file"]
+    assert str(out / "files.txt") in finished["files"]
+    samples = sorted(p.name for p in (out / "sample").iterdir())
+    assert len(samples) == len([s for s in range(4, STEPS + 1, 4)])  # both parts' samples
+    step_files = sorted(p.name for p in out.glob("files-step*.safetensors"))
+    assert step_files == [f"files-step{s:08d}.safetensors" for s in range(3, STEPS + 1, 3)]
+    assert stopped_at < STEPS
+    for stream in (first, second):
+        said = [e for e in events(stream) if e["type"] in ("phase_changed", "step_ended")]
+        for before, after in zip(said, said[1:], strict=False):
+            if before["type"] == "phase_changed" and after["type"] == "step_ended":
+                assert before["phase"] == "training", (before, after)

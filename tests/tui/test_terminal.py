@@ -1,133 +1,333 @@
-"""`lora-tui` in a real terminal: tmux, TERM=xterm-256color, 80x24, keyboard only.
+"""`lora-tui` in a real terminal: tmux, TERM=xterm-256color, keyboard only, keys sent in
+bursts (as a paste or a fast SSH link delivers them) and one at a time, at 80x24 and 120x40.
 
-tmux stands in for an SSH session's terminal: the app draws with real escape sequences and
-the test reads the screen back with ``capture-pane``, as a person would see it. tmux comes
-from the system's packages (``apt-get install -y tmux``); without it this test is skipped.
-Each test uses its own tmux server (``-L``) and kills it afterwards.
+Each test drives the app as a person does and reads the screen back with ``capture-pane``:
+typing, the flows (a new profile to training, an opened profile in one key, stop and
+continue, leaving and re-attaching, the queue, rerun), and the regressions found by doing
+exactly that. Training runs the real engine on the built-in tiny model with 64-px images, so
+a run takes seconds. See ``tests/tui/tmux.py`` for the terminal.
 
 Also here: the startup budget (well under a second, never importing torch & co).
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shlex
+import re
 import shutil
 import subprocess
 import sys
-import time
-import uuid
+import tomllib
+from pathlib import Path
 
 import pytest
+import tomli_w
 
-from tests.tui.helpers import ROOT
+from tests.tui.tmux import EXITED, ROOT, Terminal, find_tmux, flat
 
-
-def _tmux() -> str | None:
-    """tmux, installed from the system's packages when missing and this user may (a CI
-    container runs as root); None when it cannot be had."""
-    found = shutil.which("tmux")
-    if found is None and shutil.which("apt-get") and hasattr(os, "geteuid") \
-            and os.geteuid() == 0:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for command in (["apt-get", "install", "-y", "-q", "tmux"], ["apt-get", "update", "-q"],
-                        ["apt-get", "install", "-y", "-q", "tmux"]):
-            subprocess.run(command, capture_output=True, timeout=300, env=env)
-            found = shutil.which("tmux")
-            if found:
-                break
-    return found
+EXAMPLES = ROOT / "examples"
+SIZES = [(80, 24), (120, 40)]
+_TMUX: list[str | None] = []
 
 
-TMUX = shutil.which("tmux")
-
-
-class Terminal:
-    """One tmux server with one 80x24 window."""
-
-    def __init__(self) -> None:
-        self.socket = f"lora-tui-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-    def tmux(self, *args: str) -> str:
-        result = subprocess.run([TMUX, "-L", self.socket, "-f", os.devnull, *args],
-                                capture_output=True, text=True, timeout=10)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    def start(self, command: str) -> None:
-        self.tmux("new-session", "-d", "-x", "80", "-y", "24", "-s", "t", command)
-
-    def send(self, *keys: str) -> None:
-        self.tmux("send-keys", "-t", "t", *keys)
-
-    def screen(self) -> str:
-        return self.tmux("capture-pane", "-p", "-t", "t")
-
-    def wait_for(self, predicate, timeout_s: float = 10.0) -> str:
-        end = time.monotonic() + timeout_s
-        while True:
-            text = self.screen()
-            if predicate(text):
-                return text
-            if time.monotonic() > end:
-                raise AssertionError(f"the screen never showed what was expected:\n{text}")
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        subprocess.run([TMUX, "-L", self.socket, "kill-server"], capture_output=True,
-                       timeout=10)
-
-
-def title(screen: str) -> str:
-    """The screen's first line: which step (or the review) is shown."""
-    return screen.splitlines()[0].strip() if screen.strip() else ""
+def _tmux_or_skip() -> str:
+    if not _TMUX:
+        _TMUX.append(find_tmux())
+    if _TMUX[0] is None:
+        pytest.skip("tmux is not installed and could not be installed here (install it with: "
+                    "apt-get install -y tmux)")
+    return _TMUX[0]
 
 
 @pytest.fixture
-def terminal():
-    global TMUX
-    TMUX = TMUX or _tmux()
-    if TMUX is None:
-        pytest.skip("tmux is not installed and could not be installed here (install it with: "
-                    "apt-get install -y tmux)")
-    term = Terminal()
-    yield term
-    term.kill()
+def term():
+    """An 80x24 terminal."""
+    terminal = Terminal(_tmux_or_skip(), 80, 24)
+    yield terminal
+    terminal.kill()
 
 
-def test_enter_through_the_steps_to_the_review_in_80x24(terminal, tmp_path):
-    env = {"TERM": "xterm-256color", "LORA_TUI_STATE_DIR": str(tmp_path / "state"),
-           "LORA_TUI_CACHE_DIR": os.environ.get("LORA_TUI_CACHE_DIR", str(tmp_path / "c"))}
-    app = [sys.executable, "-m", "lora_tui.cli", "examples/quickstart.toml"]
-    # After the app exits, the shell prints its exit code: proof it quit cleanly.
-    command = (f"cd {shlex.quote(str(ROOT))} && env "
-               + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " "
-               + " ".join(shlex.quote(a) for a in app)
-               + "; echo LORA_TUI_EXITED=$?; sleep 30")
-    terminal.start(command)
-    terminal.wait_for(lambda s: "Step 1 of" in s and "builtin:tiny-sd1" in s)
+@pytest.fixture(params=SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
+def sized(request):
+    """A terminal at each size."""
+    terminal = Terminal(_tmux_or_skip(), *request.param)
+    yield terminal
+    terminal.kill()
 
-    # One keystroke per step (Ctrl+N takes the step's answers, all defaults from the loaded
-    # profile), and the next only after the screen shows the next step: a key sent while a
-    # screen is still being replaced would land on the wrong one.
-    for _ in range(40):
-        before = title(terminal.screen())
-        if before.startswith("Review"):
-            break
-        terminal.send("C-n")
-        terminal.wait_for(lambda s, b=before: title(s) != b, timeout_s=20)
-    else:
-        raise AssertionError("never reached the review")
-    review = terminal.wait_for(lambda s: "total steps:" in s, timeout_s=30)
-    assert "total steps: 80" in review  # 4 images x 10 repeats + reg, batch 2, 2 epochs
-    assert "steps per epoch: 40" in review
 
-    shown = terminal.wait_for(lambda s: "lora-train run" in s)  # right under the plan
-    assert "lora-train run examples/quickstart.toml" in shown
+@pytest.fixture
+def env(tmp_path) -> dict[str, str]:
+    return {"LORA_TUI_STATE_DIR": str(tmp_path / "state"),
+            "LORA_TUI_CACHE_DIR": os.environ["LORA_TUI_CACHE_DIR"],
+            "HF_HUB_OFFLINE": "1"}
 
-    terminal.send("C-q")
-    exited = terminal.wait_for(lambda s: "LORA_TUI_EXITED=" in s)
-    assert "LORA_TUI_EXITED=0" in exited
+
+def project(tmp_path: Path, **changes: dict) -> Path:
+    """The quickstart profile and its dataset, copied to ``tmp_path`` (outputs go there,
+    never into the repository), with ``changes`` ({section: {key: value}}) applied."""
+    shutil.copytree(EXAMPLES / "dataset", tmp_path / "dataset")
+    data = tomllib.loads((EXAMPLES / "quickstart.toml").read_text(encoding="utf-8"))
+    data["saving"]["output_dir"] = "out"
+    for section, values in changes.items():
+        data.setdefault(section, {}).update(values)
+    path = tmp_path / "quickstart.toml"
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    return path
+
+
+def step_number(screen: str) -> int:
+    found = re.search(r"step (\d+)/\d+", screen)
+    return int(found.group(1)) if found else 0
+
+
+def run_json(out: Path) -> dict:
+    (folder,) = (out / "runs").iterdir()
+    return json.loads((folder / "run.json").read_text(encoding="utf-8"))
+
+
+# --- typing ---------------------------------------------------------------------------------
+
+
+def field_value(screen: str) -> str:
+    """The text in the first input box on screen (the line between its ▊ ▎ borders)."""
+    for line in screen.splitlines():
+        inner = re.match(r"\s*▊\s+(.*?)\s*▎", line)
+        if inner and not set(inner.group(1)) <= set("▔▁"):
+            return inner.group(1)
+    return ""
+
+
+def test_keys_typed_in_bursts_land_in_order(sized, env):
+    """A burst, then one key, then Ctrl+U and two bursts: every character where it was
+    typed (the field once read ``mXycube`` and ``biny-sd1uiltin:t``)."""
+    sized.start_wizard(env)
+    sized.wait_for("N  New profile")
+    sized.keys("n")
+    sized.wait_for("Step 1 of")
+    sized.type("mycube")
+    sized.keys("X")
+    sized.wait_for(lambda s: field_value(s) == "mycubeX")
+    sized.keys("C-u")
+    sized.type("builtin:t")
+    sized.type("iny-sd1")
+    screen = sized.wait_for("detected:")
+    assert field_value(screen) == "builtin:tiny-sd1"
+    assert "SD1 SD1" not in screen  # the family is said once
+    sized.keys("BSpace", "BSpace", "C-u")  # one key at a time, as a person types
+    for key in "builtin:tiny-":
+        sized.keys(key)
+    sized.type("sdxl")  # and a burst after them
+    sized.wait_for(lambda s: field_value(s) == "builtin:tiny-sdxl")
+
+
+def test_help_is_read_whole_on_focus_and_marked_when_cut(term, env):
+    term.start_wizard(env)
+    term.wait_for("N  New profile")
+    term.keys("n")
+    term.wait_for("Step 1 of")
+    # focused: the base model's help, all of it
+    term.wait_for(lambda s: "toldapartfromtheweights" in flat(s))
+    term.keys("Tab")  # to the next field: the base model's help folds to two lines + "…"
+    screen = term.wait_for(lambda s: "…" in s)
+    assert "toldapartfromtheweights" not in flat(screen.split("model style")[0])
+
+
+def test_tab_completes_a_path(term, env, tmp_path):
+    (tmp_path / "my datasets").mkdir()
+    term.start_wizard(env)
+    term.wait_for("N  New profile")
+    term.keys("n")
+    term.wait_for("Step 1 of")
+    term.type("builtin:tiny-sd1")
+    term.keys("C-n")
+    term.wait_for("Step 2 of")
+    term.type(f"{tmp_path}/my")
+    term.keys("Tab")
+    term.wait_for(lambda s: field_value(s).endswith("my datasets/"))
+
+
+def test_enter_does_not_move_past_a_required_field(term, env):
+    term.start_wizard(env)
+    term.wait_for("N  New profile")
+    term.keys("n")
+    term.wait_for("Step 1 of")
+    term.keys("Enter")
+    term.wait_for("is required")  # under the field, which keeps the focus
+    term.type("builtin:tiny-sd1")
+    term.wait_for("detected:")
+    assert term.title().startswith("Step 1 of")
+
+
+# --- flows ------------------------------------------------------------------------------------
+
+
+def test_new_profile_to_training_at_80x24(term, env, tmp_path):
+    """Typed answers (bursts), Ctrl+N through the steps, fp16 refused on this CPU and
+    changed with the keyboard, the review, Enter: a real run to its end."""
+    term.start_wizard(env)
+    term.wait_for("N  New profile")
+    term.keys("n")
+    term.wait_for("Step 1 of")
+    term.type("builtin:tiny-sd1")
+    term.keys("C-n")
+    term.wait_for("Step 2 of")
+    term.type(str(EXAMPLES / "dataset" / "train"))
+    term.wait_for("samples per epoch")
+    term.keys("C-n")
+    term.wait_for("Step 3 of")
+    term.type(str(tmp_path / "out"))
+    term.keys("Tab")
+    term.type("cube")  # output name
+    for step in range(4, 10):
+        term.keys("C-n")
+        term.wait_for(f"Step {step} of")
+    term.keys("C-u")  # Resolution: the field holds nothing typed; one key at a time too
+    term.type("64")
+    term.keys("Tab", "Tab", "C-u")
+    term.type("64")  # min bucket
+    term.keys("Tab", "C-u")
+    term.type("64")  # max bucket
+    for step in range(10, 16):
+        term.keys("C-n")
+        term.wait_for(f"Step {step} of")
+    term.wait_for("needs a CUDA GPU")  # fp16, the default, on a CPU
+    term.keys("C-n")
+    assert term.title().startswith("Step 15 of")
+    term.keys("Space")
+    term.wait_for("bf16")
+    term.keys("Up", "Enter")
+    term.wait_for(lambda s: "needs a CUDA GPU" not in s)
+    for step in (16, 17):
+        term.keys("C-n")
+        term.wait_for(f"Step {step} of")
+    term.keys("C-n")
+    review = term.wait_for("total steps: 40")
+    assert "Enter trains the answers as they are now" in review
+    term.keys("Enter")
+    done = term.wait_for("finished after 40 steps", 120)
+    assert "cube.safetensors" in flat(done)
+    assert (tmp_path / "out" / "cube.safetensors").is_file()
+
+
+def test_opened_profile_trains_in_one_key_then_stops_and_continues(term, env, tmp_path):
+    """`lora-tui quickstart.toml`: the review, Enter trains (one key). S stops after a
+    step with what was trained saved (tag summary included), C continues, and the run ends
+    finished with its final file, not "failed" (the stop's tag summary once refused it)."""
+    profile = project(tmp_path)
+    term.start_wizard(env, str(profile))
+    review = term.wait_for("total steps: 80")
+    assert review.splitlines()[0].strip().startswith("Review")
+    assert f"Entertrainsfrom{profile}" in flat(review)
+    term.keys("Enter")  # the one key from the opened profile to training
+    term.wait_for(lambda s: step_number(s) >= 10, 60)
+    term.keys("s")
+    term.wait_for("Stop training?")
+    term.keys("y")
+    stopped = term.wait_for("what was trained is saved", 60)
+    assert "ETA" not in stopped  # the run is over: no time left to estimate
+    assert (tmp_path / "out" / "quickstart-interrupted.safetensors").is_file()
+    assert (tmp_path / "out" / "quickstart.txt").is_file()
+    term.keys("c")
+    term.wait_for("finished after 80 steps", 90)
+    status = run_json(tmp_path / "out")
+    assert status["status"] == "finished"
+    assert status["final_file"].endswith("quickstart.safetensors")
+    assert (tmp_path / "out" / "quickstart.safetensors").is_file()
+    term.keys("c")  # nothing left to continue: it says so
+    term.wait_for("cannot be continued")
+
+
+def test_leave_a_run_quit_and_attach_again(term, env, tmp_path):
+    """Escape and Ctrl+G leave the run going, Ctrl+Q quits saying so; a new lora-tui lists
+    the run and A follows it to its end."""
+    profile = project(tmp_path, training={"max_train_epochs": 3})
+    term.start_wizard(env, str(profile))
+    term.wait_for("total steps: 120")
+    term.keys("Enter")
+    term.wait_for(lambda s: step_number(s) >= 3, 60)
+    term.keys("C-g")  # home from the training screen
+    menu = term.wait_for("N  New profile")
+    assert "running" in menu and "quickstart" in menu
+    term.keys("C-q")
+    quit_screen = term.wait_for(EXITED + "0")
+    assert "training goes on in the background" in quit_screen
+
+    again = Terminal(term.tmux_path, 80, 24)
+    try:
+        again.start_wizard(env)
+        again.wait_for("running")
+        again.keys("a")
+        again.wait_for("finished after 120 steps", 120)
+    finally:
+        again.kill()
+    assert run_json(tmp_path / "out")["status"] == "finished"
+
+
+def test_queue_runs_a_profile_and_rerun_trains_it_again(term, env, tmp_path):
+    profile = project(tmp_path, training={"max_train_epochs": 1})
+    term.start_wizard(env)
+    term.wait_for("N  New profile")
+    term.keys("u")
+    term.wait_for("Queue")
+    term.keys("a")
+    term.wait_for("Add to the queue")
+    term.type(str(profile))
+    term.keys("Enter")
+    queued = term.wait_for("quickstart.toml")
+    assert "Clear done" in queued  # the C key is listed
+    term.keys("r")
+    def row(screen: str) -> str:
+        return next((line for line in screen.splitlines() if line.strip().startswith("1 ")),
+                    "")
+
+    done = row(term.wait_for(lambda s: " done " in row(s), 120))
+    assert "quickstart.safetensors" in done  # the result column has room for the file
+    term.wait_for(lambda s: "s Stop" not in s)  # over: its last child has exited
+    term.keys("Escape")
+    term.wait_for("N  New profile")
+    term.keys("r")
+    # the profile the user chose, named on the training screen
+    term.wait_for(lambda s: f"Training{profile}" in flat(s))
+    term.wait_for("finished after 40 steps", 120)
+
+
+def pane(screen: str, index: int) -> str:
+    """The text of the ``index``-th bordered pane of a row of panes (0: left), its lines
+    joined: a path the pane wrapped reads whole again."""
+    rows = [line.split("│") for line in screen.splitlines() if line.count("│") >= 4]
+    return "".join(row[1 + 2 * index].strip() for row in rows if len(row) > 1 + 2 * index)
+
+
+def test_the_log_keeps_long_lines_and_the_sample_shows_at_80x24(term, env, tmp_path):
+    """The log pane wraps a long path at its own width (it once drew 78 columns in a
+    48-column pane and cut the middle out), and the preview image is in sight at 80x24."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube --w 64 --h 64 --s 2 --d 1\n", encoding="utf-8")
+    profile = project(tmp_path, training={"max_train_epochs": 1},
+                      sample={"sample_prompts": str(prompts), "sample_every_n_steps": 10})
+    term.start_wizard(env, str(profile))
+    term.wait_for("total steps: 40")
+    term.keys("Enter")
+    started = term.wait_for(lambda s: "/out/runs/quickstart-" in pane(s, 0), 60)
+    (run_folder,) = (tmp_path / "out" / "runs").iterdir()
+    assert f"runfolder:{run_folder}" in pane(started, 0).replace(" ", "")
+    with_sample = term.wait_for(lambda s: "▀" in pane(s, 1) or "▄" in pane(s, 1), 120)
+    assert "Files" in pane(with_sample, 1)  # the preview sits above the file list
+    term.wait_for("finished after 40 steps", 120)
+
+
+# --- the shell commands -------------------------------------------------------------------------
+
+
+def test_cli_lists_quietly_into_a_closed_pipe(env):
+    for command in ("fields", "status"):
+        result = subprocess.run(
+            f"{sys.executable} -m lora_core.cli {command} | head -1; "
+            "echo exit=${PIPESTATUS[0]}", shell=True, executable="/bin/bash",
+            capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+        assert "Error" not in result.stderr and "error" not in result.stderr, result.stderr
+        assert "exit=" in result.stdout
 
 
 _STARTUP = """
