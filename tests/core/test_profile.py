@@ -367,3 +367,14 @@ def test_check_names_a_missing_optimizer_package_without_importing_it(monkeypatc
     found = installed_optimizer_problems(p.optimizer)
     assert len(found) == 1 and found[0].field == ("optimizer", "optimizer_type")
     assert "pip install prodigyopt" in found[0].hint
+
+
+def test_fields_prints_values_as_a_profile_writes_them(capsys):
+    """TOML, not Python: "" not '', false not False (a user copies these lines)."""
+    from lora_core.cli import main
+
+    assert main(["fields"]) == 0
+    out = capsys.readouterr().out
+    assert 'output_name = "last"' in out and "no_half_vae = false" in out
+    assert "enable_bucket = true" in out and "resolution = 512" in out
+    assert "''" not in out and " = False" not in out and " = True" not in out

@@ -401,3 +401,26 @@ def test_a_state_is_due_every_n_minutes_without_a_checkpoint(tmp_path, monkeypat
                        lambda: position(1), net, opt, sched, bus)
     clock[0] += 10_000
     assert not off.state_due() and off.save_state(state) is None
+
+
+def test_status_lists_runs_under_headers_with_a_failed_runs_message_only(state_dir, capsys,
+                                                                          tmp_path):
+    """A failed run shows its message, not the traceback lines of its log."""
+    from lora_core.cli import main
+    from lora_core.saving.run_status import new_status, register_run, write_status
+
+    folder = tmp_path / "runs" / "x"
+    folder.mkdir(parents=True)
+    (folder / "train.log").write_text("Traceback (most recent call last):\n  File \"a.py\"\n"
+                                      "ValueError: boom\n", encoding="utf-8")
+    status = new_status(folder, "x", folder / "profile.toml", None, total_steps=10,
+                        total_epochs=1)
+    status.status, status.message = "failed", "the model file is damaged"
+    write_status(status)
+    register_run(folder)
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["STATE", "RUN", "STEP", "AGE", "FOLDER"]
+    assert out[1].split()[:3] == ["failed", "x", "0/10"]
+    assert any("the model file is damaged" in line for line in out)
+    assert not any("Traceback" in line or "File" in line for line in out)
