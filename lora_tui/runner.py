@@ -332,9 +332,10 @@ class FakeRunner:
     every call (``calls``: ("run" | "resume" | "attach", path, extra args))."""
 
     def __init__(self, outputs: Sequence[Output], delay_s: float = 0.0,
-                 exit_code: int | None = None) -> None:
+                 exit_code: int | None = None, hold_s: float = 0.0) -> None:
         self.outputs = list(outputs)
         self.delay_s = delay_s
+        self.hold_s = hold_s  # stay running this long after the last output (until stopped)
         self.exit_code = exit_code
         self.profile_path: Path | None = None
         self.run_dir: Path | None = None
@@ -370,6 +371,9 @@ class FakeRunner:
                 self.run_dir = Path(item.run_dir)
             emit(item)
             await asyncio.sleep(self.delay_s)
+        held_until = asyncio.get_running_loop().time() + self.hold_s
+        while not self.stop_requested and asyncio.get_running_loop().time() < held_until:
+            await asyncio.sleep(0.05)
         if self.exit_code is not None:
             return self.exit_code
         last = next((o for o in reversed(self.outputs) if isinstance(o, Event)), None)

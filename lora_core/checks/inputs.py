@@ -101,39 +101,8 @@ def tokenizer_problems(profile: Profile, source: ModelSource) -> list[Problem]:
     return found
 
 
-_FAMILY_WORDS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
-_KIND_OF_FIELD = {"lora_down.weight": "LoRA/LoCon", "hada_w1_a": "LoHa", "lokr_w1": "LoKr",
-                  "lokr_w1_a": "LoKr"}
 _KIND_OF_MODULE = {"LoRA": "LoRA/LoCon", "LoCon": "LoRA/LoCon", "LoHa": "LoHa",
                    "LoKr": "LoKr"}
-
-
-def lora_family(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str]) -> str | None:
-    """The base-model family a kohya-format LoRA was trained for: its metadata when it says
-    (``ss_base_model_version``, ``ss_v2``), else its key layout (SDXL's two text encoders and
-    SAI-layout U-Net blocks) and widths (SD 2.x's 1024-wide text encoder and cross
-    attention). None when nothing tells."""
-    version = metadata.get("ss_base_model_version", "")
-    if version.startswith("sdxl"):
-        return "sdxl"
-    if version.startswith("sd_v2"):
-        return "sd2"
-    if version.startswith("sd_v1"):
-        return "sd1"
-    if any(k.startswith(("lora_te1_", "lora_te2_", "lora_unet_input_blocks_",
-                         "lora_unet_output_blocks_", "lora_unet_middle_block_"))
-           for k in shapes):
-        return "sdxl"
-    if metadata.get("ss_v2") in ("True", "False"):
-        return "sd2" if metadata["ss_v2"] == "True" else "sd1"
-    widths = {shape[1] for key, shape in shapes.items() if len(shape) >= 2 and (
-        (key.startswith("lora_te_") and "self_attn_q_proj.lora_down" in key)
-        or ("attn2_to_k.lora_down" in key))}
-    if widths & {1024}:
-        return "sd2"
-    if widths & {768}:
-        return "sd1"
-    return None
 
 
 def lora_weights_problems(profile: Profile, model_family: str | None) -> list[Problem]:
@@ -147,33 +116,28 @@ def lora_weights_problems(profile: Profile, model_family: str | None) -> list[Pr
     if not path.is_file():
         return [error(f"`[network] network_weights` file not found: {path}",
                       "give an existing LoRA .safetensors file, or \"\" to start fresh", **spot)]
-    from lora_core.models.checkpoint import read_header
+    from lora_core.saving.lora_header import FAMILY_WORDS, read_lora_header
 
     try:
-        shapes, metadata = read_header(path)
+        header = read_lora_header(path)
     except LoraError as exc:
         return [error(f"`[network] network_weights` {exc.message}", exc.hint, **spot)]
-    if not any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in shapes):
-        return [error(f"`[network] network_weights` {path} is not a kohya-format LoRA (no "
-                      "lora_unet_/lora_te_ keys)", "give a LoRA file trained with sd-scripts "
-                      "or lora-train", **spot)]
-    family = lora_family(shapes, metadata)
-    if model_family is not None and family is not None and family != model_family:
+    if model_family is not None and header.family is not None \
+            and header.family != model_family:
         return [error(f"`[network] network_weights` {path} is a LoRA for "
-                      f"{_FAMILY_WORDS[family]} models, but the base model is "
-                      f"{_FAMILY_WORDS[model_family]}",
+                      f"{header.family_words} models, but the base model is "
+                      f"{FAMILY_WORDS[model_family]}",
                       "start from a LoRA trained for this base model, or leave "
                       "network_weights empty", **spot)]
-    return _weights_shape_problems(profile, path, shapes)
+    return _weights_shape_problems(profile, path, header.shapes, header.network_type)
 
 
-def _weights_shape_problems(profile: Profile, path: Path, shapes: dict[str, tuple[int, ...]]
-                            ) -> list[Problem]:
+def _weights_shape_problems(profile: Profile, path: Path, shapes: dict[str, tuple[int, ...]],
+                            network_type: str) -> list[Problem]:
     """The file's network type and ranks against the profile's (network.weights refuses a
     file whose tensors do not fit the modules it builds)."""
     net = profile.network
-    fields = {key.partition(".")[2] for key in shapes}
-    kinds = {_KIND_OF_FIELD[f] for f in fields if f in _KIND_OF_FIELD}
+    kinds = {_KIND_OF_MODULE.get(kind, kind) for kind in network_type.split("+")} - {"unknown"}
     wanted = _KIND_OF_MODULE[net.network_module]
     spot = {"section": "network", "key": "network_module", "path": path}
     if kinds and wanted not in kinds:

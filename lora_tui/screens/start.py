@@ -2,7 +2,8 @@
 and the recent runs, to follow or continue.
 
 Keys: N new, O open, R rerun last (trains again at once), E rerun last with changes (opens
-it in the wizard), U the queue, Q quit. Arrow keys and Enter work on the list too.
+it in the wizard), U the queue, F the Files screen (LoRA tools), Q quit. Arrow keys and
+Enter work on the list too.
 
 Below the menu, the runs on this machine (``list_runs``), running ones first: A (or Enter
 on the list) attaches to the selected run (its events replayed, then followed live; S
@@ -35,6 +36,7 @@ from lora_core.errors import LoraError
 from lora_core.saving.run_status import RunStatus, list_runs
 from lora_core.saving.runs import last_run
 from lora_tui.dialogs.path_prompt import PathPrompt
+from lora_tui.screens.files import FilesScreen
 from lora_tui.widgets.run_list import RunList, run_detail
 
 CHOICES = (
@@ -43,6 +45,7 @@ CHOICES = (
     ("rerun", "R  Rerun the last run"),
     ("rerun_edit", "E  Rerun the last run with changes"),
     ("queue", "U  Queue: run several saved profiles one after another"),
+    ("files", "F  Files: look at a LoRA, edit its info, resize it"),
     ("quit", "Q  Quit"),
 )
 RECENT_RUNS = 8
@@ -57,6 +60,7 @@ class StartScreen(Screen):
         Binding("r", "choose('rerun')", "Rerun last"),
         Binding("e", "choose('rerun_edit')", "Rerun with changes"),
         Binding("u", "choose('queue')", "Queue"),
+        Binding("f", "choose('files')", "Files"),
         Binding("q", "choose('quit')", "Quit"),
         Binding("a", "attach", "Attach run"),
         Binding("c", "resume", "Continue run"),
@@ -186,6 +190,8 @@ class StartScreen(Screen):
                 self._open(profile_path, detach=chosen is None)
         elif choice == "queue":
             app.open_queue()  # type: ignore[attr-defined]
+        elif choice == "files":
+            app.push_screen(FilesScreen())
         elif choice == "quit":
             app.quit_app()  # type: ignore[attr-defined]
 

@@ -25,7 +25,7 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Static
+from textual.widgets import Footer, Select, Static
 from textual.worker import Worker, WorkerState
 
 from lora_core.checks.problem import Problem
@@ -82,6 +82,7 @@ class StepScreen(Screen):
         self._check_timer: Timer | None = None
         self._show_required = False  # "is required" appears once Next was tried
         self.check_problems: list[Problem] = []  # the full check's, located on this step
+        self._answers_changed = 0  # counts answer changes: a check of older answers is stale
 
     @property
     def step(self) -> Step:
@@ -293,6 +294,7 @@ class StepScreen(Screen):
 
     def _answer_changed(self, key: tuple[str, str], text: str) -> None:
         self.draft.set_text(*key, text)
+        self._answers_changed += 1
         # The last full check said nothing about this new answer yet: its word on the
         # field is dropped until the check (scheduled on every change) runs again.
         self.check_problems = [p for p in self.check_problems if p.field != key]
@@ -300,12 +302,22 @@ class StepScreen(Screen):
     def sync_draft(self) -> None:
         """Take every field's live text into the draft: a key (Enter, Ctrl+N) can be read
         before the messages of the keys typed just before it have reached the screen."""
+        changed = False
         for editor in self.editors:
             key = (editor.spec.section, editor.spec.key)
             if self.draft.text(*key) != editor.text:
                 self._answer_changed(key, editor.text)
+                changed = True
+        if changed:
+            self.schedule_check()
 
-    def action_next(self) -> None:
+    def action_next(self, waited: int = 0) -> None:
+        if waited < 10 and any(select.expanded for select in self.query(Select)):
+            # A choice made with Enter in an open list reaches the Select as a message after
+            # this key (Enter, then Ctrl+N at once): take the answer once it has landed (a
+            # list opened and left open keeps its value: go on after a few refreshes).
+            self.call_after_refresh(self.action_next, waited + 1)
+            return
         self.sync_draft()
         self._show_required = True
         if not self.revalidate():
@@ -358,14 +370,15 @@ class StepScreen(Screen):
     def _start_check(self) -> None:
         if self.step.dataset_check:
             self.query_one(DatasetTable).show_running()
-        draft = self.draft
-        self.run_worker(lambda: check_dataset(draft), thread=True, exclusive=True,
+        draft, answers = self.draft, self._answers_changed
+        self.run_worker(lambda: (answers, check_dataset(draft)), thread=True, exclusive=True,
                         group="dataset-check", name="dataset-check")
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.name == "dataset-check" and event.state == WorkerState.SUCCESS:
-            self.last_check = event.worker.result
-            self.check_problems = self._located(self.last_check)
+            answers, self.last_check = event.worker.result
+            if answers == self._answers_changed:  # else a newer check is on its way: its
+                self.check_problems = self._located(self.last_check)  # word counts
             if self.step.dataset_check:
                 self.query_one(DatasetTable).show(self.last_check)
             self.revalidate()

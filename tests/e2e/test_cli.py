@@ -179,7 +179,7 @@ def test_network_weights_that_is_not_a_lora_is_refused_before_loading(tmp_path, 
     save_file({"model.diffusion_model.x": np.zeros(2, dtype=np.float32)}, str(other))
     profile = tiny_profile("notlora", network={"network_weights": str(other)})
     proc = run_cli("check", str(profile))
-    assert proc.returncode == 2 and "not a kohya-format LoRA" in proc.stderr
+    assert proc.returncode == 2 and "a full model checkpoint, not a LoRA" in proc.stderr
 
 
 def test_damaged_image_found_while_training_is_a_clear_error(tmp_path, tiny_profile):

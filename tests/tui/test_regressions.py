@@ -84,7 +84,7 @@ async def test_the_phase_returns_to_training_and_counts_are_not_logged(tmp_path)
                        PhaseChanged("training"), step(1),
                        PhaseChanged("saving x-step00000002.safetensors"),
                        CheckpointSaved("/o/x-step00000002.safetensors", "step", 2, 1),
-                       PhaseChanged("training"), step(3)], delay_s=0.02)
+                       PhaseChanged("training"), step(3)], delay_s=0.02, hold_s=60)
     app = make_app(runner_factory=lambda: fake)
     async with app.run_test(size=SIZE) as pilot:
         app.start_training(tmp_path / "p.toml")

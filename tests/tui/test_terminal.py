@@ -195,12 +195,11 @@ def test_new_profile_to_training_at_80x24(term, env, tmp_path):
     term.keys("C-n")
     assert term.title().startswith("Step 15 of")
     term.keys("Space")
-    term.wait_for("bf16")
-    term.keys("Up", "Enter")
-    term.wait_for(lambda s: "needs a CUDA GPU" not in s)
-    for step in (16, 17):
-        term.keys("C-n")
-        term.wait_for(f"Step {step} of")
+    term.wait_for("Dismiss menu")  # the list is open ("bf16" is in the help text too)
+    term.keys("Up", "Enter", "C-n")  # Ctrl+N at once: the choice lands first
+    term.wait_for("Step 16 of")
+    term.keys("C-n")
+    term.wait_for("Step 17 of")
     term.keys("C-n")
     review = term.wait_for("total steps: 40")
     assert "Enter trains the answers as they are now" in review
@@ -318,6 +317,31 @@ def test_the_log_keeps_long_lines_and_the_sample_shows_at_80x24(term, env, tmp_p
 
 
 # --- the shell commands -------------------------------------------------------------------------
+
+
+def test_files_screen_inspects_and_edits_a_lora_at_80x24(term, env, tmp_path):
+    """F, P, a path typed in a burst, Enter: the file's facts; E, a title, Enter: written."""
+    from lora_core.lora_tools.inspect import inspect_lora
+    from tests.core.test_lora_tools import write_lora
+
+    lora = write_lora(tmp_path / "mychar.safetensors")
+    term.start_wizard(env)
+    term.wait_for("F  Files")
+    term.keys("f")
+    term.wait_for("Pick another file")
+    term.keys("p")
+    term.wait_for("LoRA file (.safetensors)")
+    term.type(str(lora))
+    term.keys("Enter")
+    shown = term.wait_for("Base model family: SD 1.x")
+    assert "Network: LoCon, dim 8, alpha 4; conv dim 4, conv alpha 2" in shown
+    term.keys("e")
+    term.wait_for("Info of mychar.safetensors")
+    term.type("My Char")
+    term.keys("Enter")
+    term.wait_for("title: My Char; the original is kept")  # the report, the dialog gone
+    assert inspect_lora(lora)["user"] == {"title": "My Char"}
+    assert (tmp_path / "mychar.safetensors.backup").is_file()
 
 
 def test_cli_lists_quietly_into_a_closed_pipe(env):
