@@ -12,6 +12,8 @@
     lora-train edit LORA [--title ...] [--description ...] [--cover IMG] [--clear FIELD]
     lora-train resize LORA (--rank N | --dynamic sv_fro|sv_ratio|sv_cumulative --param X) -o OUT
     lora-train merge A.safetensors:0.7 B.safetensors:0.5 --rank N -o OUT
+    lora-train import SOURCE|- [-o PROFILE.toml]
+    lora-train export PROFILE --sd-scripts DIR
 
 Argument parsing lives here and nowhere else. Errors print a message and a hint, never a
 traceback (that goes to the log file), and exit with code 2 for bad input, 1 for a failed
@@ -418,6 +420,42 @@ def cmd_factor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(source: str, output: Path | None) -> int:
+    from lora_core.importing import import_source
+    from lora_core.profile_io import save_profile_data
+
+    if source == "-":
+        result = import_source("standard input", sys.stdin.read())
+    else:
+        result = import_source(Path(source))
+    report = result.render()
+    if output is None:
+        import tomli_w
+
+        sys.stdout.write(tomli_w.dumps(result.data))
+        sys.stderr.write("\n" + report)
+        return 0
+    if Path(output).exists():
+        raise LoraError(f"{output} exists already", "choose another name; an import never "
+                        "replaces a file")
+    save_profile_data(result.data, Path(output))
+    print(report + f"\nWrote {output}; `lora-train check {output}` checks it, `lora-tui "
+          f"{output}` opens it.")
+    return 0
+
+
+def cmd_export(profile_path: Path, folder: Path) -> int:
+    from lora_core.importing.export import export_sd_scripts
+    from lora_core.profile_load import load_profile
+
+    written = export_sd_scripts(load_profile(profile_path), folder)
+    print("Wrote:\n" + "".join(f"  {path}\n" for path in written)
+          + f"Run it with: bash {folder / 'command.sh'} (or command.bat on Windows) in "
+          "sd-scripts' folder, or: accelerate launch train_network.py --config_file "
+          f"{folder / 'config.toml'}")
+    return 0
+
+
 def _add_lora_tool_parsers(sub) -> None:
     inspect = sub.add_parser("inspect", help="what a LoRA file is and how it was trained")
     inspect.add_argument("lora", type=Path, metavar="LORA")
@@ -496,6 +534,18 @@ def build_parser() -> argparse.ArgumentParser:
     fields.add_argument("--markdown", action="store_true",
                         help="print the reference page (docs/profile-reference.md)")
     _add_lora_tool_parsers(sub)
+    imported = sub.add_parser("import", help="make a profile from an sd-scripts command line "
+                              "or TOML, a LoRA Easy Training Scripts or kohya_ss file, or a "
+                              "LoRA's metadata")
+    imported.add_argument("source", metavar="SOURCE", help="a file, or - for standard input "
+                          "(a pasted command)")
+    imported.add_argument("-o", "--output", type=Path, metavar="PROFILE.toml",
+                          help="write the profile here (default: print it)")
+    export = sub.add_parser("export", help="write what sd-scripts runs for a profile: config "
+                            "and dataset TOMLs and the command line")
+    export.add_argument("profile", type=Path)
+    export.add_argument("--sd-scripts", dest="folder", type=Path, required=True,
+                        metavar="DIR", help="the folder to write into")
     return parser
 
 
@@ -559,6 +609,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_edit(args)
     if args.command in ("resize", "merge"):
         return cmd_factor(args)
+    if args.command == "import":
+        return cmd_import(args.source, args.output)
+    if args.command == "export":
+        return cmd_export(args.profile, args.folder)
     return cmd_fields(args.markdown)
 
 

@@ -367,6 +367,24 @@ class SampleSection:
     sample_sampler: str = setting("ddim", "Sampler for preview images.", choices=SAMPLERS)
 
 
+TRACKERS = ("", "tensorboard", "wandb", "all")
+
+
+@dataclass
+class LoggingSection:
+    """Training curves for TensorBoard or Weights & Biases, under sd-scripts' names."""
+
+    log_with: str = setting(
+        "", "Where to log the loss and learning rates: \"tensorboard\", \"wandb\" (needs "
+        "the wandb package and a login), \"all\", or \"\" for none.", choices=TRACKERS)
+    logging_dir: str = setting(
+        "", "Folder for the logs (empty: a \"logs\" folder in output_dir); each run writes "
+        "a sub-folder named log_prefix + the start time.", path=True)
+    log_prefix: str = setting("", "Text put before the time in each run's log folder name.")
+    log_tracker_name: str = setting(
+        "", "The tracker's run name (empty: \"network_train\", as sd-scripts).")
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelSection,
     "dataset": DatasetSection,
@@ -375,6 +393,7 @@ SECTIONS: dict[str, type] = {
     "training": TrainingSection,
     "saving": SavingSection,
     "sample": SampleSection,
+    "logging": LoggingSection,
 }
 
 # sd-scripts options users will try that this release does not implement yet. They are
@@ -424,7 +443,7 @@ HARMLESS_KEYS = {
 }
 NOT_YET_KEYS = _SD_SCRIPTS_KEYS - {f.name for cls in SECTIONS.values()
                                    for f in dataclasses.fields(cls)} - set(HARMLESS_KEYS)
-NOT_YET_SECTIONS = frozenset({"logging"})
+NOT_YET_SECTIONS: frozenset[str] = frozenset()
 BUILTIN_PREFIX = "builtin:"
 
 
@@ -442,6 +461,7 @@ class Profile:
     training: TrainingSection = field(default_factory=TrainingSection)
     saving: SavingSection = field(default_factory=SavingSection)
     sample: SampleSection = field(default_factory=SampleSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
     base_dir: Path = field(default_factory=Path.cwd, compare=False, repr=False)
 
     def path(self, section: str, key: str) -> Path | None:

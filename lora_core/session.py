@@ -222,19 +222,9 @@ def shared_seed(profile: Profile) -> int:
 def run_training(profile: Profile, profile_path: Path | None, started_run: StartedRun,
                  bus: EventBus, stop_requested) -> RunResult:
     started = time.time()
-    report, folder = started_run.report, started_run.folder
-    output_name, plan = started_run.output_name, started_run.report.plan
+    folder, plan = started_run.folder, started_run.report.plan
+    output_name = started_run.output_name
     main = folder is not None
-
-    # Heavy imports only now: `check` and the wizard never pay for torch.
-    from accelerate.utils import set_seed
-
-    from lora_core.models.families import TextSettings
-    from lora_core.models.loading import load_model
-    from lora_core.saving.metadata import RunInfo, training_metadata
-    from lora_core.training.optim import optimizer_description
-    from lora_core.training.trainer import WEIGHT_DTYPES, Outputs, TrainState, train
-
     _route_library_logs()
     resume = started_run.resume
     seed = resume.position.seed if resume is not None else shared_seed(profile)
@@ -245,6 +235,36 @@ def run_training(profile: Profile, profile_path: Path | None, started_run: Start
                             output_name=output_name, log_path=str(folder.log), plan=summary))
         for message in started_run.warnings:
             bus.emit(WarningIssued(message))
+    trackers = []
+    if main and profile.logging.log_with:
+        from lora_core.training.trackers import open_trackers
+
+        trackers = open_trackers(profile, started, plan_summary(plan))
+        for tracker in trackers:
+            bus.add(tracker)
+    try:
+        return _train_and_finish(profile, profile_path, started_run, bus, stop_requested,
+                                 seed, started)
+    finally:
+        for tracker in trackers:
+            tracker.close()
+
+
+def _train_and_finish(profile: Profile, profile_path: Path | None, started_run: StartedRun,
+                      bus: EventBus, stop_requested, seed: int, started: float) -> RunResult:
+    from accelerate.utils import set_seed
+
+    from lora_core.models.families import TextSettings
+    from lora_core.models.loading import load_model
+    from lora_core.saving.metadata import RunInfo, training_metadata
+    from lora_core.training.optim import optimizer_description
+    from lora_core.training.trainer import WEIGHT_DTYPES, Outputs, TrainState, train
+
+    report, folder = started_run.report, started_run.folder
+    output_name, plan = started_run.output_name, started_run.report.plan
+    main = folder is not None
+    resume = started_run.resume
+    # Heavy imports only now: `check` and the wizard never pay for torch.
     set_seed(seed)
     bus.emit(PhaseChanged("loading model"))
     import torch

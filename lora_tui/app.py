@@ -59,6 +59,13 @@ class WizardApp(App):
         ``detach``: the answers are taken from the file but the draft is not tied to it, so
         Save asks where to write. Used for a run folder's profile ("rerun with changes"):
         that file is the record of a past run and must not be overwritten."""
+        if isinstance(path, str) or not is_profile_file(Path(path)):
+            # Another tool's settings (or a pasted command): imported, saved under a new name.
+            self.draft, report = (Draft.from_import("the pasted command", path)
+                                  if isinstance(path, str) else Draft.from_import(Path(path)))
+            self.open_review()
+            self.notify(_import_notice(report), timeout=12)
+            return
         self.draft = Draft.from_file(Path(path))
         if detach:
             self.draft.source_path = None
@@ -146,11 +153,32 @@ class WizardApp(App):
         self.quit_app()
 
 
+def is_profile_file(path: Path) -> bool:
+    """Whether ``path`` is a lora-train profile (a TOML with profile_version), not another
+    tool's settings for ``open_profile`` to import."""
+    if path.suffix.lower() != ".toml" or not path.is_file():
+        return path.suffix.lower() == ".toml"  # a missing .toml: the profile reader says so
+    try:
+        head = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return True
+    return "profile_version" in head
+
+
+def _import_notice(report: str) -> str:
+    """The import's first line and its counts, for a notification."""
+    lines = report.splitlines()
+    counts = [line for line in lines if line.endswith(":") and "(" in line]
+    return " ".join([lines[0], *counts]) + " Save (S) writes it as a profile."
+
+
 def make_app(profile_path: Path | None = None,
              runner_factory: RunnerFactory | None = None) -> WizardApp:
     """The app, with ``profile_path`` loaded into the wizard when given (raises LoraError
     for a profile that cannot be read)."""
     draft = None
     if profile_path is not None:
-        draft = Draft.from_file(Path(profile_path))
+        path = Path(profile_path)
+        # Another tool's settings are imported: `lora-tui kohya.json` opens them on the review.
+        draft = Draft.from_file(path) if is_profile_file(path) else Draft.from_import(path)[0]
     return WizardApp(draft, runner_factory or ProcessRunner)

@@ -192,6 +192,29 @@ class Draft:
         return draft
 
     @classmethod
+    def from_import(cls, source: Path | str, text: str | None = None
+                    ) -> tuple[Draft, str]:
+        """A draft of settings from another tool (``lora-train import``: a command line, an
+        sd-scripts or LETS TOML, a kohya_ss or LETS JSON, a LoRA's metadata), tied to no
+        file, and the import's report. Values the profile refuses keep their defaults and
+        are in the report; paths are kept as written."""
+        from lora_core.importing import import_source
+
+        result = import_source(source, text)
+        profile, _ = read_profile(result.data, Path.cwd())
+        draft = cls.from_profile(profile, None)
+        for section, values in result.data.items():
+            if not isinstance(values, dict):
+                continue
+            for key, value in values.items():
+                spec = next((f for f in dataclasses.fields(SECTIONS[section])
+                             if f.name == key), None)
+                if spec is not None and spec.metadata["path"] and isinstance(value, str):
+                    draft._texts[(section, key)] = value
+        draft.dirty = True
+        return draft, result.render()
+
+    @classmethod
     def from_file(cls, path: Path) -> Draft:
         """A draft of the profile file ``path`` (LoraError when it cannot be used), with
         every path as the file writes it, so saving it back keeps them as they were."""

@@ -200,12 +200,15 @@ STEPS: tuple[Step, ...] = (
          (("training", "seed"),)),
     Step("Saving", "Numbered files along the way, the precision of the saved file, and a note "
          "stored inside it. A resumable training state goes with every numbered file (and "
-         "every 30 minutes), so a stopped or crashed run continues where it was.",
+         "every 30 minutes), so a stopped or crashed run continues where it was. Ctrl+O: "
+         "TensorBoard curves too.",
          (("saving", "save_every_n_epochs"), ("saving", "save_precision"),
           ("saving", "training_comment")),
          (("saving", "save_every_n_steps"), ("saving", "save_state"),
           ("saving", "save_state_every_n_minutes"), ("saving", "save_last_n_states"),
-          ("saving", "save_state_on_train_end"))),
+          ("saving", "save_state_on_train_end"), ("logging", "log_with"),
+          ("logging", "logging_dir"), ("logging", "log_prefix"),
+          ("logging", "log_tracker_name"))),
     Step("Captions", "How captions are read and varied.",
          (("dataset", "shuffle_caption"), ("dataset", "keep_tokens"),
           ("dataset", "caption_extension"), ("saving", "tag_summary"),

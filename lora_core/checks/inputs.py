@@ -51,6 +51,7 @@ def input_problems(profile: Profile, source: ModelSource | LoraError) -> list[Pr
     found += sample_prompt_problems(profile)
     found += optimizer.installed_optimizer_problems(profile.optimizer)
     found += output_problems(profile)
+    found += logging_problems(profile)
     return found
 
 
@@ -236,6 +237,29 @@ def output_problems(profile: Profile) -> list[Problem]:
             found.append(error(f"`[saving] output_dir` {output_dir} is inside `[dataset] {key}` "
                                f"{data_dir}; lora-train never writes into a dataset",
                                "choose a folder outside it", **spot))
+    return found
+
+
+def logging_problems(profile: Profile) -> list[Problem]:
+    """``[logging] log_with``: the tracker's package is installed, its folder writable."""
+    kind = profile.logging.log_with
+    found = []
+    spot = {"section": "logging", "key": "log_with"}
+    for package, name in (("tensorboard", "TensorBoard"), ("wandb", "Weights & Biases")):
+        if kind in (package, "all") and not installed(package):
+            found.append(error(f"`[logging] log_with` = \"{kind}\" needs {name}, and the "
+                               f"{package} package is not installed",
+                               f"install it: .venv/bin/pip install {package} (or set "
+                               "log_with = \"\")", **spot))
+    folder = profile.path("logging", "logging_dir")
+    if kind and folder is not None:
+        existing = folder
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            found.append(error(f"`[logging] logging_dir` {folder} cannot be created or "
+                               "written", "choose a folder you can write to",
+                               section="logging", key="logging_dir", path=folder))
     return found
 
 

@@ -15,14 +15,18 @@ from textual.widgets import Input, Static
 from lora_tui.widgets.path_input import PathInput
 
 
-class PathPrompt(ModalScreen[Path | None]):
+class PathPrompt(ModalScreen[Path | str | None]):
+    """``commands``: a pasted training command (not a file) is returned as text."""
+
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, question: str, value: str = "", base_dir: Path | None = None) -> None:
+    def __init__(self, question: str, value: str = "", base_dir: Path | None = None,
+                 commands: bool = False) -> None:
         super().__init__(classes="dialog")
         self.question = question
         self.value = value
         self.base_dir = base_dir or Path.cwd()
+        self.commands = commands
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog-box"):
@@ -33,6 +37,9 @@ class PathPrompt(ModalScreen[Path | None]):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         text = event.value.strip()
         if not text:
+            return
+        if self.commands and ".py" in text and " --" in text:
+            self.dismiss(text)  # a pasted command line, to import
             return
         path = Path(text).expanduser()
         self.dismiss(path if path.is_absolute() else self.base_dir / path)

@@ -200,7 +200,23 @@ class ReviewScreen(Screen):
                    f"{escape(path.name)} (the command is for after saving)")
         else:
             how = "Enter trains the answers as they are now; S saves them to a profile"
-        command.update(f"[b]Command[/b]\n  {escape(run_command(path))}\n  [dim]{how}[/dim]")
+        text = f"[b]Command[/b]\n  {escape(run_command(path))}\n  [dim]{how}[/dim]"
+        board = self._tensorboard_command()
+        if board:
+            text += f"\n  curves: {escape(board)}"
+        command.update(text)
+
+    def _tensorboard_command(self) -> str:
+        """``tensorboard --logdir ...`` when the run logs for TensorBoard."""
+        if self.draft.current("logging", "log_with") not in ("tensorboard", "all"):
+            return ""
+        try:
+            profile = self.draft.profile()
+        except LoraError:
+            return ""
+        from lora_core.training.trackers import logging_dir
+
+        return f"tensorboard --logdir {shlex.quote(str(logging_dir(profile)))}"
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.name != "review-check" or event.state != WorkerState.SUCCESS:

@@ -41,7 +41,7 @@ from lora_tui.widgets.run_list import RunList, run_detail
 
 CHOICES = (
     ("new", "N  New profile: answer the questions step by step"),
-    ("open", "O  Open a saved profile (.toml)"),
+    ("open", "O  Open a saved profile, or import settings (sd-scripts, LETS, kohya_ss)"),
     ("rerun", "R  Rerun the last run"),
     ("rerun_edit", "E  Rerun the last run with changes"),
     ("queue", "U  Queue: run several saved profiles one after another"),
@@ -168,8 +168,10 @@ class StartScreen(Screen):
         if choice == "new":
             app.new_profile()  # type: ignore[attr-defined]
         elif choice == "open":
-            app.push_screen(PathPrompt("Profile to open (.toml):", base_dir=Path.cwd()),
-                            self._open)
+            app.push_screen(PathPrompt("Profile to open (.toml), or settings to import: an "
+                                       "sd-scripts command (paste it) or TOML, a LETS or "
+                                       "kohya_ss file, a LoRA:", base_dir=Path.cwd(),
+                                       commands=True), self._open)
         elif choice in ("rerun", "rerun_edit"):
             try:
                 record = last_run()
@@ -195,7 +197,7 @@ class StartScreen(Screen):
         elif choice == "quit":
             app.quit_app()  # type: ignore[attr-defined]
 
-    def _open(self, path: Path | None, detach: bool = False) -> None:
+    def _open(self, path: Path | str | None, detach: bool = False) -> None:
         if path is None:
             return
         try:

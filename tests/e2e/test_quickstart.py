@@ -100,3 +100,29 @@ def test_metadata_is_kohya_compatible(quickstart):
 def test_diffusers_applies_every_module_exactly(quickstart):
     names = assert_diffusers_applies_every_module(quickstart["out"] / "quickstart.safetensors")
     assert len(names) == 84  # 12 TE (2 layers × 6) + 72 U-Net modules of the tiny model
+
+
+def test_the_quickstart_lora_imports_to_the_same_80_step_plan(quickstart, tmp_path):
+    """`lora-train import` of the LoRA the quickstart wrote: every setting its metadata
+    records; with the folders it cannot know set, check shows the same 80-step plan."""
+    import tomllib
+
+    from lora_core.checks import check_profile
+    from lora_core.importing import import_source
+    from lora_core.profile_load import profile_from_dict
+
+    result = import_source(quickstart["out"] / "quickstart.safetensors")
+    assert result.form == "lora"
+    missing = {line.option for line in result.mapped.lines if line.status == "not supported"}
+    assert missing == {"dataset folders", "output folder"}  # the built-in model is known
+    data = result.data
+    examples = ROOT / "examples"
+    data["dataset"].update(train_data_dir=str(examples / "dataset" / "train"),
+                           reg_data_dir=str(examples / "dataset" / "reg"))
+    data.setdefault("saving", {})["output_dir"] = str(tmp_path / "out")
+    report = check_profile(profile_from_dict(data, tmp_path))
+    assert report.errors == [], [p.text() for p in report.errors]
+    original = check_profile(profile_from_dict(
+        tomllib.loads((examples / "quickstart.toml").read_text()), examples))
+    assert report.plan.max_train_steps == original.plan.max_train_steps == 80
+    assert report.plan.num_epochs == original.plan.num_epochs
