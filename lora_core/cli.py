@@ -12,6 +12,9 @@
     lora-train edit LORA [--title ...] [--description ...] [--cover IMG] [--clear FIELD]
     lora-train resize LORA (--rank N | --dynamic sv_fro|sv_ratio|sv_cumulative --param X) -o OUT
     lora-train merge A.safetensors:0.7 B.safetensors:0.5 --rank N -o OUT
+    lora-train caption DIR --tagger MODEL [--overwrite|--append] [--dry-run] | --undo
+    lora-train tags DIR [--add T] [--remove T] [--replace a=b] [--list] | --undo
+    lora-train prepare SRC --name NAME (--repeats N | --target-steps S) -o DIR
     lora-train import SOURCE|- [-o PROFILE.toml]
     lora-train export PROFILE --sd-scripts DIR
 
@@ -456,6 +459,150 @@ def cmd_export(profile_path: Path, folder: Path) -> int:
     return 0
 
 
+def _undo(folder: Path) -> int:
+    from lora_core.captioning.files import UNDO
+
+    command, restored, skipped = UNDO.undo(folder)
+    print(f"undid the last `{command}` on {folder}: {restored} caption file(s) put back")
+    for path in skipped:
+        print(f"  left alone (changed since): {path}")
+    return 0
+
+
+def _print_changes(changes, dry_run: bool, limit: int = 20) -> None:
+    verb = "would write" if dry_run else "wrote"
+    for change in changes[:limit]:
+        print(f"{change.path}: {change.after}")
+    if len(changes) > limit:
+        print(f"... and {len(changes) - limit} more")
+    print(f"{verb} {len(changes)} caption file(s)" + ("; undo with --undo" if changes
+                                                      and not dry_run else ""))
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    from lora_core.captioning.tagger import TaggerOptions, caption_folder
+
+    if args.undo:
+        return _undo(args.folder)
+    if not args.tagger:
+        raise LoraError("caption needs --tagger MODEL", "a folder holding model.onnx and "
+                        "selected_tags.csv, or a Hugging Face repo id in the local cache")
+    options = TaggerOptions(
+        general_threshold=args.general_threshold, character_threshold=args.character_threshold,
+        remove_underscore=not args.keep_underscores, escape_brackets=not args.no_escape,
+        use_rating_tags=args.use_rating_tags, character_tags_first=args.character_tags_first,
+        undesired_tags=[t.strip() for t in args.undesired_tags.split(",") if t.strip()],
+        prefix=[t.strip() for t in args.prefix.split(",") if t.strip()],
+        caption_extension=args.caption_extension, batch_size=args.batch_size,
+        mode="overwrite" if args.overwrite else "append" if args.append else "missing")
+
+    def progress(done: int, total: int) -> None:
+        print(f"tagged {done}/{total}", file=sys.stderr, flush=True)
+
+    # Ctrl+C (or the wizard's cancel) stops between batches: the finished ones are written,
+    # no caption half-way.
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    changes = caption_folder(args.folder, args.tagger, options, args.dry_run, progress,
+                             stop.is_set, args.limit)
+    _print_changes(changes, args.dry_run)
+    if stop.is_set():
+        print("stopped: the pictures not reached have no caption yet (run it again to "
+              "tag them)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def cmd_tags(args: argparse.Namespace) -> int:
+    from lora_core.captioning.tags import TagEdit, edit_tags, parse_replace, tag_list, tag_table
+
+    if args.undo:
+        return _undo(args.folder)
+    edit = TagEdit(add=[t for item in args.add for t in tag_list(item)], first=args.first,
+                   remove=[t for item in args.remove for t in tag_list(item)],
+                   replace=parse_replace(args.replace),
+                   move_first=[t for item in args.move_first for t in tag_list(item)],
+                   dedupe=args.dedupe)
+    if edit.empty and not args.list:
+        raise LoraError("nothing to do", "give --add, --remove, --replace, --move-first, "
+                        "--dedupe or --list")
+    if not edit.empty:
+        changes, missing = edit_tags(args.folder, edit, args.caption_extension, args.dry_run)
+        _print_changes(changes, args.dry_run)
+        if missing:
+            print(f"{missing} picture(s) have no caption file and were left alone "
+                  "(`lora-train caption` tags them)")
+    if args.list:
+        for tag, count in tag_table(args.folder, args.caption_extension):
+            print(f"{count:>6}  {tag}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from lora_core.captioning.prepare import prepare_folder, steps_of
+
+    folder, repeats, placed = prepare_folder(args.source, args.name, args.output, args.repeats,
+                                             args.target_steps, args.epochs, args.batch_size)
+    images = len([p for p in folder.iterdir() if p.suffix.lower() not in (".txt", ".caption")])
+    print(f"{folder}: {images} picture(s) x {repeats} repeats = "
+          f"{steps_of(images, repeats, args.epochs, args.batch_size)} steps over "
+          f"{args.epochs} epoch(s) at batch {args.batch_size} ({placed} files linked or "
+          f"copied; the source is unchanged)\nset [dataset] train_data_dir = "
+          f"\"{args.output}\"")
+    return 0
+
+
+def _add_caption_parsers(sub) -> None:
+    caption = sub.add_parser("caption", help="tag pictures with a WD14 tagger (only those "
+                             "without a caption, unless --overwrite or --append)")
+    caption.add_argument("folder", type=Path, metavar="DIR")
+    caption.add_argument("--tagger", metavar="MODEL", help="a folder with model.onnx and "
+                         "selected_tags.csv, or a Hugging Face repo id in the local cache")
+    caption.add_argument("--general-threshold", "--thresh", type=float, default=0.35)
+    caption.add_argument("--character-threshold", type=float, default=0.85)
+    caption.add_argument("--keep-underscores", action="store_true",
+                         help="keep tag underscores (default: spaces)")
+    caption.add_argument("--no-escape", action="store_true",
+                         help="leave ( and ) unescaped (default: \\( \\))")
+    caption.add_argument("--use-rating-tags", action="store_true")
+    caption.add_argument("--character-tags-first", action="store_true")
+    caption.add_argument("--undesired-tags", default="", metavar="T1,T2")
+    caption.add_argument("--prefix", default="", metavar="TRIGGER",
+                         help="trigger words put first in every caption")
+    caption.add_argument("--batch-size", type=int, default=4)
+    caption.add_argument("--limit", type=int, metavar="N",
+                         help="tag at most N pictures (with --dry-run: a preview)")
+    mode = caption.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace existing captions")
+    mode.add_argument("--append", action="store_true", help="add new tags to existing ones")
+    tags = sub.add_parser("tags", help="edit the tags of every caption in a folder, or list "
+                          "them by count")
+    tags.add_argument("folder", type=Path, metavar="DIR")
+    tags.add_argument("--add", action="append", default=[], metavar="TAGS")
+    tags.add_argument("--first", action="store_true", help="put added tags first (triggers)")
+    tags.add_argument("--remove", action="append", default=[], metavar="TAGS")
+    tags.add_argument("--replace", action="append", default=[], metavar="OLD=NEW")
+    tags.add_argument("--move-first", action="append", default=[], metavar="TAGS")
+    tags.add_argument("--dedupe", action="store_true")
+    tags.add_argument("--list", action="store_true", help="the tag table, most used first")
+    for tool in (caption, tags):
+        tool.add_argument("--caption-extension", default=".txt")
+        tool.add_argument("--dry-run", action="store_true", help="print, write nothing")
+        tool.add_argument("--undo", action="store_true",
+                          help="undo the last caption or tags command on DIR")
+    prepare = sub.add_parser("prepare", help="lay a flat folder of pictures out as "
+                             "<repeats>_<name> (links or copies; never moves)")
+    prepare.add_argument("source", type=Path, metavar="SRC")
+    prepare.add_argument("--name", required=True, help="the trigger words")
+    prepare.add_argument("--repeats", type=int)
+    prepare.add_argument("--target-steps", type=int)
+    prepare.add_argument("--epochs", type=int, default=1)
+    prepare.add_argument("--batch-size", type=int, default=1)
+    prepare.add_argument("-o", "--output", type=Path, required=True, metavar="DIR")
+
+
 def _add_lora_tool_parsers(sub) -> None:
     inspect = sub.add_parser("inspect", help="what a LoRA file is and how it was trained")
     inspect.add_argument("lora", type=Path, metavar="LORA")
@@ -534,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     fields.add_argument("--markdown", action="store_true",
                         help="print the reference page (docs/profile-reference.md)")
     _add_lora_tool_parsers(sub)
+    _add_caption_parsers(sub)
     imported = sub.add_parser("import", help="make a profile from an sd-scripts command line "
                               "or TOML, a LoRA Easy Training Scripts or kohya_ss file, or a "
                               "LoRA's metadata")
@@ -609,6 +757,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_edit(args)
     if args.command in ("resize", "merge"):
         return cmd_factor(args)
+    if args.command == "caption":
+        return cmd_caption(args)
+    if args.command == "tags":
+        return cmd_tags(args)
+    if args.command == "prepare":
+        return cmd_prepare(args)
     if args.command == "import":
         return cmd_import(args.source, args.output)
     if args.command == "export":

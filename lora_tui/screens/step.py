@@ -33,6 +33,7 @@ from lora_core.errors import LoraError
 from lora_core.models.loading import FAMILY_LABELS
 from lora_core.profile import ADAPTIVE_OPTIMIZERS
 from lora_tui.dataset_check import DatasetCheck, check_dataset
+from lora_tui.dialogs.captions import CaptionsDialog
 from lora_tui.draft import Draft, spec_for
 from lora_tui.screens.review import save_with_prompt
 from lora_tui.steps import STEPS, Step
@@ -71,6 +72,7 @@ class StepScreen(Screen):
         Binding("ctrl+o", "toggle_advanced", "Advanced"),
         Binding("ctrl+s", "save", "Save"),
         Binding("ctrl+r", "use_parent", "Use parent folder", show=False),
+        Binding("ctrl+t", "captions", "Captions"),
     ]
 
     def __init__(self, index: int, from_review: bool = False) -> None:
@@ -394,9 +396,33 @@ class StepScreen(Screen):
                 and not (self.step.dataset_check and p.section == "dataset")]
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "captions":  # on the images step, once its folder has been read
+            return self.step.dataset_check and self._caption_folder() is not None
         if action == "use_parent":
             return self.last_check is not None and self.last_check.concept_parent is not None
         return True
+
+    def _caption_folder(self) -> Path | None:
+        """The folder holding the training images' folders, as the last check read it."""
+        report = self.last_check.report if self.last_check is not None else None
+        if report is None or report.scan is None:
+            return None
+        parents = {s.folder.parent for s in report.scan.subsets if not s.is_reg}
+        if len(parents) == 1:
+            return parents.pop()
+        folders = [s.folder for s in report.scan.subsets if not s.is_reg]
+        return folders[0] if folders else None
+
+    def action_captions(self) -> None:
+        """The captions dialog: tag table, tagging, trigger first, undo (Ctrl+T)."""
+        folder = self._caption_folder()
+        if folder is None or self.last_check is None or self.last_check.report is None:
+            return
+        subsets = [s for s in self.last_check.report.scan.subsets if not s.is_reg]
+        trigger = subsets[0].class_tokens if subsets else ""
+        extension = self.draft.current("dataset", "caption_extension") or ".txt"
+        self.app.push_screen(CaptionsDialog(folder, extension, trigger),
+                             lambda changed: self.schedule_check() if changed else None)
 
     def action_use_parent(self) -> None:
         """The one-key fix: the parent of the concept folder becomes train_data_dir."""

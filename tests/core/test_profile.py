@@ -99,6 +99,8 @@ def every_field_changed() -> dict:
         "sample": {"sample_prompts": "/p/prompts.txt", "sample_every_n_steps": 10,
                    "sample_every_n_epochs": 1, "sample_at_first": True,
                    "sample_sampler": "euler_a"},
+        "logging": {"log_with": "tensorboard", "logging_dir": "/l", "log_prefix": "mine-",
+                    "log_tracker_name": "lora"},
     }
     return {"profile_version": 1, **values}
 
@@ -193,8 +195,8 @@ def test_options_of_later_releases_are_rejected_not_ignored():
     assert "ip_noise_gamma" in msg and "not supported yet" in msg
     msg = errors_of({**MINIMAL, "optimizer": {"optimizer_type": "AdamWScheduleFree"}})
     assert "AdamWScheduleFree" in msg and "not supported yet" in msg
-    msg = errors_of({**MINIMAL, "logging": {"logging_dir": "logs"}})
-    assert "[logging]" in msg and "not supported yet" in msg
+    msg = errors_of({**MINIMAL, "logging": {"log_with": "mlflow"}})
+    assert "[logging] log_with" in msg and "tensorboard" in msg  # names the choices
 
 
 def test_network_args_are_read_into_their_fields():

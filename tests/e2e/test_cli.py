@@ -17,7 +17,11 @@ from tests.e2e.conftest import QUICKSTART, ROOT, make_images, run_cli, snapshot
 
 
 def test_check_prints_the_plan_without_importing_torch(tmp_path):
-    code = ("import runpy, sys; sys.argv = ['lora-train', 'check', " + repr(str(QUICKSTART)) + "]\n"
+    # Its own output folder: `./run.sh` trains the quickstart into output/quickstart, and a
+    # check there (rightly) plans the run under a free name instead.
+    out = f"saving.output_dir={tmp_path / 'out'}"
+    code = ("import runpy, sys; sys.argv = ['lora-train', 'check', " + repr(str(QUICKSTART))
+            + ", '--set', " + repr(out) + "]\n"
             "try:\n    runpy.run_module('lora_core.cli', run_name='__main__')\n"
             "except SystemExit as e:\n    code = e.code\n"
             "print('HEAVY', sorted(m for m in ('torch', 'diffusers', 'transformers') "
