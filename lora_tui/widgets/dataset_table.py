@@ -52,4 +52,8 @@ class DatasetTable(Vertical):
         status.update(f"[b]Dataset check[/b]: {summary}")
         lines = [f"[red]problem:[/red] {escape(p.text())}" for p in check.report.errors]
         lines += [f"[yellow]note:[/yellow] {escape(p.text())}" for p in check.report.warnings]
+        missing = sum(len(s.missing_captions) for s in scan.subsets if not s.is_reg)
+        if missing:  # the gap the captions dialog fills
+            lines.append(f"[b]Ctrl+T[/b]: tag the {missing} picture(s) without a caption, put "
+                         "the trigger first, see the tag table")
         problems.update("\n".join(lines) or "[green]no problems found[/green]")

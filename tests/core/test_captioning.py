@@ -146,6 +146,22 @@ def test_only_missing_overwrite_append_dry_run_and_undo(dataset, tmp_path, state
     assert captions(dataset) == {"red": "ohwx cube, my own words"}  # as it was at first
 
 
+def test_a_cancel_keeps_the_finished_batches_and_no_half_caption(dataset, tmp_path, state_dir):
+    model = make_tagger(tmp_path / "tagger")
+    batches = []
+
+    def cancel_after_the_first_batch() -> bool:
+        return bool(batches)
+
+    changes = caption_folder(dataset, str(model), TaggerOptions(batch_size=2),
+                             progress=lambda done, total: batches.append(done),
+                             cancelled=cancel_after_the_first_batch)
+    assert batches == [2] and len(changes) == 2  # 5 pictures, stopped after 2
+    written = captions(dataset)
+    assert written == {"blue": "blue background, always there, cube character",
+                       "paleblue": "blue background, always there"}  # whole captions
+
+
 def test_undo_leaves_a_caption_changed_by_hand(dataset, tmp_path, state_dir, capsys):
     model = make_tagger(tmp_path / "tagger")
     caption_folder(dataset, str(model), TaggerOptions())
