@@ -49,11 +49,9 @@ class DatasetTable(Vertical):
         plan = check.report.plan
         summary = (f"{plan.num_train_images} training samples per epoch (images x repeats), "
                    f"{plan.steps_per_epoch} steps per epoch" if plan else "no plan")
-        status.update(f"[b]Dataset check[/b]: {summary}")
+        missing = sum(len(s.missing_captions) for s in scan.subsets if not s.is_reg)
+        gap = (f"; [b]Ctrl+T[/b] tags the {missing} without a caption" if missing else "")
+        status.update(f"[b]Dataset check[/b]: {summary}{gap}")  # the gap the dialog fills
         lines = [f"[red]problem:[/red] {escape(p.text())}" for p in check.report.errors]
         lines += [f"[yellow]note:[/yellow] {escape(p.text())}" for p in check.report.warnings]
-        missing = sum(len(s.missing_captions) for s in scan.subsets if not s.is_reg)
-        if missing:  # the gap the captions dialog fills
-            lines.append(f"[b]Ctrl+T[/b]: tag the {missing} picture(s) without a caption, put "
-                         "the trigger first, see the tag table")
         problems.update("\n".join(lines) or "[green]no problems found[/green]")

@@ -344,6 +344,57 @@ def test_files_screen_inspects_and_edits_a_lora_at_80x24(term, env, tmp_path):
     assert (tmp_path / "mychar.safetensors.backup").is_file()
 
 
+def test_captions_dialog_tags_the_pictures_without_one_at_80x24(term, env, tmp_path):
+    """The images step names the gap; Ctrl+T, a tagger folder typed in a burst, Enter
+    previews, Ctrl+T tags, and the tag table shows the new tags."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from tests.core.test_captioning import make_tagger, picture
+
+    data = tmp_path / "data"
+    for name, rgb in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+        picture(data / "10_ohwx cube" / f"{name}.png", rgb)
+    model = make_tagger(tmp_path / "tagger")
+    term.start_wizard(env)
+    term.wait_for("N  New profile")
+    term.keys("n")
+    term.wait_for("Step 1 of")
+    term.type("builtin:tiny-sd1")
+    term.keys("C-n")
+    term.wait_for("Step 2 of")
+    term.type(str(data))
+    term.wait_for(lambda screen: "Ctrl+Ttagsthe2withoutacaption" in flat(screen))
+    term.keys("C-t")
+    term.wait_for("2 picture(s) without a caption")
+    term.type(str(model))
+    term.keys("Enter")
+    term.wait_for("Preview (nothing written", 60)
+    assert not (data / "10_ohwx cube" / "red.txt").exists()
+    term.keys("C-t")
+    done = term.wait_for("0 picture(s) without a caption", 60)
+    assert "red background" in done
+    assert (data / "10_ohwx cube" / "red.txt").read_text().startswith("ohwx cube, red")
+
+
+def test_a_command_pasted_into_open_is_imported_at_80x24(term, env, tmp_path):
+    """O, a whole sd-scripts command pasted (one burst, continuation marks and all), Enter:
+    the review of the imported settings."""
+    command = ("accelerate launch --num_cpu_threads_per_process 1 train_network.py \\ "
+               "--pretrained_model_name_or_path=builtin:tiny-sd1 \\ "
+               f"--train_data_dir={EXAMPLES / 'dataset' / 'train'} "
+               f"--output_dir={tmp_path / 'out'} --resolution=64 --min_bucket_reso=64 "
+               "--max_bucket_reso=64 --network_module=networks.lora --network_dim=4 "
+               "--max_train_epochs=1 --xformers")
+    term.start_wizard(env)
+    term.wait_for("N  New profile")
+    term.keys("o")
+    term.wait_for("settings to import")
+    term.type(command)
+    term.keys("Enter")
+    review = term.wait_for("total steps: 40")
+    assert review.splitlines()[0].strip().startswith("Review")
+
+
 def test_cli_lists_quietly_into_a_closed_pipe(env):
     for command in ("fields", "status"):
         result = subprocess.run(
