@@ -516,14 +516,15 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 
 def cmd_tags(args: argparse.Namespace) -> int:
-    from lora_core.captioning.tags import TagEdit, edit_tags, parse_replace, tag_list, tag_table
+    from lora_core.captioning.files import split_tags
+    from lora_core.captioning.tags import TagEdit, edit_tags, parse_replace, tag_table
 
     if args.undo:
         return _undo(args.folder)
-    edit = TagEdit(add=[t for item in args.add for t in tag_list(item)], first=args.first,
-                   remove=[t for item in args.remove for t in tag_list(item)],
+    edit = TagEdit(add=[t for item in args.add for t in split_tags(item)], first=args.first,
+                   remove=[t for item in args.remove for t in split_tags(item)],
                    replace=parse_replace(args.replace),
-                   move_first=[t for item in args.move_first for t in tag_list(item)],
+                   move_first=[t for item in args.move_first for t in split_tags(item)],
                    dedupe=args.dedupe)
     if edit.empty and not args.list:
         raise LoraError("nothing to do", "give --add, --remove, --replace, --move-first, "
@@ -543,9 +544,9 @@ def cmd_tags(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from lora_core.captioning.prepare import prepare_folder, steps_of
 
-    folder, repeats, placed = prepare_folder(args.source, args.name, args.output, args.repeats,
-                                             args.target_steps, args.epochs, args.batch_size)
-    images = len([p for p in folder.iterdir() if p.suffix.lower() not in (".txt", ".caption")])
+    folder, repeats, images, placed = prepare_folder(
+        args.source, args.name, args.output, args.repeats, args.target_steps, args.epochs,
+        args.batch_size)
     print(f"{folder}: {images} picture(s) x {repeats} repeats = "
           f"{steps_of(images, repeats, args.epochs, args.batch_size)} steps over "
           f"{args.epochs} epoch(s) at batch {args.batch_size} ({placed} files linked or "

@@ -203,14 +203,7 @@ class Draft:
         result = import_source(source, text)
         profile, _ = read_profile(result.data, Path.cwd())
         draft = cls.from_profile(profile, None)
-        for section, values in result.data.items():
-            if not isinstance(values, dict):
-                continue
-            for key, value in values.items():
-                spec = next((f for f in dataclasses.fields(SECTIONS[section])
-                             if f.name == key), None)
-                if spec is not None and spec.metadata["path"] and isinstance(value, str):
-                    draft._texts[(section, key)] = value
+        draft._keep_written_paths(result.data)
         draft.dirty = True
         return draft, result.render()
 
@@ -222,12 +215,17 @@ class Draft:
         data = read_profile_dict(path)
         draft = cls.from_profile(profile_from_dict(data, base_dir=path.resolve().parent,
                                                    source=str(path)), path)
+        draft._keep_written_paths(data)
+        return draft
+
+    def _keep_written_paths(self, data: dict) -> None:
+        """Path fields as ``data`` writes them (relative, or another machine's), not resolved,
+        so saving keeps them as they were."""
         for section, cls_ in SECTIONS.items():
             for f in dataclasses.fields(cls_):
                 written = data.get(section, {}).get(f.name) if f.metadata["path"] else None
                 if isinstance(written, str) and written:
-                    draft._texts[(section, f.name)] = written
-        return draft
+                    self._texts[(section, f.name)] = written
 
     def text(self, section: str, key: str) -> str:
         if section == WIZARD:

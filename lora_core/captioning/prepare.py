@@ -25,9 +25,9 @@ def repeats_for(target_steps: int, images: int, epochs: int = 1, batch_size: int
 def prepare_folder(source: Path, name: str, output: Path, repeats: int | None = None,
                    target_steps: int | None = None, epochs: int = 1, batch_size: int = 1,
                    caption_extensions: tuple[str, ...] = (".txt", ".caption")
-                   ) -> tuple[Path, int, int]:
-    """(the new folder, its repeats, the files placed); LoraError for bad input, before
-    anything is written."""
+                   ) -> tuple[Path, int, int, int]:
+    """(the new folder, its repeats, the pictures, the files placed with their captions);
+    LoraError for bad input, before anything is written."""
     source, output = Path(source), Path(output)
     if not name.strip() or "/" in name or "\\" in name:
         raise LoraError(f"--name {name!r} cannot be a folder name",
@@ -61,7 +61,7 @@ def prepare_folder(source: Path, name: str, output: Path, repeats: int | None = 
         for path in files:
             _link_or_copy(path, folder / path.name)
             placed += 1
-    return folder, repeats, placed
+    return folder, repeats, len(images), placed
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

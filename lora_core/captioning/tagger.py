@@ -64,14 +64,11 @@ def find_model(spec: str) -> Path:
     if folder.is_dir():
         return folder
     if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:  # pragma: no cover - a dependency of diffusers
-            try_to_load_from_cache = None
-        if try_to_load_from_cache is not None:
-            found = try_to_load_from_cache(spec, MODEL_FILE)
-            if isinstance(found, str) and Path(found).is_file():
-                return Path(found).parent
+        from huggingface_hub import try_to_load_from_cache  # diffusers' own dependency
+
+        found = try_to_load_from_cache(spec, MODEL_FILE)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found).parent
         raise ModelError(f"the tagger {spec} is not in the local Hugging Face cache, and "
                          "nothing is downloaded here",
                          f"on a machine with internet: hf download {spec} {MODEL_FILE} "

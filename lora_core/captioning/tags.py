@@ -61,11 +61,6 @@ def parse_replace(items: list[str]) -> dict[str, str]:
     return pairs
 
 
-def tag_list(text: str) -> list[str]:
-    """``"a, b"`` or several arguments: the tags named."""
-    return split_tags(text)
-
-
 def plan_edit(folder: Path, edit: TagEdit, extension: str) -> tuple[list[Change], int]:
     """The caption changes ``edit`` makes, and how many images have no caption (left
     alone: tagging them is `lora-train caption`'s job)."""

@@ -214,6 +214,13 @@ def installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path``, or the closest of its parents that exists (what creating it writes into)."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
 def output_problems(profile: Profile) -> list[Problem]:
     """The output folder can be made and written, and is not inside a dataset."""
     output_dir = profile.path("saving", "output_dir")
@@ -221,9 +228,7 @@ def output_problems(profile: Profile) -> list[Problem]:
         return []
     spot = {"section": "saving", "key": "output_dir", "path": output_dir}
     hint = "set `[saving] output_dir` to a folder you can write to"
-    existing = output_dir
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
+    existing = nearest_existing(output_dir)
     if existing.exists() and not existing.is_dir():
         what = "is a file" if existing == output_dir else f"is inside {existing}, which is a file"
         return [error(f"`[saving] output_dir` {output_dir} {what}, not a folder", hint, **spot)]
@@ -253,9 +258,7 @@ def logging_problems(profile: Profile) -> list[Problem]:
                                "log_with = \"\")", **spot))
     folder = profile.path("logging", "logging_dir")
     if kind and folder is not None:
-        existing = folder
-        while not existing.exists() and existing.parent != existing:
-            existing = existing.parent
+        existing = nearest_existing(folder)
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             found.append(error(f"`[logging] logging_dir` {folder} cannot be created or "
                                "written", "choose a folder you can write to",

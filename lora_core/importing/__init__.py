@@ -102,22 +102,14 @@ def import_source(source: str | Path, text: str | None = None) -> ImportResult:
         form = detect_json(data)
         reader = read_kohya_gui_json if form == "kohya_ss" else read_lets_json
         return _finish(form, reader(data, mapped), mapped)
-    if suffix == ".toml" or (suffix not in (".sh", ".bat", ".cmd", ".ps1", ".txt")
-                             and _looks_like_toml(stripped)):
-        try:
-            data = tomllib.loads(stripped)
+    if suffix not in (".sh", ".bat", ".cmd", ".ps1", ".txt"):
+        try:  # a TOML file, or text that reads as TOML (a command line does not)
+            return _from_toml(source, tomllib.loads(stripped), mapped)
         except tomllib.TOMLDecodeError as exc:
-            raise LoraError(f"{source} is not valid TOML ({exc})", "check the file") from None
-        return _from_toml(source, data, mapped)
+            if suffix == ".toml":
+                raise LoraError(f"{source} is not valid TOML ({exc})",
+                                "check the file") from None
     return _finish("command", read_command_line(text, mapped), mapped)
-
-
-def _looks_like_toml(text: str) -> bool:
-    try:
-        tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
-        return False
-    return True
 
 
 def _from_toml(source: Any, data: dict, mapped: Mapped) -> ImportResult:
@@ -133,7 +125,7 @@ def _from_toml(source: Any, data: dict, mapped: Mapped) -> ImportResult:
                                 for v in data.values()):
         options, subsets = read_lets_toml(data, mapped)
         return _finish("lets-toml", subsets_dataset(subsets, mapped) + options, mapped)
-    return _finish("sd-scripts-toml", flatten(data, mapped), mapped)
+    return _finish("sd-scripts-toml", flatten(data), mapped)
 
 
 def _finish(form: str, options: list[tuple[str, Any]], mapped: Mapped) -> ImportResult:

@@ -89,7 +89,7 @@ def sd_scripts_options(profile: Profile) -> tuple[list[tuple[str, Any]], list[st
                     continue
                 if key == "block_lr_zero_threshold" and value == 0:
                     continue
-                network_args.append(f"{key}={_text(value)}")
+                network_args.append(f"{key}={str(value)}")
                 continue
             if key == "pretrained_model_name_or_path" and str(value).startswith("builtin:"):
                 left_out.append(f"[model] {key} = {value!r}: a built-in test model of "
@@ -100,10 +100,6 @@ def sd_scripts_options(profile: Profile) -> tuple[list[tuple[str, Any]], list[st
     if network_args:
         options.append(("network_args", network_args))
     return options, left_out
-
-
-def _text(value: Any) -> str:
-    return str(value)
 
 
 def dataset_config(profile: Profile) -> dict[str, Any] | None:
@@ -147,7 +143,7 @@ def command_line(options: list[tuple[str, Any]], windows: bool, script: str) -> 
         elif isinstance(value, list):
             lines.append(f"--{key} " + " ".join(quote(str(v)) for v in value))
         else:
-            lines.append(f"--{key}={quote(_text(value))}")
+            lines.append(f"--{key}={quote(str(value))}")
     return (" ^\n  " if windows else " \\\n  ").join(lines) + "\n"
 
 

@@ -22,8 +22,9 @@ from lora_core.saving.lora_header import read_lora_header
 RENAMED = {"num_epochs": "max_train_epochs", "batch_size_per_device": "train_batch_size",
            "debiased_estimation": "debiased_estimation_loss",
            "max_train_steps": "max_train_steps_recorded"}
-MODULE_NAMES = {"networks.lora": "networks.lora", "lycoris.kohya": "lycoris.kohya",
-                "networks.dylora": None, "networks.oft": None}
+# sd-scripts network modules this project does not train (a LoRA's lycoris.kohya and
+# networks.lora are read as the profile reads them).
+OTHER_MODULES = {"networks.dylora", "networks.oft"}
 # Recorded as settings, but describing how sd-scripts ran rather than what it trained.
 RUN_ONLY = {"lowram", "full_fp16", "full_bf16", "fp8_base", "fp8_base_unet", "cache_latents",
             "gradient_checkpointing_cpu_offload", "new_vae_hash", "enable_bucket_info"}
@@ -55,7 +56,7 @@ def read_lora_metadata(path: Path, mapped: Mapped) -> list[tuple[str, Any]]:
         if name in RUN_ONLY:
             continue
         value = _metadata_value(name, raw)
-        if name == "network_module" and MODULE_NAMES.get(str(value), "x") is None:
+        if name == "network_module" and str(value) in OTHER_MODULES:
             raise LoraError(f"{path} was trained as {value}, which lora-train does not train",
                             "import a LoRA, LoCon, LoHa or LoKr file")
         if name == "base_model_version":

@@ -155,12 +155,12 @@ def parse_options(words: list[str]) -> Options:
 # --- TOML and JSON forms ---------------------------------------------------------------------
 
 
-def flatten(table: dict, mapped: Mapped, prefix: str = "") -> Options:
+def flatten(table: dict) -> Options:
     """sd-scripts' --config_file: the tables' names mean nothing, their keys are options."""
     options: Options = []
     for key, value in table.items():
         if isinstance(value, dict):
-            options += flatten(value, mapped, f"{prefix}{key}.")
+            options += flatten(value)
         else:
             options.append((key, value))
     return options
@@ -180,11 +180,8 @@ def read_lets_toml(data: dict, mapped: Mapped) -> tuple[Options, list[dict]]:
         if group in ("subsets", "train_mode") or not isinstance(tables, dict):
             continue
         for kind in ("args", "dataset_args"):
-            for key, value in (tables.get(kind) or {}).items():
-                if isinstance(value, dict):
-                    options.append((key, value))  # network_args = {conv_dim = 4, ...}
-                else:
-                    options.append((key, value))
+            # a nested table (network_args = {conv_dim = 4, ...}) is the option's list
+            options += list((tables.get(kind) or {}).items())
     mode = (data.get("train_mode") or {}).get("train_mode", "lora")
     if str(mode).lower() not in ("lora", ""):
         raise LoraError(f"this LETS configuration trains {mode!r}, not a LoRA",

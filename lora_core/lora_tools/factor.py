@@ -84,7 +84,7 @@ class FactorReport:
                          f"{m.retained:>9.4f}")
         if len(shown) > limit:
             lines.append(f"... {len(shown) - limit} more modules (--json lists all)")
-        return "\n".join(line for line in lines if line is not None) + "\n"
+        return "\n".join(lines) + "\n"
 
     def as_json(self) -> dict:
         return {"output": str(self.output), "notes": self.notes,

@@ -36,7 +36,6 @@ from lora_core.errors import LoraError
 from lora_core.saving.run_status import RunStatus, list_runs
 from lora_core.saving.runs import last_run
 from lora_tui.dialogs.path_prompt import PathPrompt
-from lora_tui.screens.files import FilesScreen
 from lora_tui.widgets.run_list import RunList, run_detail
 
 CHOICES = (
@@ -193,6 +192,8 @@ class StartScreen(Screen):
         elif choice == "queue":
             app.open_queue()  # type: ignore[attr-defined]
         elif choice == "files":
+            from lora_tui.screens.files import FilesScreen  # read on demand: startup stays lean
+
             app.push_screen(FilesScreen())
         elif choice == "quit":
             app.quit_app()  # type: ignore[attr-defined]

@@ -33,7 +33,6 @@ from lora_core.errors import LoraError
 from lora_core.models.loading import FAMILY_LABELS
 from lora_core.profile import ADAPTIVE_OPTIMIZERS
 from lora_tui.dataset_check import DatasetCheck, check_dataset
-from lora_tui.dialogs.captions import CaptionsDialog
 from lora_tui.draft import Draft, spec_for
 from lora_tui.screens.review import save_with_prompt
 from lora_tui.steps import STEPS, Step
@@ -314,11 +313,13 @@ class StepScreen(Screen):
             self.schedule_check()
 
     def action_next(self, waited: int = 0) -> None:
-        if waited < 10 and any(select.expanded for select in self.query(Select)):
+        if waited < 40 and any(select.expanded for select in self.query(Select)):
             # A choice made with Enter in an open list reaches the Select as a message after
-            # this key (Enter, then Ctrl+N at once): take the answer once it has landed (a
-            # list opened and left open keeps its value: go on after a few refreshes).
-            self.call_after_refresh(self.action_next, waited + 1)
+            # this key (Enter, then Ctrl+N at once): take the answer once it has landed, which
+            # closes the list. Wait by the clock, not by refreshes (a busy machine refreshes
+            # quickly with nothing done); a list opened and left open keeps its value: go on
+            # after two seconds.
+            self.set_timer(0.05, lambda: self.action_next(waited + 1))
             return
         self.sync_draft()
         self._show_required = True
@@ -421,6 +422,8 @@ class StepScreen(Screen):
         subsets = [s for s in self.last_check.report.scan.subsets if not s.is_reg]
         trigger = subsets[0].class_tokens if subsets else ""
         extension = self.draft.current("dataset", "caption_extension") or ".txt"
+        from lora_tui.dialogs.captions import CaptionsDialog  # on demand: startup stays lean
+
         self.app.push_screen(CaptionsDialog(folder, extension, trigger),
                              lambda changed: self.schedule_check() if changed else None)
 

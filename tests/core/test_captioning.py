@@ -198,10 +198,11 @@ def test_prepare_lays_out_the_folder(tmp_path, capsys):
         picture(source / f"{i}.png", (i, 0, 0))
     (source / "0.txt").write_text("ohwx cube")
     before = digest(source)
-    folder, repeats, placed = prepare_folder(source, "ohwx cube", tmp_path / "train",
-                                             target_steps=600, epochs=10, batch_size=2)
+    folder, repeats, images, placed = prepare_folder(
+        source, "ohwx cube", tmp_path / "train", target_steps=600, epochs=10, batch_size=2)
     assert repeats == 20 and folder.name == "20_ohwx cube"  # 600 x 2 / (6 x 10)
-    assert placed == 7 and sorted(p.name for p in folder.iterdir())[:2] == ["0.png", "0.txt"]
+    assert (images, placed) == (6, 7)  # the caption goes along
+    assert sorted(p.name for p in folder.iterdir())[:2] == ["0.png", "0.txt"]
     assert digest(source) == before and len(list(source.iterdir())) == 7  # never moved
     assert main(["prepare", str(source), "--name", "x", "--repeats", "3", "-o",
                  str(tmp_path / "other")]) == 0

@@ -76,6 +76,22 @@ def project(tmp_path: Path, **changes: dict) -> Path:
     return path
 
 
+def to_first_step(term: Terminal, env: dict[str, str]) -> None:
+    """``lora-tui``, N: a new profile's first step."""
+    term.start_wizard(env)
+    term.wait_for("N  New profile")
+    term.keys("n")
+    term.wait_for("Step 1 of")
+
+
+def to_images_step(term: Terminal, env: dict[str, str]) -> None:
+    """A new profile on the built-in model, at the training-images step."""
+    to_first_step(term, env)
+    term.type("builtin:tiny-sd1")
+    term.keys("C-n")
+    term.wait_for("Step 2 of")
+
+
 def step_number(screen: str) -> int:
     found = re.search(r"step (\d+)/\d+", screen)
     return int(found.group(1)) if found else 0
@@ -101,10 +117,7 @@ def field_value(screen: str) -> str:
 def test_keys_typed_in_bursts_land_in_order(sized, env):
     """A burst, then one key, then Ctrl+U and two bursts: every character where it was
     typed (the field once read ``mXycube`` and ``biny-sd1uiltin:t``)."""
-    sized.start_wizard(env)
-    sized.wait_for("N  New profile")
-    sized.keys("n")
-    sized.wait_for("Step 1 of")
+    to_first_step(sized, env)
     sized.type("mycube")
     sized.keys("X")
     sized.wait_for(lambda s: field_value(s) == "mycubeX")
@@ -122,10 +135,7 @@ def test_keys_typed_in_bursts_land_in_order(sized, env):
 
 
 def test_help_is_read_whole_on_focus_and_marked_when_cut(term, env):
-    term.start_wizard(env)
-    term.wait_for("N  New profile")
-    term.keys("n")
-    term.wait_for("Step 1 of")
+    to_first_step(term, env)
     # focused: the base model's help, all of it
     term.wait_for(lambda s: "toldapartfromtheweights" in flat(s))
     term.keys("Tab")  # to the next field: the base model's help folds to two lines + "…"
@@ -135,23 +145,14 @@ def test_help_is_read_whole_on_focus_and_marked_when_cut(term, env):
 
 def test_tab_completes_a_path(term, env, tmp_path):
     (tmp_path / "my datasets").mkdir()
-    term.start_wizard(env)
-    term.wait_for("N  New profile")
-    term.keys("n")
-    term.wait_for("Step 1 of")
-    term.type("builtin:tiny-sd1")
-    term.keys("C-n")
-    term.wait_for("Step 2 of")
+    to_images_step(term, env)
     term.type(f"{tmp_path}/my")
     term.keys("Tab")
     term.wait_for(lambda s: field_value(s).endswith("my datasets/"))
 
 
 def test_enter_does_not_move_past_a_required_field(term, env):
-    term.start_wizard(env)
-    term.wait_for("N  New profile")
-    term.keys("n")
-    term.wait_for("Step 1 of")
+    to_first_step(term, env)
     term.keys("Enter")
     term.wait_for("is required")  # under the field, which keeps the focus
     term.type("builtin:tiny-sd1")
@@ -165,13 +166,7 @@ def test_enter_does_not_move_past_a_required_field(term, env):
 def test_new_profile_to_training_at_80x24(term, env, tmp_path):
     """Typed answers (bursts), Ctrl+N through the steps, fp16 refused on this CPU and
     changed with the keyboard, the review, Enter: a real run to its end."""
-    term.start_wizard(env)
-    term.wait_for("N  New profile")
-    term.keys("n")
-    term.wait_for("Step 1 of")
-    term.type("builtin:tiny-sd1")
-    term.keys("C-n")
-    term.wait_for("Step 2 of")
+    to_images_step(term, env)
     term.type(str(EXAMPLES / "dataset" / "train"))
     term.wait_for("samples per epoch")
     term.keys("C-n")
@@ -355,13 +350,7 @@ def test_captions_dialog_tags_the_pictures_without_one_at_80x24(term, env, tmp_p
     for name, rgb in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
         picture(data / "10_ohwx cube" / f"{name}.png", rgb)
     model = make_tagger(tmp_path / "tagger")
-    term.start_wizard(env)
-    term.wait_for("N  New profile")
-    term.keys("n")
-    term.wait_for("Step 1 of")
-    term.type("builtin:tiny-sd1")
-    term.keys("C-n")
-    term.wait_for("Step 2 of")
+    to_images_step(term, env)
     term.type(str(data))
     term.wait_for(lambda screen: "Ctrl+Ttagsthe2withoutacaption" in flat(screen))
     term.keys("C-t")
