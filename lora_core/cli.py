@@ -306,6 +306,29 @@ def cmd_stop(run_dir: Path, force: bool) -> int:
     return 0
 
 
+def cmd_signal(run_dir: Path, save_now: bool, sample_now: bool) -> int:
+    """Save now / sample now: the run acts after its current step."""
+    from lora_core.saving.run_requests import SAMPLE_NOW, SAVE_NOW, request_action
+    from lora_core.saving.run_status import read_status
+
+    if not (save_now or sample_now):
+        raise LoraError("say what the run should do now",
+                        "add --save-now (a LoRA file of this step) or --sample-now (sample "
+                        "images), or both")
+    status = read_status(run_dir)
+    if not status.active:
+        raise LoraError(f"the run in {run_dir} is not running (it is {status.status})",
+                        "`lora-train status` lists the runs on this machine")
+    asked = [action for action, wanted in ((SAVE_NOW, save_now), (SAMPLE_NOW, sample_now))
+             if wanted]
+    for action in asked:
+        request_action(run_dir, action)
+    print(f"asked {' and '.join(asked)}: the run acts after its current step "
+          f"(files named as a step's: {status.output_name}-stepNNNNNNNN.safetensors, "
+          f"{status.output_name}_NNNNNN_NN_TIME.png)")
+    return 0
+
+
 def cmd_check(profile_path: Path, overrides: list[str]) -> int:
     """Every check `run` makes before its first step, as a report on stdout; the problems
     that stop a run go last, to stderr, and make the exit code 2."""
@@ -671,6 +694,13 @@ def build_parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", help="ask a running run to stop (it saves first)")
     stop.add_argument("run_dir", type=Path, metavar="RUN_FOLDER")
     stop.add_argument("--force", action="store_true", help="kill it at once (SIGKILL)")
+    signal_ = sub.add_parser("signal", help="ask a running run to save a LoRA file or make "
+                             "sample images after its current step")
+    signal_.add_argument("run_dir", type=Path, metavar="RUN_FOLDER")
+    signal_.add_argument("--save-now", action="store_true",
+                         help="save a LoRA file of this step (NAME-stepNNNNNNNN.safetensors)")
+    signal_.add_argument("--sample-now", action="store_true",
+                         help="make the sample images of [sample] sample_prompts now")
     rerun = sub.add_parser("rerun-last", help="run the most recent run's profile again")
     rerun.add_argument("--events", metavar="FILE|-")
     queue = sub.add_parser("queue", help="run several profiles one after another")
@@ -744,6 +774,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_status(args.run_dir, args.json)
     if args.command == "stop":
         return cmd_stop(args.run_dir, args.force)
+    if args.command == "signal":
+        return cmd_signal(args.run_dir, args.save_now, args.sample_now)
     if args.command == "check":
         return cmd_check(args.profile, args.overrides)
     if args.command == "rerun-last":

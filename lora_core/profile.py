@@ -34,10 +34,13 @@ def setting(
     choices: tuple[str, ...] | None = None,
     path: bool = False,
     required: bool = False,
+    or_import_path: bool = False,
 ) -> Any:
-    """Declare one profile field with its doc line and validation rule."""
+    """Declare one profile field with its doc line and validation rule. ``or_import_path``:
+    besides the choices, any ``module.Class`` import path is allowed (as sd-scripts allows
+    for optimizer_type)."""
     meta = {"doc": doc, "min": min, "max": max, "choices": choices, "path": path,
-            "required": required}
+            "required": required, "or_import_path": or_import_path}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -206,9 +209,9 @@ SUPPORTED_OPTIMIZERS = (
     "AdamW", "AdamW8bit", "PagedAdamW8bit", "PagedAdamW", "PagedAdamW32bit", "Lion",
     "Lion8bit", "PagedLion8bit", "SGDNesterov", "SGDNesterov8bit", "DAdaptation",
     "DAdaptAdamPreprint", "DAdaptAdaGrad", "DAdaptAdam", "DAdaptAdan", "DAdaptAdanIP",
-    "DAdaptLion", "DAdaptSGD", "Prodigy", "AdaFactor",
+    "DAdaptLion", "DAdaptSGD", "Prodigy", "AdaFactor", "AdamWScheduleFree", "RAdamScheduleFree",
+    "SGDScheduleFree",
 )
-LATER_OPTIMIZERS = ("RAdamScheduleFree", "AdamWScheduleFree", "SGDScheduleFree")
 # Optimizers that find their own step size: the learning rate is a multiplier (~1.0).
 ADAPTIVE_OPTIMIZERS = ("DAdaptation", "DAdaptAdamPreprint", "DAdaptAdaGrad", "DAdaptAdam",
                        "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion", "DAdaptSGD", "Prodigy")
@@ -225,8 +228,9 @@ class OptimizerSection:
 
     optimizer_type: str = setting(
         "AdamW8bit", "Optimizer: AdamW8bit (less memory), AdamW, Lion, Prodigy / DAdaptation "
-        "(find their own step size: learning_rate 1.0), AdaFactor, ...",
-        choices=SUPPORTED_OPTIMIZERS)
+        "(find their own step size: learning_rate 1.0), AdaFactor, AdamWScheduleFree (no "
+        "schedule needed), ... or any optimizer by its import path, like \"torch.optim.RAdam\".",
+        choices=SUPPORTED_OPTIMIZERS, or_import_path=True)
     optimizer_args: list[str] | None = setting(
         None, "Extra optimizer arguments as \"name=value\" strings (unset: weight_decay=0.1 "
         "and betas=0.9,0.99 for the AdamW optimizers, as LoRA Easy Training Scripts sets them; "

@@ -161,7 +161,7 @@ STEPS: tuple[Step, ...] = (
          (("dataset", "prior_loss_weight"),),
          dataset_check=True),
     Step("Optimizer", "How the weights are updated. AdamW8bit is the usual choice; Prodigy "
-         "and DAdaptation find their own step size.",
+         "and DAdaptation find their own step size; ScheduleFree needs no schedule.",
          (("optimizer", "optimizer_type"), ("optimizer", "optimizer_args")),
          (("optimizer", "max_grad_norm"), ("optimizer", "scale_weight_norms"),
           ("optimizer", "fused_optimizer"))),

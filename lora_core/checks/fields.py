@@ -15,7 +15,8 @@ from typing import Any
 
 from lora_core.checks.problem import Problem, error
 from lora_core.errors import closest
-from lora_core.profile import HARMLESS_KEYS, LATER_OPTIMIZERS, NOT_YET_KEYS, SECTIONS
+from lora_core.profile import HARMLESS_KEYS, NOT_YET_KEYS, SECTIONS
+from lora_core.training.optimizer_args import is_import_path
 from lora_core.values import coerce, describe_type, format_value
 
 FIELDS_HINT = ("fix the fields named above; `lora-train fields` lists every field with its "
@@ -35,9 +36,11 @@ def value_problem(where: str, value: Any, meta: dict) -> str | None:
     if choices is not None and isinstance(value, str):
         if value.lower() in {c.lower() for c in choices}:
             return None
-        if value.lower() in {o.lower() for o in LATER_OPTIMIZERS}:
-            return (f"{where} = {format_value(value)} is not supported yet by this version of "
-                    f"lora-train; the choices are: {', '.join(choices)}")
+        if meta.get("or_import_path"):
+            if is_import_path(value):
+                return None
+            return (f"{where} = {format_value(value)} is not one of the choices "
+                    f"({', '.join(choices)}) nor an import path like \"torch.optim.RAdam\"")
         return f"{where} = {format_value(value)} is not one of the choices: {', '.join(choices)}"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         low, high = meta["min"], meta["max"]

@@ -149,7 +149,16 @@ class OptimizerSignature:
 def installed_optimizer_problems(opt: OptimizerSection,
                                  signature: OptimizerSignature | None = None) -> list[Problem]:
     """The optimizer's package is missing, or it does not take an argument it is given.
-    ``signature`` defaults to the one read from the installed source."""
+    ``signature`` defaults to the one read from the installed source. An optimizer named by
+    its import path is imported here (the user's own module: only importing tells whether
+    it imports), so a typo is reported before any model loads."""
+    if signature is None and opt.optimizer_type not in OPTIMIZER_CLASSES:
+        from lora_core.training.optim import imported_optimizer_class
+
+        try:
+            signature = OptimizerSignature.of(imported_optimizer_class(opt.optimizer_type))
+        except ProfileError as exc:
+            return [error(exc.message, exc.hint, section="optimizer", key="optimizer_type")]
     package = missing_optimizer_package(opt)
     if package:
         return [error(f"`[optimizer] optimizer_type` = \"{opt.optimizer_type}\" needs the "

@@ -59,7 +59,9 @@ class Checkpointer:
     def __init__(self, outputs: Outputs, saving: SavingSection, position: Callable[[], Position],
                  network, optimizer, scheduler, bus: EventBus,
                  guard: Callable[[], contextlib.AbstractContextManager] | None = None,
-                 scaler=None) -> None:
+                 scaler=None,
+                 eval_weights: Callable[[], contextlib.AbstractContextManager] | None = None
+                 ) -> None:
         self.outputs = outputs
         self.saving = saving
         self.position = position
@@ -67,6 +69,8 @@ class Checkpointer:
         self.bus = bus
         self.guard = guard or contextlib.nullcontext
         self.scaler = scaler  # fp16's GradScaler: its loss scale is part of the state
+        # Schedule-Free: LoRA files hold the evaluation weights, states the training ones.
+        self.eval_weights = eval_weights
         self.last_state_at = time.monotonic()
         self.last_state_step = -1
         remove_stale_temporaries(outputs.output_dir, outputs.output_name)
@@ -93,7 +97,7 @@ class Checkpointer:
         path = self.outputs.output_dir / file_name
         precision = self.outputs.save_precision
         # Checked in the save precision: a weight fp32 holds can still be inf in fp16.
-        tensors = lora_file.cast_state_dict(self.network.state_dict(), precision)
+        tensors = self.weights_to_save(precision)
         bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
         if bad:
             raise NonFiniteError(
@@ -112,6 +116,15 @@ class Checkpointer:
             self.outputs.written.append(path)
         self.bus.emit(CheckpointSaved(str(path), state.step, epoch, kind))
         return path
+
+    def weights_to_save(self, precision: str) -> dict[str, torch.Tensor]:
+        if self.eval_weights is None:
+            return lora_file.cast_state_dict(self.network.state_dict(), precision)
+        with self.eval_weights():
+            # Copies: leaving the context moves the parameters back in place, and a cast to
+            # the parameters' own dtype on the CPU is no copy.
+            return {k: v.clone() for k, v in
+                    lora_file.cast_state_dict(self.network.state_dict(), precision).items()}
 
     def save_state(self, state) -> Path | None:
         if not self.states_on or self.last_state_step == state.step:

@@ -22,7 +22,9 @@ profile error naming the ``pip install`` that fixes it. Schedules come from diff
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,6 +39,7 @@ from lora_core.training.optimizer_args import (
     adafactor_relative_step,
     effective_optimizer_args,
     group_learning_rates,
+    is_schedule_free,
     loraplus_ratios,
     optimizer_args_list,
 )
@@ -138,7 +141,7 @@ def param_groups(network: TrainableNetwork, opt: OptimizerSection,
 def optimizer_class(name: str) -> type:
     """The class for an optimizer_type, imported now; a missing package is a ProfileError."""
     if name not in OPTIMIZER_CLASSES:
-        raise AssertionError(f"optimizer {name!r} passed profile validation")  # unreachable
+        return imported_optimizer_class(name)
     module_name, class_name, package = OPTIMIZER_CLASSES[name]
     try:
         module = importlib.import_module(module_name)
@@ -155,6 +158,28 @@ def optimizer_class(name: str) -> type:
         raise ProfileError(
             f"`[optimizer] optimizer_type` = \"{name}\": the installed {package} has no "
             f"{class_name}", f"pip install --upgrade {package}")
+    return cls
+
+
+def imported_optimizer_class(path: str) -> type:
+    """An optimizer named by its import path (``torch.optim.RAdam``), as sd-scripts takes
+    any; what does not import, or is not an optimizer class, is a ProfileError naming it."""
+    module_name, _, class_name = path.rpartition(".")
+    where = f"`[optimizer] optimizer_type` = \"{path}\""
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 (any failure of a third-party import)
+        raise ProfileError(f"{where} does not import: module {module_name} failed with "
+                           f"{type(exc).__name__}: {exc}",
+                           "check the spelling of the module and that its package is "
+                           "installed in lora-tui's environment; or pick a listed "
+                           "optimizer_type, like \"AdamW\"") from None
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        found = "nothing" if cls is None else f"a {type(cls).__name__}"
+        raise ProfileError(f"{where}: {module_name}.{class_name} is {found}, not a torch "
+                           "optimizer class", f"name a torch.optim.Optimizer subclass in "
+                           f"{module_name}")
     return cls
 
 
@@ -198,6 +223,35 @@ def build_optimizer(groups: list[ParamGroupSpec], opt: OptimizerSection
                            "remove or correct the argument named above") from None
 
 
+def evaluation_switch(optimizer: Any, opt: OptimizerSection
+                      ) -> Callable[[], contextlib.AbstractContextManager] | None:
+    """For a Schedule-Free optimizer (now put in training mode, which its step needs): a
+    context in which the parameters hold the weights to evaluate (its average x, used for
+    samples and LoRA files), with the training weights (y) back on leaving, as sd-scripts
+    does with optimizer.eval()/train(). The training weights are put back bit for bit from
+    a copy (eval() then train() is a round trip through floating point that would make a
+    run that sampled or saved differ from one that did not, and a resume inexact). None for
+    other optimizers."""
+    if not is_schedule_free(opt.optimizer_type):
+        return None
+    optimizer.train()
+
+    @contextlib.contextmanager
+    def evaluating() -> Iterator[None]:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        training = [p.detach().clone() for p in params]
+        optimizer.eval()
+        try:
+            yield
+        finally:
+            optimizer.train()
+            with torch.no_grad():
+                for param, kept in zip(params, training, strict=True):
+                    param.copy_(kept)
+
+    return evaluating
+
+
 def optimizer_description(opt: OptimizerSection) -> str:
     """``ss_optimizer`` in sd-scripts' format: ``<module>.<Class>(k=v,...)``, from the real
     class and the arguments it gets (defaults sd-scripts adds, like SGDNesterov's
@@ -214,6 +268,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, opt: OptimizerSection,
     ``adafactor`` is transformers' AdafactorSchedule: AdaFactor sets its own rate, the
     schedule only reports it (``learning_rate`` until the first step, as sd-scripts does).
     """
+    if is_schedule_free(opt.optimizer_type):
+        # Schedule-Free optimizers replace the schedule (sd-scripts gives them none): their
+        # rate stays learning_rate; a warm-up is their own warmup_steps argument.
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     if opt.lr_scheduler == "adafactor":
         from transformers.optimization import AdafactorSchedule
 

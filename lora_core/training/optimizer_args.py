@@ -72,7 +72,32 @@ OPTIMIZER_CLASSES: dict[str, tuple[str, str, str]] = {
     "DAdaptSGD": ("dadaptation", "DAdaptSGD", "dadaptation"),
     "Prodigy": ("prodigyopt", "Prodigy", "prodigyopt"),
     "AdaFactor": ("transformers.optimization", "Adafactor", "transformers"),
+    "AdamWScheduleFree": ("schedulefree", "AdamWScheduleFree", "schedulefree"),
+    "RAdamScheduleFree": ("schedulefree", "RAdamScheduleFree", "schedulefree"),
+    "SGDScheduleFree": ("schedulefree", "SGDScheduleFree", "schedulefree"),
 }
+
+
+def is_import_path(value: str) -> bool:
+    """``module.Class`` (``package.module.Class``...): how sd-scripts names any optimizer."""
+    parts = value.split(".")
+    return len(parts) >= 2 and all(part.isidentifier() for part in parts)
+
+
+def optimizer_location(name: str) -> tuple[str, str, str]:
+    """(module, class, pip package) of an optimizer_type: a known name, or an import path
+    (``torch.optim.RAdam``: the package is the path's first part)."""
+    if name in OPTIMIZER_CLASSES:
+        return OPTIMIZER_CLASSES[name]
+    module, _, class_name = name.rpartition(".")
+    return module, class_name, module.split(".")[0]
+
+
+def is_schedule_free(name: str) -> bool:
+    """The Schedule-Free optimizers (by name or import path), as sd-scripts tells them: they
+    need no learning-rate schedule, and train()/eval() switching around sampling and saving
+    (the weights to use are their average, not the ones a step trains)."""
+    return name.lower().endswith("schedulefree")
 
 
 def missing_optimizer_package(opt: OptimizerSection) -> str | None:
@@ -80,7 +105,7 @@ def missing_optimizer_package(opt: OptimizerSection) -> str | None:
     importing it), else None."""
     import importlib.util
 
-    module, _cls, package = OPTIMIZER_CLASSES[opt.optimizer_type]
+    module, _cls, package = optimizer_location(opt.optimizer_type)
     return None if importlib.util.find_spec(module.split(".")[0]) is not None else package
 
 
@@ -183,6 +208,14 @@ def optimizer_advisories(opt: OptimizerSection, trains_text_encoder: bool = True
             notes.append(
                 f"{name} uses only the first parameter group's learning rate for all "
                 f"groups, so the different rates here ({listed}) have no effect")
+    elif is_schedule_free(name):
+        if opt.lr_scheduler != "constant" or opt.lr_warmup_steps:
+            notes.append(
+                f"{name} needs no learning-rate schedule, so lr_scheduler "
+                f"\"{opt.lr_scheduler}\"" + (" and lr_warmup_steps are" if opt.lr_warmup_steps
+                                              else " is")
+                + " not used (as in sd-scripts); for a warm-up add \"warmup_steps=N\" to "
+                "optimizer_args")
     elif name == "AdaFactor":
         if adafactor_relative_step(args):
             ignored = [k for k in ("unet_lr", "text_encoder_lr", "loraplus_lr_ratio",

@@ -276,6 +276,8 @@ class Previews:
     emit: Emit
     autocast: Autocast | None = None
     extra_modules: Sequence[nn.Module] = ()
+    # Schedule-Free: samples show the evaluation weights (a context that swaps them in).
+    eval_weights: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     def at_start(self, step: int = 0) -> list[Path]:
         """sample_at_first. sd-scripts passes epoch 0 here, so the files are ``e000000``."""
@@ -289,15 +291,19 @@ class Previews:
         """At the end of epoch ``epoch`` (1-based), after ``step`` optimizer steps."""
         return self._sample(step, epoch) if should_sample(self.section, epoch=epoch) else []
 
+    def now(self, step: int) -> list[Path]:
+        """Asked for during the run (sample now): named as a mid-epoch sample of ``step``."""
+        return self._sample(step, None)
+
     def _sample(self, step: int, epoch: int | None) -> list[Path]:
         if self.prompt_file is None:
             return []
         self.emit(PhaseChanged(f"making sample images at step {step}"))
-        return sample_now(self.prompt_file, self.section.sample_sampler, self.bundle,
-                          output_dir=self.output_dir, output_name=self.output_name, step=step,
-                          epoch=epoch, device=self.device, emit=self.emit,
-                          autocast=self.autocast,
-                          extra_modules=self.extra_modules)
+        with self.eval_weights():
+            return sample_now(self.prompt_file, self.section.sample_sampler, self.bundle,
+                              output_dir=self.output_dir, output_name=self.output_name,
+                              step=step, epoch=epoch, device=self.device, emit=self.emit,
+                              autocast=self.autocast, extra_modules=self.extra_modules)
 
 
 # ----------------------------------------------------------------------------------------

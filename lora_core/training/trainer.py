@@ -42,6 +42,7 @@ from lora_core.network.build import build_network
 from lora_core.network.max_norm import apply_max_norm
 from lora_core.network.weights import load_network_weights
 from lora_core.profile import Profile
+from lora_core.saving.run_requests import SAMPLE_NOW, SAVE_NOW, take_requests
 from lora_core.saving.train_state import (
     LoadedState,
     Position,
@@ -58,7 +59,12 @@ from lora_core.training.conditioning import (
 )
 from lora_core.training.loss import diffusion_loss, prepare_schedule_and_loss, training_target
 from lora_core.training.noise import make_noise, sample_timesteps
-from lora_core.training.optim import build_optimizer, build_scheduler, param_groups
+from lora_core.training.optim import (
+    build_optimizer,
+    build_scheduler,
+    evaluation_switch,
+    param_groups,
+)
 from lora_core.training.sampling import Previews
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -223,6 +229,8 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
                                scaler=accelerator.scaler):
             emit(WarningIssued(message))
         emit(RunResumed(str(resume.path), state.step, state.epoch))
+    # After restore: a resumed Schedule-Free state is already in training mode.
+    eval_weights = evaluation_switch(optimizer, profile.optimizer)
     fingerprint = plan_fingerprint(plan)
     checkpoints = Checkpointer(
         outputs, profile.saving, lambda: Position(
@@ -232,13 +240,14 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
             plan_fingerprint=fingerprint, fixed=fixed_settings(profile),
             losses=list(state.losses), written=[str(p) for p in outputs.written]),
         network, optimizer, scheduler, bus, getattr(stop_requested, "saving", None),
-        scaler=accelerator.scaler)
+        scaler=accelerator.scaler, eval_weights=eval_weights)
     trainable = [p for g in groups for p in g.params]
     train_te = any(g.name == "textencoder" for g in groups)
     previews = Previews(profile.sample, profile.path("sample", "sample_prompts"), bundle,
                         output_dir=outputs.output_dir, output_name=outputs.output_name,
                         device=device, emit=emit, autocast=accelerator.autocast,
-                        extra_modules=[network])
+                        extra_modules=[network],
+                        eval_weights=eval_weights or contextlib.nullcontext)
     tr, v_pred = profile.training, bundle.v_parameterization
     # A copy: zero_terminal_snr rescales the schedule in place, and the bundle may be reused.
     noise_scheduler = type(bundle.noise_scheduler).from_config(bundle.noise_scheduler.config)
@@ -313,6 +322,9 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
                 checkpoints.save(state, "step")
             elif main and checkpoints.state_due():
                 checkpoints.save_state(state)
+            if main and outputs.run_dir is not None:
+                act_on_requests(take_requests(outputs.run_dir), state, total_steps,
+                                plan.step_save_points, checkpoints, previews, emit)
             if state.step >= total_steps or any_process_asks_to_stop(accelerator, stop_requested):
                 break
         if state.batch_in_epoch == len(mine):  # the epoch ran to its end
@@ -333,6 +345,21 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
         if not interrupted:
             checkpoints.drop_states()
     return interrupted
+
+
+def act_on_requests(asked: set[str], state: TrainState, total_steps: int, saved_steps,
+                    checkpoints: Checkpointer, previews: Previews, emit) -> None:
+    """Save now / sample now (``lora-train signal``), after the step just taken, with
+    the names sd-scripts gives a step's files. A save this step already made, or the final
+    save the last step makes anyway, is not made twice."""
+    if SAMPLE_NOW in asked:
+        if previews.prompt_file is None:
+            emit(WarningIssued("sample now: this run has no sample prompts; set `[sample] "
+                               "sample_prompts` in the profile for the next run"))
+        else:
+            previews.now(state.step)
+    if SAVE_NOW in asked and state.step not in saved_steps and state.step < total_steps:
+        checkpoints.save(state, "step")
 
 
 def average_across_processes(accelerator, value: torch.Tensor) -> torch.Tensor:

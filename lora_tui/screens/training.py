@@ -52,6 +52,7 @@ from lora_core.events import (
     StepEnded,
     WarningIssued,
 )
+from lora_core.saving.run_requests import SAMPLE_NOW, SAVE_NOW, request_action
 from lora_core.saving.run_status import read_status
 from lora_core.saving.runs import PROFILE_FILE
 from lora_tui.dialogs.confirm import ConfirmDialog
@@ -68,6 +69,8 @@ BACKGROUND_NOTICE = ("training goes on in the background; lora-tui lists it on i
 class TrainingScreen(Screen):
     BINDINGS = [
         Binding("s", "stop", "Stop"),
+        Binding("v", "save_now", "Save now"),
+        Binding("p", "sample_now", "Sample now"),
         Binding("l", "retry_lighter", "Retry lighter"),
         Binding("c", "resume", "Continue"),
         Binding("escape", "leave", "Back"),
@@ -377,6 +380,8 @@ class TrainingScreen(Screen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "stop":
             return self.state in ("starting", "running")
+        if action in ("save_now", "sample_now"):
+            return self.state == "running" and self.run_dir is not None
         if action == "retry_lighter":
             return self.state == "failed" and bool(self.retry_overrides)
         if action == "resume":
@@ -387,6 +392,24 @@ class TrainingScreen(Screen):
     def action_stop(self) -> None:
         self.app.push_screen(ConfirmDialog("Stop training? What was trained so far is saved."),
                              self._confirmed_stop)
+
+    def action_save_now(self) -> None:
+        self._ask(SAVE_NOW, "a LoRA file of this step is saved after it")
+
+    def action_sample_now(self) -> None:
+        self._ask(SAMPLE_NOW, "sample images are made after this step")
+
+    def _ask(self, action: str, what: str) -> None:
+        """Save now / sample now: the run takes the request after its current step
+        (``lora-train signal`` does the same from another terminal)."""
+        if self.run_dir is None or self.state != "running":
+            return
+        try:
+            request_action(self.run_dir, action)
+        except OSError as exc:
+            self.notify(f"could not ask the run: {exc}", severity="error")
+            return
+        self.notify(what)
 
     def _confirmed_stop(self, yes: bool | None) -> None:
         if yes and self.running:

@@ -167,9 +167,8 @@ class FieldEditor(Vertical):
     def _make_input(self):
         spec, text = self.spec, self._text
         if spec.kind == "choice":
-            choices = spec.choices or ()
-            options = list(zip(spec.labels or choices, choices, strict=True))
-            value = text if text in choices else spec.default
+            options = self._choice_options(text)
+            value = text if text in (v for _, v in options) else spec.default
             return EnterSelect(options, value=value, allow_blank=False, classes="field-input")
         if spec.kind == "tristate":
             return EnterSelect(_TRISTATE, value=text.lower() if text else "",
@@ -246,7 +245,17 @@ class FieldEditor(Vertical):
             elif self.spec.kind == "tristate":
                 widget.value = text.lower()
             else:
+                widget.set_options(self._choice_options(text))
                 widget.value = text or self.spec.default
+
+    def _choice_options(self, text: str) -> list[tuple[str, str]]:
+        """The field's choices, and a value the profile holds beyond them (an optimizer by
+        its import path, "torch.optim.RAdam") as a last option, so it is kept, not lost."""
+        choices = self.spec.choices or ()
+        options = list(zip(self.spec.labels or choices, choices, strict=True))
+        if text and text not in choices:
+            options.append((text, text))
+        return options
 
     def set_errors(self, errors: list[str]) -> None:
         label = self.query_one(".field-error", Static)

@@ -15,6 +15,8 @@ from lora_core.profile import SUPPORTED_OPTIMIZERS, OptimizerSection
 from lora_core.training.optim import (
     build_optimizer,
     build_scheduler,
+    evaluation_switch,
+    imported_optimizer_class,
     is_loraplus_up,
     optimizer_description,
     param_groups,
@@ -150,11 +152,15 @@ def _one_step(name: str, **fields) -> tuple[torch.optim.Optimizer, list[torch.Te
     opt = section(optimizer_type=name, learning_rate=lr, **fields)
     groups = param_groups(net, opt)
     optimizer = build_optimizer(groups, opt)
+    evaluation_switch(optimizer, opt)  # Schedule-Free: training mode, which step needs
     params = [p for g in groups for p in g.params]
     before = [p.detach().clone() for p in params]
-    for p in params:
-        p.grad = torch.randn_like(p)
-    optimizer.step()
+    # RAdamScheduleFree's "silent SGD phase" makes no update until RAdam's variance estimate
+    # is rectifiable (the 6th step with beta2 0.999).
+    for _ in range(6 if name == "RAdamScheduleFree" else 1):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        optimizer.step()
     return optimizer, before, params
 
 
@@ -391,3 +397,66 @@ def test_adamw_is_fused_unless_turned_off_or_given_foreach():
         opt.step()
     assert torch.allclose(a.param_groups[0]["params"][0], b.param_groups[0]["params"][0],
                           atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["AdamWScheduleFree", "RAdamScheduleFree", "SGDScheduleFree"])
+def test_schedule_free_evaluates_with_its_average_and_trains_on_exactly(name):
+    """Inside the switch the parameters are the optimizer's evaluation weights (x, what
+    eval() gives); on leaving, the training weights (y) are back bit for bit, so sampling
+    or saving never changes training. The schedule is constant at learning_rate."""
+    optimizer, _, params = _one_step(name)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    opt = section(optimizer_type=name, learning_rate=1e-3)
+    switch = evaluation_switch(optimizer, opt)
+    training = [p.detach().clone() for p in params]
+    with switch():
+        evaluating = [p.detach().clone() for p in params]
+    assert all(torch.equal(t, p) for t, p in zip(training, params, strict=True))
+    assert any(not torch.equal(t, e) for t, e in zip(training, evaluating, strict=True))
+    optimizer.eval()  # the library's own switch gives the same evaluation weights
+    assert all(torch.allclose(e, p, atol=0, rtol=1e-6)
+               for e, p in zip(evaluating, params, strict=True))
+    optimizer.train()
+    scheduler = build_scheduler(optimizer, section(optimizer_type=name, lr_scheduler="cosine"),
+                                100, 10)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    assert scheduler.get_last_lr() == pytest.approx([1e-3] * len(optimizer.param_groups))
+    assert evaluation_switch(optimizer, section(optimizer_type="AdamW")) is None
+
+
+def test_schedule_free_advises_its_own_warmup():
+    notes = optimizer_advisories(section(optimizer_type="AdamWScheduleFree",
+                                         lr_scheduler="cosine", lr_warmup_steps=10))
+    assert len(notes) == 1 and "lr_warmup_steps are not used" in notes[0]
+    assert "warmup_steps=N" in notes[0]
+    assert optimizer_advisories(section(optimizer_type="AdamWScheduleFree",
+                                        lr_scheduler="constant")) == []
+
+
+def test_an_optimizer_by_import_path_builds_and_a_wrong_one_is_named():
+    """optimizer_type = "torch.optim.RAdam" (sd-scripts takes any import path); what does
+    not import or is no optimizer class is a ProfileError naming the path, which `check`
+    reports at the field before any model loads."""
+    from lora_core.checks.optimizer import installed_optimizer_problems
+
+    optimizer, before, params = _one_step("torch.optim.RAdam")
+    assert type(optimizer) is torch.optim.RAdam
+    assert all(not torch.equal(b, p) for b, p in zip(before, params, strict=True))
+    assert optimizer_description(section(optimizer_type="torch.optim.RAdam",
+                                         optimizer_args=["weight_decay=0.01"])) \
+        == "torch.optim.radam.RAdam(weight_decay=0.01)"
+    for path, said in (("no_such_module_x.Opt", "does not import"),
+                       ("torch.optim.NoSuchOpt", "is nothing, not a torch optimizer"),
+                       ("torch.optim.lr_scheduler", "is a module, not a torch optimizer")):
+        with pytest.raises(ProfileError, match=said):
+            imported_optimizer_class(path)
+        found = installed_optimizer_problems(section(optimizer_type=path))
+        assert len(found) == 1 and found[0].field == ("optimizer", "optimizer_type")
+        assert path in found[0].message
+    bad_arg = installed_optimizer_problems(section(optimizer_type="torch.optim.RAdam",
+                                                   optimizer_args=["momentum=0.9"]))
+    assert len(bad_arg) == 1 and "takes no argument 'momentum'" in bad_arg[0].message

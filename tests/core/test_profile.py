@@ -193,8 +193,8 @@ def test_missing_required_paths_are_named():
 def test_options_of_later_releases_are_rejected_not_ignored():
     msg = errors_of({**MINIMAL, "training": {"ip_noise_gamma": 0.1}})
     assert "ip_noise_gamma" in msg and "not supported yet" in msg
-    msg = errors_of({**MINIMAL, "optimizer": {"optimizer_type": "AdamWScheduleFree"}})
-    assert "AdamWScheduleFree" in msg and "not supported yet" in msg
+    msg = errors_of({**MINIMAL, "optimizer": {"optimizer_type": "AdamW9bit"}})
+    assert "AdamW9bit" in msg and "AdamWScheduleFree" in msg  # names the choices
     msg = errors_of({**MINIMAL, "logging": {"log_with": "mlflow"}})
     assert "[logging] log_with" in msg and "tensorboard" in msg  # names the choices
 
@@ -333,9 +333,13 @@ def test_profile_dataclass_default_is_invalid_until_paths_are_set():
         profile_from_dict(profile_to_dict(Profile()))
 
 
-def test_later_optimizers_and_sd_scripts_keys_say_not_supported_yet():
-    msg = errors_of({**MINIMAL, "optimizer": {"optimizer_type": "SGDScheduleFree"}})
-    assert "\"SGDScheduleFree\" is not supported yet" in msg and "AdamW8bit" in msg
+def test_schedule_free_and_import_paths_are_optimizers_other_keys_not_supported_yet():
+    for given, read in (("sgdschedulefree", "SGDScheduleFree"),
+                        ("torch.optim.RAdam", "torch.optim.RAdam")):
+        profile = profile_from_dict({**MINIMAL, "optimizer": {"optimizer_type": given}})
+        assert profile.optimizer.optimizer_type == read
+    msg = errors_of({**MINIMAL, "optimizer": {"optimizer_type": "torch optim RAdam"}})
+    assert "nor an import path like" in msg and "AdamW8bit" in msg
     msg = errors_of({**MINIMAL, "saving": {"output_dir": "o", "save_last_n_epochs": 3}})
     assert "save_last_n_epochs` is not supported yet" in msg
     msg = errors_of({**MINIMAL, "training": {"ip_noise_gamma": 0.1}})

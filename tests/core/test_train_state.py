@@ -424,3 +424,48 @@ def test_status_lists_runs_under_headers_with_a_failed_runs_message_only(state_d
     assert out[1].split()[:3] == ["failed", "x", "0/10"]
     assert any("the model file is damaged" in line for line in out)
     assert not any("Traceback" in line or "File" in line for line in out)
+
+
+def test_schedule_free_files_hold_the_evaluation_weights_and_states_the_training_ones(tmp_path):
+    """With a Schedule-Free optimizer a LoRA file gets the weights it evaluates with (what
+    eval() gives), the training state the weights it trains (so a resume goes on from
+    them), and the parameters are left exactly as they were."""
+    from dataclasses import dataclass, field
+
+    import schedulefree
+    from safetensors.torch import load_file
+
+    from lora_core.events import EventBus
+    from lora_core.profile import OptimizerSection, SavingSection
+    from lora_core.training.checkpoints import Checkpointer, Outputs
+    from lora_core.training.optim import evaluation_switch
+
+    @dataclass
+    class State:
+        step: int = 3
+        epoch: int = 0
+        batch_in_epoch: int = 3
+        losses: list = field(default_factory=list)
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    opt = schedulefree.AdamWScheduleFree(net.parameters(), lr=1e-2)
+    switch = evaluation_switch(opt, OptimizerSection(optimizer_type="AdamWScheduleFree"))
+    for _ in range(3):
+        net(torch.randn(2, 4)).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    training = {k: v.clone() for k, v in net.state_dict().items()}
+    outputs = Outputs(tmp_path, "x", {}, "float", run_dir=tmp_path)
+    keeper = Checkpointer(outputs, SavingSection(output_dir="o"), lambda: position(3), net, opt,
+                          sched, EventBus([]), eval_weights=switch)
+    path = keeper.save(State(), "step")
+    saved = load_file(path)
+    state = load_state(latest_state(tmp_path))
+    assert all(torch.equal(training[k], v) for k, v in net.state_dict().items())
+    assert all(torch.equal(training[k], state.network[k]) for k in training)
+    opt.eval()
+    evaluating = net.state_dict()
+    assert all(torch.equal(evaluating[k], saved[k]) for k in training)
+    assert any(not torch.equal(training[k], saved[k]) for k in training)

@@ -254,3 +254,55 @@ def test_missing_reg_folder_is_named(tmp_path, tiny_profile):
     profile = tiny_profile("noreg", dataset={"reg_data_dir": str(tmp_path / "no-reg")})
     proc = run_cli("run", str(profile))
     assert proc.returncode == 2 and "no-reg" in proc.stderr and "reg_data_dir" in proc.stderr
+
+
+def test_signal_save_now_and_sample_now_act_after_the_current_step(tmp_path, tiny_profile):
+    """`lora-train signal RUN --save-now --sample-now` while a run goes: after the step it
+    is on, a LoRA file and sample images with the names sd-scripts gives a step's files;
+    the run goes on training after them. A run that is not going is refused by name."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("tok thing --w 64 --h 64 --s 2 --d 3\n", encoding="utf-8")
+    profile = tiny_profile("now", epochs=200, sample={"sample_prompts": str(prompts)})
+    proc = subprocess.Popen([sys.executable, "-m", "lora_core.cli", "run", str(profile)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ))
+    try:
+        runs = tmp_path / "out" / "runs"
+        deadline = time.time() + 300
+
+        def events() -> list[dict]:
+            logs = list(runs.glob("now-*/events.jsonl")) if runs.exists() else []
+            if not logs:
+                return []
+            return [json.loads(line) for line in
+                    logs[0].read_text(encoding="utf-8").splitlines() if line.strip()]
+
+        while time.time() < deadline and not any(e["type"] == "step_ended" for e in events()):
+            time.sleep(0.2)
+        run_dir = next(runs.glob("now-*"))
+        asked = run_cli("signal", str(run_dir), "--save-now", "--sample-now")
+        assert asked.returncode == 0, asked.stderr
+        while time.time() < deadline:
+            seen = events()
+            saved = [e for e in seen if e["type"] == "checkpoint_saved" and e["kind"] == "step"]
+            samples = [e for e in seen if e["type"] == "sample_saved"]
+            later = saved and [e for e in seen if e["type"] == "step_ended"
+                               and e["step"] > saved[0]["step"]]
+            if samples and later:  # and training went on after them
+                break
+            time.sleep(0.2)
+        assert saved and samples and later, seen[-5:]
+        step = saved[0]["step"]
+        assert Path(saved[0]["path"]).name == f"now-step{step:08d}.safetensors"
+        assert Path(saved[0]["path"]).is_file()
+        assert samples[0]["step"] == step and samples[0]["epoch"] is None
+        assert Path(samples[0]["path"]).name.startswith(f"now_{step:06d}_00_")
+        assert not (run_dir / "requests" / "save-now").exists()  # taken, not done again
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=300)
+    ended = run_cli("signal", str(run_dir), "--save-now")
+    assert ended.returncode != 0 and "is not running" in ended.stderr
+    assert "Traceback" not in ended.stderr
+    nothing = run_cli("signal", str(run_dir))
+    assert nothing.returncode != 0 and "--save-now" in nothing.stderr

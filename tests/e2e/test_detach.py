@@ -40,7 +40,7 @@ async def test_quitting_the_app_leaves_the_run_going_and_it_can_be_attached(
         async with app.run_test(size=SIZE) as pilot:
             app.start_training(profile)
             screen = app.screen
-            await wait_for(pilot, lambda: screen.run_dir is not None, 60)
+            await wait_for(pilot, lambda: screen.run_dir is not None, 150)
             run_dir = screen.run_dir
             assert screen.running
             await pilot.press("ctrl+q")
@@ -85,7 +85,7 @@ async def test_stop_from_an_attached_app_saves_and_leaves_a_resumable_state(
             assert isinstance(screen, TrainingScreen) and screen.run_dir == run_dir
             await wait_for(pilot, lambda: len(screen.losses) >= 1, 20)
             await pilot.press("s", "y")
-            await wait_for(pilot, lambda: not screen.running, 60)
+            await wait_for(pilot, lambda: not screen.running, 150)
             assert screen.state == "stopped"
             assert screen.resume_dir == run_dir  # C is on offer
         assert proc.wait(30) == 130

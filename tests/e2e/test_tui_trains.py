@@ -52,7 +52,7 @@ async def test_wizard_trains_the_quickstart(tmp_path, state_dir):
         await pilot.press("t")
         assert isinstance(app.screen, TrainingScreen)
         screen = app.screen
-        await wait_for(pilot, lambda: not screen.running, 120)
+        await wait_for(pilot, lambda: not screen.running, 300)
         assert screen.state == "finished", plain(screen, "#train-result")
         files_shown = plain(screen, "#train-files")
         result_shown = plain(screen, "#train-result")

@@ -147,6 +147,29 @@ async def test_adaptive_optimizer_makes_the_learning_rate_default_one(dataset, t
         assert app.draft.profile().optimizer.learning_rate == 1e-4
 
 
+async def test_an_optimizer_by_import_path_is_kept_and_schedule_free_is_offered(dataset,
+                                                                              tmp_path):
+    """A profile's optimizer_type beyond the list ("torch.optim.RAdam") shows as its own
+    choice and is saved as it was; the list offers the Schedule-Free optimizers."""
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await open_step_with_basics(pilot, "Scheduler", dataset, tmp_path / "out")
+        app.draft.set_text("optimizer", "optimizer_type", "torch.optim.RAdam")
+        app.open_step(index_of("Optimizer"))
+        await pilot.pause()
+        screen = app.screen
+        select = screen.editor("optimizer", "optimizer_type").input_widget
+        assert select.value == "torch.optim.RAdam"
+        offered = [value for _, value in select._options]
+        assert {"AdamWScheduleFree", "RAdamScheduleFree", "SGDScheduleFree"} <= set(offered)
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: app.screen is not screen)
+        assert app.draft.profile().optimizer.optimizer_type == "torch.optim.RAdam"
+        screen.editor("optimizer", "optimizer_type").set_text("SGDScheduleFree")
+        assert screen.editor("optimizer", "optimizer_type").input_widget.value \
+            == "SGDScheduleFree"
+
+
 async def test_scheduler_options_follow_the_schedule(dataset, tmp_path):
     app = new_app()
     async with app.run_test(size=SIZE) as pilot:

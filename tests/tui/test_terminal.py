@@ -199,7 +199,7 @@ def test_new_profile_to_training_at_80x24(term, env, tmp_path):
     review = term.wait_for("total steps: 40")
     assert "Enter trains the answers as they are now" in review
     term.keys("Enter")
-    done = term.wait_for("finished after 40 steps", 120)
+    done = term.wait_for("finished after 40 steps", 300)
     assert "cube.safetensors" in flat(done)
     assert (tmp_path / "out" / "cube.safetensors").is_file()
 
@@ -214,16 +214,16 @@ def test_opened_profile_trains_in_one_key_then_stops_and_continues(term, env, tm
     assert review.splitlines()[0].strip().startswith("Review")
     assert f"Entertrainsfrom{profile}" in flat(review)
     term.keys("Enter")  # the one key from the opened profile to training
-    term.wait_for(lambda s: step_number(s) >= 10, 60)
+    term.wait_for(lambda s: step_number(s) >= 10, 150)
     term.keys("s")
     term.wait_for("Stop training?")
     term.keys("y")
-    stopped = term.wait_for("what was trained is saved", 60)
+    stopped = term.wait_for("what was trained is saved", 150)
     assert "ETA" not in stopped  # the run is over: no time left to estimate
     assert (tmp_path / "out" / "quickstart-interrupted.safetensors").is_file()
     assert (tmp_path / "out" / "quickstart.txt").is_file()
     term.keys("c")
-    term.wait_for("finished after 80 steps", 90)
+    term.wait_for("finished after 80 steps", 240)
     status = run_json(tmp_path / "out")
     assert status["status"] == "finished"
     assert status["final_file"].endswith("quickstart.safetensors")
@@ -239,7 +239,7 @@ def test_leave_a_run_quit_and_attach_again(term, env, tmp_path):
     term.start_wizard(env, str(profile))
     term.wait_for("total steps: 120")
     term.keys("Enter")
-    term.wait_for(lambda s: step_number(s) >= 3, 60)
+    term.wait_for(lambda s: step_number(s) >= 3, 150)
     term.keys("C-g")  # home from the training screen
     menu = term.wait_for("N  New profile")
     assert "running" in menu and "quickstart" in menu
@@ -252,7 +252,7 @@ def test_leave_a_run_quit_and_attach_again(term, env, tmp_path):
         again.start_wizard(env)
         again.wait_for("running")
         again.keys("a")
-        again.wait_for("finished after 120 steps", 120)
+        again.wait_for("finished after 120 steps", 300)
     finally:
         again.kill()
     assert run_json(tmp_path / "out")["status"] == "finished"
@@ -275,7 +275,7 @@ def test_queue_runs_a_profile_and_rerun_trains_it_again(term, env, tmp_path):
         return next((line for line in screen.splitlines() if line.strip().startswith("1 ")),
                     "")
 
-    done = row(term.wait_for(lambda s: " done " in row(s), 120))
+    done = row(term.wait_for(lambda s: " done " in row(s), 300))
     assert "quickstart.safetensors" in done  # the result column has room for the file
     term.wait_for(lambda s: "s Stop" not in s)  # over: its last child has exited
     term.keys("Escape")
@@ -283,7 +283,7 @@ def test_queue_runs_a_profile_and_rerun_trains_it_again(term, env, tmp_path):
     term.keys("r")
     # the profile the user chose, named on the training screen
     term.wait_for(lambda s: f"Training{profile}" in flat(s))
-    term.wait_for("finished after 40 steps", 120)
+    term.wait_for("finished after 40 steps", 300)
 
 
 def pane(screen: str, index: int) -> str:
@@ -303,10 +303,10 @@ def test_the_log_keeps_long_lines_and_the_sample_shows_at_80x24(term, env, tmp_p
     term.start_wizard(env, str(profile))
     term.wait_for("total steps: 40")
     term.keys("Enter")
-    started = term.wait_for(lambda s: "/out/runs/quickstart-" in pane(s, 0), 60)
+    started = term.wait_for(lambda s: "/out/runs/quickstart-" in pane(s, 0), 150)
     (run_folder,) = (tmp_path / "out" / "runs").iterdir()
     assert f"runfolder:{run_folder}" in pane(started, 0).replace(" ", "")
-    with_sample = term.wait_for(lambda s: "▀" in pane(s, 1) or "▄" in pane(s, 1), 120)
+    with_sample = term.wait_for(lambda s: "▀" in pane(s, 1) or "▄" in pane(s, 1), 300)
     assert "Files" in pane(with_sample, 1)  # the preview sits above the file list
     term.wait_for("finished after 40 steps", 120)
 

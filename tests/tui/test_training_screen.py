@@ -9,7 +9,8 @@ import sys
 from rich.text import Text
 from textual.widgets import Static
 
-from lora_core.events import PhaseChanged, RunFailed, RunFinished, StepEnded
+from lora_core.events import PhaseChanged, RunFailed, RunFinished, RunStarted, StepEnded
+from lora_core.saving.run_requests import take_requests
 from lora_core.saving.run_status import read_status
 from lora_tui.app import make_app
 from lora_tui.runner import FakeRunner, ProcessRunner, parse_line
@@ -62,6 +63,27 @@ async def test_stop_asks_then_stops_the_runner(tmp_path):
         assert len(screen.losses) < 10
         assert "code 130" in plain(app, "#train-result")
         assert isinstance(app.screen, TrainingScreen)
+
+
+async def test_save_now_and_sample_now_leave_requests_for_the_run(tmp_path):
+    """V and P ask the run (in its run folder) to save / sample after its step; before the
+    run has said where its folder is, and after it ended, the keys do nothing."""
+    run_dir = tmp_path / "runs" / "x"
+    run_dir.mkdir(parents=True)
+    fake = FakeRunner([RunStarted(str(run_dir), "p.toml", "x", str(run_dir / "log"),
+                                  {"max_train_steps": 10}), step(1)], hold_s=30)
+    app = make_app(runner_factory=lambda: fake)
+    async with app.run_test(size=SIZE) as pilot:
+        app.start_training(tmp_path / "p.toml")
+        screen = app.screen
+        await wait_for(pilot, lambda: len(screen.losses) >= 1)
+        await pilot.press("v")
+        assert sorted(p.name for p in (run_dir / "requests").iterdir()) == ["save-now"]
+        await pilot.press("p")
+        assert take_requests(run_dir) == {"save-now", "sample-now"}
+        screen.state = "finished"
+        await pilot.press("v")
+        assert take_requests(run_dir) == set()
 
 
 def test_parse_line_tells_events_from_text():
