@@ -76,19 +76,25 @@ def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("resume")
 
 
-@pytest.fixture(scope="module")
-def reference(workdir) -> dict:
-    """The uninterrupted run: its losses per step and its final weights."""
-    profile = write_profile(workdir, "ref")
+def run_reference(workdir: Path, profile: Path) -> dict:
+    """The uninterrupted run of a profile named "ref": its losses per step, its final
+    weights, its output folder and its events."""
     result = run_cli("run", str(profile), "--events", str(workdir / "ref.jsonl"),
                      "--no-progress", env={"LORA_TUI_STATE_DIR": str(workdir / "state")})
     assert result.returncode == 0, result.stderr
     ref = losses(workdir / "ref.jsonl")
     assert sorted(ref) == list(range(1, STEPS + 1))
     out = workdir / "out-ref"
+    return {"losses": ref, "final": load_file(str(out / "ref.safetensors")), "out": out,
+            "events": events(workdir / "ref.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def reference(workdir) -> dict:
+    ref = run_reference(workdir, write_profile(workdir, "ref"))
     # A finished run keeps no states (save_state_on_train_end is off).
-    assert not (run_folder(out) / "states").exists()
-    return {"losses": ref, "final": load_file(str(out / "ref.safetensors"))}
+    assert not (run_folder(ref["out"]) / "states").exists()
+    return ref
 
 
 def start(profile: Path, events_file: Path, state: Path) -> subprocess.Popen:

@@ -15,11 +15,10 @@ from lora_core.saving.lora_file import read_metadata
 from lora_core.saving.train_state import latest_state
 from tests.e2e.conftest import run_cli
 from tests.e2e.test_resume import (
-    STEPS,
     assert_same_as_reference,
     events,
-    losses,
     run_folder,
+    run_reference,
     start,
     wait_for_step,
     write_profile,
@@ -55,15 +54,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(workdir) -> dict:
-    profile = schedule_free_profile(workdir, "ref")
-    result = run_cli("run", str(profile), "--events", str(workdir / "ref.jsonl"),
-                     "--no-progress", env={"LORA_TUI_STATE_DIR": str(workdir / "state")})
-    assert result.returncode == 0, result.stderr
-    ref = losses(workdir / "ref.jsonl")
-    assert sorted(ref) == list(range(1, STEPS + 1))
-    out = workdir / "out-ref"
-    return {"losses": ref, "final": load_file(str(out / "ref.safetensors")), "out": out,
-            "events": events(workdir / "ref.jsonl")}
+    return run_reference(workdir, schedule_free_profile(workdir, "ref"))
 
 
 def test_schedule_free_trains_with_samples_and_saves_its_evaluation_weights(reference):
