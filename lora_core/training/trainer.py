@@ -18,7 +18,7 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +28,7 @@ from lora_core.dataset.plan import TrainingPlan, epoch_batches
 from lora_core.errors import DatasetError, NonFiniteError, OutOfMemoryError
 from lora_core.events import (
     EpochEnded,
+    Event,
     EventBus,
     PhaseChanged,
     PhaseTracker,
@@ -347,8 +348,9 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     return interrupted
 
 
-def act_on_requests(asked: set[str], state: TrainState, total_steps: int, saved_steps,
-                    checkpoints: Checkpointer, previews: Previews, emit) -> None:
+def act_on_requests(asked: set[str], state: TrainState, total_steps: int,
+                    saved_steps: Collection[int], checkpoints: Checkpointer, previews: Previews,
+                    emit: Callable[[Event], None]) -> None:
     """Save now / sample now (``lora-train signal``), after the step just taken, with
     the names sd-scripts gives a step's files. A save this step already made, or the final
     save the last step makes anyway, is not made twice."""

@@ -167,9 +167,8 @@ class FieldEditor(Vertical):
     def _make_input(self):
         spec, text = self.spec, self._text
         if spec.kind == "choice":
-            options = self._choice_options(text)
-            value = text if text in (v for _, v in options) else spec.default
-            return EnterSelect(options, value=value, allow_blank=False, classes="field-input")
+            return EnterSelect(self._choice_options(text), value=text or spec.default,
+                               allow_blank=False, classes="field-input")
         if spec.kind == "tristate":
             return EnterSelect(_TRISTATE, value=text.lower() if text else "",
                                allow_blank=False, classes="field-input")
@@ -245,7 +244,8 @@ class FieldEditor(Vertical):
             elif self.spec.kind == "tristate":
                 widget.value = text.lower()
             else:
-                widget.set_options(self._choice_options(text))
+                if text and text not in (self.spec.choices or ()):
+                    widget.set_options(self._choice_options(text))  # a value beyond them
                 widget.value = text or self.spec.default
 
     def _choice_options(self, text: str) -> list[tuple[str, str]]:

@@ -166,28 +166,34 @@ def test_kill_9_at_a_random_step_then_resume_continues_exactly(workdir, referenc
     assert json.loads((folder / "run.json").read_text())["resumes"] == 1
 
 
-def test_ctrl_c_saves_a_state_and_resume_finishes_the_same_run(workdir, reference):
-    state = workdir / "state-stop"
-    profile = write_profile(workdir, "stop", save_every_n_steps=None)
-    first = workdir / "stop.jsonl"
+def stop_at_step_7_then_resume(workdir: Path, profile: Path, name: str
+                               ) -> tuple[list[dict], Path, int]:
+    """Ctrl+C once step 7 is done, then `lora-train resume` to the end: the first attempt's
+    events, the resumed attempt's events file, and the step the first one stopped after."""
+    state = workdir / f"state-{name}"
+    first = workdir / f"{name}.jsonl"
     child = start(profile, first, state)
     wait_for_step(first, 7, child)
     child.send_signal(signal.SIGINT)
     assert child.wait(timeout=120) == 130
-    out = workdir / "out-stop"
-    finished = [e for e in events(first) if e["type"] == "run_finished"][-1]
-    assert finished["interrupted"]
-    stopped_at = finished["steps"]
-    assert (out / "stop-interrupted.safetensors").is_file()
-    folder = run_folder(out)
-    states = [e for e in events(first) if e["type"] == "state_saved"]
-    assert states and states[-1]["step"] == stopped_at
-
-    second = workdir / "stop-resumed.jsonl"
-    result = run_cli("resume", str(folder), "--events", str(second), "--no-progress",
+    stopped = events(first)
+    stopped_at = [e for e in stopped if e["type"] == "run_finished"][-1]["steps"]
+    out = workdir / f"out-{name}"
+    second = workdir / f"{name}-resumed.jsonl"
+    result = run_cli("resume", str(run_folder(out)), "--events", str(second), "--no-progress",
                      env={"LORA_TUI_STATE_DIR": str(state)})
     assert result.returncode == 0, result.stderr
-    assert_same_as_reference(reference, second, out, "stop", stopped_at + 1)
+    return stopped, second, stopped_at
+
+
+def test_ctrl_c_saves_a_state_and_resume_finishes_the_same_run(workdir, reference):
+    profile = write_profile(workdir, "stop", save_every_n_steps=None)
+    stopped, resumed, stopped_at = stop_at_step_7_then_resume(workdir, profile, "stop")
+    out = workdir / "out-stop"
+    assert [e for e in stopped if e["type"] == "run_finished"][-1]["interrupted"]
+    states = [e for e in stopped if e["type"] == "state_saved"]
+    assert states and states[-1]["step"] == stopped_at
+    assert_same_as_reference(reference, resumed, out, "stop", stopped_at + 1)
     # The -interrupted file of the first attempt is still there, untouched.
     assert (out / "stop-interrupted.safetensors").is_file()
 

@@ -5,22 +5,17 @@ out without changing training by a bit)."""
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from lora_core.saving.lora_file import read_metadata
 from lora_core.saving.train_state import latest_state
-from tests.e2e.conftest import run_cli
 from tests.e2e.test_resume import (
     assert_same_as_reference,
-    events,
     run_folder,
     run_reference,
-    start,
-    wait_for_step,
+    stop_at_step_7_then_resume,
     write_profile,
 )
 
@@ -76,17 +71,6 @@ def test_schedule_free_trains_with_samples_and_saves_its_evaluation_weights(refe
 
 
 def test_schedule_free_stopped_then_resumed_is_the_same_run(workdir, reference):
-    state = workdir / "state-stop"
     profile = schedule_free_profile(workdir, "stop", save_every_n_steps=None)
-    first = workdir / "stop.jsonl"
-    child = start(profile, first, state)
-    wait_for_step(first, 7, child)
-    child.send_signal(signal.SIGINT)
-    assert child.wait(timeout=120) == 130
-    out = workdir / "out-stop"
-    stopped_at = [e for e in events(first) if e["type"] == "run_finished"][-1]["steps"]
-    second = workdir / "stop-resumed.jsonl"
-    result = run_cli("resume", str(run_folder(out)), "--events", str(second), "--no-progress",
-                     env={"LORA_TUI_STATE_DIR": str(state)})
-    assert result.returncode == 0, result.stderr
-    assert_same_as_reference(reference, second, out, "stop", stopped_at + 1)
+    _, resumed, stopped_at = stop_at_step_7_then_resume(workdir, profile, "stop")
+    assert_same_as_reference(reference, resumed, workdir / "out-stop", "stop", stopped_at + 1)
