@@ -84,6 +84,22 @@ class EpochEnded(Event):
 
 
 @dataclass
+class ValidationMeasured(Event):
+    """Validation loss of the held-out images (``validation_split``), after optimizer step
+    ``step``: at an epoch's end (``kind`` "epoch", ``epoch`` the epoch that ended) or every
+    validate_every_n_steps (``kind`` "step"). ``divergence``: validation minus training loss
+    (the epoch's average, or the moving average for a step)."""
+
+    type: ClassVar[str] = "validation_measured"
+    step: int
+    epoch: int
+    kind: str  # "epoch" or "step"
+    loss: float
+    divergence: float
+    images: int
+
+
+@dataclass
 class CheckpointSaved(Event):
     type: ClassVar[str] = "checkpoint_saved"
     path: str
@@ -166,8 +182,8 @@ class RunFailed(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls for cls in (RunStarted, RunResumed, PhaseChanged, StepEnded, EpochEnded,
-                              CheckpointSaved, StateSaved, SampleSaved, WarningIssued, LogLine,
-                              RunFinished, RunFailed)
+                              ValidationMeasured, CheckpointSaved, StateSaved, SampleSaved,
+                              WarningIssued, LogLine, RunFinished, RunFailed)
 }
 
 

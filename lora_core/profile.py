@@ -129,6 +129,9 @@ class DatasetSection:
     color_aug: bool = setting(False, "Shift hue or gamma a little at random (no latent cache).")
     random_crop: bool = setting(
         False, "Crop at a random place instead of the centre (no latent cache).")
+    alpha_mask: bool = setting(
+        False, "Use each image's transparency as its loss mask: transparent parts are not "
+        "trained on (images without an alpha channel count as opaque).")
     cache_latents: bool = setting(
         False, "Encode every image with the VAE once before training (faster, less memory).")
     cache_latents_to_disk: bool = setting(
@@ -321,6 +324,25 @@ class TrainingSection:
         choices=("constant", "exponential", "snr"))
     huber_c: float = setting(0.1, "Huber threshold parameter.", min=0.0, max=1.0)
     huber_scale: float = setting(1.0, "Scale of the Huber threshold.", min=0.0)
+    masked_loss: bool = setting(
+        False, "Train only where each image's mask is white: mask images from the "
+        "conditioning_data_dir of dataset_config subsets (same file name, red channel), or "
+        "the alpha channel with alpha_mask.")
+    validation_split: float = setting(
+        0.0, "Share of each training folder's images held out to measure validation loss "
+        "(0.1 holds out one image in ten; regularization folders are never split; 0: no "
+        "validation). Held-out images are never trained on.", min=0.0, max=1.0)
+    validation_seed: int | None = setting(
+        None, "Seed that picks the held-out images and the validation noise (unset: the "
+        "seed, or 0 when that is unset too, so `check` and the run pick the same images).",
+        min=0, max=2**32 - 1)
+    validate_every_n_steps: int | None = setting(
+        None, "Also measure validation loss every N steps (unset: only at epoch ends).", min=1)
+    validate_every_n_epochs: int | None = setting(
+        None, "Measure validation loss at the end of every N epochs (unset: every epoch).",
+        min=1)
+    max_validation_steps: int | None = setting(
+        None, "Evaluate at most this many validation batches each time (unset: all).", min=1)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from lora_core.events import (
     RunStarted,
     SampleSaved,
     StepEnded,
+    ValidationMeasured,
     WarningIssued,
 )
 
@@ -63,6 +64,10 @@ class ProgressPrinter:
         elif isinstance(event, EpochEnded):
             self._line(f"epoch {event.epoch}/{event.total_epochs} done at step {event.step}, "
                        f"average loss {event.avg_loss:.4f}")
+        elif isinstance(event, ValidationMeasured):
+            where = f"epoch {event.epoch}" if event.kind == "epoch" else f"step {event.step}"
+            self._line(f"validation loss {event.loss:.4f} at {where} "
+                       f"({event.divergence:+.4f} against training)")
         elif isinstance(event, CheckpointSaved):
             self._line(f"saved {event.path}")
         elif isinstance(event, SampleSaved):

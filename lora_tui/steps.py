@@ -197,7 +197,9 @@ STEPS: tuple[Step, ...] = (
     Step("Epochs or steps", "How long training runs: epochs (each image x its repeats once) "
          "or a number of steps. The review shows the exact totals.",
          (("training", "max_train_epochs"), ("training", "max_train_steps")),
-         (("training", "seed"),)),
+         (("training", "seed"), ("training", "validation_split"), ("training", "validation_seed"),
+          ("training", "validate_every_n_epochs"), ("training", "validate_every_n_steps"),
+          ("training", "max_validation_steps"))),
     Step("Saving", "Numbered files along the way, the precision of the saved file, and a note "
          "stored inside it. A resumable training state goes with every numbered file (and "
          "every 30 minutes), so a stopped or crashed run continues where it was. Ctrl+O: "
@@ -225,7 +227,8 @@ STEPS: tuple[Step, ...] = (
          (("dataset", "flip_aug"), ("dataset", "color_aug"), ("dataset", "random_crop"),
           ("dataset", "cache_latents"), ("dataset", "cache_latents_to_disk")),
          (("dataset", "vae_batch_size"), ("dataset", "cache_text_encoder_outputs"),
-          ("dataset", "cache_text_encoder_outputs_to_disk"))),
+          ("dataset", "cache_text_encoder_outputs_to_disk"), ("dataset", "alpha_mask"),
+          ("training", "masked_loss"))),
     Step("Mixed precision", "The number format of the computation.",
          (("training", "mixed_precision"),)),
     Step("Min-SNR and noise offset", "Loss weighting and noise tweaks; both are off unless "

@@ -96,6 +96,7 @@ def check_profile(profile: Profile, num_processes: int = 1,
     if scan is not None:
         problems += dataset_checks.output_inside_subsets(profile, scan)
         problems += dataset_checks.scan_problems(scan)
+        problems += dataset_checks.mask_problems(profile, scan)
         try:
             plan = make_plan(profile, scan, num_processes)
         except LoraError as exc:

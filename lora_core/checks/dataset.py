@@ -171,4 +171,77 @@ def plan_problems(profile: Profile, plan: TrainingPlan) -> list[Problem]:
             "wildcards or token_warmup_step)",
             f"turn off {key}, or turn off the caption options that change captions in every "
             "subset", section="dataset", key=key))
+    found += _validation_notes(profile, plan)
     return found + [warning(text, section="dataset") for text in plan.warnings]
+
+
+def _validation_notes(profile: Profile, plan: TrainingPlan) -> list[Problem]:
+    tr = profile.training
+    splits = any(d.validation_split > 0 for d in plan.datasets)
+    if splits and not plan.validation_batches:
+        return [warning("validation_split holds out no image: each training folder keeps at "
+                        "least one image and holds out its image count x validation_split "
+                        "rounded down, so no validation loss is measured",
+                        "add images or raise validation_split (0.1 holds out 1 image in 10)",
+                        section="training", key="validation_split")]
+    asked = [k for k in ("validate_every_n_steps", "validate_every_n_epochs",
+                         "max_validation_steps") if getattr(tr, k) is not None]
+    if asked and not splits:
+        return [warning(f"`[training] {asked[0]}` has no effect without validation_split",
+                        "set `[training] validation_split` (0.1 or 0.2 is usual) to hold out "
+                        "images and measure validation loss",
+                        section="training", key=asked[0])]
+    return []
+
+
+def mask_problems(profile: Profile, scan: DatasetScan) -> list[Problem]:
+    """Masked loss (``masked_loss``, ``alpha_mask``, subsets' ``conditioning_data_dir``):
+    mask folders without masked_loss, images without their mask, and masking that masks
+    nothing."""
+    found: list[Problem] = []
+    masked = profile.training.masked_loss
+    with_dir = [s for s in scan.subsets if s.mask_dir is not None]
+    for subset in with_dir:
+        where = subset.spec.where if subset.spec else subset.label
+        if not masked:
+            found.append(error(
+                f"`{where}.conditioning_data_dir` = {subset.mask_dir} holds mask images, "
+                "which are used for masked loss only",
+                "set `[training] masked_loss = true` to train with them, or remove "
+                "conditioning_data_dir (ControlNet training is not supported)",
+                **_field(scan, subset), path=subset.mask_dir))
+        elif subset.missing_masks:
+            found.append(error(
+                f"{subset.label}: {len(subset.missing_masks)} of {len(subset.images)} image(s) "
+                f"have no mask in {subset.mask_dir}: {_names(subset.missing_masks)}",
+                "add a mask with the same file name (any image extension) for each: white "
+                "where the image trains, black where it does not",
+                **_field(scan, subset), path=subset.mask_dir))
+    alpha = [s for s in scan.subsets if s.options.alpha_mask and s.mask_dir is None]
+    for subset in alpha:
+        if subset.images and not any(r.has_alpha for r in subset.images):
+            found.append(warning(
+                f"{subset.label}: alpha_mask is on but none of its images has transparency, "
+                "so every image trains everywhere",
+                "save the images as PNG or WebP with an alpha channel (transparent where they "
+                "must not train)", **_field(scan, subset), path=subset.folder))
+    if masked and not with_dir and not alpha:
+        found.append(warning(
+            "`[training] masked_loss` is on, but no subset has masks: set `[dataset] "
+            "alpha_mask = true` to use the images' transparency, or give dataset_config "
+            "subsets a conditioning_data_dir of mask images", section="training",
+            key="masked_loss"))
+    return found
+
+
+def mask_summary(subset: SubsetScan) -> str | None:
+    """Which of a subset's images have masks, for the check report (None: no masks)."""
+    total = len(subset.images)
+    if subset.mask_dir is not None:
+        have = total - len(subset.missing_masks)
+        return f"masks: {have} of {total} image(s) have a mask image in {subset.mask_dir}"
+    if subset.options.alpha_mask:
+        have = sum(1 for r in subset.images if r.has_alpha)
+        return (f"masks: {have} of {total} image(s) have transparency (alpha_mask); the "
+                "others train everywhere")
+    return None

@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from lora_core.checks import dataset as dataset_checks
 from lora_core.checks.problem import Problem, errors_of, warnings_of
-from lora_core.dataset.plan import DatasetPlan, TrainingPlan
+from lora_core.dataset.plan import DatasetPlan, TrainingPlan, validation_timesteps
 from lora_core.dataset.scan import DatasetScan, SubsetScan
 from lora_core.dataset.subset_options import options_from_dataset_section
 from lora_core.profile import Profile
@@ -225,6 +226,26 @@ def _steps_section(plan: TrainingPlan) -> list[str]:
     return lines
 
 
+def _validation_section(plan: TrainingPlan, profile: Profile) -> list[str]:
+    tr = profile.training
+    splits = sorted({d.validation_split for d in plan.datasets})
+    when = (f"every {tr.validate_every_n_epochs} epochs" if tr.validate_every_n_epochs
+            else "every epoch")
+    if tr.validate_every_n_steps:
+        when += f" and every {tr.validate_every_n_steps} steps"
+    batches = len(plan.validation_batches)
+    if tr.max_validation_steps is not None and tr.max_validation_steps < batches:
+        batches = tr.max_validation_steps
+    timesteps = ", ".join(map(str, validation_timesteps(tr.min_timestep, tr.max_timestep)))
+    lines = _wrap(f"validation_split {' / '.join(f'{s:g}' for s in splits)}, seed "
+                  f"{plan.validation_seed}: {plan.num_validation_images} held-out image(s), "
+                  f"never trained on; {batches} batch(es) measured at timesteps {timesteps}, "
+                  f"{when}")
+    names = [f"{r.path.parent.name}/{r.path.name}" for r in plan.held_out]
+    lines += _wrap(f"held out: {_files(names)}", indent="    ")
+    return lines
+
+
 def _checkpoint_section(plan: TrainingPlan) -> list[str]:
     lines: list[str] = []
     if plan.epoch_save_points:
@@ -304,6 +325,14 @@ def render_check_report(scan: DatasetScan | None, plan: TrainingPlan | None, pro
             lines.append(f"Regularization: {scan.reg_dir}")
         lines.append(f"Captions: <image file name without extension>{scan.caption_extension}")
         lines += ["", "Folders", *_folder_table(scan)]
+    if scan is not None:
+        masks = [(s, text) for s in scan.subsets
+                 if (text := dataset_checks.mask_summary(s)) is not None]
+        if masks:
+            lines += ["", "Loss masks" + (" (masked_loss)" if profile.training.masked_loss
+                                          else " (alpha_mask)")]
+            for subset, text in masks:
+                lines += _wrap(f"{subset.label}: {text}", indent="    ")
     if scan is not None and scan.skipped:
         lines.append("  skipped:")
         for folder, reason in scan.skipped:
@@ -313,6 +342,8 @@ def render_check_report(scan: DatasetScan | None, plan: TrainingPlan | None, pro
         lines += ["", "Regularization balance", *_reg_section(plan)]
         lines += ["", "Buckets (samples per epoch, with repeats)", *_bucket_section(plan)]
         lines += ["", "Steps", *_steps_section(plan)]
+        if plan.validation_batches:
+            lines += ["", "Validation", *_validation_section(plan, profile)]
         lines += ["", f"Files written to {profile.saving.output_dir or '(output_dir unset)'}",
                   *_checkpoint_section(plan), *_sample_section(plan, profile)]
     elif scan is not None:

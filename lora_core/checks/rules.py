@@ -206,6 +206,10 @@ def _training(p: Profile) -> list[Problem]:
                                          or tr.huber_scale != 1.0):
         add("loss_type", "`[training] huber_schedule / huber_c / huber_scale` only apply to "
             f"loss_type huber or smooth_l1 (loss_type is {format_value(tr.loss_type)})")
+    if tr.validation_split >= 1:
+        add("validation_split", f"`[training] validation_split` = "
+            f"{format_value(tr.validation_split)} holds out every image and leaves none to "
+            "train on: use a share below 1 (0.1 or 0.2 is usual), or 0 for no validation")
     return found
 
 

@@ -66,19 +66,18 @@ DATASET_FIELDS = ("resolution", "batch_size", "enable_bucket", "min_bucket_reso"
 # The SubsetOptions a config can set; a field added to SubsetOptions under one of
 # sd-scripts' key names is supported here without another change.
 CONFIG_OPTION_NAMES = tuple(n for n in SUBSET_OPTION_NAMES if n in SD_SCRIPTS_KEYS)
-SUPPORTED_KEYS = frozenset({*DATASET_FIELDS, *CONFIG_OPTION_NAMES, "num_repeats",
-                            "class_tokens", "image_dir", "is_reg"})
+# Dataset-level keys that override a profile field of the same name for one dataset.
+VALIDATION_FIELDS = ("validation_split", "validation_seed")
+SUPPORTED_KEYS = frozenset({*DATASET_FIELDS, *VALIDATION_FIELDS, *CONFIG_OPTION_NAMES,
+                            "num_repeats", "class_tokens", "image_dir", "is_reg",
+                            "conditioning_data_dir"})
 # Unsupported keys at the value that changes nothing are accepted (and have no effect).
-_NEUTRAL: dict[str, Any] = {"network_multiplier": 1.0, "validation_split": 0.0,
-                            "alpha_mask": False, "custom_attributes": {}, "cache_info": False}
-# validation_seed does nothing without validation_split (refused unless 0).
-_HARMLESS = frozenset({"validation_seed"})
+_NEUTRAL: dict[str, Any] = {"network_multiplier": 1.0, "custom_attributes": {},
+                            "cache_info": False}
 _NOT_YET_WHY = {
     "metadata_file": "fine-tuning subsets (metadata_file, sd-scripts' --in_json format) are "
                      "not supported yet by this version of lora-train; use image_dir with "
                      "caption files next to the images",
-    "conditioning_data_dir": "ControlNet subsets (conditioning_data_dir) are not supported "
-                             "by lora-train, which trains LoRA networks only",
     "cache_info": "cache_info = true is not supported yet (lora-train reads image sizes from "
                   "the file headers and never writes metadata_cache.json into a dataset "
                   "folder); remove it or set it to false",
@@ -104,6 +103,8 @@ _TYPES: dict[str, Any] = {
 }
 # Allowed ranges: the profile field's, where the profile has one under the same name.
 _RANGES: dict[str, dict] = {f.name: f.metadata for f in dataclasses.fields(DatasetSection)}
+_RANGES.update({f.name: f.metadata for f in dataclasses.fields(TrainingSection)
+                if f.name in VALIDATION_FIELDS})
 _RANGES["batch_size"] = next(f.metadata for f in dataclasses.fields(TrainingSection)
                              if f.name == "train_batch_size")
 _FORMAT_HINT = ("sd-scripts' dataset config: optional [general], then [[datasets]] tables "
@@ -123,6 +124,8 @@ class SubsetSpec:
     class_tokens: str  # "" when unset: images without a caption file train with ""
     is_reg: bool
     options: SubsetOptions
+    # Mask images for masked_loss (sd-scripts' key; absolute), or None.
+    conditioning_data_dir: Path | None = None
     # option/key -> the config key that set it ("general.shuffle_caption"); keys not in it
     # come from the profile (or the built-in default).
     sources: dict[str, str] = field(default_factory=dict)
@@ -144,6 +147,9 @@ class DatasetSpec:
     subsets: list[SubsetSpec]
     sources: dict[str, str] = field(default_factory=dict)
     bucket_warnings: list[str] = field(default_factory=list)
+    # None: the profile's [training] value.
+    validation_split: float | None = None
+    validation_seed: int | None = None
 
     @property
     def where(self) -> str:
@@ -327,7 +333,7 @@ def _table(raw: Any, where: str, level: Level, errors: list[str]) -> dict[str, A
                           f"{_describe(key)}")
             continue
         if key not in SUPPORTED_KEYS:
-            if key in _HARMLESS or (key in _NEUTRAL and converted == _NEUTRAL[key]):
+            if key in _NEUTRAL and converted == _NEUTRAL[key]:
                 continue
             why = _NOT_YET_WHY.get(key, f"`{key}` is not supported yet by this version of "
                                         "lora-train; remove it")
@@ -370,8 +376,18 @@ def _dataset(raw: Any, index: int, general: dict[str, Any], base: Path, ds: Data
         else:
             value = getattr(ds, key)
         resolved[key] = value
+    validation: dict[str, Any] = {}
+    for key in VALIDATION_FIELDS:
+        found, value, source = _lookup(key, levels)
+        if found:
+            sources[key] = source
+            validation[key] = value
     before = len(errors)
     errors.extend(_dataset_rules(where, resolved, sources))
+    if validation.get("validation_split", 0) >= 1:
+        errors.append(f"`{sources['validation_split']}` = {_fmt(validation['validation_split'])}"
+                      " holds out every image and leaves none to train on: use a share below "
+                      "1 (0.1 or 0.2 is usual), or 0 for no validation")
 
     raw_subsets = raw.get("subsets")
     if raw_subsets is None or raw_subsets == []:
@@ -412,7 +428,8 @@ def _dataset(raw: Any, index: int, general: dict[str, Any], base: Path, ds: Data
         min_bucket_reso=resolved["min_bucket_reso"], max_bucket_reso=resolved["max_bucket_reso"],
         bucket_reso_steps=resolved["bucket_reso_steps"])
     return DatasetSpec(index=index, bucket=bucket, subsets=subsets, sources=sources,
-                       bucket_warnings=[f"{where}: {w}" for w in bucket_warnings], **resolved)
+                       bucket_warnings=[f"{where}: {w}" for w in bucket_warnings], **resolved,
+                       **validation)
 
 
 def _from(sources: dict[str, str], key: str) -> str:
@@ -456,7 +473,7 @@ def _subset(raw: Any, dataset_index: int, subset_index: int,
     values = _table(raw, where, "subset", errors)
     if not isinstance(raw, dict):
         return None
-    if raw.get("image_dir") is None and not {"metadata_file", "conditioning_data_dir"} & set(raw):
+    if raw.get("image_dir") is None and "metadata_file" not in raw:
         errors.append(f"`{where}`: `image_dir` is required: the folder that holds this "
                       "subset's images")
         return None
@@ -490,9 +507,15 @@ def _subset(raw: Any, dataset_index: int, subset_index: int,
     image_dir = Path(values["image_dir"]).expanduser()
     if not image_dir.is_absolute():
         image_dir = base / image_dir
+    mask_dir = None
+    if values.get("conditioning_data_dir", "").strip():
+        mask_dir = Path(values["conditioning_data_dir"]).expanduser()
+        mask_dir = Path(os.path.normpath(mask_dir if mask_dir.is_absolute()
+                                         else base / mask_dir))
     errors.extend(_subset_rules(where, options, sources, ds))
     return SubsetSpec(where=where, dataset_index=dataset_index, subset_index=subset_index,
                       image_dir=Path(os.path.normpath(image_dir)),
+                      conditioning_data_dir=mask_dir,
                       num_repeats=repeats if found_repeats else 1,
                       class_tokens=class_tokens if found_tokens else "",
                       is_reg=values.get("is_reg", False), options=options, sources=sources)

@@ -216,6 +216,13 @@ def load_sample_image(path: Path, bucket_reso: Size, resized_size: Size, opts: S
     Draws from ``rng`` in a fixed order (flip, crop offsets, colour), each only when its
     option is on, so a given rng state always gives the same image.
     """
+    image, flipped, _ = load_sample(path, bucket_reso, resized_size, opts, rng)
+    return image, flipped
+
+
+def load_sample(path: Path, bucket_reso: Size, resized_size: Size, opts: SubsetOptions,
+                rng: random.Random) -> tuple[Image.Image, bool, tuple[int, int]]:
+    """:func:`load_sample_image`, and the (left, top) of its crop (where a mask is cut)."""
     flipped = draw_flip(opts, rng)
     offset = crop_offset(resized_size, bucket_reso, rng if opts.random_crop else None)
     image = load_training_image(path, bucket_reso, resized_size, offset)
@@ -223,4 +230,38 @@ def load_sample_image(path: Path, bucket_reso: Size, resized_size: Size, opts: S
         image = color_augment(image, rng)
     if flipped:
         image = flip_horizontal(image)
-    return image, flipped
+    return image, flipped, offset
+
+
+def load_mask(image_path: Path, mask_path: Path | None, bucket_reso: Size, resized_size: Size,
+              offset: tuple[int, int] | None, flipped: bool) -> np.ndarray:
+    """The loss mask of one sample, ``(H, W)`` float32 in [0, 1] at the bucket's size.
+
+    From ``mask_path`` (a conditioning_data_dir mask: its red channel, as sd-scripts reads
+    it) or, without one, from the image's own alpha channel (alpha_mask; an image without
+    transparency is opaque: all ones). Resized, cropped at ``offset`` (None: centred) and
+    mirrored exactly as the sample's pixels (:func:`load_sample`), so the mask follows
+    bucketing, random crops and flips. Raises DatasetError naming a file that cannot be read.
+    """
+    source = mask_path or image_path
+    try:
+        with Image.open(source) as opened:
+            if mask_path is not None:
+                mask = opened.convert("RGB").getchannel("R")
+            elif opened.mode in ("RGBA", "LA", "PA", "RGBa", "La") \
+                    or "transparency" in opened.info:
+                mask = opened.convert("RGBA").getchannel("A")
+            else:
+                return np.ones((bucket_reso[1], bucket_reso[0]), dtype=np.float32)
+    except Exception as exc:
+        what = "mask image" if mask_path is not None else "image (for its alpha mask)"
+        raise DatasetError(f"cannot decode {what} {source}: {type(exc).__name__}: {exc}",
+                           "re-save the file as a PNG, or remove it") from exc
+    if mask.size != tuple(resized_size):
+        mask = mask.resize(tuple(resized_size), resample_filter(mask.size, resized_size))
+    left, top = crop_box(mask.size, bucket_reso) if offset is None else offset
+    if (left, top) != (0, 0) or mask.size != tuple(bucket_reso):
+        mask = mask.crop((left, top, left + bucket_reso[0], top + bucket_reso[1]))
+    if flipped:
+        mask = flip_horizontal(mask)
+    return np.asarray(mask, dtype=np.float32) / 255.0

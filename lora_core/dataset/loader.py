@@ -32,9 +32,9 @@ import torch
 
 from lora_core.dataset.buckets import crop_ltrb_for_sdxl
 from lora_core.dataset.captions import process_caption, sample_rng
-from lora_core.dataset.images import augment_rng, draw_flip, load_sample_image
+from lora_core.dataset.images import augment_rng, draw_flip, load_mask, load_sample
 from lora_core.dataset.plan import TrainingPlan
-from lora_core.errors import LoraError
+from lora_core.errors import DatasetError, LoraError
 from lora_core.profile import DatasetSection
 
 
@@ -83,16 +83,23 @@ class EpochBatches(torch.utils.data.Dataset):
       ``latents_flipped`` by ``flipped``);
     * ``captions`` (list[str]): processed captions; ``loss_weights`` (B,) float32;
     * ``original_size``, ``crop_top_left``, ``target_size``: (B, 2) int64, SDXL's size
-      conditioning (:func:`size_conditioning`); cheap, so always present.
+      conditioning (:func:`size_conditioning`); cheap, so always present;
+    * ``masks`` (B, 1, H, W) float32 in [0, 1], only when the plan masks the loss
+      (``plan.masked``): each sample's mask image, alpha channel or all ones, cut and
+      mirrored as its pixels (``images.load_mask``).
 
     A ``LoraError`` becomes ``{"error": (message, hint)}`` (see ``__getitem__``).
+
+    ``validation``: the batches are validation batches, read with each subset's options
+    ``for_validation()`` (no augmentation, captions as written).
     """
 
     def __init__(self, plan: TrainingPlan, batches: list[list[int]], seed: int, epoch: int,
-                 first_position: int, *, latents_cached: bool = False) -> None:
+                 first_position: int, *, latents_cached: bool = False,
+                 validation: bool = False) -> None:
         self.plan, self.batches = plan, batches
         self.seed, self.epoch, self.first_position = seed, epoch, first_position
-        self.latents_cached = latents_cached
+        self.latents_cached, self.validation = latents_cached, validation
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -108,21 +115,31 @@ class EpochBatches(torch.utils.data.Dataset):
     def _load(self, index: int) -> dict[str, Any]:
         position = self.first_position + index
         step = optimizer_step_at(self.plan, self.epoch, position)
-        pixels, captions, weights, flips, sizes = [], [], [], [], []
+        pixels, captions, weights, flips, sizes, masks = [], [], [], [], [], []
         item_indices = self.batches[index]
         for slot, item_index in enumerate(item_indices):
             item = self.plan.items[item_index]
             opts = self.plan.subsets[item.subset_index].scan.options
+            if self.validation:
+                opts = opts.for_validation()
             pixel_rng = augment_rng(self.seed, self.epoch, position, slot)
+            offset = None
             if self.latents_cached:
                 # Cached latents exist only for flip_aug (the profile and the cache builder
                 # refuse colour and crop augmentation), so the flip is the only draw.
                 flips.append(draw_flip(opts, pixel_rng))
             else:
-                image, flipped = load_sample_image(item.record.path, item.bucket_reso,
-                                                   item.resized_size, opts, pixel_rng)
+                image, flipped, offset = load_sample(item.record.path, item.bucket_reso,
+                                                     item.resized_size, opts, pixel_rng)
                 pixels.append(pixels_to_tensor(image))
                 flips.append(flipped)
+            if self.plan.masked:
+                record = item.record
+                if record.mask_path is not None or opts.alpha_mask:
+                    masks.append(load_mask(record.path, record.mask_path, item.bucket_reso,
+                                           item.resized_size, offset, flips[-1]))
+                else:  # a subset without masks trains everywhere
+                    masks.append(np.ones(item.bucket_reso[::-1], dtype=np.float32))
             captions.append(process_caption(
                 item.record.caption, opts, sample_rng(self.seed, self.epoch, position, slot),
                 epoch=self.epoch + 1, step=step, max_train_steps=self.plan.max_train_steps))
@@ -137,7 +154,17 @@ class EpochBatches(torch.utils.data.Dataset):
             batch[key] = torch.tensor(column, dtype=torch.int64)
         if not self.latents_cached:
             batch["pixel_values"] = torch.stack(pixels)
+        if masks:
+            batch["masks"] = torch.from_numpy(np.stack(masks))[:, None]
         return batch
+
+
+def raise_loader_error(batch: dict) -> None:
+    """A loader worker reports a bad image as data (an exception would arrive as a
+    traceback string); raise it here with its own message and hint."""
+    if "error" in batch:
+        message, hint = batch["error"]
+        raise DatasetError(message, hint)
 
 
 def process_batches(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:

@@ -42,6 +42,7 @@ class PlanItem:
     bucket_reso: Size
     resized_size: Size
     dataset_index: int = 0  # index into TrainingPlan.datasets
+    is_validation: bool = False  # held out (validation_split): measured, never trained on
 
 
 @dataclass
@@ -49,7 +50,8 @@ class SubsetPlan:
     """A scanned folder and how many times each of its images is used per epoch."""
 
     scan: SubsetScan
-    effective_repeats: list[int]  # per image of scan.images; 0 = a reg image never used
+    effective_repeats: list[int]  # per image of scan.images; 0 = not trained on
+    held_out: list[ImageRecord] = field(default_factory=list)  # validation images
 
     @property
     def name(self) -> str:
@@ -84,6 +86,8 @@ class DatasetPlan:
     num_reg_images: int
     num_reg_samples: int
     batches_per_epoch: int  # sum over its buckets of ceil(samples / batch_size)
+    validation_split: float = 0.0
+    validation_batches: list[list[int]] = field(default_factory=list)  # item indices
 
 
 @dataclass
@@ -118,10 +122,28 @@ class TrainingPlan:
     warnings: list[str] = field(default_factory=list)
     datasets: list[DatasetPlan] = field(default_factory=list)
     dataset_config: Path | None = None  # the config file, in dataset_config mode
+    # Validation (validation_split): the held-out items' batches, dataset by dataset and
+    # bucket by bucket, always in this order; the seed of their noise.
+    validation_batches: list[list[int]] = field(default_factory=list)
+    validation_seed: int = 0
+    # The loss is masked (masked_loss, or a subset with alpha_mask): batches carry masks.
+    masked: bool = False
+
+    @property
+    def num_validation_images(self) -> int:
+        return sum(len(batch) for batch in self.validation_batches)
+
+    @property
+    def held_out(self) -> list[ImageRecord]:
+        return [record for subset in self.subsets for record in subset.held_out]
 
     @property
     def unused_reg_images(self) -> int:
         return sum(len(s.effective_repeats) - s.images_used for s in self.subsets if s.is_reg)
+
+    @property
+    def validation_images(self) -> list[PlanItem]:
+        return [self.items[i] for batch in self.validation_batches for i in batch]
 
     def epoch_file_name(self, epoch: int) -> str:
         return names.epoch_file_name(self.output_name, epoch)
@@ -181,8 +203,7 @@ def make_plan(profile: Profile, scan: DatasetScan, num_processes: int = 1) -> Tr
     if num_processes < 1:
         raise ValueError(f"num_processes must be at least 1, not {num_processes}")
     groups, warnings = _dataset_groups(profile, scan)
-    num_train_images = sum(s.repeats * len(s.images) for s in scan.train)
-    if num_train_images == 0:
+    if sum(s.repeats * len(s.images) for s in scan.train) == 0:
         where = (f"in any train subset of dataset_config {scan.config.path}" if scan.config
                  else f"under {scan.train_dir}")
         raise DatasetError(f"no usable training images {where}",
@@ -195,10 +216,13 @@ def make_plan(profile: Profile, scan: DatasetScan, num_processes: int = 1) -> Tr
     items: list[PlanItem] = []
     datasets: list[DatasetPlan] = []
     zero_bucket: list[ImageRecord] = []
-    for index, (config, batch_size, members) in enumerate(groups):
+    seed = validation_seed(profile)
+    for index, (config, batch_size, members, split, split_seed) in enumerate(groups):
         dataset = _plan_dataset(index, config, batch_size, members,
-                                profile.dataset.prior_loss_weight, subsets, items, zero_bucket)
+                                profile.dataset.prior_loss_weight, subsets, items, zero_bucket,
+                                Validation(split, seed if split_seed is None else split_seed))
         datasets.append(dataset)
+    num_train_images = sum(d.num_train_images for d in datasets)
     if zero_bucket:
         names = ", ".join(str(r.path) for r in zero_bucket[:5])
         steps = sorted({d.bucket.bucket_reso_steps for d in datasets
@@ -216,7 +240,7 @@ def make_plan(profile: Profile, scan: DatasetScan, num_processes: int = 1) -> Tr
     bucket_items = dict(sorted(bucket_items.items()))
     bucket_counts = {reso: sum(items[i].repeats for i in members)
                      for reso, members in bucket_items.items()}
-    mean_ar_error = _mean_ar_error(items)
+    mean_ar_error = _mean_ar_error([it for it in items if not it.is_validation])
 
     training = profile.training
     grad_accum = training.gradient_accumulation_steps
@@ -266,22 +290,73 @@ def make_plan(profile: Profile, scan: DatasetScan, num_processes: int = 1) -> Tr
         epoch_save_points=epoch_points, step_save_points=step_points,
         output_name=saving.output_name,
         warnings=warnings, datasets=datasets,
-        dataset_config=scan.config.path if scan.config else None)
+        dataset_config=scan.config.path if scan.config else None,
+        validation_batches=[b for d in datasets for b in d.validation_batches],
+        validation_seed=seed,
+        masked=profile.training.masked_loss
+        or any(s.scan.options.alpha_mask for s in subsets))
 
 
-def _dataset_groups(profile: Profile, scan: DatasetScan,
-                    ) -> tuple[list[tuple[BucketConfig, int, list[SubsetScan]]], list[str]]:
-    """(bucket config, batch size, subsets in registration order) per dataset, and the
-    bucket warnings. Folder mode: one dataset from the profile, train then reg folders."""
+def validation_seed(profile: Profile) -> int:
+    """The seed that picks held-out images and draws validation noise: validation_seed, else
+    the seed, else 0 (a fixed value, so `check`, the run and a resume agree)."""
+    tr = profile.training
+    return next((s for s in (tr.validation_seed, tr.seed) if s is not None), 0)
+
+
+@dataclass(frozen=True)
+class Validation:
+    split: float  # share of each train subset's images held out
+    seed: int
+
+
+VALIDATION_TIMESTEP_COUNT = 4
+
+
+def validation_timesteps(min_timestep: int, max_timestep: int,
+                         count: int = VALIDATION_TIMESTEP_COUNT) -> list[int]:
+    """``count`` timesteps evenly spaced strictly inside [min, max]: 200/400/600/800 for
+    the whole range (``linspace(min, max, count + 2)[1:-1]``, as sd-scripts)."""
+    span = max_timestep - min_timestep
+    return [int(min_timestep + span * (i + 1) / (count + 1)) for i in range(count)]
+
+
+def split_held_out(count: int, split: float, seed: int) -> set[int]:
+    """Which of a subset's ``count`` images (indices in scan order) are held out.
+
+    As sd-scripts' split: the images are shuffled with ``random.Random(seed)`` and the
+    training part is the first ``count - held`` of that order; here ``held`` is
+    count x split rounded down (computed so 10 x 0.3 is 3, not 2.9999...), so an image is
+    either trained on or validated on, never both, and a subset always keeps one image.
+    """
+    if split <= 0 or count == 0:
+        return set()
+    held = min(count - 1, math.floor(round(count * split, 9)))
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    return set(order[count - held:])
+
+
+Group = tuple[BucketConfig, int, list[SubsetScan], float, "int | None"]
+
+
+def _dataset_groups(profile: Profile, scan: DatasetScan) -> tuple[list[Group], list[str]]:
+    """(bucket config, batch size, subsets in registration order, validation split, its
+    seed or None for the profile's) per dataset, and the bucket warnings. Folder mode: one
+    dataset from the profile, train then reg folders."""
+    split = profile.training.validation_split
     if scan.config is None:
         config, warnings = bucket_config(profile.dataset)
-        return [(config, profile.training.train_batch_size, scan.subsets)], warnings
-    groups = []
+        return [(config, profile.training.train_batch_size, scan.subsets, split, None)], \
+            warnings
+    groups: list[Group] = []
     warnings: list[str] = []
     for spec in scan.config.datasets:
         members = [s for s in scan.subsets if s.dataset_index == spec.index]
         members.sort(key=lambda s: s.spec.subset_index if s.spec else 0)
-        groups.append((spec.bucket, spec.batch_size, members))
+        groups.append((spec.bucket, spec.batch_size, members,
+                       split if spec.validation_split is None else spec.validation_split,
+                       spec.validation_seed))
         warnings.extend(spec.bucket_warnings)
     return groups, warnings
 
@@ -289,11 +364,19 @@ def _dataset_groups(profile: Profile, scan: DatasetScan,
 def _plan_dataset(index: int, config: BucketConfig, batch_size: int,
                   members: list[SubsetScan], prior_loss_weight: float,
                   subsets: list[SubsetPlan], items: list[PlanItem],
-                  zero_bucket: list[ImageRecord]) -> DatasetPlan:
-    """Balance, bucket and batch one dataset; appends to ``subsets`` / ``items``."""
+                  zero_bucket: list[ImageRecord],
+                  validation: Validation = Validation(0.0, 0)) -> DatasetPlan:
+    """Balance, bucket and batch one dataset; appends to ``subsets`` / ``items``.
+
+    With a validation split, each train subset's held-out images become validation items
+    (repeats 1, never in a bucket's training list); regularization subsets are never split,
+    and they are balanced against the images that do train (as sd-scripts does).
+    """
     train = [s for s in members if not s.is_reg]
     reg = [s for s in members if s.is_reg]
-    num_train_images = sum(s.repeats * len(s.images) for s in train)
+    held = {id(s): split_held_out(len(s.images), validation.split, validation.seed)
+            for s in train}
+    num_train_images = sum(s.repeats * (len(s.images) - len(held[id(s)])) for s in train)
     reg_effective = balance_reg_repeats(num_train_images,
                                         [s.repeats for s in reg for _ in s.images])
     predefined = config.predefined
@@ -304,31 +387,43 @@ def _plan_dataset(index: int, config: BucketConfig, batch_size: int,
             effective = reg_effective[reg_offset:reg_offset + len(subset.images)]
             reg_offset += len(subset.images)
         else:
-            effective = [subset.repeats] * len(subset.images)
-        subsets.append(SubsetPlan(subset, effective))
+            effective = [0 if i in held[id(subset)] else subset.repeats
+                         for i in range(len(subset.images))]
+        held_out = [] if subset.is_reg else [subset.images[i] for i in sorted(held[id(subset)])]
+        subsets.append(SubsetPlan(subset, effective, held_out))
         weight = prior_loss_weight if subset.is_reg else 1.0
-        for record, repeats in zip(subset.images, effective, strict=True):
-            if repeats == 0:
+        for position, (record, repeats) in enumerate(zip(subset.images, effective,
+                                                         strict=True)):
+            validating = not subset.is_reg and position in held[id(subset)]
+            if repeats == 0 and not validating:
                 continue
             bucket, resized = config.assign((record.width, record.height), predefined)
             if 0 in bucket:
                 zero_bucket.append(record)
                 continue
-            items.append(PlanItem(record, len(subsets) - 1, subset.is_reg, repeats, weight,
-                                  bucket, resized, index))
+            items.append(PlanItem(record, len(subsets) - 1, subset.is_reg,
+                                  1 if validating else repeats, weight, bucket, resized, index,
+                                  is_validation=validating))
     bucket_items: dict[Size, list[int]] = {}
+    validation_items: dict[Size, list[int]] = {}
     for item_index in range(first_item, len(items)):
-        bucket_items.setdefault(items[item_index].bucket_reso, []).append(item_index)
+        into = validation_items if items[item_index].is_validation else bucket_items
+        into.setdefault(items[item_index].bucket_reso, []).append(item_index)
+    trained = [it for it in items[first_item:] if not it.is_validation]
     bucket_items = dict(sorted(bucket_items.items()))
     bucket_counts = {reso: sum(items[i].repeats for i in indices)
                      for reso, indices in bucket_items.items()}
     return DatasetPlan(
         index=index, subset_indices=list(range(first_subset, len(subsets))), bucket=config,
         batch_size=batch_size, bucket_counts=bucket_counts, bucket_items=bucket_items,
-        mean_ar_error=_mean_ar_error(items[first_item:]), num_train_images=num_train_images,
+        mean_ar_error=_mean_ar_error(trained), num_train_images=num_train_images,
         num_reg_images=sum(s.repeats * len(s.images) for s in reg),
-        num_reg_samples=sum(it.repeats for it in items[first_item:] if it.is_reg),
-        batches_per_epoch=sum(_ceil_div(count, batch_size) for count in bucket_counts.values()))
+        num_reg_samples=sum(it.repeats for it in trained if it.is_reg),
+        batches_per_epoch=sum(_ceil_div(count, batch_size) for count in bucket_counts.values()),
+        validation_split=validation.split,
+        validation_batches=[members[start:start + batch_size]
+                            for _, members in sorted(validation_items.items())
+                            for start in range(0, len(members), batch_size)])
 
 
 def _mean_ar_error(items: list[PlanItem]) -> float:
@@ -377,6 +472,7 @@ def plan_summary(plan: TrainingPlan) -> dict[str, Any]:
             "images": len(scan.images), "repeats": scan.repeats,
             "effective_repeats": [min(used), max(used)] if used else [0, 0],
             "images_used": subset.images_used, "samples_per_epoch": subset.samples_per_epoch,
+            "held_out": len(subset.held_out),
             "captions_found": scan.captions_found,
             "captions_missing": len(scan.missing_captions),
             "captions_other_extension": len(scan.other_extension_captions),
@@ -412,6 +508,13 @@ def plan_summary(plan: TrainingPlan) -> dict[str, Any]:
             "final": plan.final_file_name,
         },
         "warnings": list(plan.warnings),
+        "validation": {
+            "images": plan.num_validation_images,
+            "batches": len(plan.validation_batches),
+            "seed": plan.validation_seed,
+            "splits": [d.validation_split for d in plan.datasets],
+            "held_out": _capped([str(r.path) for r in plan.held_out]),
+        },
         "dataset_config": str(plan.dataset_config) if plan.dataset_config else None,
         "datasets": [{
             "bucket_mode": d.bucket.mode, "resolution": list(d.bucket.resolution),

@@ -57,6 +57,9 @@ class ImageRecord:
     # The caption file found (None: none exists). The class tokens are the caption when
     # there is none, or when it is empty or unreadable (see SubsetScan).
     caption_file: Path | None
+    # The mask image (the subset's conditioning_data_dir), or None.
+    mask_path: Path | None = None
+    has_alpha: bool = False  # the file has an alpha channel (or a transparent colour)
 
 
 @dataclass
@@ -95,6 +98,9 @@ class SubsetScan:
     # when the folder itself has no images, the "one level too deep" mistake.
     nested_image_dirs: list[Path] = field(default_factory=list)
     tag_frequency: dict[str, int] = field(default_factory=dict)
+    # masked_loss mask images: their folder, and the images that have none there.
+    mask_dir: Path | None = None
+    missing_masks: list[Path] = field(default_factory=list)
 
     @property
     def captions_found(self) -> int:
@@ -201,10 +207,17 @@ def scan_config(config: DatasetConfig) -> DatasetScan:
                f"{'is a file, not a folder' if spec.image_dir.exists() else 'does not exist'}"
                for dataset in config.datasets for spec in dataset.subsets
                if not spec.image_dir.is_dir()]
+    masks = [spec for dataset in config.datasets for spec in dataset.subsets
+             if spec.conditioning_data_dir is not None]
+    missing += [f"`{spec.where}.conditioning_data_dir` = {spec.conditioning_data_dir} "
+                + ("is a file, not a folder" if spec.conditioning_data_dir.exists()
+                   else "does not exist")
+                for spec in masks if not spec.conditioning_data_dir.is_dir()]
     if missing:
         raise DatasetError(f"dataset_config {config.path}: " + "; ".join(missing),
-                           "fix image_dir (a path relative to the config file's folder, or "
-                           "absolute) to name the folder that holds the images")
+                           "fix image_dir / conditioning_data_dir (a path relative to the "
+                           "config file's folder, or absolute) to name the folder that holds "
+                           "the images / masks")
     sides = []
     for dataset in config.datasets:
         min_side_px = dataset.bucket.smallest_side()
@@ -212,7 +225,7 @@ def scan_config(config: DatasetConfig) -> DatasetScan:
         for spec in dataset.subsets:
             subset = _scan_subset(spec.image_dir, spec.num_repeats, spec.class_tokens,
                                   spec.is_reg, spec.options.caption_extension, min_side_px,
-                                  scan, spec.options)
+                                  scan, spec.options, spec.conditioning_data_dir)
             subset.dataset_index, subset.spec = dataset.index, spec
             (scan.reg if spec.is_reg else scan.train).append(subset)
     scan.min_side_px = min(sides, default=0)
@@ -335,10 +348,11 @@ def _concept_folders_below(skipped: list[tuple[Path, str]]
 
 def _scan_subset(folder: Path, repeats: int, class_tokens: str, is_reg: bool,
                  caption_extension: str, min_side_px: int, scan: DatasetScan,
-                 options: SubsetOptions) -> SubsetScan:
+                 options: SubsetOptions, mask_dir: Path | None = None) -> SubsetScan:
     subset = SubsetScan(folder=folder, name=folder.name, repeats=repeats,
                         class_tokens=class_tokens, is_reg=is_reg, options=options,
-                        min_side_px=min_side_px)
+                        min_side_px=min_side_px, mask_dir=mask_dir)
+    masks = _mask_files(mask_dir) if mask_dir is not None else {}
     # One directory listing answers every "does this caption file exist?" question, which
     # keeps a 1000-image folder at 1000 header reads instead of thousands of stat calls.
     files: set[str] = set()
@@ -355,7 +369,7 @@ def _scan_subset(folder: Path, repeats: int, class_tokens: str, is_reg: bool,
                         if ext.lower() != caption_extension.lower()]
     captions: list[str] = []
     for image_path in image_paths:
-        size, reason = _read_size(image_path)
+        size, reason, has_alpha = _read_size(image_path)
         if size is None:
             # Reported as a problem on its own; its caption does not matter until it opens.
             subset.undecodable.append((image_path, reason))
@@ -376,7 +390,11 @@ def _scan_subset(folder: Path, repeats: int, class_tokens: str, is_reg: bool,
         width, height = size
         if width < min_side_px or height < min_side_px:
             subset.too_small.append(image_path)
-        subset.images.append(ImageRecord(image_path, width, height, caption, caption_file))
+        mask = masks.get(image_path.stem)
+        if mask_dir is not None and mask is None:
+            subset.missing_masks.append(image_path)
+        subset.images.append(ImageRecord(image_path, width, height, caption, caption_file,
+                                         mask, has_alpha))
         captions.append(caption)
     subset.tag_frequency = count_tags(captions)
     if not image_paths:
@@ -389,8 +407,21 @@ def _scan_subset(folder: Path, repeats: int, class_tokens: str, is_reg: bool,
     return subset
 
 
-def _read_size(path: Path) -> tuple[tuple[int, int] | None, str]:
-    """(width, height) from the file header; (None, reason) if the file cannot be trained on.
+def _mask_files(folder: Path) -> dict[str, Path]:
+    """Image stem -> its mask in ``folder``: the image file with the same stem (any image
+    extension, as sd-scripts matches conditioning images)."""
+    found: dict[str, Path] = {}
+    with os.scandir(folder) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.is_file() and is_image_name(entry.name):
+                found.setdefault(Path(entry.name).stem, Path(entry.path))
+    return found
+
+
+def _read_size(path: Path) -> tuple[tuple[int, int] | None, str, bool]:
+    """(width, height) from the file header, "" and whether the image has transparency (an
+    alpha channel or a transparent colour, for alpha_mask); (None, reason, False) if the
+    file cannot be trained on.
 
     Pixels are decoded only for a file whose end looks missing (:func:`_looks_truncated`):
     a truncated download has a readable header, and would otherwise pass the check and stop
@@ -398,10 +429,12 @@ def _read_size(path: Path) -> tuple[tuple[int, int] | None, str]:
     """
     try:
         if path.stat().st_size == 0:
-            return None, "the file is empty (0 bytes)"
+            return None, "the file is empty (0 bytes)", False
         # Image.open reads the header lazily; no .load(), so no pixels are decoded.
         with Image.open(path) as image:
             size = image.size  # before draft(), which changes it to the reduced size
+            alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") \
+                or "transparency" in image.info
             if _looks_truncated(path, image.format):
                 # A JPEG decoded at 1/8 scale still reads every byte of its data, in a
                 # fraction of the time (draft() is a no-op for other formats).
@@ -409,13 +442,14 @@ def _read_size(path: Path) -> tuple[tuple[int, int] | None, str]:
                 try:
                     image.load()
                 except Exception as exc:  # the decoder's own words say where it stopped
-                    return None, f"truncated: the file ends inside its image data ({exc})"
-            return size, ""
+                    return None, f"truncated: the file ends inside its image data ({exc})", \
+                        False
+            return size, "", alpha
     except Image.DecompressionBombError:
-        return None, _too_large_reason(path)
+        return None, _too_large_reason(path), False
     except Exception as exc:  # any decoder failure is a per-file finding
         # PIL's messages repeat the full path; the finding already names the file.
-        return None, f"{type(exc).__name__}: {str(exc).replace(str(path), path.name)}"
+        return None, f"{type(exc).__name__}: {str(exc).replace(str(path), path.name)}", False
 
 
 def _looks_truncated(path: Path, image_format: str | None) -> bool:

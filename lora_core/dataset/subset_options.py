@@ -33,6 +33,7 @@ class SubsetOptions:
     flip_aug: bool = False
     color_aug: bool = False
     random_crop: bool = False
+    alpha_mask: bool = False
 
     @property
     def captions_vary(self) -> bool:
@@ -41,6 +42,14 @@ class SubsetOptions:
         return bool(self.shuffle_caption or self.caption_dropout_rate
                     or self.caption_dropout_every_n_epochs or self.caption_tag_dropout_rate
                     or self.enable_wildcard or self.token_warmup_step)
+
+    def for_validation(self) -> SubsetOptions:
+        """These options as validation reads an image: no caption shuffling, dropout or
+        warm-up and no augmentation, so every evaluation sees the same samples."""
+        return dataclasses.replace(
+            self, shuffle_caption=False, caption_dropout_rate=0.0,
+            caption_dropout_every_n_epochs=0, caption_tag_dropout_rate=0.0, token_warmup_step=0,
+            flip_aug=False, color_aug=False, random_crop=False)
 
     @property
     def pixels_vary(self) -> bool:

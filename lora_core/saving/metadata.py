@@ -78,7 +78,7 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
         "ss_learning_rate": opt.learning_rate,
         "ss_text_encoder_lr": opt.text_encoder_lr,
         "ss_unet_lr": opt.unet_lr,
-        "ss_num_validation_images": 0,
+        "ss_num_validation_images": plan.num_validation_images,
         "ss_num_epochs": run.num_epochs,
         "ss_max_train_steps": run.max_train_steps,
         "ss_gradient_checkpointing": tr.gradient_checkpointing,
@@ -126,11 +126,14 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
         "ss_fp8_base": False,
         "ss_fp8_base_unet": False,
         "ss_sd_model_name": run.model_name,
-        "ss_validation_seed": None,
-        "ss_validation_split": 0.0,
-        "ss_max_validation_steps": None,
-        "ss_validate_every_n_epochs": None,
-        "ss_validate_every_n_steps": None,
+        # The seed actually used when images are held out (unset, it falls back).
+        "ss_validation_seed": plan.validation_seed if plan.validation_batches
+        else tr.validation_seed,
+        "ss_validation_split": tr.validation_split,
+        "ss_masked_loss": tr.masked_loss,
+        "ss_max_validation_steps": tr.max_validation_steps,
+        "ss_validate_every_n_epochs": tr.validate_every_n_epochs,
+        "ss_validate_every_n_steps": tr.validate_every_n_steps,
         "ss_resize_interpolation": None,
         # Folder-mode keys (no dataset_config):
         "ss_batch_size_per_device": tr.train_batch_size,

@@ -54,7 +54,8 @@ AutocastFactory = Callable[[], contextlib.AbstractContextManager]
 
 
 class LatentSource(Protocol):
-    def latents(self, batch: dict[str, Any]) -> torch.Tensor: ...
+    def latents(self, batch: dict[str, Any],
+                generator: torch.Generator | None = None) -> torch.Tensor: ...
 
 
 class TextConditioner(Protocol):
@@ -74,9 +75,11 @@ class VaeLatents:
         self.warned = False
 
     @torch.no_grad()
-    def latents(self, batch: dict[str, Any]) -> torch.Tensor:
+    def latents(self, batch: dict[str, Any], generator: torch.Generator | None = None,
+                ) -> torch.Tensor:
+        """``generator`` (validation): the posterior's ε from it instead of the global RNG."""
         pixels = batch["pixel_values"].to(self.device, self.dtype)
-        latents = self.vae.encode(pixels).latent_dist.sample()
+        latents = self.vae.encode(pixels).latent_dist.sample(generator=generator)
         if not torch.isfinite(latents).all():
             # fp16 VAEs overflow on some images; sd-scripts replaces them with zeros too.
             latents = torch.nan_to_num(latents, nan=0.0, posinf=0.0, neginf=0.0)
@@ -115,7 +118,9 @@ class CachedLatents:
         self.scale = scale
         self.device = device
 
-    def latents(self, batch: dict[str, Any]) -> torch.Tensor:
+    def latents(self, batch: dict[str, Any], generator: torch.Generator | None = None,
+                ) -> torch.Tensor:
+        """(``generator`` is not used: cached latents are fixed already.)"""
         rows = [self._get(self.entries[index], flipped)
                 for index, flipped in zip(batch["item_indices"], batch["flipped"], strict=True)]
         return torch.stack(rows).to(self.device, torch.float32) * self.scale
@@ -217,7 +222,7 @@ def _keys_of(plan: TrainingPlan, fingerprint: str
         key = latent_cache.latent_key(item.record.path, item.resized_size, item.bucket_reso,
                                       crop, fingerprint)
         item_keys.append(key)
-        flip = plan.subsets[item.subset_index].scan.options.flip_aug
+        flip = plan.subsets[item.subset_index].scan.options.flip_aug and not item.is_validation
         needs_flip[key] = needs_flip.get(key, False) or flip
     return item_keys, needs_flip
 

@@ -3,6 +3,7 @@
 One training step's loss, in sd-scripts' order (kohya-compat.md §5.1, §5.3)::
 
     element  = ℓ(pred, target)                      float32, by loss_type (l2/l1/huber/smooth_l1)
+    element ← element · mask                        masked loss: mask area-resized to latents
     sample_i = mean_{C,H,W}(element_i) · w_i        w_i: prior_loss_weight for reg images, else 1
     sample_i ← sample_i · λ(t_i)                    min-SNR, v-pred scaling, debiased estimation
     loss     = mean_i(sample_i)
@@ -211,16 +212,25 @@ def prepare_schedule_and_loss(noise_scheduler, training: TrainingSection,
 
 
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor,
-                   loss_weights: torch.Tensor, weighting: LossWeighting) -> torch.Tensor:
+                   loss_weights: torch.Tensor, weighting: LossWeighting,
+                   masks: torch.Tensor | None = None) -> torch.Tensor:
     """The scalar loss of one batch (the formula in the module docstring).
 
     ``pred`` / ``target`` are ``(B, C, H, W)``; ``timesteps`` ``(B,)`` integers; ``loss_weights``
-    ``(B,)`` per-sample weights. Returns a float32 scalar.
+    ``(B,)`` per-sample weights. ``masks`` (masked loss): ``(B, 1, h, w)`` in [0, 1] at any
+    size, brought to the latents' size by area averaging and multiplied in before the mean
+    over C, H, W (sd-scripts' ``apply_masked_loss``: the mean still divides by every
+    element, so an all-ones mask gives exactly the unmasked loss). Returns a float32 scalar.
     """
     c = None
     if weighting.huber_c is not None:
         c = _gather(weighting.huber_c, timesteps).to(pred.device)
     per_element = element_loss(pred, target, weighting.loss_type, c)
+    if masks is not None:
+        masks = masks.to(per_element.device, torch.float32)
+        if masks.shape[-2:] != per_element.shape[-2:]:
+            masks = F.interpolate(masks, size=per_element.shape[-2:], mode="area")
+        per_element = per_element * masks
     per_sample = per_element.mean(dim=list(range(1, per_element.dim())))
     per_sample = per_sample * loss_weights.to(per_sample.device, torch.float32)
     if weighting.timestep_weight is not None:

@@ -4,7 +4,9 @@ A tracker is an event sink: each step's ``loss/current`` and ``loss/average``, t
 rates under the names the trainer gives them (``lr/unet``, ``lr/textencoder``, a group per
 block or text encoder, ``lr/d*lr/...`` for D-Adaptation and Prodigy) and any other per-step
 measurement (``max_norm/...``), at the global step; ``loss/epoch`` at each epoch's end, at
-the epoch number. The folder is sd-scripts': ``logging_dir/<log_prefix><YYYYmmddHHMMSS>/
+the epoch number; validation loss as ``loss/validation/step_average`` / ``step_divergence``
+at the step and ``loss/validation/epoch_average`` / ``epoch_divergence`` at the epoch
+number (sd-scripts' names). The folder is sd-scripts': ``logging_dir/<log_prefix><YYYYmmddHHMMSS>/
 <log_tracker_name or network_train>``, so dashboards and ``tensorboard --logdir`` carry over.
 TensorBoard is written with torch's own writer (the tensorboard package), W&B with wandb.
 """
@@ -15,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lora_core.events import EpochEnded, Event, RunFinished, StepEnded
+from lora_core.events import EpochEnded, Event, RunFinished, StepEnded, ValidationMeasured
 from lora_core.profile import Profile
 
 DEFAULT_TRACKER_NAME = "network_train"
@@ -41,6 +43,12 @@ def scalars_of(event: Event) -> tuple[int, dict[str, float]] | None:
         return event.step, values
     if isinstance(event, EpochEnded):
         return event.epoch, {"loss/epoch": event.avg_loss}
+    if isinstance(event, ValidationMeasured):
+        # sd-scripts' names; epoch values at the epoch number, as loss/epoch.
+        kind = event.kind
+        return (event.epoch if kind == "epoch" else event.step), {
+            f"loss/validation/{kind}_average": event.loss,
+            f"loss/validation/{kind}_divergence": event.divergence}
     return None
 
 

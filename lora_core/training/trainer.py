@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lora_core.dataset.loader import make_epoch_loader, process_batches
+from lora_core.dataset.loader import make_epoch_loader, process_batches, raise_loader_error
 from lora_core.dataset.plan import TrainingPlan, epoch_batches
-from lora_core.errors import DatasetError, NonFiniteError, OutOfMemoryError
+from lora_core.errors import NonFiniteError, OutOfMemoryError
 from lora_core.events import (
     EpochEnded,
     Event,
@@ -34,6 +34,7 @@ from lora_core.events import (
     PhaseTracker,
     RunResumed,
     StepEnded,
+    ValidationMeasured,
     WarningIssued,
 )
 from lora_core.models.families import ModelBundle
@@ -67,6 +68,7 @@ from lora_core.training.optim import (
     param_groups,
 )
 from lora_core.training.sampling import Previews
+from lora_core.training.validation import Validator, validation_due
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -253,6 +255,27 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     # A copy: zero_terminal_snr rescales the schedule in place, and the bundle may be reused.
     noise_scheduler = type(bundle.noise_scheduler).from_config(bundle.noise_scheduler.config)
     weighting = prepare_schedule_and_loss(noise_scheduler, tr, v_pred, device)
+    validator = Validator(
+        plan, tr, bundle, latents_from, text_from, noise_scheduler, weighting, network, device,
+        weight_dtype, accelerator.autocast, eval_weights,
+        latents_cached=not isinstance(latents_from, VaeLatents),
+    ) if main and plan.validation_batches else None
+
+    measured: dict[int, float] = {}  # step -> loss: an epoch end that is also a step due
+
+    def validate(kind: str) -> None:
+        if validator is None:
+            return
+        if state.step not in measured:
+            emit(PhaseChanged("validating"))
+            measured.clear()
+            measured[state.step] = validator.measure()
+        loss = measured[state.step]
+        # "epoch": the epoch that just ended; "step": the epoch the step belongs to.
+        epoch = state.epoch if kind == "epoch" else state.epoch + 1
+        emit(ValidationMeasured(step=state.step, epoch=epoch, kind=kind, loss=loss,
+                                divergence=loss - _avg(state.losses),
+                                images=validator.num_images))
     grad_accum = profile.training.gradient_accumulation_steps
     total_steps, total_epochs = plan.max_train_steps, plan.num_epochs
     step_times: deque[float] = deque(maxlen=20)
@@ -289,7 +312,8 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
                 pred = bundle.unet(noisy.to(weight_dtype), timesteps,
                                    text.hidden.to(weight_dtype), **extra).sample
                 target = training_target(noise_scheduler, latents, noise, timesteps, v_pred)
-                loss = diffusion_loss(pred, target, timesteps, batch["loss_weights"], weighting)
+                loss = diffusion_loss(pred, target, timesteps, batch["loss_weights"], weighting,
+                                      batch.get("masks"))
                 accelerator.backward(loss / micro_in_update)
             window_loss += loss.detach() / micro_in_update
             state.batch_in_epoch = index + 1
@@ -317,6 +341,8 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
             last_step_at = now
             emit(_step_event(state, total_steps, total_epochs, optimizer, scheduler, step_times,
                              metrics))
+            if validation_due(tr, plan, step=state.step):
+                validate("step")
             if main:
                 previews.after_step(state.step)
             if main and state.step in plan.step_save_points:
@@ -332,6 +358,8 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
             state.epoch += 1
             state.batch_in_epoch = 0
             emit(EpochEnded(state.epoch, total_epochs, state.step, _avg(state.losses)))
+            if validation_due(tr, plan, epoch=state.epoch):
+                validate("epoch")
             if main and state.epoch in plan.epoch_save_points:
                 checkpoints.save(state, "epoch")
             if main:
@@ -397,14 +425,6 @@ def any_process_asks_to_stop(accelerator, stop_requested: Callable[[], bool]) ->
         return wanted
     flag = torch.tensor(1.0 if wanted else 0.0, device=accelerator.device)
     return bool(accelerator.reduce(flag, reduction="max") > 0)
-
-
-def raise_loader_error(batch: dict) -> None:
-    """A loader worker reports a bad image as data (an exception would arrive as a
-    traceback string); raise it here with its own message and hint."""
-    if "error" in batch:
-        message, hint = batch["error"]
-        raise DatasetError(message, hint)
 
 
 @contextlib.contextmanager

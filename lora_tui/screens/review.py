@@ -311,13 +311,16 @@ def plan_text(check: DatasetCheck, sample: SampleSection | None = None) -> str:
         lines.append("  [red]no plan can be made[/red]")
     else:
         for subset in plan.subsets:
-            images, repeats = len(subset.scan.images), subset.scan.repeats
+            held = len(subset.held_out)
+            images, repeats = len(subset.scan.images) - held, subset.scan.repeats
             made = (f"{images} image{'s' * (images != 1)} x {repeats} "
                     f"repeat{'s' * (repeats != 1)}")
             if subset.is_reg:  # reg images are balanced against the train samples
                 made += f", balanced to {subset.samples_per_epoch} samples per epoch"
             else:
                 made += f" = {subset.samples_per_epoch} samples"
+            if held:
+                made += f" ({held} held out for validation)"
             lines.append(f"  {'reg/' if subset.is_reg else ''}{escape(subset.name)}: {made}")
         reg = (f", {plan.num_reg_samples} reg samples (balanced from {plan.num_reg_images})"
                if plan.num_reg_images else "")
@@ -332,6 +335,10 @@ def plan_text(check: DatasetCheck, sample: SampleSection | None = None) -> str:
         lines.append(f"  steps per epoch: {plan.steps_per_epoch}   epochs: {plan.num_epochs}   "
                      f"total steps: {plan.max_train_steps}   warmup steps: {plan.warmup_steps}")
         lines += _schedule_lines(plan, sample)
+        if plan.validation_batches:
+            names = [escape(f"{r.path.parent.name}/{r.path.name}") for r in plan.held_out]
+            lines.append(f"  validation loss on {len(names)} held-out image"
+                         f"{'s' * (len(names) != 1)} (never trained on): {_listed(names)}")
     lines += [f"  [red]problem:[/red] {escape(p.text())}" for p in check.report.errors]
     lines += [f"  [yellow]note:[/yellow] {escape(p.text())}" for p in check.report.warnings]
     return "\n".join(lines)

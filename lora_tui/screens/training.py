@@ -50,6 +50,7 @@ from lora_core.events import (
     SampleSaved,
     StateSaved,
     StepEnded,
+    ValidationMeasured,
     WarningIssued,
 )
 from lora_core.saving.run_requests import SAMPLE_NOW, SAVE_NOW, request_action
@@ -100,6 +101,8 @@ class TrainingScreen(Screen):
         self.states_saved = 0  # state_saved events since the last run_started
         self.resumed_from_step: int | None = None
         self.files: list[str] = []
+        self.file_steps: dict[str, int] = {}  # a checkpoint's path -> its step
+        self.validation: dict[int, float] = {}  # step -> validation loss
         self.tail: deque[str] = deque(maxlen=_TAIL_LINES)
         self.losses: deque[float] = deque(maxlen=_LOSS_POINTS)
         self.failure: RunFailed | None = None
@@ -248,7 +251,15 @@ class TrainingScreen(Screen):
                         f"{event.step}, average loss {event.avg_loss:.4f}")
 
     def _on_checkpoint_saved(self, event: CheckpointSaved) -> None:
+        self.file_steps[event.path] = event.step
         self._add_file(f"{event.kind} checkpoint: {event.path}")
+
+    def _on_validation(self, event: ValidationMeasured) -> None:
+        self.validation[event.step] = event.loss
+        where = f"epoch {event.epoch}" if event.kind == "epoch" else f"step {event.step}"
+        self._log.write(f"validation loss {event.loss:.4f} at {where} ({event.images} "
+                        f"held-out images; {event.divergence:+.4f} against training)")
+        self._show_files(self.files)
 
     def _on_sample_saved(self, event: SampleSaved) -> None:
         self._add_file(f"sample {event.prompt_index} (step {event.step}): {event.path}")
@@ -271,6 +282,7 @@ class TrainingScreen(Screen):
     _handlers = {RunStarted: _on_run_started, RunResumed: _on_run_resumed,
                  StateSaved: _on_state_saved, PhaseChanged: _on_phase_changed,
                  StepEnded: _on_step_ended, EpochEnded: _on_epoch_ended,
+                 ValidationMeasured: _on_validation,
                  CheckpointSaved: _on_checkpoint_saved, SampleSaved: _on_sample_saved,
                  WarningIssued: _on_warning, LogLine: _on_log_line,
                  RunFinished: lambda self, event: self._finished(event),
@@ -280,8 +292,26 @@ class TrainingScreen(Screen):
         if log_it:
             self.query_one(RichLog).write(line)
         self.files.append(line)
-        self.query_one("#train-files", Static).update(
-            "[b]Files[/b]\n" + "\n".join(escape(f) for f in self.files))
+        self._show_files(self.files)
+
+    def _show_files(self, shown: list[str]) -> None:
+        """The files, each checkpoint with the validation loss measured at its step (when
+        the run validates), the lowest marked: the one to keep."""
+        def loss_of(line: str) -> float | None:
+            path = line.split(": ", 1)[-1]
+            step = self.file_steps.get(path)
+            return self.validation.get(step) if step is not None else None
+
+        losses = [loss for loss in map(loss_of, shown) if loss is not None]
+        lines = []
+        for line in shown:
+            text, loss = escape(line), loss_of(line)
+            if loss is not None:
+                text += f"  val {loss:.4f}"
+                if loss == min(losses) and len(losses) > 1:
+                    text += " [b]<- lowest[/b]"
+            lines.append(text)
+        self.query_one("#train-files", Static).update("[b]Files[/b]\n" + "\n".join(lines))
 
     def _settle(self) -> None:
         """The run is over: the bar stops pulsing (a run that failed before its first step
@@ -306,8 +336,7 @@ class TrainingScreen(Screen):
             f"({format_duration(event.seconds)}). The LoRA: {escape(event.final_file)}\n"
             f"[dim]{keys}Escape: back · Ctrl+Q: quit[/dim]")
         samples = [f for f in self.files if f.startswith(("sample ", "state "))]
-        self.query_one("#train-files", Static).update(
-            "[b]Files[/b]\n" + "\n".join(escape(f) for f in [*event.files, *samples]))
+        self._show_files([*event.files, *samples])
         self.refresh_bindings()
 
     def _failed(self, message: str, hint: str, log_path: str | None) -> None:

@@ -342,21 +342,17 @@ def test_wrong_types_ranges_and_foreign_keys(table, expected):
 def test_keys_sd_scripts_has_but_lora_train_does_not_are_not_supported_yet():
     message = config_errors({"datasets": [{"subsets": [
         {"metadata_file": "meta.json"},
-        {"image_dir": "a", "face_crop_aug_range": [2.0, 3.0]},
-        {"image_dir": "b", "conditioning_data_dir": "c"}]}]})
+        {"image_dir": "a", "face_crop_aug_range": [2.0, 3.0]}]}]})
     assert "`datasets[0].subsets[0].metadata_file` = \"meta.json\": fine-tuning subsets " \
            "(metadata_file" in message
     assert "image_dir` is required" not in message  # the real problem is metadata_file
     assert "`datasets[0].subsets[1].face_crop_aug_range` = [2.0, 3.0]: " \
            "`face_crop_aug_range` is not supported yet" in message
-    assert "`datasets[0].subsets[2].conditioning_data_dir` = \"c\": ControlNet" in message
 
 
 def test_unsupported_keys_at_their_neutral_value_are_accepted():
     data = {"general": {"network_multiplier": 1.0, "cache_info": False},
-            "datasets": [{"validation_split": 0.0, "validation_seed": 3,
-                          "subsets": [{"image_dir": "a", "alpha_mask": False,
-                                       "custom_attributes": {}}]}]}
+            "datasets": [{"subsets": [{"image_dir": "a", "custom_attributes": {}}]}]}
     loaded = dataset_config_from_dict(data, Path("/cfg/ds.toml"), DatasetSection(), 1)
     assert loaded.datasets[0].subsets[0].image_dir == Path("/cfg/a")
 

@@ -178,3 +178,46 @@ def test_a_dataset_config_trains_its_subsets(train, tmp_path):
     assert [s["num_repeats"] for s in datasets[0]["subsets"]] == [3, 1]
     assert datasets[0]["batch_size_per_device"] == 1
     assert "ss_dataset_dirs" in meta and "ss_resolution" not in meta
+
+
+def test_masked_loss_trains_with_the_masks_it_is_given(train, tmp_path):
+    """White masks train exactly as no masks (same losses step for step, latents cached or
+    not); half-black masks change the loss; the file records it as sd-scripts does."""
+    from PIL import Image
+
+    make_images(tmp_path / "imgs" / "a", 2, caption="tok, thing")
+    for name, fill in (("white", 255), ("half", None)):
+        folder = tmp_path / name
+        folder.mkdir()
+        for image in sorted((tmp_path / "imgs" / "a").glob("*.png")):
+            mask = Image.new("L", (64, 64), 255 if fill else 0)
+            if fill is None:
+                mask.paste(255, (32, 0, 64, 64))
+            mask.save(folder / image.name)
+
+    def config(masks: str | None, cached: bool) -> dict:
+        subset = {"image_dir": "imgs/a", "num_repeats": 2}
+        if masks:
+            subset["conditioning_data_dir"] = masks
+        path = tmp_path / f"ds-{masks}-{cached}.toml"
+        path.write_text(tomli_w.dumps({"general": {"resolution": 64, "min_bucket_reso": 64,
+                                                   "max_bucket_reso": 64},
+                                       "datasets": [{"batch_size": 1,
+                                                     "subsets": [subset]}]}), encoding="utf-8")
+        return {"train_data_dir": None, "dataset_config": str(path), "cache_latents": cached}
+
+    def losses(name, masks, cached=False):
+        _, events = train(name, dataset=config(masks, cached),
+                          training={"masked_loss": masks is not None})
+        return [e.loss for e in events if isinstance(e, StepEnded)], events
+
+    plain, _ = losses("plain", None)
+    white, events = losses("white", "white")
+    assert white == plain and len(plain) == 4
+    cached_plain, _ = losses("cplain", None, cached=True)
+    cached_white, _ = losses("cwhite", "white", cached=True)
+    assert cached_white == cached_plain
+    half, _ = losses("half", "half")
+    assert all(h < p for h, p in zip(half, plain, strict=True))  # half the pixels count
+    with safe_open(final_file(events), "pt") as fh:
+        assert fh.metadata()["ss_masked_loss"] == "True"

@@ -145,3 +145,29 @@ async def test_sample_images_are_listed_and_drawn_in_the_terminal(tmp_path):
         segments = list(app.console.render(drawn))
         assert any(s.style and s.style.bgcolor and s.style.bgcolor.triplet == (255, 0, 0)
                    for s in segments)
+
+
+async def test_saved_files_show_their_validation_loss_and_the_lowest_is_marked(tmp_path):
+    from lora_core.events import CheckpointSaved, ValidationMeasured
+
+    def measured(step_: int, loss: float) -> ValidationMeasured:
+        return ValidationMeasured(step=step_, epoch=step_ // 5, kind="epoch", loss=loss,
+                                  divergence=0.01, images=3)
+
+    fake = FakeRunner([step(5), measured(5, 0.31), CheckpointSaved("/o/x-000001.safetensors",
+                                                                   5, 1, "epoch"),
+                       step(10), measured(10, 0.27),
+                       CheckpointSaved("/o/x.safetensors", 10, 2, "final"),
+                       RunFinished(["/o/x-000001.safetensors", "/o/x.safetensors"],
+                                   "/o/x.safetensors", 10, 1.0)])
+    app = make_app(runner_factory=lambda: fake)
+    async with app.run_test(size=SIZE) as pilot:
+        app.start_training(tmp_path / "p.toml")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.state == "finished")
+        files = plain(app, "#train-files")
+        first, last = (line for line in files.splitlines() if ".safetensors" in line)
+        assert "val 0.3100" in first and "lowest" not in first
+        assert "val 0.2700" in last and "<- lowest" in last
+        log = "\n".join(str(line.text) for line in screen.query_one("#train-log").lines)
+        assert "validation loss 0.2700 at epoch 2 (3 held-out images" in " ".join(log.split())

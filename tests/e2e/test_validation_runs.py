@@ -1,0 +1,108 @@
+"""Validation loss through the whole engine: the same numbers in two runs of one profile and
+in a run killed with -9 and resumed, sd-scripts' metadata in the file, and the events the
+training screen and the trackers read."""
+
+from __future__ import annotations
+
+import random
+import signal
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from lora_core.saving.lora_file import read_metadata
+from tests.e2e.conftest import make_images, run_cli
+from tests.e2e.test_resume import events, run_folder, start, wait_for_step
+
+STEPS = 18  # 5 images, 2 held out: 3 x 2 repeats = 6 steps per epoch, 3 epochs
+
+
+def write_profile(root: Path, name: str) -> Path:
+    data = root / "data"
+    if not data.exists():
+        make_images(data / "2_tok thing", 5, caption="tok, thing, red, blue")
+    profile = {
+        "profile_version": 1,
+        "model": {"pretrained_model_name_or_path": "builtin:tiny-sd1"},
+        # Shuffling, flips and dropout draw random numbers in training; validation must
+        # not depend on them (nor change them).
+        "dataset": {"train_data_dir": str(data), "resolution": 64, "min_bucket_reso": 64,
+                    "max_bucket_reso": 64, "max_data_loader_n_workers": 0,
+                    "shuffle_caption": True, "flip_aug": True},
+        "network": {"network_dim": 4, "network_alpha": 2.0, "network_dropout": 0.1},
+        "optimizer": {"optimizer_type": "AdamW", "learning_rate": 1e-2},
+        "training": {"max_train_epochs": 3, "mixed_precision": "no", "seed": 11,
+                     "validation_split": 0.4, "validate_every_n_steps": 4},
+        "saving": {"output_dir": str(root / f"out-{name}"), "output_name": name,
+                   "save_every_n_steps": 3, "save_every_n_epochs": 1},
+    }
+    path = root / f"{name}.toml"
+    path.write_text(tomli_w.dumps(profile), encoding="utf-8")
+    return path
+
+
+def measured(path: Path) -> dict[tuple[str, int], float]:
+    return {(e["kind"], e["step"]): e["loss"] for e in events(path)
+            if e["type"] == "validation_measured"}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("validation")
+
+
+@pytest.fixture(scope="module")
+def reference(workdir) -> dict[tuple[str, int], float]:
+    result = run_cli("run", str(write_profile(workdir, "ref")), "--events",
+                     str(workdir / "ref.jsonl"), "--no-progress",
+                     env={"LORA_TUI_STATE_DIR": str(workdir / "state")})
+    assert result.returncode == 0, result.stderr
+    return measured(workdir / "ref.jsonl")
+
+
+def test_validation_runs_when_asked_and_is_recorded(workdir, reference):
+    # Every 4 steps, and at each of the 3 epoch ends (steps 6, 12, 18).
+    assert sorted(reference) == sorted([("step", s) for s in (4, 8, 12, 16)]
+                                       + [("epoch", s) for s in (6, 12, 18)])
+    assert reference[("step", 12)] == reference[("epoch", 12)]  # one measurement, two names
+    # The network learns from the other images of the same thing: the loss moves.
+    assert len(set(reference.values())) > 3
+    found = [e for e in events(workdir / "ref.jsonl") if e["type"] == "validation_measured"]
+    assert {e["images"] for e in found} == {2}
+    assert [e["epoch"] for e in found if e["kind"] == "epoch"] == [1, 2, 3]
+    metadata = read_metadata(workdir / "out-ref" / "ref.safetensors")
+    assert metadata["ss_num_validation_images"] == "2"
+    assert metadata["ss_validation_split"] == "0.4"
+    assert metadata["ss_validate_every_n_steps"] == "4"
+    assert metadata["ss_num_train_images"] == "6"  # 3 trained images x 2 repeats
+
+
+def test_a_second_run_measures_exactly_the_same_values(workdir, reference):
+    result = run_cli("run", str(write_profile(workdir, "again")), "--events",
+                     str(workdir / "again.jsonl"), "--no-progress",
+                     env={"LORA_TUI_STATE_DIR": str(workdir / "state")})
+    assert result.returncode == 0, result.stderr
+    assert measured(workdir / "again.jsonl") == reference
+
+
+def test_kill_9_then_resume_measures_the_same_values(workdir, reference):
+    state = workdir / "state-kill"
+    first = workdir / "kill.jsonl"
+    child = start(write_profile(workdir, "kill"), first, state)
+    kill_at = random.Random().randint(7, STEPS - 3)
+    wait_for_step(first, kill_at, child)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    before = measured(first)
+    assert before and all(before[key] == reference[key] for key in before)
+    second = workdir / "kill-resumed.jsonl"
+    result = run_cli("resume", str(run_folder(workdir / "out-kill")), "--events", str(second),
+                     "--no-progress", env={"LORA_TUI_STATE_DIR": str(state)})
+    assert result.returncode == 0, result.stderr
+    (point,) = [e for e in events(second) if e["type"] == "run_resumed"]
+    after = measured(second)
+    # Everything after the state it resumed from (a state saved at an epoch's last step
+    # comes before that epoch's end, so its validation is measured again: the same value).
+    assert {key for key in reference if key[1] > point["step"]} <= set(after)
+    assert all(reference[key] == value for key, value in after.items())
