@@ -158,6 +158,18 @@ class DatasetSection:
 
 
 NETWORK_TYPES = ("LoRA", "LoCon", "LoHa", "LoKr")
+# The rest of the LyCORIS family (network_module "lycoris.kohya" with network_args algo=...):
+# their maths is the lycoris-lora package's (DyLoRA's is ours: see network/lycoris_family).
+LYCORIS_TYPES = ("DyLoRA", "Full", "IA3", "DiagOFT", "BOFT", "GLoRA")
+ALL_NETWORK_TYPES = NETWORK_TYPES + LYCORIS_TYPES
+# Types that support DoRA (dora_wd): LyCORIS' weight decomposition.
+DORA_TYPES = ("LoRA", "LoCon", "LoHa", "LoKr")
+# LyCORIS' algo names (ss_network_args "algo"), by network type.
+LYCORIS_ALGO_NAMES = {"LoRA": "lora", "LoCon": "locon", "LoHa": "loha", "LoKr": "lokr",
+                      "DyLoRA": "dylora", "Full": "full", "IA3": "ia3", "DiagOFT": "diag-oft",
+                      "BOFT": "boft", "GLoRA": "glora"}
+# Types whose modules can cap their weight norm (scale_weight_norms).
+MAX_NORM_TYPES = ("LoRA", "LoCon", "LoHa", "LoKr", "DyLoRA", "DiagOFT", "BOFT")
 
 
 @dataclass
@@ -166,9 +178,12 @@ class NetworkSection:
 
     network_module: str = setting(
         "LoRA", "Network type: LoRA (attention layers), LoCon (LoRA + convolutions), LoHa "
-        "(Hadamard product) or LoKr (Kronecker product). sd-scripts' \"networks.lora\" and "
-        "\"lycoris.kohya\" (with network_args algo=...) are read as those.",
-        choices=NETWORK_TYPES + ("networks.lora", "lycoris.kohya"))
+        "(Hadamard product), LoKr (Kronecker product), or the rest of the LyCORIS family: "
+        "DyLoRA (every lower rank trained too), Full (full-rank difference), IA3 (scales), "
+        "DiagOFT / BOFT (orthogonal fine-tuning; network_dim is the block size), GLoRA. "
+        "sd-scripts' \"networks.lora\", \"networks.dylora\" and \"lycoris.kohya\" (with "
+        "network_args algo=...) are read as those.",
+        choices=ALL_NETWORK_TYPES + ("networks.lora", "networks.dylora", "lycoris.kohya"))
     network_dim: int = setting(32, "LoRA rank: capacity of the adapter.", min=1, max=1024)
     network_alpha: float = setting(
         16.0, "LoRA alpha: updates are scaled by alpha / dim (half the dim is usual).", min=0.0)
@@ -199,6 +214,18 @@ class NetworkSection:
         "", "Per-block 3x3-convolution ranks, same layout as block_dims (empty: conv_dim).")
     conv_block_alphas: str = setting(
         "", "Per-block 3x3-convolution alphas, same layout (empty: conv_alpha).")
+    dora_wd: bool = setting(
+        False, "DoRA (weight-decomposed LoRA, LyCORIS' dora_wd): also train each weight's "
+        "magnitude, saved as dora_scale (LoRA, LoCon, LoHa, LoKr).")
+    dylora_unit: int = setting(
+        4, "DyLoRA: ranks are trained in blocks of this size (sd-scripts' unit, LyCORIS' "
+        "block_size); network_dim must be a multiple of it.", min=1)
+    constraint: float = setting(
+        0.0, "DiagOFT / BOFT: limit on how far the rotation may move (0: none).", min=0.0)
+    rescaled: bool = setting(
+        False, "DiagOFT / BOFT: also train a per-output rescale (LyCORIS' rescaled).")
+    train_on_input: bool = setting(
+        False, "IA3: scale the layers' inputs instead of their outputs.")
     network_args: list[str] = setting(
         [], "sd-scripts' network_args (\"conv_dim=4\", \"algo=loha\", ...): each is read "
         "as the field of that name.")
@@ -500,6 +527,14 @@ class Profile:
         return path if path.is_absolute() else self.base_dir / path
 
 
+def uses_lycoris(net: NetworkSection) -> bool:
+    """Whether the network's modules are the lycoris-lora package's: DoRA, and the LyCORIS
+    types but DyLoRA (network/lycoris_family.py). Plain LoRA/LoCon/LoHa/LoKr and DyLoRA are
+    this project's own modules."""
+    kind = net.network_module
+    return (kind in LYCORIS_TYPES and kind != "DyLoRA") or (kind in DORA_TYPES and net.dora_wd)
+
+
 def conv_rank_and_alpha(net: NetworkSection) -> tuple[int | None, float | None]:
     """(rank, alpha) for 3x3 convolutions, or (None, None) when none are trained.
 
@@ -510,7 +545,8 @@ def conv_rank_and_alpha(net: NetworkSection) -> tuple[int | None, float | None]:
     * ``conv_dim`` set, ``conv_alpha`` unset: 1 for LoCon, as sd-scripts' networks.lora
       (``conv_alpha`` defaults to 1 there); ``network_alpha`` for LoHa / LoKr (LyCORIS).
     """
-    if net.network_module == "LoRA":
+    if net.network_module == "LoRA" or (net.network_module == "DyLoRA"
+                                         and net.conv_dim is None):
         return None, None
     if net.conv_alpha is not None:
         alpha = float(net.conv_alpha)

@@ -49,9 +49,16 @@ NETWORK_ARG_FIELDS = {
     "dropout": "network", "loraplus_lr_ratio": "optimizer",
     "loraplus_unet_lr_ratio": "optimizer", "loraplus_text_encoder_lr_ratio": "optimizer",
     "down_lr_weight": "optimizer", "mid_lr_weight": "optimizer", "up_lr_weight": "optimizer",
-    "block_lr_zero_threshold": "optimizer",
+    "block_lr_zero_threshold": "optimizer", "dora_wd": "network", "unit": "network",
+    "block_size": "network", "constraint": "network", "rescaled": "network",
+    "train_on_input": "network",
 }
-LYCORIS_ALGOS = {"lora": "LoCon", "locon": "LoCon", "loha": "LoHa", "lokr": "LoKr"}
+# network_args names that differ from the field they set.
+NETWORK_ARG_ALIASES = {"dropout": "network_dropout", "unit": "dylora_unit",
+                       "block_size": "dylora_unit"}
+LYCORIS_ALGOS = {"lora": "LoCon", "locon": "LoCon", "loha": "LoHa", "lokr": "LoKr",
+                 "dylora": "DyLoRA", "full": "Full", "ia3": "IA3", "diag-oft": "DiagOFT",
+                 "boft": "BOFT", "glora": "GLoRA"}
 # "owner/name" as on the Hugging Face Hub (kept as written when no such local path exists).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -162,7 +169,7 @@ def apply_network_args(profile: Profile, raw_network: Any) -> list[Problem]:
                                   + (f"; did you mean {guess!r}?" if guess else ""), **spot))
             continue
         section_name = NETWORK_ARG_FIELDS[key]
-        field_name = "network_dropout" if key == "dropout" else key
+        field_name = NETWORK_ARG_ALIASES.get(key, key)
         cls = SECTIONS[section_name]
         hint = typing.get_type_hints(cls)[field_name]
         meta = {f.name: f.metadata for f in dataclasses.fields(cls)}[field_name]
@@ -185,6 +192,8 @@ def apply_network_args(profile: Profile, raw_network: Any) -> list[Problem]:
     net.network_args = []
     if net.network_module == "networks.lora":
         net.network_module = "LoCon" if net.conv_dim is not None else "LoRA"
+    elif net.network_module == "networks.dylora":
+        net.network_module = "DyLoRA"
     elif net.network_module == "lycoris.kohya":
         net.network_module = algo or "LoCon"  # LyCORIS's default algo is "lora" (LoCon)
     elif algo is not None and algo != net.network_module:

@@ -64,7 +64,9 @@ def _set(section: str, key: str) -> Callable[[Draft], bool]:
     return lambda draft: draft.current(section, key) != ""
 
 
-_CONV_NETWORKS = ("LoCon", "LoHa", "LoKr", "lycoris.kohya")
+_CONV_NETWORKS = ("LoCon", "LoHa", "LoKr", "DyLoRA", "Full", "IA3", "DiagOFT", "BOFT",
+                  "GLoRA", "lycoris.kohya", "networks.dylora")
+_OFT = _is("network", "network_module", "DiagOFT", "BOFT", "lycoris.kohya")
 _BUCKETS = _is("dataset", "enable_bucket", "true")
 _HUBER = _is("training", "loss_type", "huber", "smooth_l1")
 
@@ -84,6 +86,14 @@ CONDITIONS: dict[FieldKey, Condition] = {
     ("network", "conv_block_alphas"): Condition(
         _is("network", "network_module", *_CONV_NETWORKS)),
     ("network", "factor"): Condition(_is("network", "network_module", "LoKr", "lycoris.kohya")),
+    ("network", "dora_wd"): Condition(_is("network", "network_module", "LoRA", "LoCon", "LoHa",
+                                          "LoKr", "lycoris.kohya", "networks.lora")),
+    ("network", "dylora_unit"): Condition(_is("network", "network_module", "DyLoRA",
+                                              "networks.dylora", "lycoris.kohya")),
+    ("network", "constraint"): Condition(_OFT),
+    ("network", "rescaled"): Condition(_OFT),
+    ("network", "train_on_input"): Condition(_is("network", "network_module", "IA3",
+                                                 "lycoris.kohya")),
     ("optimizer", "lr_scheduler_num_cycles"): Condition(
         _is("optimizer", "lr_scheduler", "cosine_with_restarts")),
     ("optimizer", "lr_scheduler_power"): Condition(
@@ -168,7 +178,9 @@ STEPS: tuple[Step, ...] = (
     Step("Network", "The adapter's type and size. Alpha / dim scales the updates.",
          (("network", "network_module"), ("network", "network_dim"),
           ("network", "network_alpha"), ("network", "conv_dim"), ("network", "conv_alpha")),
-         (("network", "factor"), ("network", "network_dropout"), ("network", "rank_dropout"),
+         (("network", "dora_wd"), ("network", "factor"), ("network", "dylora_unit"),
+          ("network", "constraint"), ("network", "rescaled"), ("network", "train_on_input"),
+          ("network", "network_dropout"), ("network", "rank_dropout"),
           ("network", "module_dropout"), ("network", "network_train_unet_only"),
           ("network", "network_train_text_encoder_only"), ("network", "network_weights"),
           ("network", "block_dims"), ("network", "block_alphas"),

@@ -102,8 +102,11 @@ def tokenizer_problems(profile: Profile, source: ModelSource) -> list[Problem]:
     return found
 
 
-_KIND_OF_MODULE = {"LoRA": "LoRA/LoCon", "LoCon": "LoRA/LoCon", "LoHa": "LoHa",
-                   "LoKr": "LoKr"}
+# network_module -> the kind its files' tensors show (lora_header's names); DyLoRA's files
+# are LoRA files.
+_KIND_OF_MODULE = {"LoRA": "LoRA/LoCon", "LoCon": "LoRA/LoCon", "DyLoRA": "LoRA/LoCon",
+                   "LoHa": "LoHa", "LoKr": "LoKr", "Full": "full", "IA3": "IA3",
+                   "DiagOFT": "OFT", "BOFT": "OFT", "GLoRA": "GLoRA"}
 
 
 def lora_weights_problems(profile: Profile, model_family: str | None) -> list[Problem]:
@@ -139,6 +142,8 @@ def _weights_shape_problems(profile: Profile, path: Path, shapes: dict[str, tupl
     file whose tensors do not fit the modules it builds)."""
     net = profile.network
     kinds = {_KIND_OF_MODULE.get(kind, kind) for kind in network_type.split("+")} - {"unknown"}
+    dora = "DoRA" in kinds
+    kinds.discard("DoRA")
     wanted = _KIND_OF_MODULE[net.network_module]
     spot = {"section": "network", "key": "network_module", "path": path}
     if kinds and wanted not in kinds:
@@ -146,6 +151,12 @@ def _weights_shape_problems(profile: Profile, path: Path, shapes: dict[str, tupl
                       f"network, but network_module is \"{net.network_module}\"",
                       "set `[network] network_module` to the file's type, or start from "
                       "another file", **spot)]
+    if kinds and dora != net.dora_wd:
+        return [error(f"`[network] network_weights` {path} "
+                      + ("is a DoRA file (it has dora_scale), but dora_wd is false" if dora
+                         else "has no DoRA magnitudes (dora_scale), but dora_wd is true"),
+                      f"set `[network] dora_wd = {str(dora).lower()}` to match the file, or "
+                      "start from another file", section="network", key="dora_wd", path=path)]
     if wanted != "LoRA/LoCon" or net.block_dims or net.conv_block_dims:
         return []  # per-block ranks differ by design; LoHa/LoKr shapes are checked at load
     from lora_core.profile import conv_rank_and_alpha

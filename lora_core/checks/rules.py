@@ -13,7 +13,13 @@ import dataclasses
 from lora_core.checks import optimizer
 from lora_core.checks.problem import Problem, error
 from lora_core.errors import ProfileError
-from lora_core.profile import SECTION_FIELD_DOC, SECTIONS, Profile
+from lora_core.profile import (
+    DORA_TYPES,
+    MAX_NORM_TYPES,
+    SECTION_FIELD_DOC,
+    SECTIONS,
+    Profile,
+)
 from lora_core.values import format_value
 
 _BAD_NAME_CHARS = '/\\:*?"<>|'
@@ -127,13 +133,14 @@ def _network(p: Profile) -> list[Problem]:
         add("conv_dim" if net.conv_dim is not None else "conv_block_dims",
             "`[network] conv_dim` trains 3x3 convolutions, which plain LoRA does not: set "
             "network_module = \"LoCon\" (or remove conv_dim)")
-    if kind in ("LoHa", "LoKr"):
+    if kind not in ("LoRA", "LoCon"):
         for key in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas"):
             if getattr(net, key):
                 add(key, f"`[network] {key}` works with LoRA and LoCon only, not {kind}")
     if net.factor != -1 and kind != "LoKr":
         add("factor", f"`[network] factor` = {net.factor} only applies to LoKr "
             f"(network_module is {kind})")
+    found += _lycoris_family(p)
     if net.factor == 0:
         add("factor", "`[network] factor` must be -1 (balanced) or at least 1")
     # The block count depends on the model (SD 1.x/2.x 25, SDXL 23): values that fit either
@@ -180,6 +187,41 @@ def block_problems(p: Profile, layout) -> list[Problem]:
         key = next((k for k in ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
                     if k in exc.message), "down_lr_weight")
         found.append(error(exc.message, exc.hint, section="optimizer", key=key))
+    return found
+
+
+def _lycoris_family(p: Profile) -> list[Problem]:
+    """Options of one network type set for another, and DyLoRA's rank blocks."""
+    net, found = p.network, []
+    kind = net.network_module
+
+    def add(key: str, message: str, section: str = "network") -> None:
+        found.append(error(message, section=section, key=key))
+
+    if net.dora_wd and kind not in DORA_TYPES:
+        add("dora_wd", f"`[network] dora_wd` (DoRA) works with {', '.join(DORA_TYPES)}, not "
+            f"{kind}")
+    only = {"dylora_unit": ("DyLoRA", 4), "constraint": (("DiagOFT", "BOFT"), 0.0),
+            "rescaled": (("DiagOFT", "BOFT"), False), "train_on_input": ("IA3", False)}
+    for key, (types, default) in only.items():
+        types = (types,) if isinstance(types, str) else types
+        if getattr(net, key) != default and kind not in types:
+            add(key, f"`[network] {key}` only applies to {' / '.join(types)} (network_module "
+                f"is {kind})")
+    if kind == "DyLoRA":
+        unit = net.dylora_unit
+        for key in ("network_dim", "conv_dim"):
+            rank = getattr(net, key)
+            if rank is not None and rank % unit:
+                add(key, f"`[network] {key}` = {rank} must be a multiple of dylora_unit = "
+                    f"{unit}: DyLoRA trains its ranks in blocks of that size")
+        if net.rank_dropout:
+            add("rank_dropout", "`[network] rank_dropout` does not work with DyLoRA, which "
+                "already trains a random share of its ranks each step: remove it")
+    if p.optimizer.scale_weight_norms and kind not in MAX_NORM_TYPES:
+        add("scale_weight_norms", f"`[optimizer] scale_weight_norms` cannot cap {kind} "
+            f"modules (it works with {', '.join(MAX_NORM_TYPES)}): remove it",
+            section="optimizer")
     return found
 
 

@@ -31,7 +31,14 @@ from lora_core.profile import SECTIONS, Profile
 NETWORK_ARGS = ("conv_dim", "conv_alpha", "rank_dropout", "module_dropout", "factor",
                 "block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas",
                 "loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio",
-                "down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold")
+                "down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold",
+                "dora_wd", "dylora_unit", "constraint", "rescaled", "train_on_input")
+# network_args names that differ from the field (sd-scripts' DyLoRA calls its unit "unit").
+NETWORK_ARG_NAMES = {"dylora_unit": "unit"}
+# Values that are the default and need not be written.
+NETWORK_ARG_DEFAULTS = {"factor": -1, "block_lr_zero_threshold": 0, "dylora_unit": 4,
+                        "constraint": 0.0, "rescaled": False, "train_on_input": False,
+                        "dora_wd": False}
 # Fields with no sd-scripts equivalent, and why.
 NO_EQUIVALENT = {
     "fused_optimizer": "sd-scripts fuses the optimizer step only for AdaFactor "
@@ -52,7 +59,10 @@ SUBSET_KEYS = ("caption_extension", "shuffle_caption", "keep_tokens", "keep_toke
                "caption_tag_dropout_rate", "token_warmup_min", "token_warmup_step",
                "flip_aug", "color_aug", "random_crop")
 LORA_MODULES = {"LoRA": ("networks.lora", None), "LoCon": ("networks.lora", None),
-                "LoHa": ("lycoris.kohya", "loha"), "LoKr": ("lycoris.kohya", "lokr")}
+                "LoHa": ("lycoris.kohya", "loha"), "LoKr": ("lycoris.kohya", "lokr"),
+                "DyLoRA": ("networks.dylora", None), "Full": ("lycoris.kohya", "full"),
+                "IA3": ("lycoris.kohya", "ia3"), "DiagOFT": ("lycoris.kohya", "diag-oft"),
+                "BOFT": ("lycoris.kohya", "boft"), "GLoRA": ("lycoris.kohya", "glora")}
 
 
 def sd_scripts_options(profile: Profile) -> tuple[list[tuple[str, Any]], list[str]]:
@@ -78,6 +88,8 @@ def sd_scripts_options(profile: Profile) -> tuple[list[tuple[str, Any]], list[st
                 continue
             if key == "network_module":
                 module, algo = LORA_MODULES[value]
+                if profile.network.dora_wd:  # DoRA is LyCORIS' (lora / locon / loha / lokr)
+                    module, algo = "lycoris.kohya", algo or value.lower()
                 options.append(("network_module", module))
                 if algo:
                     network_args.append(f"algo={algo}")
@@ -85,11 +97,9 @@ def sd_scripts_options(profile: Profile) -> tuple[list[tuple[str, Any]], list[st
                     network_args.append(f"conv_dim={profile.network.network_dim}")
                 continue
             if key in NETWORK_ARGS:
-                if key == "factor" and value == -1:
+                if key in NETWORK_ARG_DEFAULTS and value == NETWORK_ARG_DEFAULTS[key]:
                     continue
-                if key == "block_lr_zero_threshold" and value == 0:
-                    continue
-                network_args.append(f"{key}={str(value)}")
+                network_args.append(f"{NETWORK_ARG_NAMES.get(key, key)}={str(value)}")
                 continue
             if key == "pretrained_model_name_or_path" and str(value).startswith("builtin:"):
                 left_out.append(f"[model] {key} = {value!r}: a built-in test model of "

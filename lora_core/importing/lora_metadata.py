@@ -24,7 +24,7 @@ RENAMED = {"num_epochs": "max_train_epochs", "batch_size_per_device": "train_bat
            "max_train_steps": "max_train_steps_recorded"}
 # sd-scripts network modules this project does not train (a LoRA's lycoris.kohya and
 # networks.lora are read as the profile reads them).
-OTHER_MODULES = {"networks.dylora", "networks.oft"}
+OTHER_MODULES = {"networks.oft"}
 # Recorded as settings, but describing how sd-scripts ran rather than what it trained.
 RUN_ONLY = {"lowram", "full_fp16", "full_bf16", "fp8_base", "fp8_base_unet", "cache_latents",
             "gradient_checkpointing_cpu_offload", "new_vae_hash", "enable_bucket_info"}
@@ -58,7 +58,8 @@ def read_lora_metadata(path: Path, mapped: Mapped) -> list[tuple[str, Any]]:
         value = _metadata_value(name, raw)
         if name == "network_module" and str(value) in OTHER_MODULES:
             raise LoraError(f"{path} was trained as {value}, which lora-train does not train",
-                            "import a LoRA, LoCon, LoHa or LoKr file")
+                            "import a file of a type lora-train trains (LoRA, LoCon, LoHa, "
+                            "LoKr, DyLoRA, or LyCORIS' full, ia3, diag-oft, boft, glora)")
         if name == "base_model_version":
             if str(value).endswith("_v"):
                 options.append(("v_parameterization", True))

@@ -158,5 +158,13 @@ class AdapterNetwork(nn.Module):
         for module in self.lora_modules():
             module.remove()
 
+    def training_state(self) -> dict[str, torch.Tensor]:
+        """What a training state saves of the network to resume it exactly (here the file's
+        tensors; LycorisFamilyNetwork keeps its raw parameters instead)."""
+        return self.state_dict()
+
+    def load_training_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(state, strict=True)
+
     def parameters_of(self, names: list[str]) -> list[nn.Parameter]:
         return [p for name in names for p in getattr(self, name).parameters()]

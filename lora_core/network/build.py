@@ -27,26 +27,28 @@ from lora_core.network.adapter import AdapterModule, AdapterNetwork
 from lora_core.network.blocks import BlockShape, block_dims_and_alphas, block_layout
 from lora_core.network.loha import LoHaModule
 from lora_core.network.lokr import LoKrModule
-from lora_core.network.lora import LoRAModule
+from lora_core.network.lora import DyLoRAModule, LoRAModule
+from lora_core.network.lycoris_family import LycorisFamilyNetwork, make_module, uses_lycoris
 from lora_core.network.naming import (
     Target,
     default_text_encoder_prefixes,
     text_encoder_targets,
     unet_targets,
 )
-from lora_core.profile import NETWORK_TYPES, NetworkSection, conv_rank_and_alpha
+from lora_core.profile import ALL_NETWORK_TYPES, NetworkSection, conv_rank_and_alpha
 
 log = logging.getLogger(__name__)
 
 MODULE_CLASSES: dict[str, type[AdapterModule]] = {
     "LoRA": LoRAModule, "LoCon": LoRAModule, "LoHa": LoHaModule, "LoKr": LoKrModule,
+    "DyLoRA": DyLoRAModule,
 }
 
 
 def _check(net: NetworkSection) -> None:
-    if net.network_module not in NETWORK_TYPES:
+    if net.network_module not in ALL_NETWORK_TYPES:
         raise ProfileError(f"`[network] network_module` = {net.network_module!r} is not one of "
-                           f"{', '.join(NETWORK_TYPES)}",
+                           f"{', '.join(ALL_NETWORK_TYPES)}",
                            "load the profile through profile_load.profile_from_dict, which "
                            "normalises it")
     for key in ("network_dropout", "rank_dropout", "module_dropout"):
@@ -76,13 +78,18 @@ def build_network(unet: nn.Module, text_encoders: list[nn.Module], net: NetworkS
     blocks = block_dims_and_alphas(net.block_dims, net.block_alphas, net.conv_block_dims,
                                    net.conv_block_alphas, net.network_dim, net.network_alpha,
                                    conv_rank, conv_alpha, lr_weights, block_layout(family))
-    network = AdapterNetwork(kind)
+    lycoris = uses_lycoris(net)
+    network = LycorisFamilyNetwork(kind) if lycoris else AdapterNetwork(kind)
 
     def make(target: Target, rank: int, alpha: float) -> AdapterModule:
+        if lycoris:
+            return make_module(target, rank, alpha, net)
         options = {"dropout": net.network_dropout, "rank_dropout": net.rank_dropout,
                    "module_dropout": net.module_dropout}
         if kind == "LoKr":
             options["factor"] = net.factor
+        if kind == "DyLoRA":
+            options["unit"] = net.dylora_unit
         return MODULE_CLASSES[kind](target.lora_name, target.module, rank, alpha, **options)
 
     if not net.network_train_unet_only:

@@ -96,6 +96,55 @@ class LoRAModule(AdapterModule):
         return [self.lora_down.weight, self.lora_up.weight]
 
 
+class DyLoRAModule(LoRAModule):
+    """DyLoRA (Valipour et al., 2022): a LoRA whose every lower rank works on its own.
+
+    The rank is split into blocks of ``unit``. Each training forward draws a block b
+    (uniformly, from torch's RNG, so a resumed run draws the same) and uses ranks
+    ``0 .. (b+1)·unit`` with the scale ``alpha / ((b+1)·unit)``: block b trains, the blocks
+    before it are used as trained (no gradient), the ones after it are left out. The file
+    is a plain LoRA file (``lora_down`` / ``lora_up`` / ``alpha`` at the full rank), so any
+    loader reads it, and cutting it to the first r ranks (keeping alpha) gives exactly the
+    rank-r LoRA that was trained. Evaluation (samples, validation) uses the full rank.
+    """
+
+    kind = "DyLoRA"
+
+    def __init__(self, lora_name: str, org_module: nn.Module, rank: int, alpha: float | None,
+                 dropout: float | None = None, multiplier: float = 1.0,
+                 rank_dropout: float | None = None, module_dropout: float | None = None,
+                 unit: int = 4) -> None:
+        if unit < 1 or rank % unit:
+            raise ValueError(f"{lora_name}: DyLoRA's rank {rank} is not a multiple of its "
+                             f"unit {unit}")
+        super().__init__(lora_name, org_module, rank, alpha, dropout, multiplier,
+                         rank_dropout, module_dropout)
+        self.unit = unit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        base = self._org_forward(x)
+        if self.module_dropped():
+            return base
+        block = int(torch.randint(self.rank // self.unit, ()).item())
+        low, high = block * self.unit, (block + 1) * self.unit
+        down_w, up_w = self.lora_down.weight, self.lora_up.weight
+        down = torch.cat([down_w[:low].detach(), down_w[low:high]])
+        up = torch.cat([up_w[:, :low].detach(), up_w[:, low:high]], dim=1)
+        x = x.to(down.dtype)
+        if isinstance(self.lora_down, nn.Conv2d):
+            conv = self.lora_down
+            lx = nn.functional.conv2d(x, down, None, conv.stride, conv.padding, conv.dilation)
+        else:
+            lx = nn.functional.linear(x, down)
+        if self.dropout:
+            lx = nn.functional.dropout(lx, p=self.dropout)
+        out = nn.functional.conv2d(lx, up) if lx.dim() == 4 and up.dim() == 4 \
+            else nn.functional.linear(lx, up)
+        return base + (out * (self.multiplier * float(self.alpha) / high)).to(base.dtype)
+
+
 @dataclass
 class NetworkShape:
     """A plain LoRA/LoCon network's shape (older callers; build.build_network reads the

@@ -36,6 +36,14 @@ def apply_max_norm(network: AdapterNetwork, max_norm: float) -> tuple[int, float
         return 0, 0.0, 0.0
     norms, ratios = [], []
     for module in modules:
+        if not hasattr(module, "factors"):  # a lycoris-lora module caps itself
+            scaled, norm = module.apply_max_norm(max_norm, None)
+            if norm is None:
+                raise ValueError(f"{module.lora_name}: {module.kind} has no weight norm to cap")
+            norm = torch.as_tensor(norm, dtype=torch.float32).reshape(())
+            norms.append(norm.detach().cpu())
+            ratios.append(torch.tensor(0.5 if bool(scaled) else 1.0))
+            continue
         norm = module.delta_weight().float().norm()
         clamped = norm.clamp(min=max_norm / 2)
         ratio = clamped.clamp(max=max_norm) / clamped

@@ -28,10 +28,12 @@ from lora_core.saving.lora_file import read_lora
 log = logging.getLogger(__name__)
 
 # The tensors that tell a file's module type apart (LyCORIS' names, kohya-compat.md §6.7).
-_KIND_OF_FIELD = {"lora_down.weight": "LoRA/LoCon", "lora_up.weight": "LoRA/LoCon",
-                  "lora_mid.weight": "LoCon (Tucker)", "hada_w1_a": "LoHa", "hada_t1": "LoHa",
-                  "lokr_w1": "LoKr", "lokr_w1_a": "LoKr", "lokr_w2": "LoKr",
-                  "lokr_w2_a": "LoKr", "lokr_t2": "LoKr"}
+_KIND_OF_FIELD = {"dora_scale": "DoRA", "lora_down.weight": "LoRA/LoCon",
+                  "lora_up.weight": "LoRA/LoCon", "lora_mid.weight": "LoCon (Tucker)",
+                  "hada_w1_a": "LoHa", "hada_t1": "LoHa", "lokr_w1": "LoKr",
+                  "lokr_w1_a": "LoKr", "lokr_w2": "LoKr", "lokr_w2_a": "LoKr",
+                  "lokr_t2": "LoKr", "diff": "Full", "on_input": "IA3",
+                  "oft_blocks": "DiagOFT/BOFT", "a1.weight": "GLoRA"}
 
 
 def _fields_by_module(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -97,8 +99,8 @@ def load_network_weights(network: AdapterNetwork, path: Path) -> list[str]:
             key = f"{module.lora_name}.{field}"
             # reshape: some writers store alpha as [1] instead of a 0-d tensor
             own[key] = tensor.to(own[key].dtype).reshape(own[key].shape)
-        if "alpha" not in fields:
-            alpha_key = f"{module.lora_name}.alpha"
+        alpha_key = f"{module.lora_name}.alpha"
+        if "alpha" not in fields and alpha_key in own:  # (Full and IA3 have no alpha)
             own[alpha_key] = torch.tensor(float(module.rank), dtype=own[alpha_key].dtype)
         matched += 1
     if matched == 0:

@@ -25,7 +25,9 @@ SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 def cast_state_dict(state_dict: dict[str, torch.Tensor], save_precision: str
                     ) -> dict[str, torch.Tensor]:
     dtype = SAVE_DTYPES[save_precision]
-    return {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
+    # Integer tensors (IA3's on_input flag) keep their type.
+    return {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu())
+            .contiguous() for k, v in state_dict.items()}
 
 
 def model_hashes(state_dict: dict[str, torch.Tensor], metadata: dict[str, str]

@@ -18,7 +18,7 @@ from typing import Any
 
 from lora_core import __version__
 from lora_core.dataset.plan import TrainingPlan
-from lora_core.profile import Profile, conv_rank_and_alpha
+from lora_core.profile import LYCORIS_ALGO_NAMES, Profile, conv_rank_and_alpha, uses_lycoris
 
 
 @dataclass
@@ -189,9 +189,19 @@ def network_module_and_args(profile: Profile) -> tuple[str, dict[str, str]]:
     user would have passed, every value a string."""
     net, opt = profile.network, profile.optimizer
     kind = net.network_module
+    lycoris = uses_lycoris(net) or kind in ("LoHa", "LoKr")
     args: dict[str, str] = {}
-    if kind in ("LoHa", "LoKr"):
-        args["algo"] = kind.lower()
+    if lycoris:
+        args["algo"] = LYCORIS_ALGO_NAMES[kind]
+    if net.dora_wd:
+        args["dora_wd"] = "True"
+    if kind == "DyLoRA":
+        args["unit"] = str(net.dylora_unit)
+    if kind in ("DiagOFT", "BOFT"):
+        args["constraint"] = str(net.constraint)
+        args["rescaled"] = str(net.rescaled)
+    if kind == "IA3" and net.train_on_input:
+        args["train_on_input"] = "True"
     conv_dim, conv_alpha = conv_rank_and_alpha(net)
     if conv_dim is not None:
         args["conv_dim"] = str(conv_dim)
@@ -209,7 +219,8 @@ def network_module_and_args(profile: Profile) -> tuple[str, dict[str, str]]:
                 args[key] = str(value)
     if opt.block_lr_zero_threshold:
         args["block_lr_zero_threshold"] = str(opt.block_lr_zero_threshold)
-    module = "lycoris.kohya" if kind in ("LoHa", "LoKr") else "networks.lora"
+    module = ("lycoris.kohya" if lycoris else
+              "networks.dylora" if kind == "DyLoRA" else "networks.lora")
     return module, args
 
 

@@ -118,7 +118,8 @@ FIXED_ON_RESUME = (
     ("network", "network_module"), ("network", "network_dim"), ("network", "network_alpha"),
     ("network", "conv_dim"), ("network", "conv_alpha"), ("network", "factor"),
     ("network", "network_train_unet_only"), ("network", "network_train_text_encoder_only"),
-    ("optimizer", "optimizer_type"), ("optimizer", "lr_scheduler"),
+    ("network", "dora_wd"), ("network", "dylora_unit"), ("network", "rescaled"),
+    ("network", "train_on_input"), ("optimizer", "optimizer_type"), ("optimizer", "lr_scheduler"),
     ("model", "pretrained_model_name_or_path"),
 )
 

@@ -132,7 +132,7 @@ class Checkpointer:
         position = self.position()
         self.bus.emit(PhaseChanged(f"saving the training state at step {state.step}"))
         with self.guard():
-            path = save_state(self.outputs.run_dir, position, self.network.state_dict(),
+            path = save_state(self.outputs.run_dir, position, self.network.training_state(),
                               self.optimizer, self.scheduler, self.saving.save_last_n_states,
                               scaler=self.scaler)
         self.last_state_at = time.monotonic()
@@ -187,8 +187,7 @@ def restore(loaded: LoadedState, network, optimizer, scheduler, state,
     device = next(network.parameters()).device
     wanted = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     try:
-        network.load_state_dict({k: v.to(device) for k, v in loaded.network.items()},
-                                strict=True)
+        network.load_training_state({k: v.to(device) for k, v in loaded.network.items()})
         optimizer.load_state_dict(loaded.optimizer)
         scheduler.load_state_dict(loaded.scheduler)
         if scaler is not None and loaded.scaler is not None:

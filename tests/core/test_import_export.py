@@ -335,6 +335,10 @@ SPECIAL = {  # values that fit together (the profile's rules) where a generic ch
     ("dataset", "resolution"): "640,512", ("dataset", "dataset_config"): "",
     ("network", "network_args"): [], ("network", "network_train_text_encoder_only"): False,
     ("network", "factor"): -1, ("training", "max_train_steps"): None,
+    # LyCORIS-type options: exported and imported in test_lycoris_types_export_and_import.
+    ("network", "dora_wd"): False, ("network", "dylora_unit"): 4,
+    ("network", "constraint"): 0.0, ("network", "rescaled"): False,
+    ("network", "train_on_input"): False,
     ("model", "v2"): False, ("model", "v_parameterization"): False,
     ("training", "scale_v_pred_loss_like_noise_pred"): False,
     ("optimizer", "optimizer_args"): ["weight_decay=0.05"],
@@ -415,6 +419,34 @@ def test_profile_export_import_round_trip_keeps_every_expressible_field(tmp_path
     assert [(s["num_repeats"], s["is_reg"]) for s in subsets] == [(10, False), (1, True)]
     with pytest.raises(LoraError, match="exists already"):  # never replaces an export
         export_sd_scripts(original, tmp_path / "export")
+
+
+@pytest.mark.parametrize(("network", "module", "args"), [
+    ({"network_module": "LoCon", "dora_wd": True, "conv_dim": 8}, "lycoris.kohya",
+     {"algo=locon", "dora_wd=True"}),
+    ({"network_module": "DyLoRA", "network_dim": 8, "dylora_unit": 2}, "networks.dylora",
+     {"unit=2"}),
+    ({"network_module": "BOFT", "constraint": 0.5, "rescaled": True}, "lycoris.kohya",
+     {"algo=boft", "constraint=0.5", "rescaled=True"}),
+    ({"network_module": "IA3", "train_on_input": True}, "lycoris.kohya",
+     {"algo=ia3", "train_on_input=True"}),
+])
+def test_lycoris_types_export_and_import(tmp_path, network, module, args):
+    (tmp_path / "train" / "10_hero").mkdir(parents=True)
+    data = {"profile_version": 1, "model": {"pretrained_model_name_or_path": "/m/sd15"},
+            "dataset": {"train_data_dir": str(tmp_path / "train")}, "network": network,
+            "saving": {"output_dir": str(tmp_path / "out")}}
+    original, problems = read_profile(data, tmp_path)
+    assert [p.text() for p in problems if p.severity == "error"] == []
+    export_sd_scripts(original, tmp_path / "export")
+    config = tomllib.loads((tmp_path / "export" / "config.toml").read_text())
+    config = config["lora_train_export"]
+    assert config["network_module"] == module
+    assert args <= set(config["network_args"])
+    back, problems = read_profile(import_source(tmp_path / "export" / "command.sh").data,
+                                  tmp_path)
+    assert [p.text() for p in problems if p.severity == "error"] == []
+    assert back.network == original.network
 
 
 def test_export_of_the_quickstart_from_the_command_line(tmp_path, capsys):

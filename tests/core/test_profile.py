@@ -71,7 +71,7 @@ def every_field_changed() -> dict:
                     "conv_block_dims": ",".join(["2"] * 25),
                     "conv_block_alphas": ",".join(["1"] * 25),
                     "network_train_unet_only": True, "network_train_text_encoder_only": False,
-                    "network_weights": "/x/start.safetensors"},
+                    "network_weights": "/x/start.safetensors", "dora_wd": True},
         "optimizer": {"optimizer_type": "AdamW", "optimizer_args": ["weight_decay=0.01"],
                       "learning_rate": 2e-4, "unet_lr": 3e-4, "text_encoder_lr": 5e-5,
                       "lr_scheduler": "polynomial", "lr_warmup_steps": 0.1,
@@ -111,7 +111,8 @@ def every_field_changed() -> dict:
 # Fields that cannot all differ from their defaults in one profile.
 EXCLUSIVE_FIELDS = {"save_model_as", "network_train_text_encoder_only", "dataset_config",
                     "color_aug", "random_crop", "factor", "network_args",
-                    "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"}
+                    "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk",
+                    "dylora_unit", "constraint", "rescaled", "train_on_input"}
 
 
 def test_round_trip_of_the_exclusive_fields(tmp_path):
@@ -128,6 +129,16 @@ def test_round_trip_of_the_exclusive_fields(tmp_path):
         (8, True, True)
     save_profile(first, tmp_path / "again.toml")
     assert load_profile(tmp_path / "again.toml") == first
+    for network in ({"network_module": "DyLoRA", "dylora_unit": 2, "network_dim": 8},
+                    {"network_module": "BOFT", "constraint": 0.5, "rescaled": True},
+                    {"network_module": "IA3", "train_on_input": True}):
+        data = {"profile_version": 1, "model": {"pretrained_model_name_or_path": "/m/sd15"},
+                "dataset": {"train_data_dir": "/d"}, "network": network,
+                "saving": {"output_dir": "/o"}}
+        first = load_profile(write(tmp_path, data, "algo.toml"))
+        assert all(getattr(first.network, k) == v for k, v in network.items())
+        save_profile(first, tmp_path / "algo-again.toml")
+        assert load_profile(tmp_path / "algo-again.toml") == first
 
 
 def test_round_trip_is_identity_for_every_field(tmp_path):
