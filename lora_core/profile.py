@@ -177,12 +177,9 @@ class NetworkSection:
     """The LoRA network."""
 
     network_module: str = setting(
-        "LoRA", "Network type: LoRA (attention layers), LoCon (LoRA + convolutions), LoHa "
-        "(Hadamard product), LoKr (Kronecker product), or the rest of the LyCORIS family: "
-        "DyLoRA (every lower rank trained too), Full (full-rank difference), IA3 (scales), "
-        "DiagOFT / BOFT (orthogonal fine-tuning; network_dim is the block size), GLoRA. "
-        "sd-scripts' \"networks.lora\", \"networks.dylora\" and \"lycoris.kohya\" (with "
-        "network_args algo=...) are read as those.",
+        "LoRA", "Network type: LoRA (attention layers), LoCon (+ convolutions), LoHa, LoKr, "
+        "or LyCORIS' DyLoRA, Full, IA3, DiagOFT, BOFT (network_dim: block size), GLoRA. "
+        "sd-scripts' networks.lora / networks.dylora / lycoris.kohya + algo= read as those.",
         choices=ALL_NETWORK_TYPES + ("networks.lora", "networks.dylora", "lycoris.kohya"))
     network_dim: int = setting(32, "LoRA rank: capacity of the adapter.", min=1, max=1024)
     network_alpha: float = setting(

@@ -132,7 +132,7 @@ class Checkpointer:
         position = self.position()
         self.bus.emit(PhaseChanged(f"saving the training state at step {state.step}"))
         with self.guard():
-            path = save_state(self.outputs.run_dir, position, self.network.training_state(),
+            path = save_state(self.outputs.run_dir, position, training_state(self.network),
                               self.optimizer, self.scheduler, self.saving.save_last_n_states,
                               scaler=self.scaler)
         self.last_state_at = time.monotonic()
@@ -173,6 +173,14 @@ _PROFILE_HYPERPARAMETERS = frozenset({
 })
 
 
+def training_state(network) -> dict[str, torch.Tensor]:
+    """What a training state keeps of the network (``AdapterNetwork.training_state``; the
+    state dict of any other module)."""
+    if hasattr(network, "training_state"):
+        return network.training_state()
+    return network.state_dict()
+
+
 def restore(loaded: LoadedState, network, optimizer, scheduler, state,
             scaler=None) -> list[str]:
     """Put a run back where its state was: weights, optimizer moments, schedule position,
@@ -187,7 +195,11 @@ def restore(loaded: LoadedState, network, optimizer, scheduler, state,
     device = next(network.parameters()).device
     wanted = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     try:
-        network.load_training_state({k: v.to(device) for k, v in loaded.network.items()})
+        tensors = {k: v.to(device) for k, v in loaded.network.items()}
+        if hasattr(network, "load_training_state"):
+            network.load_training_state(tensors)
+        else:
+            network.load_state_dict(tensors, strict=True)
         optimizer.load_state_dict(loaded.optimizer)
         scheduler.load_state_dict(loaded.scheduler)
         if scaler is not None and loaded.scaler is not None:
