@@ -35,7 +35,7 @@ import threading
 from pathlib import Path
 
 from lora_core.durations import format_age
-from lora_core.errors import LoraError
+from lora_core.errors import LoraError, ProfileError
 from lora_core.events import EventBus, JsonLinesSink, LogLine, RunFailed, WarningIssued
 from lora_core.paths import state_dir
 
@@ -666,6 +666,51 @@ def _add_lora_tool_parsers(sub) -> None:
                         "values within X times the largest")
 
 
+def _process_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-processes", type=int, metavar="N",
+                        help="train in N processes, one per GPU, through accelerate's "
+                        "launcher (default: the profile's [training] num_processes)")
+    parser.add_argument("--gpu-ids", metavar="IDS", help="the GPUs for them, like 0,1 "
+                        "(default: the profile's [training] gpu_ids)")
+
+
+def _launch_if_asked(args: argparse.Namespace) -> int | None:
+    """``run`` / ``resume`` with more than one process wanted and no launcher yet: start
+    them (lora_core.launch) and return the exit code; None to run in this process."""
+    from lora_core.session import process_count
+
+    if process_count() > 1:
+        return None  # already one of the launched processes
+    if args.num_processes is not None and args.num_processes < 1:
+        raise ProfileError(f"--num-processes {args.num_processes} must be at least 1",
+                           "give the number of GPUs to train on, like --num-processes 2")
+    wanted, gpu_ids = args.num_processes, args.gpu_ids
+    if wanted is None or gpu_ids is None:
+        from lora_core.profile_load import load_profile
+        from lora_core.saving.runs import PROFILE_FILE
+
+        path = args.profile if args.command == "run" else Path(args.run_dir) / PROFILE_FILE
+        try:
+            training = load_profile(path, args.overrides).training
+        except LoraError:
+            return None  # the run reports it, with its events
+        wanted = training.num_processes if wanted is None else wanted
+        gpu_ids = training.gpu_ids if gpu_ids is None else gpu_ids
+    if wanted <= 1:
+        return None
+    from lora_core.launch import relaunch
+
+    target = str(args.profile if args.command == "run" else args.run_dir)
+    cli_args = [args.command, target]
+    for override in [*args.overrides, f"training.num_processes={wanted}"]:
+        cli_args += ["--set", override]
+    if args.events:
+        cli_args += ["--events", args.events]
+    if args.no_progress:
+        cli_args.append("--no-progress")
+    return relaunch(wanted, gpu_ids, cli_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lora-train",
                                      description="Train LoRA adapters for Stable Diffusion.")
@@ -676,6 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="SECTION.KEY=VALUE", help="override a profile field")
     run.add_argument("--events", metavar="FILE|-", help="also write the JSON event stream")
     run.add_argument("--no-progress", action="store_true", help="print no progress")
+    _process_options(run)
     check = sub.add_parser("check", help="check the dataset and show the plan; loads no model")
     check.add_argument("profile", type=Path)
     check.add_argument("--set", dest="overrides", action="append", default=[],
@@ -687,6 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="SECTION.KEY=VALUE", help="override a profile field")
     resume.add_argument("--events", metavar="FILE|-", help="also write the JSON event stream")
     resume.add_argument("--no-progress", action="store_true", help="print no progress")
+    _process_options(resume)
     status = sub.add_parser("status", help="list runs on this machine: running, finished, "
                             "stopped, failed or crashed")
     status.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_FOLDER")
@@ -766,6 +813,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("run", "resume"):
+        launched = _launch_if_asked(args)
+        if launched is not None:
+            return launched
     if args.command == "run":
         return cmd_run(args.profile, args.overrides, args.events, not args.no_progress)
     if args.command == "resume":

@@ -311,6 +311,13 @@ class TrainingSection:
     gradient_accumulation_steps: int = setting(1, "Steps whose gradients are summed per update.",
                                                min=1)
     gradient_checkpointing: bool = setting(False, "Trade speed for memory in the U-Net.")
+    num_processes: int = setting(
+        1, "Processes to train with, one per GPU: `lora-train run` starts them through "
+        "accelerate's launcher (the total batch is batch x processes x accumulation).",
+        min=1, max=64)
+    gpu_ids: str = setting(
+        "", "The GPUs to use with several processes, like \"0,1\" (empty: the first "
+        "num_processes GPUs).")
     mixed_precision: str = setting(
         "fp16", "Compute precision: fp16 (most GPUs), bf16 (RTX 30xx and newer) or no.",
         choices=("no", "fp16", "bf16"))

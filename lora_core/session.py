@@ -31,12 +31,14 @@ from lora_core.events import EventBus, PhaseChanged, RunFinished, RunStarted, Wa
 from lora_core.profile import Profile
 from lora_core.saving.run_status import (
     RunStatus,
+    launched_group,
     lock_run,
     new_status,
     pid_alive,
     process_start_time,
     read_status,
     register_run,
+    run_pid,
     write_status,
 )
 from lora_core.saving.runs import RunFolder, create_run_folder, record_last_run
@@ -79,7 +81,16 @@ class StartedRun:
 def run_checks(profile: Profile) -> CheckReport:
     """Every check ``lora-train check`` makes, then what only the imported optimizer can
     tell when its source could not be read; raises on any error."""
+    # The processes this run really has: `lora-train run` launches the profile's count.
     report = check_profile(profile, num_processes=process_count(), on=TorchMachine())
+    if profile.training.num_processes != process_count():
+        from lora_core.checks.problem import warning
+
+        report.problems.append(warning(
+            f"`[training] num_processes` = {profile.training.num_processes}, but this run has "
+            f"{process_count()} process(es), and its steps are counted for those",
+            "start it with `lora-train run` (which launches the processes) or with "
+            "--num-processes", section="training", key="num_processes"))
     report.raise_for_errors()
     from lora_core.checks.optimizer import OptimizerSignature, signature_problems
     from lora_core.checks.problem import raise_for_errors
@@ -191,7 +202,8 @@ def start_resume(run_dir: Path, overrides: list[str]) -> tuple[Profile, StartedR
     if folder.path == run_dir:
         status = old
         status.status, status.message = "starting", ""
-        status.pid = os.getpid()
+        status.pid = run_pid()
+        status.process_group = launched_group()
         status.pid_started = process_start_time(status.pid)
         status.resumes += 1
         status.total_steps, status.total_epochs = plan.max_train_steps, plan.num_epochs

@@ -90,6 +90,8 @@ CONDITIONS: dict[FieldKey, Condition] = {
                                           "LoKr", "lycoris.kohya", "networks.lora")),
     ("network", "dylora_unit"): Condition(_is("network", "network_module", "DyLoRA",
                                               "networks.dylora", "lycoris.kohya")),
+    ("training", "gpu_ids"): Condition(lambda draft: draft.current(
+        "training", "num_processes") not in ("", "1")),
     ("network", "constraint"): Condition(_OFT),
     ("network", "rescaled"): Condition(_OFT),
     ("network", "train_on_input"): Condition(_is("network", "network_module", "IA3",
@@ -205,7 +207,8 @@ STEPS: tuple[Step, ...] = (
     Step("Batch size", "Images per step: more is faster per epoch and needs more memory.",
          (("training", "train_batch_size"),),
          (("training", "gradient_accumulation_steps"),
-          ("training", "gradient_checkpointing"))),
+          ("training", "gradient_checkpointing"), ("training", "num_processes"),
+          ("training", "gpu_ids"))),
     Step("Epochs or steps", "How long training runs: epochs (each image x its repeats once) "
          "or a number of steps. The review shows the exact totals.",
          (("training", "max_train_epochs"), ("training", "max_train_steps")),

@@ -81,10 +81,13 @@ def scan_profile(profile: Profile) -> DatasetScan:
                         options_from_dataset_section(ds))
 
 
-def check_profile(profile: Profile, num_processes: int = 1,
+def check_profile(profile: Profile, num_processes: int | None = None,
                   on: machine.Machine | None = None) -> CheckReport:
-    """Run every check on a profile that was read without errors. ``on``: the machine to
-    hold the settings against (default: probed without torch)."""
+    """Run every check on a profile that was read without errors. ``num_processes``: the
+    processes the run has (default: the profile's ``[training] num_processes``). ``on``: the
+    machine to hold the settings against (default: probed without torch)."""
+    if num_processes is None:
+        num_processes = profile.training.num_processes
     source = inputs.inspect_profile_model(profile)
     problems = inputs.input_problems(profile, source)
     scan = plan = None

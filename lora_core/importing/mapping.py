@@ -34,10 +34,10 @@ ALIASES = {
 ACCELERATE = {
     "num_cpu_threads_per_process": "torch sets its CPU threads itself",
     "num_machines": "one machine per run", "machine_rank": "one machine per run",
-    "main_process_port": "one process per run", "main_process_ip": "one process per run",
-    "multi_gpu": "one process per run in this version (each run uses one GPU)",
-    "gpu_ids": "the GPU is chosen with CUDA_VISIBLE_DEVICES",
-    "dynamo_backend": "torch.compile is not used", "num_processes": "one process per run",
+    "main_process_port": "lora-train picks a free port for its processes",
+    "main_process_ip": "one machine per run",
+    "multi_gpu": "lora-train launches [training] num_processes processes itself",
+    "dynamo_backend": "torch.compile is not used",
     "mixed_precision": "", "config_file": "accelerate's own settings file is not read",
 }
 # Keys of a source that are facts about a finished run, not settings (LoRA metadata).

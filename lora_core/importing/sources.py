@@ -108,9 +108,9 @@ def read_command_line(text: str, mapped: Mapped) -> Options:
                             "the script's own --mixed_precision is used", value)
             else:
                 options.insert(0, ("mixed_precision", value))
-        elif name == "num_processes" and str(value) not in ("1", "True"):
-            mapped.note("accelerate --num_processes", NOT_SUPPORTED, "one process per run in "
-                        "this version: the run trains on one GPU", value)
+        elif name in ("num_processes", "gpu_ids"):
+            # lora-train launches the processes itself ([training] num_processes / gpu_ids).
+            options.insert(0, (name, value))
         elif name in ACCELERATE:
             mapped.note(f"accelerate --{name}", NO_EFFECT, ACCELERATE[name] or
                         "accelerate's option", value)
@@ -241,10 +241,8 @@ KOHYA_OWN = {
     "stop_text_encoder_training": (NOT_SUPPORTED, "stopping text-encoder training part way "
                                    "is not supported"),
     "num_cpu_threads_per_process": (NO_EFFECT, ACCELERATE["num_cpu_threads_per_process"]),
-    "gpu_ids": (NO_EFFECT, ACCELERATE["gpu_ids"]),
-    "multi_gpu": (NOT_SUPPORTED, ACCELERATE["multi_gpu"]),
+    "multi_gpu": (NO_EFFECT, ACCELERATE["multi_gpu"]),
     "num_machines": (NO_EFFECT, ACCELERATE["num_machines"]),
-    "num_processes": (NO_EFFECT, ACCELERATE["num_processes"]),
     "main_process_port": (NO_EFFECT, ACCELERATE["main_process_port"]),
     "dynamo_backend": (NO_EFFECT, ACCELERATE["dynamo_backend"]),
     "extra_accelerate_launch_args": (NO_EFFECT, "accelerate's own options"),

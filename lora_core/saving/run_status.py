@@ -74,6 +74,9 @@ class RunStatus:
     message: str = ""               # the error of a failed run, or why it stopped
     resumed_from: str = ""          # run folder this run continues (resumed elsewhere)
     resumes: int = 0                # how many times it was resumed
+    # Several processes (lora_core.launch): the process group of the launcher and its
+    # processes, which a forced stop kills too (pid is then the launching process).
+    process_group: int = 0
 
     @property
     def path(self) -> Path:
@@ -123,12 +126,26 @@ def pid_alive(pid: int, started: str = "") -> bool:
     return state != "Z"
 
 
+def run_pid() -> int:
+    """The process that stands for the run: this one, or, when `lora-train run
+    --num-processes` launched it, the launching process (lora_core.launch), which passes a
+    stop on to every process; `lora-train stop` and the wizard signal this pid."""
+    launcher = os.environ.get("LORA_TUI_LAUNCHER_PID", "")
+    return int(launcher) if launcher.isdigit() and pid_alive(int(launcher)) else os.getpid()
+
+
+def launched_group() -> int:
+    """This process's group when lora_core.launch started it (0 otherwise)."""
+    return os.getpgid(0) if os.environ.get("LORA_TUI_LAUNCHER_PID", "").isdigit() else 0
+
+
 def new_status(run_dir: Path, output_name: str, profile: Path, source_profile: Path | None,
                *, total_steps: int, total_epochs: int) -> RunStatus:
-    pid = os.getpid()
+    pid = run_pid()
     now = time.time()
     return RunStatus(run_dir=str(run_dir), output_name=output_name, status="starting",
                      pid=pid, host=socket.gethostname(), started_at=now, updated_at=now,
+                     process_group=launched_group(),
                      profile=str(profile),
                      source_profile=str(Path(source_profile).resolve()) if source_profile else "",
                      pid_started=process_start_time(pid), total_steps=total_steps,
@@ -278,6 +295,9 @@ def request_stop(status: RunStatus, *, force: bool = False) -> bool:
             or not pid_alive(status.pid, status.pid_started):
         return False
     try:
+        if force and status.process_group > 0:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(status.process_group, signal.SIGKILL)  # launched processes
         if force and os.getpgid(status.pid) == status.pid:
             os.killpg(status.pid, signal.SIGKILL)
         else:

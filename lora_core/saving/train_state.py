@@ -142,6 +142,17 @@ def capture_rng() -> dict[str, Any]:
     }
 
 
+def rng_of_process(rng: dict[str, Any], rank: int, world: int) -> dict[str, Any]:
+    """The RNG state saved for process ``rank`` of ``world``: its own when the state holds
+    every rank's (a resume with the same process count, which the plan check ensures);
+    states of older versions hold the main process's only, used for all (then the other
+    processes' noise differs from the interrupted run's)."""
+    ranks = rng.get("ranks")
+    if ranks is not None and len(ranks) == world:
+        return ranks[rank]
+    return rng
+
+
 def restore_rng(rng: dict[str, Any]) -> None:
     import random
 
@@ -159,8 +170,10 @@ def restore_rng(rng: dict[str, Any]) -> None:
 
 
 def save_state(run_dir: Path, position: Position, network_state: dict[str, torch.Tensor],
-               optimizer, scheduler, keep_last: int, scaler=None) -> Path:
-    """Write a state folder atomically, then prune older ones; returns its path."""
+               optimizer, scheduler, keep_last: int, scaler=None,
+               rng: list[dict[str, Any]] | None = None) -> Path:
+    """Write a state folder atomically, then prune older ones; returns its path. ``rng``:
+    every process's RNG state, by rank (several processes); None: this process's own."""
     folder = states_folder(run_dir)
     final = folder / state_name(position.output_name, position.step)
     position.saved_at = time.time()
@@ -174,7 +187,11 @@ def save_state(run_dir: Path, position: Position, network_state: dict[str, torch
         (tmp / NETWORK_FILE).write_bytes(save_to_bytes(tensors))
         (tmp / OPTIMIZER_FILE).write_bytes(_torch_bytes(optimizer.state_dict()))
         (tmp / SCHEDULER_FILE).write_bytes(_torch_bytes(scheduler.state_dict()))
-        (tmp / RNG_FILE).write_bytes(_torch_bytes(capture_rng()))
+        # The main process's at the top level (what a one-process resume reads), and with
+        # several processes every rank's under "ranks".
+        states = rng if rng is not None else [capture_rng()]
+        payload = {**states[0], **({"ranks": states} if len(states) > 1 else {})}
+        (tmp / RNG_FILE).write_bytes(_torch_bytes(payload))
         if scaler is not None:
             (tmp / SCALER_FILE).write_bytes(_torch_bytes(scaler.state_dict()))
         (tmp / POSITION_FILE).write_text(json.dumps(position.to_json(), indent=2),

@@ -33,7 +33,13 @@ from lora_core.events import CheckpointSaved, EventBus, PhaseChanged, StateSaved
 from lora_core.profile import SavingSection
 from lora_core.saving import lora_file
 from lora_core.saving.metadata import at_save
-from lora_core.saving.train_state import LoadedState, Position, restore_rng, save_state
+from lora_core.saving.train_state import (
+    LoadedState,
+    Position,
+    restore_rng,
+    rng_of_process,
+    save_state,
+)
 
 NON_FINITE_HINT = ("lower the learning rate, use mixed_precision = \"bf16\" or \"no\" instead "
                    "of fp16, or set no_half_vae = true; `lora-train resume RUN_FOLDER --set "
@@ -73,6 +79,9 @@ class Checkpointer:
         self.eval_weights = eval_weights
         self.last_state_at = time.monotonic()
         self.last_state_step = -1
+        # (step, [every process's RNG state]) gathered for the state of that step, when the
+        # run has several processes (trainer.share_rng); else the state captures its own.
+        self.shared_rng: tuple[int, list] | None = None
         remove_stale_temporaries(outputs.output_dir, outputs.output_name)
 
     @property
@@ -132,9 +141,11 @@ class Checkpointer:
         position = self.position()
         self.bus.emit(PhaseChanged(f"saving the training state at step {state.step}"))
         with self.guard():
+            shared = self.shared_rng
+            rng = shared[1] if shared is not None and shared[0] == state.step else None
             path = save_state(self.outputs.run_dir, position, training_state(self.network),
                               self.optimizer, self.scheduler, self.saving.save_last_n_states,
-                              scaler=self.scaler)
+                              scaler=self.scaler, rng=rng)
         self.last_state_at = time.monotonic()
         self.last_state_step = state.step
         self.bus.emit(StateSaved(str(path), state.step, state.epoch))
@@ -182,7 +193,7 @@ def training_state(network) -> dict[str, torch.Tensor]:
 
 
 def restore(loaded: LoadedState, network, optimizer, scheduler, state,
-            scaler=None) -> list[str]:
+            scaler=None, rank: int = 0, world: int = 1) -> list[str]:
     """Put a run back where its state was: weights, optimizer moments, schedule position,
     RNG streams and the position in the data order. Returns warnings for the user.
 
@@ -204,7 +215,7 @@ def restore(loaded: LoadedState, network, optimizer, scheduler, state,
         scheduler.load_state_dict(loaded.scheduler)
         if scaler is not None and loaded.scaler is not None:
             scaler.load_state_dict(loaded.scaler)
-        restore_rng(loaded.rng)
+        restore_rng(rng_of_process(loaded.rng, rank, world))
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
         first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         raise TrainingError(

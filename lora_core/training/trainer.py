@@ -48,6 +48,7 @@ from lora_core.saving.run_requests import SAMPLE_NOW, SAVE_NOW, take_requests
 from lora_core.saving.train_state import (
     LoadedState,
     Position,
+    capture_rng,
     fixed_settings,
     plan_fingerprint,
 )
@@ -229,7 +230,8 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
         # After every setup step that draws random numbers (latent sampling, LoRA init),
         # so the restored RNG streams are the ones the interrupted run had at this point.
         for message in restore(resume, network, optimizer, scheduler, state,
-                               scaler=accelerator.scaler):
+                               scaler=accelerator.scaler, rank=accelerator.process_index,
+                               world=accelerator.num_processes):
             emit(WarningIssued(message))
         emit(RunResumed(str(resume.path), state.step, state.epoch))
     # After restore: a resumed Schedule-Free state is already in training mode.
@@ -345,13 +347,19 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
                 validate("step")
             if main:
                 previews.after_step(state.step)
-            if main and state.step in plan.step_save_points:
+            step_save = state.step in plan.step_save_points
+            due = main and checkpoints.state_due()
+            asked = take_requests(outputs.run_dir) if main and outputs.run_dir else set()
+            # A state holds every process's random state: when one is saved, all send theirs.
+            if all_processes_agree(accelerator, step_save or due or SAVE_NOW in asked):
+                share_rng(accelerator, checkpoints, state.step)
+            if main and step_save:
                 checkpoints.save(state, "step")
-            elif main and checkpoints.state_due():
+            elif due:
                 checkpoints.save_state(state)
-            if main and outputs.run_dir is not None:
-                act_on_requests(take_requests(outputs.run_dir), state, total_steps,
-                                plan.step_save_points, checkpoints, previews, emit)
+            if asked:
+                act_on_requests(asked, state, total_steps, plan.step_save_points, checkpoints,
+                                previews, emit)
             if state.step >= total_steps or any_process_asks_to_stop(accelerator, stop_requested):
                 break
         if state.batch_in_epoch == len(mine):  # the epoch ran to its end
@@ -360,8 +368,10 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
             emit(EpochEnded(state.epoch, total_epochs, state.step, _avg(state.losses)))
             if validation_due(tr, plan, epoch=state.epoch):
                 validate("epoch")
-            if main and state.epoch in plan.epoch_save_points:
-                checkpoints.save(state, "epoch")
+            if state.epoch in plan.epoch_save_points:
+                share_rng(accelerator, checkpoints, state.step)
+                if main:
+                    checkpoints.save(state, "epoch")
             if main:
                 previews.after_epoch(state.epoch, state.step)
         if state.step >= total_steps or any_process_asks_to_stop(accelerator, stop_requested):
@@ -369,6 +379,7 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
 
     interrupted = state.step < total_steps
     accelerator.wait_for_everyone()
+    share_rng(accelerator, checkpoints, state.step)
     if main:
         checkpoints.save(state, "interrupted" if interrupted else "final")
         if not interrupted:
@@ -390,6 +401,27 @@ def act_on_requests(asked: set[str], state: TrainState, total_steps: int,
             previews.now(state.step)
     if SAVE_NOW in asked and state.step not in saved_steps and state.step < total_steps:
         checkpoints.save(state, "step")
+
+
+def all_processes_agree(accelerator, wanted: bool) -> bool:
+    """True on every process when any process (in practice the main one, which alone
+    saves) wants it: the processes must take part in the same collectives."""
+    if accelerator.num_processes == 1:
+        return wanted
+    flag = torch.tensor(1.0 if wanted else 0.0, device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="max") > 0)
+
+
+def share_rng(accelerator, checkpoints: Checkpointer, step: int) -> None:
+    """Every process's random state, gathered on the main one for the state it saves next
+    (each process draws its own noise, dropout and timesteps; a resume restores each)."""
+    if accelerator.num_processes == 1:
+        return  # the state captures this process's own
+    from accelerate.utils import gather_object
+
+    states = gather_object([capture_rng()])
+    if accelerator.is_main_process:
+        checkpoints.shared_rng = (step, states)
 
 
 def average_across_processes(accelerator, value: torch.Tensor) -> torch.Tensor:

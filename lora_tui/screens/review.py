@@ -324,8 +324,14 @@ def plan_text(check: DatasetCheck, sample: SampleSection | None = None) -> str:
             lines.append(f"  {'reg/' if subset.is_reg else ''}{escape(subset.name)}: {made}")
         reg = (f", {plan.num_reg_samples} reg samples (balanced from {plan.num_reg_images})"
                if plan.num_reg_images else "")
-        lines.append(f"  {plan.num_train_images} train samples per epoch{reg}; "
-                     f"batch {plan.batch_size}")
+        total = plan.batch_size * plan.num_processes * plan.gradient_accumulation_steps
+        parts = [f"batch {plan.batch_size}"]
+        if plan.num_processes > 1:
+            parts.append(f"{plan.num_processes} processes")
+        if plan.gradient_accumulation_steps > 1:
+            parts.append(f"accumulation {plan.gradient_accumulation_steps}")
+        shown = " x ".join(parts) + (f" = total batch {total}" if len(parts) > 1 else "")
+        lines.append(f"  {plan.num_train_images} train samples per epoch{reg}; {shown}")
         if len(plan.datasets) > 1:
             for dataset in plan.datasets:
                 lines.append(f"  buckets of dataset {dataset.index + 1} (batch "

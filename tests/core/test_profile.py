@@ -83,6 +83,7 @@ def every_field_changed() -> dict:
                       "block_lr_zero_threshold": 0.1},
         "training": {"max_train_epochs": 7, "max_train_steps": 900, "train_batch_size": 3,
                      "gradient_accumulation_steps": 2, "gradient_checkpointing": True,
+                     "num_processes": 2, "gpu_ids": "0,1",
                      "mixed_precision": "bf16", "seed": 123, "noise_offset": 0.1,
                      "noise_offset_random_strength": True, "adaptive_noise_scale": 0.01,
                      "multires_noise_iterations": 6, "multires_noise_discount": 0.1,

@@ -1,0 +1,137 @@
+"""Several processes through `lora-train run --num-processes 2`: two CPU processes talking
+over gloo stand in for two GPUs. The steps are sd-scripts' (total batch = batch x processes x
+accumulation), only the main process writes files and events, and a run stopped with Ctrl+C
+and resumed with two processes continues exactly (every process's random state is saved)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tomli_w
+from safetensors.torch import load_file
+
+from tests.e2e.conftest import ROOT, make_images, run_cli
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="gloo runs on POSIX here")
+
+STEPS = 10  # 2 images x 5 repeats x 2 epochs = 20 batches of 1, over 2 processes
+
+
+def write_profile(root: Path, name: str, **training) -> Path:
+    data = root / "data"
+    if not data.exists():
+        make_images(data / "5_tok thing", 2, caption="tok, thing, red, blue")
+    profile = {
+        "profile_version": 1,
+        "model": {"pretrained_model_name_or_path": "builtin:tiny-sd1"},
+        # Random numbers on every process: caption shuffling, dropout, noise, timesteps.
+        "dataset": {"train_data_dir": str(data), "resolution": 64, "min_bucket_reso": 64,
+                    "max_bucket_reso": 64, "max_data_loader_n_workers": 0,
+                    "shuffle_caption": True},
+        "network": {"network_dim": 4, "network_alpha": 2.0, "network_dropout": 0.1},
+        "optimizer": {"optimizer_type": "AdamW", "learning_rate": 1e-3,
+                      "lr_scheduler": "cosine"},
+        "training": {"max_train_epochs": 2, "train_batch_size": 1, "mixed_precision": "no",
+                     "seed": 5, "num_processes": 2, **training},
+        "saving": {"output_dir": str(root / f"out-{name}"), "output_name": name},
+    }
+    path = root / f"{name}.toml"
+    path.write_text(tomli_w.dumps(profile), encoding="utf-8")
+    return path
+
+
+def events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.endswith("}")]
+
+
+def losses(path: Path) -> dict[int, float]:
+    found: dict[int, float] = {}
+    for event in events(path):
+        if event["type"] == "step_ended":
+            assert event["step"] not in found, f"step {event['step']} reported twice"
+            found[event["step"]] = event["loss"]
+    return found
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("multi")
+
+
+@pytest.fixture(scope="module")
+def reference(workdir) -> dict:
+    result = run_cli("run", str(write_profile(workdir, "ref")), "--events",
+                     str(workdir / "ref.jsonl"), "--no-progress",
+                     env={"LORA_TUI_STATE_DIR": str(workdir / "state")})
+    assert result.returncode == 0, result.stderr
+    return {"losses": losses(workdir / "ref.jsonl"), "events": events(workdir / "ref.jsonl"),
+            "final": load_file(str(workdir / "out-ref" / "ref.safetensors"))}
+
+
+def test_two_processes_train_the_steps_one_process_would_with_the_same_total_batch(
+        workdir, reference):
+    assert sorted(reference["losses"]) == list(range(1, STEPS + 1))  # once each, in order
+    (started,) = [e for e in reference["events"] if e["type"] == "run_started"]
+    assert started["plan"]["num_processes"] == 2
+    assert started["plan"]["max_train_steps"] == STEPS
+    # One process with twice the batch: the same steps (sd-scripts' maths), as check says.
+    one = run_cli("check", str(workdir / "ref.toml"), "--set", "training.num_processes=1",
+                  "--set", "training.train_batch_size=2",
+                  env={"LORA_TUI_STATE_DIR": str(workdir / "state")})
+    assert one.returncode == 0, one.stdout + one.stderr
+    assert f"total steps:              {STEPS}" in one.stdout
+    two = run_cli("check", str(workdir / "ref.toml"),
+                  env={"LORA_TUI_STATE_DIR": str(workdir / "state")})
+    assert "processes 2" in two.stdout and f"total steps:              {STEPS}" in two.stdout
+    # The main process alone writes: one file, one run folder, one stream.
+    out = workdir / "out-ref"
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["ref.safetensors"]
+    (folder,) = (out / "runs").iterdir()
+    kinds = [e["type"] for e in events(folder / "events.jsonl")]
+    assert kinds.count("run_started") == 1 and kinds.count("run_finished") == 1
+    assert json.loads((folder / "run.json").read_text())["status"] == "finished"
+
+
+def test_ctrl_c_then_resume_with_two_processes_continues_exactly(workdir, reference):
+    state = workdir / "state-stop"
+    first = workdir / "stop.jsonl"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "lora_core.cli", "run", str(write_profile(workdir, "stop")),
+         "--events", str(first), "--no-progress"], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, env={**os.environ, "LORA_TUI_STATE_DIR": str(state)})
+    deadline = time.time() + 300
+    while not (first.exists() and 4 in losses(first)):
+        assert child.poll() is None, child.stderr.read().decode()
+        assert time.time() < deadline, "step 4 never came"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)  # as Ctrl+C in its terminal, or the wizard's Stop
+    assert child.wait(timeout=180) == 130, child.stderr.read().decode()
+    stopped = events(first)
+    (finished,) = [e for e in stopped if e["type"] == "run_finished"]
+    assert finished["interrupted"] and finished["steps"] < STEPS
+    (folder,) = (workdir / "out-stop" / "runs").iterdir()
+    import torch
+
+    from lora_core.saving.train_state import RNG_FILE, latest_state
+
+    rng = torch.load(latest_state(folder) / RNG_FILE, weights_only=True)
+    assert len(rng["ranks"]) == 2  # each process's own random state
+    second = workdir / "stop-resumed.jsonl"
+    # The run folder's profile says two processes: resume launches them again.
+    result = run_cli("resume", str(folder), "--events", str(second), "--no-progress",
+                     env={"LORA_TUI_STATE_DIR": str(state)})
+    assert result.returncode == 0, result.stderr
+    resumed = losses(second)
+    assert sorted(resumed) == list(range(finished["steps"] + 1, STEPS + 1))
+    assert resumed == {step: reference["losses"][step] for step in resumed}
+    final = load_file(str(workdir / "out-stop" / "stop.safetensors"))
+    for key, tensor in reference["final"].items():
+        assert (final[key] == tensor).all(), key
