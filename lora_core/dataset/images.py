@@ -62,6 +62,12 @@ def load_training_image(path: Path, bucket_reso: Size, resized_size: Size,
             f"cannot decode image {path}: {type(exc).__name__}: {exc}",
             "the file is damaged or not really an image; re-save or re-download it, or "
             "remove it from the dataset folder") from exc
+    return fit_to_bucket(image, bucket_reso, resized_size, offset)
+
+
+def fit_to_bucket(image: Image.Image, bucket_reso: Size, resized_size: Size,
+                  offset: tuple[int, int] | None = None) -> Image.Image:
+    """Resize to ``resized_size`` and cut the bucket out at ``offset`` (None: centred)."""
     if image.size != tuple(resized_size):
         image = image.resize(tuple(resized_size), resample_filter(image.size, resized_size))
     left, top = crop_box(image.size, bucket_reso) if offset is None else offset
@@ -257,11 +263,7 @@ def load_mask(image_path: Path, mask_path: Path | None, bucket_reso: Size, resiz
         what = "mask image" if mask_path is not None else "image (for its alpha mask)"
         raise DatasetError(f"cannot decode {what} {source}: {type(exc).__name__}: {exc}",
                            "re-save the file as a PNG, or remove it") from exc
-    if mask.size != tuple(resized_size):
-        mask = mask.resize(tuple(resized_size), resample_filter(mask.size, resized_size))
-    left, top = crop_box(mask.size, bucket_reso) if offset is None else offset
-    if (left, top) != (0, 0) or mask.size != tuple(bucket_reso):
-        mask = mask.crop((left, top, left + bucket_reso[0], top + bucket_reso[1]))
+    mask = fit_to_bucket(mask, bucket_reso, resized_size, offset)
     if flipped:
         mask = flip_horizontal(mask)
     return np.asarray(mask, dtype=np.float32) / 255.0

@@ -17,33 +17,23 @@ import pytest
 import tomli_w
 from safetensors.torch import load_file
 
-from tests.e2e.conftest import ROOT, make_images, run_cli
+from tests.e2e.conftest import ROOT, run_cli
+from tests.e2e.test_resume import write_profile as resume_profile
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="gloo runs on POSIX here")
 
 STEPS = 10  # 2 images x 5 repeats x 2 epochs = 20 batches of 1, over 2 processes
 
 
-def write_profile(root: Path, name: str, **training) -> Path:
-    data = root / "data"
-    if not data.exists():
-        make_images(data / "5_tok thing", 2, caption="tok, thing, red, blue")
-    profile = {
-        "profile_version": 1,
-        "model": {"pretrained_model_name_or_path": "builtin:tiny-sd1"},
-        # Random numbers on every process: caption shuffling, dropout, noise, timesteps.
-        "dataset": {"train_data_dir": str(data), "resolution": 64, "min_bucket_reso": 64,
-                    "max_bucket_reso": 64, "max_data_loader_n_workers": 0,
-                    "shuffle_caption": True},
-        "network": {"network_dim": 4, "network_alpha": 2.0, "network_dropout": 0.1},
-        "optimizer": {"optimizer_type": "AdamW", "learning_rate": 1e-3,
-                      "lr_scheduler": "cosine"},
-        "training": {"max_train_epochs": 2, "train_batch_size": 1, "mixed_precision": "no",
-                     "seed": 5, "num_processes": 2, **training},
-        "saving": {"output_dir": str(root / f"out-{name}"), "output_name": name},
-    }
-    path = root / f"{name}.toml"
-    path.write_text(tomli_w.dumps(profile), encoding="utf-8")
+def write_profile(root: Path, name: str) -> Path:
+    """test_resume's profile (caption shuffling and dropout: random numbers on every
+    process), trained by two processes."""
+    import tomllib
+
+    path = resume_profile(root, name, save_every_n_steps=None)
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    data["training"]["num_processes"] = 2
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
     return path
 
 
