@@ -684,20 +684,34 @@ def _launch_if_asked(args: argparse.Namespace) -> int | None:
     if args.num_processes is not None and args.num_processes < 1:
         raise ProfileError(f"--num-processes {args.num_processes} must be at least 1",
                            "give the number of GPUs to train on, like --num-processes 2")
-    wanted, gpu_ids = args.num_processes, args.gpu_ids
-    if wanted is None or gpu_ids is None:
-        from lora_core.profile_load import load_profile
-        from lora_core.saving.runs import PROFILE_FILE
+    from lora_core.profile_load import load_profile
+    from lora_core.saving.runs import PROFILE_FILE
 
-        path = args.profile if args.command == "run" else Path(args.run_dir) / PROFILE_FILE
-        try:
-            training = load_profile(path, args.overrides).training
-        except LoraError:
-            return None  # the run reports it, with its events
-        wanted = training.num_processes if wanted is None else wanted
-        gpu_ids = training.gpu_ids if gpu_ids is None else gpu_ids
+    path = args.profile if args.command == "run" else Path(args.run_dir) / PROFILE_FILE
+    try:
+        profile = load_profile(path, args.overrides)
+    except LoraError:
+        return None  # the run reports it, with its events
+    training = profile.training
+    if args.num_processes is not None:
+        training.num_processes = args.num_processes
+    if args.gpu_ids is not None:
+        training.gpu_ids = args.gpu_ids
+    wanted, gpu_ids = training.num_processes, training.gpu_ids
     if wanted <= 1:
         return None
+    # What only this process can see (the ranks see their GPUs renumbered): enough GPUs,
+    # the named ones there; before anything is started.
+    from lora_core.checks.machine import ProbedMachine, machine_problems
+    from lora_core.checks.problem import errors_of, raise_for_errors
+    from lora_core.checks.rules import profile_rules
+
+    problems = [p for p in [*profile_rules(profile), *machine_problems(profile,
+                                                                      ProbedMachine())]
+                if p.section == "training" and p.key in ("num_processes", "gpu_ids")]
+    if errors_of(problems):
+        raise_for_errors(problems, "the processes asked for have", "change --num-processes / "
+                         "--gpu-ids or [training] num_processes / gpu_ids", ProfileError)
     from lora_core.launch import relaunch
 
     target = str(args.profile if args.command == "run" else args.run_dir)

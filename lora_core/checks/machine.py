@@ -1,12 +1,14 @@
-"""Settings this machine cannot run: fp16 without a CUDA GPU.
+"""Settings this machine cannot run: fp16 without a CUDA GPU, more processes than GPUs, a
+GPU number that is not there.
 
 ``lora-train check`` must answer in well under a second, so it cannot import torch (about
 1.5 s) to ask ``torch.cuda.is_available()``. :class:`ProbedMachine` answers the same question
 without it: the installed torch build says whether it was built for CUDA (``torch/version.py``
 is read as text), and the NVIDIA driver library says how many GPUs this process may use
 (``cuInit`` + ``cuDeviceGetCount`` through ctypes, which honour ``CUDA_VISIBLE_DEVICES``).
-``run`` asks :class:`TorchMachine` once torch is imported anyway; both feed the same
-:func:`machine_problems`, so both say the same.
+The driver also names the GPUs and their memory (:func:`cuda_devices`), which the wizard
+shows beside the process count. ``run`` asks :class:`TorchMachine` once torch is imported
+anyway; both feed the same :func:`machine_problems`, so both say the same.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import ctypes.util
 import importlib.util
 import os
 import re
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
-from lora_core.checks.problem import Problem, error
+from lora_core.checks.problem import Problem, error, warning
+from lora_core.checks.rules import gpu_id_list
 from lora_core.profile import Profile
 
 _FP16_HINT = ("on a CPU set mixed_precision = \"no\" (or \"bf16\"); on a GPU machine check "
@@ -28,15 +32,59 @@ _FP16_HINT = ("on a CPU set mixed_precision = \"no\" (or \"bf16\"); on a GPU mac
               "print(torch.cuda.is_available())\")")
 
 
+@dataclass(frozen=True)
+class Gpu:
+    index: int  # as this process numbers them (after CUDA_VISIBLE_DEVICES)
+    name: str
+    memory_bytes: int
+
+    def label(self) -> str:
+        return f"{self.index}: {self.name} ({self.memory_bytes / 2**30:.0f} GB)"
+
+
 class Machine(Protocol):
     @property
     def has_cuda(self) -> bool: ...
 
+    @property
+    def gpus(self) -> list[Gpu]: ...
+
 
 def machine_problems(profile: Profile, machine: Machine) -> list[Problem]:
-    if profile.training.mixed_precision == "fp16" and not machine.has_cuda:
-        return [error("`[training] mixed_precision` = \"fp16\" needs a CUDA GPU, and none was "
-                      "found", _FP16_HINT, section="training", key="mixed_precision")]
+    tr, found = profile.training, []
+    if tr.mixed_precision == "fp16" and not machine.has_cuda:
+        found.append(error("`[training] mixed_precision` = \"fp16\" needs a CUDA GPU, and none "
+                           "was found", _FP16_HINT, section="training", key="mixed_precision"))
+    if tr.num_processes > 1:
+        found += _process_problems(profile, machine)
+    return found
+
+
+def _process_problems(profile: Profile, machine: Machine) -> list[Problem]:
+    tr = profile.training
+    if not machine.has_cuda:
+        return [warning(f"`[training] num_processes` = {tr.num_processes} with no CUDA GPU: the "
+                        "processes share this machine's CPU (gloo), which is slower than one "
+                        "process", "use 1 here; several processes are for several GPUs",
+                        section="training", key="num_processes")]
+    count = len(machine.gpus)
+    if not tr.gpu_ids.strip() and tr.num_processes > count:
+        return [error(f"`[training] num_processes` = {tr.num_processes} needs one GPU per "
+                      f"process, and this machine has {count}",
+                      f"set num_processes to {count} or less", section="training",
+                      key="num_processes")]
+    ids = gpu_id_list(tr.gpu_ids) or []
+    # Inside a launcher's process (or with CUDA_VISIBLE_DEVICES) the GPUs are renumbered:
+    # only the launching process can hold the ids against the machine.
+    if os.environ.get("WORLD_SIZE") or os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return []
+    missing = [i for i in ids if i >= count]
+    if missing:
+        return [error(f"`[training] gpu_ids` = \"{tr.gpu_ids}\" names GPU "
+                      f"{', '.join(map(str, missing))}, and this machine has GPUs "
+                      f"0-{count - 1}",
+                      "name GPUs from the list the wizard shows, or `nvidia-smi -L`",
+                      section="training", key="gpu_ids")]
     return []
 
 
@@ -49,6 +97,18 @@ class TorchMachine:
 
         return torch.cuda.is_available()
 
+    @cached_property
+    def gpus(self) -> list[Gpu]:
+        import torch
+
+        if not torch.cuda.is_available():
+            return []
+        found = []
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            found.append(Gpu(index, props.name, int(props.total_memory)))
+        return found
+
 
 class ProbedMachine:
     """What the installed torch build and the GPU driver say, without importing torch."""
@@ -59,6 +119,10 @@ class ProbedMachine:
         if build == "rocm":
             return Path("/dev/kfd").exists()  # ROCm builds answer torch.cuda too
         return build == "cuda" and cuda_device_count() > 0
+
+    @cached_property
+    def gpus(self) -> list[Gpu]:
+        return cuda_devices() if self.has_cuda else []
 
 
 def torch_build() -> str | None:
@@ -85,17 +149,45 @@ def torch_build() -> str | None:
 
 def cuda_device_count() -> int:
     """GPUs the NVIDIA driver lets this process use (0 without a driver)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+    driver, count = _driver(), ctypes.c_int(0)
+    if driver is None:
         return 0
-    name = ctypes.util.find_library("cuda") or "libcuda.so.1"
     try:
-        driver = ctypes.CDLL(name)
-    except OSError:
-        return 0
-    count = ctypes.c_int(0)
-    try:
-        if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        if driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
             return 0
     except AttributeError:
         return 0
     return count.value
+
+
+def _driver():
+    """The NVIDIA driver library, initialised (None without one or with every GPU hidden)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return None
+    name = ctypes.util.find_library("cuda") or "libcuda.so.1"
+    try:
+        driver = ctypes.CDLL(name)
+        return driver if driver.cuInit(0) == 0 else None
+    except (OSError, AttributeError):
+        return None
+
+
+def cuda_devices() -> list[Gpu]:
+    """The GPUs the NVIDIA driver lets this process use, with their names and memory."""
+    driver = _driver()
+    if driver is None:
+        return []
+    found = []
+    for index in range(cuda_device_count()):
+        device, name = ctypes.c_int(0), ctypes.create_string_buffer(256)
+        memory = ctypes.c_size_t(0)
+        try:
+            if driver.cuDeviceGet(ctypes.byref(device), index) != 0:
+                continue
+            driver.cuDeviceGetName(name, len(name), device)
+            driver.cuDeviceTotalMem_v2(ctypes.byref(memory), device)
+        except AttributeError:
+            continue
+        found.append(Gpu(index, name.value.decode(errors="replace") or "GPU", memory.value))
+    return found
+

@@ -248,11 +248,34 @@ def _training(p: Profile) -> list[Problem]:
                                          or tr.huber_scale != 1.0):
         add("loss_type", "`[training] huber_schedule / huber_c / huber_scale` only apply to "
             f"loss_type huber or smooth_l1 (loss_type is {format_value(tr.loss_type)})")
+    ids = gpu_id_list(tr.gpu_ids)
+    if ids is None:
+        add("gpu_ids", f"`[training] gpu_ids` = {format_value(tr.gpu_ids)} must be GPU numbers "
+            "separated by commas, each once, like \"0,1\" (or empty for the first "
+            "num_processes GPUs)")
+    elif ids and len(ids) < tr.num_processes:
+        add("gpu_ids", f"`[training] gpu_ids` = {format_value(tr.gpu_ids)} names {len(ids)} "
+            f"GPU(s) for num_processes = {tr.num_processes}: name one GPU per process, or "
+            "lower num_processes")
     if tr.validation_split >= 1:
         add("validation_split", f"`[training] validation_split` = "
             f"{format_value(tr.validation_split)} holds out every image and leaves none to "
             "train on: use a share below 1 (0.1 or 0.2 is usual), or 0 for no validation")
     return found
+
+
+def gpu_id_list(text: str) -> list[int] | None:
+    """The GPU numbers in a ``gpu_ids`` value ("0,1" -> [0, 1]; "" -> []); None when it is
+    not distinct whole numbers separated by commas ("all" is accelerate's word for every
+    GPU and is taken as [])."""
+    text = text.strip()
+    if text in ("", "all"):
+        return []
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() for part in parts):
+        return None
+    ids = [int(part) for part in parts]
+    return ids if len(set(ids)) == len(ids) else None
 
 
 def _sample(p: Profile) -> list[Problem]:

@@ -17,6 +17,7 @@ Ctrl+R when a concept folder was picked instead of its parent.
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from textual import on
@@ -28,6 +29,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Select, Static
 from textual.worker import Worker, WorkerState
 
+from lora_core.checks.machine import ProbedMachine
 from lora_core.checks.problem import Problem
 from lora_core.errors import LoraError
 from lora_core.models.loading import FAMILY_LABELS
@@ -40,6 +42,17 @@ from lora_tui.widgets.dataset_table import DatasetTable
 from lora_tui.widgets.field_editor import FieldEditor, escape
 
 _CHECK_DELAY_S = 0.3  # wait for typing to pause before scanning folders
+
+
+@cache
+def gpus_note() -> str:
+    """The GPUs this machine has, for the process-count question (asked of the driver once;
+    no torch)."""
+    gpus = ProbedMachine().gpus
+    if not gpus:
+        return "[i]no CUDA GPU here: keep 1 (several processes are for several GPUs)[/i]"
+    listed = "; ".join(escape(gpu.label()) for gpu in gpus)
+    return f"[i]{len(gpus)} GPU(s) here: {listed}[/i]"
 
 # What each optimizer is usually given in optimizer_args (the hint under that field). The
 # AdamW family's are what an unset optimizer_args means (LETS' defaults); Prodigy's are the
@@ -202,6 +215,8 @@ class StepScreen(Screen):
             self.editor("optimizer", "optimizer_args").set_note(
                 f"[i]{escape(name)}: usually {escape(advice)}[/i]" if advice
                 else f"[i]{escape(name)}: usually none[/i]")
+        if ("training", "num_processes") in keys:
+            self.editor("training", "num_processes").set_note(gpus_note())
         if ("optimizer", "learning_rate") in keys:
             name = self.draft.current("optimizer", "optimizer_type")
             self.editor("optimizer", "learning_rate").set_note(

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lora_core.checks.machine import (
+    Gpu,
     ProbedMachine,
     TorchMachine,
     cuda_device_count,
+    cuda_devices,
     machine_problems,
     torch_build,
 )
+from lora_core.checks.rules import gpu_id_list, profile_rules
 from lora_core.profile import Profile
 
 
 class _Machine:
-    def __init__(self, has_cuda: bool) -> None:
+    def __init__(self, has_cuda: bool, gpus: int = 0) -> None:
         self.has_cuda = has_cuda
+        self.gpus = [Gpu(i, "RTX 4090", 24 * 2**30) for i in range(gpus)]
+
+
+def _processes(count: int, gpu_ids: str = "") -> Profile:
+    profile = Profile()
+    profile.training.mixed_precision = "bf16"
+    profile.training.num_processes = count
+    profile.training.gpu_ids = gpu_ids
+    return profile
 
 
 def test_fp16_needs_a_cuda_gpu():
@@ -48,3 +62,47 @@ def test_the_build_and_the_driver_are_read():
     assert torch_build() == expected
     # the tests hide every GPU (CUDA_VISIBLE_DEVICES=""), and the driver honours that
     assert cuda_device_count() == 0
+
+
+def test_processes_are_held_against_the_gpus(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert machine_problems(_processes(2), _Machine(True, gpus=2)) == []
+    assert machine_problems(_processes(2, "1,3"), _Machine(True, gpus=4)) == []
+    (found,) = machine_problems(_processes(4), _Machine(True, gpus=2))
+    assert found.is_error and found.field == ("training", "num_processes")
+    assert "this machine has 2" in found.message and "2 or less" in found.hint
+    (found,) = machine_problems(_processes(2, "0,3"), _Machine(True, gpus=2))
+    assert found.is_error and found.field == ("training", "gpu_ids")
+    assert "names GPU 3" in found.message and "0-1" in found.message
+    # no GPU: the processes run on the CPU (how the tests run them), said but not stopped
+    (found,) = machine_problems(_processes(2), _Machine(False))
+    assert not found.is_error and "gloo" in found.message
+    assert machine_problems(_processes(1), _Machine(False)) == []
+
+
+def test_inside_a_launcher_the_gpu_numbers_are_not_held_against_the_machine(monkeypatch):
+    # accelerate sets CUDA_VISIBLE_DEVICES to gpu_ids, so GPU 3 is the rank's GPU 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert machine_problems(_processes(2, "2,3"), _Machine(True, gpus=2)) == []
+
+
+@pytest.mark.parametrize(("text", "ids"), [("", []), ("all", []), ("0,1", [0, 1]),
+                                           (" 2, 3 ", [2, 3]), ("0,0", None), ("a", None),
+                                           ("0;1", None), ("-1", None)])
+def test_gpu_ids_are_distinct_numbers(text, ids):
+    assert gpu_id_list(text) == ids
+
+
+def test_gpu_ids_name_one_gpu_per_process():
+    bad = [p for p in profile_rules(_processes(2, "0,x")) if p.field == ("training", "gpu_ids")]
+    assert len(bad) == 1 and "separated by commas" in bad[0].message
+    few = [p for p in profile_rules(_processes(3, "0,1")) if p.field == ("training", "gpu_ids")]
+    assert len(few) == 1 and "names 2 GPU(s) for num_processes = 3" in few[0].message
+    assert not [p for p in profile_rules(_processes(2, "0,1")) if p.section == "training"]
+
+
+def test_the_driver_lists_no_gpu_when_they_are_hidden():
+    assert cuda_devices() == []
+    assert ProbedMachine().gpus == [] == TorchMachine().gpus
+    assert Gpu(1, "NVIDIA A100", 80 * 2**30).label() == "1: NVIDIA A100 (80 GB)"

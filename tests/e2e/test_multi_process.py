@@ -125,3 +125,13 @@ def test_ctrl_c_then_resume_with_two_processes_continues_exactly(workdir, refere
     final = load_file(str(workdir / "out-stop" / "stop.safetensors"))
     for key, tensor in reference["final"].items():
         assert (final[key] == tensor).all(), key
+
+
+def test_processes_the_machine_cannot_give_stop_before_anything_starts(workdir):
+    profile = write_profile(workdir, "bad-ids")
+    result = run_cli("run", str(profile), "--num-processes", "3", "--gpu-ids", "0,1",
+                     env={"LORA_TUI_STATE_DIR": str(workdir / "state-bad")})
+    assert result.returncode == 2
+    assert "`[training] gpu_ids` = \"0,1\" names 2 GPU(s) for num_processes = 3" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (workdir / "out-bad-ids").exists()  # nothing was launched

@@ -376,3 +376,28 @@ async def test_a_problem_at_a_hidden_advanced_field_is_listed_under_the_step(dat
         assert "hf download" in plain(errors)
         await pilot.press("ctrl+n")
         assert app.screen is screen
+
+
+async def test_the_process_count_lists_the_gpus_this_machine_has(dataset, tmp_path,
+                                                                 monkeypatch):
+    from lora_core.checks import machine
+    from lora_tui.screens import step
+
+    gpus = [machine.Gpu(0, "NVIDIA GeForce RTX 4090", 24 * 2**30),
+            machine.Gpu(1, "NVIDIA GeForce RTX 3090", 24 * 2**30)]
+    monkeypatch.setattr(machine.ProbedMachine, "gpus", gpus)
+    step.gpus_note.cache_clear()
+    app = new_app()
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await open_step_with_basics(pilot, "Batch size", dataset, tmp_path / "o")
+            await pilot.press("ctrl+o")
+            note = screen.query_one("#field-training-num_processes .field-note")
+            assert note.display
+            assert plain(note) == ("2 GPU(s) here: 0: NVIDIA GeForce RTX 4090 (24 GB); "
+                                   "1: NVIDIA GeForce RTX 3090 (24 GB)")
+            assert not shown(screen, "training", "gpu_ids")  # one process: no GPU to pick
+            await type_into(pilot, "training", "num_processes", "2")
+            assert shown(screen, "training", "gpu_ids")
+    finally:
+        step.gpus_note.cache_clear()
