@@ -79,6 +79,7 @@ class Run:
     rss_to_first_step_mb: float
     peak_rss_mb: float
     wall_s: float
+    peak_vram_mb: float | None = None  # --device cuda: the most nvidia-smi saw it use
 
 
 # --- the checkpoint ---------------------------------------------------------------------
@@ -225,15 +226,44 @@ class HighWaterMarks(threading.Thread):
         return (before[-1] if before else 0) / 1024
 
 
+class VramMarks(threading.Thread):
+    """The most GPU memory ``nvidia-smi`` reports for a process, polled every ``period_s``
+    (what a user watching ``nvidia-smi`` sees: the allocator's reserve and the CUDA
+    context included)."""
+
+    def __init__(self, pid: int, period_s: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.period_s, self.peak_mb = pid, period_s, 0.0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                listed = subprocess.run(
+                    ["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                     "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                    timeout=10).stdout
+                for line in listed.splitlines():
+                    pid, used = (part.strip() for part in line.split(","))
+                    if int(pid) == self.pid:
+                        self.peak_mb = max(self.peak_mb, float(used))
+            except (OSError, ValueError, subprocess.SubprocessError):
+                pass
+            self.stopped.wait(self.period_s)
+
+
 def run_child(name: str, argv: list[str], events: Path, env: dict, log: Path,
-              warmup: int, cwd: Path) -> Run:
+              warmup: int, cwd: Path, gpu: bool = False) -> Run:
     events.parent.mkdir(parents=True, exist_ok=True)
     events.write_text("", encoding="utf-8")
     with open(log, "w", encoding="utf-8") as log_fh:
         launched = time.time()
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log_fh, stderr=subprocess.STDOUT)
         marks = HighWaterMarks(proc.pid)
-        marks.start()
+        vram = VramMarks(proc.pid) if gpu else None
+        for watcher in (marks, vram):
+            if watcher is not None:
+                watcher.start()
         try:
             _, status, usage = _wait4(proc, CHILD_TIMEOUT_S)
         except TimeoutError:
@@ -241,7 +271,9 @@ def run_child(name: str, argv: list[str], events: Path, env: dict, log: Path,
             proc.wait()
             raise
         finally:
-            marks.stopped.set()
+            for watcher in (marks, vram):
+                if watcher is not None:
+                    watcher.stopped.set()
         ended = time.time()
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
@@ -257,7 +289,8 @@ def run_child(name: str, argv: list[str], events: Path, env: dict, log: Path,
                s_per_step=statistics.median(intervals) if intervals else float("nan"),
                first_step_s=times[0] - launched,
                rss_to_first_step_mb=marks.at(times[0]),
-               peak_rss_mb=usage.ru_maxrss / 1024, wall_s=ended - launched)
+               peak_rss_mb=usage.ru_maxrss / 1024, wall_s=ended - launched,
+               peak_vram_mb=vram.peak_mb if vram is not None else None)
 
 
 # --- the benchmark ----------------------------------------------------------------------
@@ -320,7 +353,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 ours, [sys.executable, "-m", "lora_core.cli", "run", str(profile), "--events",
                        str(events), "--no-progress"],
                 events, child_env(args, hf_home, work, ours=True), folder / f"{ours}.log",
-                warmup, ROOT)
+                warmup, ROOT, gpu=args.device == "cuda")
             if peer:
                 name = f"peer-{label}"
                 events = folder / f"{name}.jsonl"
@@ -328,7 +361,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                     name, peer_argv(checkpoint, data, folder / f"{name}-out", events, args,
                                     fast),
                     events, child_env(args, hf_home, work, ours=False), folder / f"{name}.log",
-                    warmup, args.sd_scripts)
+                    warmup, args.sd_scripts, gpu=args.device == "cuda")
         rounds.append(results)
     size = checkpoint.stat().st_size
     return {
@@ -364,12 +397,16 @@ def summarise(rounds: list[dict[str, Run]]) -> dict:
         summary[name] = {key: statistics.median(getattr(run, key) for run in runs)
                          for key in ("s_per_step", "first_step_s", "rss_to_first_step_mb",
                                      "peak_rss_mb")}
+        if runs[0].peak_vram_mb is not None:
+            summary[name]["peak_vram_mb"] = statistics.median(run.peak_vram_mb for run in runs)
     for ours, peer in (("ours-fast", "peer-fast"), ("ours-defaults", "peer-plain")):
         if peer not in rounds[0]:
             continue
-        for key in ("s_per_step", "first_step_s", "rss_to_first_step_mb", "peak_rss_mb"):
-            summary[ours][f"{key}_vs_peer"] = statistics.median(
-                getattr(r[ours], key) / getattr(r[peer], key) for r in rounds)
+        for key in ("s_per_step", "first_step_s", "rss_to_first_step_mb", "peak_rss_mb",
+                    "peak_vram_mb"):
+            if key in summary[peer] and all(getattr(r[peer], key) for r in rounds):
+                summary[ours][f"{key}_vs_peer"] = statistics.median(
+                    getattr(r[ours], key) / getattr(r[peer], key) for r in rounds)
     return summary
 
 
@@ -385,9 +422,12 @@ def render_table(report: dict) -> str:
     if report["peer"]:
         lines.append(f"peer: sd-scripts {report['peer']['commit'] or '?'} at "
                      f"{report['peer']['sd_scripts']}")
-    lines += ["", "| run | s/step | ×peer | first step (s) | ×peer | RSS to first step (GiB) | "
-              "×peer | peak RSS (GiB) | ×peer |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    gpu = any("peak_vram_mb" in row for row in report["summary"].values())
+    lines += ["", "| run | s/step | it/s | ×peer | first step (s) | ×peer | "
+              "RSS to first step (GiB) | ×peer | peak RSS (GiB) | ×peer |"
+              + (" peak VRAM (GiB) | ×peer |" if gpu else ""),
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+              + (" ---: | ---: |" if gpu else "")]
     for name, row in report["summary"].items():
         def cell(key: str, scale: float = 1.0, digits: int = 2, r=row) -> str:
             return f"{r[key] / scale:.{digits}f}"
@@ -395,11 +435,14 @@ def render_table(report: dict) -> str:
         def ratio(key: str, r=row) -> str:
             return f"{r[key + '_vs_peer']:.2f}" if key + "_vs_peer" in r else ""
 
-        lines.append(f"| {name} | {cell('s_per_step', digits=3)} | {ratio('s_per_step')} | "
+        lines.append(f"| {name} | {cell('s_per_step', digits=3)} | "
+                     f"{1 / row['s_per_step']:.2f} | {ratio('s_per_step')} | "
                      f"{cell('first_step_s', digits=1)} | {ratio('first_step_s')} | "
                      f"{cell('rss_to_first_step_mb', 1024)} | "
                      f"{ratio('rss_to_first_step_mb')} | {cell('peak_rss_mb', 1024)} | "
-                     f"{ratio('peak_rss_mb')} |")
+                     f"{ratio('peak_rss_mb')} |"
+                     + (f" {cell('peak_vram_mb', 1024)} | {ratio('peak_vram_mb')} |"
+                        if "peak_vram_mb" in row else ""))
     limit = 1.5 * ck["training_dtype_bytes"] / 2**30
     lines += ["", f"RSS-at-load target: under 1.5x the checkpoint in the training dtype = "
               f"{limit:.2f} GiB"]
@@ -411,6 +454,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.build:
         build_checkpoint(args.build[0], Path(args.build[1]))
         return 0
+    if args.device == "cuda":
+        from bench.run_bench import _has_cuda
+
+        if not _has_cuda():
+            print("error: --device cuda needs a CUDA GPU and a CUDA build of torch",
+                  file=sys.stderr)
+            return 2
     report = run_benchmark(args)
     print(json.dumps(report, indent=2) if args.json else render_table(report))
     return 0

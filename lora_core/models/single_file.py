@@ -13,7 +13,9 @@ and every parameter filled, else a ModelError names the file and the keys.
 
 from __future__ import annotations
 
+import json
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -27,37 +29,62 @@ from lora_core.models.files import (
 )
 from lora_core.models.pickle_scan import code_error
 
+# safetensors dtype names -> torch dtype attribute names (the ones torch has)
+_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+              "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+              "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+              "U16": "uint16", "U32": "uint32", "U64": "uint64"}
+
 
 class _Reader:
     """The tensors of a checkpoint file, read one at a time.
 
-    ``.safetensors``: ``safe_open`` reads each tensor from the memory-mapped file on request.
-    ``.ckpt`` / ``.pt``: ``torch.load(weights_only=True, mmap=True)``; the tensors stay in the
-    mapped file until read. A pickle that needs anything beyond tensors and plain containers
-    is refused by torch's restricted unpickler before any of its code runs."""
+    ``.safetensors``: each tensor's bytes are read from the file (the header gives their
+    offsets) into a buffer of its own, cast and dropped: the process holds one
+    tensor in the file's dtype at a time, never a mapping of the whole file (a memory-mapped
+    read would count every byte of a 2-7 GB file in the process's resident memory while
+    loading). ``.ckpt`` / ``.pt``: ``torch.load(weights_only=True, mmap=True)``; the tensors
+    stay in the mapped file until read. A pickle that needs anything beyond tensors and plain
+    containers is refused by torch's restricted unpickler before any of its code runs."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._handle: Any = None
+        self._entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         self._state: dict[str, Any] = {}
         if path.suffix.lower() == SAFETENSORS_SUFFIX:
-            self.shapes, self.metadata = ckpt.read_header(path)
-            from safetensors import safe_open
-
-            try:
-                self._handle = safe_open(str(path), framework="pt")
-            except Exception as exc:  # safetensors raises its own error types
-                raise ModelError(f"cannot open {path}: {first_line(exc)}", DAMAGED_HINT) from exc
+            self.shapes, self.metadata = ckpt.read_header(path)  # validates the header
+            self._data_start, self._entries = _tensor_entries(path)
         else:
             self._state = _torch_load(path)
             self.metadata = {}
             self.shapes = {k: tuple(v.shape) for k, v in self._state.items()}
 
+    def _read(self, key: str) -> Any:
+        import torch
+
+        if not self._entries:
+            return self._state[key]
+        dtype_name, shape, start, end = self._entries[key]
+        torch_dtype = getattr(torch, _ST_DTYPES.get(dtype_name, ""), None)
+        if torch_dtype is None:
+            raise ValueError(f"unsupported dtype {dtype_name}")
+        data = bytearray(end - start)
+        with open(self.path, "rb", buffering=0) as fh:  # unbuffered: straight into data
+            fh.seek(self._data_start + start)
+            view, done = memoryview(data), 0
+            while done < len(data):  # a raw read may return less than asked
+                got = fh.readinto(view[done:])
+                if not got:
+                    raise OSError(f"the file ends before tensor {key!r} does")
+                done += got
+        if not data:
+            return torch.empty(shape, dtype=torch_dtype)
+        return torch.frombuffer(data, dtype=torch_dtype).reshape(shape)
+
     def get(self, key: str, dtype: Any) -> Any:
         """The tensor ``key`` as ``dtype`` (floating tensors only; others as stored)."""
         try:
-            tensor = (self._handle.get_tensor(key) if self._handle is not None
-                      else self._state[key])
+            tensor = self._read(key)
         except Exception as exc:
             raise ModelError(f"cannot read tensor {key!r} from {self.path}: "
                              f"{first_line(exc)}", DAMAGED_HINT) from exc
@@ -68,6 +95,18 @@ class _Reader:
         return {k: self.get(k, dtype) for k in self.shapes
                 if k.startswith(prefix) and not ckpt.is_ignorable(k)
                 and not (skip and skip(k))}
+
+
+def _tensor_entries(path: Path) -> tuple[int, dict[str, tuple[str, tuple[int, ...], int, int]]]:
+    """Where the data starts and each tensor's (dtype, shape, start, end) in a safetensors file
+    whose header ``ckpt.read_header`` has already checked."""
+    with open(path, "rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(length))
+    header.pop("__metadata__", None)
+    return 8 + length, {key: (str(entry["dtype"]), tuple(int(n) for n in entry["shape"]),
+                              int(entry["data_offsets"][0]), int(entry["data_offsets"][1]))
+                        for key, entry in header.items()}
 
 
 def _torch_load(path: Path) -> dict[str, Any]:
@@ -169,6 +208,14 @@ def _ldm_vae(source: dict[str, Any], family: str, vae: ckpt.VaeArch, path: Path)
     return model
 
 
+def _unused_text_keys(arch: ckpt.Architecture, index: int) -> Any:
+    """SD 2.x: OpenCLIP's last block and text_projection are unused (§11) and not loaded."""
+    te = arch.text_encoders[index]
+    dropped = (f"{te.prefix}transformer.resblocks.{te.layers}.",
+               f"{te.prefix}text_projection") if arch.family == "sd2" else ()
+    return lambda key: key.startswith(dropped) if dropped else False
+
+
 def _single_file_text_encoder(reader: _Reader, arch: ckpt.Architecture, index: int,
                               dtype: Any) -> Any:
     from diffusers.loaders.single_file_utils import (
@@ -183,10 +230,7 @@ def _single_file_text_encoder(reader: _Reader, arch: ckpt.Architecture, index: i
     cls = CLIPTextModelWithProjection if arch.family == "sdxl" and index == 1 else CLIPTextModel
     model = _empty(lambda: cls(CLIPTextConfig(**config)))
     if te.kind == "open_clip":
-        # SD 2.x: OpenCLIP's last block and text_projection are unused (§11) and not loaded.
-        dropped = (f"{te.prefix}transformer.resblocks.{te.layers}.",
-                   f"{te.prefix}text_projection") if arch.family == "sd2" else ()
-        source = reader.take(te.prefix, dtype, skip=lambda k: k.startswith(dropped))
+        source = reader.take(te.prefix, dtype, skip=_unused_text_keys(arch, index))
         converted = convert_open_clip_checkpoint(model, source, prefix=te.prefix)
     else:
         source = reader.take(te.prefix, dtype)

@@ -382,3 +382,33 @@ def test_prediction_warning(tmp_path: Path) -> None:
     assert "is true" in ckpt.prediction_warning(
         Path("plain.safetensors"), {"modelspec.prediction_type": "epsilon"}, True)
     assert ckpt.prediction_warning(Path("plain.safetensors"), {}, True) is None
+
+
+def test_tensors_are_read_without_mapping_the_file(folders: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    from lora_core.models.single_file import _Reader
+
+    path = write_single_file(folders["sdxl"], tmp_path / "xl.safetensors", "sdxl",
+                             dtype=torch.float16)
+    reader = _Reader(path)
+    ours = {key: reader.get(key, torch.float16) for key in reader.shapes}
+    # read, not mapped: a mapping would count the whole file in the process's memory
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert str(path) not in maps.read_text()
+    expected = load_file(str(path))  # safetensors' own reading (which maps the file)
+    assert ours.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert ours[key].dtype == tensor.dtype and ours[key].shape == tensor.shape
+        assert torch.equal(ours[key], tensor), key
+    key = "model.diffusion_model.out.2.bias"
+    assert torch.equal(reader.get(key, torch.bfloat16), expected[key].to(torch.bfloat16))
+    # a file cut short after its header was read names the tensor that lies past the end
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes())
+    damaged = _Reader(cut)
+    with open(cut, "r+b") as fh:
+        fh.truncate(cut.stat().st_size - 1000)
+    last = max(damaged._entries, key=lambda k: damaged._entries[k][3])
+    with pytest.raises(ModelError, match=f"cannot read tensor {last!r}"):
+        damaged.get(last, torch.bfloat16)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The GPU benchmark, ready for a machine with a CUDA GPU (none is needed to read it):
+# SD 1.5 at 512 px and SDXL at 1024 px, random-weight full-size checkpoints, a U-Net LoRA,
+# it/s and peak VRAM (nvidia-smi) for our defaults and for sd-scripts' flags on the same card.
+#
+#   bench/gpu.sh                                    # ours only
+#   bench/gpu.sh --sd-scripts DIR --sd-python PY    # and sd-scripts beside it (peer mode)
+#
+# Environment: PYTHON (default .venv/bin/python), PRECISION (default bf16; fp16 for cards
+# before RTX 30xx), SD15_STEPS / SDXL_STEPS (default 40 / 20), ROUNDS (default 2).
+# Each family writes bench/.cache/gpu-<family>.json and prints its table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+PRECISION=${PRECISION:-bf16}
+ROUNDS=${ROUNDS:-2}
+mkdir -p bench/.cache
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU')"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+
+run() {  # family resolution steps [peer args...]
+    local family=$1 resolution=$2 steps=$3
+    shift 3
+    "$PY" bench/full_size.py --device cuda --family "$family" --resolution "$resolution" \
+        --steps "$steps" --warmup 5 --rounds "$ROUNDS" --precision "$PRECISION" --json "$@" \
+        > "bench/.cache/gpu-$family.json"
+    "$PY" -c "import json, sys; from bench.full_size import render_table; \
+print(render_table(json.load(open(sys.argv[1]))))" "bench/.cache/gpu-$family.json"
+}
+
+run sd15 512 "${SD15_STEPS:-40}" "$@"
+run sdxl 1024 "${SDXL_STEPS:-20}" "$@"
