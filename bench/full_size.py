@@ -11,7 +11,8 @@ files are (``--cache-dir``, default ``bench/.cache``; built in a child process s
 harness keeps none of it). Its tokenizers are the engine's generated ones, placed in a
 private Hugging Face cache under the repositories both trainers ask for.
 
-Runs, each a child process started as a user would start it, interleaved within a round:
+Runs, each a child process started as a user would start it, interleaved within a round,
+each with the checkpoint read through once just before it (the page cache warm for all):
 
 * ``ours-fast``: ``lora-train run`` with a U-Net LoRA (rank 4), latents cached (SDXL: text
   encoder outputs too), AdamW, constant LR, ``--precision`` compute, batch 1;
@@ -80,6 +81,9 @@ class Run:
     peak_rss_mb: float
     wall_s: float
     peak_vram_mb: float | None = None  # --device cuda: the most nvidia-smi saw it use
+    # ours: the peak RSS (MB) reached by the time each phase began (loading model ->
+    # caching latents is the load itself)
+    rss_at_phase_mb: dict[str, float] | None = None
 
 
 # --- the checkpoint ---------------------------------------------------------------------
@@ -252,10 +256,25 @@ class VramMarks(threading.Thread):
             self.stopped.wait(self.period_s)
 
 
+def warm_page_cache(path: Path) -> float:
+    """Read ``path`` through once (seconds taken), so every child starts with the checkpoint
+    in the page cache: otherwise whichever runs first, or after a run whose memory evicted
+    it (sd-scripts holds 20 GB for SDXL on a 24 GB machine), pays the disk read."""
+    started = time.perf_counter()
+    with open(path, "rb", buffering=0) as fh:
+        buffer = bytearray(16 << 20)
+        while fh.readinto(buffer):
+            pass
+    return time.perf_counter() - started
+
+
 def run_child(name: str, argv: list[str], events: Path, env: dict, log: Path,
-              warmup: int, cwd: Path, gpu: bool = False) -> Run:
+              warmup: int, cwd: Path, gpu: bool = False, checkpoint: Path | None = None
+              ) -> Run:
     events.parent.mkdir(parents=True, exist_ok=True)
     events.write_text("", encoding="utf-8")
+    if checkpoint is not None:
+        warm_page_cache(checkpoint)
     with open(log, "w", encoding="utf-8") as log_fh:
         launched = time.time()
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log_fh, stderr=subprocess.STDOUT)
@@ -279,9 +298,13 @@ def run_child(name: str, argv: list[str], events: Path, env: dict, log: Path,
     if code != 0:
         tail = log.read_text("utf-8", errors="replace")[-3000:]
         raise RuntimeError(f"{name} exited with {code}; its output ends:\n{tail}")
-    times = [r["time"] for r in (json.loads(line) for line in
-                                 events.read_text("utf-8").splitlines() if line.strip())
-             if r["type"] == "step_ended"]
+    records = [json.loads(line) for line in events.read_text("utf-8").splitlines()
+               if line.strip()]
+    times = [r["time"] for r in records if r["type"] == "step_ended"]
+    phases: dict[str, float] = {}
+    for record in records:
+        if record["type"] == "phase_changed" and record["phase"] not in phases:
+            phases[record["phase"]] = round(marks.at(record["time"]), 1)
     if not times:
         raise RuntimeError(f"{name}: no step_ended event in {events}")
     intervals = [b - a for a, b in pairwise(times[warmup:])]
@@ -290,7 +313,8 @@ def run_child(name: str, argv: list[str], events: Path, env: dict, log: Path,
                first_step_s=times[0] - launched,
                rss_to_first_step_mb=marks.at(times[0]),
                peak_rss_mb=usage.ru_maxrss / 1024, wall_s=ended - launched,
-               peak_vram_mb=vram.peak_mb if vram is not None else None)
+               peak_vram_mb=vram.peak_mb if vram is not None else None,
+               rss_at_phase_mb=phases or None)
 
 
 # --- the benchmark ----------------------------------------------------------------------
@@ -309,6 +333,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sd-scripts", type=Path, help="an sd-scripts checkout (peer mode)")
     parser.add_argument("--sd-python", type=Path,
                         help="the Python with sd-scripts' requirements (peer mode)")
+    parser.add_argument("--sd-scripts-commit", help="the checkout's commit, for the report, "
+                        "when the folder is not a git checkout")
     parser.add_argument("--no-usual", action="store_true",
                         help="only the fast pair (latents cached, SDPA)")
     parser.add_argument("--load-only", action="store_true",
@@ -353,7 +379,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 ours, [sys.executable, "-m", "lora_core.cli", "run", str(profile), "--events",
                        str(events), "--no-progress"],
                 events, child_env(args, hf_home, work, ours=True), folder / f"{ours}.log",
-                warmup, ROOT, gpu=args.device == "cuda")
+                warmup, ROOT, gpu=args.device == "cuda", checkpoint=checkpoint)
             if peer:
                 name = f"peer-{label}"
                 events = folder / f"{name}.jsonl"
@@ -361,16 +387,19 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                     name, peer_argv(checkpoint, data, folder / f"{name}-out", events, args,
                                     fast),
                     events, child_env(args, hf_home, work, ours=False), folder / f"{name}.log",
-                    warmup, args.sd_scripts, gpu=args.device == "cuda")
+                    warmup, args.sd_scripts, gpu=args.device == "cuda",
+                    checkpoint=checkpoint)
         rounds.append(results)
     size = checkpoint.stat().st_size
     return {
         "command": " ".join(["python", "bench/full_size.py", *sys.argv[1:]]),
+        "work": str(work),
         "machine": machine_info(args.device),
         "checkpoint": {"path": str(checkpoint), "bytes": size,
                        # float16 on disk: the same bytes in bf16 / fp16, twice in fp32
                        "training_dtype_bytes": size * (2 if args.precision == "no" else 1)},
-        "peer": {"sd_scripts": str(args.sd_scripts), "commit": _git_commit(args.sd_scripts),
+        "peer": {"sd_scripts": str(args.sd_scripts),
+                 "commit": args.sd_scripts_commit or _git_commit(args.sd_scripts),
                  "python": str(args.sd_python)} if peer else None,
         "settings": {"family": args.family, "steps": 1 if args.load_only else args.steps,
                      "warmup": warmup, "rounds": args.rounds, "resolution_px": args.resolution,
@@ -446,6 +475,11 @@ def render_table(report: dict) -> str:
     limit = 1.5 * ck["training_dtype_bytes"] / 2**30
     lines += ["", f"RSS-at-load target: under 1.5x the checkpoint in the training dtype = "
               f"{limit:.2f} GiB"]
+    for name, run in report["rounds"][0].items():
+        if run.get("rss_at_phase_mb"):
+            lines.append(f"{name}, round 1, peak RSS (GiB) reached when each phase began: "
+                         + ", ".join(f"{phase} {mb / 1024:.2f}" for phase, mb
+                                     in run["rss_at_phase_mb"].items()))
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ ratios are computed from those same rounds. A unit test pins the measuring rule 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -68,3 +69,36 @@ def test_quick_bench_reports_engine_and_floor(tmp_path):
     assert check["images"] == 50 and check["exit_code"] == 0 and check["seconds"] > 0
     assert report["model"]["parameters"]["unet"] > 1_000_000
     assert report["machine"]["torch"] != "not installed"
+
+
+def test_the_peer_probe_times_another_trainers_optimizer_steps(tmp_path):
+    """Peer mode measures sd-scripts through bench/peer_probe.py: a script that knows nothing
+    of it gets one step_ended event per optimizer step (under accelerate's wrapper too), and
+    the full-size harness reads them like ours."""
+    from bench.full_size import run_child
+
+    peer = tmp_path / "peer"
+    (peer / "library").mkdir(parents=True)
+    # imported from the script's own folder, as sd-scripts imports `library`
+    (peer / "library" / "__init__.py").write_text("STEPS = 5\n", encoding="utf-8")
+    (peer / "train.py").write_text(
+        "import sys, time\nimport torch\nfrom accelerate import Accelerator\n"
+        "from library import STEPS\n"
+        "assert sys.argv[1:] == ['--flag', 'value'], sys.argv\n"
+        "model = torch.nn.Linear(4, 4)\n"
+        "accelerator = Accelerator(cpu=True)\n"
+        "opt = torch.optim.AdamW(model.parameters())\n"
+        "model, opt = accelerator.prepare(model, opt)\n"
+        "if __name__ == '__main__':\n"
+        "    for _ in range(STEPS):\n"
+        "        model(torch.ones(1, 4)).sum().backward()\n"
+        "        opt.step(); opt.zero_grad(); time.sleep(0.05)\n", encoding="utf-8")
+    events = tmp_path / "peer.jsonl"
+    run = run_child("peer", [sys.executable, str(ROOT / "bench" / "peer_probe.py"), str(events),
+                             str(peer / "train.py"), "--flag", "value"],
+                    events, dict(os.environ), tmp_path / "peer.log", 1, tmp_path)
+    steps = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5]
+    assert run.steps == 5 and 0.05 <= run.s_per_step < 2
+    assert 0 < run.first_step_s < run.wall_s
+    assert 0 < run.rss_to_first_step_mb <= run.peak_rss_mb
