@@ -132,18 +132,25 @@ def run_child(name: str, argv: list[str], events: Path, env: dict[str, str], war
     with open(log, "w", encoding="utf-8") as log_fh:
         launched = time.time()
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log_fh, stderr=subprocess.STDOUT)
-        try:
-            _, status, usage = _wait4(proc, CHILD_TIMEOUT_S)
-        except TimeoutError:
-            proc.kill()
-            proc.wait()
-            raise
+        usage = wait_alone(name, proc, CHILD_TIMEOUT_S, log)
         ended = time.time()
+    return measure(name, events, launched, warmup, usage.ru_maxrss / 1024, ended - launched)
+
+
+def wait_alone(name: str, proc: subprocess.Popen, timeout_s: float, log: Path):
+    """Wait for ``proc`` (killed past ``timeout_s``); its own rusage. A failed child raises
+    RuntimeError with the end of its ``log``."""
+    try:
+        _, status, usage = _wait4(proc, timeout_s)
+    except TimeoutError:
+        proc.kill()
+        proc.wait()
+        raise
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        tail = log.read_text("utf-8", errors="replace")[-2000:]
+        tail = log.read_text("utf-8", errors="replace")[-3000:]
         raise RuntimeError(f"{name} exited with {proc.returncode}; its output ends:\n{tail}")
-    return measure(name, events, launched, warmup, usage.ru_maxrss / 1024, ended - launched)
+    return usage
 
 
 def _wait4(proc: subprocess.Popen, timeout_s: float):
