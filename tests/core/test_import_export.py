@@ -323,6 +323,7 @@ def _changed_value(section: str, f: dataclasses.Field, tmp: Path):
 
 
 SPECIAL = {  # values that fit together (the profile's rules) where a generic change would not
+    ("training", "num_processes"): 2, ("training", "gpu_ids"): "1,3",
     ("network", "network_module"): "LoCon", ("network", "conv_dim"): 4,
     ("network", "conv_alpha"): 2.0, ("network", "network_dropout"): 0.1,
     ("network", "rank_dropout"): 0.1, ("network", "module_dropout"): 0.1,
