@@ -149,7 +149,11 @@ def torch_build() -> str | None:
 
 def cuda_device_count() -> int:
     """GPUs the NVIDIA driver lets this process use (0 without a driver)."""
-    driver, count = _driver(), ctypes.c_int(0)
+    return _device_count(_driver())
+
+
+def _device_count(driver) -> int:
+    count = ctypes.c_int(0)
     if driver is None:
         return 0
     try:
@@ -178,7 +182,7 @@ def cuda_devices() -> list[Gpu]:
     if driver is None:
         return []
     found = []
-    for index in range(cuda_device_count()):
+    for index in range(_device_count(driver)):
         device, name = ctypes.c_int(0), ctypes.create_string_buffer(256)
         memory = ctypes.c_size_t(0)
         try:

@@ -96,8 +96,21 @@ class Architecture:
     ignored: tuple[str, ...] = field(default=())  # prefixes of tensors no part uses
 
 
+# A tensor's place in a .safetensors file: (dtype name, shape, start, end), the offsets
+# counted from the first byte after the header.
+TensorEntry = tuple[str, tuple[int, ...], int, int]
+
+
 def read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-    """``{key: shape}`` and the ``__metadata__`` strings of a ``.safetensors`` file.
+    """``{key: shape}`` and the ``__metadata__`` strings of a ``.safetensors`` file (checked
+    as :func:`read_entries` checks it)."""
+    _, entries, metadata = read_entries(path)
+    return {key: entry[1] for key, entry in entries.items()}, metadata
+
+
+def read_entries(path: Path) -> tuple[int, dict[str, TensorEntry], dict[str, str]]:
+    """Where a ``.safetensors`` file's data starts, every tensor's entry and the
+    ``__metadata__`` strings.
 
     Checks what makes a file unloadable before any weight is read: a header longer than the
     file, JSON that does not parse, entries without dtype/shape/offsets, and tensors whose
@@ -128,20 +141,20 @@ def read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]
                          DAMAGED_HINT)
     metadata = header.pop("__metadata__", None) or {}
     data_bytes = size - 8 - length
-    shapes: dict[str, tuple[int, ...]] = {}
+    entries: dict[str, TensorEntry] = {}
     for key, entry in header.items():
         try:
             shape = tuple(int(n) for n in entry["shape"])
             start, end = (int(n) for n in entry["data_offsets"])
-            str(entry["dtype"])
+            dtype = str(entry["dtype"])
         except (KeyError, TypeError, ValueError):
             raise ModelError(f"{path} has a broken .safetensors header (entry {key!r})",
                              DAMAGED_HINT) from None
         if end > data_bytes or start > end:
             raise ModelError(f"{path} is truncated: tensor {key!r} ends at byte {end} of "
                              f"{data_bytes} data bytes", DAMAGED_HINT)
-        shapes[key] = shape
-    return shapes, {str(k): str(v) for k, v in metadata.items()}
+        entries[key] = (dtype, shape, start, end)
+    return 8 + length, entries, {str(k): str(v) for k, v in metadata.items()}
 
 
 def detect_family(shapes: Mapping[str, tuple[int, ...]], path: Path) -> str:

@@ -13,9 +13,7 @@ and every parameter filled, else a ModelError names the file and the keys.
 
 from __future__ import annotations
 
-import json
 import re
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +47,11 @@ class _Reader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+        self._entries: dict[str, ckpt.TensorEntry] = {}
         self._state: dict[str, Any] = {}
         if path.suffix.lower() == SAFETENSORS_SUFFIX:
-            self.shapes, self.metadata = ckpt.read_header(path)  # validates the header
-            self._data_start, self._entries = _tensor_entries(path)
+            self._data_start, self._entries, self.metadata = ckpt.read_entries(path)
+            self.shapes = {key: entry[1] for key, entry in self._entries.items()}
         else:
             self._state = _torch_load(path)
             self.metadata = {}
@@ -95,18 +93,6 @@ class _Reader:
         return {k: self.get(k, dtype) for k in self.shapes
                 if k.startswith(prefix) and not ckpt.is_ignorable(k)
                 and not (skip and skip(k))}
-
-
-def _tensor_entries(path: Path) -> tuple[int, dict[str, tuple[str, tuple[int, ...], int, int]]]:
-    """Where the data starts and each tensor's (dtype, shape, start, end) in a safetensors file
-    whose header ``ckpt.read_header`` has already checked."""
-    with open(path, "rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(length))
-    header.pop("__metadata__", None)
-    return 8 + length, {key: (str(entry["dtype"]), tuple(int(n) for n in entry["shape"]),
-                              int(entry["data_offsets"][0]), int(entry["data_offsets"][1]))
-                        for key, entry in header.items()}
 
 
 def _torch_load(path: Path) -> dict[str, Any]:
@@ -208,14 +194,6 @@ def _ldm_vae(source: dict[str, Any], family: str, vae: ckpt.VaeArch, path: Path)
     return model
 
 
-def _unused_text_keys(arch: ckpt.Architecture, index: int) -> Any:
-    """SD 2.x: OpenCLIP's last block and text_projection are unused (§11) and not loaded."""
-    te = arch.text_encoders[index]
-    dropped = (f"{te.prefix}transformer.resblocks.{te.layers}.",
-               f"{te.prefix}text_projection") if arch.family == "sd2" else ()
-    return lambda key: key.startswith(dropped) if dropped else False
-
-
 def _single_file_text_encoder(reader: _Reader, arch: ckpt.Architecture, index: int,
                               dtype: Any) -> Any:
     from diffusers.loaders.single_file_utils import (
@@ -230,7 +208,10 @@ def _single_file_text_encoder(reader: _Reader, arch: ckpt.Architecture, index: i
     cls = CLIPTextModelWithProjection if arch.family == "sdxl" and index == 1 else CLIPTextModel
     model = _empty(lambda: cls(CLIPTextConfig(**config)))
     if te.kind == "open_clip":
-        source = reader.take(te.prefix, dtype, skip=_unused_text_keys(arch, index))
+        # SD 2.x: OpenCLIP's last block and text_projection are unused (§11) and not loaded.
+        dropped = (f"{te.prefix}transformer.resblocks.{te.layers}.",
+                   f"{te.prefix}text_projection") if arch.family == "sd2" else ()
+        source = reader.take(te.prefix, dtype, skip=lambda k: k.startswith(dropped))
         converted = convert_open_clip_checkpoint(model, source, prefix=te.prefix)
     else:
         source = reader.take(te.prefix, dtype)
