@@ -109,6 +109,54 @@ class CheckpointSaved(Event):
 
 
 @dataclass
+class BestFileSaved(Event):
+    """``path`` (``<output_name>-best.safetensors``) now holds the saved file ``source``,
+    the one with the lowest validation loss so far (``loss``, measured at its save point)."""
+
+    type: ClassVar[str] = "best_file_saved"
+    path: str
+    source: str
+    step: int
+    epoch: int
+    loss: float
+
+
+@dataclass
+class StoppedEarly(Event):
+    """``early_stopping_patience`` validations in a row brought no new lowest loss: the run
+    ends now, as a finished run (``best_step`` / ``best_loss``: the best so far)."""
+
+    type: ClassVar[str] = "stopped_early"
+    step: int
+    epoch: int
+    patience: int
+    best_step: int
+    best_loss: float
+    message: str
+
+
+@dataclass
+class GridSaved(Event):
+    """The sample grid (one row per prompt, one column per sampling point) was rewritten."""
+
+    type: ClassVar[str] = "grid_saved"
+    path: str
+    rows: int
+    columns: int
+
+
+@dataclass
+class NotificationSent(Event):
+    """A ``[notify]`` channel was told how the run ended (``destination`` is safe to show:
+    a command, or a webhook's scheme and host only)."""
+
+    type: ClassVar[str] = "notification_sent"
+    channel: str  # "command" or "webhook"
+    status: str   # finished, stopped or failed
+    destination: str
+
+
+@dataclass
 class StateSaved(Event):
     """A resumable training state was written (``lora-train resume`` continues from it)."""
 
@@ -161,6 +209,11 @@ class RunFinished(Event):
     steps: int
     seconds: float
     interrupted: bool = False
+    # With validation: the saved file with the lowest validation loss, and that loss.
+    best_file: str = ""
+    best_loss: float | None = None
+    # Why a run ended before its last step and still counts as finished (early stopping).
+    stop_reason: str = ""
 
 
 @dataclass
@@ -180,10 +233,63 @@ class RunFailed(Event):
     resumable: bool = False
 
 
+# The tool commands' events (`lora-train caption / resize / merge --events`): the wizard
+# runs them in a child process and reads these instead of their text.
+
+
+@dataclass
+class ImagesTagged(Event):
+    """``caption`` finished a batch: ``done`` of ``total`` pictures tagged."""
+
+    type: ClassVar[str] = "images_tagged"
+    done: int
+    total: int
+
+
+@dataclass
+class CaptionsTagged(Event):
+    """``caption`` ended: ``captions[i]`` is the caption of ``paths[i]`` (a caption file),
+    written unless ``dry_run``; ``stopped``: cancelled between batches (the finished ones
+    are written, the pictures not reached have none yet)."""
+
+    type: ClassVar[str] = "captions_tagged"
+    paths: list[str]
+    captions: list[str]
+    dry_run: bool = False
+    stopped: bool = False
+
+
+@dataclass
+class LoraFactored(Event):
+    """``resize`` or ``merge`` wrote ``output``: ``modules`` modules at the ``ranks`` given
+    (rank -> how many modules), keeping this share of the Frobenius norm (lowest and mean
+    over the modules; None without modules)."""
+
+    type: ClassVar[str] = "lora_factored"
+    command: str
+    output: str
+    modules: int
+    ranks: dict[str, int]
+    retained_lowest: float | None
+    retained_mean: float | None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CommandFailed(Event):
+    """A tool command stopped on bad input (the message and hint it printed)."""
+
+    type: ClassVar[str] = "command_failed"
+    message: str
+    hint: str = ""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls for cls in (RunStarted, RunResumed, PhaseChanged, StepEnded, EpochEnded,
-                              ValidationMeasured, CheckpointSaved, StateSaved, SampleSaved,
-                              WarningIssued, LogLine, RunFinished, RunFailed)
+                              ValidationMeasured, CheckpointSaved, BestFileSaved,
+                              StoppedEarly, GridSaved, NotificationSent, StateSaved, SampleSaved,
+                              WarningIssued, LogLine, RunFinished, RunFailed, ImagesTagged,
+                              CaptionsTagged, LoraFactored, CommandFailed)
 }
 
 

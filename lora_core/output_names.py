@@ -26,6 +26,16 @@ def interrupted_file_name(output_name: str) -> str:
     return f"{output_name}-interrupted.{EXTENSION}"
 
 
+def best_file_name(output_name: str) -> str:
+    """The saved file with the lowest validation loss so far (replaced as the run goes)."""
+    return f"{output_name}-best.{EXTENSION}"
+
+
+def grid_file_name(output_name: str) -> str:
+    """The sample grid, written in the sample folder beside the sample images."""
+    return f"{output_name}_grid.png"
+
+
 def tag_summary_file_name(output_name: str) -> str:
     return f"{output_name}.txt"
 
@@ -39,7 +49,8 @@ def names_in_use(output_dir: Path, output_name: str) -> bool:
     if not output_dir.is_dir():
         return False
     if any((output_dir / name).exists() for name in
-           (final_file_name(output_name), tag_summary_file_name(output_name))):
+           (final_file_name(output_name), tag_summary_file_name(output_name),
+            f"sample/{grid_file_name(output_name)}")):
         return True
     return any(output_dir.glob(f"{_glob_escape(output_name)}-*.{EXTENSION}"))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,43 @@ def setting(
     path: bool = False,
     required: bool = False,
     or_import_path: bool = False,
+    applies: When | None = None,
+    default_when: tuple[tuple[When, Any], ...] = (),
 ) -> Any:
     """Declare one profile field with its doc line and validation rule. ``or_import_path``:
     besides the choices, any ``module.Class`` import path is allowed (as sd-scripts allows
-    for optimizer_type)."""
+    for optimizer_type). ``applies``: the field only means something when another field
+    has certain values (the wizard hides it otherwise; the check refuses a value set where
+    it does not apply, unless ``applies.refused`` is False). ``default_when``: the default
+    the wizard offers when a condition holds (the engine's default stays ``default``)."""
     meta = {"doc": doc, "min": min, "max": max, "choices": choices, "path": path,
-            "required": required, "or_import_path": or_import_path}
+            "required": required, "or_import_path": or_import_path, "applies": applies,
+            "default_when": default_when}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class When:
+    """A condition on another field: ``[section] key`` is one of ``values``. A choice that
+    stands for several (``network_module = "lycoris.kohya"`` before its algo is read) holds
+    when any of what it may become does (:data:`CHOICE_READS_AS`)."""
+
+    section: str
+    key: str
+    values: tuple[str, ...]
+    refused: bool = True  # the check refuses a value set where the condition fails
+
+    def holds(self, value: Any) -> bool:
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        if text in self.values:
+            return True
+        reads_as = CHOICE_READS_AS.get((self.section, self.key), {}).get(text, ())
+        return any(v in self.values for v in reads_as)
+
+    def describe(self) -> str:
+        return " / ".join(self.values)
 
 
 @dataclass
@@ -69,9 +98,16 @@ class ModelSection:
     clip_skip: int = setting(
         1, "Text-encoder layer to use counted from the end: 1 for realistic/base models, "
         "2 for anime (NovelAI-style) models.", min=1, max=12)
-    v_parameterization: bool = setting(
-        False, "The model predicts v instead of noise (SD 2.x 768-v models and v-pred "
-        "finetunes); the weights cannot tell, so say it.")
+    v_parameterization: bool | None = setting(
+        None, "The model predicts v instead of noise (SD 2.x 768-v models and v-pred "
+        "finetunes). Unset: true when the model file carries a v_pred marker tensor "
+        "(NoobAI-XL v-pred and others, as ComfyUI and Forge read it), else false; most "
+        "weights cannot tell, so say it for those.")
+
+
+# sd-scripts' resize_interpolation names ("" = its default rule); linear / cubic are aliases.
+RESIZE_INTERPOLATIONS = ("", "lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic",
+                         "area", "box")
 
 
 @dataclass
@@ -124,6 +160,14 @@ class DatasetSection:
         "(0: off).", min=0.0)
     max_token_length: int = setting(
         75, "Caption tokens the text encoder reads: 75, 150 or 225 (longer captions are cut).")
+    resize_interpolation: str = setting(
+        "", "How images are resized to their bucket: lanczos, nearest, bilinear, bicubic, "
+        "area or box (empty: area when shrinking, lanczos when enlarging, as sd-scripts).",
+        choices=RESIZE_INTERPOLATIONS)
+    weighted_captions: bool = setting(
+        False, "Read (word:1.2) / (word) / [word] in captions as prompt weights that scale "
+        "those words' text embeddings (sd-scripts' --weighted_captions); the brackets are "
+        "not trained as text.")
     flip_aug: bool = setting(False, "Mirror images left-right at random (not for asymmetric "
                              "characters or text).")
     color_aug: bool = setting(False, "Shift hue or gamma a little at random (no latent cache).")
@@ -170,6 +214,19 @@ LYCORIS_ALGO_NAMES = {"LoRA": "lora", "LoCon": "locon", "LoHa": "loha", "LoKr": 
                       "BOFT": "boft", "GLoRA": "glora"}
 # Types whose modules can cap their weight norm (scale_weight_norms).
 MAX_NORM_TYPES = ("LoRA", "LoCon", "LoHa", "LoKr", "DyLoRA", "DiagOFT", "BOFT")
+# Types that train 3x3 convolutions (conv_dim): all but plain LoRA.
+CONV_TYPES = tuple(t for t in ALL_NETWORK_TYPES if t != "LoRA")
+# What a choice may stand for before the profile is read (profile_load reads sd-scripts'
+# module names as a type): a field applies when it applies to any of them. networks.lora is
+# LoRA here (with conv_dim it is read as LoCon, which the wizard asks as LoCon).
+CHOICE_READS_AS: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
+    ("network", "network_module"): {"networks.lora": ("LoRA",),
+                                    "networks.dylora": ("DyLoRA",),
+                                    "lycoris.kohya": ALL_NETWORK_TYPES}}
+
+
+def _for_network(*types: str, refused: bool = True) -> When:
+    return When("network", "network_module", types, refused)
 
 
 @dataclass
@@ -186,11 +243,11 @@ class NetworkSection:
         16.0, "LoRA alpha: updates are scaled by alpha / dim (half the dim is usual).", min=0.0)
     conv_dim: int | None = setting(
         None, "Rank for 3x3 convolutions (LoCon, LoHa, LoKr; unset: network_dim for those, "
-        "none for LoRA).", min=1, max=1024)
+        "none for LoRA).", min=1, max=1024, applies=_for_network(*CONV_TYPES))
     conv_alpha: float | None = setting(
         None, "Alpha for 3x3 convolutions (unset: network_alpha when conv_dim is unset too; "
         "with conv_dim set, 1 for LoCon as in sd-scripts and network_alpha for LoHa/LoKr as "
-        "in LyCORIS).", min=0.0)
+        "in LyCORIS).", min=0.0, applies=_for_network(*CONV_TYPES, refused=False))
     network_dropout: float | None = setting(
         None, "Dropout on the LoRA down projection's output (unset: none).", min=0.0, max=0.99)
     rank_dropout: float | None = setting(
@@ -201,28 +258,37 @@ class NetworkSection:
         max=0.99)
     factor: int = setting(
         -1, "LoKr: split each weight into a Kronecker product with this factor "
-        "(-1: as balanced as possible).", min=-1)
+        "(-1: as balanced as possible).", min=-1, applies=_for_network("LoKr"))
     block_dims: str = setting(
         "", "Per-block ranks for LoRA/LoCon: 25 comma-separated numbers (BASE, 12 down, mid, "
-        "12 up; 0 = no LoRA in that block), empty: network_dim everywhere.")
+        "12 up; 0 = no LoRA in that block), empty: network_dim everywhere.",
+        applies=_for_network("LoRA", "LoCon"))
     block_alphas: str = setting(
-        "", "Per-block alphas, same layout as block_dims (empty: network_alpha).")
+        "", "Per-block alphas, same layout as block_dims (empty: network_alpha).",
+        applies=_for_network("LoRA", "LoCon"))
     conv_block_dims: str = setting(
-        "", "Per-block 3x3-convolution ranks, same layout as block_dims (empty: conv_dim).")
+        "", "Per-block 3x3-convolution ranks, same layout as block_dims (empty: conv_dim).",
+        applies=_for_network("LoCon"))
     conv_block_alphas: str = setting(
-        "", "Per-block 3x3-convolution alphas, same layout (empty: conv_alpha).")
+        "", "Per-block 3x3-convolution alphas, same layout (empty: conv_alpha).",
+        applies=_for_network("LoCon"))
     dora_wd: bool = setting(
         False, "DoRA (weight-decomposed LoRA, LyCORIS' dora_wd): also train each weight's "
-        "magnitude, saved as dora_scale (LoRA, LoCon, LoHa, LoKr).")
+        "magnitude, saved as dora_scale (LoRA, LoCon, LoHa, LoKr).",
+        applies=_for_network(*DORA_TYPES))
     dylora_unit: int = setting(
         4, "DyLoRA: ranks are trained in blocks of this size (sd-scripts' unit, LyCORIS' "
-        "block_size); network_dim must be a multiple of it.", min=1)
+        "block_size); network_dim must be a multiple of it.", min=1,
+        applies=_for_network("DyLoRA"))
     constraint: float = setting(
-        0.0, "DiagOFT / BOFT: limit on how far the rotation may move (0: none).", min=0.0)
+        0.0, "DiagOFT / BOFT: limit on how far the rotation may move (0: none).", min=0.0,
+        applies=_for_network("DiagOFT", "BOFT"))
     rescaled: bool = setting(
-        False, "DiagOFT / BOFT: also train a per-output rescale (LyCORIS' rescaled).")
+        False, "DiagOFT / BOFT: also train a per-output rescale (LyCORIS' rescaled).",
+        applies=_for_network("DiagOFT", "BOFT"))
     train_on_input: bool = setting(
-        False, "IA3: scale the layers' inputs instead of their outputs.")
+        False, "IA3: scale the layers' inputs instead of their outputs.",
+        applies=_for_network("IA3"))
     network_args: list[str] = setting(
         [], "sd-scripts' network_args (\"conv_dim=4\", \"algo=loha\", ...): each is read "
         "as the field of that name.")
@@ -230,6 +296,19 @@ class NetworkSection:
     network_train_text_encoder_only: bool = setting(False, "Train the text encoder only.")
     network_weights: str = setting(
         "", "Start from this existing LoRA .safetensors file (empty: fresh start).", path=True)
+    dim_from_weights: bool = setting(
+        False, "Take each module's rank and alpha from network_weights instead of "
+        "network_dim / network_alpha (LoRA and LoCon files); only the file's modules train.")
+    network_multiplier: float = setting(
+        1.0, "Strength the LoRA is applied with while training (sd-scripts' "
+        "network_multiplier; -1 trains the opposite direction). The saved file is the same "
+        "whatever it is.")
+    base_weights: list[str] = setting(
+        [], "LoRA / LoCon files merged into the base model before training (differential "
+        "training: the new LoRA learns what they do not); relative paths are taken from the "
+        "profile's folder.")
+    base_weights_multiplier: list[float] = setting(
+        [], "Strength of each base_weights file, in the same order (missing: 1.0).")
 
 
 SUPPORTED_OPTIMIZERS = (
@@ -243,7 +322,8 @@ SUPPORTED_OPTIMIZERS = (
 ADAPTIVE_OPTIMIZERS = ("DAdaptation", "DAdaptAdamPreprint", "DAdaptAdaGrad", "DAdaptAdam",
                        "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion", "DAdaptSGD", "Prodigy")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
-              "polynomial", "adafactor")
+              "polynomial", "adafactor", "inverse_sqrt", "cosine_with_min_lr",
+              "warmup_stable_decay", "piecewise_constant")
 SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a",
             "dpmsolver", "dpmsolver++", "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2",
             "k_dpm_2_a")
@@ -262,10 +342,14 @@ class OptimizerSection:
         None, "Extra optimizer arguments as \"name=value\" strings (unset: weight_decay=0.1 "
         "and betas=0.9,0.99 for the AdamW optimizers, as LoRA Easy Training Scripts sets them; "
         "none for the others).")
-    learning_rate: float = setting(1e-4, "Base learning rate.", min=0.0)
+    learning_rate: float = setting(
+        1e-4, "Base learning rate (the optimizers that find their own step size multiply "
+        "it, so 1.0 is theirs).", min=0.0,
+        default_when=((When("optimizer", "optimizer_type", ADAPTIVE_OPTIMIZERS), 1.0),))
     unet_lr: float | None = setting(None, "U-Net learning rate (unset: learning_rate).", min=0.0)
-    text_encoder_lr: float | None = setting(
-        None, "Text-encoder learning rate (unset: learning_rate).", min=0.0)
+    text_encoder_lr: float | tuple[float, float] | None = setting(
+        None, "Text-encoder learning rate (unset: learning_rate); SDXL also takes two, "
+        "[text encoder 1, text encoder 2], as sd-scripts' --text_encoder_lr A B.", min=0.0)
     lr_scheduler: str = setting(
         "cosine_with_restarts", "Learning-rate schedule.", choices=SCHEDULERS)
     lr_warmup_steps: float = setting(
@@ -273,6 +357,22 @@ class OptimizerSection:
     lr_scheduler_num_cycles: int = setting(
         1, "Hard restarts for cosine_with_restarts.", min=1)
     lr_scheduler_power: float = setting(1.0, "Power of the polynomial schedule.", min=0.0)
+    lr_decay_steps: float = setting(
+        0, "warmup_stable_decay: steps of the final decay, or a ratio of all steps when "
+        "below 1.", min=0.0)
+    lr_scheduler_min_lr_ratio: float | None = setting(
+        None, "cosine_with_min_lr (needed there) and warmup_stable_decay (unset: 0): the "
+        "lowest rate as a share of the learning rate.", min=0.0, max=1.0)
+    lr_scheduler_timescale: int | None = setting(
+        None, "inverse_sqrt: after the warm-up the rate falls as 1/sqrt((step - warm-up + "
+        "t) / t) for this t (unset: the warm-up steps, or 10000 without a warm-up).", min=1)
+    lr_scheduler_type: str = setting(
+        "", "Any other schedule class: a torch.optim.lr_scheduler name (\"StepLR\") or an "
+        "import path; it replaces lr_scheduler and gets lr_scheduler_args (empty: none).")
+    lr_scheduler_args: list[str] = setting(
+        [], "Extra schedule arguments as \"name=value\" strings (values read as Python "
+        "literals), for lr_scheduler_type or the named lr_scheduler (\"step_rules=...\" for "
+        "piecewise_constant).")
     max_grad_norm: float = setting(1.0, "Clip gradients to this norm (0: no clipping).", min=0.0)
     fused_optimizer: bool = setting(
         True, "Use torch's fused kernel for AdamW / Adam (one kernel over all parameters "
@@ -280,7 +380,7 @@ class OptimizerSection:
         "bench/RESULTS.md); other optimizers ignore it.")
     scale_weight_norms: float | None = setting(
         None, "Max-norm regularisation: shrink any module whose update norm exceeds this "
-        "(1.0 is usual; unset: off).", min=0.0)
+        "(1.0 is usual; unset: off).", min=0.0, applies=_for_network(*MAX_NORM_TYPES))
     loraplus_lr_ratio: float | None = setting(
         None, "LoRA+: the up matrices learn this many times faster (16 is the paper's value; "
         "unset: off).", min=0.0)
@@ -335,6 +435,14 @@ class TrainingSection:
         None, "Multi-resolution (pyramid) noise levels (6-10 is usual; unset: off).", min=1)
     multires_noise_discount: float = setting(
         0.3, "Weight of each coarser pyramid-noise level.", min=0.0, max=1.0)
+    ip_noise_gamma: float | None = setting(
+        None, "Input perturbation: the noisy input gets this much extra noise that the target "
+        "does not contain (0.1 is the paper's value; unset: off).", min=0.0)
+    ip_noise_gamma_random_strength: bool = setting(
+        False, "Scale the input perturbation by a random 0-1 factor each step.")
+    v_pred_like_loss: float | None = setting(
+        None, "Add this share of a v-prediction-like loss to an ε-prediction loss (not with "
+        "v_parameterization; unset: off).", min=0.0)
     min_snr_gamma: float | None = setting(
         None, "Min-SNR loss weighting gamma (5 is the paper's value; unset: off).", min=0.0)
     scale_v_pred_loss_like_noise_pred: bool = setting(
@@ -342,9 +450,10 @@ class TrainingSection:
         "v_parameterization).")
     debiased_estimation_loss: bool = setting(
         False, "Weight the loss by 1/√SNR (debiased estimation).")
-    zero_terminal_snr: bool = setting(
-        False, "Rescale the noise schedule so the last timestep is pure noise (for "
-        "v-prediction models).")
+    zero_terminal_snr: bool | None = setting(
+        None, "Rescale the noise schedule so the last timestep is pure noise (for "
+        "v-prediction models). Unset: true for a v-prediction model whose file carries a "
+        "ztsnr marker tensor, else false.")
     min_timestep: int = setting(0, "Smallest timestep trained on.", min=0, max=999)
     max_timestep: int = setting(1000, "Timesteps trained on are below this.", min=0, max=1000)
     loss_type: str = setting(
@@ -374,6 +483,10 @@ class TrainingSection:
         min=1)
     max_validation_steps: int | None = setting(
         None, "Evaluate at most this many validation batches each time (unset: all).", min=1)
+    early_stopping_patience: int | None = setting(
+        None, "Stop the run, as finished, after this many validations in a row without a "
+        "new lowest validation loss (needs validation_split; unset: never stop early). The "
+        "best file, <output_name>-best.safetensors, is kept either way.", min=1)
 
 
 @dataclass
@@ -389,6 +502,21 @@ class SavingSection:
         None, "Also save a numbered file every N epochs (unset: only at the end).", min=1)
     save_every_n_steps: int | None = setting(
         None, "Also save a numbered file every N steps (unset: never).", min=1)
+    save_n_epoch_ratio: int | None = setting(
+        None, "Save about this many numbered epoch files over the run: save_every_n_epochs "
+        "becomes epochs / N (at least 1); wins over save_every_n_epochs (unset: off).", min=1)
+    save_last_n_epochs: int | None = setting(
+        None, "Keep only the last N numbered epoch files; older ones are deleted (unset: "
+        "keep all).", min=1)
+    save_last_n_steps: int | None = setting(
+        None, "Keep numbered step files only from the last N steps; older ones are deleted "
+        "(unset: keep all).", min=1)
+    save_last_n_epochs_state: int | None = setting(
+        None, "Delete the training state saved with an epoch file N epoch files later "
+        "(unset: save_last_n_epochs); save_last_n_states caps them too.", min=1)
+    save_last_n_steps_state: int | None = setting(
+        None, "Delete the training state saved with a step file once N steps passed "
+        "(unset: save_last_n_steps); save_last_n_states caps them too.", min=1)
     save_state: bool = setting(
         True, "Save the full training state (optimizer, scheduler, RNG, position in the data) "
         "with every checkpoint, when the run is stopped, and every save_state_every_n_minutes, "
@@ -403,6 +531,19 @@ class SavingSection:
         False, "Also keep a training state when the run finishes (to train it further later "
         "with more epochs).")
     training_comment: str = setting("", "Text stored in the file (trigger words, notes).")
+    metadata_title: str = setting(
+        "", "Title stored in the file (modelspec.title; empty: output_name).")
+    metadata_author: str = setting("", "Author stored in the file (modelspec.author).")
+    metadata_description: str = setting(
+        "", "Description stored in the file (modelspec.description; empty: "
+        "training_comment).")
+    metadata_license: str = setting("", "License stored in the file (modelspec.license).")
+    metadata_tags: str = setting(
+        "", "Comma-separated tags stored in the file (modelspec.tags).")
+    no_metadata: bool = setting(
+        False, "Store only what loading the file needs: the network type, dim, alpha and "
+        "base model (ss_v2, ss_base_model_version, ss_network_*) and the modelspec keys; no "
+        "dataset, tag counts or training settings (as sd-scripts' --no_metadata).")
     tag_summary: bool = setting(
         False, "Write <output_name>.txt listing every caption tag with its count.")
     tag_summary_order: str = setting(
@@ -422,6 +563,25 @@ class SampleSection:
         None, "Make samples at the end of every N epochs.", min=1)
     sample_at_first: bool = setting(False, "Also make samples before the first step.")
     sample_sampler: str = setting("ddim", "Sampler for preview images.", choices=SAMPLERS)
+
+
+NOTIFY_STATUSES = ("finished", "stopped", "failed")
+
+
+@dataclass
+class NotifySection:
+    """Telling the user a run ended: a command to run and/or a webhook to POST to."""
+
+    command: str = setting(
+        "", "Command run when the run ends (through the shell), with LORA_TRAIN_STATUS, "
+        "LORA_TRAIN_RUN_DIR, LORA_TRAIN_FILE, LORA_TRAIN_BEST_FILE and LORA_TRAIN_MESSAGE in "
+        "its environment (empty: none).")
+    webhook: str = setting(
+        "", "URL that gets an HTTP POST of a JSON summary (with `text` and `content`, so "
+        "ntfy, Slack- and Discord-style endpoints take it), or \"$VARIABLE\" to read the URL "
+        "from the environment so no secret sits in the profile (empty: none).")
+    on: list[str] = setting(
+        ["finished", "stopped", "failed"], "Which endings notify: finished, stopped, failed.")
 
 
 TRACKERS = ("", "tensorboard", "wandb", "all")
@@ -451,6 +611,7 @@ SECTIONS: dict[str, type] = {
     "saving": SavingSection,
     "sample": SampleSection,
     "logging": LoggingSection,
+    "notify": NotifySection,
 }
 
 # sd-scripts options users will try that this release does not implement yet. They are
@@ -498,10 +659,21 @@ HARMLESS_KEYS = {
     "highvram": "nothing is offloaded to RAM in the first place",
     "max_data_loader_n_workers_persistent": "data loader workers are kept for the whole run",
 }
+# Secrets sd-scripts takes as options. A profile is a file that is copied into run folders,
+# exported and shared, so a secret in it would be written to all of those: it is refused,
+# and the tool reads it from the environment instead (wandb reads WANDB_API_KEY itself).
+SECRET_KEYS = {
+    "wandb_api_key": "a profile is copied into every run folder and shared; put the key in "
+                     "the WANDB_API_KEY environment variable (or run `wandb login` once), "
+                     "which Weights & Biases reads itself, and remove it from the profile",
+}
 NOT_YET_KEYS = _SD_SCRIPTS_KEYS - {f.name for cls in SECTIONS.values()
-                                   for f in dataclasses.fields(cls)} - set(HARMLESS_KEYS)
+                                   for f in dataclasses.fields(cls)} - set(HARMLESS_KEYS) \
+    - set(SECRET_KEYS)
 NOT_YET_SECTIONS: frozenset[str] = frozenset()
 BUILTIN_PREFIX = "builtin:"
+# Fields that hold a list of paths (made absolute like the path fields, one by one).
+PATH_LIST_FIELDS = (("network", "base_weights"),)
 
 
 @dataclass
@@ -519,6 +691,7 @@ class Profile:
     saving: SavingSection = field(default_factory=SavingSection)
     sample: SampleSection = field(default_factory=SampleSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    notify: NotifySection = field(default_factory=NotifySection)
     base_dir: Path = field(default_factory=Path.cwd, compare=False, repr=False)
 
     def path(self, section: str, key: str) -> Path | None:
@@ -561,6 +734,22 @@ def conv_rank_and_alpha(net: NetworkSection) -> tuple[int | None, float | None]:
     return (net.conv_dim if net.conv_dim is not None else net.network_dim), alpha
 
 
+# When each conditional field applies (its ``applies`` declaration): the checks refuse a
+# value set where it does not, the wizard hides the field.
+FIELD_CONDITIONS: dict[tuple[str, str], When] = {
+    (name, f.name): f.metadata["applies"] for name, cls in SECTIONS.items()
+    for f in dataclasses.fields(cls) if f.metadata.get("applies") is not None}
+
+
+def conditional_default(section: str, key: str, value_of: Callable[[str, str], Any]) -> Any:
+    """The default a field's ``default_when`` gives with the other answers
+    (``value_of(section, key)``), or None when no condition holds (the declared default
+    applies)."""
+    f = next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == key)
+    return next((value for when, value in f.metadata.get("default_when", ())
+                 if when.holds(value_of(when.section, when.key))), None)
+
+
 SECTION_FIELD_DOC: dict[str, dict[str, str]] = {
     name: {f.name: f.metadata["doc"] for f in dataclasses.fields(cls)}
     for name, cls in SECTIONS.items()}
@@ -599,7 +788,8 @@ def field_docs() -> list[tuple[str, str, str, Any, str]]:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             doc = f.metadata["doc"]
             if f.metadata["choices"]:
-                doc += f" Choices: {', '.join(f.metadata['choices'])}."
+                shown = ", ".join(c or '""' for c in f.metadata["choices"])  # "" = unset
+                doc += f" Choices: {shown}."
             if isinstance(default, Resolution):
                 default = default.to_toml()
             rows.append((sec_name, f.name, describe_type(hints[f.name]), default, doc))

@@ -47,6 +47,9 @@ def read_profile_dict(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{path} is not valid TOML: {exc}",
                            "fix the syntax at the line and column named above") from None
+    except RecursionError:
+        raise ProfileError(f"{path} is nested too deeply to be a profile",
+                           "a profile is a few [sections] of plain values") from None
 
 
 def _encoding_clue(data: bytes, exc: UnicodeDecodeError) -> str:

@@ -30,10 +30,12 @@ from lora_core.checks.fields import (
 from lora_core.checks.problem import Problem, error, raise_for_errors
 from lora_core.errors import ProfileError, closest
 from lora_core.models.files import SINGLE_FILE_SUFFIXES
+from lora_core.paths import foreign_path
 from lora_core.profile import (
     BUILTIN_PREFIX,
     HARMLESS_KEYS,
     NOT_YET_SECTIONS,
+    PATH_LIST_FIELDS,
     PROFILE_VERSION,
     SECTIONS,
     Profile,
@@ -100,6 +102,7 @@ def read_profile(data: dict, base_dir: Path | None = None) -> tuple[Profile, lis
             problems.append(unknown_key(None, key, ["profile_version", *SECTIONS]))
     profile = Profile(**sections, base_dir=Path(base_dir) if base_dir else Path.cwd())
     problems += apply_network_args(profile, data.get("network"))
+    problems += foreign_path_problems(profile)
     resolve_paths(profile)
     problems += rules.profile_rules(profile)
     return profile, problems
@@ -111,15 +114,48 @@ def resolve_path_text(text: str, base_dir: Path) -> str:
     return os.path.normpath(path if path.is_absolute() else Path(base_dir) / path)
 
 
-def resolve_paths(profile: Profile) -> None:
-    """Make every path field absolute, once. Left as written: empty fields, built-in models
-    and a base model named by Hub id (``owner/name``) with no such local path, which the
-    model check explains."""
+def _path_values(profile: Profile):
+    """(section, key, value) of every non-empty path written in the profile (path lists
+    one entry at a time)."""
     for section_name, cls in SECTIONS.items():
         section = getattr(profile, section_name)
         for f in dataclasses.fields(cls):
             value = getattr(section, f.name)
-            if not f.metadata["path"] or not value or value.startswith(BUILTIN_PREFIX):
+            if f.metadata["path"] and value:
+                yield section_name, f.name, value
+    for section_name, key in PATH_LIST_FIELDS:
+        for value in getattr(getattr(profile, section_name), key):
+            if value:
+                yield section_name, key, value
+
+
+def foreign_path_problems(profile: Profile) -> list[Problem]:
+    """Every path field holding another machine's path (``C:\\...``, ``\\\\server\\...`` on
+    Linux or macOS, as an import of a Windows command brings): all named at once, none joined
+    to the profile's folder (``resolve_paths`` leaves them as written)."""
+    found = []
+    for section_name, key, value in _path_values(profile):
+        kind = foreign_path(value)
+        if kind:
+            found.append(error(
+                f"`[{section_name}] {key}` = {format_value(value)} is {kind}, from another "
+                "machine; it means nothing here",
+                "give the path of that file or folder on this machine (an imported command "
+                "keeps the paths of the machine it was written on)",
+                section=section_name, key=key))
+    return found
+
+
+def resolve_paths(profile: Profile) -> None:
+    """Make every path field absolute, once. Left as written: empty fields, built-in models,
+    another machine's paths (``foreign_path_problems`` names them) and a base model named by
+    Hub id (``owner/name``) with no such local path, which the model check explains."""
+    for section_name, cls in SECTIONS.items():
+        section = getattr(profile, section_name)
+        for f in dataclasses.fields(cls):
+            value = getattr(section, f.name)
+            if not f.metadata["path"] or not value or value.startswith(BUILTIN_PREFIX) \
+                    or foreign_path(value):
                 continue
             resolved = resolve_path_text(value, profile.base_dir)
             if (section_name, f.name) == ("model", "pretrained_model_name_or_path") \
@@ -127,6 +163,11 @@ def resolve_paths(profile: Profile) -> None:
                     and not value.lower().endswith(SINGLE_FILE_SUFFIXES):
                 continue
             setattr(section, f.name, resolved)
+    for section_name, key in PATH_LIST_FIELDS:
+        section = getattr(profile, section_name)
+        setattr(section, key, [resolve_path_text(v, profile.base_dir)
+                               if v and not foreign_path(v) else v
+                               for v in getattr(section, key)])
 
 
 def _parse_arg_value(raw: str, hint: Any) -> Any:

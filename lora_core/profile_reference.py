@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from lora_core.profile import NOT_YET_KEYS, SECTIONS, field_docs
+from lora_core.profile import NOT_YET_KEYS, SECRET_KEYS, SECTIONS, field_docs
 
 REGENERATE = "lora-train fields --markdown > docs/profile-reference.md"
 
@@ -68,4 +68,6 @@ def reference_markdown() -> str:
     lines += ["## sd-scripts options not supported yet", "",
               "These are rejected with a message (never silently ignored):", "",
               ", ".join(f"`{k}`" for k in later), ""]
+    lines += ["## sd-scripts options never read from a profile", ""]
+    lines += [f"* `{key}`: {why}." for key, why in sorted(SECRET_KEYS.items())] + [""]
     return "\n".join(lines)

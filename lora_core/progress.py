@@ -13,15 +13,19 @@ from typing import TextIO
 
 from lora_core.durations import format_duration
 from lora_core.events import (
+    BestFileSaved,
     CheckpointSaved,
     EpochEnded,
     Event,
+    GridSaved,
+    NotificationSent,
     PhaseChanged,
     RunFailed,
     RunFinished,
     RunStarted,
     SampleSaved,
     StepEnded,
+    StoppedEarly,
     ValidationMeasured,
     WarningIssued,
 )
@@ -72,11 +76,22 @@ class ProgressPrinter:
             self._line(f"saved {event.path}")
         elif isinstance(event, SampleSaved):
             self._line(f"sample {event.prompt_index} at step {event.step}: {event.path}")
+        elif isinstance(event, BestFileSaved):
+            self._line(f"best so far (validation loss {event.loss:.4f}): {event.path}")
+        elif isinstance(event, GridSaved):
+            self._line(f"sample grid: {event.path}")
+        elif isinstance(event, StoppedEarly):
+            self._line(event.message)
+        elif isinstance(event, NotificationSent):
+            self._line(f"notified {event.channel} {event.destination} ({event.status})")
         elif isinstance(event, RunFinished):
             self._close()
             state = "stopped early" if event.interrupted else "finished"
             self._line(f"{state} after {event.steps} steps in "
                        f"{format_duration(event.seconds)}")
+            if event.best_file and event.best_loss is not None:
+                self._line(f"best file: {event.best_file} (validation loss "
+                           f"{event.best_loss:.4f})")
         elif isinstance(event, RunFailed):
             self._close()
 

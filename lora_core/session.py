@@ -27,9 +27,18 @@ from lora_core.checks.inputs import taken_name
 from lora_core.checks.machine import TorchMachine
 from lora_core.dataset.plan import plan_summary
 from lora_core.errors import DatasetError, LoraError, ProfileError
-from lora_core.events import EventBus, PhaseChanged, RunFinished, RunStarted, WarningIssued
+from lora_core.events import (
+    BestFileSaved,
+    EventBus,
+    PhaseChanged,
+    RunFinished,
+    RunStarted,
+    StoppedEarly,
+    WarningIssued,
+)
 from lora_core.profile import Profile
-from lora_core.saving.run_status import (
+from lora_core.runs.folders import RunFolder, create_run_folder, record_last_run
+from lora_core.runs.status import (
     RunStatus,
     launched_group,
     lock_run,
@@ -41,7 +50,6 @@ from lora_core.saving.run_status import (
     run_pid,
     write_status,
 )
-from lora_core.saving.runs import RunFolder, create_run_folder, record_last_run
 from lora_core.saving.tag_summary import write_tag_summary
 
 log = logging.getLogger(__name__)
@@ -83,6 +91,12 @@ def run_checks(profile: Profile) -> CheckReport:
     tell when its source could not be read; raises on any error."""
     # The processes this run really has: `lora-train run` launches the profile's count.
     report = check_profile(profile, num_processes=process_count(), on=TorchMachine())
+    # Unset v_parameterization / zero_terminal_snr: what the model file's markers decide, as
+    # the check reported it; set here, so the run folder's profile says it.
+    from lora_core.models.prediction import apply_prediction
+
+    apply_prediction(profile.model, profile.training,
+                     getattr(report.model, "markers", ()))
     if profile.training.num_processes != process_count():
         from lora_core.checks.problem import warning
 
@@ -147,7 +161,10 @@ def start_resume(run_dir: Path, overrides: list[str]) -> tuple[Profile, StartedR
 
     run_dir = Path(run_dir).resolve()
     old = read_status(run_dir)
-    if old.active and pid_alive(old.pid, old.pid_started):
+    # Only the main process asks: under the launcher it marks the run active (with the
+    # launcher's pid) before the other ranks read the status, which would refuse their own
+    # resume as a run "still running".
+    if is_main_process() and old.active and pid_alive(old.pid, old.pid_started):
         raise LoraError(f"the run in {run_dir} is still running (pid {old.pid})",
                         "follow it with `lora-tui` or stop it with `lora-train stop "
                         f"{run_dir}` first")
@@ -288,7 +305,8 @@ def _train_and_finish(profile: Profile, profile_path: Path | None, started_run: 
                         tokenizer_dir=profile.path("model", "tokenizer_cache_dir"),
                         v_parameterization=profile.model.v_parameterization,
                         text=TextSettings(clip_skip=profile.model.clip_skip,
-                                          max_token_length=profile.dataset.max_token_length))
+                                          max_token_length=profile.dataset.max_token_length,
+                                          weighted_captions=profile.dataset.weighted_captions))
     output_dir = profile.path("saving", "output_dir")
     first_started = (started_run.status.started_at if started_run.status is not None
                      else started)
@@ -307,6 +325,8 @@ def _train_and_finish(profile: Profile, profile_path: Path | None, started_run: 
     if resume is not None:
         outputs.written = [Path(p) for p in resume.position.written]
     state = TrainState(seed=seed)
+    ending = EndingNotes(started_run.status)
+    bus.add(ending)
     interrupted = train(profile, plan, bundle, outputs, state, bus, stop_requested, resume)
     if main and profile.saving.tag_summary:
         # Written with the final file, so a run that fails early leaves no file behind.
@@ -319,8 +339,25 @@ def _train_and_finish(profile: Profile, profile_path: Path | None, started_run: 
     loras = [p for p in outputs.written if p.suffix == ".safetensors"]
     bus.emit(RunFinished(files=[str(p) for p in outputs.written],
                          final_file=str(loras[-1]) if loras else "", steps=state.step,
-                         seconds=seconds, interrupted=interrupted))
+                         seconds=seconds, interrupted=interrupted, best_file=ending.best_file,
+                         best_loss=ending.best_loss, stop_reason=ending.stop_reason))
     return RunResult(folder, outputs.written, interrupted, state.step, seconds)
+
+
+class EndingNotes:
+    """A sink that remembers what ``run_finished`` reports besides the files: the best
+    file (also one a resumed run's first attempt made) and why the run stopped early."""
+
+    def __init__(self, status: RunStatus | None) -> None:
+        self.best_file = status.best_file if status is not None else ""
+        self.best_loss = status.best_validation_loss if self.best_file else None
+        self.stop_reason = ""
+
+    def __call__(self, event) -> None:
+        if isinstance(event, BestFileSaved):
+            self.best_file, self.best_loss = event.path, event.loss
+        elif isinstance(event, StoppedEarly):
+            self.stop_reason = event.message
 
 
 def _route_library_logs() -> None:

@@ -98,6 +98,13 @@ def _coerce_part(value: Any, part: Any) -> tuple[bool, Any]:
     if part in (str, dict):
         return isinstance(value, part), value
     origin = typing.get_origin(part)
+    if origin is list and typing.get_args(part) == (float,):
+        # A list of numbers (base_weights_multiplier); one number is a list of one.
+        items = value if isinstance(value, (list, tuple)) else [value]
+        converted = [coerce(v, float) for v in items]
+        if all(ok for ok, _ in converted):
+            return True, [v for _, v in converted]
+        return False, value
     if origin is list:
         if isinstance(value, str):
             try:
@@ -130,7 +137,8 @@ def describe_type(hint: Any) -> str:
         if part in _NAMES:
             words.append(_NAMES[part])
         elif typing.get_origin(part) is list:
-            words.append("a list of strings")
+            words.append("a list of numbers" if typing.get_args(part) == (float,)
+                         else "a list of strings")
         elif typing.get_origin(part) is tuple:
             words.append(f"a list of {len(typing.get_args(part))} numbers")
         else:

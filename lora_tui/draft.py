@@ -28,15 +28,17 @@ import dataclasses
 import os
 import typing
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from lora_core.checks.fields import FIELDS_HINT
+from lora_core.checks.machine import ProbedMachine, mixed_precision_for
 from lora_core.checks.problem import Problem, errors_of, raise_for_errors
 from lora_core.errors import LoraError, ProfileError
 from lora_core.models.loading import ModelSource, inspect_model
 from lora_core.paths import state_dir
-from lora_core.profile import ADAPTIVE_OPTIMIZERS, SECTIONS, Profile, profile_to_dict
+from lora_core.profile import SECTIONS, Profile, conditional_default, profile_to_dict
 from lora_core.profile_io import read_profile_dict
 from lora_core.profile_load import profile_from_dict, read_profile
 from lora_core.values import Resolution, parse_text, type_parts
@@ -111,9 +113,11 @@ def spec_for(section: str, key: str) -> FieldSpec:
                      q.labels)
 
 
-# With these optimizers the learning rate multiplies a step size they find themselves, so
-# LETS' popup switched its default to 1.0 when one was picked (wizard-anchors.md §a, #9).
-ADAPTIVE_LEARNING_RATE = 1.0
+@cache
+def machine_precision() -> tuple[str, str]:
+    """The ``mixed_precision`` for this machine and why (``mixed_precision_for``: the torch
+    build and the GPU driver are asked once, torch is never imported)."""
+    return mixed_precision_for(ProbedMachine())
 
 
 def to_text(value: Any) -> str:
@@ -178,6 +182,16 @@ class Draft:
         self.dirty = False  # changed since loaded or saved
         self._model_cache: tuple[tuple[str, Path], ModelSource | LoraError] | None = None
         self._written_prompts: str | None = None  # what the working prompt file holds
+        self.import_report = ""  # what an import did with each option (lora-train import's)
+
+    @classmethod
+    def new(cls) -> Draft:
+        """A new profile's draft. ``mixed_precision`` is written for this machine
+        (:func:`machine_precision`: "no" on a CPU, where the profile's default fp16 would be
+        refused at step 15), as an answer the user can change; the draft counts as unchanged."""
+        draft = cls()
+        draft._texts[("training", "mixed_precision")] = machine_precision()[0]
+        return draft
 
     @classmethod
     def from_profile(cls, profile: Profile, source_path: Path | None = None) -> Draft:
@@ -201,11 +215,25 @@ class Draft:
         from lora_core.importing import import_source
 
         result = import_source(source, text)
+        written = ""
+        if result.dataset_config is not None:
+            # The subsets a LETS file lists stay subsets: the dataset_config the profile needs
+            # is written now (the draft has no file of its own yet), in the state folder.
+            import time
+
+            stamp, n = time.strftime("%Y%m%d-%H%M%S"), 1
+            path = state_dir() / "imports" / f"import-{stamp}.dataset.toml"
+            while path.exists():
+                n += 1
+                path = path.with_name(f"import-{stamp}-{n}.dataset.toml")
+            result.write_dataset_config(path)
+            written = f"\nWrote the dataset_config to {path}; the profile points at it."
         profile, _ = read_profile(result.data, Path.cwd())
         draft = cls.from_profile(profile, None)
         draft._keep_written_paths(result.data)
         draft.dirty = True
-        return draft, result.render()
+        draft.import_report = result.render() + written
+        return draft, draft.import_report
 
     @classmethod
     def from_file(cls, path: Path) -> Draft:
@@ -269,12 +297,11 @@ class Draft:
     # -- answers as the profile will read them -----------------------------------------
 
     def default_for(self, section: str, key: str) -> Any:
-        """The field's default given the other answers (the learning rate's depends on the
-        optimizer)."""
-        if (section, key) == ("optimizer", "learning_rate") \
-                and self.current("optimizer", "optimizer_type") in ADAPTIVE_OPTIMIZERS:
-            return ADAPTIVE_LEARNING_RATE
-        return spec_for(section, key).default
+        """The field's default given the other answers, as the profile declares it
+        (``default_when``: the learning rate's is 1.0 for the optimizers that find their own
+        step size, as LETS' popup switched it, wizard-anchors.md §a, #9)."""
+        given = None if section == WIZARD else conditional_default(section, key, self.current)
+        return given if given is not None else spec_for(section, key).default
 
     def default_text(self, section: str, key: str) -> str:
         """How the default is shown next to the field."""

@@ -19,9 +19,9 @@ closed, the app quitting) leaves the child alone.
 
 Attaching to a run folder replays its ``events.jsonl`` from the start and follows it while
 ``run.json`` says the run is active; a run whose process is gone without a final event is
-reported as crashed, with the log tail (``lora_core.saving.run_status``).
+reported as crashed, with the log tail (``lora_core.runs.status``).
 
-Stop sends SIGINT through :func:`~lora_core.saving.run_status.request_stop` (the engine
+Stop sends SIGINT through :func:`~lora_core.runs.status.request_stop` (the engine
 finishes its step, saves the LoRA and a resumable state, exits 130); a run still alive
 ``kill_after_s`` later is killed with its process group. That works for a run this app
 started and for one it attached to: the run folder names the process.
@@ -47,8 +47,8 @@ from typing import Protocol
 from lora_core.errors import LoraError
 from lora_core.events import Event, RunFailed, RunFinished, RunStarted, event_from_json, read_events
 from lora_core.paths import state_dir
-from lora_core.saving.run_status import log_tail, read_status, request_stop
-from lora_core.saving.runs import EVENTS_FILE, LOG_FILE
+from lora_core.runs.folders import EVENTS_FILE, LOG_FILE
+from lora_core.runs.status import log_tail, read_status, request_stop
 
 # What a runner hands to the screen: a parsed event, or a line of plain output.
 Output = Event | str
@@ -287,7 +287,25 @@ class ProcessRunner:
         self.stop_requested = True
         if self._signal(force=False):
             self._kill_timer = asyncio.get_running_loop().call_later(
-                self.kill_after_s, self._signal, True)
+                self.kill_after_s, self._kill_if_still_going, self._status_pid())
+
+    def _status_pid(self) -> int | None:
+        """The pid run.json names for the run folder (None before it has one)."""
+        if self.run_dir is None:
+            return None
+        try:
+            return read_status(self.run_dir).pid
+        except LoraError:
+            return None
+
+    def _kill_if_still_going(self, stopped_pid: int | None) -> None:
+        """The kill after a stop, for the run that was asked to stop only: by then the run
+        folder may hold the run C continued after S (same folder, another process), which
+        the timer once killed in its middle ("exited with code -9")."""
+        self._kill_timer = None
+        ours = self._proc is not None and self._proc.poll() is None
+        if ours or (stopped_pid is not None and self._status_pid() == stopped_pid):
+            self._signal(True)
 
     def _signal(self, force: bool) -> bool:
         """SIGINT (or SIGKILL) to the run; True when a live process got it."""

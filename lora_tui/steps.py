@@ -11,7 +11,8 @@ and checked comes from the profile's own metadata (``draft.field_spec``).
 Two more kinds of data live here, because they are about the questions, not the profile:
 
 * :data:`CONDITIONS`: fields that only mean something for some answers (conv dim for
-  LoCon and friends, restarts for cosine_with_restarts...). They are hidden, never disabled,
+  LoCon and friends, as the profile's fields declare it: ``profile.FIELD_CONDITIONS``;
+  restarts for cosine_with_restarts...). They are hidden, never disabled,
   and (unless marked ``keep``) their text is left out of the profile while hidden, so a
   value typed for LoCon does not make a LoRA profile invalid.
 * :data:`WIZARD_QUESTIONS`: questions that are not profile fields but write one (the
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lora_core.profile import SECTIONS
+from lora_core.profile import FIELD_CONDITIONS, SECTIONS, When
 
 if TYPE_CHECKING:
     from lora_tui.draft import Draft
@@ -64,9 +65,10 @@ def _set(section: str, key: str) -> Callable[[Draft], bool]:
     return lambda draft: draft.current(section, key) != ""
 
 
-_CONV_NETWORKS = ("LoCon", "LoHa", "LoKr", "DyLoRA", "Full", "IA3", "DiagOFT", "BOFT",
-                  "GLoRA", "lycoris.kohya", "networks.dylora")
-_OFT = _is("network", "network_module", "DiagOFT", "BOFT", "lycoris.kohya")
+def _declared(when: When) -> Callable[[Draft], bool]:
+    return lambda draft: when.holds(draft.current(when.section, when.key))
+
+
 _BUCKETS = _is("dataset", "enable_bucket", "true")
 _HUBER = _is("training", "loss_type", "huber", "smooth_l1")
 
@@ -78,24 +80,12 @@ def _model_family_unknown(draft: Draft) -> bool:
 
 
 CONDITIONS: dict[FieldKey, Condition] = {
+    # What the profile declares (conv_dim for LoCon & co., factor for LoKr...): the checks
+    # refuse the same fields where they do not apply.
+    **{key: Condition(_declared(when)) for key, when in FIELD_CONDITIONS.items()},
     ("model", "v2"): Condition(_model_family_unknown, keep=True),
-    ("network", "conv_dim"): Condition(_is("network", "network_module", *_CONV_NETWORKS)),
-    ("network", "conv_alpha"): Condition(_is("network", "network_module", *_CONV_NETWORKS)),
-    ("network", "conv_block_dims"): Condition(
-        _is("network", "network_module", *_CONV_NETWORKS)),
-    ("network", "conv_block_alphas"): Condition(
-        _is("network", "network_module", *_CONV_NETWORKS)),
-    ("network", "factor"): Condition(_is("network", "network_module", "LoKr", "lycoris.kohya")),
-    ("network", "dora_wd"): Condition(_is("network", "network_module", "LoRA", "LoCon", "LoHa",
-                                          "LoKr", "lycoris.kohya", "networks.lora")),
-    ("network", "dylora_unit"): Condition(_is("network", "network_module", "DyLoRA",
-                                              "networks.dylora", "lycoris.kohya")),
     ("training", "gpu_ids"): Condition(lambda draft: draft.current(
         "training", "num_processes") not in ("", "1")),
-    ("network", "constraint"): Condition(_OFT),
-    ("network", "rescaled"): Condition(_OFT),
-    ("network", "train_on_input"): Condition(_is("network", "network_module", "IA3",
-                                                 "lycoris.kohya")),
     ("optimizer", "lr_scheduler_num_cycles"): Condition(
         _is("optimizer", "lr_scheduler", "cosine_with_restarts")),
     ("optimizer", "lr_scheduler_power"): Condition(
@@ -159,7 +149,8 @@ STEPS: tuple[Step, ...] = (
          model_check=True),
     Step("Training images",
          "Pick the folder that CONTAINS the <repeats>_<name> image folders (for example "
-         "dataset/train holding 10_mychar).",
+         "dataset/train holding 10_mychar: 10 repeats; \"mychar\" is the trigger, the "
+         "caption of pictures without one). Regularization images go in step 4.",
          (("dataset", "train_data_dir"),),
          (("dataset", "dataset_config"), ("dataset", "max_data_loader_n_workers")),
          dataset_check=True),
@@ -185,6 +176,8 @@ STEPS: tuple[Step, ...] = (
           ("network", "network_dropout"), ("network", "rank_dropout"),
           ("network", "module_dropout"), ("network", "network_train_unet_only"),
           ("network", "network_train_text_encoder_only"), ("network", "network_weights"),
+          ("network", "dim_from_weights"), ("network", "network_multiplier"),
+          ("network", "base_weights"), ("network", "base_weights_multiplier"),
           ("network", "block_dims"), ("network", "block_alphas"),
           ("network", "conv_block_dims"), ("network", "conv_block_alphas"),
           ("network", "network_args"))),
@@ -198,12 +191,16 @@ STEPS: tuple[Step, ...] = (
           ("optimizer", "block_lr_zero_threshold"))),
     Step("Scheduler", "How the learning rate changes over the run.",
          (("optimizer", "lr_scheduler"), ("optimizer", "lr_scheduler_num_cycles"),
-          ("optimizer", "lr_scheduler_power"), ("optimizer", "lr_warmup_steps"))),
+          ("optimizer", "lr_scheduler_power"), ("optimizer", "lr_warmup_steps")),
+         (("optimizer", "lr_decay_steps"), ("optimizer", "lr_scheduler_min_lr_ratio"),
+          ("optimizer", "lr_scheduler_timescale"), ("optimizer", "lr_scheduler_type"),
+          ("optimizer", "lr_scheduler_args"))),
     Step("Resolution and bucketing", "Images are resized to about this many pixels; with "
          "bucketing, each keeps its aspect ratio.",
          (("dataset", "resolution"), ("dataset", "enable_bucket"),
           ("dataset", "min_bucket_reso"), ("dataset", "max_bucket_reso")),
-         (("dataset", "bucket_reso_steps"), ("dataset", "bucket_no_upscale"))),
+         (("dataset", "bucket_reso_steps"), ("dataset", "bucket_no_upscale"),
+          ("dataset", "resize_interpolation"))),
     Step("Batch size", "Images per step: more is faster per epoch and needs more memory.",
          (("training", "train_batch_size"),),
          (("training", "gradient_accumulation_steps"),
@@ -214,18 +211,26 @@ STEPS: tuple[Step, ...] = (
          (("training", "max_train_epochs"), ("training", "max_train_steps")),
          (("training", "seed"), ("training", "validation_split"), ("training", "validation_seed"),
           ("training", "validate_every_n_epochs"), ("training", "validate_every_n_steps"),
-          ("training", "max_validation_steps"))),
+          ("training", "max_validation_steps"), ("training", "early_stopping_patience"))),
     Step("Saving", "Numbered files along the way, the precision of the saved file, and a note "
          "stored inside it. A resumable training state goes with every numbered file (and "
          "every 30 minutes), so a stopped or crashed run continues where it was. Ctrl+O: "
          "TensorBoard curves too.",
          (("saving", "save_every_n_epochs"), ("saving", "save_precision"),
           ("saving", "training_comment")),
-         (("saving", "save_every_n_steps"), ("saving", "save_state"),
+         (("saving", "save_every_n_steps"), ("saving", "save_n_epoch_ratio"),
+          ("saving", "save_last_n_epochs"), ("saving", "save_last_n_steps"),
+          ("saving", "save_last_n_epochs_state"), ("saving", "save_last_n_steps_state"),
+          ("saving", "save_state"),
           ("saving", "save_state_every_n_minutes"), ("saving", "save_last_n_states"),
-          ("saving", "save_state_on_train_end"), ("logging", "log_with"),
+          ("saving", "save_state_on_train_end"), ("saving", "metadata_title"),
+          ("saving", "metadata_author"), ("saving", "metadata_description"),
+          ("saving", "metadata_license"), ("saving", "metadata_tags"),
+          ("saving", "no_metadata"),
+          ("logging", "log_with"),
           ("logging", "logging_dir"), ("logging", "log_prefix"),
-          ("logging", "log_tracker_name"))),
+          ("logging", "log_tracker_name"), ("notify", "command"), ("notify", "webhook"),
+          ("notify", "on"))),
     Step("Captions", "How captions are read and varied.",
          (("dataset", "shuffle_caption"), ("dataset", "keep_tokens"),
           ("dataset", "caption_extension"), ("saving", "tag_summary"),
@@ -236,7 +241,7 @@ STEPS: tuple[Step, ...] = (
           ("dataset", "caption_dropout_every_n_epochs"),
           ("dataset", "caption_tag_dropout_rate"), ("dataset", "enable_wildcard"),
           ("dataset", "token_warmup_min"), ("dataset", "token_warmup_step"),
-          ("dataset", "max_token_length"))),
+          ("dataset", "max_token_length"), ("dataset", "weighted_captions"))),
     Step("Augmentation and caching", "Random changes to the images, and encoding them once "
          "ahead of time (caching cannot be combined with color_aug or random_crop).",
          (("dataset", "flip_aug"), ("dataset", "color_aug"), ("dataset", "random_crop"),
@@ -254,7 +259,9 @@ STEPS: tuple[Step, ...] = (
           ("training", "scale_v_pred_loss_like_noise_pred"),
           ("training", "debiased_estimation_loss"), ("training", "zero_terminal_snr"),
           ("training", "min_timestep"), ("training", "max_timestep"), ("training", "loss_type"),
-          ("training", "huber_schedule"), ("training", "huber_c"), ("training", "huber_scale"))),
+          ("training", "huber_schedule"), ("training", "huber_c"), ("training", "huber_scale"),
+          ("training", "ip_noise_gamma"), ("training", "ip_noise_gamma_random_strength"),
+          ("training", "v_pred_like_loss"))),
     Step("Sample prompts", "Preview images during training: a prompt file, or prompts typed "
          "here, and how often.",
          (("sample", "sample_prompts"), (WIZARD, "typed_prompts"),

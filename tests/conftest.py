@@ -34,3 +34,40 @@ def state_dir(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "state"
     monkeypatch.setenv("LORA_TUI_STATE_DIR", str(path))
     return path
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """Call ``lora_core.cli.main`` in-process; returns (exit code, stdout, stderr).
+
+    main() reconfigures the root logger, routes warnings to logging and (for ``run``)
+    installs SIGINT/SIGTERM handlers; all of that is put back so later tests see the
+    process as it was. Runs with a private state folder."""
+    import logging
+    import signal
+
+    from lora_core.cli import main
+
+    monkeypatch.setenv("LORA_TUI_STATE_DIR", str(tmp_path / "state"))
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    sigint, sigterm = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+
+    def call(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(list(argv))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    yield call
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(False)
+    signal.signal(signal.SIGINT, sigint)
+    signal.signal(signal.SIGTERM, sigterm)

@@ -8,6 +8,7 @@ folders (the layout training reads); both are walked the same way.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -55,6 +56,37 @@ def split_tags(caption: str) -> list[str]:
     return [tag.strip() for tag in caption.split(",") if tag.strip()]
 
 
+def caption_tags(caption: str) -> list[list[str]]:
+    """The tags of each non-empty line: a multi-line caption file holds one alternative
+    caption per line (sd-scripts' enable_wildcard picks one per step), so an edit applies
+    to every line, never to a tag that spans two."""
+    return [split_tags(line) for line in caption.split("\n") if line.strip()]
+
+
+def caption_bytes(text: str, like: bytes | None) -> bytes:
+    """``text`` as a caption file's bytes, in the form of the file it replaces (``like``):
+    its byte-order mark and line ends (CRLF or LF) kept; a new file is UTF-8 with LF."""
+    like = like or b""
+    newline = "\r\n" if b"\r\n" in like else "\n"
+    bom = "\ufeff" if like.startswith(b"\xef\xbb\xbf") else ""
+    return (bom + text.replace("\n", newline) + newline).encode("utf-8")
+
+
+def _file_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text)
+
+
 def join_tags(tags: list[str]) -> str:
     return ", ".join(tags)
 
@@ -85,10 +117,13 @@ def write_changes(changes: list[Change], command: str, folder: Path) -> Path | N
     if not changes:
         return None
     check_writable(changes)
-    record = UNDO.push(command, folder, changes)
-    for change in changes:
-        atomic_write(change.path, lambda tmp, text=change.after: tmp.write_text(
-            text + "\n", encoding="utf-8"))
+    # The exact bytes on both sides go on the undo stack, so undo puts back the file as it
+    # was (byte-order mark, CRLF, trailing spaces) and knows the file it wrote.
+    old = [_file_bytes(c.path) for c in changes]
+    new = [caption_bytes(c.after, before) for c, before in zip(changes, old, strict=True)]
+    record = UNDO.push(command, folder, changes, old, new)
+    for change, data in zip(changes, new, strict=True):
+        atomic_write(change.path, lambda tmp, data=data: tmp.write_bytes(data))
     return record
 
 
@@ -102,13 +137,16 @@ class UndoStack:
     def folder(self) -> Path:
         return state_dir() / "caption-undo"
 
-    def push(self, command: str, dataset: Path, changes: list[Change]) -> Path:
+    def push(self, command: str, dataset: Path, changes: list[Change],
+             old: list[bytes | None], new: list[bytes]) -> Path:
+        """Record ``changes`` with each file's bytes before (None: no file) and after."""
         self.folder.mkdir(parents=True, exist_ok=True)
         record = self.folder / f"{time.time_ns()}.json"
         data = {"command": command, "folder": str(Path(dataset).resolve()),
                 "time": time.time(),
-                "files": [{"path": str(c.path.resolve()), "before": c.before, "after": c.after}
-                          for c in changes]}
+                "files": [{"path": str(c.path.resolve()), "before": c.before, "after": c.after,
+                           "before_bytes": _b64(before), "after_bytes": _b64(after)}
+                          for c, before, after in zip(changes, old, new, strict=True)]}
         atomic_write(record, lambda tmp: tmp.write_text(json.dumps(data), encoding="utf-8"))
         return record
 
@@ -134,20 +172,27 @@ class UndoStack:
                             "only caption and tags commands on this folder can be undone")
         record = records[-1]
         data = json.loads(record.read_text(encoding="utf-8"))
-        changes, skipped = [], []
+        changes, skipped, restore = [], [], []
         for entry in data["files"]:
             path = Path(entry["path"])
-            if read_caption(path) != entry["after"]:
+            if "after_bytes" in entry:
+                unchanged = _file_bytes(path) == _unb64(entry["after_bytes"])
+                before = _unb64(entry["before_bytes"])
+            else:  # a record from before the bytes were kept: the text is all there is
+                unchanged = read_caption(path) == entry["after"]
+                before = None if entry["before"] is None \
+                    else (entry["before"] + "\n").encode("utf-8")
+            if not unchanged:
                 skipped.append(path)
                 continue
             changes.append(Change(path, entry["after"], entry["before"]))
+            restore.append(before)
         check_writable([c for c in changes if c.after is not None])
-        for change in changes:
-            if change.after is None:
+        for change, before in zip(changes, restore, strict=True):
+            if before is None:
                 change.path.unlink(missing_ok=True)
             else:
-                atomic_write(change.path, lambda tmp, text=change.after: tmp.write_text(
-                    text + "\n", encoding="utf-8"))
+                atomic_write(change.path, lambda tmp, data=before: tmp.write_bytes(data))
         record.unlink()
         return data["command"], len(changes), skipped
 

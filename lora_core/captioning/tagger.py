@@ -19,15 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_core.captioning.files import (
-    Change,
-    caption_path,
-    images_in,
-    join_tags,
-    read_caption,
-    split_tags,
-    write_changes,
-)
+from lora_core.captioning.batches import BatchPlan, caption_in_batches
+from lora_core.captioning.files import Change, join_tags, split_tags
 from lora_core.errors import LoraError, ModelError
 
 RATING, GENERAL, CHARACTER = 9, 0, 4
@@ -196,34 +189,18 @@ def caption_folder(folder: Path, model: str, options: TaggerOptions, dry_run: bo
                    limit: int | None = None) -> list[Change]:
     """Tag the pictures of ``folder`` (those without a caption unless the mode says
     otherwise); returns the caption changes (written unless ``dry_run``). A cancel stops
-    between batches: the captions of finished batches are written, none half-way."""
-    images = images_in(folder)
-    chosen = []
-    for image in images:
-        existing = read_caption(caption_path(image, options.caption_extension))
-        if existing is None or options.mode != "missing":
-            chosen.append((image, existing))
-    if limit is not None:
-        chosen = chosen[:limit]  # a preview of the first few
-    if not chosen:
-        return []
-    tagger = Tagger(find_model(model))
-    changes: list[Change] = []
-    size = max(1, options.batch_size)
-    for start in range(0, len(chosen), size):
-        if cancelled is not None and cancelled():
-            break
-        batch = chosen[start:start + size]
-        for (image, existing), scores in zip(batch, tagger.scores([p for p, _ in batch]),
-                                             strict=True):
-            tags = caption_tags(scores, tagger.tags, options)
-            if existing is not None and options.mode == "append":
-                old = split_tags(existing)
-                tags = old + [t for t in tags if t not in old]
-            changes.append(Change(caption_path(image, options.caption_extension), existing,
-                                  join_tags(tags)))
-        if progress is not None:
-            progress(min(start + size, len(chosen)), len(chosen))
-    if not dry_run:
-        write_changes(changes, "caption", folder)
-    return changes
+    between batches: the captions of finished batches are written, none half-way
+    (``batches.caption_in_batches``, the loop the sentence captioners share)."""
+    def load() -> Callable[[list[Path]], list[str | None]]:
+        tagger = Tagger(find_model(model))
+        return lambda images: [join_tags(caption_tags(scores, tagger.tags, options))
+                               for scores in tagger.scores(images)]
+
+    def merge(existing: str | None, tags: str) -> str:
+        if existing is None:
+            return tags
+        old = split_tags(existing)
+        return join_tags(old + [t for t in split_tags(tags) if t not in old])
+
+    plan = BatchPlan(options.caption_extension, options.mode, options.batch_size, limit)
+    return caption_in_batches(folder, plan, load, merge, dry_run, progress, cancelled)

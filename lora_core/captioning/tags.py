@@ -2,7 +2,9 @@
 
 Operations run in this order on each caption's tags: remove, replace, add (at the end, or
 first with ``first``), move-first, dedupe. Tags compare exactly after trimming spaces. Only
-captions that change are written (through ``files.write_changes``: undo first).
+captions that change are written (through ``files.write_changes``: undo first). A caption
+file of several lines (alternative captions, sd-scripts' enable_wildcard) is edited line by
+line: every line gets the same edit.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from lora_core.captioning.files import (
     Change,
     caption_path,
+    caption_tags,
     images_in,
     join_tags,
     read_caption,
@@ -38,7 +41,8 @@ class TagEdit:
 
     def apply(self, tags: list[str]) -> list[str]:
         tags = [t for t in tags if t not in set(self.remove)]
-        tags = [self.replace.get(t, t) for t in tags]
+        # "hair=" replaces a tag with nothing: the tag goes (an empty tag would leave ", ,").
+        tags = [t for t in (self.replace.get(t, t) for t in tags) if t]
         new = [t for t in self.add if t not in tags]
         if self.first:
             tags = [t for t in self.add] + [t for t in tags if t not in set(self.add)]
@@ -71,7 +75,8 @@ def plan_edit(folder: Path, edit: TagEdit, extension: str) -> tuple[list[Change]
         if before is None:
             missing += 1
             continue
-        after = join_tags(edit.apply(split_tags(before)))
+        after = "\n".join(join_tags(edit.apply(split_tags(line))) if line.strip() else line
+                          for line in before.split("\n"))
         if after != before:
             changes.append(Change(path, before, after))
     return changes, missing
@@ -92,5 +97,5 @@ def tag_table(folder: Path, extension: str = ".txt") -> list[tuple[str, int]]:
     for image in images_in(folder):
         caption = read_caption(caption_path(image, extension))
         if caption:
-            counts.update(set(split_tags(caption)))
+            counts.update({tag for line in caption_tags(caption) for tag in line})
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))

@@ -11,7 +11,9 @@ The modules, in the order the checks run:
 
 * ``fields``: each value against its declaration (run while the profile is read);
 * ``rules``: combinations of fields (run while the profile is read);
-* ``optimizer``: optimizer_args, the schedule, the installed optimizer's signature;
+* ``optimizer``: optimizer_args, the schedule, the installed optimizer's signature (read
+  from its source by ``class_source``, never imported: an optimizer named by import path
+  too);
 * ``inputs``: the base model and what loading it needs, start weights, sample prompts,
   the output folder;
 * ``dataset``: the folders and captions as scanned, and the plan;
@@ -27,7 +29,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from lora_core.checks import dataset as dataset_checks
-from lora_core.checks import inputs, machine, optimizer
+from lora_core.checks import inputs, machine, optimizer, schedule
 from lora_core.checks.problem import Problem, errors_of, raise_for_errors, warnings_of
 from lora_core.dataset.buckets import bucket_config
 from lora_core.dataset.dataset_config import load_dataset_config
@@ -89,7 +91,10 @@ def check_profile(profile: Profile, num_processes: int | None = None,
     if num_processes is None:
         num_processes = profile.training.num_processes
     source = inputs.inspect_profile_model(profile)
-    problems = inputs.input_problems(profile, source)
+    problems = inputs.prediction_problems(profile, source)
+    # The rest judge what a run uses: unset prediction settings as the model file decides.
+    profile = inputs.resolved_prediction(profile, source)
+    problems += inputs.input_problems(profile, source)
     scan = plan = None
     dataset_key = "dataset_config" if profile.dataset.dataset_config else "train_data_dir"
     try:
@@ -108,6 +113,8 @@ def check_profile(profile: Profile, num_processes: int | None = None,
         problems += dataset_checks.scan_notes(scan)
         if plan is not None:
             problems += dataset_checks.plan_problems(profile, plan)
+            problems += schedule.plan_schedule_problems(profile, plan.max_train_steps,
+                                                        plan.warmup_steps)
             name, notes = inputs.taken_name(profile.path("saving", "output_dir"),
                                             plan.output_name)
             plan = dataclasses.replace(plan, output_name=name)  # the names the run writes

@@ -10,14 +10,15 @@ same engine the dataset config and the wizard use. Pure Python.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any
 
 from lora_core.checks.problem import Problem, error
 from lora_core.errors import closest
-from lora_core.profile import HARMLESS_KEYS, NOT_YET_KEYS, SECTIONS
+from lora_core.profile import HARMLESS_KEYS, NOT_YET_KEYS, SECRET_KEYS, SECTIONS
 from lora_core.training.optimizer_args import is_import_path
-from lora_core.values import coerce, describe_type, format_value
+from lora_core.values import Resolution, coerce, describe_type, format_value
 
 FIELDS_HINT = ("fix the fields named above; `lora-train fields` lists every field with its "
                "allowed values")
@@ -42,6 +43,12 @@ def value_problem(where: str, value: Any, meta: dict) -> str | None:
             return (f"{where} = {format_value(value)} is not one of the choices "
                     f"({', '.join(choices)}) nor an import path like \"torch.optim.RAdam\"")
         return f"{where} = {format_value(value)} is not one of the choices: {', '.join(choices)}"
+    if isinstance(value, tuple) and not isinstance(value, Resolution):  # [a, b]: each one
+        return next(filter(None, (value_problem(f"{where}[{i}]", v, meta)
+                                  for i, v in enumerate(value))), None)
+    if isinstance(value, float) and not math.isfinite(value):
+        # TOML has inf and nan; no setting means them (lr = inf trains NaNs from step 1).
+        return f"{where} = {value} is not a finite number: give an ordinary number"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         low, high = meta["min"], meta["max"]
         if (low is None or value >= low) and (high is None or value <= high):
@@ -69,6 +76,8 @@ def unknown_key(section: str | None, key: str, candidates: list[str]) -> Problem
         return error(f"`{where}`: a profile does not say where to resume from; remove it and "
                      "run `lora-train resume RUN_FOLDER` (the run folder the run printed at its "
                      "start; `lora-train status` lists them)", **spot)
+    if key in SECRET_KEYS:
+        return error(f"`{where}` is not read from a profile: {SECRET_KEYS[key]}", **spot)
     if key in NOT_YET_KEYS:
         return error(f"`{where}` is not supported yet by this version of lora-train; "
                      "remove it from the profile", **spot)

@@ -32,6 +32,59 @@ def inspect_profile_model(profile: Profile) -> ModelSource | LoraError:
         return exc
 
 
+def resolved_prediction(profile: Profile, source: ModelSource | LoraError) -> Profile:
+    """A copy of ``profile`` with v_parameterization and zero_terminal_snr as a run uses them
+    (unset ones decided by the model file's markers: ``models.prediction``)."""
+    import dataclasses
+
+    from lora_core.models.prediction import apply_prediction
+
+    resolved = dataclasses.replace(profile, model=dataclasses.replace(profile.model),
+                                   training=dataclasses.replace(profile.training))
+    markers = () if isinstance(source, LoraError) else source.markers
+    apply_prediction(resolved.model, resolved.training, markers)
+    return resolved
+
+
+def prediction_problems(profile: Profile, source: ModelSource | LoraError) -> list[Problem]:
+    """What the model file's v_pred / ztsnr markers decide for the unset settings, and a
+    value given as false beside them."""
+    from lora_core.models.prediction import decide_prediction
+
+    if isinstance(source, LoraError) or not source.markers:
+        return []
+    name, markers = source.name, source.markers
+    decided = decide_prediction(profile.model, profile.training, markers)
+    found = []
+    if "v_parameterization" in decided.from_markers:
+        ztsnr = " with zero terminal SNR (its `ztsnr` marker)" \
+            if "zero_terminal_snr" in decided.from_markers else ""
+        found.append(warning(
+            f"`[model] v_parameterization` is unset and {name} carries a `v_pred` marker "
+            f"tensor (a v-prediction model, as ComfyUI and Forge read it): this run trains it "
+            f"as v-prediction{ztsnr}", "set `[model] v_parameterization` in the profile to "
+            "decide it yourself", section="model", key="v_parameterization"))
+        if profile.training.v_pred_like_loss:  # the profile rule, on the decided value
+            found.append(error(
+                f"`[training] v_pred_like_loss` adds a v-prediction-like loss to an "
+                f"ε-prediction model's, and {name} is a v-prediction model (its `v_pred` "
+                "marker)", "remove v_pred_like_loss (sd-scripts refuses both together too)",
+                section="training", key="v_pred_like_loss"))
+    elif profile.model.v_parameterization is False and "v_pred" in markers:
+        found.append(warning(
+            f"`[model] v_parameterization` = false, but {name} carries a `v_pred` marker "
+            "tensor: it is a v-prediction model, and training it for noise prediction ruins "
+            "it", "remove the key (the marker then decides) or set it to true",
+            section="model", key="v_parameterization"))
+    if profile.training.zero_terminal_snr is False and decided.v_parameterization \
+            and "ztsnr" in markers:
+        found.append(warning(
+            f"`[training] zero_terminal_snr` = false, but {name} carries a `ztsnr` marker "
+            "tensor: it was trained with zero terminal SNR", "remove the key (the marker "
+            "then decides) or set it to true", section="training", key="zero_terminal_snr"))
+    return found
+
+
 def input_problems(profile: Profile, source: ModelSource | LoraError) -> list[Problem]:
     """Every problem with the files the profile names. ``source``: the answer of
     :func:`inspect_profile_model`."""
@@ -48,6 +101,7 @@ def input_problems(profile: Profile, source: ModelSource | LoraError) -> list[Pr
                                path=profile.model.vae))
     found += lora_weights_problems(profile, None if isinstance(source, LoraError)
                                    else source.family)
+    found += base_weights_problems(profile)
     found += sample_prompt_problems(profile)
     found += optimizer.installed_optimizer_problems(profile.optimizer)
     found += output_problems(profile)
@@ -157,8 +211,10 @@ def _weights_shape_problems(profile: Profile, path: Path, shapes: dict[str, tupl
                          else "has no DoRA magnitudes (dora_scale), but dora_wd is true"),
                       f"set `[network] dora_wd = {str(dora).lower()}` to match the file, or "
                       "start from another file", section="network", key="dora_wd", path=path)]
-    if wanted != "LoRA/LoCon" or net.block_dims or net.conv_block_dims:
-        return []  # per-block ranks differ by design; LoHa/LoKr shapes are checked at load
+    if wanted != "LoRA/LoCon" or net.block_dims or net.conv_block_dims or net.dim_from_weights:
+        # per-block ranks differ by design; LoHa/LoKr shapes are checked at load;
+        # dim_from_weights takes the file's ranks
+        return []
     from lora_core.profile import conv_rank_and_alpha
 
     conv_dim, _ = conv_rank_and_alpha(net)
@@ -174,6 +230,14 @@ def _weights_shape_problems(profile: Profile, path: Path, shapes: dict[str, tupl
                           f"is {wanted_rank}", f"set {field} = {rank} to continue from this "
                           "file", section="network", key=field, path=path)]
     return []
+
+
+def base_weights_problems(profile: Profile) -> list[Problem]:
+    """``[network] base_weights``: every file there (merged into the model at the start)."""
+    return [error(f"`[network] base_weights` file not found: {path}",
+                  "check the path, or remove it from base_weights", section="network",
+                  key="base_weights", path=path)
+            for path in profile.network.base_weights if not Path(path).is_file()]
 
 
 def sample_prompt_problems(profile: Profile) -> list[Problem]:
@@ -285,8 +349,8 @@ def model_notes(profile: Profile, source: ModelSource | LoraError) -> list[Probl
     family = None
     if not isinstance(source, LoraError):
         family = source.family
-        text = prediction_warning(source, profile.model.v_parameterization)
-        if text:
+        text = prediction_warning(source, bool(profile.model.v_parameterization))
+        if text and "v_pred" not in source.markers:  # the marker's own note says it
             notes.append(warning(text, section="model", key="v_parameterization"))
     clip = {"section": "model", "key": "clip_skip"}
     if profile.model.clip_skip != 1 and family == "sdxl":

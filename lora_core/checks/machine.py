@@ -6,9 +6,11 @@ GPU number that is not there.
 without it: the installed torch build says whether it was built for CUDA (``torch/version.py``
 is read as text), and the NVIDIA driver library says how many GPUs this process may use
 (``cuInit`` + ``cuDeviceGetCount`` through ctypes, which honour ``CUDA_VISIBLE_DEVICES``).
-The driver also names the GPUs and their memory (:func:`cuda_devices`), which the wizard
-shows beside the process count. ``run`` asks :class:`TorchMachine` once torch is imported
-anyway; both feed the same :func:`machine_problems`, so both say the same.
+The driver also names the GPUs, their memory and compute capability (:func:`cuda_devices`),
+which the wizard shows beside the process count and uses to write a new profile's
+``mixed_precision`` for this machine (:func:`mixed_precision_for`). ``run`` asks
+:class:`TorchMachine` once torch is imported anyway; both feed the same
+:func:`machine_problems`, so both say the same.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Gpu:
     index: int  # as this process numbers them (after CUDA_VISIBLE_DEVICES)
     name: str
     memory_bytes: int
+    capability: tuple[int, int] | None = None  # CUDA compute capability, when known
 
     def label(self) -> str:
         return f"{self.index}: {self.name} ({self.memory_bytes / 2**30:.0f} GB)"
@@ -106,7 +109,8 @@ class TorchMachine:
         found = []
         for index in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
-            found.append(Gpu(index, props.name, int(props.total_memory)))
+            found.append(Gpu(index, props.name, int(props.total_memory),
+                             (props.major, props.minor)))
         return found
 
 
@@ -192,6 +196,46 @@ def cuda_devices() -> list[Gpu]:
             driver.cuDeviceTotalMem_v2(ctypes.byref(memory), device)
         except AttributeError:
             continue
-        found.append(Gpu(index, name.value.decode(errors="replace") or "GPU", memory.value))
+        found.append(Gpu(index, name.value.decode(errors="replace") or "GPU", memory.value,
+                         _capability(driver, device)))
     return found
+
+
+def _capability(driver, device: ctypes.c_int) -> tuple[int, int] | None:
+    """The device's compute capability (major, minor) from the driver, None if it won't say."""
+    major, minor = ctypes.c_int(0), ctypes.c_int(0)
+    try:
+        if driver.cuDeviceGetAttribute(ctypes.byref(major), _CC_MAJOR, device) != 0 or \
+                driver.cuDeviceGetAttribute(ctypes.byref(minor), _CC_MINOR, device) != 0:
+            return None
+    except AttributeError:
+        return None
+    return major.value, minor.value
+
+
+# CUdevice_attribute numbers of the compute capability (cuda.h).
+_CC_MAJOR, _CC_MINOR = 75, 76
+# bf16 matrix maths came with Ampere (compute capability 8.0), as torch.cuda.is_bf16_supported
+# tells it.
+_BF16_CAPABILITY = (8, 0)
+
+
+def mixed_precision_for(machine: Machine) -> tuple[str, str]:
+    """The ``mixed_precision`` that suits ``machine`` and why, for a new profile made in the
+    wizard (the profile's own default stays fp16): "no" without a CUDA GPU (fp16 needs one),
+    "bf16" when every GPU has it (fp32's range, so no loss scaling), else "fp16"."""
+    if not machine.has_cuda:
+        return "no", ("no CUDA GPU was found here, and fp16 needs one: \"no\" computes in "
+                      "full precision (fp32)")
+    gpus = machine.gpus
+    if gpus and all(g.capability is not None and g.capability >= _BF16_CAPABILITY
+                    for g in gpus):
+        names = "; ".join(f"{g.name} (compute {g.capability[0]}.{g.capability[1]})"
+                          for g in gpus if g.capability is not None)
+        return "bf16", (f"{names} can compute in bf16, which keeps fp32's range (no loss "
+                        "scaling, no overflow)")
+    names = "; ".join(g.name + (f" (compute {g.capability[0]}.{g.capability[1]})"
+                                if g.capability else "") for g in gpus) or "this GPU"
+    return "fp16", (f"{names}: no bf16 support known (it needs compute capability 8.0), so "
+                    "fp16")
 

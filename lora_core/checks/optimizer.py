@@ -13,13 +13,11 @@ source cannot be read, so both say the same.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import inspect
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
+from lora_core.checks import class_source
 from lora_core.checks.problem import Problem, error, warning
 from lora_core.errors import ProfileError
 from lora_core.profile import OptimizerSection, Profile
@@ -29,10 +27,12 @@ from lora_core.training.optimizer_args import (
     adafactor_relative_step,
     distinct_rates,
     effective_optimizer_args,
+    given_optimizer_args,
+    import_path_error,
+    import_path_unimportable,
     missing_optimizer_package,
     optimizer_advisories,
     optimizer_args_list,
-    parse_optimizer_args,
 )
 from lora_core.values import format_value
 
@@ -65,7 +65,7 @@ def profile_problems(p: Profile) -> list[Problem]:
                            section="optimizer", key="lr_warmup_steps"))
     found += _rate_problems(p)
     try:
-        args = parse_optimizer_args(optimizer_args_list(opt))
+        args = given_optimizer_args(opt)
     except ProfileError as exc:
         return [*found, error(exc.message, f"{exc.hint}; {ARGS_EXAMPLE}", **_ARGS)]
     return found + _adafactor_problems(opt, args)
@@ -150,15 +150,17 @@ def installed_optimizer_problems(opt: OptimizerSection,
                                  signature: OptimizerSignature | None = None) -> list[Problem]:
     """The optimizer's package is missing, or it does not take an argument it is given.
     ``signature`` defaults to the one read from the installed source. An optimizer named by
-    its import path is imported here (the user's own module: only importing tells whether
-    it imports), so a typo is reported before any model loads."""
+    its import path is read from its source too (:mod:`class_source`), never imported: the
+    wizard runs this check as answers are typed and must not import torch. What the source
+    cannot tell (a module that fails when imported) the run finds before any model loads
+    (``session.run_checks`` imports the class)."""
     if signature is None and opt.optimizer_type not in OPTIMIZER_CLASSES:
-        from lora_core.training.optim import imported_optimizer_class
-
-        try:
-            signature = OptimizerSignature.of(imported_optimizer_class(opt.optimizer_type))
-        except ProfileError as exc:
-            return [error(exc.message, exc.hint, section="optimizer", key="optimizer_type")]
+        read = _import_path_problems(opt.optimizer_type)
+        if isinstance(read, list):
+            return read
+        if read is None:
+            return []  # the source cannot tell: run imports the class and asks again
+        signature = read
     package = missing_optimizer_package(opt)
     if package:
         return [error(f"`[optimizer] optimizer_type` = \"{opt.optimizer_type}\" needs the "
@@ -232,75 +234,46 @@ def _shape_problem(value: Any, default: Any) -> str | None:
 def static_signature(module: str, class_name: str) -> OptimizerSignature | None:
     """The signature of ``module.class_name`` read from its source file, without importing
     anything; None when it cannot be read (the caller then imports the class)."""
-    return _static_signature(module, class_name, 0)
+    return _class_signature(class_source.find_name(module, class_name), 0)
 
 
-@lru_cache(maxsize=64)
-def _static_signature(module: str, class_name: str, depth: int) -> OptimizerSignature | None:
-    if depth > 6:
+def _class_signature(found: class_source.Found, depth: int) -> OptimizerSignature | None:
+    """The class's own ``__init__``, else the first base's (in the order Python looks)."""
+    if found.node is None or depth > 8:
         return None
-    source = _module_file(module)
-    if source is None:
-        return None
-    try:
-        tree = ast.parse(source.read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
-        return None
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == class_name:
-            init = next((b for b in node.body
-                         if isinstance(b, ast.FunctionDef) and b.name == "__init__"), None)
-            if init is not None:
-                return _from_function(init)
-            for base in node.bases:  # inherited __init__: the first base that has one
-                found = _resolve_name(tree, module, ast.unparse(base), source, depth)
-                if found is not None:
-                    return found
-            return None
-    return _resolve_name(tree, module, class_name, source, depth)
-
-
-def _resolve_name(tree: ast.Module, module: str, name: str, source: Path,
-                  depth: int) -> OptimizerSignature | None:
-    """Follow ``name`` to where the module imported it from."""
-    if "." in name:
-        return None
-    package = module if source.name == "__init__.py" else module.rpartition(".")[0]
-    for node in tree.body:
-        if not isinstance(node, ast.ImportFrom):
-            continue
-        for alias in node.names:
-            if (alias.asname or alias.name) != name:
-                continue
-            target = node.module or ""
-            if node.level:
-                base = package
-                for _ in range(node.level - 1):
-                    base = base.rpartition(".")[0]
-                target = f"{base}.{target}" if target else base
-            found = _static_signature(target, alias.name, depth + 1)
-            if found is not None:
-                return found
+    init = next((b for b in found.node.body
+                 if isinstance(b, ast.FunctionDef) and b.name == "__init__"), None)
+    if init is not None:
+        return _from_function(init)
+    for base in found.node.bases:
+        if not isinstance(base, ast.Name):
+            return None  # ``a.B`` or ``Generic[T]``: where the __init__ comes from is unsure
+        signature = _class_signature(class_source.find_name(found.module, base.id), depth + 1)
+        if signature is not None:
+            return signature
     return None
 
 
-def _module_file(module: str) -> Path | None:
-    """The source file of ``module``, found without importing it or its parents."""
-    top, _, rest = module.partition(".")
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    if not rest:
-        return Path(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
-    for folder in spec.submodule_search_locations or ():
-        path = Path(folder, *rest.split("."))
-        for candidate in (path.with_suffix(".py"), path / "__init__.py"):
-            if candidate.is_file():
-                return candidate
-    return None
+def _import_path_problems(path: str) -> list[Problem] | OptimizerSignature | None:
+    """An optimizer named by its import path, read from source: the problems that are sure
+    (not installed, no such name, a module or function, a class that is no optimizer), or
+    its signature; None when the source cannot tell (the run imports it and asks again
+    before any model loads)."""
+    module_name, _, class_name = path.rpartition(".")
+    found = class_source.find_name(module_name, class_name)
+    problem = None
+    if found.kind == "uninstalled":
+        problem = import_path_unimportable(
+            path, f"is not installed (no package {module_name.split('.')[0]!r})")
+    elif found.kind in ("nothing", "module", "function"):
+        problem = import_path_error(path, found.kind if found.kind == "nothing"
+                                    else f"a {found.kind}")
+    elif found.kind == "class" and class_source.is_optimizer_class(found) is False:
+        problem = import_path_error(path, "a class")
+    if problem is not None:
+        return [error(problem.message, problem.hint, section="optimizer",
+                      key="optimizer_type")]
+    return static_signature(module_name, class_name) if found.kind == "class" else None
 
 
 def _from_function(init: ast.FunctionDef) -> OptimizerSignature:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from lora_core.checks import optimizer
-from lora_core.checks.problem import Problem, error
+from lora_core.checks import optimizer, schedule
+from lora_core.checks.notify import notify_problems
+from lora_core.checks.problem import Problem, error, warning
+from lora_core.dataset.subset_options import PIXEL_CHANGING_OPTIONS, uncacheable_latents
 from lora_core.errors import ProfileError
 from lora_core.profile import (
-    DORA_TYPES,
-    MAX_NORM_TYPES,
+    FIELD_CONDITIONS,
     SECTION_FIELD_DOC,
     SECTIONS,
     Profile,
@@ -34,6 +35,8 @@ def profile_rules(p: Profile) -> list[Problem]:
     found += _training(p)
     found += _sample(p)
     found += optimizer.profile_problems(p)
+    found += schedule.schedule_problems(p)
+    found += _saving(p)
     name = p.saving.output_name
     if not name or any(c in name for c in _BAD_NAME_CHARS) or name.strip() != name:
         found.append(error(f"`[saving] output_name` = {format_value(name)} must be a plain file "
@@ -95,10 +98,9 @@ def _dataset(p: Profile) -> list[Problem]:
         add("max_token_length", f"`[dataset] max_token_length` = {ds.max_token_length} must "
             "be 75, 150 or 225")
     if ds.cache_latents or ds.cache_latents_to_disk:
-        for key in ("color_aug", "random_crop"):
+        for key in PIXEL_CHANGING_OPTIONS:
             if getattr(ds, key):
-                add(key, f"`[dataset] {key}` changes the pixels every step, so latents cannot "
-                    f"be cached: turn off cache_latents / cache_latents_to_disk or {key}")
+                add(key, uncacheable_latents(f"`[dataset] {key}`", key))
     if ds.cache_text_encoder_outputs or ds.cache_text_encoder_outputs_to_disk:
         key = ("cache_text_encoder_outputs" if ds.cache_text_encoder_outputs
                else "cache_text_encoder_outputs_to_disk")
@@ -129,17 +131,18 @@ def _network(p: Profile) -> list[Problem]:
         add("network_train_text_encoder_only", "`[network] network_train_unet_only` and "
             "`network_train_text_encoder_only` cannot both be true")
     kind = net.network_module
-    if kind == "LoRA" and (net.conv_dim is not None or net.conv_block_dims):
-        add("conv_dim" if net.conv_dim is not None else "conv_block_dims",
-            "`[network] conv_dim` trains 3x3 convolutions, which plain LoRA does not: set "
-            "network_module = \"LoCon\" (or remove conv_dim)")
-    if kind not in ("LoRA", "LoCon"):
-        for key in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas"):
-            if getattr(net, key):
-                add(key, f"`[network] {key}` works with LoRA and LoCon only, not {kind}")
-    if net.factor != -1 and kind != "LoKr":
-        add("factor", f"`[network] factor` = {net.factor} only applies to LoKr "
-            f"(network_module is {kind})")
+    if net.dim_from_weights and not net.network_weights:
+        add("dim_from_weights", "`[network] dim_from_weights` reads the ranks from "
+            "network_weights, which is not set: name the LoRA file to start from")
+    if net.dim_from_weights and kind not in ("LoRA", "LoCon"):
+        add("dim_from_weights", f"`[network] dim_from_weights` reads LoRA / LoCon files, not "
+            f"{kind}: set network_dim (and conv_dim, factor) to the file's values instead")
+    if net.base_weights_multiplier and len(net.base_weights_multiplier) > len(net.base_weights):
+        found.append(warning(f"`[network] base_weights_multiplier` has "
+                             f"{len(net.base_weights_multiplier)} values for "
+                             f"{len(net.base_weights)} base_weights files: the extra ones are "
+                             "not used", section="network", key="base_weights_multiplier"))
+    found += not_applying(p)
     found += _lycoris_family(p)
     if net.factor == 0:
         add("factor", "`[network] factor` must be -1 (balanced) or at least 1")
@@ -198,16 +201,6 @@ def _lycoris_family(p: Profile) -> list[Problem]:
     def add(key: str, message: str, section: str = "network") -> None:
         found.append(error(message, section=section, key=key))
 
-    if net.dora_wd and kind not in DORA_TYPES:
-        add("dora_wd", f"`[network] dora_wd` (DoRA) works with {', '.join(DORA_TYPES)}, not "
-            f"{kind}")
-    only = {"dylora_unit": ("DyLoRA", 4), "constraint": (("DiagOFT", "BOFT"), 0.0),
-            "rescaled": (("DiagOFT", "BOFT"), False), "train_on_input": ("IA3", False)}
-    for key, (types, default) in only.items():
-        types = (types,) if isinstance(types, str) else types
-        if getattr(net, key) != default and kind not in types:
-            add(key, f"`[network] {key}` only applies to {' / '.join(types)} (network_module "
-                f"is {kind})")
     if kind == "DyLoRA":
         unit = net.dylora_unit
         for key in ("network_dim", "conv_dim"):
@@ -218,10 +211,53 @@ def _lycoris_family(p: Profile) -> list[Problem]:
         if net.rank_dropout:
             add("rank_dropout", "`[network] rank_dropout` does not work with DyLoRA, which "
                 "already trains a random share of its ranks each step: remove it")
-    if p.optimizer.scale_weight_norms and kind not in MAX_NORM_TYPES:
-        add("scale_weight_norms", f"`[optimizer] scale_weight_norms` cannot cap {kind} "
-            f"modules (it works with {', '.join(MAX_NORM_TYPES)}): remove it",
-            section="optimizer")
+    return found
+
+
+def not_applying(p: Profile) -> list[Problem]:
+    """Values set for fields that do not apply to the profile's other answers, as the
+    fields declare (``profile.FIELD_CONDITIONS``: conv_dim for LoCon & co., factor for
+    LoKr...); the wizard hides the same fields."""
+    found = []
+    for (section, key), when in FIELD_CONDITIONS.items():
+        if not when.refused:
+            continue
+        value = getattr(getattr(p, section), key)
+        decider = getattr(getattr(p, when.section), when.key)
+        if value != _declared_default(section, key) and not when.holds(decider):
+            found.append(error(
+                f"`[{section}] {key}` only applies to {when.describe()} ({when.key} is "
+                f"{decider})",
+                f"remove it, or choose one of those for `[{when.section}] {when.key}`",
+                section=section, key=key))
+    return found
+
+
+def _declared_default(section: str, key: str):
+    f = next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == key)
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _saving(p: Profile) -> list[Problem]:
+    """sd-scripts' rotation options set where nothing is saved for them to rotate."""
+    sv, found = p.saving, []
+    epochs_saved = sv.save_every_n_epochs or sv.save_n_epoch_ratio
+    if sv.save_n_epoch_ratio and sv.save_every_n_epochs:
+        found.append(warning("`[saving] save_n_epoch_ratio` and save_every_n_epochs are both "
+                             "set: save_n_epoch_ratio wins (as in sd-scripts)",
+                             "remove one of them", section="saving", key="save_every_n_epochs"))
+    for key, needs, what in (
+            ("save_last_n_epochs", epochs_saved, "save_every_n_epochs or save_n_epoch_ratio"),
+            ("save_last_n_epochs_state", epochs_saved and sv.save_state,
+             "save_every_n_epochs (or save_n_epoch_ratio) and save_state"),
+            ("save_last_n_steps", sv.save_every_n_steps, "save_every_n_steps"),
+            ("save_last_n_steps_state", sv.save_every_n_steps and sv.save_state,
+             "save_every_n_steps and save_state")):
+        if getattr(sv, key) is not None and not needs:
+            found.append(warning(f"`[saving] {key}` has no effect without {what}: no "
+                                 "numbered files are written for it to delete",
+                                 f"set {what.split(' and ')[0]}, or remove {key}",
+                                 section="saving", key=key))
     return found
 
 
@@ -238,6 +274,15 @@ def _training(p: Profile) -> list[Problem]:
         add("scale_v_pred_loss_like_noise_pred", "`[training] "
             "scale_v_pred_loss_like_noise_pred` is for v-prediction models: set `[model] "
             "v_parameterization` = true or remove it")
+    if tr.v_pred_like_loss and p.model.v_parameterization:
+        add("v_pred_like_loss", "`[training] v_pred_like_loss` adds a v-prediction-like loss "
+            "to an ε-prediction model's: remove it, or set `[model] v_parameterization` = "
+            "false (sd-scripts refuses both together too)")
+    if tr.ip_noise_gamma_random_strength and not tr.ip_noise_gamma:
+        found.append(warning("`[training] ip_noise_gamma_random_strength` scales "
+                             "ip_noise_gamma, which is not set: it has no effect",
+                             "set ip_noise_gamma (0.1 is usual) or remove it",
+                             section="training", key="ip_noise_gamma_random_strength"))
     if tr.min_timestep > tr.max_timestep:
         add("min_timestep", f"`[training] min_timestep` = {tr.min_timestep} is above "
             f"max_timestep = {tr.max_timestep}")
@@ -261,6 +306,11 @@ def _training(p: Profile) -> list[Problem]:
         add("validation_split", f"`[training] validation_split` = "
             f"{format_value(tr.validation_split)} holds out every image and leaves none to "
             "train on: use a share below 1 (0.1 or 0.2 is usual), or 0 for no validation")
+    if tr.early_stopping_patience is not None and tr.validation_split <= 0:
+        add("early_stopping_patience", f"`[training] early_stopping_patience` = "
+            f"{tr.early_stopping_patience} counts validations, and there are none: set "
+            "validation_split (0.1 or 0.2 is usual), or remove early_stopping_patience")
+    found += notify_problems(p.notify)
     return found
 
 

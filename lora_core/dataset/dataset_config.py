@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
 import typing
@@ -35,8 +36,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lora_core.dataset.buckets import BucketConfig, Size, resolve_bucket_config
-from lora_core.dataset.subset_options import SUBSET_OPTION_NAMES, SubsetOptions
+from lora_core.dataset.subset_options import (
+    SUBSET_OPTION_NAMES,
+    SubsetOptions,
+    uncacheable_latents,
+)
 from lora_core.errors import ProfileError, closest
+from lora_core.paths import foreign_path
 from lora_core.profile import SECTIONS, DatasetSection, TrainingSection
 from lora_core.values import Resolution, coerce, describe_type
 
@@ -192,6 +198,9 @@ def load_dataset_config(path: Path, ds: DatasetSection, train_batch_size: int,
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ProfileError(f"dataset_config {path} is not valid {suffix[1:].upper()}: {exc}",
                            "fix the syntax at the line named above") from exc
+    except RecursionError:
+        raise ProfileError(f"dataset_config {path} is nested too deeply to be a dataset "
+                           "config", hint) from None
     return dataset_config_from_dict(data, path, ds, train_batch_size)
 
 
@@ -294,6 +303,12 @@ def _fmt(value: Any) -> str:
 
 def _range_problem(at: str, key: str, value: Any) -> str | None:
     meta = _RANGES.get(key)
+    if meta is not None and meta.get("choices") and isinstance(value, str) \
+            and value not in meta["choices"]:  # resize_interpolation
+        return (f"`{at}` = {_fmt(value)} is not one of the choices: "
+                + ", ".join(c for c in meta["choices"] if c))
+    if isinstance(value, float) and not math.isfinite(value):  # TOML inf/nan, JSON Infinity
+        return f"`{at}` = {_fmt(value)} is not a finite number: give an ordinary number"
     if meta is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     low, high = meta.get("min"), meta.get("max")
@@ -504,6 +519,11 @@ def _subset(raw: Any, dataset_index: int, subset_index: int,
     found_tokens, class_tokens, source = _lookup("class_tokens", chain)
     if found_tokens:
         sources["class_tokens"] = source
+    for key in ("image_dir", "conditioning_data_dir"):
+        kind = foreign_path(str(values.get(key, "")))
+        if kind:  # never joined to the config's folder: "<folder>/C:\\lora\\img"
+            errors.append(f"`{where}.{key}` = {_fmt(values[key])} is {kind}, from another "
+                          "machine; give the path of that folder on this machine")
     image_dir = Path(values["image_dir"]).expanduser()
     if not image_dir.is_absolute():
         image_dir = base / image_dir
@@ -526,11 +546,8 @@ def _subset_rules(where: str, options: SubsetOptions, sources: dict[str, str],
     """The profile's per-option rules for values a config sets (profile._dataset_errors)."""
     found = []
     if ds.cache_latents or ds.cache_latents_to_disk:
-        for key in ("color_aug", "random_crop"):
-            if getattr(options, key) and key in sources:
-                found.append(f"`{sources[key]}` = true changes the pixels every step, so "
-                             f"latents cannot be cached ({where}): turn off the profile's "
-                             f"cache_latents / cache_latents_to_disk or {key}")
+        found += [uncacheable_latents(f"`{sources[key]}`", key, where)
+                  for key in options.pixel_changes() if key in sources]
     step = options.token_warmup_step
     if "token_warmup_step" in sources and step >= 1 and step != int(step):
         found.append(f"`{sources['token_warmup_step']}` = {_fmt(step)}: use a whole number of "

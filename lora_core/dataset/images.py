@@ -38,15 +38,31 @@ HUE_SHIFT_LIMIT = 8.0  # in OpenCV's 8-bit hue units: 0..180 for 360 degrees, so
 GAMMA_RANGE = (0.95, 1.05)
 
 
-def resample_filter(original_size: Size, resized_size: Size) -> Image.Resampling:
-    """BOX when neither side grows (area averaging, no aliasing), LANCZOS when enlarging."""
+# resize_interpolation -> PIL filter. sd-scripts resizes lanczos and box with PIL and the
+# others with OpenCV; OpenCV's INTER_AREA is exact area averaging, which PIL's BOX is for a
+# downscale, and its linear / cubic / nearest are PIL's filters of the same names.
+INTERPOLATIONS = {
+    "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR, "linear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC, "cubic": Image.Resampling.BICUBIC,
+    "area": Image.Resampling.BOX, "box": Image.Resampling.BOX,
+}
+
+
+def resample_filter(original_size: Size, resized_size: Size,
+                    interpolation: str = "") -> Image.Resampling:
+    """The filter ``interpolation`` names (``resize_interpolation``); unset, sd-scripts'
+    rule: BOX when neither side grows (area averaging, no aliasing), LANCZOS when enlarging."""
+    if interpolation:
+        return INTERPOLATIONS[interpolation]
     if original_size[0] >= resized_size[0] and original_size[1] >= resized_size[1]:
         return Image.Resampling.BOX
     return Image.Resampling.LANCZOS
 
 
 def load_training_image(path: Path, bucket_reso: Size, resized_size: Size,
-                        offset: tuple[int, int] | None = None) -> Image.Image:
+                        offset: tuple[int, int] | None = None,
+                        interpolation: str = "") -> Image.Image:
     """The RGB image of size ``bucket_reso`` for one sample, before colour and flip.
 
     ``offset`` is the (left, top) of the crop in the resized image (:func:`crop_offset`);
@@ -62,14 +78,17 @@ def load_training_image(path: Path, bucket_reso: Size, resized_size: Size,
             f"cannot decode image {path}: {type(exc).__name__}: {exc}",
             "the file is damaged or not really an image; re-save or re-download it, or "
             "remove it from the dataset folder") from exc
-    return fit_to_bucket(image, bucket_reso, resized_size, offset)
+    return fit_to_bucket(image, bucket_reso, resized_size, offset, interpolation)
 
 
 def fit_to_bucket(image: Image.Image, bucket_reso: Size, resized_size: Size,
-                  offset: tuple[int, int] | None = None) -> Image.Image:
-    """Resize to ``resized_size`` and cut the bucket out at ``offset`` (None: centred)."""
+                  offset: tuple[int, int] | None = None,
+                  interpolation: str = "") -> Image.Image:
+    """Resize to ``resized_size`` (with ``interpolation``: :func:`resample_filter`) and cut
+    the bucket out at ``offset`` (None: centred)."""
     if image.size != tuple(resized_size):
-        image = image.resize(tuple(resized_size), resample_filter(image.size, resized_size))
+        image = image.resize(tuple(resized_size),
+                             resample_filter(image.size, resized_size, interpolation))
     left, top = crop_box(image.size, bucket_reso) if offset is None else offset
     if (left, top) != (0, 0) or image.size != tuple(bucket_reso):
         image = image.crop((left, top, left + bucket_reso[0], top + bucket_reso[1]))
@@ -231,7 +250,8 @@ def load_sample(path: Path, bucket_reso: Size, resized_size: Size, opts: SubsetO
     """:func:`load_sample_image`, and the (left, top) of its crop (where a mask is cut)."""
     flipped = draw_flip(opts, rng)
     offset = crop_offset(resized_size, bucket_reso, rng if opts.random_crop else None)
-    image = load_training_image(path, bucket_reso, resized_size, offset)
+    image = load_training_image(path, bucket_reso, resized_size, offset,
+                                opts.resize_interpolation)
     if opts.color_aug:
         image = color_augment(image, rng)
     if flipped:

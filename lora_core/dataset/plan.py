@@ -271,6 +271,10 @@ def make_plan(profile: Profile, scan: DatasetScan, num_processes: int = 1) -> Tr
 
     saving = profile.saving
     every_epochs, every_steps = saving.save_every_n_epochs, saving.save_every_n_steps
+    if saving.save_n_epoch_ratio:
+        # sd-scripts' train_network: about N numbered files over the run, at least every
+        # epoch; it replaces save_every_n_epochs (checks.rules warns when both are set).
+        every_epochs = num_epochs // saving.save_n_epoch_ratio or 1
     # The last epoch writes the final file instead of a numbered one; step files are
     # written at every multiple of N, the last step included (as sd-scripts does).
     epoch_points = list(range(every_epochs, num_epochs, every_epochs)) if every_epochs else []

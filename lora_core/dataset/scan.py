@@ -309,14 +309,8 @@ def _no_subsets_error(parent: Path, key: str, loose_images: int,
         names = ", ".join(f"\"{folder.name}\"" for folder, _ in skipped[:_MAX_LISTED])
         more = f" and {len(skipped) - _MAX_LISTED} more" if len(skipped) > _MAX_LISTED else ""
         deeper = _concept_folders_below(skipped)
-        if deeper is not None:
-            # One level too deep: "data/my dataset/10_char" with train_data_dir = "data".
-            wrapper, concepts = deeper
-            return DatasetError(
-                f"{key} {parent} has no usable <repeats>_<name> subfolder: the "
-                f"<repeats>_<name> folders are one level deeper, inside \"{wrapper.name}\" "
-                f"({', '.join(f'{c.name!r}' for c in concepts[:_MAX_LISTED])})",
-                f"set {key} to {wrapper}")
+        if deeper:
+            return _one_level_too_high(parent, key, deeper)
         first = skipped[0][0].name
         parsed = parse_folder_name(first)
         # A folder with 0 or negative repeats gets a new count; one without gets one added.
@@ -330,9 +324,10 @@ def _no_subsets_error(parent: Path, key: str, loose_images: int,
 
 
 def _concept_folders_below(skipped: list[tuple[Path, str]]
-                           ) -> tuple[Path, list[Path]] | None:
-    """The first skipped folder that itself holds ``<repeats>_<name>`` folders with images,
-    and those folders; None when there is none."""
+                           ) -> list[tuple[Path, list[Path]]]:
+    """Each skipped folder that itself holds ``<repeats>_<name>`` folders with images, and
+    those folders."""
+    found = []
     for folder, _ in skipped:
         try:
             with os.scandir(folder) as entries:
@@ -342,8 +337,50 @@ def _concept_folders_below(skipped: list[tuple[Path, str]]
         except OSError:
             continue
         if concepts:
-            return folder, concepts
-    return None
+            found.append((folder, concepts))
+    return found
+
+
+# Folder names that say "regularization images" (kohya_ss' layout: img/ reg/ model/ log/).
+_REG_NAMES = ("reg", "regs", "reg_images", "regularization", "regularisation", "class",
+              "class_images")
+
+
+def _looks_like_reg(folder: Path) -> bool:
+    name = folder.name.lower().replace("-", "_").replace(" ", "_")
+    return name in _REG_NAMES or name.startswith(("reg_", "regulari"))
+
+
+def _one_level_too_high(parent: Path, key: str, deeper: list[tuple[Path, list[Path]]]
+                        ) -> DatasetError:
+    """The <repeats>_<name> folders sit one level deeper ("data/train/10_char" with
+    train_data_dir = "data"). Where several folders hold some (``train/`` and ``reg/``, as
+    the example dataset and kohya_ss lay them out), train_data_dir is pointed at the
+    training images and the regularization folder is named as such, never the other way
+    round (issue 24: the hint once sent train_data_dir into reg/, the first by name)."""
+    is_reg = key == "reg_data_dir"
+    ours = [d for d in deeper if _looks_like_reg(d[0]) == is_reg] or deeper
+    wrapper, concepts = ours[0]
+    others = [d for d in deeper if d[0] != wrapper]
+
+    def listed(folders: list[Path]) -> str:
+        return ", ".join(f"{c.name!r}" for c in folders[:_MAX_LISTED])
+
+    inside = "; ".join(f"inside \"{w.name}\" ({listed(c)})" for w, c in (ours[0], *others))
+    what = "regularization" if is_reg else "training"
+    hint = f"set {key} to {wrapper} (its <repeats>_<name> folders hold the {what} images"
+    hint += "; the name after the repeats is the trigger of pictures without a caption)" \
+        if not is_reg else ")"
+    for folder, _ in others:
+        if _looks_like_reg(folder) and not is_reg:
+            hint += (f"; {folder} looks like regularization images: for those set "
+                     f"reg_data_dir to it (optional), never train_data_dir")
+        elif is_reg and not _looks_like_reg(folder):
+            hint += f"; {folder} looks like the training images: train_data_dir names that"
+        else:
+            hint += f"; {folder} holds <repeats>_<name> folders too"
+    return DatasetError(f"{key} {parent} has no usable <repeats>_<name> subfolder: the "
+                        f"<repeats>_<name> folders are one level deeper, {inside}", hint)
 
 
 def _scan_subset(folder: Path, repeats: int, class_tokens: str, is_reg: bool,

@@ -34,6 +34,7 @@ class SubsetOptions:
     color_aug: bool = False
     random_crop: bool = False
     alpha_mask: bool = False
+    resize_interpolation: str = ""  # "" = sd-scripts' rule (area shrinking, lanczos growing)
 
     @property
     def captions_vary(self) -> bool:
@@ -55,7 +56,25 @@ class SubsetOptions:
     def pixels_vary(self) -> bool:
         """True when the pixels of an image differ between fetches beyond a flip, so its
         latents cannot be cached."""
-        return self.color_aug or self.random_crop
+        return bool(self.pixel_changes())
+
+    def pixel_changes(self) -> list[str]:
+        """The options on that change an image's pixels every step."""
+        return [name for name in PIXEL_CHANGING_OPTIONS if getattr(self, name)]
+
+
+# Options that change an image's pixels every step (a flip aside: both sides are cached).
+PIXEL_CHANGING_OPTIONS = ("color_aug", "random_crop")
+
+
+def uncacheable_latents(named: str, key: str, where: str = "") -> str:
+    """The rule "latents cannot be cached when the pixels change every step", in its one
+    wording: ``named`` is how the option was set (```[dataset] color_aug```, a config key),
+    ``where`` the subset. The profile check (checks.rules) and a dataset_config's subsets
+    (dataset_config) say it; the run only asserts it (training.conditioning)."""
+    return (f"{named} = true changes the pixels every step, so latents cannot be cached"
+            + (f" ({where})" if where else "") + ": turn off `[dataset] cache_latents` / "
+            f"cache_latents_to_disk or {key}")
 
 
 SUBSET_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(SubsetOptions))

@@ -12,6 +12,7 @@ written: ``check`` names them).
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 
 from lora_core.checks.problem import Problem
 from lora_core.errors import LoraError
+from lora_core.importing.command_line import read_command_line
+from lora_core.importing.kohya_gui import read_kohya_gui_json
 from lora_core.importing.mapping import (
     MAPPED,
     NO_EFFECT,
@@ -32,12 +35,16 @@ from lora_core.importing.mapping import map_options as map_options
 from lora_core.importing.sources import (
     detect_json,
     flatten,
-    read_command_line,
-    read_kohya_gui_json,
     read_lets_json,
     read_lets_toml,
     subsets_dataset,
 )
+
+# A settings source is a page of text; anything larger is something else (and splitting a
+# 50 MB "command" into words takes minutes).
+MAX_SOURCE_BYTES = 10 * 1024 * 1024
+# The file name the profile's dataset_config gets when the import writes one beside it.
+DATASET_CONFIG_NAME = "dataset_config.toml"
 
 FORM_NAMES = {"command": "an sd-scripts command line", "sd-scripts-toml":
               "an sd-scripts --config_file TOML", "lets-toml": "a LoRA Easy Training Scripts "
@@ -53,6 +60,47 @@ class ImportResult:
     data: dict[str, Any]
     mapped: Mapped
     problems: list[Problem] = field(default_factory=list)
+    # sd-scripts' dataset_config the profile points at (LETS subsets), to be written beside
+    # the profile (``write_beside``); None when the import needs none.
+    dataset_config: dict[str, Any] | None = None
+    # Where write_beside / write_dataset_config wrote it (None: not written yet).
+    dataset_config_written: Path | None = None
+
+    def write_beside(self, profile_path: Path) -> list[Path]:
+        """Write the files the profile refers to beside ``profile_path`` (the dataset_config
+        as ``<profile name>.dataset.toml``) and point the profile's data at them; existing
+        files are refused, never replaced."""
+        if self.dataset_config is None:
+            return []
+        path = Path(profile_path).with_name(Path(profile_path).stem + ".dataset.toml")
+        self.write_dataset_config(path)
+        self._point_at(path.name)
+        return [path]
+
+    def write_dataset_config(self, path: Path) -> None:
+        """Write the dataset_config to ``path`` (never over an existing file) and point the
+        profile's data at it by that path."""
+        import tomli_w
+
+        from lora_core.atomic import atomic_write
+
+        assert self.dataset_config is not None
+        if path.exists():
+            raise LoraError(f"{path} exists already", "choose another profile name; an "
+                            "import never replaces a file")
+        text = tomli_w.dumps(self.dataset_config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), exclusive=True)
+        self._point_at(str(path))
+        self.dataset_config_written = path
+
+    def _point_at(self, name: str) -> None:
+        """The profile's dataset_config, and the report's line for it, name ``name``: the
+        file actually written."""
+        self.data.setdefault("dataset", {})["dataset_config"] = name
+        for line in self.mapped.lines:
+            if line.where == "[dataset] dataset_config" and line.option == "dataset_config":
+                line.value = name
 
     def render(self) -> str:
         lines = [f"Read as {FORM_NAMES[self.form]}.", ""]
@@ -63,6 +111,16 @@ class ImportResult:
             chosen = [line for line in self.mapped.lines if line.status == status]
             if chosen:
                 lines += [f"{title} ({len(chosen)}):", *[line.text() for line in chosen], ""]
+        if self.dataset_config is not None and self.dataset_config_written is not None:
+            lines += [f"The dataset_config the profile points at: written as "
+                      f"{self.dataset_config_written}.", ""]
+        elif self.dataset_config is not None:
+            import tomli_w
+
+            lines += ["The dataset_config the profile points at (`-o PROFILE` writes it beside "
+                      "the profile as PROFILE-NAME.dataset.toml; else save it as "
+                      f"{DATASET_CONFIG_NAME} beside the profile):", "",
+                      tomli_w.dumps(self.dataset_config)]
         if self.problems:
             lines.append(f"To fix before training ({len(self.problems)}; `lora-train check` "
                          "shows them again):")
@@ -73,6 +131,7 @@ class ImportResult:
 def import_source(source: str | Path, text: str | None = None) -> ImportResult:
     """Import ``source`` (a path), or ``text`` when given (a pasted command, stdin)."""
     mapped = Mapped()
+    base = None
     if text is None:
         path = Path(source)
         if not path.is_file():
@@ -83,13 +142,12 @@ def import_source(source: str | Path, text: str | None = None) -> ImportResult:
 
             options = read_lora_metadata(path, mapped)
             return _finish("lora", options, mapped)
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError:
-            raise LoraError(f"{path} is not a text file", "give a command line file, a TOML "
-                            "or JSON settings file, or a LoRA .safetensors file") from None
+        _refuse_size(str(path), path.stat().st_size)
+        text = decode(path.read_bytes(), str(path))
         suffix = path.suffix.lower()
+        base = path.resolve().parent
     else:
+        _refuse_size(str(source), len(text))
         suffix = ""
     stripped = text.strip()
     if not stripped:
@@ -99,6 +157,9 @@ def import_source(source: str | Path, text: str | None = None) -> ImportResult:
             data = json.loads(stripped)
         except ValueError as exc:
             raise LoraError(f"{source} is not valid JSON ({exc})", "check the file") from None
+        except RecursionError:
+            raise LoraError(f"{source} is nested too deeply to be a settings file",
+                            "give a kohya_ss or LoRA Easy Training Scripts JSON") from None
         form = detect_json(data)
         reader = read_kohya_gui_json if form == "kohya_ss" else read_lets_json
         return _finish(form, reader(data, mapped), mapped)
@@ -109,13 +170,101 @@ def import_source(source: str | Path, text: str | None = None) -> ImportResult:
             if suffix == ".toml":
                 raise LoraError(f"{source} is not valid TOML ({exc})",
                                 "check the file") from None
-    return _finish("command", read_command_line(text, mapped), mapped)
+        except RecursionError:
+            raise LoraError(f"{source} is nested too deeply to be a settings file",
+                            "give an sd-scripts, LoRA Easy Training Scripts or lora-train "
+                            "TOML") from None
+    return _finish("command", read_command_line(text, mapped, base, suffix), mapped)
+
+
+def _refuse_size(source: str, size: int) -> None:
+    if size > MAX_SOURCE_BYTES:
+        raise LoraError(f"{source} is {size / 1024 / 1024:.1f} MB: far too large for a "
+                        "settings file or a command (at most 10 MB)",
+                        "give the command, the TOML or JSON settings file, or the LoRA "
+                        ".safetensors file itself")
+
+
+def decode(raw: bytes, source: str) -> str:
+    """A settings file's text: UTF-8 (with or without a BOM), UTF-16 (with its BOM, as
+    Windows' Notepad and PowerShell write it, or without one: told by its NUL bytes) or
+    Shift-JIS (Japanese Windows' ANSI) when it reads as Japanese (``_plausibly_japanese``).
+    Anything else (a Western Windows ANSI file, cp1252, decodes as Shift-JIS into wrong
+    kanji) is refused naming the encodings tried, never guessed."""
+    utf16 = _utf16_without_bom(raw)
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or utf16:
+        try:
+            text = raw.decode(utf16 or "utf-16")
+        except UnicodeDecodeError:
+            text = "\x00"
+        if "\x00" not in text:
+            return text
+    else:
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = "\x00"
+        if "\x00" not in text:
+            return text
+        try:
+            text = raw.decode("cp932")
+        except UnicodeDecodeError:
+            text = "\x00"
+        if "\x00" not in text and _plausibly_japanese(text):
+            return text
+        if "\x00" not in text:
+            odd = "".join(sorted({c for c in text if ord(c) > 127}))[:12]
+            raise LoraError(f"{source} is neither UTF-8 nor UTF-16 text, and read as "
+                            f"Shift-JIS it gives no Japanese text, only stray characters "
+                            f"({odd!r}): tried UTF-8, UTF-16 and Shift-JIS (cp932); it is "
+                            "likely in a Windows ANSI code page such as cp1252 (Western)",
+                            "save it as UTF-8 (Notepad: Save as, Encoding: UTF-8) and import "
+                            "it again; lora-train does not guess an ANSI code page")
+    raise LoraError(f"{source} is not text in UTF-8, UTF-16 or Shift-JIS (it may be a binary "
+                    "file)", "save it as UTF-8 text, or give a command line file, a TOML or "
+                    "JSON settings file, or a LoRA .safetensors file")
+
+
+def _utf16_without_bom(raw: bytes) -> str:
+    """"utf-16-le" / "utf-16-be" when ``raw`` has UTF-16's NUL pattern without a BOM (ASCII
+    text in UTF-16 has a NUL in every other byte; UTF-8 and Shift-JIS text has none)."""
+    if len(raw) < 4 or len(raw) % 2 or raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return ""
+    even, odd = raw[0::2], raw[1::2]
+    for zeros, other, name in ((odd, even, "utf-16-le"), (even, odd, "utf-16-be")):
+        if zeros.count(0) >= len(zeros) * 0.3 and other.count(0) <= len(other) * 0.02:
+            return name
+    return ""
+
+
+_KANA = re.compile(r"[\u3041-\u3096\u30a1-\u30fa\u30fc]")
+_JAPANESE = re.compile(r"[\u3000-\u303f\u3041-\u3096\u309b-\u309e\u30a1-\u30fe"
+                       r"\u4e00-\u9fff\uff01-\uff5e]")
+
+
+def _plausibly_japanese(text: str) -> bool:
+    """Shift-JIS-decoded text that is Japanese, not another code page misread: every
+    character beyond ASCII is Japanese (kana, kanji, Japanese punctuation, full-width
+    forms; no half-width katakana or user-defined characters, which cp1252's accented
+    letters turn into) and there is kana, or the kanji are all JIS level 1 (lead bytes up to
+    0x9f; cp1252's à-ü are level-2 lead bytes: "José\\" reads as "Jos饅")."""
+    wide = [c for c in text if ord(c) > 127]
+    if not wide or not all(_JAPANESE.match(c) for c in wide):
+        return False
+    return bool(_KANA.search(text)) or all(c.encode("cp932")[0] <= 0x9F for c in wide)
 
 
 def _from_toml(source: Any, data: dict, mapped: Mapped) -> ImportResult:
     if "profile_version" in data:
         raise LoraError(f"{source} is a lora-train profile already",
                         "open it as it is: `lora-tui PROFILE` or `lora-train check PROFILE`")
+    if isinstance(data.get("accelerate_launch"), dict) and ({"model", "folders", "basic",
+                                                             "configuration"} & set(data)):
+        raise LoraError(f"{source} is the kohya_ss GUI's defaults file (its `config example."
+                        "toml` / `config.toml`): it sets the values the GUI's fields start "
+                        "with, not the settings of a training",
+                        "save the training's settings from kohya_ss (Configuration > Save, a "
+                        ".json) and import that, or import the command it prints")
     if "datasets" in data and "pretrained_model_name_or_path" not in json.dumps(data):
         mapped.note("dataset_config", MAPPED, "this file is a dataset_config: the profile "
                     "points at it; answer the other settings in the wizard")
@@ -124,7 +273,12 @@ def _from_toml(source: Any, data: dict, mapped: Mapped) -> ImportResult:
     if "subsets" in data or any(isinstance(v, dict) and ("args" in v or "dataset_args" in v)
                                 for v in data.values()):
         options, subsets = read_lets_toml(data, mapped)
-        return _finish("lets-toml", subsets_dataset(subsets, mapped) + options, mapped)
+        config = subsets_dataset(subsets, mapped)
+        if config is not None:
+            options = [("dataset_config", DATASET_CONFIG_NAME)] + options
+        result = _finish("lets-toml", options, mapped)
+        result.dataset_config = config
+        return result
     return _finish("sd-scripts-toml", flatten(data), mapped)
 
 

@@ -41,6 +41,7 @@ NETWORK_ARG_DEFAULTS = {"factor": -1, "block_lr_zero_threshold": 0, "dylora_unit
                         "dora_wd": False}
 # Fields with no sd-scripts equivalent, and why.
 NO_EQUIVALENT = {
+    "early_stopping_patience": "sd-scripts has no early stopping (nor a best file)",
     "fused_optimizer": "sd-scripts fuses the optimizer step only for AdaFactor "
                        "(--fused_backward_pass)",
     "save_state_every_n_minutes": "sd-scripts saves states by epochs or steps only",
@@ -50,6 +51,10 @@ NO_EQUIVALENT = {
     "tag_summary_order": "sd-scripts writes no tag summary file",
     "network_args": "read into the fields it names",
 }
+# accelerate launch's options (before the script's name): sd-scripts' parsers refuse them.
+ACCELERATE_FIELDS = ("num_processes", "gpu_ids")
+# Options only sdxl_train_network.py defines (train_network.py stops at them).
+SDXL_ONLY = ("cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk")
 # Fields the dataset_config holds instead of the command line.
 DATASET_FIELDS = ("train_data_dir", "reg_data_dir")
 # Dataset fields sd-scripts reads per subset in a dataset_config (kohya-compat.md §2.2).
@@ -65,6 +70,14 @@ LORA_MODULES = {"LoRA": ("networks.lora", None), "LoCon": ("networks.lora", None
                 "BOFT": ("lycoris.kohya", "boft"), "GLoRA": ("lycoris.kohya", "glora")}
 
 
+def _notify_left_out(section) -> list[str]:
+    """``[notify]`` is lora-train's own; said without a literal webhook URL (a secret)."""
+    from lora_core.notify import destinations
+
+    return [f"[notify] {where}: sd-scripts sends no notifications"
+            for where in destinations(section)]
+
+
 def sd_scripts_options(profile: Profile) -> tuple[list[tuple[str, Any]], list[str]]:
     """The profile as sd-scripts options, in field order (``True`` = a flag, a list = several
     values), and the lines of what is not exported."""
@@ -73,8 +86,17 @@ def sd_scripts_options(profile: Profile) -> tuple[list[tuple[str, Any]], list[st
     left_out: list[str] = []
     for section_name, cls in SECTIONS.items():
         section = getattr(profile, section_name)
+        if section_name == "notify":
+            left_out += _notify_left_out(section)
+            continue
         for f in dataclasses.fields(cls):
             key, value = f.name, getattr(section, f.name)
+            if key == "network_multiplier":  # a dataset_config key in sd-scripts, no option
+                if value != 1.0:
+                    left_out.append(f"[network] {key} = {value!r}: sd-scripts reads it from a "
+                                    "dataset_config only: it is in dataset_config.toml, which "
+                                    "config.toml uses; the command lines go without it")
+                continue
             if key in NO_EQUIVALENT:
                 if value not in (None, "", [], False) and key != "network_args":
                     left_out.append(f"[{section_name}] {key} = {value!r}: "
@@ -106,6 +128,17 @@ def sd_scripts_options(profile: Profile) -> tuple[list[tuple[str, Any]], list[st
                                 "lora-train; give sd-scripts a real model file")
             if key == "resolution":
                 value = f"{value[0]},{value[1]}"
+            if key in ("lr_warmup_steps", "lr_decay_steps") and value >= 1:
+                # sd-scripts' int_or_float reads a value >= 1 as an int only ("3", not "3.0")
+                if value != int(value):
+                    left_out.append(f"[{section_name}] {key} = {value!r}: sd-scripts takes a "
+                                    f"whole number of steps (or a ratio below 1): exported as "
+                                    f"{int(value)}")
+                value = int(value)
+            if key == "max_token_length" and value == 75:
+                continue  # sd-scripts' default: its parser takes only None, 150 or 225
+            if isinstance(value, tuple):
+                value = list(value)  # several values (text_encoder_lr A B), never "(A, B)"
             options.append((key, value))
     if network_args:
         options.append(("network_args", network_args))
@@ -140,13 +173,45 @@ def dataset_config(profile: Profile) -> dict[str, Any] | None:
                "max_bucket_reso": ds.max_bucket_reso, "bucket_reso_steps":
                ds.bucket_reso_steps, "bucket_no_upscale": ds.bucket_no_upscale,
                "subsets": subsets}
+    if profile.network.network_multiplier != 1.0:
+        dataset["network_multiplier"] = profile.network.network_multiplier
     return {"general": general, "datasets": [dataset]}
 
 
-def command_line(options: list[tuple[str, Any]], windows: bool, script: str) -> str:
-    """One ``accelerate launch`` command, an option per line."""
+def family_script(profile: Profile) -> tuple[str, str | None]:
+    """The sd-scripts script for the profile's model family, and a note when it cannot be
+    told from the model file: an SDXL-only setting in the profile (cache_text_encoder_outputs,
+    which only sdxl_train_network.py defines) says SDXL; else the script is
+    train_network.py, and the note says that it could not tell. Two text-encoder rates say
+    nothing: train_network.py takes several too (``--text_encoder_lr`` is nargs="*")."""
+    from lora_core.checks.inputs import inspect_profile_model
+
+    source = inspect_profile_model(profile)
+    family = getattr(source, "family", None)
+    if family is not None:
+        return ("sdxl_train_network.py" if family == "sdxl" else "train_network.py"), None
+    model = profile.model.pretrained_model_name_or_path
+    ds, lr = profile.dataset, profile.optimizer.text_encoder_lr
+    if ds.cache_text_encoder_outputs or ds.cache_text_encoder_outputs_to_disk:
+        return "sdxl_train_network.py", (
+            f"the base model {model!r} could not be read here, so its family comes from the "
+            "profile's SDXL-only setting (cache_text_encoder_outputs): sdxl_train_network.py")
+    rates = (" (two text-encoder rates do not tell: train_network.py takes several too)"
+             if isinstance(lr, (tuple, list)) else "")
+    return "train_network.py", (
+        f"the base model {model!r} could not be read here, so lora-train could not tell its "
+        f"family{rates}: the commands run train_network.py (SD 1.x / 2.x); for an SDXL model "
+        "run sdxl_train_network.py instead")
+
+
+def command_line(options: list[tuple[str, Any]], windows: bool, script: str,
+                 launcher: list[tuple[str, Any]] = ()) -> str:
+    """One ``accelerate launch`` command, an option per line: accelerate's options before
+    the script, the script's after it."""
     quote = _quote_windows if windows else shlex.quote
-    lines = [f"accelerate launch --num_cpu_threads_per_process 1 {script}"]
+    launch = " ".join(f"--{k}" if v is True else f"--{k}={quote(str(v))}" for k, v in launcher)
+    lines = [f"accelerate launch --num_cpu_threads_per_process 1 {launch} {script}".replace(
+        "  ", " ")]
     for key, value in options:
         if value is True:
             lines.append(f"--{key}")
@@ -158,6 +223,8 @@ def command_line(options: list[tuple[str, Any]], windows: bool, script: str) -> 
 
 
 def _quote_windows(text: str) -> str:
+    # A .bat expands %NAME% even inside quotes: a literal % is written %%.
+    text = text.replace("%", "%%")
     return f'"{text}"' if any(c in text for c in ' \t&|<>^,;=()"') or not text else text
 
 
@@ -165,7 +232,19 @@ def export_sd_scripts(profile: Profile, folder: Path) -> list[Path]:
     """Write the four files into ``folder`` (created); returns them. Existing files of the
     same names are refused, never replaced."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise LoraError(f"{folder} is a file, not a folder; export writes four files into "
+                        "a folder", "give a new folder name (it is created); the file is "
+                        "left as it is")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LoraError(f"cannot create the folder {folder}: {exc.strerror or exc}",
+                        "give a folder you can write to") from None
+    # sd-scripts reads no v_pred / ztsnr marker tensors: export what the model file decides.
+    from lora_core.checks.inputs import inspect_profile_model, resolved_prediction
+
+    profile = resolved_prediction(profile, inspect_profile_model(profile))
     options, left_out = sd_scripts_options(profile)
     config = dataset_config(profile) if not profile.dataset.dataset_config else None
     names = ["config.toml", "command.sh", "command.bat", "NOT-EXPORTED.txt"]
@@ -182,16 +261,25 @@ def export_sd_scripts(profile: Profile, folder: Path) -> list[Path]:
         file_options = [(k, v) for k, v in options if k not in DATASET_FIELDS]
         file_options.append(("dataset_config",
                              str((folder / "dataset_config.toml").resolve())))
-    family_script = "train_network.py"
-    from lora_core.checks.inputs import inspect_profile_model
-
-    source = inspect_profile_model(profile)
-    if getattr(source, "family", None) == "sdxl":
-        family_script = "sdxl_train_network.py"
+    script, family_note = family_script(profile)
+    launcher = [(k, v) for k, v in options if k in ACCELERATE_FIELDS and v not in ("", None)]
+    if profile.training.num_processes > 1:
+        launcher.insert(0, ("multi_gpu", True))
+    dropped = [k for k, _ in options if k in SDXL_ONLY and script == "train_network.py"]
+    left_out += [f"[dataset] {k} = true: only sdxl_train_network.py has it" for k in dropped]
+    options = [(k, v) for k, v in options if k not in ACCELERATE_FIELDS and k not in dropped]
+    file_options = [(k, v) for k, v in file_options if k not in ACCELERATE_FIELDS
+                    and k not in dropped]
+    if family_note:
+        left_out.insert(0, family_note)
+    header = f"{family_note}\n" if family_note else ""
     files = {"config.toml": tomli_w.dumps({"lora_train_export": dict(file_options)}),
-        "command.sh": "#!/usr/bin/env bash\n" + command_line(options, False, family_script),
-        "command.bat": "@echo off\r\n" + command_line(options, True, family_script)
-        .replace("\n", "\r\n"),
+        "command.sh": "#!/usr/bin/env bash\n" + "".join(f"# {line}\n" for line in
+                                                        header.splitlines())
+        + command_line(options, False, script, launcher),
+        "command.bat": ("@echo off\n" + "".join(f"REM {line}\n" for line in
+                                                header.splitlines())
+                        + command_line(options, True, script, launcher)).replace("\n", "\r\n"),
         "NOT-EXPORTED.txt": ("Settings sd-scripts has no equivalent for:\n" + "".join(
             f"  {line}\n" for line in left_out)) if left_out else
         "Every setting of the profile is exported.\n"}

@@ -20,8 +20,7 @@ from lora_core.saving.lora_header import read_lora_header
 
 # ss_ keys whose option has another name, or a value in another form.
 RENAMED = {"num_epochs": "max_train_epochs", "batch_size_per_device": "train_batch_size",
-           "debiased_estimation": "debiased_estimation_loss",
-           "max_train_steps": "max_train_steps_recorded"}
+           "debiased_estimation": "debiased_estimation_loss"}
 # sd-scripts network modules this project does not train (a LoRA's lycoris.kohya and
 # networks.lora are read as the profile reads them).
 OTHER_MODULES = {"networks.oft"}
@@ -48,11 +47,12 @@ def read_lora_metadata(path: Path, mapped: Mapped) -> list[tuple[str, Any]]:
             if raw not in UNSET:
                 facts.append(name)
             continue
-        name = RENAMED.get(name, name)
-        if name == "max_train_steps_recorded":
-            if "ss_num_epochs" not in meta:
-                options.append(("max_train_steps", raw))
+        if name == "num_epochs" and meta.get("ss_max_train_steps") not in (None, *UNSET):
+            # sd-scripts records the epochs it derived from the steps (rounded up): the
+            # steps are what the run did (a 20-step run of 70 steps per epoch is 1 "epoch").
+            facts.append(name)
             continue
+        name = RENAMED.get(name, name)
         if name in RUN_ONLY:
             continue
         value = _metadata_value(name, raw)
@@ -114,7 +114,9 @@ def _metadata_value(name: str, raw: str) -> Any:
         except ValueError:
             return raw
         return [f"{k}={v}" for k, v in args.items()] if isinstance(args, dict) else raw
-    if name in ("text_encoder_lr", "learning_rate", "unet_lr") and raw.startswith("["):
+    if name == "text_encoder_lr":
+        return raw  # one rate or "[a, b]" (SDXL's two encoders): mapping reads both
+    if name in ("learning_rate", "unet_lr") and raw.startswith("["):
         try:
             values = json.loads(raw)
             return values[0] if values else None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lora_core.checks.fields import owner_section
+from lora_core.importing.sd_scripts_args import options_of
 from lora_core.profile import HARMLESS_KEYS, NOT_YET_KEYS, PROFILE_VERSION, SECTIONS
 
 MAPPED, NO_EFFECT, NOT_SUPPORTED, UNKNOWN, OFF = (
@@ -38,7 +39,12 @@ ACCELERATE = {
     "main_process_ip": "one machine per run",
     "multi_gpu": "lora-train launches [training] num_processes processes itself",
     "dynamo_backend": "torch.compile is not used",
-    "mixed_precision": "", "config_file": "accelerate's own settings file is not read",
+    # sd-scripts passes its own --mixed_precision (default "no") to Accelerator(), which
+    # wins over accelerate launch's: the precision is the script's option, never this one.
+    "mixed_precision": "sd-scripts trains in its own --mixed_precision (default \"no\"), "
+                       "which it passes to accelerate explicitly: accelerate launch's is "
+                       "overridden",
+    "config_file": "accelerate's own settings file is not read",
 }
 # Keys of a source that are facts about a finished run, not settings (LoRA metadata).
 FACTS = {"session_id", "training_started_at", "training_finished_at", "num_train_images",
@@ -61,6 +67,27 @@ SD_SCRIPTS_DEFAULTS = {
 UNSET = (None, "", "None", "none", "null")
 
 
+class Hidden:
+    """A secret's value in a report line: printed as "(hidden)", never as itself."""
+
+
+HIDDEN = Hidden()
+# sd-scripts options whose value is a secret: never echoed, never written into a profile.
+SECRET_OPTIONS = ("wandb_api_key", "huggingface_token")
+
+
+def _shown(value: Any) -> str:
+    """A value as the report prints it: JSON, non-ASCII characters as they are."""
+    if isinstance(value, Hidden):
+        return "(hidden)"
+    return _cut(json.dumps(value, ensure_ascii=False, default=str))
+
+
+def _cut(text: str) -> str:
+    """A long value or name cut short in the report (a pasted 5 MB word stays readable)."""
+    return text if len(text) <= 300 else f"{text[:200]}… ({len(text)} characters)"
+
+
 @dataclass
 class Line:
     """What became of one option of the source."""
@@ -70,14 +97,16 @@ class Line:
     where: str = ""  # "[section] key" for a mapped option
     why: str = ""
     value: Any = None
+    suggestion: str = ""  # an unknown option: the known one it most likely means
 
     def text(self) -> str:
-        shown = f" = {json.dumps(self.value)}" if self.value is not None \
+        shown = f" = {_shown(self.value)}" if self.value is not None \
             and self.status != OFF else ""
+        option = _cut(self.option)
         if self.status == MAPPED:
-            return f"  {self.option}{shown} -> {self.where}" + (f" ({self.why})"
+            return f"  {option}{shown} -> {self.where}" + (f" ({self.why})"
                                                                  if self.why else "")
-        return f"  {self.option}{shown}: {self.why}" if self.why else f"  {self.option}{shown}"
+        return f"  {option}{shown}: {self.why}" if self.why else f"  {option}{shown}"
 
 
 @dataclass
@@ -88,8 +117,21 @@ class Mapped:
     lines: list[Line] = field(default_factory=list)
 
     def set(self, section: str, key: str, value: Any, option: str, why: str = "") -> None:
+        """Set the field and say so; a field an earlier option set to another value is
+        overridden (the later one wins, as on sd-scripts' command line), and that earlier
+        line says so: no value reported as mapped is silently replaced."""
+        where = f"[{section}] {key}"
+        old = self.data.get(section, {}).get(key)
+        merged = isinstance(old, list) and isinstance(value, list) and \
+            value[:len(old)] == old  # network_args and the like: added to
+        if key in self.data.get(section, {}) and old != value and not merged:
+            for line in self.lines:
+                if line.status == MAPPED and line.where == where:
+                    line.status = NO_EFFECT
+                    line.why = (f"overridden: the later {option} sets {where} to "
+                                f"{_shown(value)}, and the later one wins")
         self.data.setdefault(section, {})[key] = value
-        self.lines.append(Line(option, MAPPED, f"[{section}] {key}", why, value))
+        self.lines.append(Line(option, MAPPED, where, why, value))
 
     def has(self, section: str, key: str) -> bool:
         return key in self.data.get(section, {})
@@ -98,22 +140,23 @@ class Mapped:
         self.lines.append(Line(option, status, why=why, value=value))
 
 
-_FIELD_NAMES = {f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+# lora-train's own fields, which no sd-scripts option means: an imported key of that name
+# is reported as unknown, never mapped (its [notify] `command` / `on` would be a guess).
+OWN_FIELDS = frozenset({("training", "early_stopping_patience"),
+                        *(("notify", f.name) for f in dataclasses.fields(SECTIONS["notify"]))})
+_FIELD_NAMES = {f.name for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+                if (name, f.name) not in OWN_FIELDS}
 
 
 def field_name(option: str) -> str | None:
-    """The profile field an sd-scripts option sets (its own name, an alias, or the one field
-    it is an unambiguous prefix of, as sd-scripts' argument parser allows), or None."""
+    """The profile field an sd-scripts option sets (its own name or an alias), or None. An
+    abbreviation on a command line is read with sd-scripts' own option list before
+    (``sd_scripts_args.resolve``, as its argument parser does); in a file, where
+    sd-scripts takes no abbreviation, it is not a field."""
     option = option.strip().lstrip("-").replace("-", "_")
     if option in _FIELD_NAMES:
         return option
-    if option in ALIASES:
-        return ALIASES[option]
-    if len(option) >= 6:
-        found = [name for name in _FIELD_NAMES if name.startswith(option)]
-        if len(found) == 1 and option not in NOT_YET_KEYS and option not in HARMLESS_KEYS:
-            return found[0]
-    return None
+    return ALIASES.get(option)
 
 
 def plain(value: Any) -> Any:
@@ -167,13 +210,72 @@ def apply_sd_scripts_defaults(mapped: Mapped) -> None:
                    "sd-scripts' default")
 
 
+# sd-scripts' older optimizer switches (it still defines them): the optimizer they choose.
+OPTIMIZER_SWITCHES = {"use_8bit_adam": "AdamW8bit", "use_lion_optimizer": "Lion"}
+
+
+def _optimizer_switches(options: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``--use_8bit_adam`` / ``--use_lion_optimizer`` as the optimizer_type they mean;
+    LoraError where sd-scripts refuses them (with each other, or with --optimizer_type)."""
+    from lora_core.errors import LoraError
+
+    on = [name for name, value in options if name in OPTIMIZER_SWITCHES
+          and plain(value) not in (False, *UNSET)]
+    typed = [plain(v) for n, v in options if n in ("optimizer_type", "optimizer")
+             and plain(v) not in UNSET]
+    if on and (len(on) > 1 or typed):
+        other = on[1] if len(on) > 1 else f"optimizer_type {typed[-1]}"
+        raise LoraError(f"the source sets both {on[0]} and {other}, which sd-scripts "
+                        "refuses together", "keep one of them")
+    return options
+
+
+def _text_encoder_lr(raw: Any) -> Any:
+    """One rate, or two (SDXL's encoders, as sd-scripts' ``--text_encoder_lr A B``) as a
+    list; two equal rates are one."""
+    if isinstance(raw, str) and raw.strip().startswith("["):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return plain(raw)
+    if not isinstance(raw, (list, tuple)):
+        return plain(raw)
+    values = [plain(v) for v in raw if plain(v) not in UNSET]
+    if not values:
+        return None
+    if len(set(values)) == 1:
+        return values[0]
+    return values
+
+
 def map_options(options: list[tuple[str, Any]], mapped: Mapped | None = None) -> Mapped:
     """Put each ``(option, value)`` (sd-scripts' names) where it belongs; later options win
     over earlier ones, as on sd-scripts' command line."""
     mapped = mapped or Mapped()
-    for option, raw in options:
+    for option, raw in _optimizer_switches(options):
         name = option.strip().lstrip("-").replace("-", "_")
         value = plain(raw)
+        if name == "text_encoder_lr":
+            value = _text_encoder_lr(raw)
+        if name in OPTIMIZER_SWITCHES:
+            if value in (False, *UNSET):
+                mapped.note(name, OFF, "off in the source", value)
+            else:
+                mapped.set("optimizer", "optimizer_type", OPTIMIZER_SWITCHES[name], name,
+                           f"sd-scripts' --{name} means {OPTIMIZER_SWITCHES[name]}")
+            continue
+        if name in SECRET_OPTIONS:
+            if value in UNSET:
+                mapped.note(name, OFF, "empty in the source")
+            elif name == "wandb_api_key":
+                mapped.note(name, NO_EFFECT, "a secret, never written into a profile: "
+                            "lora-train takes it from the environment (set WANDB_API_KEY)",
+                            HIDDEN)
+            else:
+                mapped.note(name, NOT_SUPPORTED, "an sd-scripts option (the token for its "
+                            "Hugging Face upload, which lora-train does not do); a secret, "
+                            "never written into a profile", HIDDEN)
+            continue
         key = field_name(name)
         if key is None:
             _not_a_field(mapped, name, value)
@@ -181,15 +283,22 @@ def map_options(options: list[tuple[str, Any]], mapped: Mapped | None = None) ->
         if value in UNSET:
             mapped.note(name, OFF, "not set in the source: the default is kept")
             continue
+        if key == "text_encoder_lr" and isinstance(value, list):
+            mapped.set("optimizer", key, value, name, "one rate per text encoder (SDXL's "
+                       "two), as sd-scripts reads two values")
+            continue
         section = owner_section(key)
         assert section is not None
         if isinstance(raw, str) and _is_text(section, key):
             value = raw.strip()  # a path or a name stays as written ("0001" too)
-        if key in ("optimizer_args", "network_args"):
+        if key in ("optimizer_args", "network_args", "lr_scheduler_args"):
             value = args_list(raw)
             if not value:
                 continue
             value = mapped.data.get(section, {}).get(key, []) + value
+        elif isinstance(raw, (list, tuple)) and key != "resolution" and \
+                not all(isinstance(v, str) for v in _field_parts(section, key)):
+            value = [plain(v) for v in raw]  # a list of numbers, written as text
         elif key == "resolution" and isinstance(raw, (list, tuple)):
             value = ",".join(str(plain(v)) for v in raw)
         elif key == "lr_warmup_steps" and name == "lr_warmup":
@@ -197,6 +306,18 @@ def map_options(options: list[tuple[str, Any]], mapped: Mapped | None = None) ->
         why = "" if key == name else f"sd-scripts' {key}"
         mapped.set(section, key, value, name, why)
     return mapped
+
+
+def _field_parts(section: str, key: str) -> list[Any]:
+    """What a list field holds: [""] for a list of strings, [0.0] for numbers."""
+    import typing
+
+    hint = typing.get_type_hints(SECTIONS[section])[key]
+    parts = typing.get_args(hint) if typing.get_origin(hint) is not list else ()
+    for part in (*parts, hint):
+        if typing.get_origin(part) is list:
+            return ["" if typing.get_args(part)[0] is str else 0.0]
+    return [""]
 
 
 def _is_text(section: str, key: str) -> bool:
@@ -213,8 +334,17 @@ def _not_a_field(mapped: Mapped, name: str, value: Any) -> None:
         mapped.note(name, NO_EFFECT, HARMLESS_KEYS[name], value)
     elif value in UNSET or value is False or value == 0:
         mapped.note(name, OFF, "off or empty in the source: nothing to carry over", value)
-    elif name in NOT_YET_KEYS:
+    elif name in NOT_YET_KEYS or name in options_of("sdxl_train_network.py"):
         mapped.note(name, NOT_SUPPORTED, "an sd-scripts option this version does not "
                     "support yet; the run goes without it", value)
     else:
-        mapped.note(name, UNKNOWN, "not an option lora-train knows; left out", value)
+        from lora_core.errors import closest
+
+        guess = closest(name, sorted(_KNOWN_NAMES)) if len(name) < 100 else None
+        mapped.note(name, UNKNOWN, "not an option lora-train knows; left out" + (
+            f": did you mean `--{guess}`?" if guess else ""), value)
+        mapped.lines[-1].suggestion = guess or ""
+
+
+_KNOWN_NAMES = (_FIELD_NAMES | set(ALIASES) | set(NOT_YET_KEYS) | set(HARMLESS_KEYS)
+                | set(OPTIMIZER_SWITCHES)) - {"epoch", "optimizer", "dropout"}

@@ -16,7 +16,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shutil
+import stat
 import struct
 from pathlib import Path
 
@@ -56,11 +58,26 @@ def edit_lora(path: Path, fields: dict[str, str], clear: list[str] | None = None
             metadata.pop(key, None)
         done.append(f"{name}: cleared")
     backup = path.with_name(path.name + ".backup")
+    folder = path.resolve().parent
+    # The backup and the new file go beside the original. A folder marked read-only is
+    # respected even by a user who could write it (root), as caption files are.
+    if not os.access(folder, os.W_OK) or not folder.stat().st_mode & stat.S_IWUSR:
+        raise LoraError(f"the folder {folder} is read-only, so {path.name} cannot be edited "
+                        "in place (nothing was changed)",
+                        "copy the file to a folder you can write to and edit the copy, or "
+                        "make the folder writable (chmod u+w)")
     if backup.exists():
         done.append(f"the backup {backup} exists already and was kept (it is the older "
                     "original); this edit has no backup of its own")
     else:
-        shutil.copy2(path, backup)
+        try:
+            shutil.copy2(path, backup)
+        except OSError as exc:  # a read-only folder, a full disk: nothing written yet
+            backup.unlink(missing_ok=True)
+            raise LoraError(f"cannot write the backup {backup}: {exc.strerror or exc}; "
+                            f"{path} was left as it was",
+                            "edit a copy in a folder you can write to, or make the folder "
+                            "writable (chmod u+w)") from None
         done.append(f"the original is kept as {backup}")
     rewrite_metadata(path, metadata)
     return done
@@ -77,6 +94,10 @@ def cover_png(image_path: Path) -> bytes:
             image = image.convert("RGB")
     except FileNotFoundError:
         raise LoraError(f"cover image not found: {image_path}", "check the path") from None
+    except Image.DecompressionBombError as exc:  # e.g. 20000x20000: gigabytes once decoded
+        raise LoraError(f"{image_path} is too large to use as a cover ({exc})",
+                        f"scale it down first (covers are stored at {COVER_SIDE_PX} px a "
+                        "side)") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise LoraError(f"{image_path} is not an image that can be read ({exc})",
                         "give a .png, .jpg or .webp picture") from None

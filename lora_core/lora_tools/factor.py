@@ -299,8 +299,13 @@ def merge_loras(inputs: list[tuple[Path, float]], output: Path, rank: int,
     if not inputs:
         raise LoraError("merge needs at least one input", "e.g. merge a.safetensors:0.7 "
                         "b.safetensors:0.5 --rank 32 -o merged.safetensors")
-    if alpha is not None and not alpha > 0:
-        raise LoraError(f"--alpha must be above 0, not {alpha}", "leave it out for alpha = rank")
+    if alpha is not None and not 0 < alpha < math.inf:
+        raise LoraError(f"--alpha must be a number above 0, not {alpha}",
+                        "leave it out for alpha = rank")
+    for path, weight in inputs:
+        if not math.isfinite(weight):  # nan / inf would make every merged tensor NaN
+            raise LoraError(f"the weight of {path} is {weight}, not a number",
+                            f"write FILE:WEIGHT with an ordinary number, e.g. {path}:0.7")
     output = _check_output(output, [p for p, _ in inputs])
     read = [(Path(p), w, *read_deltas(Path(p))) for p, w in inputs]
     families = {h.family for _, _, h, *_ in read if h.family}

@@ -44,9 +44,16 @@ FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 _MAX_HEADER_BYTES = 100 * 2**20
 # Tensors a checkpoint may carry that belong to no part we load: EMA copies, the LDM
 # trainer's noise-schedule buffers, CLIP's position ids (recomputed), OpenCLIP's logit scale.
+# (and the prediction markers below, read from the header on their own).
 _IGNORABLE = re.compile(
     r"^(model_ema\.|denoiser\.|betas$|alphas_cumprod|sqrt_|log_one_minus|posterior_|"
-    r"logvar$|lvlb_weights$)|\.position_ids$|\.logit_scale$|^cond_stage_model\.model\.attn_mask$")
+    r"logvar$|lvlb_weights$|v_pred$|ztsnr$)|\.position_ids$|\.logit_scale$|"
+    r"^cond_stage_model\.model\.attn_mask$")
+# Marker tensors a checkpoint may carry to say how it predicts: top-level keys whose values
+# mean nothing (zero-size or scalar), only their presence. NoobAI-XL v-pred and other v-pred
+# finetunes carry "v_pred" (plus "ztsnr" when trained with zero terminal SNR); ComfyUI's
+# model detection (`"v_pred" in state_dict`, then `"ztsnr" in state_dict`) and Forge read them.
+PREDICTION_MARKERS = ("v_pred", "ztsnr")
 # File names that usually mean a v-prediction model (SD 2.x 768-v, v-pred finetunes).
 _V_NAME = re.compile(r"(v[-_ ]?pred|768-v|[-_]v\.|[-_]v[-_])", re.IGNORECASE)
 
@@ -333,6 +340,11 @@ def read_architecture(shapes: Mapping[str, tuple[int, ...]], path: Path) -> Arch
     ignored = sorted({".".join(k.split(".")[:2]) + "." for k in shapes
                       if not k.startswith(known) and not _IGNORABLE.search(k)})
     return Architecture(family, unet, vae, tuple(encoders), missing, tuple(ignored))
+
+
+def prediction_markers(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, ...]:
+    """The PREDICTION_MARKERS a checkpoint carries ("v_pred", "ztsnr")."""
+    return tuple(key for key in PREDICTION_MARKERS if key in shapes)
 
 
 def is_ignorable(key: str) -> bool:

@@ -65,6 +65,7 @@ class TextSettings:
 
     clip_skip: int = 1  # 1 = the last layer, 2 = the one before (kohya-compat.md §5.4)
     max_token_length: int = 75  # 75, 150 or 225 caption tokens
+    weighted_captions: bool = False  # (word:1.2) prompt weights (training.prompt_weights)
 
 
 @dataclass

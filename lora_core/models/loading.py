@@ -39,6 +39,7 @@ from lora_core.models.files import (
     no_transformers_progress_bar,
 )
 from lora_core.models.pickle_scan import check_pickle_checkpoint
+from lora_core.paths import foreign_path
 
 if TYPE_CHECKING:
     import torch
@@ -70,10 +71,17 @@ class ModelSource:
     summary: str = ""  # one line for people
     missing: tuple[str, ...] = ()  # parts the file lacks (only "VAE" can be made up for)
     metadata: Mapping[str, str] = field(default_factory=dict)  # safetensors __metadata__
+    # Prediction marker tensors the file carries (checkpoint.PREDICTION_MARKERS).
+    markers: tuple[str, ...] = ()
 
 
 def resolve_path(spec: str, base_dir: Path) -> Path:
-    """The spec as a path: ``~`` expanded, relative paths taken from ``base_dir``."""
+    """The spec as a path: ``~`` expanded, relative paths taken from ``base_dir``; a path of
+    another machine (``C:\\...`` on Linux) is refused, never joined to ``base_dir``."""
+    kind = foreign_path(str(spec))
+    if kind:
+        raise ModelError(f"{spec} is {kind}, from another machine; it means nothing here",
+                         "give the path of that file or folder on this machine")
     path = Path(spec).expanduser()
     return path if path.is_absolute() else Path(base_dir) / path
 
@@ -118,7 +126,8 @@ def inspect_model(spec: str, base_dir: Path) -> ModelSource:
             shapes, metadata = ckpt.read_header(path)
             arch = ckpt.read_architecture(shapes, path)
             return ModelSource(spec, "single_file", arch.family, path.name, path,
-                               ckpt.summary(arch), arch.missing, metadata)
+                               ckpt.summary(arch), arch.missing, metadata,
+                               ckpt.prediction_markers(shapes))
         if suffix in PICKLE_SUFFIXES:
             check_pickle_checkpoint(path)
             return ModelSource(spec, "single_file", None, path.name, path,

@@ -154,6 +154,11 @@ class AdapterNetwork(nn.Module):
         for module in self.lora_modules():
             module.apply_to()
 
+    def set_multiplier(self, multiplier: float) -> None:
+        """The strength every module applies its update with (``network_multiplier``)."""
+        for module in self.lora_modules():
+            module.multiplier = multiplier
+
     def remove(self) -> None:
         for module in self.lora_modules():
             module.remove()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from lora_core.errors import ProfileError
 
@@ -135,8 +136,22 @@ def preset_lr_weights(spec: str, field: str, count: int = NUM_DOWN_OR_UP) -> lis
     ``sine`` sin(π t/2) (0 → 1), ``cosine`` its reverse (1 → 0), ``linear`` t,
     ``reverse_linear`` 1 - t, ``zeros`` 0; each plus the offset (``cosine+.25``).
     """
+    return _preset_curve(*_parse_preset(spec, field), count)
+
+
+def _parse_preset(spec: str, field: str) -> tuple[str, float]:
+    """(preset name, offset) of ``cosine+.25``; a ProfileError naming ``field`` otherwise."""
     name, plus, raw_offset = spec.strip().partition("+")
     offset = _number(raw_offset, field, spec, integer=False) if plus else 0.0
+    if name.strip() not in LR_WEIGHT_PRESETS:
+        raise ProfileError(
+            f"`{field}` = {spec!r} is neither a preset nor a list of numbers (one per block)",
+            f"use one of {', '.join(LR_WEIGHT_PRESETS)} (optionally +offset, like "
+            "\"cosine+.25\"), or comma-separated numbers")
+    return name.strip(), offset
+
+
+def _preset_curve(name: str, offset: float, count: int) -> list[float]:
     steps = [k / (count - 1) for k in range(count)]
     curves = {
         "sine": [math.sin(math.pi * t / 2) for t in steps],
@@ -145,53 +160,91 @@ def preset_lr_weights(spec: str, field: str, count: int = NUM_DOWN_OR_UP) -> lis
         "reverse_linear": list(reversed(steps)),
         "zeros": [0.0] * count,
     }
-    if name.strip() not in curves:
-        raise ProfileError(
-            f"`{field}` = {spec!r} is neither a preset nor a list of {count} numbers",
-            f"use one of {', '.join(LR_WEIGHT_PRESETS)} (optionally +offset, like "
-            "\"cosine+.25\"), or comma-separated numbers")
-    return [w + offset for w in curves[name.strip()]]
+    return [w + offset for w in curves[name]]
 
 
-def _lr_weight_list(text: str, field: str, count: int, presets: bool) -> list[float] | None:
-    """One of down/mid/up_lr_weight as ``count`` values, or None when empty."""
+@dataclass(frozen=True)
+class LrWeightPart:
+    """One of down/mid/up_lr_weight as written, parsed: a preset (``name`` + ``offset``) or
+    the numbers given (``values``), before it is laid over a family's blocks."""
+
+    values: tuple[float, ...] = ()
+    name: str = ""
+    offset: float = 0.0
+
+    def over(self, count: int) -> list[float]:
+        """``count`` values: the preset's curve, or the numbers given (too many: the tail
+        is ignored; too few: the missing blocks keep weight 1, as in sd-scripts)."""
+        if self.name:
+            return _preset_curve(self.name, self.offset, count)
+        return (list(self.values) + [1.0] * count)[:count]
+
+
+def _lr_weight_part(text: str, field: str, presets: bool) -> LrWeightPart | None:
+    """One of down/mid/up_lr_weight parsed, or None when empty."""
     text = text.strip()
     if not text:
         return None
     if presets and "," not in text:
         # sd-scripts reads a comma-free down/up value as a preset name (and ignores a single
         # number with an error log); a lone number is ambiguous, so it is an error here.
-        return preset_lr_weights(text, field, count)
+        name, offset = _parse_preset(text, field)
+        return LrWeightPart(name=name, offset=offset)
     # sd-scripts: "if some parameters are not set, use zero", so "1,,1" is 1, 0, 1.
-    values = [_number(raw, field, text, integer=False) if raw.strip() else 0.0
-              for raw in text.split(",")]
-    # Too long: the tail is ignored; too short: the missing blocks keep weight 1.
-    return (values + [1.0] * count)[:count]
+    return LrWeightPart(tuple(_number(raw, field, text, integer=False) if raw.strip() else 0.0
+                              for raw in text.split(",")))
+
+
+@dataclass(frozen=True)
+class BlockLrWeights:
+    """``[optimizer] down_lr_weight / mid_lr_weight / up_lr_weight`` parsed once, in a form
+    no model family shapes yet (:func:`parse_block_lr_weights`); :meth:`for_layout` lays them
+    over a family's block slots once the family is known."""
+
+    down: LrWeightPart | None
+    mid: LrWeightPart | None
+    up: LrWeightPart | None
+    zero_threshold: float
+
+    def for_layout(self, layout: BlockLayout = SD_BLOCKS) -> list[float]:
+        """The per-slot multipliers (25, SDXL 23). A part left empty is all 1.0. Given
+        values at or below ``zero_threshold`` become 0 — such blocks are not trained
+        (sd-scripts also creates no LoRA module there, see ``block_dims_and_alphas``).
+        SDXL's two module-less end slots get 1.0."""
+        side, middle = layout.num_down_or_up, layout.num_mid
+        weights: list[float] = []
+        for part, size in zip((self.down, self.mid, self.up), (side, middle, side),
+                              strict=True):
+            if part is None:
+                weights += [1.0] * size  # not thresholded: sd-scripts fills defaults afterwards
+            else:
+                weights += [w if w > self.zero_threshold else 0.0 for w in part.over(size)]
+        return [1.0, *weights, 1.0] if layout.padded_ends else weights
+
+
+@lru_cache(maxsize=32)
+def parse_block_lr_weights(down: str, mid: str, up: str,
+                           zero_threshold: float) -> BlockLrWeights | None:
+    """The block learning-rate weights, parsed once per distinct value (the profile check
+    parses them when the profile is read; the run's later asks are answered from this);
+    None when all three strings are empty. A ProfileError names the field."""
+    parts = (_lr_weight_part(down, "[optimizer] down_lr_weight", True),
+             _lr_weight_part(mid, "[optimizer] mid_lr_weight", False),
+             _lr_weight_part(up, "[optimizer] up_lr_weight", True))
+    if all(p is None for p in parts):
+        return None
+    return BlockLrWeights(*parts, zero_threshold)
 
 
 def block_lr_weights(down: str, mid: str, up: str, zero_threshold: float,
                      layout: BlockLayout = SD_BLOCKS) -> list[float] | None:
     """The per-slot learning-rate multipliers (25, SDXL 23); None when all three strings
-    are empty.
+    are empty: :func:`parse_block_lr_weights` laid over ``layout``.
 
-    ``down`` / ``up``: 12 values (SDXL 9) or a preset; ``mid``: 1 value (SDXL 3). A part left
-    empty is all 1.0. Given values at or below ``zero_threshold`` become 0 — such blocks are
-    not trained (sd-scripts also creates no LoRA module there, see
-    ``block_dims_and_alphas``). SDXL's two module-less end slots get 1.0.
+    ``down`` / ``up``: 12 values (SDXL 9) or a preset; ``mid``: 1 value (SDXL 3).
     """
-    side, middle = layout.num_down_or_up, layout.num_mid
-    parts = [_lr_weight_list(down, "[optimizer] down_lr_weight", side, True),
-             _lr_weight_list(mid, "[optimizer] mid_lr_weight", middle, False),
-             _lr_weight_list(up, "[optimizer] up_lr_weight", side, True)]
-    if all(p is None for p in parts):
-        return None
-    weights: list[float] = []
-    for part, size in zip(parts, (side, middle, side), strict=True):
-        if part is None:
-            weights += [1.0] * size  # not thresholded: sd-scripts fills defaults afterwards
-        else:
-            weights += [w if w > zero_threshold else 0.0 for w in part]
-    return [1.0, *weights, 1.0] if layout.padded_ends else weights
+    parsed = parse_block_lr_weights(down, mid, up, zero_threshold)
+    return None if parsed is None else parsed.for_layout(layout)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ or reads files.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from torch import nn
@@ -51,17 +52,17 @@ def _check(net: NetworkSection) -> None:
                            f"{', '.join(ALL_NETWORK_TYPES)}",
                            "load the profile through profile_load.profile_from_dict, which "
                            "normalises it")
-    for key in ("network_dropout", "rank_dropout", "module_dropout"):
-        value = getattr(net, key)
-        if value is not None and not 0.0 <= value < 1.0:
-            raise ProfileError(f"`[network] {key}` = {value} must be at least 0 and below 1",
-                               "1 would drop everything; 0.1 is a usual value")
+    for f in dataclasses.fields(net):
+        if f.name in ("network_dropout", "rank_dropout", "module_dropout"):
+            value = getattr(net, f.name)  # bounded by its declaration (profile.py, checked)
+            assert value is None or f.metadata["min"] <= value <= f.metadata["max"], \
+                f"`[network] {f.name}` = {value}: the profile check refuses it"
 
 
 def build_network(unet: nn.Module, text_encoders: list[nn.Module], net: NetworkSection,
                   lr_weights: list[float] | None = None,
-                  text_encoder_prefixes: list[str] | None = None, *, family: str = "sd1"
-                  ) -> AdapterNetwork:
+                  text_encoder_prefixes: list[str] | None = None, *, family: str = "sd1",
+                  shapes: dict[str, tuple[int, float]] | None = None) -> AdapterNetwork:
     """The network of type ``net.network_module`` over ``unet`` and ``text_encoders``.
 
     ``family`` ("sd1", "sd2", "sdxl", the bundle's) decides the key names and block layout:
@@ -69,8 +70,9 @@ def build_network(unet: nn.Module, text_encoders: list[nn.Module], net: NetworkS
     ``lora_te2``, and has 23 block slots. ``lr_weights``: the per-block learning-rate
     weights (blocks.block_lr_weights with the family's layout), or None; blocks with weight
     0 get no module. ``text_encoder_prefixes``: one key prefix per encoder, overriding the
-    family's. The modules are built in float32 on the default device and not yet applied:
-    call ``apply_to()``.
+    family's. ``shapes`` (``dim_from_weights``, ``base_weights``): (rank, alpha) by kohya
+    name from a file; only those modules are built, with those shapes. The modules are built
+    in float32 on the default device and not yet applied: call ``apply_to()``.
     """
     _check(net)
     kind = net.network_module
@@ -97,11 +99,20 @@ def build_network(unet: nn.Module, text_encoders: list[nn.Module], net: NetworkS
                     or default_text_encoder_prefixes(family, len(text_encoders)))
         for encoder, prefix in zip(text_encoders, prefixes, strict=True):
             for target in text_encoder_targets(encoder, prefix):
+                if shapes is not None:
+                    if target.lora_name in shapes:
+                        network.add(make(target, *shapes[target.lora_name]), text_encoder=True)
+                    continue
                 network.add(make(target, net.network_dim, net.network_alpha), text_encoder=True)
 
     if not net.network_train_text_encoder_only:
         with_conv = conv_rank is not None or (blocks is not None and blocks.conv_dims is not None)
-        for target in unet_targets(unet, with_conv=with_conv, family=family):
+        for target in unet_targets(unet, with_conv=with_conv or shapes is not None,
+                                   family=family):
+            if shapes is not None:
+                if target.lora_name in shapes:
+                    network.add(make(target, *shapes[target.lora_name]), text_encoder=False)
+                continue
             shape = _rank_and_alpha(target, blocks, net, conv_rank, conv_alpha)
             if shape is None:
                 network.skipped_names.append(target.lora_name)

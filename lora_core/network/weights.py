@@ -83,6 +83,30 @@ def _check_module(path: Path, module: AdapterModule, own_fields: dict[str, torch
                 _rank_hint(module))
 
 
+def module_shapes(path: Path, what: str = "network_weights") -> dict[str, tuple[int, float]]:
+    """Each module's (rank, alpha) in a LoRA / LoCon file, for ``dim_from_weights`` and
+    ``base_weights`` (sd-scripts' ``create_network_from_weights``): rank from ``lora_down``,
+    alpha from ``alpha`` (missing: the rank). Other module types are a ProfileError."""
+    tensors, _ = read_lora(path)
+    shapes: dict[str, tuple[int, float]] = {}
+    for name, fields in _fields_by_module(tensors).items():
+        down = fields.get("lora_down.weight")
+        if down is None or "lora_mid.weight" in fields or "dora_scale" in fields:
+            raise ProfileError(
+                f"`[network] {what}` {path}: module {name} is {_kind(fields)}, and only plain "
+                "LoRA / LoCon files can be read this way",
+                "use a LoRA or LoCon file" if what == "base_weights" else
+                "set network_dim (and conv_dim, factor) to the file's values and "
+                "dim_from_weights = false")
+        rank = int(down.shape[0])
+        alpha = float(fields["alpha"]) if "alpha" in fields else float(rank)
+        shapes[name] = (rank, alpha)
+    if not shapes:
+        raise ProfileError(f"`[network] {what}` {path} holds no LoRA module",
+                           "name a LoRA .safetensors file")
+    return shapes
+
+
 def load_network_weights(network: AdapterNetwork, path: Path) -> list[str]:
     """Copy the file's weights into ``network``; returns warnings for the log."""
     tensors, _ = read_lora(path)

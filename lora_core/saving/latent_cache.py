@@ -69,12 +69,15 @@ class LatentKey:
     bucket_reso: Size
     crop_offset: tuple[int, int]  # (left, top) of the crop in the resized image
     vae: str  # vae_fingerprint(); "" for an in-memory cache
+    interpolation: str = ""  # resize_interpolation ("": the default rule)
 
     def digest(self) -> str:
         """The file's identity: what the latent is for (not the image's size or mtime,
         so an edited image overwrites its old file instead of leaving it behind)."""
-        text = "|".join([self.image_path, _pair(self.resized_size), _pair(self.bucket_reso),
-                         _pair(self.crop_offset), self.vae])
+        parts = [self.image_path, _pair(self.resized_size), _pair(self.bucket_reso),
+                 _pair(self.crop_offset), self.vae]
+        # Only when set, so the caches written before the option existed stay valid.
+        text = "|".join(parts + ([self.interpolation] if self.interpolation else []))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def sampling_seed(self, flipped: bool) -> int:
@@ -95,6 +98,7 @@ class LatentKey:
             "image_mtime_ns": str(self.image_mtime_ns),
             "resized_size": _pair(self.resized_size), "bucket_reso": _pair(self.bucket_reso),
             "crop_offset": _pair(self.crop_offset), "vae": self.vae,
+            **({"interpolation": self.interpolation} if self.interpolation else {}),
         }
 
 
@@ -103,7 +107,7 @@ def _pair(values: tuple[int, int]) -> str:
 
 
 def latent_key(image_path: Path, resized_size: Size, bucket_reso: Size,
-               crop_offset: tuple[int, int], vae: str) -> LatentKey:
+               crop_offset: tuple[int, int], vae: str, interpolation: str = "") -> LatentKey:
     """The key of an image as it is now on disk (one ``stat``)."""
     resolved = Path(image_path).resolve()
     try:
@@ -113,7 +117,7 @@ def latent_key(image_path: Path, resized_size: Size, bucket_reso: Size,
                            "the file was moved or deleted after the dataset was checked; "
                            "restore it or check the dataset again") from None
     return LatentKey(str(resolved), stat.st_size, stat.st_mtime_ns, tuple(resized_size),
-                     tuple(bucket_reso), tuple(crop_offset), vae)
+                     tuple(bucket_reso), tuple(crop_offset), vae, interpolation)
 
 
 def entry_path(root: Path, key: LatentKey) -> Path:

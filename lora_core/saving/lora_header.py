@@ -94,9 +94,14 @@ def read_lora_header(path: Path) -> LoraHeader:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"LoRA file not found: {path}", "check the path")
-    if path.suffix.lower() != ".safetensors":
-        raise ModelError(f"{path} is not a .safetensors file", NOT_A_LORA_HINT)
-    shapes, metadata = read_header(path)
+    # Judged by content, not by name: "x.safetensors.backup" (what `edit` keeps) is a LoRA.
+    try:
+        shapes, metadata = read_header(path)
+    except ModelError as exc:
+        if path.suffix.lower() == ".safetensors":
+            raise
+        raise ModelError(f"{path} is not a .safetensors file ({exc.message})",
+                         NOT_A_LORA_HINT) from None
     names = sorted({key.partition(".")[0] for key in shapes if key.startswith(LORA_PREFIXES)})
     if not names:
         what = ("a full model checkpoint, not a LoRA" if any(

@@ -50,6 +50,12 @@ FOLDER_MODE_KEYS = (
     "ss_token_warmup_step")
 
 
+# What sd-scripts keeps with --no_metadata (its SS_METADATA_MINIMUM_KEYS), beside the
+# modelspec.* keys and the sshs_* hashes computed when the file is saved.
+MINIMUM_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim",
+                "ss_network_alpha", "ss_network_args")
+
+
 def legacy_file_hash(path: Path) -> str:
     """A1111's old model hash: sha256 of the 64 KiB at offset 1 MiB, first 8 hex digits."""
     with open(path, "rb") as fh:
@@ -76,7 +82,9 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
         "ss_training_started_at": run.started_at,
         "ss_output_name": run.output_name,
         "ss_learning_rate": opt.learning_rate,
-        "ss_text_encoder_lr": opt.text_encoder_lr,
+        # Two rates (SDXL) as sd-scripts writes its list: "[1e-05, 2e-05]".
+        "ss_text_encoder_lr": list(opt.text_encoder_lr)
+        if isinstance(opt.text_encoder_lr, tuple) else opt.text_encoder_lr,
         "ss_unet_lr": opt.unet_lr,
         "ss_num_validation_images": plan.num_validation_images,
         "ss_num_epochs": run.num_epochs,
@@ -93,7 +101,7 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
         "ss_full_fp16": False,
         "ss_v2": run.family == "sd2",
         "ss_base_model_version": base_model_version(run.family,
-                                                    profile.model.v_parameterization),
+                                                    bool(profile.model.v_parameterization)),
         "ss_clip_skip": profile.model.clip_skip,
         "ss_max_token_length": None if ds.max_token_length == 75 else ds.max_token_length,
         "ss_cache_latents": ds.cache_latents or ds.cache_latents_to_disk,
@@ -104,9 +112,9 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
         "ss_adaptive_noise_scale": tr.adaptive_noise_scale,
         "ss_multires_noise_iterations": tr.multires_noise_iterations,
         "ss_multires_noise_discount": tr.multires_noise_discount,
-        "ss_ip_noise_gamma": None,
-        "ss_ip_noise_gamma_random_strength": False,
-        "ss_zero_terminal_snr": tr.zero_terminal_snr,
+        "ss_ip_noise_gamma": tr.ip_noise_gamma,
+        "ss_ip_noise_gamma_random_strength": tr.ip_noise_gamma_random_strength,
+        "ss_zero_terminal_snr": bool(tr.zero_terminal_snr),
         "ss_training_comment": profile.saving.training_comment,
         "ss_sd_scripts_commit_hash": "(unknown)",
         "ss_optimizer": run.optimizer_repr,
@@ -134,7 +142,7 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
         "ss_max_validation_steps": tr.max_validation_steps,
         "ss_validate_every_n_epochs": tr.validate_every_n_epochs,
         "ss_validate_every_n_steps": tr.validate_every_n_steps,
-        "ss_resize_interpolation": None,
+        "ss_resize_interpolation": ds.resize_interpolation or None,
         # Folder-mode keys (no dataset_config):
         "ss_batch_size_per_device": tr.train_batch_size,
         "ss_total_batch_size": tr.train_batch_size * run.num_processes
@@ -160,7 +168,7 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
         "ss_enable_wildcard": ds.enable_wildcard,
         "ss_token_warmup_min": ds.token_warmup_min,
         "ss_token_warmup_step": ds.token_warmup_step,
-        "ss_v_parameterization": profile.model.v_parameterization,
+        "ss_v_parameterization": bool(profile.model.v_parameterization),
         "ss_scale_v_pred_loss_like_noise_pred": tr.scale_v_pred_loss_like_noise_pred,
         "ss_min_timestep": tr.min_timestep,
         "ss_max_timestep": tr.max_timestep,
@@ -180,6 +188,10 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
             metadata.pop(key, None)
         metadata.update(datasets_metadata(plan))
     metadata.update(modelspec(profile, run.output_name, width, height, run.family))
+    if profile.saving.no_metadata:
+        # sd-scripts' --no_metadata: its minimum keys (what loaders need) and the modelspec.
+        metadata = {k: v for k, v in metadata.items()
+                    if k in MINIMUM_KEYS or k.startswith("modelspec.")}
     return metadata
 
 
@@ -243,13 +255,13 @@ def modelspec_architecture(family: str, v_parameterization: bool) -> str:
 
 def modelspec(profile: Profile, title: str, width: int, height: int,
               family: str = "sd1") -> dict[str, str]:
-    v_pred = profile.model.v_parameterization
+    v_pred = bool(profile.model.v_parameterization)
     spec = {
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": modelspec_architecture(family, v_pred),
         "modelspec.implementation": ("https://github.com/Stability-AI/generative-models"
                                      if family == "sdxl" else "diffusers"),
-        "modelspec.title": title,
+        "modelspec.title": profile.saving.metadata_title or title,
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.date": datetime.now().replace(microsecond=0).isoformat(),
         "modelspec.prediction_type": "v" if profile.model.v_parameterization else "epsilon",
@@ -260,13 +272,22 @@ def modelspec(profile: Profile, title: str, width: int, height: int,
     tr = profile.training
     if (tr.min_timestep, tr.max_timestep) != (0, 1000):
         spec["modelspec.timestep_range"] = f"{tr.min_timestep},{tr.max_timestep}"
-    if profile.saving.training_comment:
-        spec["modelspec.description"] = profile.saving.training_comment
+    saving = profile.saving
+    # --metadata_* as sd-scripts writes them (the description falls back to the comment).
+    optional = {"author": saving.metadata_author,
+                "description": saving.metadata_description or saving.training_comment,
+                "license": saving.metadata_license, "tags": saving.metadata_tags}
+    for key, value in optional.items():
+        if value:
+            spec[f"modelspec.{key}"] = value
     return spec
 
 
 def at_save(metadata: dict[str, str], step: int, epoch: int) -> dict[str, str]:
-    """The metadata with the progress keys of one particular save filled in."""
+    """The metadata with the progress keys of one particular save filled in (none with
+    no_metadata: sd-scripts sets them on the full set only)."""
+    if "ss_session_id" not in metadata:
+        return dict(metadata)
     return {**metadata, "ss_steps": str(step), "ss_epoch": str(epoch),
             "ss_training_finished_at": str(time.time())}
 
@@ -347,7 +368,7 @@ def datasets_metadata(plan: TrainingPlan) -> dict[str, str]:
                 "enable_wildcard": options.enable_wildcard,
                 "caption_prefix": options.caption_prefix or None,
                 "caption_suffix": options.caption_suffix or None,
-                "resize_interpolation": None,
+                "resize_interpolation": options.resize_interpolation or None,
                 "image_dir": scan.name, "class_tokens": scan.class_tokens or None,
                 "is_reg": scan.is_reg,
             })

@@ -94,7 +94,11 @@ def text_encoder_fingerprint(family: str, text_encoders: list[Any], tokenizers: 
     digest = hashlib.sha256()
     digest.update(json.dumps({"format_version": FORMAT_VERSION, "family": family,
                               "clip_skip": text.clip_skip,
-                              "max_token_length": text.max_token_length}).encode())
+                              "max_token_length": text.max_token_length,
+                              # only when on, so caches written before it stay valid
+                              **({"weighted_captions": True}
+                                 if getattr(text, "weighted_captions", False) else {})}
+                             ).encode())
     for encoder in text_encoders:
         _hash_module(digest, encoder)
     for tokenizer in tokenizers:

@@ -41,7 +41,7 @@ from safetensors.torch import save as save_to_bytes
 
 from lora_core.atomic import atomic_folder
 from lora_core.errors import NonFiniteError, TrainingError
-from lora_core.saving.run_status import STATES_DIR
+from lora_core.runs.status import STATES_DIR
 
 STATE_FORMAT = 1
 POSITION_FILE = "train_state.json"

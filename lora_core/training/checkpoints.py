@@ -13,7 +13,12 @@ Rules a user can rely on:
 * a second Ctrl+C while a file is being written waits for the write to finish (the
   ``guard`` the CLI's stop flag provides), then aborts;
 * with ``save_state`` a state goes with every numbered file, with the file written when the
-  run is stopped, and at least every ``save_state_every_n_minutes``.
+  run is stopped, and at least every ``save_state_every_n_minutes``;
+* sd-scripts' rotation: ``save_last_n_epochs`` K deletes, after epoch file e, the file of
+  epoch ``e − every·K``; ``save_last_n_steps`` S deletes, after step file s, the step file at
+  ``s − S − 1`` rounded down to a multiple of ``every``; the ``_state`` forms (default: the
+  same values) delete the states saved with those files (:func:`epoch_to_remove`,
+  :func:`step_to_remove`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from lora_core.saving.train_state import (
     restore_rng,
     rng_of_process,
     save_state,
+    state_name,
+    states_folder,
 )
 
 NON_FINITE_HINT = ("lower the learning rate, use mixed_precision = \"bf16\" or \"no\" instead "
@@ -61,15 +68,46 @@ class Outputs:
     replace_existing: bool = False
 
 
+@dataclass(frozen=True)
+class Rotation:
+    """What sd-scripts' ``save_last_n_*`` options need of the plan: how often numbered files
+    are written (``save_n_epoch_ratio`` already resolved) and how long an epoch is."""
+
+    every_n_epochs: int | None = None
+    every_n_steps: int | None = None
+    steps_per_epoch: int = 1
+
+
+def epoch_to_remove(epoch: int, every: int | None, keep: int | None) -> int | None:
+    """The epoch whose file goes once epoch ``epoch`` is saved (sd-scripts'
+    ``get_remove_epoch_no``), or None."""
+    if keep is None or not every:
+        return None
+    old = epoch - every * keep
+    return old if old > 0 else None
+
+
+def step_to_remove(step: int, every: int | None, keep: int | None) -> int | None:
+    """The step whose file goes once step ``step`` is saved (sd-scripts'
+    ``get_remove_step_no``: files from the last ``keep`` steps stay), or None."""
+    if keep is None or not every:
+        return None
+    old = step - keep - 1
+    old -= old % every
+    return old if old > 0 else None
+
+
 class Checkpointer:
     def __init__(self, outputs: Outputs, saving: SavingSection, position: Callable[[], Position],
                  network, optimizer, scheduler, bus: EventBus,
                  guard: Callable[[], contextlib.AbstractContextManager] | None = None,
                  scaler=None,
-                 eval_weights: Callable[[], contextlib.AbstractContextManager] | None = None
-                 ) -> None:
+                 eval_weights: Callable[[], contextlib.AbstractContextManager] | None = None,
+                 rotation: Rotation | None = None, best=None) -> None:
         self.outputs = outputs
+        self.best = best  # training.best.BestFile: the lowest-validation-loss copy
         self.saving = saving
+        self.rotation = rotation or Rotation()
         self.position = position
         self.network, self.optimizer, self.scheduler = network, optimizer, scheduler
         self.bus = bus
@@ -88,14 +126,53 @@ class Checkpointer:
     def states_on(self) -> bool:
         return self.saving.save_state and self.outputs.run_dir is not None
 
-    def save(self, state, kind: str) -> Path:
-        """A LoRA file (``kind``: step, epoch, final, interrupted), then a state with it."""
-        path = self.save_lora(state, kind)
+    def save(self, state, kind: str, loss: float | None = None) -> Path:
+        """A LoRA file (``kind``: step, epoch, final, interrupted), then a state with it.
+        ``loss``: its validation loss, for the best file (``best``) when there is one."""
+        path = self.save_lora(state, kind, loss)
         if self.states_on and (kind != "final" or self.saving.save_state_on_train_end):
             self.save_state(state)
+        self.rotate(state, kind)
         return path
 
-    def save_lora(self, state, kind: str) -> Path:
+    def rotate(self, state, kind: str) -> None:
+        """Delete what sd-scripts' save_last_n_* options say is now too old."""
+        sv, rot, name = self.saving, self.rotation, self.outputs.output_name
+        if kind == "epoch":
+            every = rot.every_n_epochs
+            old = epoch_to_remove(state.epoch, every, sv.save_last_n_epochs)
+            if old is not None:
+                self._remove_file(names.epoch_file_name(name, old))
+            old = epoch_to_remove(state.epoch, every,
+                                  sv.save_last_n_epochs_state or sv.save_last_n_epochs)
+            if old is not None:
+                self._remove_state(old * rot.steps_per_epoch)
+        elif kind == "step":
+            every = rot.every_n_steps
+            old = step_to_remove(state.step, every, sv.save_last_n_steps)
+            if old is not None:
+                self._remove_file(names.step_file_name(name, old))
+            old = step_to_remove(state.step, every,
+                                 sv.save_last_n_steps_state or sv.save_last_n_steps)
+            if old is not None:
+                self._remove_state(old)
+
+    def _remove_file(self, file_name: str) -> None:
+        path = self.outputs.output_dir / file_name
+        with self.guard(), contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        if path in self.outputs.written:
+            self.outputs.written.remove(path)
+
+    def _remove_state(self, step: int) -> None:
+        if self.states_on and step != self.last_state_step:
+            assert self.outputs.run_dir is not None  # states_on
+            folder = states_folder(self.outputs.run_dir) / state_name(
+                self.outputs.output_name, step)
+            with self.guard():
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def save_lora(self, state, kind: str, loss: float | None = None) -> Path:
         name = self.outputs.output_name
         file_name = {
             "step": lambda: names.step_file_name(name, state.step),
@@ -124,6 +201,9 @@ class Checkpointer:
         if path not in self.outputs.written:
             self.outputs.written.append(path)
         self.bus.emit(CheckpointSaved(str(path), state.step, epoch, kind))
+        if self.best is not None and loss is not None:
+            with self.guard():
+                self.best.offer(path, tensors, metadata, precision, state.step, epoch, loss)
         return path
 
     def weights_to_save(self, precision: str) -> dict[str, torch.Tensor]:

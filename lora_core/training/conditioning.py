@@ -36,7 +36,7 @@ from lora_core.dataset.captions import process_caption
 from lora_core.dataset.images import flip_horizontal, load_training_image
 from lora_core.dataset.loader import pixels_to_tensor
 from lora_core.dataset.plan import TrainingPlan
-from lora_core.errors import DatasetError, ProfileError
+from lora_core.errors import DatasetError
 from lora_core.models.families import (
     ModelBundle,
     TextConditioning,
@@ -45,6 +45,7 @@ from lora_core.models.families import (
 )
 from lora_core.saving import latent_cache, text_cache
 from lora_core.saving.latent_cache import LatentKey
+from lora_core.training.prompt_weights import encode_weighted
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +155,8 @@ def build_cached_latents(plan: TrainingPlan, bundle: ModelBundle, device: torch.
     the other processes' files); every process encodes everything for an in-memory cache.
     ``progress(done, total)`` is called as images are checked and encoded.
 
-    Raises ProfileError when a subset uses color_aug or random_crop (its pixels change every
-    step), DatasetError naming the image when a latent is NaN/inf.
+    Raises DatasetError naming the image when a latent is NaN/inf. (A subset using color_aug
+    or random_crop, whose pixels change every step, never gets here: the check refuses it.)
     """
     _refuse_varying_pixels(plan)
     vae = bundle.vae
@@ -187,7 +188,8 @@ def build_cached_latents(plan: TrainingPlan, bundle: ModelBundle, device: torch.
         for start in range(0, len(group), vae_batch_size):
             chunk = group[start:start + vae_batch_size]
             images = [load_training_image(Path(e.key.image_path), e.key.bucket_reso,
-                                          e.key.resized_size, e.key.crop_offset) for e in chunk]
+                                          e.key.resized_size, e.key.crop_offset,
+                                          e.key.interpolation) for e in chunk]
             with autocast():
                 plain = _encode(vae, images, [e.key.sampling_seed(False) for e in chunk],
                                 device, dtype)
@@ -219,10 +221,11 @@ def _keys_of(plan: TrainingPlan, fingerprint: str
     needs_flip: dict[LatentKey, bool] = {}
     for item in plan.items:
         crop = crop_box(item.resized_size, item.bucket_reso)
+        options = plan.subsets[item.subset_index].scan.options
         key = latent_cache.latent_key(item.record.path, item.resized_size, item.bucket_reso,
-                                      crop, fingerprint)
+                                      crop, fingerprint, options.resize_interpolation)
         item_keys.append(key)
-        flip = plan.subsets[item.subset_index].scan.options.flip_aug and not item.is_validation
+        flip = options.flip_aug and not item.is_validation
         needs_flip[key] = needs_flip.get(key, False) or flip
     return item_keys, needs_flip
 
@@ -261,17 +264,11 @@ def _check_finite(key: LatentKey, latents: torch.Tensor,
 
 def _refuse_varying_pixels(plan: TrainingPlan) -> None:
     """Latents can be cached only when an image always gives the same pixels (a flip
-    aside): sd-scripts asserts the same. The profile checks its own [dataset] values; a
-    dataset_config can turn the options on per subset, which is caught here."""
-    for subset in plan.subsets:
-        opts = subset.scan.options
-        if opts.pixels_vary:
-            names = [n for n in ("color_aug", "random_crop") if getattr(opts, n)]
-            raise ProfileError(
-                f"subset '{subset.name}' uses {' and '.join(names)}, which changes the pixels "
-                "every step, so its latents cannot be cached",
-                "turn off cache_latents / cache_latents_to_disk, or turn off "
-                f"{' and '.join(names)} for that subset")
+    aside), as sd-scripts asserts. The check refuses it, for the profile's [dataset] values
+    (checks.rules) and a dataset_config's subsets (dataset_config, subset_options)."""
+    varying = [s.name for s in plan.subsets if s.scan.options.pixels_vary]
+    assert not varying, (f"cached latents for subsets whose pixels change every step "
+                         f"({', '.join(varying)}): the profile check refuses this profile")
 
 
 # ---------------------------------------------------------------------------------------
@@ -283,6 +280,8 @@ def encode_captions(bundle: ModelBundle, captions: list[str], device: torch.devi
     """The U-Net's text conditioning for captions (hidden states, and SDXL's pooled
     embedding), read the bundle's way (``bundle.text``: clip_skip, max_token_length): the
     one path both the live and the cached text conditioner use, so they cannot disagree."""
+    if bundle.text.weighted_captions:
+        return encode_weighted(bundle, list(captions), device)
     family = family_of(bundle)
     ids = [t.to(device) for t in family.tokenize(bundle, list(captions))]
     return encode_conditioning(family, bundle, ids)

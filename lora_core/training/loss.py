@@ -5,7 +5,8 @@ One training step's loss, in sd-scripts' order (kohya-compat.md §5.1, §5.3)::
     element  = ℓ(pred, target)                      float32, by loss_type (l2/l1/huber/smooth_l1)
     element ← element · mask                        masked loss: mask area-resized to latents
     sample_i = mean_{C,H,W}(element_i) · w_i        w_i: prior_loss_weight for reg images, else 1
-    sample_i ← sample_i · λ(t_i)                    min-SNR, v-pred scaling, debiased estimation
+    sample_i ← sample_i · λ(t_i)                    min-SNR, v-pred scaling, v-pred-like loss,
+                                                    debiased estimation
     loss     = mean_i(sample_i)
 
 Everything that depends only on the timestep (the Huber threshold ``c(t)`` and the weight
@@ -128,6 +129,10 @@ def timestep_weights(snr: torch.Tensor, training: TrainingSection,
       limit 1 instead of 0/0. γ = 0 means off, as in sd-scripts.
     * ``scale_v_pred_loss_like_noise_pred``: ``snr'/(snr' + 1)`` with ``snr' = min(snr, 1000)``
       (a v-loss is an ε-loss times ``snr + 1``; this brings it back to the ε scale).
+    * ``v_pred_like_loss k`` (ε-prediction only): sd-scripts' ``loss + loss / s · k`` with
+      ``s = snr'/(snr' + 1)``, i.e. ``× (1 + k·(snr' + 1)/snr')``: a v-prediction loss is an
+      ε loss times ``snr + 1`` over ``snr`` of it, so this mixes a share k of that in
+      (``snr'`` floored at :data:`SNR_FLOOR` as below).
     * ``debiased_estimation_loss`` (Yu et al. 2024, "Debias the Training of Diffusion
       Models"): ε ``1/√snr'``, v ``1/(snr' + 1)``; for ε ``snr'`` is also floored at
       :data:`SNR_FLOOR` so a zero-terminal-SNR timestep gets a finite weight.
@@ -146,6 +151,10 @@ def timestep_weights(snr: torch.Tensor, training: TrainingSection,
         on = True
     if training.scale_v_pred_loss_like_noise_pred:
         weights *= capped / (capped + 1.0)
+        on = True
+    if training.v_pred_like_loss:
+        floored = capped.clamp(min=SNR_FLOOR)
+        weights *= 1.0 + float(training.v_pred_like_loss) * (floored + 1.0) / floored
         on = True
     if training.debiased_estimation_loss:
         if v_parameterization:
@@ -181,11 +190,7 @@ class LossWeighting:
         num_timesteps = noise_scheduler.config.num_train_timesteps
         table_c = None
         if training.loss_type in ("huber", "smooth_l1"):
-            if training.huber_c <= 0:
-                raise ProfileError(
-                    f"`[training] huber_c` = {training.huber_c} must be above 0 for loss_type "
-                    f"{training.loss_type!r} (the threshold would be 0 or undefined)",
-                    "use a value in (0, 1]; 0.1 is the default")
+            assert training.huber_c > 0, "huber_c <= 0: checks.rules refuses this profile"
             table_c = huber_c(torch.arange(num_timesteps), noise_scheduler, training).to(device)
         snr = all_snr(noise_scheduler) if snr is None else snr
         weight = timestep_weights(snr, training, v_parameterization)

@@ -8,9 +8,10 @@ modifications sd-scripts offers (kohya-compat.md §5.1-5.2), in sd-scripts' orde
 2. offset noise (``noise_offset``, optionally random strength and adaptive scale);
 3. multi-resolution (pyramid) noise on top of that, then renormalised to unit std.
 
-The same ``ε`` is both what ``add_noise`` mixes in and the ε-prediction target. It also
-rescales a DDPM schedule to zero terminal SNR. Pure torch: no accelerate, no file I/O, no
-profile reading beyond the :class:`TrainingSection` fields it is handed.
+The same ``ε`` is the ε-prediction target and, unless input perturbation is on
+(:func:`input_noise`), what ``add_noise`` mixes in. It also rescales a DDPM schedule to
+zero terminal SNR. Pure torch: no accelerate, no file I/O, no profile reading beyond the
+:class:`TrainingSection` fields it is handed.
 """
 
 from __future__ import annotations
@@ -60,6 +61,26 @@ def make_noise(latents: torch.Tensor, training: TrainingSection,
         noise = add_pyramid_noise(noise, training.multires_noise_iterations,
                                   training.multires_noise_discount, generator)
     return noise
+
+
+def input_noise(noise: torch.Tensor, training: TrainingSection,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """The noise ``add_noise`` mixes into the input: ``ε``, or with ``ip_noise_gamma γ``
+    ``ε + γ·n`` with a fresh ``n ~ N(0, I)`` while the target stays ``ε``.
+
+    Ning et al. 2023, "Input Perturbation Reduces Exposure Bias in Diffusion Models": at
+    sampling time the model sees its own imperfect predictions, never the exact forward
+    process; training on slightly perturbed inputs closes that gap (γ = 0.1 in the paper).
+    ``ip_noise_gamma_random_strength``: ``γ·U(0,1)``, one draw per batch, drawn before ``n``
+    as sd-scripts' ``get_noise_noisy_latents_and_timesteps``. γ = 0 means off.
+    """
+    gamma = training.ip_noise_gamma
+    if not gamma:
+        return noise
+    strength: float | torch.Tensor = gamma
+    if training.ip_noise_gamma_random_strength:
+        strength = _rand((1,), noise, generator) * gamma
+    return noise + strength * _randn(noise.shape, noise, generator)
 
 
 def add_offset_noise(noise: torch.Tensor, latents: torch.Tensor, offset: float | torch.Tensor,

@@ -3,7 +3,8 @@
 Parameter groups follow sd-scripts (kohya-compat.md §6.5–6.6):
 
 * text-encoder modules at ``text_encoder_lr`` (else ``learning_rate``) in group
-  ``textencoder``; U-Net modules at ``unet_lr`` (else ``learning_rate``) in group ``unet``;
+  ``textencoder`` (SDXL with two different rates: ``textencoder1`` / ``textencoder2``);
+  U-Net modules at ``unet_lr`` (else ``learning_rate``) in group ``unet``;
 * with block learning-rate weights (``down/mid/up_lr_weight``) the U-Net is split into one
   group per block, ``unet_block<i>`` at ``unet_lr × weight[i]`` (sd-scripts' names);
 * with LoRA+ (Hayou et al., 2024, "LoRA+: Efficient Low Rank Adaptation of Large Models",
@@ -17,7 +18,9 @@ LoRA, LoCon, LoHa and LoKr networks are grouped the same way.
 
 Optimizers (§8.1) are imported only when asked for, so a missing optional package is a
 profile error naming the ``pip install`` that fixes it. Schedules come from diffusers'
-``get_scheduler``, except ``adafactor`` (transformers' ``AdafactorSchedule``).
+``get_scheduler``, except ``adafactor`` (transformers' ``AdafactorSchedule``), the schedules
+only transformers has (``inverse_sqrt``, ``cosine_with_min_lr``, ``warmup_stable_decay``)
+and ``lr_scheduler_type`` (any class), wired as sd-scripts' ``get_scheduler_fix``.
 """
 
 from __future__ import annotations
@@ -39,10 +42,18 @@ from lora_core.training.optimizer_args import (
     adafactor_relative_step,
     effective_optimizer_args,
     group_learning_rates,
+    import_path_error,
+    import_path_unimportable,
     is_schedule_free,
     loraplus_ratios,
     optimizer_args_list,
+    steps_or_ratio,
+    text_encoder_lrs,
 )
+
+# Keys of SDXL's second text encoder (OpenCLIP bigG), which text_encoder_lr's second value
+# trains (naming.default_text_encoder_prefixes).
+TEXT_ENCODER_2_PREFIX = "lora_te2_"
 
 # optimizer_type → (module, class, pip package that provides it).
 # Both get nesterov=True as in sd-scripts; bitsandbytes' SGD8bit (0.50) accepts the flag but
@@ -109,9 +120,18 @@ def param_groups(network: TrainableNetwork, opt: OptimizerSection,
             te_named.append((name, param))
         elif module in unet_names:
             unet_named.append((name, param))
-    te_lr, unet_lr = group_learning_rates(opt)
+    _, unet_lr = group_learning_rates(opt)
     te_ratio, unet_ratio = loraplus_ratios(opt)
-    groups = _split_plus("textencoder", te_named, te_lr, te_ratio) if te_named else []
+    te1_lr, te2_lr = text_encoder_lrs(opt)
+    te2_named = [(n, p) for n, p in te_named if n.startswith(TEXT_ENCODER_2_PREFIX)]
+    if te2_named and te1_lr != te2_lr:
+        # SDXL with two text-encoder rates: one group per encoder (sd-scripts' multiple-TE
+        # rates); otherwise one group, as before.
+        te1_named = [(n, p) for n, p in te_named if not n.startswith(TEXT_ENCODER_2_PREFIX)]
+        groups = (_split_plus("textencoder1", te1_named, te1_lr, te_ratio)
+                  + _split_plus("textencoder2", te2_named, te2_lr, te_ratio))
+    else:
+        groups = _split_plus("textencoder", te_named, te1_lr, te_ratio) if te_named else []
     weights = block_lr_weights(opt.down_lr_weight, opt.mid_lr_weight, opt.up_lr_weight,
                                opt.block_lr_zero_threshold, layout)
     if weights is None:
@@ -130,11 +150,14 @@ def param_groups(network: TrainableNetwork, opt: OptimizerSection,
         for slot in sorted(by_block):
             groups += _split_plus(f"unet_block{slot}", by_block[slot],
                                   unet_lr * weights[slot], unet_ratio)
+    # Rates that are all 0 are refused by the profile check (checks.optimizer, "no
+    # parameters would be trained"); here only a network without modules is left.
+    assert groups or not (te_named or unet_named), \
+        "every learning rate is 0: checks.optimizer._rate_problems refuses this profile"
     if not groups:
-        raise ProfileError("no parameters would be trained: every learning rate in use is 0 "
-                           "or no LoRA modules were created",
-                           "set `[optimizer] learning_rate` (or unet_lr / text_encoder_lr) "
-                           "above 0")
+        raise ProfileError("no LoRA modules were created, so nothing would be trained",
+                           "give at least one block a rank above 0 (`[network] block_dims`) "
+                           "and a learning-rate weight above 0")
     return groups
 
 
@@ -165,21 +188,16 @@ def imported_optimizer_class(path: str) -> type:
     """An optimizer named by its import path (``torch.optim.RAdam``), as sd-scripts takes
     any; what does not import, or is not an optimizer class, is a ProfileError naming it."""
     module_name, _, class_name = path.rpartition(".")
-    where = f"`[optimizer] optimizer_type` = \"{path}\""
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 (any failure of a third-party import)
-        raise ProfileError(f"{where} does not import: module {module_name} failed with "
-                           f"{type(exc).__name__}: {exc}",
-                           "check the spelling of the module and that its package is "
-                           "installed in lora-tui's environment; or pick a listed "
-                           "optimizer_type, like \"AdamW\"") from None
+        raise import_path_unimportable(path, f"failed with {type(exc).__name__}: {exc}") \
+            from None
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        found = "nothing" if cls is None else f"a {type(cls).__name__}"
-        raise ProfileError(f"{where}: {module_name}.{class_name} is {found}, not a torch "
-                           "optimizer class", f"name a torch.optim.Optimizer subclass in "
-                           f"{module_name}")
+        what = ("nothing" if cls is None else "a class" if isinstance(cls, type)
+                else f"a {type(cls).__name__}")
+        raise import_path_error(path, what)
     return cls
 
 
@@ -195,13 +213,8 @@ def build_optimizer(groups: list[ParamGroupSpec], opt: OptimizerSection
     cls = optimizer_class(name)
     kwargs = effective_optimizer_args(opt)
     rates = {g.lr for g in groups}
-    if name in ONE_LR_ONLY and len(rates) > 1:
-        raise ProfileError(
-            f"`[optimizer] optimizer_type` = \"{name}\" needs one learning rate for every "
-            f"group, but these groups differ: "
-            + ", ".join(f"{g.name}={g.lr:g}" for g in groups),
-            "use the same unet_lr and text_encoder_lr (or leave both unset) and no LoRA+ "
-            "ratios or block learning-rate weights with this optimizer")
+    assert name not in ONE_LR_ONLY or len(rates) <= 1, \
+        f"{name} with several rates: checks.optimizer._rate_problems refuses this profile"
     if name == "AdaFactor" and adafactor_relative_step(kwargs):
         torch_groups = [{"params": g.params, "name": g.name} for g in groups]
         lr: float | None = None
@@ -272,6 +285,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, opt: OptimizerSection,
         # Schedule-Free optimizers replace the schedule (sd-scripts gives them none): their
         # rate stays learning_rate; a warm-up is their own warmup_steps argument.
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    extra = scheduler_args(opt)
+    if opt.lr_scheduler_type:
+        return scheduler_class(opt.lr_scheduler_type)(optimizer, **extra)
     if opt.lr_scheduler == "adafactor":
         from transformers.optimization import AdafactorSchedule
 
@@ -282,6 +298,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, opt: OptimizerSection,
     # accelerate steps a prepared scheduler once per process, hence the product (§8.2).
     total = max_train_steps * num_processes
     warmup = warmup_steps * num_processes
+    if opt.lr_scheduler in TRANSFORMERS_SCHEDULERS:
+        decay = steps_or_ratio(opt.lr_decay_steps, max_train_steps) * num_processes  # (checks)
+        return _transformers_scheduler(optimizer, opt, total, warmup, decay, extra)
+    if opt.lr_scheduler == "piecewise_constant":
+        return get_scheduler(opt.lr_scheduler, optimizer, **extra)  # step_rules in the args
     kwargs: dict[str, Any] = {"num_warmup_steps": warmup, "num_training_steps": total}
     if opt.lr_scheduler == "cosine_with_restarts":
         kwargs["num_cycles"] = opt.lr_scheduler_num_cycles
@@ -291,4 +312,66 @@ def build_scheduler(optimizer: torch.optim.Optimizer, opt: OptimizerSection,
         kwargs = {}
     elif opt.lr_scheduler == "constant_with_warmup":
         kwargs = {"num_warmup_steps": warmup}
+    if extra:  # diffusers' get_scheduler passes no extra arguments on: call the function
+        from diffusers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
+
+        return TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(opt.lr_scheduler)](
+            optimizer, **kwargs, **extra)
     return get_scheduler(opt.lr_scheduler, optimizer, **kwargs)
+
+
+# Schedules transformers has and diffusers has not (sd-scripts takes them from transformers).
+TRANSFORMERS_SCHEDULERS = ("inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
+
+
+def _transformers_scheduler(optimizer: torch.optim.Optimizer, opt: OptimizerSection,
+                            total: int, warmup: int, decay: int, extra: dict[str, Any]) -> Any:
+    """inverse_sqrt, cosine_with_min_lr and warmup_stable_decay with sd-scripts' arguments:
+    the two cosine-shaped ones get ``num_cycles / 2`` (0.5 = one half cosine, as default)."""
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
+
+    function = TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(opt.lr_scheduler)]
+    cycles = opt.lr_scheduler_num_cycles / 2
+    if opt.lr_scheduler == "inverse_sqrt":
+        return function(optimizer, num_warmup_steps=warmup,
+                         timescale=opt.lr_scheduler_timescale, **extra)
+    if opt.lr_scheduler == "cosine_with_min_lr":
+        # checks.schedule requires lr_scheduler_min_lr_ratio here (transformers does).
+        return function(optimizer, num_warmup_steps=warmup, num_training_steps=total,
+                        num_cycles=cycles, min_lr_rate=opt.lr_scheduler_min_lr_ratio, **extra)
+    stable = total - warmup - decay
+    assert stable >= 0, "refused by checks.schedule.plan_schedule_problems"
+    return function(optimizer, num_warmup_steps=warmup, num_stable_steps=stable,
+                    num_decay_steps=decay, num_cycles=cycles,
+                    min_lr_ratio=opt.lr_scheduler_min_lr_ratio or 0.0, **extra)
+
+
+def scheduler_args(opt: OptimizerSection) -> dict[str, Any]:
+    """``lr_scheduler_args`` as keyword arguments, each value a Python literal (as sd-scripts
+    reads them; checks.schedule refused any that does not parse)."""
+    import ast
+
+    kwargs = {}
+    for item in opt.lr_scheduler_args:
+        key, _, raw = item.partition("=")
+        kwargs[key.strip()] = ast.literal_eval(raw.strip())
+    return kwargs
+
+
+def scheduler_class(path: str) -> type:
+    """The class ``lr_scheduler_type`` names: a ``torch.optim.lr_scheduler`` name, or an
+    import path (``pkg.module.Class``), as sd-scripts takes it."""
+    module_name, _, class_name = path.rpartition(".")
+    where = f"`[optimizer] lr_scheduler_type` = \"{path}\""
+    try:
+        module = (importlib.import_module(module_name) if module_name
+                  else torch.optim.lr_scheduler)
+    except Exception as exc:  # noqa: BLE001 (any failure of a third-party import)
+        raise ProfileError(f"{where} does not import: {type(exc).__name__}: {exc}",
+                           "check the spelling and that its package is installed") from None
+    cls = getattr(module, class_name, None)
+    if not isinstance(cls, type):
+        raise ProfileError(f"{where}: {module.__name__} has no class {class_name}",
+                           "name a scheduler class such as \"StepLR\" or "
+                           "\"torch.optim.lr_scheduler.CosineAnnealingLR\"")
+    return cls

@@ -8,12 +8,11 @@ with ``ast.literal_eval`` as sd-scripts does, so ``betas=0.9,0.99`` becomes a tu
 from __future__ import annotations
 
 import ast
-from typing import TYPE_CHECKING, Any
+from functools import lru_cache
+from typing import Any
 
 from lora_core.errors import ProfileError
-
-if TYPE_CHECKING:  # profile.py imports this module; at run time only annotations need it
-    from lora_core.profile import OptimizerSection
+from lora_core.profile import OptimizerSection, conditional_default
 
 
 def parse_optimizer_args(items: list[str]) -> dict[str, Any]:
@@ -40,8 +39,6 @@ def parse_optimizer_args(items: list[str]) -> dict[str, Any]:
     return parsed
 
 
-# Optimizers that find their own step size: learning_rate is a multiplier (~1.0).
-_ADAPTIVE_PREFIXES = ("DAdapt", "Prodigy")
 # These raise "Setting different lr values in different parameter groups is only supported
 # for values of 0" at their first step (dadaptation 3.2, prodigyopt 1.1); DAdaptAdaGrad,
 # DAdaptAdan and DAdaptAdanIP instead use the first group's rate for every group.
@@ -93,6 +90,26 @@ def optimizer_location(name: str) -> tuple[str, str, str]:
     return module, class_name, module.split(".")[0]
 
 
+def import_path_error(path: str, what: str) -> ProfileError:
+    """An optimizer named by its import path that is no optimizer class (``what``: "nothing",
+    "a module", "a function", ...): the words ``lora-train check`` (read from the source)
+    and the run (the imported module) both use."""
+    module_name, _, class_name = path.rpartition(".")
+    return ProfileError(f"`[optimizer] optimizer_type` = \"{path}\": {module_name}.{class_name} "
+                        f"is {what}, not a torch optimizer class",
+                        f"name a torch.optim.Optimizer subclass in {module_name}")
+
+
+def import_path_unimportable(path: str, reason: str) -> ProfileError:
+    """An optimizer named by its import path whose module does not import (``reason``)."""
+    module_name = path.rpartition(".")[0]
+    return ProfileError(f"`[optimizer] optimizer_type` = \"{path}\" does not import: module "
+                        f"{module_name} {reason}",
+                        "check the spelling of the module and that its package is "
+                        "installed in lora-tui's environment; or pick a listed "
+                        "optimizer_type, like \"AdamW\"")
+
+
 def is_schedule_free(name: str) -> bool:
     """The Schedule-Free optimizers (by name or import path), as sd-scripts tells them: they
     need no learning-rate schedule, and train()/eval() switching around sampling and saving
@@ -122,11 +139,24 @@ def optimizer_args_list(opt: OptimizerSection) -> list[str]:
     return list(ADAMW_DEFAULT_ARGS) if opt.optimizer_type in ADAMW_FAMILY else []
 
 
+@lru_cache(maxsize=32)
+def _parsed_once(items: tuple[str, ...]) -> dict[str, Any]:
+    return parse_optimizer_args(list(items))
+
+
+def given_optimizer_args(opt: OptimizerSection) -> dict[str, Any]:
+    """The profile's optimizer_args (or its optimizer's defaults) parsed: once per distinct
+    value (the profile check parses them when the profile is read; the check, the run and
+    ``ss_optimizer`` ask again and get the same, as a fresh dict). ProfileError when an
+    item is malformed."""
+    return dict(_parsed_once(tuple(optimizer_args_list(opt))))
+
+
 def effective_optimizer_args(opt: OptimizerSection) -> dict[str, Any]:
     """The keyword arguments the optimizer gets, with the defaults sd-scripts adds
     (§8.1): ``momentum=0.9`` for the Nesterov SGDs (Nesterov needs momentum) and
     ``relative_step=True`` for AdaFactor. ``nesterov=True`` is passed separately."""
-    args = parse_optimizer_args(optimizer_args_list(opt))
+    args = given_optimizer_args(opt)
     if opt.optimizer_type in ("SGDNesterov", "SGDNesterov8bit"):
         args.setdefault("momentum", 0.9)
     elif opt.optimizer_type == "AdaFactor":
@@ -140,9 +170,29 @@ def adafactor_relative_step(args: dict[str, Any]) -> bool:
     return bool(args.get("relative_step", True) or args.get("warmup_init", False))
 
 
+def steps_or_ratio(value: float, max_train_steps: int) -> int:
+    """A step count as lr_warmup_steps / lr_decay_steps write it: below 1 a ratio of all
+    steps, else a number of steps (sd-scripts' ``int_or_float``)."""
+    return int(value * max_train_steps) if 0 < value < 1 else int(value)
+
+
+def text_encoder_lrs(opt: OptimizerSection) -> tuple[float, float]:
+    """(text encoder 1, text encoder 2) rates. ``text_encoder_lr`` unset: ``learning_rate``
+    for both; one number: that for both; two (SDXL's ``--text_encoder_lr A B``): each
+    encoder its own, as sd-scripts' ``prepare_optimizer_params_with_multiple_te_lrs``. A
+    model with one text encoder uses the first."""
+    value = opt.text_encoder_lr
+    if value is None:
+        return opt.learning_rate, opt.learning_rate
+    if isinstance(value, (tuple, list)):
+        return float(value[0]), float(value[-1])
+    return float(value), float(value)
+
+
 def group_learning_rates(opt: OptimizerSection) -> tuple[float, float]:
-    """(text-encoder rate, U-Net rate): each falls back to ``learning_rate`` when unset."""
-    te_lr = opt.text_encoder_lr if opt.text_encoder_lr is not None else opt.learning_rate
+    """(text-encoder rate, U-Net rate): each falls back to ``learning_rate`` when unset
+    (the first text encoder's rate: see :func:`text_encoder_lrs`)."""
+    te_lr = text_encoder_lrs(opt)[0]
     unet_lr = opt.unet_lr if opt.unet_lr is not None else opt.learning_rate
     return te_lr, unet_lr
 
@@ -173,9 +223,10 @@ def distinct_rates(opt: OptimizerSection, trains_text_encoder: bool = True,
     unet_rates = {unet_lr * w for w in (weights[1:] if weights else [1.0])}
     rates: set[float] = set()
     if trains_text_encoder:
-        rates.add(te_lr)
-        if te_ratio is not None:
-            rates.add(te_lr * te_ratio)
+        for rate in set(text_encoder_lrs(opt)):
+            rates.add(rate)
+            if te_ratio is not None:
+                rates.add(rate * te_ratio)
     if trains_unet:
         rates |= unet_rates
         if unet_ratio is not None:
@@ -194,14 +245,16 @@ def optimizer_advisories(opt: OptimizerSection, trains_text_encoder: bool = True
     except ProfileError:
         return []  # the profile check reports malformed optimizer_args
     notes = []
-    if name.startswith(_ADAPTIVE_PREFIXES):
+    # The rate the profile declares for optimizers that find their own step size (1.0).
+    usual = conditional_default("optimizer", "learning_rate", lambda _, key: getattr(opt, key))
+    if usual is not None:
         te_lr, unet_lr = group_learning_rates(opt)
         low = sorted({r for r in (te_lr, unet_lr) if 0 < r <= 0.1})
         if low:
             notes.append(
                 f"{name} finds its own step size and multiplies it by the learning rate; "
-                f"{low[0]:g} is very low: use a learning_rate around 1.0 (and leave unet_lr / "
-                "text_encoder_lr unset)")
+                f"{low[0]:g} is very low: use a learning_rate around {usual} (and leave "
+                "unet_lr / text_encoder_lr unset)")
         rates = distinct_rates(opt, trains_text_encoder, trains_unet)
         if len(rates) > 1 and name not in ONE_LR_ONLY:
             listed = ", ".join(f"{r:g}" for r in sorted(rates))

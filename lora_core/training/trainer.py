@@ -18,7 +18,7 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -30,10 +30,12 @@ from lora_core.events import (
     EpochEnded,
     Event,
     EventBus,
+    GridSaved,
     PhaseChanged,
     PhaseTracker,
     RunResumed,
     StepEnded,
+    StoppedEarly,
     ValidationMeasured,
     WarningIssued,
 )
@@ -42,9 +44,10 @@ from lora_core.network.adapter import AdapterNetwork
 from lora_core.network.blocks import block_layout, block_lr_weights
 from lora_core.network.build import build_network
 from lora_core.network.max_norm import apply_max_norm
-from lora_core.network.weights import load_network_weights
-from lora_core.profile import Profile
-from lora_core.saving.run_requests import SAMPLE_NOW, SAVE_NOW, take_requests
+from lora_core.network.merge import merge_base_weights
+from lora_core.network.weights import load_network_weights, module_shapes
+from lora_core.profile import OptimizerSection, Profile, TrainingSection
+from lora_core.runs.requests import SAMPLE_NOW, SAVE_NOW, take_requests
 from lora_core.saving.train_state import (
     LoadedState,
     Position,
@@ -52,7 +55,14 @@ from lora_core.saving.train_state import (
     fixed_settings,
     plan_fingerprint,
 )
-from lora_core.training.checkpoints import NON_FINITE_HINT, Checkpointer, Outputs, restore
+from lora_core.training.best import BestFile
+from lora_core.training.checkpoints import (
+    NON_FINITE_HINT,
+    Checkpointer,
+    Outputs,
+    Rotation,
+    restore,
+)
 from lora_core.training.conditioning import (
     LiveTextEncoder,
     VaeLatents,
@@ -60,8 +70,13 @@ from lora_core.training.conditioning import (
     build_cached_text_encoder,
     text_outputs_cacheable,
 )
-from lora_core.training.loss import diffusion_loss, prepare_schedule_and_loss, training_target
-from lora_core.training.noise import make_noise, sample_timesteps
+from lora_core.training.loss import (
+    LossWeighting,
+    diffusion_loss,
+    prepare_schedule_and_loss,
+    training_target,
+)
+from lora_core.training.noise import input_noise, make_noise, sample_timesteps
 from lora_core.training.optim import (
     build_optimizer,
     build_scheduler,
@@ -93,8 +108,16 @@ def _setup_accelerator(profile: Profile):
                        cpu=not torch.cuda.is_available())
 
 
-def _setup_models(bundle: ModelBundle, profile: Profile, device: torch.device) -> torch.dtype:
-    """Freeze the base model in the training dtype; LoRA parameters stay float32."""
+def _setup_models(bundle: ModelBundle, profile: Profile, device: torch.device,
+                  emit: Callable[[Event], None]) -> torch.dtype:
+    """Merge base_weights into the base model, then freeze it in the training dtype; LoRA
+    parameters stay float32."""
+    net = profile.network
+    if net.base_weights:
+        # Before the cast: merged in the weights' own precision, as sd-scripts does on load.
+        for message in merge_base_weights(bundle.unet, bundle.text_encoders, net.base_weights,
+                                          net.base_weights_multiplier, bundle.family):
+            emit(WarningIssued(message))
     weight_dtype = WEIGHT_DTYPES[profile.training.mixed_precision]
     # no_half_vae: the VAE stays float32 (fp16 VAEs, SDXL's above all, overflow to NaN).
     vae_dtype = torch.float32 if profile.model.no_half_vae else weight_dtype
@@ -119,11 +142,17 @@ def _setup_network(bundle: ModelBundle, profile: Profile, device: torch.device) 
     opt = profile.optimizer
     lr_weights = block_lr_weights(opt.down_lr_weight, opt.mid_lr_weight, opt.up_lr_weight,
                                   opt.block_lr_zero_threshold, block_layout(bundle.family))
-    network = build_network(bundle.unet, bundle.text_encoders, profile.network, lr_weights,
-                            family=bundle.family)
     weights = profile.path("network", "network_weights")
+    # dim_from_weights: each module's rank and alpha as the file has them (checks.rules
+    # requires network_weights with it).
+    shapes = module_shapes(weights) if weights is not None and profile.network.dim_from_weights \
+        else None
+    network = build_network(bundle.unet, bundle.text_encoders, profile.network, lr_weights,
+                            family=bundle.family, shapes=shapes)
     if weights is not None:
         load_network_weights(network, weights)
+    if profile.network.network_multiplier != 1.0:
+        network.set_multiplier(profile.network.network_multiplier)
     network.to(device, torch.float32)
     network.apply_to()
     network.train()  # the adapters' dropouts act in training only (previews switch it off)
@@ -203,6 +232,167 @@ def train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: Ou
         GradientState._reset_state()
 
 
+@dataclass
+class _Optimization:
+    """The network's parameter groups, the optimizer and the learning-rate schedule."""
+
+    groups: list
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    trainable: list[torch.nn.Parameter]
+    train_te: bool  # some group trains text-encoder modules
+
+
+@dataclass
+class _StepSetup:
+    """What one batch's forward and backward pass needs (:func:`_loss_step`)."""
+
+    accelerator: object
+    bundle: ModelBundle
+    latents_from: object
+    text_from: object
+    noise_scheduler: object
+    weighting: LossWeighting
+    training: TrainingSection
+    v_pred: bool
+    weight_dtype: torch.dtype
+    train_te: bool
+
+
+@dataclass
+class _Run:
+    """The objects the loop's after-step and after-epoch work shares."""
+
+    accelerator: object
+    main: bool
+    emit: Callable[[Event], None]
+    profile: Profile
+    plan: TrainingPlan
+    state: TrainState
+    outputs: Outputs
+    checkpoints: Checkpointer
+    previews: Previews
+    validate: _Validation
+    stop_requested: Callable[[], bool]
+
+    def should_stop(self) -> bool:
+        return (self.state.step >= self.plan.max_train_steps
+                or any_process_asks_to_stop(
+                    self.accelerator, lambda: self.stop_requested() or self.stopped_early))
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.validate.best is not None and bool(self.validate.best.stop_message)
+
+    def save(self, kind: str) -> None:
+        """A LoRA file of this point, with its validation loss (measured here if the
+        schedule did not) for the best file. Main process only."""
+        loss = self.validate.for_save() if self.validate.best is not None else None
+        self.checkpoints.save(self.state, kind, loss=loss)
+
+    def sampled(self, paths: list) -> None:
+        """Sample images were made: rebuild the run's sample grid beside them."""
+        run_dir = self.outputs.run_dir
+        if not paths or run_dir is None:
+            return
+        from lora_core.saving.sample_grid import write_run_grid
+
+        try:
+            grid = write_run_grid(run_dir, self.outputs.output_dir, self.outputs.output_name)
+        except OSError as exc:  # a grid is a convenience: the samples themselves are kept
+            self.emit(WarningIssued(f"the sample grid was not written: {exc}"))
+            return
+        if grid is not None:
+            self.emit(GridSaved(str(grid.path), grid.rows, grid.columns))
+
+
+def _setup_optimization(accelerator, network: AdapterNetwork, bundle: ModelBundle,
+                        profile: Profile, plan: TrainingPlan) -> _Optimization:
+    groups = param_groups(network, profile.optimizer, block_layout(bundle.family))
+    optimizer = build_optimizer(groups, profile.optimizer)
+    scheduler = build_scheduler(optimizer, profile.optimizer, plan.max_train_steps,
+                                plan.warmup_steps, accelerator.num_processes)
+    # The network is not wrapped in DDP: its LoRA modules run inside the U-Net and text
+    # encoder, so a DDP wrapper's forward would never run and it would never sync.
+    # Gradients are averaged by hand on each optimizer step instead (as sd-scripts does).
+    optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    return _Optimization(groups, optimizer, scheduler,
+                         trainable=[p for g in groups for p in g.params],
+                         train_te=any(g.name.startswith("textencoder") for g in groups))
+
+
+def _setup_checkpoints(accelerator, profile: Profile, plan: TrainingPlan, outputs: Outputs,
+                       state: TrainState, network: AdapterNetwork, o: _Optimization,
+                       bus: EventBus, stop_requested, eval_weights) -> Checkpointer:
+    fingerprint = plan_fingerprint(plan)
+    return Checkpointer(
+        outputs, profile.saving, lambda: Position(
+            step=state.step, epoch=state.epoch, batch_in_epoch=state.batch_in_epoch,
+            seed=state.seed, output_name=outputs.output_name,
+            max_train_steps=plan.max_train_steps, num_epochs=plan.num_epochs,
+            plan_fingerprint=fingerprint, fixed=fixed_settings(profile),
+            losses=list(state.losses), written=[str(p) for p in outputs.written]),
+        network, o.optimizer, o.scheduler, bus, getattr(stop_requested, "saving", None),
+        scaler=accelerator.scaler, eval_weights=eval_weights,
+        rotation=Rotation(plan.save_every_n_epochs, plan.save_every_n_steps,
+                          plan.steps_per_epoch))
+
+
+class _Validation:
+    """``validate(kind)``: measure (once per step) and report the validation loss; each new
+    measurement also counts for early stopping (``best``: None without validation)."""
+
+    def __init__(self, validator: Validator | None, state: TrainState, emit,
+                 best: BestFile | None) -> None:
+        self.validator, self.state, self.emit, self.best = validator, state, emit, best
+        self.measured: dict[int, float] = {}  # step -> loss: an epoch end also a step due
+
+    def __call__(self, kind: str) -> float | None:
+        if self.validator is None:
+            return None
+        state = self.state
+        new = state.step not in self.measured
+        if new:
+            self.emit(PhaseChanged("validating"))
+            self.measured.clear()
+            self.measured[state.step] = self.validator.measure()
+        loss = self.measured[state.step]
+        # "epoch": the epoch that just ended; "step": the epoch the step belongs to.
+        epoch = state.epoch if kind == "epoch" else state.epoch + 1
+        self.emit(ValidationMeasured(step=state.step, epoch=epoch, kind=kind, loss=loss,
+                                     divergence=loss - _avg(state.losses),
+                                     images=self.validator.num_images))
+        best = self.best
+        if new and best is not None and best.observe(loss, state.step):
+            self.emit(StoppedEarly(state.step, epoch, best.patience or 0, best.lowest_step,
+                                   best.lowest if best.lowest is not None else math.nan,
+                                   best.stop_message))
+        return loss
+
+    def for_save(self) -> float | None:
+        """The loss at this step for a saved file: measured already, or now."""
+        if self.state.step in self.measured:
+            return self.measured[self.state.step]
+        return self("step" if self.state.batch_in_epoch else "epoch")
+
+
+def _setup_validation(main: bool, plan: TrainingPlan, step: _StepSetup, network,
+                      eval_weights, state: TrainState, emit, outputs: Outputs,
+                      patience: int | None, resume: LoadedState | None) -> _Validation:
+    validator = Validator(
+        plan, step.training, step.bundle, step.latents_from, step.text_from,
+        step.noise_scheduler, step.weighting, network, step.accelerator.device,
+        step.weight_dtype, step.accelerator.autocast, eval_weights,
+        latents_cached=not isinstance(step.latents_from, VaeLatents),
+    ) if main and plan.validation_batches else None
+    best = None
+    if validator is not None:
+        best = BestFile(outputs.output_dir, outputs.output_name, patience, emit)
+        if resume is not None:
+            best.restore(outputs.run_dir, state.step)
+    return _Validation(validator, state, emit, best)
+
+
 def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: Outputs,
            state: TrainState, bus: EventBus, stop_requested: Callable[[], bool],
            resume: LoadedState | None) -> bool:
@@ -212,77 +402,45 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     phases = PhaseTracker()
     bus.add(phases)
     device = accelerator.device
-    weight_dtype = _setup_models(bundle, profile, device)
+    weight_dtype = _setup_models(bundle, profile, device, emit)
     # Caching comes before the network is applied: cached text-encoder outputs must be
     # those of the base model (the text encoder is not trained when they are cached).
     latents_from, text_from = _setup_conditioning(accelerator, bundle, profile, plan,
                                                   weight_dtype, emit)
     network = _setup_network(bundle, profile, device)
-    groups = param_groups(network, profile.optimizer, block_layout(bundle.family))
-    optimizer = build_optimizer(groups, profile.optimizer)
-    scheduler = build_scheduler(optimizer, profile.optimizer, plan.max_train_steps,
-                                plan.warmup_steps, accelerator.num_processes)
-    # The network is not wrapped in DDP: its LoRA modules run inside the U-Net and text
-    # encoder, so a DDP wrapper's forward would never run and it would never sync.
-    # Gradients are averaged by hand on each optimizer step instead (as sd-scripts does).
-    optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    o = _setup_optimization(accelerator, network, bundle, profile, plan)
     if resume is not None:
         # After every setup step that draws random numbers (latent sampling, LoRA init),
         # so the restored RNG streams are the ones the interrupted run had at this point.
-        for message in restore(resume, network, optimizer, scheduler, state,
+        for message in restore(resume, network, o.optimizer, o.scheduler, state,
                                scaler=accelerator.scaler, rank=accelerator.process_index,
                                world=accelerator.num_processes):
             emit(WarningIssued(message))
         emit(RunResumed(str(resume.path), state.step, state.epoch))
     # After restore: a resumed Schedule-Free state is already in training mode.
-    eval_weights = evaluation_switch(optimizer, profile.optimizer)
-    fingerprint = plan_fingerprint(plan)
-    checkpoints = Checkpointer(
-        outputs, profile.saving, lambda: Position(
-            step=state.step, epoch=state.epoch, batch_in_epoch=state.batch_in_epoch,
-            seed=state.seed, output_name=outputs.output_name,
-            max_train_steps=plan.max_train_steps, num_epochs=plan.num_epochs,
-            plan_fingerprint=fingerprint, fixed=fixed_settings(profile),
-            losses=list(state.losses), written=[str(p) for p in outputs.written]),
-        network, optimizer, scheduler, bus, getattr(stop_requested, "saving", None),
-        scaler=accelerator.scaler, eval_weights=eval_weights)
-    trainable = [p for g in groups for p in g.params]
-    train_te = any(g.name == "textencoder" for g in groups)
+    eval_weights = evaluation_switch(o.optimizer, profile.optimizer)
+    checkpoints = _setup_checkpoints(accelerator, profile, plan, outputs, state, network, o,
+                                     bus, stop_requested, eval_weights)
     previews = Previews(profile.sample, profile.path("sample", "sample_prompts"), bundle,
                         output_dir=outputs.output_dir, output_name=outputs.output_name,
                         device=device, emit=emit, autocast=accelerator.autocast,
                         extra_modules=[network],
                         eval_weights=eval_weights or contextlib.nullcontext)
-    tr, v_pred = profile.training, bundle.v_parameterization
     # A copy: zero_terminal_snr rescales the schedule in place, and the bundle may be reused.
     noise_scheduler = type(bundle.noise_scheduler).from_config(bundle.noise_scheduler.config)
-    weighting = prepare_schedule_and_loss(noise_scheduler, tr, v_pred, device)
-    validator = Validator(
-        plan, tr, bundle, latents_from, text_from, noise_scheduler, weighting, network, device,
-        weight_dtype, accelerator.autocast, eval_weights,
-        latents_cached=not isinstance(latents_from, VaeLatents),
-    ) if main and plan.validation_batches else None
-
-    measured: dict[int, float] = {}  # step -> loss: an epoch end that is also a step due
-
-    def validate(kind: str) -> None:
-        if validator is None:
-            return
-        if state.step not in measured:
-            emit(PhaseChanged("validating"))
-            measured.clear()
-            measured[state.step] = validator.measure()
-        loss = measured[state.step]
-        # "epoch": the epoch that just ended; "step": the epoch the step belongs to.
-        epoch = state.epoch if kind == "epoch" else state.epoch + 1
-        emit(ValidationMeasured(step=state.step, epoch=epoch, kind=kind, loss=loss,
-                                divergence=loss - _avg(state.losses),
-                                images=validator.num_images))
+    weighting = prepare_schedule_and_loss(noise_scheduler, profile.training,
+                                          bundle.v_parameterization, device)
+    step = _StepSetup(accelerator, bundle, latents_from, text_from, noise_scheduler, weighting,
+                      profile.training, bundle.v_parameterization, weight_dtype, o.train_te)
+    run = _Run(accelerator, main, emit, profile, plan, state, outputs, checkpoints, previews,
+               _setup_validation(main, plan, step, network, eval_weights, state, emit, outputs,
+                                 profile.training.early_stopping_patience, resume),
+               stop_requested)
+    checkpoints.best = run.validate.best
     grad_accum = profile.training.gradient_accumulation_steps
-    total_steps, total_epochs = plan.max_train_steps, plan.num_epochs
     step_times: deque[float] = deque(maxlen=20)
     if main and state.step == 0:
-        previews.at_start(state.step)
+        run.sampled(previews.at_start(state.step))
     if any_process_asks_to_stop(accelerator, stop_requested):
         # Ctrl+C while the model loaded or latents were cached: nothing new was trained.
         return True
@@ -290,7 +448,7 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     last_step_at = time.perf_counter()
     window_loss = torch.zeros((), device=device)
 
-    while state.epoch < total_epochs and state.step < total_steps:
+    while state.epoch < plan.num_epochs and state.step < plan.max_train_steps:
         batches = epoch_batches(plan, state.seed, state.epoch)
         mine = process_batches(batches, accelerator.process_index, accelerator.num_processes)
         loader = make_epoch_loader(plan, profile.dataset, mine, state, device,
@@ -302,105 +460,129 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
             raise_loader_error(batch)
             update_start = (index // grad_accum) * grad_accum
             micro_in_update = min(grad_accum, len(mine) - update_start)
-            with accelerator.autocast():
-                latents = latents_from.latents(batch)
-                noise = make_noise(latents, tr)
-                timesteps = sample_timesteps(latents.shape[0], tr.min_timestep, tr.max_timestep,
-                                             device)
-                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-                text = text_from.conditioning(batch, train_te)
-                extra = bundle.impl.unet_extra_conditioning(
-                    bundle, batch=batch, text=text, device=device, dtype=weight_dtype)
-                pred = bundle.unet(noisy.to(weight_dtype), timesteps,
-                                   text.hidden.to(weight_dtype), **extra).sample
-                target = training_target(noise_scheduler, latents, noise, timesteps, v_pred)
-                loss = diffusion_loss(pred, target, timesteps, batch["loss_weights"], weighting,
-                                      batch.get("masks"))
-                accelerator.backward(loss / micro_in_update)
-            window_loss += loss.detach() / micro_in_update
+            window_loss += _loss_step(step, batch, micro_in_update) / micro_in_update
             state.batch_in_epoch = index + 1
             if index + 1 < update_start + micro_in_update:
                 continue  # accumulate: the optimizer steps after the window's last batch
             step_loss = float(average_across_processes(accelerator, window_loss))
             window_loss.zero_()
             _check_finite(step_loss, state.step + 1)
-            average_gradients(accelerator, trainable)
-            if profile.optimizer.max_grad_norm > 0:
-                clip_gradients(accelerator, trainable, profile.optimizer.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            metrics = {}
-            if profile.optimizer.scale_weight_norms:
-                scaled, mean_norm, max_norm = apply_max_norm(
-                    network, profile.optimizer.scale_weight_norms)
-                metrics = {"max_norm/keys_scaled": scaled, "max_norm/average_key_norm": mean_norm,
-                           "max_norm/max_key_norm": max_norm}
+            metrics = _optimizer_step(accelerator, o, profile.optimizer, network)
             state.step += 1
             state.losses.append(step_loss)
             now = time.perf_counter()
             step_times.append(now - last_step_at)
             last_step_at = now
-            emit(_step_event(state, total_steps, total_epochs, optimizer, scheduler, step_times,
-                             metrics))
-            if validation_due(tr, plan, step=state.step):
-                validate("step")
-            if main:
-                previews.after_step(state.step)
-            step_save = state.step in plan.step_save_points
-            due = main and checkpoints.state_due()
-            asked = take_requests(outputs.run_dir) if main and outputs.run_dir else set()
-            # A state holds every process's random state: when one is saved, all send theirs.
-            if all_processes_agree(accelerator, step_save or due or SAVE_NOW in asked):
-                share_rng(accelerator, checkpoints, state.step)
-            if main and step_save:
-                checkpoints.save(state, "step")
-            elif due:
-                checkpoints.save_state(state)
-            if asked:
-                act_on_requests(asked, state, total_steps, plan.step_save_points, checkpoints,
-                                previews, emit)
-            if state.step >= total_steps or any_process_asks_to_stop(accelerator, stop_requested):
+            emit(_step_event(state, plan.max_train_steps, plan.num_epochs, o.optimizer,
+                             o.scheduler, step_times, metrics))
+            _after_step(run)
+            if run.should_stop():
                 break
         if state.batch_in_epoch == len(mine):  # the epoch ran to its end
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            emit(EpochEnded(state.epoch, total_epochs, state.step, _avg(state.losses)))
-            if validation_due(tr, plan, epoch=state.epoch):
-                validate("epoch")
-            if state.epoch in plan.epoch_save_points:
-                share_rng(accelerator, checkpoints, state.step)
-                if main:
-                    checkpoints.save(state, "epoch")
-            if main:
-                previews.after_epoch(state.epoch, state.step)
-        if state.step >= total_steps or any_process_asks_to_stop(accelerator, stop_requested):
+            _after_epoch(run)
+        if run.should_stop():
             break
 
-    interrupted = state.step < total_steps
+    interrupted = state.step < plan.max_train_steps and not run.stopped_early
     accelerator.wait_for_everyone()
     share_rng(accelerator, checkpoints, state.step)
     if main:
-        checkpoints.save(state, "interrupted" if interrupted else "final")
+        run.save("interrupted" if interrupted else "final")
         if not interrupted:
             checkpoints.drop_states()
     return interrupted
 
 
-def act_on_requests(asked: set[str], state: TrainState, total_steps: int,
-                    saved_steps: Collection[int], checkpoints: Checkpointer, previews: Previews,
-                    emit: Callable[[Event], None]) -> None:
+def _loss_step(s: _StepSetup, batch: dict, micro: int) -> torch.Tensor:
+    """One batch, forward and backward: encode, add noise at a random timestep, predict it,
+    weigh the error. Returns the batch's loss (detached); its gradient, divided by the
+    ``micro`` batches of the update, is accumulated."""
+    tr, device = s.training, s.accelerator.device
+    with s.accelerator.autocast():
+        latents = s.latents_from.latents(batch)
+        noise = make_noise(latents, tr)
+        timesteps = sample_timesteps(latents.shape[0], tr.min_timestep, tr.max_timestep, device)
+        noisy = s.noise_scheduler.add_noise(latents, input_noise(noise, tr), timesteps)
+        text = s.text_from.conditioning(batch, s.train_te)
+        extra = s.bundle.impl.unet_extra_conditioning(
+            s.bundle, batch=batch, text=text, device=device, dtype=s.weight_dtype)
+        pred = s.bundle.unet(noisy.to(s.weight_dtype), timesteps,
+                             text.hidden.to(s.weight_dtype), **extra).sample
+        target = training_target(s.noise_scheduler, latents, noise, timesteps, s.v_pred)
+        loss = diffusion_loss(pred, target, timesteps, batch["loss_weights"], s.weighting,
+                              batch.get("masks"))
+        s.accelerator.backward(loss / micro)
+    return loss.detach()
+
+
+def _optimizer_step(accelerator, o: _Optimization, opt: OptimizerSection,
+                    network: AdapterNetwork) -> dict[str, float]:
+    """Average and clip the gradients, step the optimizer and the schedule, then max-norm;
+    returns the max-norm metrics (empty when it is off)."""
+    average_gradients(accelerator, o.trainable)
+    if opt.max_grad_norm > 0:
+        clip_gradients(accelerator, o.trainable, opt.max_grad_norm)
+    o.optimizer.step()
+    o.scheduler.step()
+    o.optimizer.zero_grad(set_to_none=True)
+    if not opt.scale_weight_norms:
+        return {}
+    scaled, mean_norm, max_norm = apply_max_norm(network, opt.scale_weight_norms)
+    return {"max_norm/keys_scaled": scaled, "max_norm/average_key_norm": mean_norm,
+            "max_norm/max_key_norm": max_norm}
+
+
+def _after_step(run: _Run) -> None:
+    """Validation, previews, the saves that are due and the user's requests, after a step."""
+    state, plan, main = run.state, run.plan, run.main
+    if validation_due(run.profile.training, plan, step=state.step):
+        run.validate("step")
+    if main:
+        run.sampled(run.previews.after_step(state.step))
+    step_save = state.step in plan.step_save_points
+    due = main and run.checkpoints.state_due()
+    asked = take_requests(run.outputs.run_dir) if main and run.outputs.run_dir else set()
+    # A state holds every process's random state: when one is saved, all send theirs.
+    if all_processes_agree(run.accelerator, step_save or due or SAVE_NOW in asked):
+        share_rng(run.accelerator, run.checkpoints, state.step)
+    if main and step_save:
+        run.save("step")
+    elif due:
+        run.checkpoints.save_state(state)
+    if asked:
+        act_on_requests(asked, run)
+
+
+def _after_epoch(run: _Run) -> None:
+    """The epoch ran to its end: report it, validate, save and sample when due."""
+    state, plan = run.state, run.plan
+    state.epoch += 1
+    state.batch_in_epoch = 0
+    run.emit(EpochEnded(state.epoch, plan.num_epochs, state.step, _avg(state.losses)))
+    if validation_due(run.profile.training, plan, epoch=state.epoch):
+        run.validate("epoch")
+    if state.epoch in plan.epoch_save_points:
+        share_rng(run.accelerator, run.checkpoints, state.step)
+        if run.main:
+            run.save("epoch")
+    if run.main:
+        run.sampled(run.previews.after_epoch(state.epoch, state.step))
+
+
+def act_on_requests(asked: set[str], run: _Run) -> None:
     """Save now / sample now (``lora-train signal``), after the step just taken, with
     the names sd-scripts gives a step's files. A save this step already made, or the final
     save the last step makes anyway, is not made twice."""
+    state, plan = run.state, run.plan
     if SAMPLE_NOW in asked:
-        if previews.prompt_file is None:
-            emit(WarningIssued("sample now: this run has no sample prompts; set `[sample] "
-                               "sample_prompts` in the profile for the next run"))
+        if run.previews.prompt_file is None:
+            run.emit(WarningIssued("sample now: this run has no sample prompts; set `[sample] "
+                                   "sample_prompts` in the profile for the next run"))
         else:
-            previews.now(state.step)
-    if SAVE_NOW in asked and state.step not in saved_steps and state.step < total_steps:
-        checkpoints.save(state, "step")
+            run.sampled(run.previews.now(state.step))
+    if SAVE_NOW in asked and state.step not in plan.step_save_points \
+            and state.step < plan.max_train_steps:
+        run.save("step")
 
 
 def all_processes_agree(accelerator, wanted: bool) -> bool:

@@ -1,19 +1,26 @@
-"""Captions of the training images (Ctrl+T on the images step): the tag table, tagging the
-pictures without a caption with a WD14 tagger, the trigger first in every caption, undo.
+"""Captions of the training images (Ctrl+T on the images step): the tag table, captioning
+the pictures without a caption with a WD14 tagger (tags) or a vision-language captioner
+(sentences, for families whose text encoder reads prose), the trigger first in every
+caption, undo.
 
-Tagging runs ``lora-train caption`` in a child process (onnxruntime stays out of the app):
-Enter in the model field previews the first three pictures (nothing written), Ctrl+T tags
-every picture without a caption with a progress bar; Escape during a run cancels it between
-batches (the finished captions are kept, none is half-written). The table and the trigger
-edit read and write caption files here (``lora_core.captioning``), undo included.
+Ctrl+O switches between tagger and captioner (not Ctrl+K: the input's own, delete to the
+end); a model folder says which it is by what it holds (``model.onnx``: a tagger;
+``config.json``: a captioner), so giving the folder is enough. The prompt row is shown only
+for a captioner (empty: the model's default, ``<DETAILED_CAPTION>`` for Florence-2).
+
+Captioning runs ``lora-train caption --events -`` in a child process (onnxruntime, torch and
+transformers stay out of the app), read as typed events (``ImagesTagged``,
+``CaptionsTagged``, ``CommandFailed``): Enter in the model field previews the first three
+pictures (nothing written), Ctrl+T captions every picture without a caption with a progress
+bar; Escape during a run cancels it between batches (the finished captions are kept, none is
+half-written). The table and the trigger edit read and write caption files here
+(``lora_core.captioning``), undo included.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
-import sys
 from pathlib import Path
 
 from rich.markup import escape
@@ -27,17 +34,34 @@ from textual.widgets import DataTable, Input, ProgressBar, Static
 from lora_core.captioning.files import UNDO, caption_path, images_in
 from lora_core.captioning.tags import TagEdit, edit_tags, tag_table
 from lora_core.errors import LoraError
+from lora_core.events import CaptionsTagged, Event, ImagesTagged
+from lora_tui.tool_process import follow_tool, start_tool, tool_command
+from lora_tui.widgets.ordered_keys import OrderedInput, focus_now
 from lora_tui.widgets.path_input import PathInput
 
 TABLE_ROWS = 200
-_PROGRESS = re.compile(r"tagged (\d+)/(\d+)")
+KINDS = ("tagger", "captioner")
+PLACEHOLDERS = {"tagger": "folder with model.onnx + selected_tags.csv",
+                "captioner": "transformers folder (Florence-2, BLIP, GIT, LLaVA) or cached id"}
+
+
+def model_kind(model: str) -> str | None:
+    """What a model folder holds: 'tagger' (model.onnx), 'captioner' (config.json), or
+    None (not a folder, or neither: the switch decides)."""
+    folder = Path(model).expanduser()
+    if (folder / "model.onnx").is_file():
+        return "tagger"
+    if (folder / "config.json").is_file():
+        return "captioner"
+    return None
 
 
 class CaptionsDialog(ModalScreen[bool]):
     """Dismisses with True when captions changed (the step checks the dataset again)."""
 
     BINDINGS = [Binding("escape", "close", "Close / cancel"),
-                Binding("ctrl+t", "tag_all", "Tag all missing"),
+                Binding("ctrl+t", "tag_all", "Caption all missing"),
+                Binding("ctrl+o", "switch_kind", "Tagger / captioner"),
                 Binding("ctrl+f", "trigger_first", "Trigger first"),
                 Binding("ctrl+z", "undo", "Undo")]
 
@@ -48,29 +72,39 @@ class CaptionsDialog(ModalScreen[bool]):
         self.trigger = trigger
         self.changed = False
         self.process: asyncio.subprocess.Process | None = None
+        self.kind = "tagger"
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog-box captions-box"):
             yield Static(f"[b]Captions[/b] of {escape(str(self.folder))}", id="captions-title")
-            yield Static("[dim]Enter (tagger): preview 3 · Ctrl+T tag all without a caption · "
-                         "Ctrl+F trigger first in every caption · Ctrl+Z undo · Esc close"
-                         "[/dim]")
+            yield Static("[dim]Enter (model): preview 3 · Ctrl+T caption all without one · "
+                         "Ctrl+O tagger/captioner · Ctrl+F trigger first · Ctrl+Z undo · "
+                         "Esc close[/dim]")
             yield Static("", id="captions-summary")
             with Horizontal(classes="edit-row"):
-                yield Static("tagger", classes="edit-label")
+                yield Static("tagger", classes="edit-label", id="captions-kind")
                 yield PathInput("", Path.cwd(), id="captions-model", compact=True,
-                                placeholder="folder with model.onnx + selected_tags.csv")
+                                folders_only=True,  # either model is a folder
+                                placeholder=PLACEHOLDERS["tagger"])
+            with Horizontal(classes="edit-row", id="captions-prompt-row"):
+                yield Static("prompt", classes="edit-label")
+                yield OrderedInput("", id="captions-prompt", compact=True,
+                                   placeholder="empty: the model's default (Florence-2: "
+                                   "<DETAILED_CAPTION>)")
             with Horizontal(classes="edit-row"):
                 yield Static("trigger", classes="edit-label")
-                yield Input(self.trigger, id="captions-trigger", compact=True)
+                yield OrderedInput(self.trigger, id="captions-trigger", compact=True)
             yield ProgressBar(id="captions-progress", show_eta=False)
             yield Static("", id="captions-output")
             yield DataTable(id="captions-table", cursor_type="row", zebra_stripes=True)
 
     def on_mount(self) -> None:
         self.query_one("#captions-progress", ProgressBar).display = False
+        self.show_kind()
         self.refresh_table()
-        self.query_one("#captions-model", Input).focus()
+        model = self.query_one("#captions-model", PathInput)
+        model.submit = lambda: self.start_tagging(preview=True)  # as Enter is read
+        focus_now(model)  # keys typed with Ctrl+T wait for it (widgets/ordered_keys.py)
 
     def refresh_table(self) -> None:
         table = self.query_one("#captions-table", DataTable)
@@ -89,6 +123,16 @@ class CaptionsDialog(ModalScreen[bool]):
             f"{missing} picture(s) without a caption · {len(rows)} different tags "
             "(most used first)")
 
+    def show_kind(self) -> None:
+        self.query_one("#captions-kind", Static).update(self.kind)
+        self.query_one("#captions-model", Input).placeholder = PLACEHOLDERS[self.kind]
+        self.query_one("#captions-prompt-row").display = self.kind == "captioner"
+
+    def action_switch_kind(self) -> None:
+        if self.process is None:
+            self.kind = KINDS[1 - KINDS.index(self.kind)]
+            self.show_kind()
+
     def say(self, text: str) -> None:
         self.query_one("#captions-output", Static).update(text)
 
@@ -97,12 +141,16 @@ class CaptionsDialog(ModalScreen[bool]):
         return self.query_one("#captions-model", Input).value.strip()
 
     @property
+    def prompt(self) -> str:
+        return self.query_one("#captions-prompt", Input).value.strip()
+
+    @property
     def trigger_words(self) -> str:
         return self.query_one("#captions-trigger", Input).value.strip()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        if event.input.id == "captions-model":
+        if event.input.id in ("captions-model", "captions-prompt"):
             self.start_tagging(preview=True)
 
     def action_tag_all(self) -> None:
@@ -112,49 +160,60 @@ class CaptionsDialog(ModalScreen[bool]):
         if self.process is not None:
             return
         if not self.model:
-            self.say("[red]give the tagger's folder first[/red]")
+            self.say(f"[red]give the {self.kind}'s folder first[/red]")
             return
-        args = [sys.executable, "-m", "lora_core.cli", "caption", str(self.folder),
-                "--tagger", self.model, "--caption-extension", self.extension]
+        found = model_kind(self.model)
+        if found is not None and found != self.kind:
+            self.kind = found
+            self.show_kind()
+        args = [str(self.folder), f"--{self.kind}", self.model, "--caption-extension",
+                self.extension]
+        if self.kind == "captioner" and self.prompt:
+            args += ["--prompt", self.prompt]
         if self.trigger_words:
             args += ["--prefix", self.trigger_words]
         if preview:
             args += ["--dry-run", "--limit", "3"]
-        self.run_tagger(args, preview)
+        self.run_tagger(tool_command("caption", *args), preview)
 
     @work(exclusive=True, group="tagger")
     async def run_tagger(self, args: list[str], preview: bool) -> None:
         bar = self.query_one("#captions-progress", ProgressBar)
         bar.update(total=None, progress=0)
         bar.display = not preview
-        self.say("previewing the first 3 pictures..." if preview else "tagging...")
-        self.process = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        errors: list[str] = []
-        assert self.process.stderr is not None and self.process.stdout is not None
-        while line := (await self.process.stderr.readline()).decode(errors="replace"):
-            found = _PROGRESS.search(line)
-            if found:
-                bar.update(total=int(found[2]), progress=int(found[1]))
-            else:
-                errors.append(line.rstrip())
-        out = (await self.process.stdout.read()).decode(errors="replace")
-        code = await self.process.wait()
+        self.say("previewing the first 3 pictures (loading the model)..." if preview
+                 else "captioning...")
+        self.process = await start_tool(args)
+
+        def progressed(event: Event) -> None:
+            if isinstance(event, ImagesTagged):
+                bar.update(total=event.total, progress=event.done)
+
+        outcome = await follow_tool(self.process, progressed)
         self.process = None
         bar.display = False
-        if code not in (0, 130):
-            self.say(f"[red]{escape(chr(10).join(errors[-4:]))}[/red]")
+        tagged = outcome.last(CaptionsTagged)
+        if not isinstance(tagged, CaptionsTagged):
+            self.say(f"[red]{escape(outcome.failure)}[/red]")
             return
-        lines = out.strip().splitlines()
         if not preview:
             self.changed = True
             self.refresh_table()
-        stopped = "\n[yellow]cancelled: the finished captions are kept[/yellow]" \
-            if code == 130 else ""
-        shown = "\n".join(escape(line.replace("undo with --undo", "Ctrl+Z undoes"))
-                          for line in lines[-4:])
-        self.say(("[b]Preview[/b] (nothing written; Ctrl+T tags all)\n" if preview else "")
-                 + shown + stopped)
+        self.say(self._tagged_text(tagged))
+
+    @staticmethod
+    def _tagged_text(tagged: CaptionsTagged, shown: int = 3) -> str:
+        """The last captions, what was written, and what a cancel left."""
+        count = len(tagged.paths)
+        lines = [f"{escape(Path(path).name)}: {escape(caption)}"
+                 for path, caption in zip(tagged.paths[-shown:], tagged.captions[-shown:],
+                                          strict=True)]
+        if tagged.dry_run:
+            return "\n".join(["[b]Preview[/b] (nothing written; Ctrl+T captions all)", *lines])
+        lines.append(f"wrote {count} caption file(s)" + ("; Ctrl+Z undoes" if count else ""))
+        if tagged.stopped:
+            lines.append("[yellow]cancelled: the finished captions are kept[/yellow]")
+        return "\n".join(lines)
 
     def action_trigger_first(self) -> None:
         trigger = self.trigger_words

@@ -32,10 +32,27 @@ class PathPrompt(ModalScreen[Path | str | None]):
         with Vertical(classes="dialog-box"):
             yield Static(escape(self.question), classes="dialog-question")
             yield PathInput(self.value, self.base_dir, id="path")
+            yield Static("", id="path-matches")  # what Tab found
             yield Static("[dim]Enter: OK · Tab or Right: complete · Escape: cancel[/dim]")
 
+    def on_mount(self) -> None:
+        path = self.query_one("#path", PathInput)
+        path.submit = lambda: self.accept(path.value)  # as Enter is read: keys typed after
+        # it go to the screen this dialog returns to (widgets/ordered_keys.py)
+
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        text = event.value.strip()
+        self.accept(event.value)
+
+    def show_matches(self, markup: str) -> None:
+        """The matches Tab found (PathInput), until the text changes."""
+        self.query_one("#path-matches", Static).update(markup)
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if isinstance(event.input, PathInput) and not event.input.matches_current:
+            self.show_matches("")
+
+    def accept(self, value: str) -> None:
+        text = value.strip()
         if not text:
             return
         if self.commands and ".py" in text and " --" in text:

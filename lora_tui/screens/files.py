@@ -7,13 +7,12 @@ was trained and, in a table, its tags per folder, most used first. E edits the t
 description, author, keywords, tags and cover (the original kept as ``FILE.backup``); Z
 resizes it to a smaller rank into a new file beside it. Inspect and edit read and rewrite the
 header only, in this process (no torch); a resize loads tensors, so it runs as
-``lora-train resize`` in a child process and the screen stays live.
+``lora-train resize --events -`` in a child process, read as typed events, and the screen
+stays live.
 """
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 
 from rich.markup import escape
@@ -26,10 +25,14 @@ from textual.widgets import DataTable, Footer, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from lora_core.errors import LoraError
+from lora_core.events import LoraFactored
 from lora_core.lora_tools.edit import edit_lora
 from lora_core.lora_tools.inspect import USER_FIELDS, inspect_lora, render_inspect
-from lora_core.saving.run_status import list_runs
+from lora_core.runs.status import RunStatus, list_runs
 from lora_tui.dialogs.path_prompt import PathPrompt
+from lora_tui.path_text import fit_text, shorten_path
+from lora_tui.tool_process import follow_tool, start_tool, tool_command
+from lora_tui.widgets.ordered_keys import OrderedInput
 from lora_tui.widgets.path_input import PathInput
 
 PICK = "__pick__"
@@ -38,14 +41,24 @@ TEXT_FIELDS = [name for name in USER_FIELDS if name != "cover"]
 
 
 def recent_loras(limit: int = RECENT_FILES) -> list[Path]:
-    """The final files of the recent runs that are still on disk, newest first."""
+    """The final files of the recent runs that are still on disk, newest first, each
+    followed by its run's best file (lowest validation loss) when it has one."""
     found = []
     for run in list_runs(limit=limit * 2):
-        path = Path(run.final_file) if run.final_file else None
-        if path is not None and path.suffix == ".safetensors" and path.is_file() \
-                and path not in found:
-            found.append(path)
+        for name in (run.final_file, run.best_file):
+            path = Path(name) if name else None
+            if path is not None and path.suffix == ".safetensors" and path.is_file() \
+                    and path not in found:
+                found.append(path)
     return found[:limit]
+
+
+def run_of(path: Path) -> RunStatus | None:
+    """The recent run whose final or best file ``path`` is (for its grid and best file)."""
+    for run in list_runs(limit=RECENT_FILES * 2):
+        if str(path) in (run.final_file, run.best_file):
+            return run
+    return None
 
 
 def resized_name(path: Path, rank: int) -> Path:
@@ -79,19 +92,24 @@ class FilesScreen(Screen):
         yield Static("", id="files-message")
         with VerticalScroll(id="files-view"):
             yield Static("", id="files-info")
+            yield Static("", id="files-run")
+            yield Static("", id="files-grid")
             yield DataTable(id="files-tags", zebra_stripes=True, cursor_type="row")
         yield Footer()
 
     def on_mount(self) -> None:
         self.fill_list()
         self.query_one("#files-tags", DataTable).display = False
+        self.query_one("#files-grid", Static).display = False
 
     def fill_list(self) -> None:
         menu = self.query_one("#files-list", OptionList)
         menu.clear_options()
+        width = max(20, self.app.size.width - 10)  # inside the list's margins and border
         for path in recent_loras():
-            menu.add_option(Option(escape(str(path)), id=str(path)))
+            menu.add_option(Option(escape(shorten_path(str(path), width)), id=str(path)))
         menu.add_option(Option("P  Pick another file...", id=PICK))
+        menu.highlighted = 0  # Enter opens the first at once (nothing was selected)
         menu.focus()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -123,8 +141,12 @@ class FilesScreen(Screen):
             return
         self.path, self.report = Path(path), report
         self.say("")
-        self.query_one("#files-info", Static).update(escape(render_inspect(
-            {**report, "tag_frequency": {}})))
+        # A line ending in a path keeps the file name whole (the folder shortened).
+        width = max(20, self.query_one("#files-view").size.width - 2 or self.app.size.width - 6)
+        lines = render_inspect({**report, "tag_frequency": {}}).splitlines()
+        self.query_one("#files-info", Static).update(escape("\n".join(
+            fitted for line in lines for fitted in fit_text(line, width))))
+        self.show_run(run_of(Path(path)), width)
         table = self.query_one("#files-tags", DataTable)
         table.clear(columns=True)
         table.add_columns("count", "tag", "folder")
@@ -133,6 +155,28 @@ class FilesScreen(Screen):
                 table.add_row(str(count), tag, folder)
         table.display = bool(report["tag_frequency"])
         self.refresh_bindings()
+
+    def show_run(self, run: RunStatus | None, width: int) -> None:
+        """Of a run's file: its best file (with the loss) and its sample grid, drawn."""
+        lines = []
+        if run is not None and run.best_file:
+            lines.append(f"best by validation loss ({run.best_validation_loss:.4f}): "
+                         f"{run.best_file}")
+        grid = Path(run.grid_file) if run is not None and run.grid_file else None
+        if grid is not None:
+            lines.append(f"sample grid: {grid}")
+        self.query_one("#files-run", Static).update(escape("\n".join(
+            fitted for line in lines for fitted in fit_text(line, width))))
+        picture = self.query_one("#files-grid", Static)
+        picture.display = grid is not None and grid.is_file()
+        if picture.display:
+            from lora_tui.widgets.picture import terminal_picture
+
+            try:
+                picture.update(terminal_picture(grid, width, 2 * 12))
+            except OSError as exc:
+                picture.update(f"[dim]cannot show {escape(str(grid))}: "
+                               f"{escape(str(exc))}[/dim]")
 
     def action_edit(self) -> None:
         if self.path is None or self.report is None:
@@ -166,19 +210,20 @@ class FilesScreen(Screen):
     @work(exclusive=True, group="resize")
     async def run_resize(self, path: Path, rank: int, output: Path) -> None:
         self.say(f"resizing {escape(path.name)} to rank {rank}...")
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "lora_core.cli", "resize", str(path), "--rank", str(rank),
-            "-o", str(output), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await process.communicate()
+        outcome = await follow_tool(await start_tool(tool_command(
+            "resize", str(path), "--rank", str(rank), "-o", str(output))))
         self.busy = False
         self.refresh_bindings()
-        if process.returncode != 0:
-            self.say(escape(err.decode(errors="replace").strip()), error=True)
+        done = outcome.last(LoraFactored)
+        if not isinstance(done, LoraFactored):
+            self.say(escape(outcome.failure), error=True)
             return
         self.fill_list()
-        lines = out.decode(errors="replace").splitlines()
-        self.show_file(output)
-        self.say(escape("\n".join(lines[:3])))
+        self.show_file(Path(done.output))
+        ranks = ", ".join(f"{rank} ({count})" for rank, count in done.ranks.items())
+        kept = "" if done.retained_mean is None else (
+            f"; norm kept: lowest {done.retained_lowest:.4f}, mean {done.retained_mean:.4f}")
+        self.say(escape(f"Wrote {done.output}\n{done.modules} modules at rank {ranks}{kept}"))
 
 
 class EditDialog(ModalScreen[tuple[dict[str, str], list[str], Path | None] | None]):
@@ -199,12 +244,17 @@ class EditDialog(ModalScreen[tuple[dict[str, str], list[str], Path | None] | Non
             for name in TEXT_FIELDS:
                 with Horizontal(classes="edit-row"):
                     yield Static(name, classes="edit-label")
-                    yield Input(self.current.get(name, ""), id=f"edit-{name}", compact=True)
+                    yield OrderedInput(self.current.get(name, ""), id=f"edit-{name}",
+                                       compact=True)
             with Horizontal(classes="edit-row"):
                 yield Static("cover", classes="edit-label")
                 yield PathInput("", self.path.parent, id="edit-cover", compact=True,
                                 placeholder="a picture file (empty: keep the cover)")
             yield Static("[dim]Tab: next field · Enter or Ctrl+S: save · Escape: cancel[/dim]")
+
+    def on_mount(self) -> None:
+        for field in self.query(OrderedInput):  # Enter saves as it is read, keys in order
+            field.submit = self.action_save
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
@@ -242,14 +292,21 @@ class RankPrompt(ModalScreen[int | None]):
         with Vertical(classes="dialog-box"):
             yield Static(f"Resize to rank{now}: the new file is written beside this one",
                          classes="dialog-question")
-            yield Input("", placeholder="e.g. 8", id="rank", type="integer")
+            yield OrderedInput("", placeholder="e.g. 8", id="rank", type="integer")
             yield Static("", id="rank-error")
             yield Static("[dim]Enter: resize · Escape: cancel[/dim]")
 
+    def on_mount(self) -> None:
+        rank = self.query_one("#rank", OrderedInput)
+        rank.submit = lambda: self.accept(rank.value)  # as Enter is read, keys in order
+
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
+        self.accept(event.value)
+
+    def accept(self, value: str) -> None:
         try:
-            rank = int(event.value)
+            rank = int(value)
         except ValueError:
             rank = 0
         if rank < 1 or (self.current and rank > self.current):

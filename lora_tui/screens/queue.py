@@ -76,7 +76,7 @@ class QueueEntry:
         if self.state in ("done", "stopped") and self.final_file:
             extra = f" (+{len(self.files) - 1} files)" if len(self.files) > 1 else ""
             return Path(self.final_file).name + extra
-        return " ".join(self.message.split())
+        return " ".join(first_problem(self.message).split())
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -132,6 +132,16 @@ def expand_profiles(path: Path) -> list[Path]:
     return found
 
 
+def first_problem(message: str) -> str:
+    """What a row can show of a failure: the problem itself, not the heading of a list
+    ("the profile has 2 problems:" then "  - ..." lines gives "(1 of 2) ...")."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    items = [line[2:] for line in lines[1:] if line.startswith("- ")]
+    if not items or not lines[0].endswith(":"):
+        return message
+    return items[0] if len(items) == 1 else f"(1 of {len(items)}) {items[0]}"
+
+
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
@@ -147,9 +157,10 @@ class QueueScreen(Screen):
         Binding("x,delete", "remove", "Remove"),
         Binding("u,shift+up", "move(-1)", "Up"),
         Binding("d,shift+down", "move(1)", "Down"),
-        Binding("r", "run", "Run all"),
+        # Short labels: every key fits the footer at 80 columns (the title line says more).
+        Binding("r", "run", "Run"),
         Binding("s", "stop", "Stop"),
-        Binding("c", "clear_done", "Clear done"),
+        Binding("c", "clear_done", "Clear"),
         Binding("escape", "leave", "Back"),
     ]
 
@@ -188,9 +199,13 @@ class QueueScreen(Screen):
 
     @property
     def _result_width(self) -> int:
-        """What is left of the table's width for the result column (at least 12)."""
+        """What is left of the table's width for the result column (at least 12): the
+        other columns as wide as their cells, each with its padding, and the scrollbar."""
         width = self.table.size.width or 80
-        return max(12, width - _NAME_WIDTH - len("running 999/9999") - 12)
+        names = max((len(e.profile.name) for e in self.entries), default=0)
+        name_width = min(_NAME_WIDTH, max(len("profile"), names))
+        index_width = max(1, len(str(len(self.entries))))
+        return max(12, width - index_width - name_width - len("running 999/9999") - 10)
 
     def _cells(self, index: int, entry: QueueEntry) -> tuple[str, str, str, str]:
         return (str(index + 1), _clip(entry.profile.name, _NAME_WIDTH), entry.state_text(),

@@ -3,7 +3,13 @@ buckets, steps, warmup, when checkpoints and samples happen), the answers that d
 the defaults, the equivalent ``lora-train`` command, and Save / Train.
 
 Keys: Enter on a step in the list (or 1-9) reopens it (its Next comes back here), S saves
-the profile (TOML; "save only, don't train"), T trains, Escape goes back to the last step.
+the profile (TOML; "save only, don't train"), T trains, Escape goes back to the last step;
+PageUp/PageDown and Home/End scroll the review (whichever list has the focus), I shows an
+import's report again.
+
+An opened profile changed here is not written behind the user's back: training it trains a
+copy in the state folder, and the review says so; T (or Enter) first offers to save the
+changes to the file (:class:`SaveFirstDialog`).
 
 Saving lives here too (:func:`save_draft`, :func:`save_with_prompt`), because every step
 saves the same way with Ctrl+S: sample prompts typed in the wizard are written next to the
@@ -28,12 +34,15 @@ from textual.worker import Worker, WorkerState
 from lora_core.atomic import atomic_write_bytes
 from lora_core.dataset.plan import TrainingPlan
 from lora_core.errors import LoraError
+from lora_core.notify import describe_webhook, destinations
 from lora_core.paths import state_dir
-from lora_core.profile import SECTIONS, SampleSection, profile_to_dict
+from lora_core.profile import SECTIONS, Profile, SampleSection, profile_to_dict
 from lora_core.profile_io import save_profile, save_profile_data
 from lora_core.training.sample_prompts import sample_points
 from lora_tui.dataset_check import DatasetCheck, check_dataset
+from lora_tui.dialogs.import_report import ImportReportDialog
 from lora_tui.dialogs.path_prompt import PathPrompt
+from lora_tui.dialogs.save_first import SaveFirstDialog
 from lora_tui.draft import Draft, to_text
 from lora_tui.steps import STEPS
 from lora_tui.widgets.field_editor import escape
@@ -118,9 +127,34 @@ def save_with_prompt(screen: Screen, draft: Draft, ask: bool = False,
                            save_to)
 
 
+def copy_path(output_name: str) -> Path:
+    """Where unsaved answers are written to be trained (absolute paths, so the copy runs
+    from anywhere); the user's own files are never written behind their back."""
+    return state_dir() / "wizard" / f"{output_name}.toml"
+
+
 def run_command(profile_path: Path | None) -> str:
     shown = shlex.quote(str(profile_path)) if profile_path else "PROFILE.toml"
     return f"lora-train run {shown}"
+
+
+def typed_changes_text(draft: Draft) -> str:
+    """"Changed from the defaults" for answers that do not make a valid profile yet: each
+    answer as given, beside the field's default."""
+    defaults = profile_to_dict(Profile())
+    lines = ["[b]Changed from the defaults[/b] [dim](as given; fix the problems above)[/dim]"]
+    for section, values in draft.data().items():
+        if section not in SECTIONS:
+            continue
+        for key, value in values.items():
+            default = defaults[section].get(key)
+            if (section, key) == ("notify", "webhook") and isinstance(value, str):
+                value = describe_webhook(value)  # its secret stays off the screen
+            if value != default:
+                lines.append(f"  {escape(f'[{section}] {key}')} = "
+                             f"{escape(to_text(value) or '(empty)')}"
+                             f"  [dim](default {escape(to_text(default) or 'unset')})[/dim]")
+    return "\n".join(lines)
 
 
 class ReviewScreen(Screen):
@@ -129,6 +163,13 @@ class ReviewScreen(Screen):
         Binding("s", "save", "Save"),
         Binding("ctrl+s", "save_quick", "Save", show=False),
         Binding("t", "train", "Train"),
+        Binding("i", "import_report", "Import report"),
+        # Over the focused list's own keys: the review is longer than 24 lines, and its
+        # "Changed from the defaults" sits between the two lists (issue 24).
+        Binding("pagedown", "scroll_body('page_down')", "Scroll", show=False, priority=True),
+        Binding("pageup", "scroll_body('page_up')", "Scroll", show=False, priority=True),
+        Binding("end", "scroll_body('end')", "Scroll", show=False, priority=True),
+        Binding("home", "scroll_body('home')", "Scroll", show=False, priority=True),
         *[Binding(str(i + 1), f"edit({i})", step.title, show=False)
           for i, step in enumerate(STEPS[:9])],
     ]
@@ -149,6 +190,7 @@ class ReviewScreen(Screen):
             # step of a loaded profile trains it.
             yield OptionList(Option("Train now", id="train"),
                              Option("Save the profile", id="save"), id="review-actions")
+            yield Static("", id="review-unsaved")
             yield Static("computing the plan...", id="review-plan")
             yield Static("", id="review-command")
             yield Static("", id="review-changes")
@@ -177,9 +219,15 @@ class ReviewScreen(Screen):
         try:
             rows = self.draft.differences()
         except LoraError as exc:
-            changes.update(f"[red]{escape(exc.message)}[/red]")
+            # The answers still show (an import with another machine's paths is refused
+            # until they are fixed, and the review once hid what it had set).
+            changes.update(f"[red]{escape(exc.message)}[/red]\n\n"
+                           + typed_changes_text(self.draft))
             command.update("")
             return
+        # A literal webhook URL holds its secret: the review shows its scheme and host only.
+        rows = [(section, key, describe_webhook(value) if (section, key) == ("notify",
+                 "webhook") else value, default) for section, key, value, default in rows]
         prompts = [p for p in self.draft.typed_prompts.splitlines() if p.strip()]
         if prompts:  # sample_prompts names the working copy until saved: said below instead
             rows = [row for row in rows if row[:2] != ("sample", "sample_prompts")]
@@ -193,10 +241,16 @@ class ReviewScreen(Screen):
                          f"{escape(name)} beside the profile when it is saved")
         changes.update("\n".join(lines))
         path = self.draft.source_path
+        unsaved = self.query_one("#review-unsaved", Static)
+        unsaved.display = path is not None and self.draft.dirty
         if path is not None and not self.draft.dirty:
             how = f"Enter trains from {escape(str(path))}"
         elif path is not None:
-            how = (f"Enter trains the answers as they are now; S saves them to "
+            copy = copy_path(self.draft.current("saving", "output_name"))
+            unsaved.update(f"[yellow]Changed since opened:[/yellow] {escape(path.name)} stays "
+                           "as it was unless you press S. Enter trains a copy in the state "
+                           "folder (it asks first: save, or train the copy).")
+            how = (f"Enter trains a copy, {escape(str(copy))}; S saves the answers to "
                    f"{escape(path.name)} (the command is for after saving)")
         else:
             how = "Enter trains the answers as they are now; S saves them to a profile"
@@ -204,6 +258,12 @@ class ReviewScreen(Screen):
         board = self._tensorboard_command()
         if board:
             text += f"\n  curves: {escape(board)}"
+        try:
+            notify = destinations(self.draft.profile().notify)
+        except LoraError:
+            notify = []
+        if notify:
+            text += f"\n  when it ends, notifies: {escape('; '.join(notify))}"
         command.update(text)
 
     def _tensorboard_command(self) -> str:
@@ -250,6 +310,24 @@ class ReviewScreen(Screen):
     def action_save_quick(self) -> None:
         save_with_prompt(self, self.draft, on_saved=lambda _: self._show_changes())
 
+    def action_scroll_body(self, how: str) -> None:
+        """Scroll the whole review; Home/End in the steps list also pick its first/last."""
+        steps = self.query_one("#review-steps", OptionList)
+        if self.focused is steps and how in ("home", "end"):
+            steps.action_first() if how == "home" else steps.action_last()
+        body = self.query_one(".step-body", VerticalScroll)
+        {"page_down": body.scroll_page_down, "page_up": body.scroll_page_up,
+         "end": body.scroll_end, "home": body.scroll_home}[how](animate=False)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "import_report":
+            return bool(self.draft.import_report)
+        return True
+
+    def action_import_report(self) -> None:
+        if self.draft.import_report:
+            self.app.push_screen(ImportReportDialog(self.draft.import_report))
+
     def action_train(self) -> None:
         try:
             profile = self.draft.profile()
@@ -261,10 +339,27 @@ class ReviewScreen(Screen):
             self.notify("fix the problems the plan lists first", severity="error")
             return
         path = self.draft.source_path
+        if path is not None and self.draft.dirty:
+            # An opened profile, changed: its file stays as it was unless the user saves.
+            self.app.push_screen(SaveFirstDialog(path, copy_path(profile.saving.output_name)),
+                                 self._train_after_asking)
+            return
+        self._train(profile)
+
+    def _train_after_asking(self, answer: str | None) -> None:
+        app = self.app
+        if answer == "save":
+            save_with_prompt(self, self.draft,
+                             on_saved=lambda path: app.start_training(path))  # type: ignore
+        elif answer == "copy":
+            self._train(self.draft.profile())
+
+    def _train(self, profile: Profile) -> None:
+        path = self.draft.source_path
         if path is None or self.draft.dirty:
             # Unsaved answers train from a snapshot in the state folder (absolute paths, so
             # it runs from anywhere); the user's own files are never written behind their back.
-            path = state_dir() / "wizard" / f"{profile.saving.output_name}.toml"
+            path = copy_path(profile.saving.output_name)
             path.parent.mkdir(parents=True, exist_ok=True)
             save_profile(profile, path)  # every path absolute; typed prompts: their working copy
         self.app.start_training(path)  # type: ignore[attr-defined]

@@ -1,9 +1,10 @@
 """The first screen: new profile, open a saved profile, rerun the last run, queue, quit;
 and the recent runs, to follow or continue.
 
-Keys: N new, O open, R rerun last (trains again at once), E rerun last with changes (opens
-it in the wizard), U the queue, F the Files screen (LoRA tools), Q quit. Arrow keys and
-Enter work on the list too.
+Keys: N new, S new by the short path (base model, training images, output, then the review
+with the defaults, every other step one key away there), O open, R rerun last (trains again
+at once), E rerun last with changes (opens it in the wizard), U the queue, F the Files
+screen (LoRA tools), Q quit. Arrow keys and Enter work on the list too.
 
 Below the menu, the runs on this machine (``list_runs``), running ones first: A (or Enter
 on the list) attaches to the selected run (its events replayed, then followed live; S
@@ -33,13 +34,14 @@ from textual.widgets import DataTable, Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
 from lora_core.errors import LoraError
-from lora_core.saving.run_status import RunStatus, list_runs
-from lora_core.saving.runs import last_run
+from lora_core.runs.folders import last_run
+from lora_core.runs.status import RunStatus, list_runs
 from lora_tui.dialogs.path_prompt import PathPrompt
 from lora_tui.widgets.run_list import RunList, run_detail
 
 CHOICES = (
     ("new", "N  New profile: answer the questions step by step"),
+    ("short", "S  Short new profile: model, images, output; then the review"),
     ("open", "O  Open a saved profile, or import settings (sd-scripts, LETS, kohya_ss)"),
     ("rerun", "R  Rerun the last run"),
     ("rerun_edit", "E  Rerun the last run with changes"),
@@ -55,6 +57,7 @@ _AGE_REFRESH_S = 30.0  # and the list again this often regardless (the ages chan
 class StartScreen(Screen):
     BINDINGS = [
         Binding("n", "choose('new')", "New"),
+        Binding("s", "choose('short')", "Short new", show=False),
         Binding("o", "choose('open')", "Open"),
         Binding("r", "choose('rerun')", "Rerun last"),
         Binding("e", "choose('rerun_edit')", "Rerun with changes"),
@@ -164,8 +167,8 @@ class StartScreen(Screen):
 
     def action_choose(self, choice: str) -> None:
         app = self.app
-        if choice == "new":
-            app.new_profile()  # type: ignore[attr-defined]
+        if choice in ("new", "short"):
+            app.new_profile(short=choice == "short")  # type: ignore[attr-defined]
         elif choice == "open":
             app.push_screen(PathPrompt("Profile to open (.toml), or settings to import: an "
                                        "sd-scripts command (paste it) or TOML, a LETS or "

@@ -35,11 +35,12 @@ from lora_core.errors import LoraError
 from lora_core.models.loading import FAMILY_LABELS
 from lora_core.profile import ADAPTIVE_OPTIMIZERS
 from lora_tui.dataset_check import DatasetCheck, check_dataset
-from lora_tui.draft import Draft, spec_for
-from lora_tui.screens.review import save_with_prompt
+from lora_tui.draft import Draft, machine_precision, spec_for
+from lora_tui.screens.review import ReviewScreen, save_with_prompt
 from lora_tui.steps import STEPS, Step
 from lora_tui.widgets.dataset_table import DatasetTable
 from lora_tui.widgets.field_editor import FieldEditor, escape
+from lora_tui.widgets.ordered_keys import focus_now, refuse_keys_typed_before
 
 _CHECK_DELAY_S = 0.3  # wait for typing to pause before scanning folders
 
@@ -97,6 +98,7 @@ class StepScreen(Screen):
         self._show_required = False  # "is required" appears once Next was tried
         self.check_problems: list[Problem] = []  # the full check's, located on this step
         self._answers_changed = 0  # counts answer changes: a check of older answers is stale
+        self._checked_answers = -1  # the answer count the last applied check was made for
 
     @property
     def step(self) -> Step:
@@ -119,8 +121,13 @@ class StepScreen(Screen):
 
     def compose(self) -> ComposeResult:
         step = self.step
-        yield Static(f"[b]Step {self.index + 1} of {len(STEPS)}: {escape(step.title)}[/b]"
-                     + ("  [dim](editing from review)[/dim]" if self.from_review else ""),
+        # The short path (app.steps_in_path: model, images, output) counts its own steps.
+        total = getattr(self.app, "steps_in_path", len(STEPS))
+        short = not self.from_review and self.index < total < len(STEPS)
+        yield Static(f"[b]Step {self.index + 1} of {total if short else len(STEPS)}: "
+                     f"{escape(step.title)}[/b]"
+                     + ("  [dim](editing from review)[/dim]" if self.from_review else "")
+                     + ("  [dim](then the review)[/dim]" if short else ""),
                      classes="step-title")
         with VerticalScroll(classes="step-body"):
             yield Static(escape(step.intro), classes="step-intro")
@@ -164,7 +171,7 @@ class StepScreen(Screen):
 
     def on_mount(self) -> None:
         self.refresh_fields()
-        self.shown_editors[0].input_widget.focus()
+        focus_now(self.shown_editors[0].input_widget)  # keys typed before it wait for it
         self.schedule_check()
 
     def on_screen_resume(self) -> None:
@@ -217,6 +224,11 @@ class StepScreen(Screen):
                 else f"[i]{escape(name)}: usually none[/i]")
         if ("training", "num_processes") in keys:
             self.editor("training", "num_processes").set_note(gpus_note())
+        if ("training", "mixed_precision") in keys:  # why a new profile has what it has
+            value, why = machine_precision()
+            self.editor("training", "mixed_precision").set_note(
+                f"[i]This machine: {escape(why)}. A new profile starts with "
+                f"\"{value}\".[/i]")
         if ("optimizer", "learning_rate") in keys:
             name = self.draft.current("optimizer", "optimizer_type")
             self.editor("optimizer", "learning_rate").set_note(
@@ -246,8 +258,12 @@ class StepScreen(Screen):
         check's too); True when none of them is an error."""
         validation = self.draft.validate()
         located: dict[tuple[str, str], list[str]] = {}
+        in_table: set[tuple[str, str]] = set()  # the dataset table shows these
         for problem in self.check_problems:
-            located.setdefault(problem.field, []).append(problem.text())
+            if self.step.dataset_check and problem.section == "dataset":
+                in_table.add(problem.field)
+            else:
+                located.setdefault(problem.field, []).append(problem.text())
         clean, elsewhere = True, []
         for editor in self.editors:
             key = (editor.spec.section, editor.spec.key)
@@ -257,7 +273,8 @@ class StepScreen(Screen):
             found = [e for e in located.pop(key, []) if e not in errors]
             if editor.display:
                 editor.set_errors(errors + found)
-                clean = clean and not validation.for_field(*key) and not found
+                clean = clean and not validation.for_field(*key) and not found \
+                    and key not in in_table and not self._model_problem(key)
             else:
                 editor.set_errors(errors)
                 elsewhere += found
@@ -289,24 +306,53 @@ class StepScreen(Screen):
         profile refuses (an empty required one included). Called by the app as the key
         arrives for text inputs (ordered keys), by the Submitted message for the others."""
         key = (editor.spec.section, editor.spec.key)
-        self.sync_draft()  # what the fields hold right now
+        if self.sync_draft():  # what the fields hold right now
+            self.refresh_fields()  # which fields apply (a choice typed just before Enter)
+        self.check_now()
         validation = self.draft.validate()
         if editor.spec.required:
             self._show_required = True
         problems = validation.for_field(*key) + [p.text() for p in self.check_problems
-                                                 if p.field == key]
+                                                 if p.field == key] + self._model_problem(key)
         if problems:
             self.revalidate()
-            editor.input_widget.focus()
-            self.notify(f"fix {editor.spec.label} first: {problems[0]}", severity="error",
-                        timeout=6)
+            focus_now(editor.input_widget)
+            # Keys that came with this Enter (a paste, a fast link) were meant for the next
+            # field: they are left out, not typed into this one.
+            refuse_keys_typed_before(editor.input_widget)
+            naming = _naming(editor)
+            text = problems[0] if naming in problems[0] else f"{naming}: {problems[0]}"
+            if editor.spec.kind in ("choice", "tristate"):  # how to change a choice
+                text += " (↑/↓ or Space: another choice)"
+            self.notify(f"fix this first: {text}", severity="error", timeout=6)
             return
         editors = self.shown_editors
         position = editors.index(editor) if editor in editors else len(editors)
         if position + 1 < len(editors):
-            editors[position + 1].input_widget.focus()
+            # At once, not with Widget.focus(): the keys typed after Enter are read next
+            # and belong to the field Enter moves to (see widgets/ordered_keys.py).
+            focus_now(editors[position + 1].input_widget)
         else:
             self.action_next()
+
+    def _model_problem(self, key: tuple[str, str]) -> list[str]:
+        """The base model field's own live check (the note under it: what the file is, or
+        why it cannot be used); the full check cannot run before the images are chosen."""
+        if key != ("model", "pretrained_model_name_or_path") \
+                or not self.draft.text(*key).strip():
+            return []
+        source = self.draft.model_source()
+        return [source.message] if isinstance(source, LoraError) else []
+
+    def check_now(self) -> None:
+        """Run the full check at once when the last one is older than the answers: Enter
+        and Ctrl+N must not pass a problem it has not reported yet (answers typed and
+        accepted in one burst come faster than the check that waits for typing to pause)."""
+        if self._checked_answers == self._answers_changed:
+            return
+        if self._check_timer is not None:
+            self._check_timer.stop()
+        self._apply_check(self._answers_changed, check_dataset(self.draft))
 
     def _answer_changed(self, key: tuple[str, str], text: str) -> None:
         self.draft.set_text(*key, text)
@@ -315,9 +361,10 @@ class StepScreen(Screen):
         # field is dropped until the check (scheduled on every change) runs again.
         self.check_problems = [p for p in self.check_problems if p.field != key]
 
-    def sync_draft(self) -> None:
+    def sync_draft(self) -> bool:
         """Take every field's live text into the draft: a key (Enter, Ctrl+N) can be read
-        before the messages of the keys typed just before it have reached the screen."""
+        before the messages of the keys typed just before it have reached the screen. True
+        when an answer changed."""
         changed = False
         for editor in self.editors:
             key = (editor.spec.section, editor.spec.key)
@@ -326,6 +373,7 @@ class StepScreen(Screen):
                 changed = True
         if changed:
             self.schedule_check()
+        return changed
 
     def action_next(self, waited: int = 0) -> None:
         if waited < 40 and any(select.expanded for select in self.query(Select)):
@@ -336,13 +384,21 @@ class StepScreen(Screen):
             # after two seconds.
             self.set_timer(0.05, lambda: self.action_next(waited + 1))
             return
-        self.sync_draft()
+        if self.sync_draft():
+            self.refresh_fields()
+        self.check_now()
         self._show_required = True
         if not self.revalidate():
-            bad = next((e for e in self.shown_editors if e.has_class("has-error")), None)
+            bad = next((e for e in self.shown_editors if e.has_class("has-error")
+                        or self._model_problem((e.spec.section, e.spec.key))), None)
+            if bad is None and self.step.dataset_check:  # the table shows its problem
+                bad = next((e for e in self.shown_editors if e.spec.section == "dataset"
+                            and any(p.field == (e.spec.section, e.spec.key)
+                                    for p in self.check_problems)), None)
             if bad is not None:
-                bad.input_widget.focus()
-                self.notify(f"fix {bad.spec.label} first", severity="error")
+                focus_now(bad.input_widget)
+                refuse_keys_typed_before(bad.input_widget)
+                self.notify(f"fix {_naming(bad)} first", severity="error")
             else:  # about an advanced option that is not shown: Ctrl+O shows it
                 self.notify("fix the problem listed under this step first (Ctrl+O shows "
                             "the advanced options)", severity="error")
@@ -353,6 +409,14 @@ class StepScreen(Screen):
             self.app.next_step(self.index)  # type: ignore[attr-defined]
 
     def action_back(self) -> None:
+        """The step before; from the first step of a new or changed profile, Escape leaves
+        the wizard, and asks first as Ctrl+G does (it used to drop the answers typed)."""
+        self.sync_draft()
+        stack = self.app.screen_stack
+        below = stack[-2] if len(stack) > 1 else None
+        if self.draft.dirty and not isinstance(below, (StepScreen, ReviewScreen)):
+            self.app.action_home()  # asks, then goes to the start menu
+            return
         self.app.pop_screen()
 
     async def action_toggle_advanced(self) -> None:
@@ -367,13 +431,13 @@ class StepScreen(Screen):
         if self.show_advanced:
             first = next((e for e in self.shown_editors if e.has_class("advanced")), None)
             if first is not None:
-                first.input_widget.focus()
+                focus_now(first.input_widget)
                 first.scroll_visible()
         elif self.focused is not None:
             owner = next((a for a in self.focused.ancestors_with_self
                           if isinstance(a, FieldEditor)), None)
             if owner is not None and not owner.display:
-                self.shown_editors[0].input_widget.focus()
+                focus_now(self.shown_editors[0].input_widget)
 
     def action_save(self) -> None:
         save_with_prompt(self, self.draft)
@@ -394,22 +458,29 @@ class StepScreen(Screen):
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.name == "dataset-check" and event.state == WorkerState.SUCCESS:
-            answers, self.last_check = event.worker.result
-            if answers == self._answers_changed:  # else a newer check is on its way: its
-                self.check_problems = self._located(self.last_check)  # word counts
-            if self.step.dataset_check:
-                self.query_one(DatasetTable).show(self.last_check)
-            self.revalidate()
-            self.refresh_bindings()
+            self._apply_check(*event.worker.result)
+
+    def _apply_check(self, answers: int, check: DatasetCheck) -> None:
+        """Show a check made when ``answers`` answers had changed (one made at once by
+        Enter may be newer than a worker's that ends after it: the older is dropped)."""
+        if answers < self._checked_answers:
+            return
+        self.last_check, self._checked_answers = check, answers
+        if answers == self._answers_changed:  # else a newer check is on its way: its
+            self.check_problems = self._located(check)  # word counts
+        if self.step.dataset_check:
+            self.query_one(DatasetTable).show(check)
+        self.revalidate()
+        self.refresh_bindings()
 
     def _located(self, check: DatasetCheck) -> list[Problem]:
-        """The full check's errors about this step's fields (the dataset table shows the
-        dataset's own; the review lists everything)."""
+        """The full check's errors about this step's fields (on an images step the table
+        shows the dataset's own, and revalidate does not repeat them; the review lists
+        everything)."""
         if check.report is None:
             return []
         fields = {*self.step.fields, *self.step.advanced}
-        return [p for p in check.report.errors if p.field in fields
-                and not (self.step.dataset_check and p.section == "dataset")]
+        return [p for p in check.report.errors if p.field in fields]
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "captions":  # on the images step, once its folder has been read
@@ -449,6 +520,13 @@ class StepScreen(Screen):
         text = self.draft.text("dataset", "train_data_dir").rstrip("/\\")
         parent = str(Path(text).parent) if text else str(self.last_check.concept_parent)
         self.draft.set_text("dataset", "train_data_dir", parent)
-        self.notify(f"train_data_dir is now {parent}")
+        self.notify(f"`[dataset] train_data_dir` is now {parent}")
         self.refresh_fields()
         self.schedule_check()
+
+
+def _naming(editor: FieldEditor) -> str:
+    """A field as the inline errors name it (`` `[network] network_dim` ``); a wizard
+    question, which is no profile field, by its label."""
+    spec = editor.spec
+    return spec.label if spec.section == "wizard" else f"`[{spec.section}] {spec.key}`"

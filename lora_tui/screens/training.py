@@ -30,17 +30,19 @@ from pathlib import Path
 from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, ProgressBar, RichLog, Sparkline, Static
+from textual.widgets import Footer, ProgressBar, Sparkline, Static
 
 from lora_core.durations import format_duration
 from lora_core.errors import LoraError
 from lora_core.events import (
+    BestFileSaved,
     CheckpointSaved,
     EpochEnded,
     Event,
+    GridSaved,
     LogLine,
     PhaseChanged,
     RunFailed,
@@ -50,21 +52,49 @@ from lora_core.events import (
     SampleSaved,
     StateSaved,
     StepEnded,
+    StoppedEarly,
     ValidationMeasured,
     WarningIssued,
 )
-from lora_core.saving.run_requests import SAMPLE_NOW, SAVE_NOW, request_action
-from lora_core.saving.run_status import read_status
-from lora_core.saving.runs import PROFILE_FILE
+from lora_core.runs.folders import PROFILE_FILE
+from lora_core.runs.requests import SAMPLE_NOW, SAVE_NOW, request_action
+from lora_core.runs.status import read_status
 from lora_tui.dialogs.confirm import ConfirmDialog
+from lora_tui.path_text import fit_line, shorten_path, split_name
 from lora_tui.runner import Output, Runner
+from lora_tui.widgets.path_log import PathLog
 
 _LOSS_POINTS = 200  # the sparkline shows the most recent losses
 _SAMPLE_COLUMNS = 32  # the preview's width in characters (and its height in pixel rows)
 _TAIL_LINES = 12
 MODES = ("run", "resume", "attach")
-BACKGROUND_NOTICE = ("training goes on in the background; lora-tui lists it on its start "
-                     "screen (A attaches, S there stops it)")
+# Short (a toast at 80x24 is 40 columns wide and sits over the screen's corner), and said
+# once (WizardApp.tell_background): the start screen lists the runs anyway.
+BACKGROUND_NOTICE = "training goes on in the background: A on the start screen attaches"
+
+
+def stop_notice(kill_after_s: float | None) -> str:
+    """What S does, in the log: the wizard's words for it (the engine's own line names a
+    terminal's Ctrl+C only when it runs in one)."""
+    kill = ""
+    if kill_after_s:
+        minutes = kill_after_s / 60
+        wait = (f"{minutes:g} minute{'s' if minutes != 1 else ''}" if minutes >= 1
+                else f"{kill_after_s:g} seconds")
+        kill = f" (a run still going {wait} later is killed)"
+    return (f"stop asked: the run ends after this step and saves what was trained{kill}. "
+            "Escape leaves it to end in the background; C continues it afterwards.")
+
+
+def _name_in_folder(path: str, width: int) -> str:
+    """A path under the panes, as markup: the file name first, whole, then its folder,
+    shortened in the middle to keep the line one line (the panes need the rows at 80x24;
+    ``lora-train status`` and the run folder have it in full)."""
+    folder, name = split_name(path)
+    if not folder:
+        return escape(name)
+    folder = shorten_path(folder, max(12, width - len(name) - 4))
+    return f"[b]{escape(name)}[/b] in {escape(folder)}"
 
 
 class TrainingScreen(Screen):
@@ -100,7 +130,7 @@ class TrainingScreen(Screen):
         self.run_dir: Path | None = Path(target) if mode != "run" else None
         self.states_saved = 0  # state_saved events since the last run_started
         self.resumed_from_step: int | None = None
-        self.files: list[str] = []
+        self.files: list[tuple[str, str]] = []  # (what it is, its path), as listed
         self.file_steps: dict[str, int] = {}  # a checkpoint's path -> its step
         self.validation: dict[int, float] = {}  # step -> validation loss
         self.tail: deque[str] = deque(maxlen=_TAIL_LINES)
@@ -108,6 +138,7 @@ class TrainingScreen(Screen):
         self.failure: RunFailed | None = None
         self.logged_phase: str | None = None  # the phase last written to the log
         self.last_step: StepEnded | None = None
+        self._files_shown: list[tuple[str, str]] = []  # what the Files pane lists
 
     def compose(self) -> ComposeResult:
         verb = {"run": "Training", "resume": "Resuming", "attach": "Following"}[self.mode]
@@ -119,17 +150,19 @@ class TrainingScreen(Screen):
         yield Static("", id="train-stats")
         yield Sparkline([], id="train-loss")
         with Horizontal(id="train-panes"):
-            # min_width: wrap at the pane's own width (RichLog's default, 78, would draw
-            # past a narrow pane and cut the middle of long paths)
-            yield RichLog(id="train-log", wrap=True, markup=False, max_lines=2000,
-                          min_width=20)
+            yield PathLog(id="train-log", max_lines=2000)
             with Vertical(id="train-side"):
-                yield Static("", id="train-sample")  # first: in sight at 80x24
-                yield Static("[b]Files[/b]", id="train-files")
+                # The preview takes at most half the pane (show_sample): the list of files
+                # below it stays in sight at 80x24.
+                yield Static("", id="train-sample")
+                yield Static("[b]Files[/b]", id="train-files-title")  # stays as they scroll
+                with VerticalScroll(id="train-files-box"):
+                    yield Static("", id="train-files")
         yield Static("", id="train-result")
         yield Footer()
 
     def on_mount(self) -> None:
+        self.query_one("#train-sample").display = False  # no empty line before a sample
         self.run_worker(self._follow(), exclusive=True, name="training")
 
     def show_sample(self, path: str) -> None:
@@ -140,11 +173,12 @@ class TrainingScreen(Screen):
         from rich_pixels import HalfcellRenderer, Pixels
 
         target = self.query_one("#train-sample", Static)
+        target.display = True
         side = self.query_one("#train-side").content_size
-        # As big as the side pane allows (two pixel rows per line), leaving two lines for
-        # the files title: at 80x24 about 24x22 pixels, at 120x40 the full 32x32.
+        # As big as half the side pane allows (two pixel rows per line), the files list
+        # below keeps the other half: at 80x24 about 14x14 pixels, at 120x40 the full 32x32.
         columns = max(8, min(_SAMPLE_COLUMNS, side.width or _SAMPLE_COLUMNS))
-        pixel_rows = max(8, min(_SAMPLE_COLUMNS, 2 * ((side.height or 18) - 2)))
+        pixel_rows = max(8, min(_SAMPLE_COLUMNS, 2 * ((side.height or 18) // 2)))
         try:
             with PILImage.open(path) as image:
                 image.thumbnail((columns, pixel_rows))  # keeps the aspect ratio
@@ -181,7 +215,7 @@ class TrainingScreen(Screen):
         item = message.item
         if isinstance(item, str):
             self.tail.append(item)
-            self.query_one(RichLog).write(item)
+            self._log.add(item)
         else:
             self.show_event(item)
 
@@ -193,8 +227,8 @@ class TrainingScreen(Screen):
             handler(self, event)
 
     @property
-    def _log(self) -> RichLog:
-        return self.query_one(RichLog)
+    def _log(self) -> PathLog:
+        return self.query_one(PathLog)
 
     def _phase(self, markup: str) -> None:
         self.query_one("#train-phase", Static).update(markup)
@@ -208,7 +242,7 @@ class TrainingScreen(Screen):
         steps = event.plan.get("max_train_steps")
         self.query_one(ProgressBar).update(total=steps, progress=0)
         self.query_one("#train-result", Static).update("")
-        self._log.write(f"run folder: {event.run_dir}")
+        self._log.add("run folder:", event.run_dir or None)
         self.refresh_bindings()
 
     def _on_run_resumed(self, event: RunResumed) -> None:
@@ -217,20 +251,20 @@ class TrainingScreen(Screen):
         # event.epoch counts the epochs done; the run goes on in the next one.
         where = f"step {event.step} (in epoch {event.epoch + 1})"
         self._phase(f"resumed from {where}")
-        self._log.write(f"resumed from {where}: {event.state_path}")
+        self._log.add(f"resumed from {where}:", event.state_path)
 
     def _on_state_saved(self, event: StateSaved) -> None:
         self.states_saved += 1
-        self._log.write(f"training state saved at step {event.step}: {event.path}")
+        self._log.add(f"training state saved at step {event.step}:", event.path)
         # Only the newest state matters (older ones are deleted): one line, replaced.
-        self.files = [f for f in self.files if not f.startswith("state ")]
-        self._add_file(f"state (step {event.step}): {event.path}", log_it=False)
+        self.files = [f for f in self.files if not f[0].startswith("state ")]
+        self._add_file(f"state (step {event.step})", event.path, log_it=False)
 
     def _on_phase_changed(self, event: PhaseChanged) -> None:
         self._phase(escape(event.text))
         if event.phase != self.logged_phase:  # a phase once; its counts only on the line
             self.logged_phase = event.phase
-            self._log.write(event.phase)
+            self._log.add(event.phase)
 
     def _on_step_ended(self, event: StepEnded) -> None:
         self.state = "running" if self.state == "starting" else self.state
@@ -247,31 +281,47 @@ class TrainingScreen(Screen):
             f"lr {lrs}  {event.it_per_s:.2f} it/s  ETA {format_duration(event.eta_s)}")
 
     def _on_epoch_ended(self, event: EpochEnded) -> None:
-        self._log.write(f"epoch {event.epoch}/{event.total_epochs} ended at step "
-                        f"{event.step}, average loss {event.avg_loss:.4f}")
+        self._log.add(f"epoch {event.epoch}/{event.total_epochs} ended at step "
+                      f"{event.step}, average loss {event.avg_loss:.4f}")
 
     def _on_checkpoint_saved(self, event: CheckpointSaved) -> None:
         self.file_steps[event.path] = event.step
-        self._add_file(f"{event.kind} checkpoint: {event.path}")
+        self._add_file(f"{event.kind} checkpoint", event.path)
 
     def _on_validation(self, event: ValidationMeasured) -> None:
         self.validation[event.step] = event.loss
         where = f"epoch {event.epoch}" if event.kind == "epoch" else f"step {event.step}"
-        self._log.write(f"validation loss {event.loss:.4f} at {where} ({event.images} "
-                        f"held-out images; {event.divergence:+.4f} against training)")
+        self._log.add(f"validation loss {event.loss:.4f} at {where} ({event.images} "
+                      f"held-out images; {event.divergence:+.4f} against training)")
         self._show_files(self.files)
 
     def _on_sample_saved(self, event: SampleSaved) -> None:
-        self._add_file(f"sample {event.prompt_index} (step {event.step}): {event.path}")
+        self._add_file(f"sample {event.prompt_index} (step {event.step})", event.path)
         self.show_sample(event.path)
+
+    def _on_best_file_saved(self, event: BestFileSaved) -> None:
+        """One entry for the best file, replaced as a lower loss comes (as the file is)."""
+        self.files = [f for f in self.files if f[1] != event.path]
+        self._add_file(f"best (val {event.loss:.4f}, a copy of {Path(event.source).name})",
+                       event.path)
+
+    def _on_grid_saved(self, event: GridSaved) -> None:
+        """The sample grid, listed once and drawn in the preview (after the samples)."""
+        self.files = [f for f in self.files if f[1] != event.path]
+        self._add_file(f"sample grid ({event.rows} prompts x {event.columns} points)",
+                       event.path, log_it=False)
+        self.show_sample(event.path)
+
+    def _on_stopped_early(self, event: StoppedEarly) -> None:
+        self._log.add(event.message)
 
     def _on_warning(self, event: WarningIssued) -> None:
         self.tail.append(f"warning: {event.message}")
-        self._log.write(f"warning: {event.message}")
+        self._log.add(f"warning: {event.message}")
 
     def _on_log_line(self, event: LogLine) -> None:
         self.tail.append(event.message)
-        self._log.write(event.message)
+        self._log.add(event.message)
 
     def _on_run_failed(self, event: RunFailed) -> None:
         self.failure = event
@@ -285,33 +335,48 @@ class TrainingScreen(Screen):
                  ValidationMeasured: _on_validation,
                  CheckpointSaved: _on_checkpoint_saved, SampleSaved: _on_sample_saved,
                  WarningIssued: _on_warning, LogLine: _on_log_line,
+                 BestFileSaved: _on_best_file_saved, GridSaved: _on_grid_saved,
+                 StoppedEarly: _on_stopped_early,
                  RunFinished: lambda self, event: self._finished(event),
                  RunFailed: _on_run_failed}
 
-    def _add_file(self, line: str, log_it: bool = True) -> None:
+    def _add_file(self, what: str, path: str, log_it: bool = True) -> None:
         if log_it:
-            self.query_one(RichLog).write(line)
-        self.files.append(line)
+            self._log.add(f"{what}:", path)
+        self.files.append((what, path))
         self._show_files(self.files)
 
-    def _show_files(self, shown: list[str]) -> None:
+    def _show_files(self, shown: list[tuple[str, str]]) -> None:
         """The files, each checkpoint with the validation loss measured at its step (when
-        the run validates), the lowest marked: the one to keep."""
-        def loss_of(line: str) -> float | None:
-            path = line.split(": ", 1)[-1]
+        the run validates), the lowest marked: the one to keep. Each path fits the pane
+        with its file name whole (``fit_line``); a resize lays them out again."""
+        self._files_shown = shown
+
+        def loss_of(path: str) -> float | None:
             step = self.file_steps.get(path)
             return self.validation.get(step) if step is not None else None
 
-        losses = [loss for loss in map(loss_of, shown) if loss is not None]
+        losses = [loss for loss in (loss_of(path) for _, path in shown) if loss is not None]
+        width = self.query_one("#train-files-box").scrollable_content_region.width or 30
         lines = []
-        for line in shown:
-            text, loss = escape(line), loss_of(line)
+        for what, path in shown:
+            loss = loss_of(path)
             if loss is not None:
-                text += f"  val {loss:.4f}"
+                what += f", val {loss:.4f}"
                 if loss == min(losses) and len(losses) > 1:
-                    text += " [b]<- lowest[/b]"
-            lines.append(text)
-        self.query_one("#train-files", Static).update("[b]Files[/b]\n" + "\n".join(lines))
+                    what += " <- lowest"
+            lines += [escape(line) for line in fit_line(f"{what}:", path, width)]
+        self.query_one("#train-files", Static).update("\n".join(lines))
+        box = self.query_one("#train-files-box")
+        self.call_after_refresh(box.scroll_end, animate=False)  # the newest in sight
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(lambda: self._show_files(self._files_shown))
+
+    @property
+    def _line_width(self) -> int:
+        """The columns of a line under the panes."""
+        return self.query_one("#train-result").content_size.width or self.app.size.width - 2
 
     def _settle(self) -> None:
         """The run is over: the bar stops pulsing (a run that failed before its first step
@@ -331,12 +396,20 @@ class TrainingScreen(Screen):
         word = "stopped; what was trained is saved" if event.interrupted else "finished"
         self.query_one("#train-phase", Static).update(f"[b]{word}[/b]")
         keys = "C: continue (resume) · " if self.resume_dir is not None else ""
+        best = "" if not event.best_file or event.best_loss is None else (
+            f"Best by validation loss ({event.best_loss:.4f}): "
+            f"{_name_in_folder(event.best_file, self._line_width - 40)}\n")
+        why = f"{escape(event.stop_reason)}\n" if event.stop_reason else ""
         self.query_one("#train-result", Static).update(
             f"[green]{word}[/green] after {event.steps} steps "
-            f"({format_duration(event.seconds)}). The LoRA: {escape(event.final_file)}\n"
+            f"({format_duration(event.seconds)}).\n{why}The LoRA: "
+            f"{_name_in_folder(event.final_file, self._line_width - 10)}\n{best}"
             f"[dim]{keys}Escape: back · Ctrl+Q: quit[/dim]")
-        samples = [f for f in self.files if f.startswith(("sample ", "state "))]
-        self._show_files([*event.files, *samples])
+        what = {path: what for what, path in self.files}
+        samples = [f for f in self.files if f[0].startswith(("sample ", "state ", "best ",
+                                                              "sample grid"))]
+        self._show_files([*((what.get(path, "file"), path) for path in event.files),
+                          *samples])
         self.refresh_bindings()
 
     def _failed(self, message: str, hint: str, log_path: str | None) -> None:
@@ -354,7 +427,7 @@ class TrainingScreen(Screen):
         if hint:
             text += f"\n[b]hint:[/b] {escape(hint)}"
         if log_path:
-            text += f"\n[dim]log: {escape(log_path)}[/dim]"
+            text += f"\n[dim]log: {_name_in_folder(log_path, self._line_width - 5)}[/dim]"
         if tail:
             text += "\n[b]last lines of the log:[/b]\n" + escape("\n".join(tail))
         offers = []
@@ -445,6 +518,7 @@ class TrainingScreen(Screen):
             self.state = "stopping"
             self.query_one("#train-phase", Static).update(
                 "stopping after this step and saving...")
+            self._log.add(stop_notice(getattr(self.runner, "kill_after_s", None)))
             self.runner.stop()
             self.refresh_bindings()
 
@@ -477,5 +551,5 @@ class TrainingScreen(Screen):
     def action_leave(self) -> None:
         if self.running:
             # The worker is cancelled with the screen; the run itself goes on.
-            self.app.notify(BACKGROUND_NOTICE, timeout=8)
+            self.app.tell_background()  # type: ignore[attr-defined]
         self.app.pop_screen()

@@ -4,7 +4,10 @@ profile's message when the value is not allowed.
 Which input is drawn follows the field's metadata: a Select for choices (and for a bool that
 may be unset), a Switch for a bool, a TextArea for the wizard's multi-line questions, an
 Input otherwise (with path completion for paths). Enter accepts what a field holds and moves
-on in every kind of input (a Select opens with Space or the arrows). Empty input means the
+on in every kind of input, a closed Select too, as Enter does in a web form: there Up and
+Down change the choice in place and Space opens the list, which a line under the focused
+Select says (Enter opening it would take two keys to accept a default, and a burst of
+answers typed with Enter between them would stop in the list). Empty input means the
 default; the editor reports raw text and never judges it: the screen asks the draft, which
 asks the profile. A note line under the doc carries what the screen learns live (the model
 that was detected, the optimizer's recommended arguments).
@@ -22,9 +25,10 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Input, Label, Select, Static, Switch, TextArea
+from textual.widgets._select import SelectOverlay
 
 from lora_tui.draft import FieldSpec
-from lora_tui.widgets.ordered_keys import OrderedInput, OrderedKeys
+from lora_tui.widgets.ordered_keys import OrderedInput, OrderedKeys, focus_now, pass_key
 from lora_tui.widgets.path_input import PathInput
 
 
@@ -36,6 +40,7 @@ def escape(text: str) -> str:
 
 _TRISTATE = (("unset (detect)", ""), ("true", "true"), ("false", "false"))
 DOC_LINES = 2  # lines of help a field shows while another field has focus
+MODEL_FIELD = ("model", "pretrained_model_name_or_path")
 
 
 def _submit_from(widget) -> None:
@@ -49,25 +54,36 @@ class EnterSwitch(OrderedKeys, Switch):
     BINDINGS = [Binding("space", "toggle_switch", "Toggle", show=False)]
     inherit_bindings = False  # Switch binds Enter to toggle too
 
-    async def _on_key(self, event: events.Key) -> None:
-        if not await self.ordered_key(event):
-            await super()._on_key(event)
-
     def key_enter(self, event: events.Key) -> None:
         event.stop()
         _submit_from(self)
 
 
-class EnterSelect(OrderedKeys, Select):
-    """A Select where Enter accepts the shown choice and moves on; Space, Up or Down open
-    the list."""
+SELECT_KEYS = "[dim]↑/↓: change · Space: all choices · Enter: keep it and go on[/dim]"
 
-    BINDINGS = [Binding("space,down,up", "show_overlay", "Choose", show=False)]
+
+class EnterSelect(OrderedKeys, Select):
+    """A Select where Enter accepts the shown choice and moves on; Up and Down change the
+    choice in place (no list to open and close: keys typed in a burst stay in order) and
+    Space opens the list."""
+
+    BINDINGS = [Binding("space", "show_overlay", "Choose", show=False),
+                Binding("down", "step_choice(1)", "Next choice", show=False),
+                Binding("up", "step_choice(-1)", "Previous choice", show=False)]
     inherit_bindings = False
 
-    async def _on_key(self, event: events.Key) -> None:
-        if not await self.ordered_key(event):
-            await super()._on_key(event)
+    def action_step_choice(self, step: int) -> None:
+        values = [value for _prompt, value in self._options if value is not Select.NULL]
+        if not values:
+            return
+        index = values.index(self.value) if self.value in values else -1
+        self.value = values[max(0, min(len(values) - 1, index + step))]
+
+    def action_show_overlay(self) -> None:
+        super().action_show_overlay()
+        # The list has the keys typed next at once (Select focuses it later; see
+        # widgets/ordered_keys.py).
+        focus_now(self.query_one(SelectOverlay))
 
     def key_enter(self, event: events.Key) -> None:
         if self.expanded:
@@ -81,10 +97,16 @@ class PromptArea(TextArea):
     something is typed, Enter starts a new line and Ctrl+N goes to the next step."""
 
     async def _on_key(self, event: events.Key) -> None:
+        if self.app.focused is not self:  # typed after Enter moved on: it belongs there
+            event.stop()
+            event.prevent_default()
+            pass_key(self.app, event)
+            return
         if event.key == "enter" and not self.text.strip():
             event.stop()
             event.prevent_default()
-            _submit_from(self)
+            field = next(a for a in self.ancestors if isinstance(a, FieldEditor))
+            field.submit_now()  # at once: the next key goes where Enter moved the focus
             return
         await super()._on_key(event)
 
@@ -137,10 +159,10 @@ class FieldEditor(Vertical):
         if isinstance(widget, OrderedKeys):
             # Enter accepts the field as the key is read (see ordered_keys), so the next
             # key typed goes to the field that follows.
-            widget.submit = self._submit_now
+            widget.submit = self.submit_now
         self._show_doc()
 
-    def _submit_now(self) -> None:
+    def submit_now(self) -> None:
         submit = getattr(self.screen, "submit_field", None)
         if submit is not None:
             submit(self)
@@ -156,6 +178,10 @@ class FieldEditor(Vertical):
         if spec.kind == "multiline":
             yield Static("[dim]Enter: new line · Ctrl+N: next step (Enter in an empty box "
                          "moves on)[/dim]", classes="field-keys")
+        if spec.kind in ("choice", "tristate"):
+            yield Static(SELECT_KEYS, classes="field-keys select-keys")  # while focused
+        if spec.is_path:
+            yield Static("", classes="field-keys field-matches")  # what Tab found
         yield Static("", classes="field-error")
 
     def _label_markup(self, default_text: str) -> str:
@@ -179,7 +205,8 @@ class FieldEditor(Vertical):
             return PromptArea(text, classes="field-input field-multiline")
         if spec.is_path:
             return PathInput(text, self._base_dir, placeholder=f"Enter: {spec.default_text}",
-                             classes="field-input")
+                             classes="field-input",
+                             builtins=(spec.section, spec.key) == MODEL_FIELD)
         return OrderedInput(value=text, placeholder=f"Enter: {spec.default_text}",
                             classes="field-input")
 
@@ -190,6 +217,9 @@ class FieldEditor(Vertical):
 
     def on_descendant_focus(self) -> None:
         self._show_doc()
+        # Focused as its step mounts (before the first layout): the help unfolded then
+        # keeps its folded height unless it is laid out again.
+        self.call_after_refresh(lambda: self.query_one(".field-doc").refresh(layout=True))
 
     def on_descendant_blur(self) -> None:
         self._show_doc()
@@ -202,6 +232,8 @@ class FieldEditor(Vertical):
     def _show_doc(self) -> None:
         """The whole doc while the field has focus; else its first two lines, the second
         ending in "…" when there is more (so nothing is cut without saying so)."""
+        for keys in self.query(".select-keys"):
+            keys.display = self.doc_expanded
         doc = self.query_one(".field-doc", Static)
         width = max(20, self.content_size.width or self.size.width or 78)
         lines = textwrap.wrap(self.spec.doc, width)
@@ -266,8 +298,16 @@ class FieldEditor(Vertical):
         self._text = text
         self.post_message(self.Changed(self, self.spec.section, self.spec.key, self.text))
 
+    def show_matches(self, markup: str) -> None:
+        """The matches Tab found for a path (PathInput), until the text changes."""
+        matches = self.query_one(".field-matches", Static)
+        matches.update(markup)
+        matches.display = bool(markup)
+
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
+        if isinstance(event.input, PathInput) and not event.input.matches_current:
+            self.show_matches("")
         self._changed(event.value)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

@@ -1,6 +1,6 @@
 """The list of recent runs on the start screen: state, name, step / total, age.
 
-Runs come from ``lora_core.saving.run_status.list_runs`` (every run on this machine, started
+Runs come from ``lora_core.runs.status.list_runs`` (every run on this machine, started
 from the wizard, a script or another terminal). Running ones are listed first, then the
 newest. A "running" record whose process is gone reads as "crashed" there, so a run killed
 with the machine never looks alive. :func:`run_detail` is what the screen shows for the
@@ -16,7 +16,7 @@ from rich.markup import escape
 from textual.widgets import DataTable
 
 from lora_core.durations import format_age
-from lora_core.saving.run_status import RunStatus, log_tail
+from lora_core.runs.status import RunStatus, log_tail
 
 _NAME_WIDTH = 28
 _DETAIL_LOG_LINES = 3

@@ -13,8 +13,6 @@ files) are tested below the corpus: they must train, with the right pixels.
 from __future__ import annotations
 
 import io
-import logging
-import signal
 import warnings
 from pathlib import Path
 
@@ -22,42 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_core.cli import main
 from lora_core.dataset.images import load_training_image
 from tests.helpers import bad_inputs as bad
 from tests.helpers.bad_inputs import CASES, Case, make_setup, snapshot
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch, capsys):
-    """Call ``lora_core.cli.main`` in-process; returns (exit code, stdout, stderr).
-
-    main() reconfigures the root logger, routes warnings to logging and (for ``run``)
-    installs SIGINT/SIGTERM handlers; all of that is put back so later tests see the
-    process as it was."""
-    monkeypatch.setenv("LORA_TUI_STATE_DIR", str(tmp_path / "state"))
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    sigint, sigterm = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-
-    def call(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(list(argv))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    yield call
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    for handler in handlers:
-        if handler not in root.handlers:
-            root.addHandler(handler)
-    root.setLevel(level)
-    logging.captureWarnings(False)
-    signal.signal(signal.SIGINT, sigint)
-    signal.signal(signal.SIGTERM, sigterm)
 
 
 def _assert_refused(command: str, case: Case, code: int, out: str, err: str) -> None:

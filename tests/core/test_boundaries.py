@@ -19,7 +19,8 @@ def modules_after(code: str) -> set[str]:
 
 
 def test_core_never_imports_textual():
-    names = [m.name for m in pkgutil.walk_packages(lora_core.__path__, "lora_core.")]
+    names = [m.name for m in pkgutil.walk_packages(lora_core.__path__, "lora_core.")
+             if not m.name.endswith(".__main__")]  # running the CLI is not importing it
     code = "\n".join(f"import {n}" for n in names)
     loaded = modules_after(code)
     assert "textual" not in loaded
@@ -37,7 +38,8 @@ def test_import_contracts_hold():
     """pyproject's import-linter contracts: the engine never imports the wizard or textual;
     each layer (cli > session > profile_load > checks > training > network > saving >
     dataset / models > profile > values) imports only those below it; no import cycles
-    between the modules of a package."""
+    between the modules of a package; the wizard (lora_tui) reaches torch, diffusers,
+    transformers or accelerate only through the function-level imports the contract lists."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
@@ -45,7 +47,7 @@ def test_import_contracts_hold():
     result = subprocess.run([str(lint), "--no-cache"], cwd=root, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Contracts: 3 kept, 0 broken." in result.stdout
+    assert "Contracts: 4 kept, 0 broken." in result.stdout
 
 
 def test_the_layers_contract_catches_an_upward_import():

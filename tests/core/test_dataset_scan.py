@@ -113,6 +113,29 @@ def test_famous_mistake_without_images_still_names_the_parent(tmp_path):
     assert f"set train_data_dir to {tmp_path}" in info.value.hint
 
 
+def test_one_level_too_high_names_the_training_folder_not_reg(tmp_path):
+    """The example dataset's layout (train/10_x, reg/1_y) with train_data_dir at its top:
+    the hint names train/ for train_data_dir and tells reg/ apart (it once named reg/, the
+    first folder by name, for train_data_dir; issue 24)."""
+    make_folder(tmp_path / "train", "10_ohwx cube", 2)
+    make_folder(tmp_path / "reg", "1_cube", 2)
+    with pytest.raises(DatasetError) as info:
+        scan(tmp_path)
+    assert "one level deeper" in info.value.message
+    assert "'10_ohwx cube'" in info.value.message and "'1_cube'" in info.value.message
+    hint = info.value.hint
+    assert hint.startswith(f"set train_data_dir to {tmp_path / 'train'} ")
+    assert "training images" in hint
+    assert f"{tmp_path / 'reg'} looks like regularization images" in hint
+    assert f"set train_data_dir to {tmp_path / 'reg'}" not in hint
+    # and the same layout named as reg_data_dir points at reg/
+    other = tmp_path / "elsewhere"
+    make_folder(other, "10_char", 1)
+    with pytest.raises(DatasetError) as info:
+        scan(other, tmp_path)
+    assert info.value.hint.startswith(f"set reg_data_dir to {tmp_path / 'reg'} ")
+
+
 def test_images_directly_in_train_dir_explain_the_convention(tmp_path):
     train = tmp_path / "train"
     for i in range(2):

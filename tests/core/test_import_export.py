@@ -118,6 +118,7 @@ def test_the_guides_windows_command_line_accounts_for_every_option(tmp_path):
                            reg_data_dir=str(EXAMPLES / "dataset" / "reg"), resolution=64,
                            min_bucket_reso=64, max_bucket_reso=64)
     data["saving"]["output_dir"] = str(tmp_path / "out")
+    data["logging"]["logging_dir"] = str(tmp_path / "logs")
     data["training"]["mixed_precision"] = "no"
     report = check_profile(profile_from_dict(data, tmp_path))
     assert report.errors == [], [p.text() for p in report.errors]
@@ -224,13 +225,18 @@ def test_a_lets_toml_with_subsets():
     result = import_source("lets.toml", LETS_TOML)
     assert result.form == "lets-toml"
     got = fields(result)
-    assert got[("dataset", "train_data_dir")] == "F:/datasets/mychar"
-    assert got[("dataset", "reg_data_dir")] == "F:/datasets/reg"
+    # the subsets stay subsets (issue 25 item 5): a dataset_config, not their parents
+    assert ("dataset", "train_data_dir") not in got
+    assert [(s["image_dir"], s["num_repeats"], s.get("is_reg", False)) for s in
+            result.dataset_config["datasets"][0]["subsets"]] == [
+        ("F:/datasets/mychar/10_mychar", 10, False), ("F:/datasets/reg/1_woman", 1, True)]
     assert got[("training", "train_batch_size")] == 2
     assert got[("optimizer", "lr_warmup_steps")] == 0.05  # a ratio, as the field reads it
     assert got[("optimizer", "optimizer_args")] == ["weight_decay=0.1", "betas=0.9,0.99"]
     profile, problems = read_profile(result.data, Path.cwd())
-    assert [p for p in problems if p.severity == "error"] == []
+    # the other machine's paths (F:/...) are the only problems: check names them
+    assert [p.text() for p in problems if p.severity == "error" and p.key not in (
+        "pretrained_model_name_or_path", "output_dir")] == []
     assert (profile.network.network_module, profile.network.conv_dim) == ("LoCon", 4)
 
 
@@ -323,6 +329,8 @@ def _changed_value(section: str, f: dataclasses.Field, tmp: Path):
 
 
 SPECIAL = {  # values that fit together (the profile's rules) where a generic change would not
+    ("notify", "command"): "true", ("notify", "on"): ["failed"],
+    ("notify", "webhook"): "https://hooks.example.com/T0/s3cret",
     ("training", "num_processes"): 2, ("training", "gpu_ids"): "1,3",
     ("network", "network_module"): "LoCon", ("network", "conv_dim"): 4,
     ("network", "conv_alpha"): 2.0, ("network", "network_dropout"): 0.1,
@@ -354,6 +362,9 @@ SPECIAL = {  # values that fit together (the profile's rules) where a generic ch
     False, ("dataset", "cache_text_encoder_outputs_to_disk"): False,
     ("optimizer", "lr_scheduler"): "cosine", ("dataset", "bucket_reso_steps"): 128,
     ("dataset", "min_bucket_reso"): 256 + 128, ("dataset", "max_bucket_reso"): 1024 + 128,
+    ("network", "base_weights_multiplier"): [0.5], ("optimizer", "lr_scheduler_args"):
+    ["gamma=0.5"], ("optimizer", "lr_scheduler_type"): "", ("training", "zero_terminal_snr"):
+    None,
 }
 
 
@@ -400,10 +411,12 @@ def test_profile_export_import_round_trip_keeps_every_expressible_field(tmp_path
         assert UNKNOWN not in statuses(result).values()
         back, problems = read_profile(result.data, tmp_path)
         assert [p.text() for p in problems if p.severity == "error"] == [], source
+        assert back.notify == Profile().notify  # lora-train's own: nothing comes back
         for section, cls in SECTIONS.items():
             for f in dataclasses.fields(cls):
-                if f.name in NO_EQUIVALENT:
-                    continue
+                if section == "notify" or f.name in NO_EQUIVALENT \
+                        or f.name == "network_multiplier":
+                    continue  # network_multiplier: sd-scripts reads it from dataset_config
                 want, got = getattr(getattr(original, section), f.name), \
                     getattr(getattr(back, section), f.name)
                 if f.name == "optimizer_args":
@@ -413,9 +426,14 @@ def test_profile_export_import_round_trip_keeps_every_expressible_field(tmp_path
                 assert got == want, (source, section, f.name, got, want)
     not_exported = (tmp_path / "export" / "NOT-EXPORTED.txt").read_text()
     assert "tag_summary" in not_exported and "save_state_every_n_minutes" in not_exported
+    assert "[notify] command `true` (on failed)" in not_exported
+    assert "[notify] webhook https://hooks.example.com/… (on failed)" in not_exported
+    assert "early_stopping_patience" in not_exported
+    assert not any("s3cret" in p.read_text() for p in written)
     config = tomllib.loads((tmp_path / "export" / "config.toml").read_text())
     assert config["lora_train_export"]["dataset_config"].endswith("dataset_config.toml")
     dataset = tomllib.loads((tmp_path / "export" / "dataset_config.toml").read_text())
+    assert dataset["datasets"][0]["network_multiplier"] == original.network.network_multiplier
     subsets = dataset["datasets"][0]["subsets"]
     assert [(s["num_repeats"], s["is_reg"]) for s in subsets] == [(10, False), (1, True)]
     with pytest.raises(LoraError, match="exists already"):  # never replaces an export
@@ -459,3 +477,17 @@ def test_export_of_the_quickstart_from_the_command_line(tmp_path, capsys):
     command = (tmp_path / "sd" / "command.sh").read_text()
     assert "train_network.py" in command and "--network_dim=8" in command
     assert "builtin:tiny-sd1" in (tmp_path / "sd" / "NOT-EXPORTED.txt").read_text()
+
+
+def test_import_maps_nothing_into_notify_or_early_stopping(tmp_path):
+    # sd-scripts has no such options: keys of these names are unknown, never a guess.
+    config = tmp_path / "config.toml"
+    config.write_text('pretrained_model_name_or_path = "/m/sd15.safetensors"\n'
+                      'webhook = "https://hooks.example.com/s3cret"\ncommand = "say done"\n'
+                      'on = ["failed"]\nearly_stopping_patience = 3\n', encoding="utf-8")
+    result = import_source(config)
+    found = statuses(result)
+    assert [found[k] for k in ("webhook", "command", "on", "early_stopping_patience")] == \
+        [UNKNOWN] * 4
+    assert "notify" not in result.data
+    assert "early_stopping_patience" not in result.data.get("training", {})

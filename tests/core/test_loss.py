@@ -146,7 +146,14 @@ def test_huber_loss_uses_each_samples_own_threshold():
 
 
 def test_huber_c_of_zero_is_refused():
-    with pytest.raises(ProfileError, match="huber_c"):
+    """By the profile check (one place); the loss only asserts it."""
+    from lora_core.profile_load import profile_from_dict
+
+    with pytest.raises(ProfileError, match="huber_c` = 0.0 must be above 0"):
+        profile_from_dict({"model": {"pretrained_model_name_or_path": "builtin:tiny-sd1"},
+                           "dataset": {"train_data_dir": "d"}, "saving": {"output_dir": "o"},
+                           "training": {"loss_type": "smooth_l1", "huber_c": 0.0}})
+    with pytest.raises(AssertionError, match="checks.rules"):
         LossWeighting.build(sd_scheduler(), TrainingSection(loss_type="smooth_l1", huber_c=0.0,
                                                             huber_schedule="exponential"), False)
 

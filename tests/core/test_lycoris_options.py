@@ -50,7 +50,8 @@ def test_an_algo_that_does_not_exist_is_refused_with_the_choices():
 
 
 @pytest.mark.parametrize(("network", "expected"), [
-    ({"network_module": "Full", "dora_wd": True}, "`[network] dora_wd` (DoRA) works with"),
+    ({"network_module": "Full", "dora_wd": True},
+     "`[network] dora_wd` only applies to LoRA / LoCon / LoHa / LoKr (network_module is Full)"),
     ({"network_module": "LoCon", "constraint": 0.1},
      "`[network] constraint` only applies to DiagOFT / BOFT"),
     ({"network_module": "LoRA", "train_on_input": True},
@@ -59,7 +60,7 @@ def test_an_algo_that_does_not_exist_is_refused_with_the_choices():
      "`[network] network_dim` = 6 must be a multiple of dylora_unit = 4"),
     ({"network_module": "DyLoRA", "rank_dropout": 0.1}, "rank_dropout` does not work with"),
     ({"network_module": "IA3", "block_dims": ",".join(["4"] * 25)},
-     "`[network] block_dims` works with LoRA and LoCon only, not IA3"),
+     "`[network] block_dims` only applies to LoRA / LoCon (network_module is IA3)"),
 ])
 def test_options_of_another_type_are_refused_by_name(network, expected):
     _, errors = read(network)
@@ -68,7 +69,8 @@ def test_options_of_another_type_are_refused_by_name(network, expected):
 
 def test_scale_weight_norms_is_refused_where_a_type_has_no_norm_to_cap():
     _, errors = read({"network_module": "GLoRA"}, optimizer={"scale_weight_norms": 1.0})
-    assert any("scale_weight_norms` cannot cap GLoRA" in e for e in errors)
+    assert any("scale_weight_norms` only applies to LoRA / LoCon / LoHa / LoKr / DyLoRA / "
+               "DiagOFT / BOFT (network_module is GLoRA)" in e for e in errors), errors
     _, errors = read({"network_module": "BOFT"}, optimizer={"scale_weight_norms": 1.0})
     assert errors == []
 

@@ -11,6 +11,7 @@ from lora_core.checks.machine import (
     cuda_device_count,
     cuda_devices,
     machine_problems,
+    mixed_precision_for,
     torch_build,
 )
 from lora_core.checks.rules import gpu_id_list, profile_rules
@@ -106,3 +107,57 @@ def test_the_driver_lists_no_gpu_when_they_are_hidden():
     assert cuda_devices() == []
     assert ProbedMachine().gpus == [] == TorchMachine().gpus
     assert Gpu(1, "NVIDIA A100", 80 * 2**30).label() == "1: NVIDIA A100 (80 GB)"
+
+
+class _Gpus:
+    def __init__(self, *capabilities: tuple[int, int] | None) -> None:
+        self.has_cuda = bool(capabilities)
+        self.gpus = [Gpu(i, f"GPU{i}", 24 * 2**30, cc) for i, cc in enumerate(capabilities)]
+
+
+def test_a_new_profiles_mixed_precision_suits_the_machine():
+    """What the wizard writes into a new profile (issue 24): no on a CPU (fp16 needs CUDA),
+    bf16 where every GPU has it (compute 8.0+), else fp16; each with its reason."""
+    value, why = mixed_precision_for(_Gpus())
+    assert value == "no" and "no CUDA GPU" in why and "fp16 needs one" in why
+    value, why = mixed_precision_for(_Gpus((9, 0)))
+    assert value == "bf16" and "GPU0 (compute 9.0)" in why
+    assert mixed_precision_for(_Gpus((8, 6), (7, 5)))[0] == "fp16"  # one without bf16
+    value, why = mixed_precision_for(_Gpus((7, 5)))
+    assert value == "fp16" and "compute capability 8.0" in why
+    assert mixed_precision_for(_Gpus(None))[0] == "fp16"  # unknown: the safe one
+    # the profile's own default is unchanged
+    assert Profile().training.mixed_precision == "fp16"
+
+
+def test_the_driver_gives_each_gpus_compute_capability(monkeypatch):
+    """cuda_devices reads the compute capability through the driver (attributes 75/76 of
+    cuda.h), the wizard's bf16 test; a driver without the call gives None, not an error."""
+    from lora_core.checks import machine
+
+    class _Driver:  # the few driver calls cuda_devices makes, writing through byref
+        def cuDeviceGetCount(self, count):  # noqa: N802
+            count._obj.value = 1
+            return 0
+
+        def cuDeviceGet(self, device, index):  # noqa: N802
+            device._obj.value = index
+            return 0
+
+        def cuDeviceGetName(self, name, size, device):  # noqa: N802
+            name.value = b"NVIDIA H100"
+            return 0
+
+        def cuDeviceTotalMem_v2(self, memory, device):  # noqa: N802
+            memory._obj.value = 80 * 2**30
+            return 0
+
+        def cuDeviceGetAttribute(self, value, attribute, device):  # noqa: N802
+            value._obj.value = {75: 9, 76: 0}[attribute]
+            return 0
+
+    monkeypatch.setattr(machine, "_driver", _Driver)
+    (gpu,) = cuda_devices()
+    assert gpu == Gpu(0, "NVIDIA H100", 80 * 2**30, (9, 0))
+    del _Driver.cuDeviceGetAttribute
+    assert cuda_devices()[0].capability is None

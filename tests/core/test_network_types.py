@@ -443,7 +443,14 @@ def test_train_unet_only_and_text_encoder_only(bundle):
 
 
 def test_rank_dropout_of_one_is_refused(bundle):
-    with pytest.raises(ProfileError, match="rank_dropout"):
+    """By the profile's declaration (max 0.99, one place); the network only asserts it."""
+    from lora_core.profile_load import profile_from_dict
+
+    with pytest.raises(ProfileError, match="rank_dropout` = 1.0 is out of range"):
+        profile_from_dict({"model": {"pretrained_model_name_or_path": "builtin:tiny-sd1"},
+                           "dataset": {"train_data_dir": "d"}, "saving": {"output_dir": "o"},
+                           "network": {"rank_dropout": 1.0}})
+    with pytest.raises(AssertionError, match="rank_dropout"):
         build(bundle, "LoRA", rank_dropout=1.0)
 
 

@@ -62,7 +62,8 @@ def every_field_changed() -> dict:
                     "caption_dropout_every_n_epochs": 3, "caption_tag_dropout_rate": 0.1,
                     "enable_wildcard": True, "token_warmup_min": 2, "token_warmup_step": 0.5,
                     "max_token_length": 225, "flip_aug": True, "cache_latents": True,
-                    "cache_latents_to_disk": True, "vae_batch_size": 4, "alpha_mask": True},
+                    "cache_latents_to_disk": True, "vae_batch_size": 4, "alpha_mask": True,
+                    "resize_interpolation": "bicubic", "weighted_captions": True},
         # cache_text_encoder_outputs needs static captions: see the exclusive fields
         "network": {"network_module": "LoCon", "network_dim": 8, "network_alpha": 1.5,
                     "conv_dim": 4, "conv_alpha": 2.0, "network_dropout": 0.1,
@@ -71,7 +72,9 @@ def every_field_changed() -> dict:
                     "conv_block_dims": ",".join(["2"] * 25),
                     "conv_block_alphas": ",".join(["1"] * 25),
                     "network_train_unet_only": True, "network_train_text_encoder_only": False,
-                    "network_weights": "/x/start.safetensors", "dora_wd": True},
+                    "network_weights": "/x/start.safetensors", "dora_wd": True,
+                    "dim_from_weights": True, "network_multiplier": 0.5,
+                    "base_weights": ["/b/base.safetensors"], "base_weights_multiplier": [0.5]},
         "optimizer": {"optimizer_type": "AdamW", "optimizer_args": ["weight_decay=0.01"],
                       "learning_rate": 2e-4, "unet_lr": 3e-4, "text_encoder_lr": 5e-5,
                       "lr_scheduler": "polynomial", "lr_warmup_steps": 0.1,
@@ -80,7 +83,9 @@ def every_field_changed() -> dict:
                       "loraplus_lr_ratio": 16.0, "loraplus_unet_lr_ratio": 8.0,
                       "loraplus_text_encoder_lr_ratio": 4.0, "down_lr_weight": "cosine+.25",
                       "mid_lr_weight": "0.5", "up_lr_weight": "linear",
-                      "block_lr_zero_threshold": 0.1},
+                      "block_lr_zero_threshold": 0.1, "lr_decay_steps": 0.1,
+                      "lr_scheduler_min_lr_ratio": 0.1, "lr_scheduler_timescale": 10,
+                      "lr_scheduler_args": ["lr_end=1e-8"]},
         "training": {"max_train_epochs": 7, "max_train_steps": 900, "train_batch_size": 3,
                      "gradient_accumulation_steps": 2, "gradient_checkpointing": True,
                      "num_processes": 2, "gpu_ids": "0,1",
@@ -93,18 +98,27 @@ def every_field_changed() -> dict:
                      "huber_schedule": "exponential", "huber_c": 0.2, "huber_scale": 2.0,
                      "masked_loss": True, "validation_split": 0.1, "validation_seed": 9,
                      "validate_every_n_steps": 100, "validate_every_n_epochs": 2,
-                     "max_validation_steps": 5},
+                     "max_validation_steps": 5, "early_stopping_patience": 3,
+                     "ip_noise_gamma": 0.1,
+                     "ip_noise_gamma_random_strength": True},
         "saving": {"output_dir": "/o", "output_name": "mine", "save_model_as": "safetensors",
                    "save_precision": "bf16", "save_every_n_epochs": 2, "save_every_n_steps": 50,
                    "training_comment": "trigger: ohwx", "tag_summary": True,
                    "tag_summary_order": "alphabetical", "save_state": False,
                    "save_state_every_n_minutes": 5.5, "save_last_n_states": 4,
-                   "save_state_on_train_end": True},
+                   "save_state_on_train_end": True, "save_n_epoch_ratio": 3,
+                   "save_last_n_epochs": 2, "save_last_n_steps": 100,
+                   "save_last_n_epochs_state": 1, "save_last_n_steps_state": 50,
+                   "metadata_title": "My LoRA",
+                   "metadata_author": "me", "metadata_description": "a cube",
+                   "metadata_license": "CC-BY-4.0", "metadata_tags": "cube, blue",
+                   "no_metadata": True},
         "sample": {"sample_prompts": "/p/prompts.txt", "sample_every_n_steps": 10,
                    "sample_every_n_epochs": 1, "sample_at_first": True,
                    "sample_sampler": "euler_a"},
         "logging": {"log_with": "tensorboard", "logging_dir": "/l", "log_prefix": "mine-",
                     "log_tracker_name": "lora"},
+        "notify": {"command": "true", "webhook": "$NTFY_URL", "on": ["failed"]},
     }
     return {"profile_version": 1, **values}
 
@@ -113,7 +127,8 @@ def every_field_changed() -> dict:
 EXCLUSIVE_FIELDS = {"save_model_as", "network_train_text_encoder_only", "dataset_config",
                     "color_aug", "random_crop", "factor", "network_args",
                     "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk",
-                    "dylora_unit", "constraint", "rescaled", "train_on_input"}
+                    "dylora_unit", "constraint", "rescaled", "train_on_input",
+                    "lr_scheduler_type", "v_pred_like_loss"}
 
 
 def test_round_trip_of_the_exclusive_fields(tmp_path):
@@ -124,8 +139,13 @@ def test_round_trip_of_the_exclusive_fields(tmp_path):
                         "cache_text_encoder_outputs_to_disk": True},
             "network": {"network_module": "LoKr", "factor": 8,
                         "network_train_unet_only": True},
+            # lr_scheduler_type refuses a warm-up; v_pred_like_loss refuses v-prediction
+            "optimizer": {"lr_scheduler_type": "StepLR", "lr_scheduler_args": ["step_size=9"]},
+            "training": {"v_pred_like_loss": 0.2},
             "saving": {"output_dir": "/o"}}
     first = load_profile(write(tmp_path, data))
+    assert (first.optimizer.lr_scheduler_type, first.training.v_pred_like_loss) == \
+        ("StepLR", 0.2)
     assert (first.network.factor, first.dataset.color_aug, first.dataset.random_crop) == \
         (8, True, True)
     save_profile(first, tmp_path / "again.toml")
@@ -206,8 +226,8 @@ def test_missing_required_paths_are_named():
 
 
 def test_options_of_later_releases_are_rejected_not_ignored():
-    msg = errors_of({**MINIMAL, "training": {"ip_noise_gamma": 0.1}})
-    assert "ip_noise_gamma" in msg and "not supported yet" in msg
+    msg = errors_of({**MINIMAL, "training": {"torch_compile": True}})
+    assert "torch_compile" in msg and "not supported yet" in msg
     msg = errors_of({**MINIMAL, "optimizer": {"optimizer_type": "AdamW9bit"}})
     assert "AdamW9bit" in msg and "AdamWScheduleFree" in msg  # names the choices
     msg = errors_of({**MINIMAL, "logging": {"log_with": "mlflow"}})
@@ -240,7 +260,7 @@ def test_rules_between_the_option_fields():
     cases = [
         ({"network": {"network_module": "LoRA", "conv_dim": 4}}, "LoCon"),
         ({"network": {"network_module": "LoHa", "block_dims": ",".join(["4"] * 25)}},
-         "LoRA and LoCon only"),
+         "only applies to LoRA / LoCon (network_module is LoHa)"),
         ({"network": {"block_dims": "1,2,3", "network_module": "LoCon"}}, "25 blocks"),
         ({"network": {"factor": 4}}, "only applies to LoKr"),
         ({"training": {"adaptive_noise_scale": 0.1}}, "set noise_offset too"),
@@ -355,9 +375,9 @@ def test_schedule_free_and_import_paths_are_optimizers_other_keys_not_supported_
         assert profile.optimizer.optimizer_type == read
     msg = errors_of({**MINIMAL, "optimizer": {"optimizer_type": "torch optim RAdam"}})
     assert "nor an import path like" in msg and "AdamW8bit" in msg
-    msg = errors_of({**MINIMAL, "saving": {"output_dir": "o", "save_last_n_epochs": 3}})
-    assert "save_last_n_epochs` is not supported yet" in msg
-    msg = errors_of({**MINIMAL, "training": {"ip_noise_gamma": 0.1}})
+    msg = errors_of({**MINIMAL, "saving": {"output_dir": "o", "fp8_base": True}})
+    assert "fp8_base` is not supported yet" in msg
+    msg = errors_of({**MINIMAL, "training": {"full_fp16": True}})
     assert "not supported yet" in msg
 
 

@@ -20,7 +20,7 @@ from lora_core.cli import StopFlag
 from lora_core.errors import NonFiniteError, OutputError, TrainingError
 from lora_core.lighter import lighter_setting
 from lora_core.profile_load import profile_from_dict
-from lora_core.saving.run_status import (
+from lora_core.runs.status import (
     StatusRecorder,
     list_runs,
     new_status,
@@ -153,10 +153,10 @@ def test_saving_the_same_step_again_replaces_it_whole(tmp_path):
 
 
 def test_one_process_holds_a_run_folder(tmp_path):
-    from lora_core.saving.run_status import lock_run
+    from lora_core.runs.status import lock_run
 
     held = lock_run(tmp_path)
-    script = ("import sys; from pathlib import Path; from lora_core.saving.run_status import "
+    script = ("import sys; from pathlib import Path; from lora_core.runs.status import "
               "lock_run\ntry:\n    lock_run(Path(sys.argv[1]))\nexcept Exception as e:\n"
               "    print(type(e).__name__, e)")
     other = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
@@ -407,7 +407,7 @@ def test_status_lists_runs_under_headers_with_a_failed_runs_message_only(state_d
                                                                           tmp_path):
     """A failed run shows its message, not the traceback lines of its log."""
     from lora_core.cli import main
-    from lora_core.saving.run_status import new_status, register_run, write_status
+    from lora_core.runs.status import new_status, register_run, write_status
 
     folder = tmp_path / "runs" / "x"
     folder.mkdir(parents=True)

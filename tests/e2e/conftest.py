@@ -1,16 +1,28 @@
-"""Shared pieces for end-to-end tests: running the real CLI, tiny datasets, file snapshots."""
+"""Shared pieces for end-to-end tests: running the real CLI, tiny datasets, file snapshots,
+tiny runs in this process (``train``) and runs in a child process that are stopped, killed
+and resumed (``write_profile``, ``start``, ``wait_for_step``, ``run_reference``...).
+
+torch and the engine are imported inside the helpers that need them, not here."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import tomli_w
 from PIL import Image
+
+if TYPE_CHECKING:
+    from lora_core.events import Event
+    from lora_core.profile import Profile
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "examples" / "quickstart.toml"
@@ -57,16 +69,178 @@ def tiny_profile(tmp_path):
                          "mixed_precision": "no", "seed": 1},
             "saving": {"output_dir": str(tmp_path / "out"), "output_name": name},
         }
-        for section, values in sections.items():
-            table = profile.setdefault(section, {})
-            table.update(values)
-            for key in [k for k, v in table.items() if v is None]:
-                del table[key]  # None = leave the field unset
-        path = tmp_path / f"{name}.toml"
-        path.write_text(tomli_w.dumps(profile), encoding="utf-8")
-        return path
+        return _write(merge_sections(profile, sections), tmp_path / f"{name}.toml")
 
     return make
+
+
+def merge_sections(profile: dict, sections: dict[str, dict]) -> dict:
+    """``profile`` with each table in ``sections`` merged into its section; a value of None
+    removes that key (the field is left unset)."""
+    for section, values in sections.items():
+        table = profile.setdefault(section, {})
+        table.update(values)
+        for key in [k for k, v in table.items() if v is None]:
+            del table[key]
+    return profile
+
+
+def _write(profile: dict, path: Path) -> Path:
+    path.write_text(tomli_w.dumps(profile), encoding="utf-8")
+    return path
+
+
+@dataclass
+class TrainedRun:
+    """What ``train`` ran: the loaded profile and every event the run sent."""
+
+    profile: Profile
+    events: list[Event]
+
+    @property
+    def output_dir(self) -> Path:
+        return self.profile.path("saving", "output_dir")
+
+    @property
+    def final_file(self) -> Path:
+        from lora_core.events import RunFinished
+
+        return Path(next(e for e in self.events if isinstance(e, RunFinished)).final_file)
+
+
+@pytest.fixture
+def train(tiny_profile, state_dir):
+    """Train a ``tiny_profile`` (same arguments) in this process, collecting its events."""
+    from lora_core.events import EventBus
+    from lora_core.profile_load import load_profile
+    from lora_core.session import run_training, start_run
+
+    def run(name: str = "t", **kwargs) -> TrainedRun:
+        path = tiny_profile(name, **kwargs)
+        profile = load_profile(path)
+        events: list[Event] = []
+        run_training(profile, path, start_run(profile, path), EventBus([events.append]),
+                     lambda: False)
+        return TrainedRun(profile, events)
+
+    return run
+
+
+# Runs in a child process (`lora-train run`), stopped, killed and resumed, read back from
+# their event streams.
+
+STEPS = 20  # write_profile's run as it is: 2 images x 5 repeats x 2 epochs, batch 1
+
+
+def write_profile(root: Path, name: str, *, images: int = 2, repeats: int = 5,
+                  **sections: dict) -> Path:
+    """``root/<name>.toml``: a profile for runs that are stopped and resumed, saving into
+    ``root/out-<name>``; its data (``images`` images repeated ``repeats`` times) is shared
+    by every profile in ``root``. ``sections`` are merged as ``tiny_profile`` merges them."""
+    data = root / "data"
+    if not data.exists():
+        make_images(data / f"{repeats}_tok thing", images, caption="tok, thing, red, blue")
+    profile = {
+        "profile_version": 1,
+        "model": {"pretrained_model_name_or_path": "builtin:tiny-sd1"},
+        # Caption shuffling and dropout draw random numbers: a resume must restore them.
+        "dataset": {"train_data_dir": str(data), "resolution": 64, "min_bucket_reso": 64,
+                    "max_bucket_reso": 64, "max_data_loader_n_workers": 0,
+                    "shuffle_caption": True},
+        "network": {"network_dim": 4, "network_alpha": 2.0, "network_dropout": 0.1},
+        "optimizer": {"optimizer_type": "AdamW", "learning_rate": 1e-3,
+                      "lr_scheduler": "cosine"},
+        "training": {"max_train_epochs": 2, "train_batch_size": 1, "mixed_precision": "no",
+                     "seed": 3},
+        "saving": {"output_dir": str(root / f"out-{name}"), "output_name": name,
+                   "save_every_n_steps": 3},
+    }
+    return _write(merge_sections(profile, sections), root / f"{name}.toml")
+
+
+def events(path: Path) -> list[dict]:
+    """The events in a JSON-lines stream (a line still being written is left out)."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.endswith("}")]
+
+
+def losses(path: Path) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in events(path) if e["type"] == "step_ended"}
+
+
+def run_folder(out: Path) -> Path:
+    """The one run folder under an output folder."""
+    (folder,) = (out / "runs").iterdir()
+    return folder
+
+
+def start(profile: Path, events_file: Path, state: Path) -> subprocess.Popen:
+    """`lora-train run` in a child process, its events to ``events_file``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "lora_core.cli", "run", str(profile), "--events",
+         str(events_file), "--no-progress"], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, env={**os.environ, "LORA_TUI_STATE_DIR": str(state)})
+
+
+def wait_for_step(events_file: Path, step: int, child: subprocess.Popen) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if events_file.exists() and step in losses(events_file):
+            return
+        assert child.poll() is None, child.stderr.read().decode()
+        time.sleep(0.02)
+    raise AssertionError(f"step {step} never came")
+
+
+def run_reference(workdir: Path, profile: Path) -> dict:
+    """The uninterrupted run of a profile named "ref": its losses per step, its final
+    weights, its output folder and its events."""
+    from safetensors.torch import load_file
+
+    result = run_cli("run", str(profile), "--events", str(workdir / "ref.jsonl"),
+                     "--no-progress", env={"LORA_TUI_STATE_DIR": str(workdir / "state")})
+    assert result.returncode == 0, result.stderr
+    ref = losses(workdir / "ref.jsonl")
+    assert sorted(ref) == list(range(1, STEPS + 1))
+    out = workdir / "out-ref"
+    return {"losses": ref, "final": load_file(str(out / "ref.safetensors")), "out": out,
+            "events": events(workdir / "ref.jsonl")}
+
+
+def stop_at_step_7_then_resume(workdir: Path, profile: Path, name: str
+                               ) -> tuple[list[dict], Path, int]:
+    """Ctrl+C once step 7 is done, then `lora-train resume` to the end: the first attempt's
+    events, the resumed attempt's events file, and the step the first one stopped after."""
+    import signal
+
+    state = workdir / f"state-{name}"
+    first = workdir / f"{name}.jsonl"
+    child = start(profile, first, state)
+    wait_for_step(first, 7, child)
+    child.send_signal(signal.SIGINT)
+    assert child.wait(timeout=120) == 130
+    stopped = events(first)
+    stopped_at = [e for e in stopped if e["type"] == "run_finished"][-1]["steps"]
+    out = workdir / f"out-{name}"
+    second = workdir / f"{name}-resumed.jsonl"
+    result = run_cli("resume", str(run_folder(out)), "--events", str(second), "--no-progress",
+                     env={"LORA_TUI_STATE_DIR": str(state)})
+    assert result.returncode == 0, result.stderr
+    return stopped, second, stopped_at
+
+
+def assert_same_as_reference(reference: dict, resumed_events: Path, out: Path, name: str,
+                             first_step: int) -> None:
+    from safetensors.torch import load_file
+
+    resumed = losses(resumed_events)
+    assert sorted(resumed) == list(range(first_step, STEPS + 1))
+    # Step for step the same loss: same data order, captions, noise, timesteps, dropout.
+    assert {s: reference["losses"][s] for s in resumed} == resumed
+    final = load_file(str(out / f"{name}.safetensors"))
+    assert final.keys() == reference["final"].keys()
+    for key, tensor in reference["final"].items():
+        assert (final[key] == tensor).all(), key
 
 
 def _kohya_module_map(pipe, family: str = "sd1") -> dict:

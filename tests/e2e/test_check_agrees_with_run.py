@@ -11,8 +11,6 @@ the whole table.
 from __future__ import annotations
 
 import json
-import logging
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,6 @@ import pytest
 
 from lora_core.checks import check_profile
 from lora_core.checks.problem import Problem
-from lora_core.cli import main
 from lora_core.profile_load import read_profile_file
 from tests.helpers.bad_inputs import Setup, make_setup, safetensors_bytes
 
@@ -186,30 +183,6 @@ CASES = (
                                                _set("dataset", "color_aug", True)),
          ("dataset", "color_aug")),
 )
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch, capsys):
-    """``lora_core.cli.main`` in-process: (exit code, stdout, stderr); the logging and
-    signal handlers it installs are put back afterwards."""
-    monkeypatch.setenv("LORA_TUI_STATE_DIR", str(tmp_path / "state"))
-    root = logging.getLogger()
-    handlers = list(root.handlers)
-    handlers_signals = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-
-    def call(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(list(argv))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    yield call
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-        handler.close()
-    logging.captureWarnings(False)
-    signal.signal(signal.SIGINT, handlers_signals[0])
-    signal.signal(signal.SIGTERM, handlers_signals[1])
 
 
 def _errors(profile_path: Path) -> list[Problem]:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from lora_core.saving.run_status import list_runs, pid_alive, read_status
+from lora_core.runs.status import list_runs, pid_alive, read_status
 from lora_tui.app import make_app
 from lora_tui.runner import ProcessRunner
 from lora_tui.screens.start import StartScreen

@@ -13,13 +13,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lora_core.events import EventBus, RunFinished, StepEnded
+from lora_core.events import StepEnded
 from lora_core.models.loading import load_model
 from lora_core.network.build import build_network
 from lora_core.network.weights import load_network_weights
-from lora_core.profile_load import load_profile
 from lora_core.saving.lora_file import read_metadata
-from lora_core.session import run_training, start_run
+from tests.e2e.conftest import (
+    assert_same_as_reference,
+    run_reference,
+    stop_at_step_7_then_resume,
+    write_profile,
+)
 
 pytest.importorskip("lycoris")
 
@@ -38,20 +42,9 @@ ALGOS = {
     "glora": (["algo=glora"], {"a1.weight", "a2.weight", "b1.weight", "b2.weight"}),
 }
 
-
-@pytest.fixture
-def train(tiny_profile, state_dir):
-    def run(name: str, network: dict, **sections):
-        path = tiny_profile(name, network={"network_dim": 4, "network_alpha": 2.0, **network},
-                            saving={"save_precision": "float"}, **sections)
-        profile = load_profile(path)
-        events = []
-        run_training(profile, path, start_run(profile, path), EventBus([events.append]),
-                     lambda: False)
-        final = next(e for e in events if isinstance(e, RunFinished)).final_file
-        return profile, events, Path(final)
-
-    return run
+# Every run here trains tiny_profile's network (network_dim 4, network_alpha 2) of the type
+# it names and saves in float32, so that reloaded tensors compare exactly.
+FLOAT32 = {"save_precision": "float"}
 
 
 def fields_by_module(tensors: dict) -> dict[str, set[str]]:
@@ -65,9 +58,10 @@ def fields_by_module(tensors: dict) -> dict[str, set[str]]:
 @pytest.mark.parametrize("algo", list(ALGOS))
 def test_each_algo_trains_saves_lycoris_keys_and_reloads_exactly(train, algo):
     args, fields = ALGOS[algo]
-    profile, events, final = train(algo.replace("-", ""), {"network_module": "lycoris.kohya",
-                                                           "network_args": args})
-    losses = [e.loss for e in events if isinstance(e, StepEnded)]
+    run = train(algo.replace("-", ""), network={"network_module": "lycoris.kohya",
+                                                "network_args": args}, saving=FLOAT32)
+    profile, final = run.profile, run.final_file
+    losses = [e.loss for e in run.events if isinstance(e, StepEnded)]
     assert len(losses) == 1 and all(torch.isfinite(torch.tensor(losses)))
     tensors = load_file(str(final))
     modules = fields_by_module(tensors)
@@ -105,9 +99,10 @@ def test_each_algo_trains_saves_lycoris_keys_and_reloads_exactly(train, algo):
 
 def test_a_dora_run_continues_from_its_file(train):
     network = {"network_module": "LoCon", "dora_wd": True}
-    _, _, first = train("first", network)
-    _, events, second = train("second", {**network, "network_weights": str(first)})
-    assert [e for e in events if isinstance(e, StepEnded)]
+    first = train("first", network=network, saving=FLOAT32).final_file
+    run = train("second", network={**network, "network_weights": str(first)}, saving=FLOAT32)
+    second = run.final_file
+    assert [e for e in run.events if isinstance(e, StepEnded)]
     before, after = load_file(str(first)), load_file(str(second))
     assert before.keys() == after.keys()
     # It started from the file: the magnitudes moved from the file's, not from a fresh start.
@@ -117,7 +112,7 @@ def test_a_dora_run_continues_from_its_file(train):
     # `check` says so before anything loads when the profile and the file disagree.
     from lora_core.checks.inputs import lora_weights_problems
 
-    profile, _, _ = train("plain", {"network_module": "LoCon"})
+    profile = train("plain", network={"network_module": "LoCon"}, saving=FLOAT32).profile
     profile.network.network_weights = str(first)
     (problem,) = lora_weights_problems(profile, "sd1")
     assert "is a DoRA file (it has dora_scale), but dora_wd is false" in problem.message
@@ -129,7 +124,9 @@ def test_a_dora_run_continues_from_its_file(train):
 def test_the_dora_file_holds_the_weights_the_network_trained(train):
     """A1111/ComfyUI rebuild a DoRA layer as dora_scale · (W0 + ΔW) / ‖W0 + ΔW‖ per output
     row; computed here from the file alone, it equals the trained module's weight."""
-    profile, _, final = train("dorafile", {"network_module": "LoRA", "dora_wd": True})
+    run = train("dorafile", network={"network_module": "LoRA", "dora_wd": True},
+                saving=FLOAT32)
+    profile, final = run.profile, run.final_file
     tensors = load_file(str(final))
     bundle = load_model("builtin:tiny-sd1", Path("."), torch.float32)
     network = build_network(bundle.unet, bundle.text_encoders, profile.network)
@@ -165,9 +162,10 @@ def test_what_diffusers_does_with_these_files(train):
     from lora_core.models.builtin import ensure_builtin
     from tests.e2e.conftest import _expected_delta, _kohya_module_map
 
-    _, _, dora = train("dorad", {"network_module": "LoCon", "dora_wd": True})
-    _, _, oft = train("oftd", {"network_module": "lycoris.kohya",
-                               "network_args": ["algo=diag-oft"]})
+    dora = train("dorad", network={"network_module": "LoCon", "dora_wd": True},
+                 saving=FLOAT32).final_file
+    oft = train("oftd", network={"network_module": "lycoris.kohya",
+                                 "network_args": ["algo=diag-oft"]}, saving=FLOAT32).final_file
 
     def pipeline():
         return DiffusionPipeline.from_pretrained(
@@ -194,25 +192,13 @@ def test_what_diffusers_does_with_these_files(train):
 def test_a_stopped_full_run_resumes_exactly(tmp_path):
     """Full is the type whose file form depends on its state (W - W0): the training state
     keeps raw tensors, so a stopped run continues bit for bit."""
-    import tomllib
-
-    import tomli_w
-
-    from tests.e2e.test_resume import (
-        assert_same_as_reference,
-        run_reference,
-        stop_at_step_7_then_resume,
-        write_profile,
-    )
 
     def full_profile(name: str, **saving) -> Path:
-        path = write_profile(tmp_path, name, **saving)
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        data["network"] = {"network_module": "lycoris.kohya", "network_args": ["algo=full"],
-                           "network_train_unet_only": True, "network_dropout": 0.1}
-        data["optimizer"]["learning_rate"] = 1e-4
-        path.write_text(tomli_w.dumps(data), encoding="utf-8")
-        return path
+        # The resume tests' profile with a Full network in place of its LoRA.
+        network = {"network_dim": None, "network_alpha": None, "network_module": "lycoris.kohya",
+                   "network_args": ["algo=full"], "network_train_unet_only": True}
+        return write_profile(tmp_path, name, network=network,
+                             optimizer={"learning_rate": 1e-4}, saving=saving)
 
     reference = run_reference(tmp_path, full_profile("ref"))
     _, resumed, stopped_at = stop_at_step_7_then_resume(

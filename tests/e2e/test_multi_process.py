@@ -6,43 +6,27 @@ and resumed with two processes continues exactly (every process's random state i
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import tomli_w
 from safetensors.torch import load_file
 
-from tests.e2e.conftest import ROOT, run_cli
-from tests.e2e.test_resume import write_profile as resume_profile
+from tests.e2e.conftest import events, run_cli, start, write_profile
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="gloo runs on POSIX here")
 
 STEPS = 10  # 2 images x 5 repeats x 2 epochs = 20 batches of 1, over 2 processes
 
-
-def write_profile(root: Path, name: str) -> Path:
-    """test_resume's profile (caption shuffling and dropout: random numbers on every
-    process), trained by two processes."""
-    import tomllib
-
-    path = resume_profile(root, name, save_every_n_steps=None)
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
-    data["training"]["num_processes"] = 2
-    path.write_text(tomli_w.dumps(data), encoding="utf-8")
-    return path
-
-
-def events(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-            if line.endswith("}")]
+# write_profile's arguments: the resume tests' profile (caption shuffling and dropout:
+# random numbers on every process), trained by two processes.
+PROFILE = {"training": {"num_processes": 2}, "saving": {"save_every_n_steps": None}}
 
 
 def losses(path: Path) -> dict[int, float]:
+    """The losses per step, each step reported once (conftest's ``losses`` does not check)."""
     found: dict[int, float] = {}
     for event in events(path):
         if event["type"] == "step_ended":
@@ -58,7 +42,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(workdir) -> dict:
-    result = run_cli("run", str(write_profile(workdir, "ref")), "--events",
+    result = run_cli("run", str(write_profile(workdir, "ref", **PROFILE)), "--events",
                      str(workdir / "ref.jsonl"), "--no-progress",
                      env={"LORA_TUI_STATE_DIR": str(workdir / "state")})
     assert result.returncode == 0, result.stderr
@@ -93,10 +77,7 @@ def test_two_processes_train_the_steps_one_process_would_with_the_same_total_bat
 def test_ctrl_c_then_resume_with_two_processes_continues_exactly(workdir, reference):
     state = workdir / "state-stop"
     first = workdir / "stop.jsonl"
-    child = subprocess.Popen(
-        [sys.executable, "-m", "lora_core.cli", "run", str(write_profile(workdir, "stop")),
-         "--events", str(first), "--no-progress"], cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, env={**os.environ, "LORA_TUI_STATE_DIR": str(state)})
+    child = start(write_profile(workdir, "stop", **PROFILE), first, state)
     deadline = time.time() + 300
     while not (first.exists() and 4 in losses(first)):
         assert child.poll() is None, child.stderr.read().decode()
@@ -128,7 +109,7 @@ def test_ctrl_c_then_resume_with_two_processes_continues_exactly(workdir, refere
 
 
 def test_processes_the_machine_cannot_give_stop_before_anything_starts(workdir):
-    profile = write_profile(workdir, "bad-ids")
+    profile = write_profile(workdir, "bad-ids", **PROFILE)
     result = run_cli("run", str(profile), "--num-processes", "3", "--gpu-ids", "0,1",
                      env={"LORA_TUI_STATE_DIR": str(workdir / "state-bad")})
     assert result.returncode == 2

@@ -14,7 +14,7 @@ import tomli_w
 import torch
 from safetensors import safe_open
 
-from lora_core.events import EventBus, RunFinished, StepEnded
+from lora_core.events import EventBus, StepEnded
 from lora_core.models.builtin import ensure_builtin
 from lora_core.models.loading import load_model
 from lora_core.network.build import build_network
@@ -32,23 +32,6 @@ LOKR_KEY_SETS = ({"lokr_w1", "lokr_w2", "alpha"}, {"lokr_w1", "lokr_w2_a", "lokr
                  {"lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "alpha"})
 
 
-@pytest.fixture
-def train(tiny_profile, state_dir):
-    def run(name="t", overrides=(), **sections):
-        path = tiny_profile(name, **sections)
-        profile = load_profile(path, list(overrides))
-        events = []
-        run_training(profile, path, start_run(profile, path), EventBus([events.append]),
-                     lambda: False)
-        return profile, events
-
-    return run
-
-
-def final_file(events):
-    return next(e for e in events if isinstance(e, RunFinished)).final_file
-
-
 def module_fields(path):
     with safe_open(str(path), "pt") as fh:
         keys = list(fh.keys())
@@ -61,10 +44,10 @@ def module_fields(path):
 
 @pytest.mark.parametrize("kind", ["LoHa", "LoKr"])
 def test_loha_and_lokr_files_have_the_lycoris_keys_and_load_back_exactly(train, kind):
-    profile, events = train(kind.lower(), network={"network_module": kind, "network_dim": 4,
-                                                   "network_alpha": 2.0},
-                            saving={"save_precision": "float"})
-    path = final_file(events)
+    run = train(kind.lower(), network={"network_module": kind, "network_dim": 4,
+                                       "network_alpha": 2.0},
+                saving={"save_precision": "float"})
+    profile, path = run.profile, run.final_file
     fields = module_fields(path)
     assert any(name.startswith("lora_te_text_model_encoder_layers_0_") for name in fields)
     assert any(name.startswith("lora_unet_down_blocks_0_resnets_0_conv1") for name in fields)
@@ -126,21 +109,21 @@ def test_static_captions_are_encoded_once_before_training(train, monkeypatch):
 
 
 def test_learning_rates_the_optimizer_uses(train):
-    _, events = train("plus", network={"network_train_unet_only": True},
-                      optimizer={"loraplus_lr_ratio": 16.0, "learning_rate": 1e-3})
+    events = train("plus", network={"network_train_unet_only": True},
+                   optimizer={"loraplus_lr_ratio": 16.0, "learning_rate": 1e-3}).events
     lrs = next(e for e in events if isinstance(e, StepEnded)).lrs
     assert lrs["lr/unet"] == pytest.approx(1e-3)
     assert lrs["lr/unet_plus"] == pytest.approx(16e-3)
-    _, events = train("adafactor", optimizer={"optimizer_type": "AdaFactor",
-                                              "lr_scheduler": "adafactor"})
+    events = train("adafactor", optimizer={"optimizer_type": "AdaFactor",
+                                           "lr_scheduler": "adafactor"}).events
     step = next(e for e in events if isinstance(e, StepEnded))
     assert step.lrs and all(0 < lr < 1 for lr in step.lrs.values())
 
 
 def test_gradient_checkpointing_still_trains_the_text_encoder(train):
-    _, events = train("ckpt", training={"gradient_checkpointing": True},
-                      saving={"save_precision": "float"})
-    tensors, _ = read_lora(final_file(events))
+    run = train("ckpt", training={"gradient_checkpointing": True},
+                saving={"save_precision": "float"})
+    tensors, _ = read_lora(run.final_file)
     te_up = [v for k, v in tensors.items() if k.startswith("lora_te_") and "lora_up" in k]
     unet_up = [v for k, v in tensors.items() if k.startswith("lora_unet_") and "lora_up" in k]
     assert te_up and all(v.abs().max() > 0 for v in te_up)
@@ -148,13 +131,12 @@ def test_gradient_checkpointing_still_trains_the_text_encoder(train):
 
 
 def test_scale_weight_norms_caps_every_module(train):
-    profile, events = train("norms", optimizer={"scale_weight_norms": 0.01,
-                                                "learning_rate": 0.05},
-                            saving={"save_precision": "float"})
-    steps = [e for e in events if isinstance(e, StepEnded)]
+    run = train("norms", optimizer={"scale_weight_norms": 0.01, "learning_rate": 0.05},
+                saving={"save_precision": "float"})
+    steps = [e for e in run.events if isinstance(e, StepEnded)]
     assert all("max_norm/max_key_norm" in e.metrics for e in steps)
     assert steps[-1].metrics["max_norm/max_key_norm"] <= 0.01 + 1e-6
-    tensors, meta = read_lora(final_file(events))
+    tensors, meta = read_lora(run.final_file)
     assert meta["ss_scale_weight_norms"] == "0.01"
 
 
@@ -168,11 +150,11 @@ def test_a_dataset_config_trains_its_subsets(train, tmp_path):
                    "shuffle_caption": True},
                   {"image_dir": "imgs/b", "num_repeats": 1}]}]}
     (tmp_path / "ds.toml").write_text(tomli_w.dumps(config), encoding="utf-8")
-    _, events = train("cfg", dataset={"train_data_dir": None,
-                                      "dataset_config": str(tmp_path / "ds.toml")})
-    steps = [e for e in events if isinstance(e, StepEnded)]
+    run = train("cfg", dataset={"train_data_dir": None,
+                                "dataset_config": str(tmp_path / "ds.toml")})
+    steps = [e for e in run.events if isinstance(e, StepEnded)]
     assert len(steps) == 2 * 3 + 2 * 1  # batch 1 from the config, repeats per subset
-    with safe_open(final_file(events), "pt") as fh:
+    with safe_open(run.final_file, "pt") as fh:
         meta = fh.metadata()
     datasets = json.loads(meta["ss_datasets"])
     assert [s["num_repeats"] for s in datasets[0]["subsets"]] == [3, 1]
@@ -207,17 +189,17 @@ def test_masked_loss_trains_with_the_masks_it_is_given(train, tmp_path):
         return {"train_data_dir": None, "dataset_config": str(path), "cache_latents": cached}
 
     def losses(name, masks, cached=False):
-        _, events = train(name, dataset=config(masks, cached),
-                          training={"masked_loss": masks is not None})
-        return [e.loss for e in events if isinstance(e, StepEnded)], events
+        run = train(name, dataset=config(masks, cached),
+                    training={"masked_loss": masks is not None})
+        return [e.loss for e in run.events if isinstance(e, StepEnded)], run
 
     plain, _ = losses("plain", None)
-    white, events = losses("white", "white")
+    white, white_run = losses("white", "white")
     assert white == plain and len(plain) == 4
     cached_plain, _ = losses("cplain", None, cached=True)
     cached_white, _ = losses("cwhite", "white", cached=True)
     assert cached_white == cached_plain
     half, _ = losses("half", "half")
     assert all(h < p for h, p in zip(half, plain, strict=True))  # half the pixels count
-    with safe_open(final_file(events), "pt") as fh:
+    with safe_open(white_run.final_file, "pt") as fh:
         assert fh.metadata()["ss_masked_loss"] == "True"

@@ -24,48 +24,21 @@ import tomli_w
 import torch
 from safetensors.torch import load_file
 
-from tests.e2e.conftest import ROOT, make_images, run_cli
-
-STEPS = 20  # 2 images x 5 repeats x 2 epochs, batch 1
-
-
-def write_profile(root: Path, name: str, epochs: int = 2, **saving) -> Path:
-    data = root / "data"
-    if not data.exists():
-        make_images(data / "5_tok thing", 2, caption="tok, thing, red, blue")
-    profile = {
-        "profile_version": 1,
-        "model": {"pretrained_model_name_or_path": "builtin:tiny-sd1"},
-        # Caption shuffling and dropout draw random numbers: a resume must restore them.
-        "dataset": {"train_data_dir": str(data), "resolution": 64, "min_bucket_reso": 64,
-                    "max_bucket_reso": 64, "max_data_loader_n_workers": 0,
-                    "shuffle_caption": True},
-        "network": {"network_dim": 4, "network_alpha": 2.0, "network_dropout": 0.1},
-        "optimizer": {"optimizer_type": "AdamW", "learning_rate": 1e-3,
-                      "lr_scheduler": "cosine"},
-        "training": {"max_train_epochs": epochs, "train_batch_size": 1, "mixed_precision": "no",
-                     "seed": 3},
-        "saving": {"output_dir": str(root / f"out-{name}"), "output_name": name,
-                   "save_every_n_steps": 3, **saving},
-    }
-    profile["saving"] = {k: v for k, v in profile["saving"].items() if v is not None}
-    path = root / f"{name}.toml"
-    path.write_text(tomli_w.dumps(profile), encoding="utf-8")
-    return path
-
-
-def events(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-            if line.endswith("}")]
-
-
-def losses(path: Path) -> dict[int, float]:
-    return {e["step"]: e["loss"] for e in events(path) if e["type"] == "step_ended"}
-
-
-def run_folder(out: Path) -> Path:
-    (folder,) = (out / "runs").iterdir()
-    return folder
+from tests.e2e.conftest import (
+    ROOT,
+    STEPS,
+    assert_same_as_reference,
+    events,
+    losses,
+    make_images,
+    run_cli,
+    run_folder,
+    run_reference,
+    start,
+    stop_at_step_7_then_resume,
+    wait_for_step,
+    write_profile,
+)
 
 
 def sha(path: Path) -> str:
@@ -77,54 +50,12 @@ def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("resume")
 
 
-def run_reference(workdir: Path, profile: Path) -> dict:
-    """The uninterrupted run of a profile named "ref": its losses per step, its final
-    weights, its output folder and its events."""
-    result = run_cli("run", str(profile), "--events", str(workdir / "ref.jsonl"),
-                     "--no-progress", env={"LORA_TUI_STATE_DIR": str(workdir / "state")})
-    assert result.returncode == 0, result.stderr
-    ref = losses(workdir / "ref.jsonl")
-    assert sorted(ref) == list(range(1, STEPS + 1))
-    out = workdir / "out-ref"
-    return {"losses": ref, "final": load_file(str(out / "ref.safetensors")), "out": out,
-            "events": events(workdir / "ref.jsonl")}
-
-
 @pytest.fixture(scope="module")
 def reference(workdir) -> dict:
     ref = run_reference(workdir, write_profile(workdir, "ref"))
     # A finished run keeps no states (save_state_on_train_end is off).
     assert not (run_folder(ref["out"]) / "states").exists()
     return ref
-
-
-def start(profile: Path, events_file: Path, state: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "lora_core.cli", "run", str(profile), "--events",
-         str(events_file), "--no-progress"], cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, env={**os.environ, "LORA_TUI_STATE_DIR": str(state)})
-
-
-def wait_for_step(events_file: Path, step: int, child: subprocess.Popen) -> None:
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if events_file.exists() and step in losses(events_file):
-            return
-        assert child.poll() is None, child.stderr.read().decode()
-        time.sleep(0.02)
-    raise AssertionError(f"step {step} never came")
-
-
-def assert_same_as_reference(reference: dict, resumed_events: Path, out: Path, name: str,
-                             first_step: int) -> None:
-    resumed = losses(resumed_events)
-    assert sorted(resumed) == list(range(first_step, STEPS + 1))
-    # Step for step the same loss: same data order, captions, noise, timesteps, dropout.
-    assert {s: reference["losses"][s] for s in resumed} == resumed
-    final = load_file(str(out / f"{name}.safetensors"))
-    assert final.keys() == reference["final"].keys()
-    for key, tensor in reference["final"].items():
-        assert (final[key] == tensor).all(), key
 
 
 def test_kill_9_at_a_random_step_then_resume_continues_exactly(workdir, reference):
@@ -176,28 +107,8 @@ def test_kill_9_at_a_random_step_then_resume_continues_exactly(workdir, referenc
     assert json.loads((folder / "run.json").read_text())["resumes"] == 1
 
 
-def stop_at_step_7_then_resume(workdir: Path, profile: Path, name: str
-                               ) -> tuple[list[dict], Path, int]:
-    """Ctrl+C once step 7 is done, then `lora-train resume` to the end: the first attempt's
-    events, the resumed attempt's events file, and the step the first one stopped after."""
-    state = workdir / f"state-{name}"
-    first = workdir / f"{name}.jsonl"
-    child = start(profile, first, state)
-    wait_for_step(first, 7, child)
-    child.send_signal(signal.SIGINT)
-    assert child.wait(timeout=120) == 130
-    stopped = events(first)
-    stopped_at = [e for e in stopped if e["type"] == "run_finished"][-1]["steps"]
-    out = workdir / f"out-{name}"
-    second = workdir / f"{name}-resumed.jsonl"
-    result = run_cli("resume", str(run_folder(out)), "--events", str(second), "--no-progress",
-                     env={"LORA_TUI_STATE_DIR": str(state)})
-    assert result.returncode == 0, result.stderr
-    return stopped, second, stopped_at
-
-
 def test_ctrl_c_saves_a_state_and_resume_finishes_the_same_run(workdir, reference):
-    profile = write_profile(workdir, "stop", save_every_n_steps=None)
+    profile = write_profile(workdir, "stop", saving={"save_every_n_steps": None})
     stopped, resumed, stopped_at = stop_at_step_7_then_resume(workdir, profile, "stop")
     out = workdir / "out-stop"
     assert [e for e in stopped if e["type"] == "run_finished"][-1]["interrupted"]
@@ -213,7 +124,8 @@ def test_resume_refuses_a_changed_dataset_and_a_live_run(workdir, tmp_path):
     root = tmp_path / "changed"
     root.mkdir()
     # Long enough that it is still running while the first resume is refused.
-    profile = write_profile(root, "changed", epochs=40, save_every_n_steps=None)
+    profile = write_profile(root, "changed", training={"max_train_epochs": 40},
+                            saving={"save_every_n_steps": None})
     child = start(profile, root / "e.jsonl", state)
     wait_for_step(root / "e.jsonl", 2, child)
     folder = run_folder(root / "out-changed")
@@ -231,7 +143,7 @@ def test_resume_refuses_a_changed_dataset_and_a_live_run(workdir, tmp_path):
 
 def test_nan_loss_stops_with_the_step_and_never_writes_a_nan_lora(tmp_path):
     # A learning rate this large blows the weights up within a few steps: a real NaN/inf.
-    profile = write_profile(tmp_path, "nan", save_every_n_steps=1)
+    profile = write_profile(tmp_path, "nan", saving={"save_every_n_steps": 1})
     text = profile.read_text().replace("learning_rate = 0.001", "learning_rate = 1e12")
     profile.write_text(text)
     result = run_cli("run", str(profile), "--events", str(tmp_path / "nan.jsonl"),
@@ -267,7 +179,7 @@ def test_disk_full_on_a_real_small_tmpfs_then_resume_on_another_disk(tmp_path):
     resumes with its output on another disk."""
     small = tmp_path / "small"
     small.mkdir()
-    profile = write_profile(tmp_path, "full", save_every_n_steps=2)
+    profile = write_profile(tmp_path, "full", saving={"save_every_n_steps": 2})
     profile.write_text(profile.read_text().replace(str(tmp_path / "out-full"), str(small)))
     copy = tmp_path / "copy"
     elsewhere = tmp_path / "elsewhere"
@@ -317,7 +229,7 @@ def test_resume_with_a_new_learning_rate_applies_and_records_it(workdir, referen
     """The usual answer to a NaN: resume from the last state with a lower rate. Settings the
     saved weights depend on cannot change."""
     state = workdir / "state-lr"
-    profile = write_profile(workdir, "lr", save_every_n_steps=None)
+    profile = write_profile(workdir, "lr", saving={"save_every_n_steps": None})
     first = workdir / "lr.jsonl"
     child = start(profile, first, state)
     wait_for_step(first, 4, child)
@@ -348,7 +260,7 @@ def test_ctrl_c_twice_while_files_are_written_never_leaves_a_broken_file(tmp_pat
     from lora_core.saving.train_state import list_states, load_state
 
     state = tmp_path / "state"
-    profile = write_profile(tmp_path, "twice", save_every_n_steps=1)
+    profile = write_profile(tmp_path, "twice", saving={"save_every_n_steps": 1})
     stream = tmp_path / "twice.jsonl"
     child = start(profile, stream, state)
     wait_for_step(stream, 3, child)
@@ -376,7 +288,7 @@ def test_ctrl_c_then_resume_finishes_with_every_file_beside_the_lora(workdir, tm
     froze on "making sample images")."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cube --w 64 --h 64 --s 1 --d 2\n", encoding="utf-8")
-    profile = write_profile(tmp_path, "files", tag_summary=True)
+    profile = write_profile(tmp_path, "files", saving={"tag_summary": True})
     data = tomllib.loads(profile.read_text(encoding="utf-8"))
     data["sample"] = {"sample_prompts": str(prompts), "sample_every_n_steps": 4}
     profile.write_text(tomli_w.dumps(data), encoding="utf-8")
@@ -399,8 +311,9 @@ def test_ctrl_c_then_resume_finishes_with_every_file_beside_the_lora(workdir, tm
     finished = [e for e in events(second) if e["type"] == "run_finished"][-1]
     assert not finished["interrupted"] and finished["final_file"] == status["final_file"]
     assert str(out / "files.txt") in finished["files"]
-    samples = sorted(p.name for p in (out / "sample").iterdir())
+    samples = sorted(p.name for p in (out / "sample").iterdir() if p.name != "files_grid.png")
     assert len(samples) == len([s for s in range(4, STEPS + 1, 4)])  # both parts' samples
+    assert (out / "sample" / "files_grid.png").is_file()  # the grid of the whole run
     step_files = sorted(p.name for p in out.glob("files-step*.safetensors"))
     assert step_files == [f"files-step{s:08d}.safetensors" for s in range(3, STEPS + 1, 3)]
     assert stopped_at < STEPS

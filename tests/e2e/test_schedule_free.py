@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from lora_core.saving.lora_file import read_metadata
 from lora_core.saving.train_state import latest_state
-from tests.e2e.test_resume import (
+from tests.e2e.conftest import (
     assert_same_as_reference,
     run_folder,
     run_reference,
@@ -23,13 +23,13 @@ pytest.importorskip("schedulefree")
 
 
 def schedule_free_profile(root, name: str, **saving):
-    """test_resume's profile with AdamWScheduleFree, a sample each epoch and the training
+    """The resume tests' profile with AdamWScheduleFree, a sample each epoch and the training
     state kept at the end."""
     import tomllib
 
     import tomli_w
 
-    path = write_profile(root, name, **saving)
+    path = write_profile(root, name, saving=saving)
     profile = tomllib.loads(path.read_text(encoding="utf-8"))
     profile["optimizer"] = {"optimizer_type": "AdamWScheduleFree", "learning_rate": 1e-2,
                             "lr_scheduler": "constant",

@@ -7,28 +7,10 @@ import torch
 from safetensors import safe_open
 
 from lora_core.errors import ProfileError
-from lora_core.events import CheckpointSaved, EpochEnded, EventBus, RunFinished, StepEnded
+from lora_core.events import CheckpointSaved, EpochEnded, RunFinished, StepEnded
 from lora_core.models.builtin import ensure_builtin
-from lora_core.profile_load import load_profile
 from lora_core.saving.lora_file import read_lora
-from lora_core.session import run_training, start_run
 from tests.e2e.conftest import assert_diffusers_applies_every_module
-
-
-@pytest.fixture
-def train(tiny_profile, state_dir):
-    """Run a tiny profile in this process; returns (events, output folder)."""
-
-    def run(name="t", overrides=(), **sections):
-        path = tiny_profile(name, **sections)
-        profile = load_profile(path, list(overrides))
-        events = []
-        bus = EventBus([events.append])
-        started = start_run(profile, path)
-        run_training(profile, path, started, bus, lambda: False)
-        return events, profile.path("saving", "output_dir")
-
-    return run
 
 
 def keys_of(path):
@@ -38,17 +20,17 @@ def keys_of(path):
 
 def test_gradient_accumulation_counts_optimizer_steps(train):
     # 2 images × 3 repeats = 6 samples, batch 1 → 6 batches; accumulation 4 → 2 updates
-    events, _ = train("ga", repeats=3, training={"train_batch_size": 1,
-                                                 "gradient_accumulation_steps": 4})
+    events = train("ga", repeats=3, training={"train_batch_size": 1,
+                                              "gradient_accumulation_steps": 4}).events
     steps = [e for e in events if isinstance(e, StepEnded)]
     assert [e.step for e in steps] == [1, 2]
     assert [e.epoch for e in events if isinstance(e, EpochEnded)] == [1]
 
 
 def test_save_every_n_steps_and_epochs(train):
-    events, out = train("saves", repeats=2, training={"max_train_epochs": 3,
-                                                      "train_batch_size": 1},
-                        saving={"save_every_n_steps": 5, "save_every_n_epochs": 2})
+    run = train("saves", repeats=2, training={"max_train_epochs": 3, "train_batch_size": 1},
+                saving={"save_every_n_steps": 5, "save_every_n_epochs": 2})
+    events, out = run.events, run.output_dir
     # 4 steps per epoch, 12 steps: step files at 5 and 10, epoch file at 2, final
     saved = [(e.kind, e.path.rsplit("/", 1)[-1]) for e in events
              if isinstance(e, CheckpointSaved)]
@@ -61,9 +43,9 @@ def test_save_every_n_steps_and_epochs(train):
 
 def test_max_train_steps_when_no_epochs_given(train):
     # 2 images × 2 repeats, batch 1: 4 steps per epoch; 5 steps → 2 epochs, stop mid-epoch 2
-    events, out = train("steps", repeats=2, training={"max_train_epochs": None,
-                                                      "max_train_steps": 5,
-                                                      "train_batch_size": 1})
+    run = train("steps", repeats=2, training={"max_train_epochs": None, "max_train_steps": 5,
+                                              "train_batch_size": 1})
+    events, out = run.events, run.output_dir
     assert [e.step for e in events if isinstance(e, StepEnded)] == [1, 2, 3, 4, 5]
     assert [e.epoch for e in events if isinstance(e, EpochEnded)] == [1]
     _, meta = read_lora(out / "steps.safetensors")
@@ -71,36 +53,36 @@ def test_max_train_steps_when_no_epochs_given(train):
 
 
 def test_unet_only_and_text_encoder_only_files(train):
-    _, out = train("unet", network={"network_train_unet_only": True})
+    out = train("unet", network={"network_train_unet_only": True}).output_dir
     keys = keys_of(out / "unet.safetensors")
     assert keys and not any(k.startswith("lora_te") for k in keys)
-    _, out = train("te", network={"network_train_text_encoder_only": True})
+    out = train("te", network={"network_train_text_encoder_only": True}).output_dir
     keys = keys_of(out / "te.safetensors")
     assert keys and all(k.startswith("lora_te_") for k in keys)
 
 
 def test_separate_learning_rates_reach_the_optimizer(train):
-    events, _ = train("lrs", optimizer={"unet_lr": 3e-4, "text_encoder_lr": 2e-5,
-                                        "lr_scheduler": "constant"})
+    events = train("lrs", optimizer={"unet_lr": 3e-4, "text_encoder_lr": 2e-5,
+                                     "lr_scheduler": "constant"}).events
     step = next(e for e in events if isinstance(e, StepEnded))
     assert step.lrs == {"lr/textencoder": pytest.approx(2e-5), "lr/unet": pytest.approx(3e-4)}
-    events, _ = train("te0", optimizer={"text_encoder_lr": 0.0, "lr_scheduler": "constant"})
+    events = train("te0", optimizer={"text_encoder_lr": 0.0, "lr_scheduler": "constant"}).events
     step = next(e for e in events if isinstance(e, StepEnded))
     assert list(step.lrs) == ["lr/unet"]  # a group at lr 0 is dropped, as sd-scripts does
 
 
 def test_warmup_ratio_and_schedule(train):
     # 8 steps, warm-up ratio 0.25 → 2 warm-up steps: lr after step 1 is half the base
-    events, _ = train("warm", repeats=4, training={"train_batch_size": 1},
-                      optimizer={"lr_scheduler": "constant_with_warmup",
-                                 "lr_warmup_steps": 0.25, "learning_rate": 1e-3})
+    events = train("warm", repeats=4, training={"train_batch_size": 1},
+                   optimizer={"lr_scheduler": "constant_with_warmup",
+                              "lr_warmup_steps": 0.25, "learning_rate": 1e-3}).events
     lrs = [e.lrs["lr/unet"] for e in events if isinstance(e, StepEnded)]
     assert lrs[:3] == [pytest.approx(5e-4), pytest.approx(1e-3), pytest.approx(1e-3)]
 
 
 def test_bf16_and_gradient_checkpointing_train(train):
-    events, out = train("bf16", training={"mixed_precision": "bf16",
-                                          "gradient_checkpointing": True})
+    run = train("bf16", training={"mixed_precision": "bf16", "gradient_checkpointing": True})
+    events, out = run.events, run.output_dir
     assert isinstance(events[-1], RunFinished)
     tensors, meta = read_lora(out / "bf16.safetensors")
     assert meta["ss_mixed_precision"] == "bf16" and meta["ss_gradient_checkpointing"] == "True"
@@ -115,7 +97,7 @@ def test_fp16_on_cpu_is_a_clear_error(train):
 
 
 def test_network_weights_start_from_an_existing_file(train, tmp_path):
-    _, out = train("first", network={"network_dim": 4})
+    out = train("first", network={"network_dim": 4}).output_dir
     first, _ = read_lora(out / "first.safetensors")
     from lora_core.models.loading import load_model
     from lora_core.network.lora import LoRANetwork, NetworkShape
@@ -135,7 +117,8 @@ def test_network_weights_start_from_an_existing_file(train, tmp_path):
 
 
 def test_locon_file_has_conv_modules_that_diffusers_applies(train):
-    _, out = train("locon", network={"network_module": "LoCon", "conv_dim": 4, "conv_alpha": 2.0})
+    out = train("locon", network={"network_module": "LoCon", "conv_dim": 4,
+                                  "conv_alpha": 2.0}).output_dir
     keys = keys_of(out / "locon.safetensors")
     assert "lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight" in keys
     tensors, meta = read_lora(out / "locon.safetensors")
@@ -149,7 +132,48 @@ def test_locon_file_has_conv_modules_that_diffusers_applies(train):
 
 def test_local_diffusers_folder_trains_like_builtin(train):
     folder = ensure_builtin("tiny-sd1")
-    events, out = train("folder", model={"pretrained_model_name_or_path": str(folder)})
+    run = train("folder", model={"pretrained_model_name_or_path": str(folder)})
+    events, out = run.events, run.output_dir
     assert isinstance(events[-1], RunFinished)
     _, meta = read_lora(out / "folder.safetensors")
     assert meta["ss_sd_model_name"] == folder.name
+
+
+def test_carried_over_sd_scripts_options_train_together(train):
+    """One tiny run with the sd-scripts options of issue 25 on, then a second that merges
+    its file (base_weights) and starts from it with its ranks (dim_from_weights)."""
+    run = train(
+        "carried", repeats=2,
+        dataset={"weighted_captions": True, "resize_interpolation": "nearest"},
+        network={"network_multiplier": 0.5},
+        optimizer={"lr_scheduler": "warmup_stable_decay", "lr_decay_steps": 0.5,
+                   "lr_scheduler_min_lr_ratio": 0.1, "text_encoder_lr": 5e-4},
+        training={"max_train_epochs": 4, "train_batch_size": 1, "ip_noise_gamma": 0.1,
+                  "ip_noise_gamma_random_strength": True, "v_pred_like_loss": 0.1},
+        saving={"save_n_epoch_ratio": 4, "save_last_n_epochs": 1,
+                "save_every_n_steps": 4, "save_last_n_steps": 4})
+    events, out = run.events, run.output_dir
+    # 4 steps per epoch, 16 steps: epoch files 1-3 (ratio 4 -> every epoch), only the last
+    # kept; step files 4, 8, 12, 16, only those of the last 4 steps (and 12) kept.
+    files = sorted(p.name for p in out.glob("carried*.safetensors"))
+    assert files == ["carried-000003.safetensors", "carried-step00000012.safetensors",
+                     "carried-step00000016.safetensors", "carried.safetensors"]
+    unet_lrs = [e.lrs["lr/unet"] for e in events if isinstance(e, StepEnded)]
+    assert unet_lrs[:8] == [1e-3] * 8  # stable half, then the decay to 0.1 x
+    assert 1e-4 - 1e-9 <= unet_lrs[-1] < unet_lrs[9] < 1e-3
+    assert {e.lrs["lr/textencoder"] for e in events if isinstance(e, StepEnded)} \
+        >= {5e-4}
+    _, meta = read_lora(out / "carried.safetensors")
+    assert (meta["ss_ip_noise_gamma"], meta["ss_ip_noise_gamma_random_strength"],
+            meta["ss_resize_interpolation"], meta["ss_lr_scheduler"]) == \
+        ("0.1", "True", "nearest", "warmup_stable_decay")
+
+    first = str(out / "carried.safetensors")
+    run = train("diff", network={"network_dim": 8, "network_weights": first,
+                                 "dim_from_weights": True, "base_weights": [first],
+                                 "base_weights_multiplier": [0.5]})
+    events, out = run.events, run.output_dir
+    assert any(isinstance(e, RunFinished) for e in events)
+    tensors, _ = read_lora(out / "diff.safetensors")
+    ranks = {v.shape[0] for k, v in tensors.items() if k.endswith("lora_down.weight")}
+    assert ranks == {4}  # the file's rank, not network_dim = 8

@@ -9,37 +9,20 @@ import signal
 from pathlib import Path
 
 import pytest
-import tomli_w
 
 from lora_core.saving.lora_file import read_metadata
-from tests.e2e.conftest import make_images, run_cli
-from tests.e2e.test_resume import events, run_folder, start, wait_for_step
+from tests.e2e.conftest import events, run_cli, run_folder, start, wait_for_step, write_profile
 
 STEPS = 18  # 5 images, 2 held out: 3 x 2 repeats = 6 steps per epoch, 3 epochs
 
-
-def write_profile(root: Path, name: str) -> Path:
-    data = root / "data"
-    if not data.exists():
-        make_images(data / "2_tok thing", 5, caption="tok, thing, red, blue")
-    profile = {
-        "profile_version": 1,
-        "model": {"pretrained_model_name_or_path": "builtin:tiny-sd1"},
-        # Shuffling, flips and dropout draw random numbers in training; validation must
-        # not depend on them (nor change them).
-        "dataset": {"train_data_dir": str(data), "resolution": 64, "min_bucket_reso": 64,
-                    "max_bucket_reso": 64, "max_data_loader_n_workers": 0,
-                    "shuffle_caption": True, "flip_aug": True},
-        "network": {"network_dim": 4, "network_alpha": 2.0, "network_dropout": 0.1},
-        "optimizer": {"optimizer_type": "AdamW", "learning_rate": 1e-2},
-        "training": {"max_train_epochs": 3, "mixed_precision": "no", "seed": 11,
-                     "validation_split": 0.4, "validate_every_n_steps": 4},
-        "saving": {"output_dir": str(root / f"out-{name}"), "output_name": name,
-                   "save_every_n_steps": 3, "save_every_n_epochs": 1},
-    }
-    path = root / f"{name}.toml"
-    path.write_text(tomli_w.dumps(profile), encoding="utf-8")
-    return path
+# write_profile's arguments. Shuffling, flips and dropout draw random numbers in training;
+# validation must not depend on them (nor change them).
+PROFILE = {"images": 5, "repeats": 2,
+           "dataset": {"flip_aug": True},
+           "optimizer": {"learning_rate": 1e-2, "lr_scheduler": None},
+           "training": {"max_train_epochs": 3, "train_batch_size": None, "seed": 11,
+                        "validation_split": 0.4, "validate_every_n_steps": 4},
+           "saving": {"save_every_n_epochs": 1}}
 
 
 def measured(path: Path) -> dict[tuple[str, int], float]:
@@ -54,7 +37,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(workdir) -> dict[tuple[str, int], float]:
-    result = run_cli("run", str(write_profile(workdir, "ref")), "--events",
+    result = run_cli("run", str(write_profile(workdir, "ref", **PROFILE)), "--events",
                      str(workdir / "ref.jsonl"), "--no-progress",
                      env={"LORA_TUI_STATE_DIR": str(workdir / "state")})
     assert result.returncode == 0, result.stderr
@@ -62,8 +45,9 @@ def reference(workdir) -> dict[tuple[str, int], float]:
 
 
 def test_validation_runs_when_asked_and_is_recorded(workdir, reference):
-    # Every 4 steps, and at each of the 3 epoch ends (steps 6, 12, 18).
-    assert sorted(reference) == sorted([("step", s) for s in (4, 8, 12, 16)]
+    # Every 4 steps, at each of the 3 epoch ends (steps 6, 12, 18), and at every saved
+    # file (every 3 steps) for the best file (issue 29).
+    assert sorted(reference) == sorted([("step", s) for s in (3, 4, 6, 8, 9, 12, 15, 16, 18)]
                                        + [("epoch", s) for s in (6, 12, 18)])
     assert reference[("step", 12)] == reference[("epoch", 12)]  # one measurement, two names
     # The network learns from the other images of the same thing: the loss moves.
@@ -81,7 +65,7 @@ def test_validation_runs_when_asked_and_is_recorded(workdir, reference):
 def test_kill_9_then_resume_measures_the_same_values(workdir, reference):
     state = workdir / "state-kill"
     first = workdir / "kill.jsonl"
-    child = start(write_profile(workdir, "kill"), first, state)
+    child = start(write_profile(workdir, "kill", **PROFILE), first, state)
     kill_at = random.Random().randint(7, STEPS - 3)
     wait_for_step(first, kill_at, child)
     child.send_signal(signal.SIGKILL)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from lora_core.events import EventBus, JsonLinesSink, RunFinished, RunStarted, StateSaved, StepEnded
-from lora_core.saving.run_status import StatusRecorder, new_status, register_run, write_status
+from lora_core.runs.status import StatusRecorder, new_status, register_run, write_status
 
 
 def main() -> int:

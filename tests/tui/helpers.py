@@ -21,7 +21,9 @@ async def type_into(pilot, section: str, key: str, text: str) -> None:
     await pilot.pause()
 
 
-async def wait_for(pilot, predicate, timeout_s: float = 5.0) -> None:
+async def wait_for(pilot, predicate, timeout_s: float = 30.0) -> None:
+    # An upper bound only: a passing wait ends as soon as the condition holds, and a
+    # loaded CI machine can take seconds to start a screen.
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout_s
     while not predicate():

@@ -60,6 +60,12 @@ async def test_tag_preview_trigger_first_and_undo(tmp_path, state_dir):
         red = data / "10_ohwx cube" / "red.txt"
         await wait_for(pilot, lambda: red.exists() and dialog.process is None, 60)
         assert red.read_text().strip() == "ohwx cube, red background, ^_^, always there"
+        # read from the command's CaptionsTagged event, not its text: file names, not
+        # full paths that would not fit 80 columns
+        await wait_for(pilot, lambda: "wrote 2 caption file(s); Ctrl+Z undoes" in shown(
+            app, "#captions-output"))
+        said = shown(app, "#captions-output")
+        assert "red.txt: ohwx cube, red background" in said and str(data) not in said
         assert (data / "10_ohwx cube" / "white.txt").read_text() == "white \\(theme\\), cube"
         assert "0 picture(s) without a caption" in shown(app, "#captions-summary")
         await pilot.press("ctrl+f")  # the trigger first in every caption

@@ -66,6 +66,8 @@ async def test_files_screen_shows_edits_and_resizes_a_lora(tmp_path):
             app, "#files-info"), timeout_s=90)
         with safe_open(str(output), "pt") as fh:
             assert fh.metadata()["ssmd_display_name"] == "My Char"  # the info carried over
+        # read from the command's LoraFactored event, not its text
+        assert "modules at rank 2 (" in shown(app, "#files-message")
         assert resized_name(lora, 2).name == "mychar-r2-2.safetensors"
 
 
@@ -79,3 +81,38 @@ async def test_a_file_that_is_not_a_lora_is_named_and_left_alone(tmp_path):
         assert "broken .safetensors header" in shown(app, "#files-message")
         assert app.screen.check_action("edit", ()) is False  # nothing to edit
     assert bad.read_bytes() == b"not a safetensors file"
+
+
+async def test_a_runs_best_file_and_sample_grid_are_listed_and_drawn(tmp_path, state_dir):
+    from PIL import Image
+    from rich_pixels import Pixels
+    from textual.widgets import OptionList
+
+    from lora_core.runs.status import new_status, register_run, write_status
+
+    final = write_lora(tmp_path / "out" / "mychar.safetensors")
+    best = write_lora(tmp_path / "out" / "mychar-best.safetensors")
+    grid = tmp_path / "out" / "sample" / "mychar_grid.png"
+    grid.parent.mkdir()
+    Image.new("RGB", (288, 292), (0, 0, 255)).save(grid)
+    run_dir = tmp_path / "out" / "runs" / "mychar-1"
+    run_dir.mkdir(parents=True)
+    status = new_status(run_dir, "mychar", run_dir / "profile.toml", None, total_steps=12,
+                        total_epochs=4)
+    status.status, status.final_file, status.best_file = "finished", str(final), str(best)
+    status.best_validation_loss, status.grid_file = 0.1234, str(grid)
+    write_status(status)
+    register_run(run_dir)
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f")
+        await wait_for(pilot, lambda: isinstance(app.screen, FilesScreen))
+        menu = app.screen.query_one("#files-list", OptionList)
+        ids = [menu.get_option_at_index(i).id for i in range(menu.option_count)]
+        assert ids[:2] == [str(final), str(best)]  # the best file beside the final one
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "sample grid" in shown(app, "#files-run"))
+        text = " ".join(shown(app, "#files-run").split())
+        assert "best by validation loss (0.1234)" in text and "mychar-best.safetensors" in text
+        assert "mychar_grid.png" in text
+        assert isinstance(app.screen.query_one("#files-grid", Static).content, Pixels)

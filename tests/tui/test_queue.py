@@ -12,7 +12,7 @@ from textual.widgets import Static
 
 from lora_core.events import RunFailed, RunFinished, RunStarted, StepEnded
 from lora_core.profile_load import load_profile
-from lora_core.saving.runs import create_run_folder, record_last_run
+from lora_core.runs.folders import create_run_folder, record_last_run
 from lora_tui.app import make_app
 from lora_tui.runner import FakeRunner
 from lora_tui.screens.queue import QUEUE_FILE, QueueScreen, load_queue

@@ -24,7 +24,7 @@ from lora_core.events import (
     RunStarted,
     StepEnded,
 )
-from lora_core.saving.run_status import RunStatus
+from lora_core.runs.status import RunStatus
 from lora_tui.app import make_app
 from lora_tui.runner import FakeRunner
 from lora_tui.widgets.run_list import run_detail

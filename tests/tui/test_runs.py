@@ -20,7 +20,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from lora_core.events import RunFailed, RunFinished, RunStarted, StateSaved, StepEnded
-from lora_core.saving.run_status import (
+from lora_core.runs.status import (
     new_status,
     pid_alive,
     read_status,
@@ -116,7 +116,8 @@ async def test_attach_replays_a_finished_run_to_its_final_state(tmp_path, state_
         assert isinstance(screen, TrainingScreen) and screen.mode == "attach"
         await wait_for(pilot, lambda: screen.state == "finished")
         assert list(screen.losses) == [0.1 * i for i in range(1, 6)]
-        assert str(run_dir / "done.safetensors") in plain(screen, "#train-result")
+        result = plain(screen, "#train-result")  # the name whole, its folder to fit 80x24
+        assert "The LoRA: done.safetensors in /tmp/" in result and "/runs/done/" in result
         await pilot.press("escape")
         assert isinstance(app.screen, StartScreen)
 
@@ -289,3 +290,48 @@ async def test_stop_from_an_attached_ui_and_escalation(tmp_path, state_dir, monk
         for proc in procs:
             _kill(proc.pid)
             proc.wait()
+
+
+async def test_the_kill_after_a_stop_spares_the_run_continued_in_the_same_folder(
+        tmp_path, state_dir, monkeypatch):
+    """S, then C before the stopped run's process had gone (its screen, and the following,
+    closed): the kill timer of the stop, still set, once SIGKILLed the continued run in
+    the same run folder two minutes later ("lora-train exited with code -9")."""
+    import asyncio
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    run_dir = tmp_path / "run"
+
+    def engine() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(FAKE_ENGINE), str(tmp_path / "e.jsonl"),
+                                 str(run_dir)], start_new_session=True)
+
+    def started(proc: subprocess.Popen) -> bool:
+        return (run_dir / "run.json").is_file() and read_status(run_dir).pid == proc.pid \
+            and read_status(run_dir).step >= 1
+
+    first = engine()
+    resumed = None
+    try:
+        deadline = time.monotonic() + 10
+        while not started(first):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        runner = ProcessRunner(kill_after_s=1.0, poll_s=0.05)
+        following = asyncio.ensure_future(runner.attach(run_dir, lambda _: None))
+        await asyncio.sleep(0.2)
+        runner.stop()  # SIGINT; the kill follows kill_after_s later if it is still going
+        following.cancel()  # the screen closed (C switched to the continued run's screen)
+        assert first.wait(5) == 130
+        resumed = engine()  # the continued run, in the same folder
+        deadline = time.monotonic() + 10
+        while not started(resumed):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.5)  # past kill_after_s
+        assert resumed.poll() is None, "the continued run was killed"
+    finally:
+        for proc in (first, resumed):
+            if proc is not None:
+                _kill(proc.pid)
+                proc.wait()

@@ -222,7 +222,7 @@ async def test_advanced_key_reveals_fields_not_asked_by_default(dataset, tmp_pat
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_step_with_basics(pilot, "Captions", dataset, tmp_path / "out")
         assert not shown(screen, "dataset", "caption_dropout_rate")
-        assert "12 more option" in plain(screen.query_one("#advanced-hint"))
+        assert "13 more option" in plain(screen.query_one("#advanced-hint"))
         await pilot.press("ctrl+o")
         dropout = screen.editor("dataset", "caption_dropout_rate")
         assert dropout.display and screen.focused is not None
@@ -331,7 +331,9 @@ async def test_the_full_check_shows_each_problem_at_its_field(dataset, tmp_path)
         await type_into(pilot, "saving", "output_dir", str(tmp_path / "out"))
         await wait_for(pilot, lambda: not editor.has_class("has-error"), timeout_s=10)
 
-        app.open_step(index_of("Mixed precision"))  # fp16 (the default) on this CPU
+        # fp16 (the engine's default; a new profile starts with "no" here) on this CPU
+        app.draft.set_text("training", "mixed_precision", "fp16")
+        app.open_step(index_of("Mixed precision"))
         await pilot.pause()
         mixed = app.screen
         field = mixed.editor("training", "mixed_precision")

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
+from tests.helpers.commands import ISSUE_24_COMMAND
 from tests.tui.tmux import EXITED, ROOT, Terminal, find_tmux, flat
 
 EXAMPLES = ROOT / "examples"
@@ -151,6 +152,23 @@ def test_tab_completes_a_path(term, env, tmp_path):
     term.wait_for(lambda s: field_value(s).endswith("my datasets/"))
 
 
+def test_tab_in_a_burst_lists_the_matches_and_again_after_retyping(term, env, tmp_path):
+    """`examples/dataset/` and Tab in one burst once listed nothing (the Changed messages
+    of the keys typed before the Tab, read after it, hid the list); C-u, the same text and
+    Tab again once moved the focus on (the text matched the last listing) instead of
+    listing: the next keys were lost to another widget."""
+    for name in ("reg", "train"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+    to_images_step(term, env)
+    term.burst(f"{tmp_path}/data/", "Tab")
+    term.wait_for("Tab: reg/ · train/")
+    term.burst("C-u", f"{tmp_path}/data/", "Tab")
+    term.wait_for("Tab: reg/ · train/")
+    term.burst("tr", "Tab")
+    term.wait_for(lambda s: field_value(s).endswith("/data/train/")
+                  and "Tab: reg/" not in s)
+
+
 def test_enter_does_not_move_past_a_required_field(term, env):
     to_first_step(term, env)
     term.keys("Enter")
@@ -160,12 +178,104 @@ def test_enter_does_not_move_past_a_required_field(term, env):
     assert term.title().startswith("Step 1 of")
 
 
+# --- bursts across fields (issue 24): keys after Enter belong to the field it moves to ----
+
+
+def on_screen(title: str):
+    """A predicate: the screen's first line starts with ``title``."""
+    return lambda s: s.splitlines()[0].strip().startswith(title) if s.strip() else False
+
+
+def test_bursts_across_fields_of_an_opened_profile_keep_each_answer(term, env, tmp_path):
+    """`C-u out/burst Enter C-u burstname Enter` once saved output_dir = "burstname" and
+    the old name; `C-u 8 Enter 4 Enter` gave dim 84 and no alpha. A path, a text, a select
+    (Down changes it in place) and numbers, each burst sent at once, then S: each field
+    holds what was typed for it."""
+    profile = project(tmp_path)
+    term.start_wizard(env, str(profile))
+    term.wait_for(on_screen("Review"))
+    term.keys("3")
+    term.wait_for("Step 3 of")
+    term.burst("C-u", "out/burst", "Enter", "C-u", "burstname", "Enter")
+    term.wait_for(on_screen("Review"))  # Enter in the last field: back to the review
+    term.keys("6")
+    term.wait_for("Step 6 of")
+    term.burst("Down", "Enter", "C-u", "16", "Enter", "C-u", "8", "Enter", "4", "Enter", "2",
+               "Enter")  # LoRA -> LoCon, dim, alpha, then LoCon's conv dim and alpha
+    term.wait_for(on_screen("Review"))
+    term.keys("s")
+    if "Save the profile as" in term.wait_for(lambda s: "saved" in s or "Save the profile as" in s):
+        term.keys("Enter")  # the path it offers: the opened file
+        term.wait_for("saved")
+    data = tomllib.loads(profile.read_text(encoding="utf-8"))
+    assert (data["saving"]["output_dir"], data["saving"]["output_name"]) == \
+        ("out/burst", "burstname")
+    network = data["network"]
+    assert (network["network_module"], network["network_dim"], network["network_alpha"],
+            network["conv_dim"], network["conv_alpha"]) == ("LoCon", 16, 8, 4, 2)
+
+
+def test_bursts_across_steps_of_a_new_profile_keep_each_answer(term, env, tmp_path):
+    """One burst through four steps (Ctrl+N and Enter between answers, each step shown
+    while the keys keep coming): `output/nc1 Enter nc1 Enter` once gave `output/nc1nc1` and
+    no name. Saved with Ctrl+S, the profile holds each answer in its own field."""
+    shutil.copytree(EXAMPLES / "dataset", tmp_path / "dataset")
+    to_first_step(term, env)
+    term.burst("builtin:tiny-sd1", "C-n", str(tmp_path / "dataset" / "train"), "C-n",
+               str(tmp_path / "out" / "nc1"), "Enter", "nc1", "Enter",
+               str(tmp_path / "dataset" / "reg"), "C-n")
+    term.wait_for("Step 5 of", 30)
+    term.keys("C-s")
+    term.wait_for("Save the profile as")
+    saved = tmp_path / "nc1.toml"
+    term.burst("C-u", str(saved), "Enter")
+    term.wait_for("saved")
+    data = tomllib.loads(saved.read_text(encoding="utf-8"))
+    assert data["model"]["pretrained_model_name_or_path"] == "builtin:tiny-sd1"
+    assert (data["dataset"]["train_data_dir"], data["dataset"]["reg_data_dir"]) == \
+        (str(tmp_path / "dataset" / "train"), str(tmp_path / "dataset" / "reg"))
+    assert (data["saving"]["output_dir"], data["saving"]["output_name"]) == \
+        (str(tmp_path / "out" / "nc1"), "nc1")
+
+
+def test_enter_and_ctrl_n_stop_at_a_field_with_a_problem(term, env):
+    """A base model that does not exist: Ctrl+N and Enter, each typed with the path before
+    any check ran, stay at the field (they once moved on: the check waits for typing to
+    pause); the keys typed after a refused Enter are left out, not added to the path."""
+    to_first_step(term, env)
+    term.burst("models/other.safetensors", "C-n")
+    term.wait_for(lambda s: "other.safetensorsdoesnotexist" in flat(s) and "first" in s)
+    assert term.title().startswith("Step 1 of")
+    term.burst("C-u", "models/nothere.safetensors", "Enter", "builtin:tiny-sd1")
+    term.wait_for(lambda s: "left out" in s and "nothere.safetensorsdoesnotexist" in flat(s))
+    screen = term.wait_for(lambda s: "▊  models/nothere.safetensors  " in s)  # as typed
+    assert "safetensorsbuiltin" not in flat(screen)
+    assert term.title().startswith("Step 1 of")
+
+
+def test_escape_on_the_first_step_asks_before_dropping_answers(term, env):
+    """Escape on step 1 of a new profile with an answer typed once went to the start menu
+    and dropped it without a word; it asks as Ctrl+G does: n keeps the answer, y leaves."""
+    to_first_step(term, env)
+    term.burst("builtin:tiny-sd1", "Escape")
+    term.wait_for("would be lost")
+    term.keys("n")
+    screen = term.wait_for(lambda s: "would be lost" not in s)
+    assert term.title().startswith("Step 1 of")
+    assert field_value(screen) == "builtin:tiny-sd1"
+    term.keys("Escape")
+    term.wait_for("would be lost")
+    term.keys("y")
+    term.wait_for("N  New profile")
+
+
 # --- flows ------------------------------------------------------------------------------------
 
 
 def test_new_profile_to_training_at_80x24(term, env, tmp_path):
-    """Typed answers (bursts), Ctrl+N through the steps, fp16 refused on this CPU and
-    changed with the keyboard, the review, Enter: a real run to its end."""
+    """Typed answers (bursts), Ctrl+N through the steps, mixed precision written for this
+    CPU with its reason (fp16, the engine's default, was refused here at step 15) and
+    changed with the keyboard and back, the review, Enter: a real run to its end."""
     to_images_step(term, env)
     term.type(str(EXAMPLES / "dataset" / "train"))
     term.wait_for("samples per epoch")
@@ -186,12 +296,16 @@ def test_new_profile_to_training_at_80x24(term, env, tmp_path):
     for step in range(10, 16):
         term.keys("C-n")
         term.wait_for(f"Step {step} of")
-    term.wait_for("needs a CUDA GPU")  # fp16, the default, on a CPU
+    reason = term.wait_for(lambda s: 'Anewprofilestartswith"no"' in flat(s))
+    assert "noCUDAGPUwasfoundhere" in flat(reason) and "needs a CUDA GPU" not in reason
+    term.keys("Down")  # fp16, in place: refused on this CPU
+    term.wait_for("needs a CUDA GPU")
     term.keys("C-n")
+    term.wait_for("first")  # "fix `[training] mixed_precision` first"
     assert term.title().startswith("Step 15 of")
-    term.keys("Space")
-    term.wait_for("Dismiss menu")  # the list is open ("bf16" is in the help text too)
-    term.keys("Up", "Enter", "C-n")  # Ctrl+N at once: the choice lands first
+    term.keys("Up")  # back to "no"
+    term.wait_for(lambda s: "needs a CUDA GPU" not in s)
+    term.keys("C-n")
     term.wait_for("Step 16 of")
     term.keys("C-n")
     term.wait_for("Step 17 of")
@@ -268,8 +382,8 @@ def test_queue_runs_a_profile_and_rerun_trains_it_again(term, env, tmp_path):
     term.wait_for("Add to the queue")
     term.type(str(profile))
     term.keys("Enter")
-    queued = term.wait_for("quickstart.toml")
-    assert "Clear done" in queued  # the C key is listed
+    queued = term.wait_for(lambda s: "quickstart.toml" in s and "esc Back" in s)
+    assert "c Clear" in next(line for line in queued.splitlines() if "esc Back" in line)
     term.keys("r")
     def row(screen: str) -> str:
         return next((line for line in screen.splitlines() if line.strip().startswith("1 ")),
@@ -303,9 +417,10 @@ def test_the_log_keeps_long_lines_and_the_sample_shows_at_80x24(term, env, tmp_p
     term.start_wizard(env, str(profile))
     term.wait_for("total steps: 40")
     term.keys("Enter")
-    started = term.wait_for(lambda s: "/out/runs/quickstart-" in pane(s, 0), 150)
+    started = term.wait_for(lambda s: "run folder:" in pane(s, 0), 150)
     (run_folder,) = (tmp_path / "out" / "runs").iterdir()
-    assert f"runfolder:{run_folder}" in pane(started, 0).replace(" ", "")
+    # The folder's own name whole on a line; the path before it shortened in the middle.
+    assert any(line.endswith(run_folder.name) for line in pane_lines(started, 0)), started
     with_sample = term.wait_for(lambda s: "▀" in pane(s, 1) or "▄" in pane(s, 1), 300)
     assert "Files" in pane(with_sample, 1)  # the preview sits above the file list
     term.wait_for("finished after 40 steps", 120)
@@ -337,6 +452,53 @@ def test_files_screen_inspects_and_edits_a_lora_at_80x24(term, env, tmp_path):
     term.wait_for("title: My Char; the original is kept")  # the report, the dialog gone
     assert inspect_lora(lora)["user"] == {"title": "My Char"}
     assert (tmp_path / "mychar.safetensors.backup").is_file()
+
+
+def test_files_edit_dialog_takes_a_burst_in_order_at_80x24(term, env, tmp_path):
+    """Files, E, then `C-u 'My cube LoRA' Enter` in one burst: the title is written (Ctrl+U
+    once ran after the text and the file said "title: cleared")."""
+    from lora_core.lora_tools.inspect import inspect_lora
+    from tests.core.test_lora_tools import write_lora
+
+    lora = write_lora(tmp_path / "mycube.safetensors")
+    term.start_wizard(env)
+    term.wait_for("F  Files")
+    term.keys("f")
+    term.wait_for("Pick another file")
+    term.keys("p")
+    term.wait_for("LoRA file (.safetensors)")
+    term.burst(str(lora), "Enter")
+    term.wait_for("Base model family")
+    term.keys("e")
+    term.wait_for("Info of mycube.safetensors")
+    term.burst("C-u", "My cube LoRA", "Enter")
+    term.wait_for("title: My cube LoRA")
+    assert inspect_lora(lora)["user"]["title"] == "My cube LoRA"
+
+
+def test_menu_keys_and_the_answers_after_them_in_one_burst_at_80x24(term, env, tmp_path):
+    """Menu letters typed in the same burst as the answers after them: N then a model path
+    once left the path out (the keys after N went to the start menu before the step was
+    shown); on Files, P, a path, Enter, E, `C-u 'My cube LoRA'` Enter once lost the title
+    (E was read before the picked file was shown, and the text went to the list)."""
+    from lora_core.lora_tools.inspect import inspect_lora
+    from tests.core.test_lora_tools import write_lora
+
+    lora = write_lora(tmp_path / "mycube.safetensors")
+    term.start_wizard(env)
+    term.wait_for("F  Files")
+    term.burst("n", "builtin:tiny-sd1", "C-n")
+    term.wait_for("Step 2 of")
+    term.keys("Escape")
+    screen = term.wait_for(lambda s: s.startswith(" Step 1 of") and "detected:" in s)
+    assert field_value(screen.split("model style")[0]) == "builtin:tiny-sd1"
+    term.keys("C-g")
+    term.wait_for("would be lost")
+    term.keys("y")
+    term.wait_for("F  Files")
+    term.burst("f", "p", str(lora), "Enter", "e", "C-u", "My cube LoRA", "Enter")
+    term.wait_for("title: My cube LoRA")
+    assert inspect_lora(lora)["user"]["title"] == "My cube LoRA"
 
 
 def test_captions_dialog_tags_the_pictures_without_one_at_80x24(term, env, tmp_path):
@@ -380,8 +542,81 @@ def test_a_command_pasted_into_open_is_imported_at_80x24(term, env, tmp_path):
     term.wait_for("settings to import")
     term.type(command)
     term.keys("Enter")
+    report = term.wait_for("Imported settings")  # what became of each option, item by item
+    assert "network_dim = 4 -> [network] network_dim" in report
+    term.keys("End")
+    end = term.wait_for("xformers")  # the last group, scrolled to
+    assert "No effect here (" in end
+    term.keys("Escape")
     review = term.wait_for("total steps: 40")
     assert review.splitlines()[0].strip().startswith("Review")
+
+
+
+
+def test_an_import_lists_every_item_and_scrolls_at_80x24(term, env):
+    """The issue's command pasted into Open: the items of every group, not only their
+    counts ("Mapped (27): No effect here (2): Unknown (left out) (2):" and nothing else),
+    scrolled with PageDown and End to the option it left out."""
+    term.start_wizard(env)
+    term.wait_for("N  New profile")
+    term.keys("o")
+    term.wait_for("settings to import")
+    term.type(ISSUE_24_COMMAND)
+    term.keys("Enter")
+    first = term.wait_for("Imported settings")
+    assert "Mapped (" in first and "train_data_dir" in first
+    term.keys("PageDown")
+    term.wait_for(lambda s: "learning_rate" in s and "Mapped (" not in s)
+    term.keys("End")
+    end = term.wait_for("Unknown (left out)")
+    assert "net_dim = 128" in end  # the option the profile has no field for, by name
+    term.keys("Escape")
+    term.wait_for(lambda s: s.splitlines()[0].strip().startswith("Review"))
+    term.keys("i")  # and again from the review
+    term.wait_for("Imported settings")
+
+
+def test_the_review_scrolls_to_its_changes_and_last_step_at_80x24(term, env, tmp_path):
+    """The review is longer than 24 lines, and its lists took PageDown/End for themselves:
+    "Changed from the defaults" was out of reach by keyboard."""
+    profile = project(tmp_path)
+    term.start_wizard(env, str(profile))
+    first = term.wait_for("total steps: 80")
+    assert "Changed from the defaults" not in first
+    term.keys("PageDown")
+    changes = term.wait_for("Changed from the defaults")
+    assert "[network] network_dim = 8" in changes
+    term.keys("End")
+    end = term.wait_for("17  Sample prompts")
+    assert "Train now" not in end
+    term.keys("Home")
+    term.wait_for("Train now")
+
+
+def test_the_short_path_asks_three_steps_then_reviews_at_80x24(term, env, tmp_path):
+    """S on the start screen: model, training images, output, then the review with the
+    defaults (this CPU's precision included, so nothing is refused), every other step a
+    key away."""
+    term.start_wizard(env)
+    term.wait_for("S  Short new profile")
+    term.keys("s")
+    term.wait_for("Step 1 of 3: Base model")
+    term.type("builtin:tiny-sd1")
+    term.wait_for("detected:")
+    term.keys("C-n")
+    term.wait_for("Step 2 of 3: Training images")
+    term.type(str(EXAMPLES / "dataset" / "train"))
+    term.wait_for("samples per epoch")
+    term.keys("C-n")
+    term.wait_for("Step 3 of 3: Output")
+    term.type(str(tmp_path / "out"))
+    term.keys("C-n")
+    review = term.wait_for("total steps: 40")
+    assert review.splitlines()[0].strip().startswith("Review")
+    assert "problem:" not in review
+    term.keys("5")
+    term.wait_for("Step 5 of 17: Optimizer")
 
 
 def test_cli_lists_quietly_into_a_closed_pipe(env):
@@ -417,3 +652,89 @@ def test_starts_well_under_a_second_without_torch():
     assert float(help_s) < 1.5
     assert float(import_s) < 1.5
     assert bad == "-"
+
+
+# --- long paths, the Files list beside a preview, the queue's row and footer (issue 24) ---
+
+
+def pane_lines(screen: str, index: int) -> list[str]:
+    """The lines of the ``index``-th bordered pane of a row of panes (0: left), as drawn."""
+    rows = [line.split("│") for line in screen.splitlines() if line.count("│") >= 4]
+    return [row[1 + 2 * index].strip() for row in rows if len(row) > 1 + 2 * index]
+
+
+def test_long_paths_keep_names_whole_beside_a_sample_preview_at_80x24(term, env, tmp_path,
+                                                                       monkeypatch):
+    """A finished run with a long output folder, attached (A): in the log and the Files
+    pane every file name is on one line, its folder shortened in the middle (names were
+    cut across lines), and the sample preview leaves the Files list in sight."""
+    from PIL import Image
+
+    from lora_core.events import CheckpointSaved, RunFinished, RunStarted, SampleSaved
+    from lora_core.runs.status import new_status, register_run, write_status
+
+    monkeypatch.setenv("LORA_TUI_STATE_DIR", env["LORA_TUI_STATE_DIR"])  # the wizard's list
+    out = tmp_path / "a-rather-long-folder-name" / "for-the-outputs" / "of-this-lora" / "out"
+    run_dir = out / "runs" / "mylora-20260101-120000"
+    run_dir.mkdir(parents=True)
+    sample = out / "sample" / "mylora_000002_00_20260101120000_1.png"
+    sample.parent.mkdir()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(sample)
+    checkpoint, final = out / "mylora-000001.safetensors", out / "mylora.safetensors"
+    events = [RunStarted(str(run_dir), "p.toml", "mylora", str(run_dir / "train.log"),
+                         {"max_train_steps": 4}),
+              SampleSaved(str(sample), 2, None, 0, "a red cube"),
+              CheckpointSaved(str(checkpoint), 2, 1, "epoch"),
+              CheckpointSaved(str(final), 4, 2, "final"),
+              RunFinished([str(checkpoint), str(final)], str(final), 4, 2.0)]
+    (run_dir / "events.jsonl").write_text("".join(e.to_json() + "\n" for e in events),
+                                          encoding="utf-8")
+    record = new_status(run_dir, "mylora", run_dir / "profile.toml", None, total_steps=4,
+                        total_epochs=2)
+    record.status = "finished"
+    write_status(record)
+    register_run(run_dir)
+
+    term.start_wizard(env)
+    term.wait_for("Recent runs")
+    term.keys("a")
+    shown = term.wait_for(lambda s: "finished after 4 steps" in s
+                          and any(final.name in line for line in pane_lines(s, 0)))
+    log, side = pane_lines(shown, 0), pane_lines(shown, 1)
+    for name in (sample.name, checkpoint.name, final.name):
+        assert any(name in line for line in log), shown
+    assert any("…" in line and line.endswith(checkpoint.name) for line in log), shown
+    assert any(c in "".join(side) for c in "▀▄"), shown  # the preview is drawn
+    assert "Files" in side
+    for name in (checkpoint.name, final.name):  # and the list below it is in sight, whole
+        assert any(name in line for line in side), shown
+
+
+def test_queue_row_shows_the_problem_and_the_footer_fits_at_80x24(term, env, tmp_path,
+                                                                  monkeypatch):
+    """A failed row reads as its problem ("the profile has 1 problem: - …" was cut), and
+    every key of the queue is in its footer at 80 columns (Home was cut off)."""
+    from lora_core.checks.problem import error, raise_for_errors
+    from lora_core.errors import LoraError
+    from lora_tui.screens.queue import QueueEntry, save_queue
+
+    monkeypatch.setenv("LORA_TUI_STATE_DIR", env["LORA_TUI_STATE_DIR"])
+    try:  # the engine's own wording of a refused profile
+        raise_for_errors([error("train_data_dir does not exist: /data/nothere",
+                                "set it to the folder of <repeats>_<name> folders",
+                                section="dataset", key="train_data_dir")],
+                         "the profile has", "fix the fields named above")
+    except LoraError as exc:
+        message = exc.message
+    save_queue([QueueEntry(tmp_path / "bad.toml", state="failed", message=message),
+                QueueEntry(tmp_path / "good.toml")])
+    term.start_wizard(env)
+    term.wait_for("N  New profile")
+    term.keys("u")
+    shown = term.wait_for(lambda s: "bad.toml" in s and "esc Back" in s)
+    row = next(line for line in shown.splitlines() if line.strip().startswith("1 "))
+    assert "train_data_dir does not exist: /data/" in row, shown
+    footer = next(line for line in shown.splitlines() if "esc Back" in line)
+    for key in ("a Add", "x Remove", "u Up", "d Down", "r Run", "c Clear", "esc Back",
+                "^g Home"):
+        assert key in footer, footer

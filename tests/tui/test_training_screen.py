@@ -10,8 +10,8 @@ from rich.text import Text
 from textual.widgets import Static
 
 from lora_core.events import PhaseChanged, RunFailed, RunFinished, RunStarted, StepEnded
-from lora_core.saving.run_requests import take_requests
-from lora_core.saving.run_status import read_status
+from lora_core.runs.requests import take_requests
+from lora_core.runs.status import read_status
 from lora_tui.app import make_app
 from lora_tui.runner import FakeRunner, ProcessRunner, parse_line
 from lora_tui.screens.training import TrainingScreen
@@ -139,7 +139,8 @@ async def test_sample_images_are_listed_and_drawn_in_the_terminal(tmp_path):
         app.start_training(tmp_path / "p.toml")
         screen = app.screen
         await wait_for(pilot, lambda: screen.state == "finished")
-        assert str(png) in plain(app, "#train-files")
+        assert ("sample 0 (step 2)", str(png)) in screen.files
+        assert png.name in plain(app, "#train-files")  # its folder shortened to fit
         drawn = screen.query_one("#train-sample", Static).content
         assert isinstance(drawn, Pixels)  # the image itself, not a placeholder
         segments = list(app.console.render(drawn))
@@ -165,9 +166,40 @@ async def test_saved_files_show_their_validation_loss_and_the_lowest_is_marked(t
         app.start_training(tmp_path / "p.toml")
         screen = app.screen
         await wait_for(pilot, lambda: screen.state == "finished")
-        files = plain(app, "#train-files")
-        first, last = (line for line in files.splitlines() if ".safetensors" in line)
-        assert "val 0.3100" in first and "lowest" not in first
-        assert "val 0.2700" in last and "<- lowest" in last
+        files = " ".join(plain(app, "#train-files").split())  # as laid out at 80x24, joined
+        assert "epoch checkpoint, val 0.3100: /o/x-000001.safetensors" in files
+        assert "final checkpoint, val 0.2700 <- lowest: /o/x.safetensors" in files
         log = "\n".join(str(line.text) for line in screen.query_one("#train-log").lines)
         assert "validation loss 0.2700 at epoch 2 (3 held-out images" in " ".join(log.split())
+
+
+async def test_best_file_grid_and_early_stop_are_shown(tmp_path):
+    from PIL import Image
+    from rich_pixels import Pixels
+
+    from lora_core.events import BestFileSaved, GridSaved, StoppedEarly
+
+    grid = tmp_path / "x_grid.png"
+    Image.new("RGB", (288, 292), (0, 0, 255)).save(grid)
+    best = "/o/x-best.safetensors"
+    why = "stopped early at step 10: 2 validations in a row without a lower validation loss"
+    fake = FakeRunner([step(5), BestFileSaved(best, "/o/x-000001.safetensors", 5, 1, 0.31),
+                       GridSaved(str(grid), 2, 3), step(10),
+                       BestFileSaved(best, "/o/x-000002.safetensors", 10, 2, 0.27),
+                       StoppedEarly(10, 2, 2, 5, 0.27, why),
+                       RunFinished(["/o/x.safetensors"], "/o/x.safetensors", 10, 1.0,
+                                   best_file=best, best_loss=0.27, stop_reason=why)])
+    app = make_app(runner_factory=lambda: fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.start_training(tmp_path / "p.toml")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.state == "finished")
+        files = " ".join(plain(app, "#train-files").split())
+        assert files.count("x-best.safetensors") == 1  # replaced, not listed twice
+        assert "best (val 0.2700, a copy of x-000002.safetensors)" in files
+        assert "sample grid (2 prompts x 3 points)" in files and grid.name in files
+        drawn = screen.query_one("#train-sample", Static).content
+        assert isinstance(drawn, Pixels)  # the grid drawn with the sample rendering
+        result = " ".join(plain(app, "#train-result").split())
+        assert "Best by validation loss (0.2700): x-best.safetensors" in result
+        assert why in result

@@ -3,10 +3,11 @@ sends them, the screen read back as a person sees it.
 
 tmux stands in for an SSH session's terminal: the app draws with real escape sequences and
 ``capture-pane`` returns the text on screen. :meth:`Terminal.type` sends a whole string in one
-``send-keys`` (a burst, as a paste or a fast SSH link delivers it); :meth:`Terminal.keys`
-sends named keys one call each. Each terminal is its own tmux server (``-L``), killed at the
-end. tmux comes from the system's packages; when it is missing and cannot be installed the
-tests that need it are skipped with the command to install it.
+``send-keys`` (a burst, as a paste or a fast SSH link delivers it), :meth:`Terminal.burst`
+named keys and text together in one; :meth:`Terminal.keys` sends named keys one call each.
+Each terminal is its own tmux server (``-L``), killed at the end. tmux comes from the
+system's packages; when it is missing and cannot be installed the tests that need it are
+skipped with the command to install it.
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ class Terminal:
     def type(self, text: str) -> None:
         """``text`` in one burst (-l: literally, no key names)."""
         self.tmux("send-keys", "-t", "t", "-l", text)
+
+    def burst(self, *keys: str) -> None:
+        """Named keys and text mixed, in one send-keys (a burst: what a paste or a fast link
+        delivers), e.g. ``burst("C-u", "out/x", "Enter", "name", "Enter")``. A part that is
+        not a key name is typed as text."""
+        self.tmux("send-keys", "-t", "t", *keys)
 
     def keys(self, *names: str) -> None:
         """Named keys (Enter, Escape, C-n, Tab...), one send-keys each."""

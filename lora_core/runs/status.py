@@ -30,6 +30,8 @@ from pathlib import Path
 from lora_core.atomic import atomic_write_bytes
 from lora_core.errors import LoraError
 from lora_core.events import (
+    BestFileSaved,
+    GridSaved,
     RunFailed,
     RunFinished,
     RunStarted,
@@ -71,6 +73,10 @@ class RunStatus:
     last_state: str = ""            # the newest resumable state folder, if any
     last_state_step: int = 0        # the step a resume continues from
     final_file: str = ""
+    best_file: str = ""             # <output_name>-best.safetensors (with validation)
+    best_validation_loss: float = 0.0  # its validation loss (meaningful with best_file)
+    best_source: str = ""           # the saved file it copies
+    grid_file: str = ""             # <output_name>_grid.png, the sample grid
     message: str = ""               # the error of a failed run, or why it stopped
     resumed_from: str = ""          # run folder this run continues (resumed elsewhere)
     resumes: int = 0                # how many times it was resumed
@@ -168,8 +174,7 @@ def read_status(run_dir: Path) -> RunStatus:
     path = run_dir / RUN_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        known = {f.name for f in dataclasses.fields(RunStatus)}
-        status = RunStatus(**{k: v for k, v in data.items() if k in known})
+        status = _status_from(data, path)
     except FileNotFoundError:
         raise LoraError(f"{run_dir} is not a run folder: it has no {RUN_FILE}",
                         "give the folder under <output_dir>/runs/ that the run printed at its "
@@ -188,6 +193,39 @@ def read_status(run_dir: Path) -> RunStatus:
         status.status = "crashed"
         status.message = status.message or "the training process is gone"
     return status
+
+
+_FIELD_TYPES = {"str": (str,), "int": (int,), "float": (int, float)}
+
+
+def _status_from(data: object, path: Path) -> RunStatus:
+    """The RunStatus ``data`` (parsed run.json) holds; LoraError naming the file and the
+    field when it is not an object of fields of the right types (a hand edit, a torn disk)."""
+    hint = "the run folder is damaged; its LoRA files are still usable"
+    if not isinstance(data, dict):
+        raise LoraError(f"{path} is unreadable: it holds {type(data).__name__}, not a JSON "
+                        "object", hint)
+    values = {}
+    for f in dataclasses.fields(RunStatus):
+        if f.name not in data:
+            if f.default is dataclasses.MISSING:
+                raise LoraError(f"{path} is unreadable: it has no {f.name!r}", hint)
+            continue
+        value = data[f.name]
+        if isinstance(value, bool) or not isinstance(value, _FIELD_TYPES[str(f.type)]):
+            raise LoraError(f"{path} is unreadable: {f.name!r} is {value!r}", hint)
+        values[f.name] = value
+    return RunStatus(**values)
+
+
+def unreadable_status(run_dir: Path, message: str) -> RunStatus:
+    """A stand-in for a run whose run.json cannot be read, so a list can still show it."""
+    try:
+        updated = run_dir.stat().st_mtime
+    except OSError:
+        updated = 0.0
+    return RunStatus(str(run_dir), run_dir.name, "unreadable", 0, "", updated, updated,
+                     message=message)
 
 
 def last_step_event(events_path: Path) -> StepEnded | None:
@@ -258,8 +296,10 @@ def register_run(run_dir: Path) -> None:
         pass  # the list is a convenience; a read-only state folder must not stop training
 
 
-def list_runs(limit: int | None = None) -> list[RunStatus]:
-    """Runs on this machine, newest first; folders deleted since are left out."""
+def list_runs(limit: int | None = None, *, unreadable: bool = False) -> list[RunStatus]:
+    """Runs on this machine, newest first; folders deleted since are left out. A run folder
+    whose run.json cannot be read is left out too, or with ``unreadable`` listed with the
+    state "unreadable" and the reason as its message."""
     try:
         lines = (state_dir() / INDEX_FILE).read_text(encoding="utf-8").splitlines()
     except OSError:
@@ -276,8 +316,10 @@ def list_runs(limit: int | None = None) -> list[RunStatus]:
         seen.add(run_dir)
         try:
             status = read_status(Path(run_dir))
-        except LoraError:
-            continue
+        except LoraError as exc:
+            if not unreadable or not (Path(run_dir) / RUN_FILE).exists():
+                continue
+            status = unreadable_status(Path(run_dir), exc.message)
         # Runs still going are always listed; the limit is on the others.
         if status.active or limit is None or sum(not r.active for r in runs) < limit:
             runs.append(status)
@@ -324,9 +366,16 @@ class StatusRecorder:
         elif isinstance(event, StateSaved):
             status.last_state, status.step = event.path, event.step
             status.last_state_step = event.step
+        elif isinstance(event, BestFileSaved):
+            status.best_file, status.best_validation_loss = event.path, event.loss
+            status.best_source = event.source
+        elif isinstance(event, GridSaved):
+            status.grid_file = event.path
         elif isinstance(event, RunFinished):
             status.status = "stopped" if event.interrupted else "finished"
             status.final_file, status.step = event.final_file, event.steps
+            if event.stop_reason:
+                status.message = event.stop_reason
             if status.last_state and not Path(status.last_state).is_dir():
                 status.last_state = ""  # a finished run's states are deleted
         elif isinstance(event, RunFailed):

@@ -1,0 +1,168 @@
+"""The review at 80x24 (issue 24): every part reachable by keyboard (PageDown/End/Home
+scroll it, whichever list has the focus), and an opened profile changed in the wizard is
+said to train a copy, with the offer to save it to its file first."""
+
+from __future__ import annotations
+
+import shutil
+import tomllib
+from pathlib import Path
+
+from rich.text import Text
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from lora_tui.app import make_app
+from lora_tui.dialogs.import_report import ImportReportDialog
+from lora_tui.dialogs.save_first import SaveFirstDialog
+from lora_tui.runner import FakeRunner
+from lora_tui.screens.review import ReviewScreen
+from lora_tui.screens.training import TrainingScreen
+from lora_tui.steps import STEPS
+from tests.tui.helpers import EVENTS_FILE, ROOT, SIZE, type_into, wait_for
+
+
+def plain(widget: Static) -> str:
+    content = widget.content
+    return Text.from_markup(content).plain if isinstance(content, str) else str(content)
+
+
+def opened(tmp_path: Path) -> Path:
+    """A copy of the quickstart profile, beside the example dataset."""
+    profile = tmp_path / "quickstart.toml"
+    shutil.copy(ROOT / "examples" / "quickstart.toml", profile)
+    (tmp_path / "dataset").symlink_to(ROOT / "examples" / "dataset")
+    return profile
+
+
+def in_sight(widget) -> bool:
+    """Whether ``widget``'s first line is inside the scrolled review's window."""
+    body = widget.screen.query_one(".step-body", VerticalScroll)
+    top = widget.region.y
+    return body.region.y <= top < body.region.bottom
+
+
+async def test_page_down_and_end_reach_the_changes_and_the_last_step(tmp_path):
+    app = make_app(opened(tmp_path), runner_factory=lambda: FakeRunner([]))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen)
+                       and app.screen.check is not None)
+        review = app.screen
+        await pilot.pause(0.1)  # the plan laid out
+        body = review.query_one(".step-body", VerticalScroll)
+        changes = review.query_one("#review-changes", Static)
+        assert "Changed from the defaults" in plain(changes)
+        assert body.max_scroll_y > 0 and not in_sight(changes)
+        assert review.focused.id == "review-actions"  # Enter trains: the list has the keys
+        for _ in range(6):
+            if in_sight(changes):
+                break
+            await pilot.press("pagedown")
+        assert in_sight(changes) and body.scroll_y > 0
+        await pilot.press("end")
+        await pilot.pause()
+        assert body.scroll_y == body.max_scroll_y
+        await pilot.press("home")
+        await pilot.pause()
+        assert body.scroll_y == 0
+        steps = review.query_one("#review-steps")
+        steps.focus()  # from the steps list too, where End also picks the last step
+        await pilot.press("home", "pagedown")
+        await pilot.pause()
+        assert body.scroll_y > 0
+        await pilot.press("end")
+        await pilot.pause()
+        assert body.scroll_y == body.max_scroll_y and steps.highlighted == len(STEPS) - 1
+
+
+async def changed_on_the_review(pilot, profile: Path) -> ReviewScreen:
+    app = pilot.app
+    await wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+    review = app.screen
+    assert not review.query_one("#review-unsaved").display  # as opened: nothing to say
+    await pilot.press("6")
+    await type_into(pilot, "network", "network_dim", "32")
+    await pilot.press("ctrl+n")
+    await wait_for(pilot, lambda: app.screen is review)
+    await wait_for(pilot, lambda: review.check is not None)
+    return review
+
+
+async def test_an_opened_profile_changed_says_it_trains_a_copy_and_can_train_it(tmp_path,
+                                                                                state_dir):
+    profile = opened(tmp_path)
+    before = profile.read_bytes()
+    fake = FakeRunner.from_file(EVENTS_FILE)
+    app = make_app(profile, runner_factory=lambda: fake)
+    async with app.run_test(size=SIZE) as pilot:
+        review = await changed_on_the_review(pilot, profile)
+        unsaved = review.query_one("#review-unsaved", Static)
+        assert unsaved.display and in_sight(unsaved)
+        assert "quickstart.toml stays as it was unless you press S" in plain(unsaved)
+        copy = state_dir / "wizard" / "quickstart.toml"
+        assert f"Enter trains a copy, {copy}" in plain(review.query_one("#review-command"))
+        await pilot.press("t")
+        await wait_for(pilot, lambda: isinstance(app.screen, SaveFirstDialog))
+        await pilot.press("escape")  # neither: back to the review, nothing started
+        await wait_for(pilot, lambda: app.screen is review)
+        await pilot.press("t")
+        await wait_for(pilot, lambda: isinstance(app.screen, SaveFirstDialog))
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, TrainingScreen))
+        assert fake.profile_path == copy
+        assert tomllib.loads(copy.read_text())["network"]["network_dim"] == 32
+        assert profile.read_bytes() == before  # the user's file as it was
+
+
+async def test_save_first_writes_the_file_then_trains_it(tmp_path, state_dir):
+    profile = opened(tmp_path)
+    fake = FakeRunner.from_file(EVENTS_FILE)
+    app = make_app(profile, runner_factory=lambda: fake)
+    async with app.run_test(size=SIZE) as pilot:
+        await changed_on_the_review(pilot, profile)
+        await pilot.press("enter")  # Train now, the focused action
+        await wait_for(pilot, lambda: isinstance(app.screen, SaveFirstDialog))
+        await pilot.press("s")
+        await wait_for(pilot, lambda: isinstance(app.screen, TrainingScreen))
+        assert fake.profile_path == profile
+        saved = tomllib.loads(profile.read_text())
+        assert saved["network"]["network_dim"] == 32
+        assert saved["dataset"]["train_data_dir"] == "dataset/train"  # kept as written
+
+
+async def test_a_profile_with_problems_still_shows_what_it_changed(tmp_path):
+    """An imported command with another machine's paths is refused until they are fixed;
+    the review once showed only the problems there, hiding what the import set (dim 4 from
+    sd-scripts' default where the command said --net_dim=128)."""
+    command = ('accelerate launch train_network.py '
+               '--pretrained_model_name_or_path="C:\\sd\\model.safetensors" '
+               f'--train_data_dir={tmp_path} --output_dir={tmp_path / "out"} --net_dim=128')
+    app = make_app(runner_factory=lambda: FakeRunner([]))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.screen.query("#start-menu"))
+        app.open_profile(command)
+        await wait_for(pilot, lambda: isinstance(app.screen, ImportReportDialog))
+        await pilot.press("escape")  # the import's report
+        await wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        text = plain(app.screen.query_one("#review-changes", Static))
+        assert "Windows drive path" in text
+        assert "Changed from the defaults" in text
+        assert "[network] network_dim = 4  (default 32)" in text
+
+
+async def test_the_review_says_where_notifications_go_without_the_urls_secret(tmp_path):
+    profile = opened(tmp_path)
+    profile.write_text(profile.read_text(encoding="utf-8") + '\n[notify]\ncommand = "true"\n'
+                       'webhook = "https://hooks.example.com/T00/B11/s3cret"\n'
+                       'on = ["finished", "failed"]\n', encoding="utf-8")
+    app = make_app(profile, runner_factory=lambda: FakeRunner([]))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen)
+                       and app.screen.check is not None)
+        review = app.screen
+        command = " ".join(plain(review.query_one("#review-command", Static)).split())
+        assert "when it ends, notifies: command `true` (on finished, failed); webhook " \
+            "https://hooks.example.com/… (on finished, failed)" in command
+        changes = plain(review.query_one("#review-changes", Static))
+        assert "[notify] webhook = https://hooks.example.com/…" in changes
+        assert "s3cret" not in changes + command
