@@ -204,11 +204,12 @@ def child_env(args: argparse.Namespace, hf_home: Path, work: Path, ours: bool) -
 
 
 class HighWaterMarks(threading.Thread):
-    """Samples a process's VmHWM (peak RSS so far) every ``period_s``: (time, kB) pairs."""
+    """Samples one line of a process's /proc status every ``period_s``: (time, kB) pairs.
+    ``VmHWM`` (default) is the peak RSS so far; ``VmRSS`` the resident memory now."""
 
-    def __init__(self, pid: int, period_s: float = 0.1) -> None:
+    def __init__(self, pid: int, period_s: float = 0.1, field: str = "VmHWM") -> None:
         super().__init__(daemon=True)
-        self.pid, self.period_s = pid, period_s
+        self.pid, self.period_s, self.field = pid, period_s, field + ":"
         self.samples: list[tuple[float, int]] = []
         self.stopped = threading.Event()
 
@@ -217,12 +218,17 @@ class HighWaterMarks(threading.Thread):
         while not self.stopped.is_set():
             try:
                 for line in status.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
+                    if line.startswith(self.field):
                         self.samples.append((time.time(), int(line.split()[1])))
                         break
             except (OSError, ValueError, IndexError):
                 pass
             self.stopped.wait(self.period_s)
+
+    def peak_mb(self, start: float, end: float = float("inf")) -> float:
+        """The largest sample (MB) taken between ``start`` and ``end``."""
+        inside = [kb for t, kb in self.samples if start <= t <= end]
+        return max(inside, default=0) / 1024
 
     def at(self, moment: float) -> float:
         """The peak RSS (MB) the process had reached by ``moment``."""

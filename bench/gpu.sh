@@ -30,3 +30,12 @@ print(render_table(json.load(open(sys.argv[1]))))" "bench/.cache/gpu-$family.jso
 
 run sd15 512 "${SD15_STEPS:-40}" "$@"
 run sdxl 1024 "${SDXL_STEPS:-20}" "$@"
+
+# Flux (issue 27): each memory lever's VRAM and s/step on a Flux-width transformer with
+# 4 double + 8 single blocks (bf16): fp8_base, fp8 T5, gradient checkpointing, cached
+# text-encoder outputs, blocks_to_swap 4 and cpu_offload_checkpointing.
+"$PY" bench/flux_memory.py --device cuda --double 4 --single 8 --steps "${FLUX_STEPS:-8}" \
+    --json > bench/.cache/gpu-flux.json
+"$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); \
+[print(f\"{x['name']:28s} VRAM {x['peak_vram_mb']} MiB  {x['median_s_per_step']:.2f} s/step\") \
+for x in r['results']]" bench/.cache/gpu-flux.json

@@ -21,36 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lora_core.profile_fields import setting
+from lora_core.profile_flux import (  # noqa: F401  (re-exported)
+    FLUX_MODEL_TYPES,
+    MODEL_PREDICTION_TYPES,
+    TIMESTEP_SAMPLINGS,
+    WEIGHTING_SCHEMES,
+    FluxSection,
+)
+from lora_core.profile_keys import HARMLESS_KEYS, SD_SCRIPTS_KEYS, SECRET_KEYS
 from lora_core.values import Resolution, describe_type
 
 PROFILE_VERSION = 1
-
-
-def setting(
-    default: Any,
-    doc: str,
-    *,
-    min: float | None = None,
-    max: float | None = None,
-    choices: tuple[str, ...] | None = None,
-    path: bool = False,
-    required: bool = False,
-    or_import_path: bool = False,
-    applies: When | None = None,
-    default_when: tuple[tuple[When, Any], ...] = (),
-) -> Any:
-    """Declare one profile field with its doc line and validation rule. ``or_import_path``:
-    besides the choices, any ``module.Class`` import path is allowed (as sd-scripts allows
-    for optimizer_type). ``applies``: the field only means something when another field
-    has certain values (the wizard hides it otherwise; the check refuses a value set where
-    it does not apply, unless ``applies.refused`` is False). ``default_when``: the default
-    the wizard offers when a condition holds (the engine's default stays ``default``)."""
-    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "path": path,
-            "required": required, "or_import_path": or_import_path, "applies": applies,
-            "default_when": default_when}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -81,8 +63,9 @@ class ModelSection:
 
     pretrained_model_name_or_path: str = setting(
         "", "Base model: a single-file checkpoint (.safetensors or .ckpt, as A1111 and ComfyUI "
-        "use), a local diffusers folder, or builtin:tiny-sd1 / builtin:tiny-sdxl for smoke "
-        "runs. SD 1.x, SD 2.x and SDXL are told apart from the weights.",
+        "use), a local diffusers folder, a Flux.1 / Chroma transformer file (with the [flux] "
+        "files), or builtin:tiny-sd1 / tiny-sdxl / tiny-flux for smoke runs. SD 1.x, SD 2.x, "
+        "SDXL and Flux.1 are told apart from the weights.",
         path=True, required=True)
     v2: bool | None = setting(
         None, "The model is SD 2.x (unset: detected from the weights; set only to confirm, "
@@ -411,6 +394,16 @@ class TrainingSection:
     gradient_accumulation_steps: int = setting(1, "Steps whose gradients are summed per update.",
                                                min=1)
     gradient_checkpointing: bool = setting(False, "Trade speed for memory in the U-Net.")
+    cpu_offload_checkpointing: bool = setting(
+        False, "With gradient checkpointing, keep the saved block inputs in CPU memory "
+        "(Flux; about 1 GB less VRAM, ~15 % slower; not with blocks_to_swap).")
+    blocks_to_swap: int | None = setting(
+        None, "Flux: keep this many transformer blocks in CPU memory, each moved to the GPU "
+        "when it runs (about 640 MB less VRAM per block; needs gradient_checkpointing).",
+        min=1, max=200)
+    fp8_base: bool = setting(
+        False, "Keep the frozen base model's Linear weights in float8 (one byte each), each "
+        "layer computed in the training precision (Flux's transformer; SD U-Nets: not yet).")
     num_processes: int = setting(
         1, "Processes to train with, one per GPU: `lora-train run` starts them through "
         "accelerate's launcher (the total batch is batch x processes x accumulation).",
@@ -604,6 +597,7 @@ class LoggingSection:
 
 SECTIONS: dict[str, type] = {
     "model": ModelSection,
+    "flux": FluxSection,
     "dataset": DatasetSection,
     "network": NetworkSection,
     "optimizer": OptimizerSection,
@@ -614,63 +608,12 @@ SECTIONS: dict[str, type] = {
     "notify": NotifySection,
 }
 
-# sd-scripts options users will try that this release does not implement yet. They are
-# rejected with a clear message rather than silently ignored. (Keys that are fields of some
-# section are taken out below, so the list can stay a plain record of sd-scripts' options.)
-_SD_SCRIPTS_KEYS = frozenset({
-    "v2", "v_parameterization", "vae", "no_half_vae", "tokenizer_cache_dir", "max_token_length",
-    "noise_offset", "noise_offset_random_strength", "adaptive_noise_scale",
-    "multires_noise_iterations", "multires_noise_discount", "min_snr_gamma",
-    "scale_v_pred_loss_like_noise_pred", "zero_terminal_snr", "min_timestep", "max_timestep",
-    "loss_type", "huber_schedule", "huber_c", "huber_scale", "debiased_estimation_loss",
-    "keep_tokens_separator", "caption_separator", "secondary_separator", "caption_prefix",
-    "caption_suffix", "caption_dropout_rate", "caption_dropout_every_n_epochs",
-    "caption_tag_dropout_rate", "enable_wildcard", "token_warmup_min", "token_warmup_step",
-    "flip_aug", "color_aug", "random_crop", "cache_latents", "cache_latents_to_disk",
-    "cache_text_encoder_outputs", "vae_batch_size", "rank_dropout", "module_dropout",
-    "network_args", "scale_weight_norms", "loraplus_lr_ratio", "down_lr_weight", "mid_lr_weight",
-    "up_lr_weight", "block_dims", "block_alphas", "sample_prompts", "sample_every_n_steps",
-    "sample_every_n_epochs", "sample_at_first", "sample_sampler", "dataset_config",
-    "save_state", "resume", "full_fp16", "full_bf16", "fp8_base", "xformers",
-    "ip_noise_gamma", "ip_noise_gamma_random_strength", "masked_loss", "alpha_mask",
-    "v_pred_like_loss", "weighted_captions", "face_crop_aug_range", "save_last_n_epochs",
-    "save_last_n_steps", "save_last_n_epochs_state", "save_last_n_steps_state",
-    "save_state_on_train_end", "save_n_epoch_ratio", "lr_scheduler_type", "lr_scheduler_args",
-    "lr_decay_steps", "lr_scheduler_min_lr_ratio", "lr_scheduler_timescale", "dim_from_weights",
-    "base_weights", "base_weights_multiplier", "network_multiplier", "conv_block_dims",
-    "conv_block_alphas", "block_lr_zero_threshold", "loraplus_unet_lr_ratio",
-    "loraplus_text_encoder_lr_ratio", "validation_split", "validation_seed",
-    "validate_every_n_steps", "validate_every_n_epochs", "max_validation_steps",
-    "logging_dir", "log_with", "log_prefix", "wandb_api_key", "torch_compile",
-    "dynamo_backend", "lowram", "highvram", "cache_info", "resize_interpolation",
-    "persistent_data_loader_workers", "fused_backward_pass", "cpu_offload_checkpointing",
-    "metadata_title", "metadata_author", "metadata_description", "metadata_license",
-    "metadata_tags", "no_metadata", "sdpa", "mem_eff_attn", "fp8_base_unet", "in_json",
-})
-# sd-scripts options that change nothing here, with why: a profile (or an imported command
-# line) may carry them; they are accepted with a note instead of stopping the profile cold.
-HARMLESS_KEYS = {
-    "xformers": "attention runs through PyTorch's scaled-dot-product attention, which is as "
-                "fast and as lean as xformers",
-    "sdpa": "scaled-dot-product attention is always used",
-    "mem_eff_attn": "scaled-dot-product attention is always used (it is memory-efficient)",
-    "persistent_data_loader_workers": "data loader workers are kept for the whole run",
-    "lowram": "models are read one tensor at a time, so loading needs little RAM anyway",
-    "highvram": "nothing is offloaded to RAM in the first place",
-    "max_data_loader_n_workers_persistent": "data loader workers are kept for the whole run",
-}
-# Secrets sd-scripts takes as options. A profile is a file that is copied into run folders,
-# exported and shared, so a secret in it would be written to all of those: it is refused,
-# and the tool reads it from the environment instead (wandb reads WANDB_API_KEY itself).
-SECRET_KEYS = {
-    "wandb_api_key": "a profile is copied into every run folder and shared; put the key in "
-                     "the WANDB_API_KEY environment variable (or run `wandb login` once), "
-                     "which Weights & Biases reads itself, and remove it from the profile",
-}
-NOT_YET_KEYS = _SD_SCRIPTS_KEYS - {f.name for cls in SECTIONS.values()
+NOT_YET_KEYS = SD_SCRIPTS_KEYS - {f.name for cls in SECTIONS.values()
                                    for f in dataclasses.fields(cls)} - set(HARMLESS_KEYS) \
     - set(SECRET_KEYS)
 NOT_YET_SECTIONS: frozenset[str] = frozenset()
+# Sections left out of a saved profile while they hold only defaults (a model family's own).
+OPTIONAL_SECTIONS = ("flux",)
 BUILTIN_PREFIX = "builtin:"
 # Fields that hold a list of paths (made absolute like the path fields, one by one).
 PATH_LIST_FIELDS = (("network", "base_weights"),)
@@ -684,6 +627,7 @@ class Profile:
 
     profile_version: int = PROFILE_VERSION
     model: ModelSection = field(default_factory=ModelSection)
+    flux: FluxSection = field(default_factory=FluxSection)
     dataset: DatasetSection = field(default_factory=DatasetSection)
     network: NetworkSection = field(default_factory=NetworkSection)
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
@@ -775,6 +719,8 @@ def section_to_dict(section: Any) -> dict[str, Any]:
 def profile_to_dict(p: Profile) -> dict[str, Any]:
     data: dict[str, Any] = {"profile_version": p.profile_version}
     for name in SECTIONS:
+        if name in OPTIONAL_SECTIONS and getattr(p, name) == SECTIONS[name]():
+            continue  # an SD profile has no [flux] table
         data[name] = section_to_dict(getattr(p, name))
     return data
 

@@ -40,6 +40,7 @@ from lora_core.profile import (
     SECTIONS,
     Profile,
 )
+from lora_core.profile_flux import LORA_FLUX_ARGS
 from lora_core.profile_io import apply_overrides, read_profile_dict
 from lora_core.values import coerce, describe_type, format_value, type_parts
 
@@ -54,6 +55,9 @@ NETWORK_ARG_FIELDS = {
     "block_lr_zero_threshold": "optimizer", "dora_wd": "network", "unit": "network",
     "block_size": "network", "constraint": "network", "rescaled": "network",
     "train_on_input": "network",
+    # networks.lora_flux's (Flux.1 / Chroma): fields of [flux], which the check refuses for
+    # an SD model.
+    **dict.fromkeys(LORA_FLUX_ARGS, "flux"),
 }
 # network_args names that differ from the field they set.
 NETWORK_ARG_ALIASES = {"dropout": "network_dropout", "unit": "dylora_unit",
@@ -101,7 +105,7 @@ def read_profile(data: dict, base_dir: Path | None = None) -> tuple[Profile, lis
         else:
             problems.append(unknown_key(None, key, ["profile_version", *SECTIONS]))
     profile = Profile(**sections, base_dir=Path(base_dir) if base_dir else Path.cwd())
-    problems += apply_network_args(profile, data.get("network"))
+    problems += apply_network_args(profile, data)
     problems += foreign_path_problems(profile)
     resolve_paths(profile)
     problems += rules.profile_rules(profile)
@@ -182,12 +186,12 @@ def _parse_arg_value(raw: str, hint: Any) -> Any:
         return raw
 
 
-def apply_network_args(profile: Profile, raw_network: Any) -> list[Problem]:
-    """Read sd-scripts' ``network_args`` into the fields they name, then normalise
-    ``network_module`` ("networks.lora" / "lycoris.kohya") to one of NETWORK_TYPES."""
+def apply_network_args(profile: Profile, data: dict) -> list[Problem]:
+    """Read sd-scripts' ``network_args`` into the fields they name (``data``: the profile's
+    TOML, for the fields also set in their own sections), then normalise ``network_module``
+    ("networks.lora" / "lycoris.kohya") to one of NETWORK_TYPES."""
     problems: list[Problem] = []
     net = profile.network
-    explicit = raw_network if isinstance(raw_network, dict) else {}
     algo = None
     spot = {"section": "network", "key": "network_args"}
     for item in net.network_args:
@@ -225,7 +229,8 @@ def apply_network_args(profile: Profile, raw_network: Any) -> list[Problem]:
         value = canonical_choice(value, meta)
         section = getattr(profile, section_name)
         current = getattr(section, field_name)
-        if field_name in explicit and current != value:
+        explicit = data.get(section_name)
+        if isinstance(explicit, dict) and field_name in explicit and current != value:
             problems.append(error(f"{where} conflicts with `[{section_name}] {field_name}` = "
                                   f"{format_value(current)}; set it in one place", **spot))
             continue

@@ -8,6 +8,7 @@ from what this module generates. Pure Python; no torch.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 from lora_core.profile import NOT_YET_KEYS, SECRET_KEYS, SECTIONS, field_docs
 
@@ -55,7 +56,7 @@ def reference_markdown() -> str:
     meta = {(name, f.name): f.metadata for name, cls in SECTIONS.items()
             for f in dataclasses.fields(cls)}
     for section, cls in SECTIONS.items():
-        lines += [f"## [{section}]", "", (cls.__doc__ or "").strip(), "",
+        lines += [f"## [{section}]", "", inspect.cleandoc(cls.__doc__ or ""), "",
                   "| Key | Type | Default | Meaning |", "|---|---|---|---|"]
         for sec, key, type_text, default, doc in docs:
             if sec == section:

@@ -298,15 +298,15 @@ def _train_and_finish(profile: Profile, profile_path: Path | None, started_run: 
     bus.emit(PhaseChanged("loading model"))
     import torch
 
-    bundle = load_model(profile.model.pretrained_model_name_or_path, profile.base_dir,
-                        WEIGHT_DTYPES[profile.training.mixed_precision],
-                        vae_dtype=torch.float32 if profile.model.no_half_vae else None,
-                        vae_spec=profile.model.vae or None,
-                        tokenizer_dir=profile.path("model", "tokenizer_cache_dir"),
-                        v_parameterization=profile.model.v_parameterization,
-                        text=TextSettings(clip_skip=profile.model.clip_skip,
-                                          max_token_length=profile.dataset.max_token_length,
-                                          weighted_captions=profile.dataset.weighted_captions))
+    bundle = _load_bundle(
+        profile, load_model, WEIGHT_DTYPES[profile.training.mixed_precision],
+        vae_dtype=torch.float32 if profile.model.no_half_vae else None,
+        vae_spec=profile.model.vae or None,
+        tokenizer_dir=profile.path("model", "tokenizer_cache_dir"),
+        v_parameterization=profile.model.v_parameterization,
+        text=TextSettings(clip_skip=profile.model.clip_skip,
+                          max_token_length=profile.dataset.max_token_length,
+                          weighted_captions=profile.dataset.weighted_captions))
     output_dir = profile.path("saving", "output_dir")
     first_started = (started_run.status.started_at if started_run.status is not None
                      else started)
@@ -318,7 +318,7 @@ def _train_and_finish(profile: Profile, profile_path: Path | None, started_run: 
                   num_epochs=plan.num_epochs, num_processes=plan.num_processes,
                   family=bundle.family)
     outputs = Outputs(output_dir=output_dir, output_name=output_name,
-                      metadata=training_metadata(profile, plan, run),
+                      metadata=_family_metadata(bundle, training_metadata(profile, plan, run)),
                       save_precision=profile.saving.save_precision,
                       run_dir=folder.path if main else None,
                       replace_existing=resume is not None)
@@ -342,6 +342,32 @@ def _train_and_finish(profile: Profile, profile_path: Path | None, started_run: 
                          seconds=seconds, interrupted=interrupted, best_file=ending.best_file,
                          best_loss=ending.best_loss, stop_reason=ending.stop_reason))
     return RunResult(folder, outputs.written, interrupted, state.step, seconds)
+
+
+# Families whose bundle is not an SD one (``models.loading``): the function that loads it
+# from the whole profile (the DiT and the files beside it).
+FAMILY_LOADERS = {"flux": ("lora_core.families.flux.family", "load_flux_bundle")}
+
+
+def _load_bundle(profile: Profile, load_model, dtype, **sd_options):
+    """The profile's base model: an SD checkpoint/folder through ``load_model``, or a family
+    that loads from several files (Flux) through its own loader."""
+    import importlib
+
+    from lora_core.models.loading import inspect_model
+
+    family = inspect_model(profile.model.pretrained_model_name_or_path, profile.base_dir).family
+    if family in FAMILY_LOADERS:
+        module, name = FAMILY_LOADERS[family]
+        return getattr(importlib.import_module(module), name)(profile, dtype)
+    return load_model(profile.model.pretrained_model_name_or_path, profile.base_dir, dtype,
+                      **sd_options)
+
+
+def _family_metadata(bundle, metadata: dict[str, str]) -> dict[str, str]:
+    """The family's own keys over the common ones (Flux: ss_base_model_version, ...)."""
+    own = getattr(bundle.impl, "file_metadata", None)
+    return own(bundle, metadata) if own is not None else metadata
 
 
 class EndingNotes:

@@ -38,13 +38,20 @@ from lora_core.checks.problem import Problem, errors_of, raise_for_errors
 from lora_core.errors import LoraError, ProfileError
 from lora_core.models.loading import ModelSource, inspect_model
 from lora_core.paths import state_dir
-from lora_core.profile import SECTIONS, Profile, conditional_default, profile_to_dict
+from lora_core.profile import SECTIONS, Profile, conditional_default, section_to_dict
 from lora_core.profile_io import read_profile_dict
 from lora_core.profile_load import profile_from_dict, read_profile
 from lora_core.values import Resolution, parse_text, type_parts
+from lora_tui.flux_files import FluxModel, flux_model
 from lora_tui.steps import WIZARD, WIZARD_QUESTIONS, applies, dropped_when_hidden
 
 FieldKey = tuple[str, str]
+
+
+def sections_of(profile: Profile) -> dict[str, dict[str, Any]]:
+    """Every section of ``profile`` as plain values, ``[flux]`` included (``profile_to_dict``
+    leaves an all-default ``[flux]`` out of saved files; the wizard compares every field)."""
+    return {name: section_to_dict(getattr(profile, name)) for name in SECTIONS}
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,8 @@ def to_text(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, list):
         return "[" + ", ".join(_toml_string(v) for v in value) + "]"
+    if isinstance(value, tuple):  # numbers, like [flux] in_dims
+        return "[" + ", ".join(to_text(v) for v in value) + "]"
     if isinstance(value, Resolution):
         return str(value.to_toml())
     return str(value)
@@ -181,6 +190,7 @@ class Draft:
         self.typed_prompts = ""  # sample prompts typed in the wizard, one per line
         self.dirty = False  # changed since loaded or saved
         self._model_cache: tuple[tuple[str, Path], ModelSource | LoraError] | None = None
+        self._flux_cache: tuple[ModelSource, FluxModel | None] | None = None
         self._written_prompts: str | None = None  # what the working prompt file holds
         self.import_report = ""  # what an import did with each option (lora-train import's)
 
@@ -196,10 +206,8 @@ class Draft:
     @classmethod
     def from_profile(cls, profile: Profile, source_path: Path | None = None) -> Draft:
         draft = cls(profile.base_dir, source_path)
-        defaults = profile_to_dict(Profile())
-        for section, values in profile_to_dict(profile).items():
-            if section not in SECTIONS:
-                continue
+        defaults = sections_of(Profile())
+        for section, values in sections_of(profile).items():
             for key, value in values.items():
                 if defaults[section].get(key) != value:
                     draft._texts[(section, key)] = to_text(value)
@@ -325,9 +333,19 @@ class Draft:
         return self._model_cache[1]
 
     def model_family(self) -> str | None:
-        """"sd1" / "sd2" / "sdxl" when the weights tell, else None."""
+        """"sd1" / "sd2" / "sdxl" / "flux" when the weights tell, else None."""
         source = self.model_source()
         return None if isinstance(source, LoraError) else source.family
+
+    def flux_model(self) -> FluxModel | None:
+        """The Flux model the base model is (variant, built-in or file); None for another
+        family or a model that cannot be read. Cached with the model."""
+        source = self.model_source()
+        if isinstance(source, LoraError):
+            return None
+        if self._flux_cache is None or self._flux_cache[0] is not source:
+            self._flux_cache = (source, flux_model(source))
+        return self._flux_cache[1]
 
     def typed_prompts_file(self) -> Path:
         """The working copy of the typed prompts (written when they changed)."""
@@ -377,7 +395,7 @@ class Draft:
     def differences(self) -> list[tuple[str, str, Any, Any]]:
         """(section, key, value, default) of every field the profile sets to a non-default."""
         profile = self.profile()
-        ours, defaults = profile_to_dict(profile), profile_to_dict(Profile())
+        ours, defaults = sections_of(profile), sections_of(Profile())
         rows = []
         for section in SECTIONS:
             for f in dataclasses.fields(SECTIONS[section]):

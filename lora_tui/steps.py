@@ -29,7 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from lora_core.checks.flux import MEANINGLESS_FOR_FLUX
 from lora_core.profile import FIELD_CONDITIONS, SECTIONS, When
+from lora_core.profile_flux import LORA_FLUX_ARGS
 
 if TYPE_CHECKING:
     from lora_tui.draft import Draft
@@ -69,6 +71,75 @@ def _declared(when: When) -> Callable[[Draft], bool]:
     return lambda draft: when.holds(draft.current(when.section, when.key))
 
 
+def _for_flux(section: str, key: str, *, when: Callable[[Draft], bool] | None = None,
+              file: bool = False) -> Condition:
+    """A ``[flux]`` field (or a setting only Flux uses): shown for a Flux base model
+    (``when``: and when it means something with the other answers), hidden for SD models,
+    where its text is left out of the profile (the check refuses those values there).
+    ``file``: one of the three files, not asked for a built-in (empty: the built-in's own)
+    nor, for clip_l, for Chroma. For a Flux model (or one that cannot be read yet) an
+    answered field stays in sight and in the profile, where the check says what is wrong
+    with it: nothing typed is dropped without a word."""
+
+    def applies_now(draft: Draft) -> bool:
+        answered = draft.text(section, key) != ""
+        model = draft.flux_model()
+        if model is None:
+            return answered and draft.model_family() is None
+        if file and (model.builtin or not model.uses(key)):
+            return answered
+        return when is None or when(draft) or answered
+
+    return Condition(applies_now)
+
+
+def _not_flux(section: str, key: str) -> Condition:
+    """An SD-only field of the model step (the check refuses it for Flux, and says why):
+    hidden for a Flux model unless it holds a value, which stays in sight to be removed."""
+    return Condition(lambda draft: draft.flux_model() is None or draft.text(section, key) != "",
+                     keep=True)
+
+
+_SAMPLING = ("flux", "timestep_sampling")
+FLUX_CONDITIONS: dict[FieldKey, Condition] = {
+    **{("flux", key): _for_flux("flux", key, file=True) for key in ("ae", "clip_l", "t5xxl")},
+    **{("flux", key): _for_flux("flux", key) for key in (
+        "model_type", "apply_t5_attn_mask", "t5xxl_max_token_length", "timestep_sampling",
+        "model_prediction_type", "weighting_scheme")},
+    ("flux", "guidance_scale"): _for_flux(  # dev only: schnell and Chroma take none
+        "flux", "guidance_scale",
+        when=lambda d: getattr(d.flux_model(), "variant", "") not in ("schnell", "chroma")),
+    ("flux", "sigmoid_scale"): _for_flux("flux", "sigmoid_scale",
+                                         when=_is(*_SAMPLING, "sigmoid", "shift")),
+    ("flux", "discrete_flow_shift"): _for_flux("flux", "discrete_flow_shift",
+                                               when=_is(*_SAMPLING, "sigma", "shift")),
+    ("flux", "logit_mean"): _for_flux("flux", "logit_mean",
+                                      when=_is("flux", "weighting_scheme", "logit_normal")),
+    ("flux", "logit_std"): _for_flux("flux", "logit_std",
+                                     when=_is("flux", "weighting_scheme", "logit_normal")),
+    ("flux", "mode_scale"): _for_flux("flux", "mode_scale",
+                                      when=_is("flux", "weighting_scheme", "mode")),
+    # networks.lora_flux's arguments (which blocks, per-type ranks), on the network step.
+    **{("flux", key): _for_flux("flux", key) for key in LORA_FLUX_ARGS},
+    # Memory settings wired for Flux's transformer only (SD U-Nets: not yet; the check
+    # refuses them there): block swap and CPU-offloaded checkpointing with checkpointing.
+    ("training", "fp8_base"): _for_flux("training", "fp8_base"),
+    ("training", "blocks_to_swap"): _for_flux(
+        "training", "blocks_to_swap", when=_is("training", "gradient_checkpointing", "true")),
+    ("training", "cpu_offload_checkpointing"): _for_flux(
+        "training", "cpu_offload_checkpointing",
+        when=_is("training", "gradient_checkpointing", "true")),
+    **{("model", key): _not_flux("model", key)
+       for key in ("v_parameterization", "clip_skip", "vae", "no_half_vae")},
+    # The clip-skip question (clip_skip itself stays in sight while it holds a value).
+    (WIZARD, "model_style"): Condition(lambda draft: draft.flux_model() is None, keep=True),
+}
+FLUX_FIELDS: tuple[FieldKey, ...] = (("flux", "ae"), ("flux", "clip_l"), ("flux", "t5xxl"))
+FLUX_ADVANCED: tuple[FieldKey, ...] = tuple(("flux", key) for key in (
+    "model_type", "apply_t5_attn_mask", "t5xxl_max_token_length", "guidance_scale",
+    "timestep_sampling", "sigmoid_scale", "discrete_flow_shift", "model_prediction_type",
+    "weighting_scheme", "logit_mean", "logit_std", "mode_scale"))
+
 _BUCKETS = _is("dataset", "enable_bucket", "true")
 _HUBER = _is("training", "loss_type", "huber", "smooth_l1")
 
@@ -105,6 +176,7 @@ CONDITIONS: dict[FieldKey, Condition] = {
         _set("training", "multires_noise_iterations")),
     ("training", "adaptive_noise_scale"): Condition(_set("training", "noise_offset")),
     ("training", "noise_offset_random_strength"): Condition(_set("training", "noise_offset")),
+    **FLUX_CONDITIONS,
 }
 
 
@@ -141,11 +213,12 @@ WIZARD_QUESTIONS: dict[str, WizardQuestion] = {
 STEPS: tuple[Step, ...] = (
     Step("Base model",
          "The model the LoRA is trained for: a .safetensors/.ckpt checkpoint, a diffusers "
-         "folder, or builtin:tiny-sd1 to try things out. Its family is read from the weights.",
+         "folder, a Flux.1 transformer, or builtin:tiny-sd1 (builtin:tiny-flux) to try things "
+         "out. Its family is read from the weights.",
          (("model", "pretrained_model_name_or_path"), (WIZARD, "model_style"),
-          ("model", "v2"), ("model", "v_parameterization")),
+          ("model", "v2"), ("model", "v_parameterization"), *FLUX_FIELDS),
          (("model", "clip_skip"), ("model", "vae"), ("model", "no_half_vae"),
-          ("model", "tokenizer_cache_dir")),
+          ("model", "tokenizer_cache_dir"), *FLUX_ADVANCED),
          model_check=True),
     Step("Training images",
          "Pick the folder that CONTAINS the <repeats>_<name> image folders (for example "
@@ -180,7 +253,7 @@ STEPS: tuple[Step, ...] = (
           ("network", "base_weights"), ("network", "base_weights_multiplier"),
           ("network", "block_dims"), ("network", "block_alphas"),
           ("network", "conv_block_dims"), ("network", "conv_block_alphas"),
-          ("network", "network_args"))),
+          ("network", "network_args"), *(("flux", key) for key in LORA_FLUX_ARGS))),
     Step("Learning rates", "The base rate, and separate rates for the U-Net and the text "
          "encoder (empty: the base rate).",
          (("optimizer", "learning_rate"), ("optimizer", "unet_lr"),
@@ -204,7 +277,9 @@ STEPS: tuple[Step, ...] = (
     Step("Batch size", "Images per step: more is faster per epoch and needs more memory.",
          (("training", "train_batch_size"),),
          (("training", "gradient_accumulation_steps"),
-          ("training", "gradient_checkpointing"), ("training", "num_processes"),
+          ("training", "gradient_checkpointing"), ("training", "fp8_base"),
+          ("training", "blocks_to_swap"), ("training", "cpu_offload_checkpointing"),
+          ("training", "num_processes"),
           ("training", "gpu_ids"))),
     Step("Epochs or steps", "How long training runs: epochs (each image x its repeats once) "
          "or a number of steps. The review shows the exact totals.",
@@ -269,6 +344,24 @@ STEPS: tuple[Step, ...] = (
           ("sample", "sample_sampler")),
          (("sample", "sample_at_first"),)),
 )
+
+
+def _also_not_for_flux(condition: Condition | None, section: str, key: str) -> Condition:
+    """``condition`` (or none), and hidden for a Flux model unless the field holds a value
+    (``_not_flux``): an SD option that means nothing for Flux (``MEANINGLESS_FOR_FLUX``)."""
+    sd_only = _not_flux(section, key)
+    if condition is None:
+        return sd_only
+    return Condition(lambda draft: condition.applies(draft) and sd_only.applies(draft),
+                     condition.keep)
+
+
+# SD options that mean nothing for Flux are not shown for a Flux model on the model step and
+# among the advanced options (the check refuses them, by field, when they are set). A
+# step's main fields stay: step 16's are all SD's, and a step shows at least one field.
+for _key in MEANINGLESS_FOR_FLUX:
+    if any(_key in step.advanced for step in STEPS) and _key not in FLUX_CONDITIONS:
+        CONDITIONS[_key] = _also_not_for_flux(CONDITIONS.get(_key), *_key)
 
 
 def applies(draft: Draft, section: str, key: str) -> bool:

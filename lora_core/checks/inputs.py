@@ -14,12 +14,13 @@ import importlib.util
 import os
 from pathlib import Path
 
-from lora_core.checks import optimizer
+from lora_core.checks import flux, levers, optimizer
 from lora_core.checks.problem import Problem, error, from_error, warning
 from lora_core.checks.rules import block_problems
 from lora_core.errors import LoraError
 from lora_core.models.loading import ModelSource, inspect_model, inspect_vae
 from lora_core.profile import Profile
+from lora_core.saving.lora_header import FAMILY_WORDS
 
 _MODEL = {"section": "model", "key": "pretrained_model_name_or_path"}
 
@@ -89,11 +90,17 @@ def input_problems(profile: Profile, source: ModelSource | LoraError) -> list[Pr
     """Every problem with the files the profile names. ``source``: the answer of
     :func:`inspect_profile_model`."""
     found: list[Problem] = []
+    family = None if isinstance(source, LoraError) else source.family
     if isinstance(source, LoraError):
         found += from_error(source, **_MODEL, path=profile.model.pretrained_model_name_or_path)
+    elif family == "flux":  # its own files and options (SD's VAE, tokenizers, blocks: none)
+        found += flux.flux_input_problems(profile)
+        found += flux.flux_option_problems(profile)
     else:
         found += model_problems(profile, source)
-    if profile.model.vae:
+        if family is not None:
+            found += flux.flux_section_problems(profile, FAMILY_WORDS.get(family, family))
+    if profile.model.vae and family != "flux":  # flux_option_problems refuses it
         try:
             inspect_vae(profile.model.vae, profile.base_dir)
         except LoraError as exc:
@@ -101,8 +108,10 @@ def input_problems(profile: Profile, source: ModelSource | LoraError) -> list[Pr
                                path=profile.model.vae))
     found += lora_weights_problems(profile, None if isinstance(source, LoraError)
                                    else source.family)
-    found += base_weights_problems(profile)
+    if family != "flux":  # refused for Flux (not wired yet)
+        found += base_weights_problems(profile)
     found += sample_prompt_problems(profile)
+    found += levers.lever_problems(profile, family)
     found += optimizer.installed_optimizer_problems(profile.optimizer)
     found += output_problems(profile)
     found += logging_problems(profile)
@@ -119,7 +128,7 @@ def model_problems(profile: Profile, source: ModelSource) -> list[Problem]:
     found += tokenizer_problems(profile, source)
     if family is None:
         return found
-    names = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+    names = FAMILY_WORDS
     if profile.model.v2 is not None and profile.model.v2 != (family == "sd2"):
         found.append(error(f"`[model] v2` = {str(profile.model.v2).lower()} but the model is "
                            f"{names.get(family, family)} (detected from its weights); remove v2",
@@ -174,7 +183,7 @@ def lora_weights_problems(profile: Profile, model_family: str | None) -> list[Pr
     if not path.is_file():
         return [error(f"`[network] network_weights` file not found: {path}",
                       "give an existing LoRA .safetensors file, or \"\" to start fresh", **spot)]
-    from lora_core.saving.lora_header import FAMILY_WORDS, read_lora_header
+    from lora_core.saving.lora_header import read_lora_header
 
     try:
         header = read_lora_header(path)
@@ -184,7 +193,7 @@ def lora_weights_problems(profile: Profile, model_family: str | None) -> list[Pr
             and header.family != model_family:
         return [error(f"`[network] network_weights` {path} is a LoRA for "
                       f"{header.family_words} models, but the base model is "
-                      f"{FAMILY_WORDS[model_family]}",
+                      f"{FAMILY_WORDS.get(model_family, model_family)}",
                       "start from a LoRA trained for this base model, or leave "
                       "network_weights empty", **spot)]
     return _weights_shape_problems(profile, path, header.shapes, header.network_type)
@@ -349,6 +358,8 @@ def model_notes(profile: Profile, source: ModelSource | LoraError) -> list[Probl
     family = None
     if not isinstance(source, LoraError):
         family = source.family
+        if family == "flux":  # its SD options are refused by name (checks.flux)
+            return notes
         text = prediction_warning(source, bool(profile.model.v_parameterization))
         if text and "v_pred" not in source.markers:  # the marker's own note says it
             notes.append(warning(text, section="model", key="v_parameterization"))

@@ -24,14 +24,14 @@ from typing import Any
 from lora_core.errors import LoraError
 from lora_core.importing.mapping import ACCELERATE, MAPPED, NO_EFFECT, UNKNOWN, Mapped
 
-LORA_SCRIPTS = ("train_network.py", "sdxl_train_network.py")
+LORA_SCRIPTS = ("train_network.py", "sdxl_train_network.py", "flux_train_network.py")
 OTHER_SCRIPTS = {"train_db.py": "DreamBooth (a full model)",
                  "sdxl_train.py": "SDXL fine-tuning (a full model)",
                  "fine_tune.py": "fine-tuning (a full model)",
                  "train_textual_inversion.py": "textual inversion (an embedding)",
                  "sdxl_train_textual_inversion.py": "textual inversion (an embedding)",
                  "train_textual_inversion_XTI.py": "textual inversion (an embedding)",
-                 "flux_train_network.py": "FLUX LoRAs", "sd3_train_network.py": "SD3 LoRAs",
+                 "sd3_train_network.py": "SD3 LoRAs",
                  "lumina_train_network.py": "Lumina LoRAs", "flux_train.py": "FLUX fine-tuning",
                  "sd3_train.py": "SD3 fine-tuning", "train_controlnet.py": "ControlNet",
                  "sdxl_train_control_net_lllite.py": "ControlNet-LLLite",
@@ -347,18 +347,19 @@ def read_command_line(text: str, mapped: Mapped, base: Path | None = None,
             name = trainers[0]
             raise LoraError(f"this is a command for {name}, which trains "
                             f"{OTHER_SCRIPTS[name]}, not a LoRA",
-                            "lora-train imports LoRA training commands: train_network.py or "
-                            "sdxl_train_network.py")
+                            "lora-train imports LoRA training commands: train_network.py, "
+                            "sdxl_train_network.py or flux_train_network.py")
         if others:
             raise LoraError(f"this command runs {others[0][2]}, which is no sd-scripts "
-                            "training script", "give a command with train_network.py or "
-                            "sdxl_train_network.py")
+                            "training script", "give a command with train_network.py, "
+                            "sdxl_train_network.py or flux_train_network.py")
         words = [w for command in commands for w in command]
         if any(w.startswith("--") for w in words):  # bare options (kohya_ss' extra field)
             _refuse_unset(set().union(*unset))
             return parse_options(words, mapped, "sdxl_train_network.py")
         raise LoraError("this command runs no sd-scripts training script",
-                        "give a command with train_network.py or sdxl_train_network.py")
+                        "give a command with train_network.py, sdxl_train_network.py or "
+                        "flux_train_network.py")
     if len(lora) > 1:
         raise LoraError(f"this script runs {len(lora)} LoRA trainings "
                         f"({', '.join(name for _, _, name in lora)})",
@@ -375,8 +376,10 @@ def read_command_line(text: str, mapped: Mapped, base: Path | None = None,
                         "inside the continued command: bash ends the command at that line, "
                         "so these options were not part of it (bash ran them as a command of "
                         "their own, which fails); move them above the comment to use them")
-    if script.startswith("sdxl"):
-        mapped.note(script, NO_EFFECT, "the model family (SDXL) is read from the model file")
+    if script.startswith(("sdxl", "flux")):
+        family = "SDXL" if script.startswith("sdxl") else "Flux.1 / Chroma"
+        mapped.note(script, NO_EFFECT, f"the model family ({family}) is read from the model "
+                    "file")
     launcher = parse_options(words[:at], None)
     options = parse_options(words[at + 1:], mapped, script)
     options = follow_config_file(options, mapped, base)

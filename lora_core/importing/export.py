@@ -6,7 +6,8 @@ Writes into DIR:
   folder of the image and regularization folders (or the profile's own dataset_config);
 - ``command.sh`` and ``command.bat``: one flat ``accelerate launch train_network.py``
   command line with every option (the folders as ``--train_data_dir`` / ``--reg_data_dir``),
-  POSIX and Windows;
+  POSIX and Windows; ``sdxl_train_network.py`` for SDXL, ``flux_train_network.py`` (with the
+  ``[flux]`` options and ``networks.lora_flux``) for Flux.1 / Chroma;
 - ``NOT-EXPORTED.txt``: the settings sd-scripts has no equivalent for.
 
 Every value is written, defaults included: sd-scripts' defaults differ from this project's
@@ -26,6 +27,7 @@ from lora_core.atomic import atomic_write
 from lora_core.dataset.scan import parse_folder_name
 from lora_core.errors import LoraError
 from lora_core.profile import SECTIONS, Profile
+from lora_core.profile_flux import LORA_FLUX_ARGS, lora_flux_network_args
 
 # Fields sd-scripts reads from --network_args rather than as options of their own.
 NETWORK_ARGS = ("conv_dim", "conv_alpha", "rank_dropout", "module_dropout", "factor",
@@ -53,8 +55,9 @@ NO_EQUIVALENT = {
 }
 # accelerate launch's options (before the script's name): sd-scripts' parsers refuse them.
 ACCELERATE_FIELDS = ("num_processes", "gpu_ids")
-# Options only sdxl_train_network.py defines (train_network.py stops at them).
-SDXL_ONLY = ("cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk")
+FLUX = "flux"
+# sd-scripts' LoRA module for Flux.1 / Chroma (flux_train_network.py).
+FLUX_NETWORK_MODULE = "networks.lora_flux"
 # Fields the dataset_config holds instead of the command line.
 DATASET_FIELDS = ("train_data_dir", "reg_data_dir")
 # Dataset fields sd-scripts reads per subset in a dataset_config (kohya-compat.md §2.2).
@@ -78,19 +81,27 @@ def _notify_left_out(section) -> list[str]:
             for where in destinations(section)]
 
 
-def sd_scripts_options(profile: Profile) -> tuple[list[tuple[str, Any]], list[str]]:
+def sd_scripts_options(profile: Profile, family: str | None = None
+                       ) -> tuple[list[tuple[str, Any]], list[str]]:
     """The profile as sd-scripts options, in field order (``True`` = a flag, a list = several
-    values), and the lines of what is not exported."""
+    values), and the lines of what is not exported. ``family``: the base model's ("flux"
+    exports the ``[flux]`` options and networks.lora_flux; any other leaves ``[flux]`` out,
+    since only flux_train_network.py defines those options)."""
     options: list[tuple[str, Any]] = []
     network_args: list[str] = []
     left_out: list[str] = []
+    flux = family == FLUX
     for section_name, cls in SECTIONS.items():
         section = getattr(profile, section_name)
         if section_name == "notify":
             left_out += _notify_left_out(section)
             continue
+        if section_name == FLUX and not flux:
+            continue  # at its defaults on an SD profile (the check refuses anything else)
         for f in dataclasses.fields(cls):
             key, value = f.name, getattr(section, f.name)
+            if section_name == FLUX and key in LORA_FLUX_ARGS:
+                continue  # networks.lora_flux's network_args: added below
             if key == "network_multiplier":  # a dataset_config key in sd-scripts, no option
                 if value != 1.0:
                     left_out.append(f"[network] {key} = {value!r}: sd-scripts reads it from a "
@@ -107,6 +118,9 @@ def sd_scripts_options(profile: Profile) -> tuple[list[tuple[str, Any]], list[st
 
                 value = optimizer_args_list(profile.optimizer)  # the defaults it runs with
             if value is None or value == "" or value is False or value == []:
+                continue
+            if key == "network_module" and flux and value == "LoRA":
+                options.append(("network_module", FLUX_NETWORK_MODULE))
                 continue
             if key == "network_module":
                 module, algo = LORA_MODULES[value]
@@ -140,6 +154,8 @@ def sd_scripts_options(profile: Profile) -> tuple[list[tuple[str, Any]], list[st
             if isinstance(value, tuple):
                 value = list(value)  # several values (text_encoder_lr A B), never "(A, B)"
             options.append((key, value))
+    if flux:
+        network_args += [f"{k}={v}" for k, v in lora_flux_network_args(profile.flux).items()]
     if network_args:
         options.append(("network_args", network_args))
     return options, left_out
@@ -189,7 +205,7 @@ def family_script(profile: Profile) -> tuple[str, str | None]:
     source = inspect_profile_model(profile)
     family = getattr(source, "family", None)
     if family is not None:
-        return ("sdxl_train_network.py" if family == "sdxl" else "train_network.py"), None
+        return SCRIPTS.get(family, "train_network.py"), None
     model = profile.model.pretrained_model_name_or_path
     ds, lr = profile.dataset, profile.optimizer.text_encoder_lr
     if ds.cache_text_encoder_outputs or ds.cache_text_encoder_outputs_to_disk:
@@ -202,6 +218,23 @@ def family_script(profile: Profile) -> tuple[str, str | None]:
         f"the base model {model!r} could not be read here, so lora-train could not tell its "
         f"family{rates}: the commands run train_network.py (SD 1.x / 2.x); for an SDXL model "
         "run sdxl_train_network.py instead")
+
+
+SCRIPTS = {"sdxl": "sdxl_train_network.py", FLUX: "flux_train_network.py"}
+
+
+def _flux_model_type(profile: Profile, source: Any) -> str | None:
+    """sd-scripts' ``--model_type`` a Flux profile needs written: its own, or "chroma" for
+    a Chroma file it leaves unset (flux_train_network.py takes "flux" unless told)."""
+    if profile.flux.model_type or getattr(source, "kind", "") != "single_file":
+        return None
+    from lora_core.families.flux.files import inspect_flux_file
+
+    try:
+        info = inspect_flux_file(source.path)
+    except LoraError:
+        return None
+    return info.model_type if info.variant == "chroma" else None
 
 
 def command_line(options: list[tuple[str, Any]], windows: bool, script: str,
@@ -244,8 +277,18 @@ def export_sd_scripts(profile: Profile, folder: Path) -> list[Path]:
     # sd-scripts reads no v_pred / ztsnr marker tensors: export what the model file decides.
     from lora_core.checks.inputs import inspect_profile_model, resolved_prediction
 
-    profile = resolved_prediction(profile, inspect_profile_model(profile))
-    options, left_out = sd_scripts_options(profile)
+    source = inspect_profile_model(profile)
+    profile = resolved_prediction(profile, source)
+    family = getattr(source, "family", None)
+    options, left_out = sd_scripts_options(profile, family)
+    model_type = _flux_model_type(profile, source) if family == FLUX else None
+    if model_type:  # told by the file; sd-scripts must be told
+        options.append(("model_type", model_type))
+    chroma = "chroma" in (model_type, profile.flux.model_type) \
+        or profile.model.pretrained_model_name_or_path.strip() == "builtin:tiny-chroma"
+    if family == FLUX and chroma and profile.flux.guidance_scale is None:
+        # Unset trains Chroma at 0.0 here; sd-scripts' default is 3.5, so it must be told.
+        options.append(("guidance_scale", 0.0))
     config = dataset_config(profile) if not profile.dataset.dataset_config else None
     names = ["config.toml", "command.sh", "command.bat", "NOT-EXPORTED.txt"]
     if config is not None:
@@ -265,8 +308,18 @@ def export_sd_scripts(profile: Profile, folder: Path) -> list[Path]:
     launcher = [(k, v) for k, v in options if k in ACCELERATE_FIELDS and v not in ("", None)]
     if profile.training.num_processes > 1:
         launcher.insert(0, ("multi_gpu", True))
-    dropped = [k for k, _ in options if k in SDXL_ONLY and script == "train_network.py"]
-    left_out += [f"[dataset] {k} = true: only sdxl_train_network.py has it" for k in dropped]
+    # Options of another family's script (SDXL's text-encoder cache, Flux's block swap):
+    # the script would stop at them, so they are listed instead.
+    from lora_core.importing.sd_scripts_args import SCRIPTS as ALL_SCRIPTS
+    from lora_core.importing.sd_scripts_args import options_of
+
+    known = options_of(script)
+    dropped = [k for k, _ in options if k not in known and k not in ACCELERATE_FIELDS]
+    for key, value in options:
+        if key in dropped:
+            owners = [s for s in ALL_SCRIPTS if key in options_of(s)]
+            left_out.append(f"{key} = {value!r}: only {' / '.join(owners) or 'lora-train'} "
+                            f"has it, not {script}")
     options = [(k, v) for k, v in options if k not in ACCELERATE_FIELDS and k not in dropped]
     file_options = [(k, v) for k, v in file_options if k not in ACCELERATE_FIELDS
                     and k not in dropped]

@@ -14,13 +14,16 @@ The GUI's fields are not all sd-scripts options, and several mean something else
   ``max_train_epochs`` nor ``max_train_steps`` is set; an empty ``lr_scheduler_num_cycles``
   is ``epoch``;
 - ``optimizer_args`` / ``lr_scheduler_args`` are one text whose quotes the GUI removes;
-- ``sample_prompts`` is the prompts' text, which the GUI writes into a file itself.
+- ``sample_prompts`` is the prompts' text, which the GUI writes into a file itself;
+- the Flux.1 fields are saved in every configuration and passed only with
+  ``flux1_checkbox`` on (``_flux``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from lora_core.checks.fields import owner_section
 from lora_core.errors import LoraError
 from lora_core.importing.command_line import read_command_line
 from lora_core.importing.mapping import (
@@ -40,7 +43,8 @@ LORA_TYPES = {"standard": "LoRA", "kohya locon": "LoCon", "locon": "LoCon",
               "kohya loha": "LoHa", "kohya lokr": "LoKr", "lycoris/ia3": "IA3",
               "lycoris/dylora": "DyLoRA", "kohya dylora": "DyLoRA",
               "lycoris/diag-oft": "DiagOFT", "lycoris/boft": "BOFT",
-              "lycoris/glora": "GLoRA", "lycoris/native fine-tuning": "Full"}
+              "lycoris/glora": "GLoRA", "lycoris/native fine-tuning": "Full",
+              "flux1": "LoRA"}  # networks.lora_flux: LoRA on a Flux model
 _BLOCKS = {"down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold",
            "block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas"}
 _LYCORIS = {"conv_dim", "conv_alpha", "use_tucker", "rank_dropout", "module_dropout",
@@ -65,6 +69,7 @@ TYPE_FIELDS = {
     "lycoris/boft": set(_LYCORIS),
     "lycoris/native fine-tuning": {"rank_dropout", "module_dropout", "rank_dropout_scale",
                                    "train_norm", "LyCORIS_preset"},
+    "flux1": {"rank_dropout", "module_dropout"},
 }
 NETWORK_FIELDS = set().union(*TYPE_FIELDS.values())
 # GUI names of fields that have another name here.
@@ -81,7 +86,10 @@ ZERO_IS_UNSET = {"seed", "save_every_n_epochs", "save_every_n_steps", "save_last
                  "max_timestep", "min_timestep", "min_snr_gamma", "v_pred_like_loss",
                  "vae_batch_size", "clip_skip", "stop_text_encoder_training",
                  "scale_weight_norms", "network_dropout", "rank_dropout", "module_dropout",
-                 "noise_offset", "adaptive_noise_scale", "multires_noise_iterations"}
+                 "noise_offset", "adaptive_noise_scale", "multires_noise_iterations",
+                 # network_args the GUI adds only when set (append_loraplus_network_args)
+                 "loraplus_lr_ratio", "loraplus_unet_lr_ratio",
+                 "loraplus_text_encoder_lr_ratio"}
 # GUI fields that are not sd-scripts options: (status, why) when switched on.
 GUI_OWN = {
     "xformers": (NO_EFFECT, "scaled-dot-product attention is always used"),
@@ -103,6 +111,35 @@ GUI_OWN = {
                     "conv_block_alphas"),
     "sdxl_cache_text_encoder_outputs": (MAPPED, ""), "sdxl_no_half_vae": (MAPPED, ""),
 }
+# Flux.1 fields of the GUI (kohya_gui/class_flux1.py), which lora_gui.py passes only with
+# flux1_checkbox on (it then runs flux_train_network.py): with it off they are leftovers.
+FLUX_PASSED = ("ae", "clip_l", "t5xxl", "discrete_flow_shift", "model_prediction_type",
+               "timestep_sampling", "guidance_scale", "t5xxl_max_token_length",
+               "apply_t5_attn_mask", "cpu_offload_checkpointing", "blocks_to_swap")
+# networks.lora_flux's network_args the GUI passes for LoRA_type "Flux1" when set.
+FLUX_NETWORK_ARGS = ("img_attn_dim", "img_mlp_dim", "img_mod_dim", "single_dim",
+                     "txt_attn_dim", "txt_mlp_dim", "txt_mod_dim", "single_mod_dim", "in_dims",
+                     "train_double_block_indices", "train_single_block_indices", "split_qkv",
+                     "train_t5xxl")
+FLUX_OWN = {  # the GUI's other Flux fields: what becomes of them (with flux1_checkbox on)
+    "fp8_base_unet": "",  # passed as it is
+    "mem_eff_save": "flux_train.py's (full fine-tuning) option: flux_train_network.py, which "
+                    "trains a LoRA, does not read it",
+    "single_blocks_to_swap": "deprecated in sd-scripts and no option of flux_train_network.py "
+                             "any more: blocks_to_swap is the block swap",
+    "double_blocks_to_swap": "deprecated in sd-scripts and no option of flux_train_network.py "
+                             "any more: blocks_to_swap is the block swap",
+    "enable_all_linear": "kohya_ss passes it only for LoRA_type \"Flux1 OFT\"",
+    "train_lora_ggpo": "kohya_ss' switch for ggpo_sigma / ggpo_beta",
+    "ggpo_sigma": "networks.lora_flux's GGPO, which lora-train does not support",
+    "ggpo_beta": "networks.lora_flux's GGPO, which lora-train does not support",
+    "t5xxl_lr": "a learning rate of its own for T5-XXL, which lora-train does not support: "
+                "T5 (with train_t5xxl) learns at text_encoder_lr",
+}
+FLUX_KEYS = frozenset({"flux1_checkbox", "model_type", "split_mode", "train_blocks",
+                       "flux1_cache_text_encoder_outputs",
+                       "flux1_cache_text_encoder_outputs_to_disk", *FLUX_PASSED,
+                       *FLUX_NETWORK_ARGS, *FLUX_OWN})
 _ORIGINAL = ("noise_offset", "adaptive_noise_scale", "noise_offset_random_strength")
 _MULTIRES = ("multires_noise_iterations", "multires_noise_discount")
 
@@ -139,7 +176,7 @@ def check_kind(data: dict) -> None:
                         "which lora-train does not train",
                         "the types it trains: Standard, Kohya LoCon, Kohya DyLoRA, "
                         "LyCORIS/LoCon, LoHa, LoKr, iA3, DyLoRA, Diag-OFT, BOFT, GLoRA, "
-                        "Native Fine-Tuning")
+                        "Native Fine-Tuning, Flux1")
 
 
 def read_kohya_gui_json(data: dict, mapped: Mapped) -> Options:
@@ -155,10 +192,11 @@ def read_kohya_gui_json(data: dict, mapped: Mapped) -> Options:
     options += _learning_rates(data, mapped)
     options += _length(data, mapped)
     options += _warmup(data, mapped)
+    options += _flux(data, mapped, kind)
     for key, value in data.items():
         if key in ("LoRA_type", "additional_parameters", "unet_lr", "text_encoder_lr",
                    "epoch", "max_train_epochs", "max_train_steps", "lr_warmup",
-                   "lr_warmup_steps"):
+                   "lr_warmup_steps") or key in FLUX_KEYS:
             continue
         off = _is_off(value)
         if key in leftovers:
@@ -187,10 +225,14 @@ def read_kohya_gui_json(data: dict, mapped: Mapped) -> Options:
         if key in GUI_OWN:
             if off:
                 mapped.note(key, OFF, "off in the source", value)
+            elif key.startswith("sdxl_") and _is_off(data.get("sdxl")):
+                mapped.note(key, NO_EFFECT, "a leftover: kohya_ss passes it only with sdxl "
+                            "on", value)
             elif key == "sdxl_no_half_vae":
-                options.append(("no_half_vae", True))
+                mapped.set("model", "no_half_vae", True, key, "sd-scripts' no_half_vae")
             elif key == "sdxl_cache_text_encoder_outputs":
-                options.append(("cache_text_encoder_outputs", True))
+                mapped.set("dataset", "cache_text_encoder_outputs", True, key,
+                           "sd-scripts' cache_text_encoder_outputs")
             else:
                 status, why = GUI_OWN[key]
                 mapped.note(key, status, why, value)
@@ -211,6 +253,9 @@ def read_kohya_gui_json(data: dict, mapped: Mapped) -> Options:
             continue
         if key in ("optimizer_args", "lr_scheduler_args") and isinstance(value, str):
             value = value.replace('"', "").split()  # as the GUI passes them
+            if not value:
+                mapped.note(key, OFF, "empty in the source", data[key])
+                continue
         if key == "lr_scheduler_num_cycles" and value in ("", None) and \
                 _number(data.get("epoch")) > 0:
             mapped.set("optimizer", "lr_scheduler_num_cycles", int(_number(data["epoch"])),
@@ -226,6 +271,9 @@ def read_kohya_gui_json(data: dict, mapped: Mapped) -> Options:
     extra = str(data.get("additional_parameters") or "").strip()
     if extra:
         options += read_command_line(extra, mapped)
+    elif "additional_parameters" in data:
+        mapped.note("additional_parameters", OFF, "empty in the source",
+                    data["additional_parameters"])
     return options
 
 
@@ -300,3 +348,75 @@ def _length(data: dict, mapped: Mapped) -> Options:
                    "kohya_ss trains this many epochs (it passes their steps)")
         return []
     return [(chosen, data[chosen])]
+
+
+def _flux(data: dict, mapped: Mapped, kind: str) -> Options:
+    """The Flux.1 fields, as lora_gui.py passes them: only with ``flux1_checkbox`` on, each
+    only when set (its config filter drops "", False, None and 0); ``clip_l`` not for
+    Chroma; ``model_type`` only as "chroma"; the cache switches as
+    ``cache_text_encoder_outputs(_to_disk)``; the networks.lora_flux args only for LoRA_type
+    "Flux1", ``split_mode`` as ``train_blocks=single`` there (``train_blocks`` is passed
+    only so); sd-scripts reads ``split_mode`` as ``blocks_to_swap`` 18 when that is unset."""
+    flux = not _is_off(data.get("flux1_checkbox"))
+    chroma = flux and str(data.get("model_type") or "").lower() == "chroma"
+    options: Options = []
+    for key in (k for k in data if k in FLUX_KEYS):
+        value = data[key]
+        off = _is_off(value) and not (chroma and key == "guidance_scale")
+        if key == "flux1_checkbox":
+            mapped.note(key, OFF if off else NO_EFFECT, "the model family (Flux.1) is read "
+                        "from the model file", value)
+        elif off:
+            mapped.note(key, OFF, "off or empty in the source", value)
+        elif not flux:
+            mapped.note(key, NO_EFFECT, "a leftover: kohya_ss passes it only with "
+                        "flux1_checkbox (Flux.1) on", value)
+        elif key in FLUX_NETWORK_ARGS and kind != "flux1":
+            mapped.note(key, NO_EFFECT, "kohya_ss passes it only for LoRA_type \"Flux1\"",
+                        value)
+        elif key == "model_type":
+            if chroma:
+                options.append((key, "chroma"))
+            else:
+                mapped.note(key, NO_EFFECT, "kohya_ss passes model_type only for chroma; "
+                            "dev or schnell is read from the model file", value)
+        elif key == "clip_l" and chroma:
+            mapped.note(key, NO_EFFECT, "kohya_ss passes no clip_l for Chroma (it has no "
+                        "CLIP-L)", value)
+        elif key == "train_blocks":
+            mapped.note(key, NO_EFFECT, "kohya_ss passes train_blocks only with split_mode "
+                        "(as single)" if value != "all" else "all: sd-scripts' default", value)
+        elif key == "split_mode":
+            if kind == "flux1":
+                _network_arg(mapped, "train_blocks=single", key, value)
+            if _is_off(data.get("blocks_to_swap")):
+                mapped.set("training", "blocks_to_swap", 18, key, "sd-scripts reads the "
+                           "deprecated split_mode as blocks_to_swap 18" + (
+                               " (and kohya_ss passes train_blocks=single)"
+                               if kind == "flux1" else ""))
+                mapped.lines[-1].value = value
+            else:
+                mapped.note(key, NO_EFFECT, "deprecated: sd-scripts ignores it when "
+                            "blocks_to_swap is set", value)
+        elif key in ("flux1_cache_text_encoder_outputs",
+                     "flux1_cache_text_encoder_outputs_to_disk"):
+            mapped.set(owner_section(key.removeprefix("flux1_")) or "dataset",
+                       key.removeprefix("flux1_"), True, key,
+                       f"sd-scripts' {key.removeprefix('flux1_')}")
+        elif key in FLUX_NETWORK_ARGS:
+            _network_arg(mapped, f"{key}={value}", key, value)
+        elif key in FLUX_OWN and FLUX_OWN[key]:
+            status = NO_EFFECT if key in ("mem_eff_save", "enable_all_linear",
+                                          "train_lora_ggpo") else NOT_SUPPORTED
+            mapped.note(key, status, FLUX_OWN[key], value)
+        else:
+            options.append((key, value))
+    return options
+
+
+def _network_arg(mapped: Mapped, arg: str, key: str, value: Any) -> None:
+    """One networks.lora_flux network_arg, added to the network_args so far (read into
+    [flux] with the profile)."""
+    mapped.set("network", "network_args", mapped.data.get("network", {}).get(
+        "network_args", []) + [arg], key, f"network_args {arg}: networks.lora_flux's")
+    mapped.lines[-1].value = value

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lora_core.checks.fields import owner_section
-from lora_core.importing.sd_scripts_args import options_of
+from lora_core.importing.sd_scripts_args import any_script_option
 from lora_core.profile import HARMLESS_KEYS, NOT_YET_KEYS, PROFILE_VERSION, SECTIONS
 
 MAPPED, NO_EFFECT, NOT_SUPPORTED, UNKNOWN, OFF = (
@@ -46,6 +46,8 @@ ACCELERATE = {
                        "overridden",
     "config_file": "accelerate's own settings file is not read",
 }
+# sd-scripts' LoRA module for Flux.1 / Chroma (flux_train_network.py): the profile's "LoRA".
+FLUX_NETWORK_MODULE = "networks.lora_flux"
 # Keys of a source that are facts about a finished run, not settings (LoRA metadata).
 FACTS = {"session_id", "training_started_at", "training_finished_at", "num_train_images",
          "num_reg_images", "num_validation_images", "num_batches_per_epoch", "steps", "epoch",
@@ -304,6 +306,9 @@ def map_options(options: list[tuple[str, Any]], mapped: Mapped | None = None) ->
         elif key == "lr_warmup_steps" and name == "lr_warmup":
             value = float(value) / 100  # kohya_ss: a percentage of all steps
         why = "" if key == name else f"sd-scripts' {key}"
+        if key == "network_module" and value == FLUX_NETWORK_MODULE:
+            # one LoRA for Flux models: the base model's family picks the module names
+            value, why = "LoRA", f"sd-scripts' {FLUX_NETWORK_MODULE}: LoRA on a Flux model"
         mapped.set(section, key, value, name, why)
     return mapped
 
@@ -334,7 +339,7 @@ def _not_a_field(mapped: Mapped, name: str, value: Any) -> None:
         mapped.note(name, NO_EFFECT, HARMLESS_KEYS[name], value)
     elif value in UNSET or value is False or value == 0:
         mapped.note(name, OFF, "off or empty in the source: nothing to carry over", value)
-    elif name in NOT_YET_KEYS or name in options_of("sdxl_train_network.py"):
+    elif name in NOT_YET_KEYS or any_script_option(name):
         mapped.note(name, NOT_SUPPORTED, "an sd-scripts option this version does not "
                     "support yet; the run goes without it", value)
     else:

@@ -1,5 +1,6 @@
-"""The options sd-scripts' LoRA training scripts define, as their argument parsers read
-them (kohya-ss/sd-scripts at commit 48d368fa, v0.10.1; the same lists as
+"""The options sd-scripts' LoRA training scripts define (train_network.py,
+sdxl_train_network.py, flux_train_network.py), as their argument parsers read them
+(kohya-ss/sd-scripts at commit 48d368fa, v0.10.1; the same lists as
 tests/data/sd_scripts_args/, which a test keeps equal).
 
 A command line is read with them as argparse reads it (``allow_abbrev``): an option's
@@ -64,13 +65,31 @@ TRAIN_NETWORK = frozenset({
 SDXL_ONLY = frozenset({"cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk",
                        "disable_mmap_load_safetensors"})
 SDXL_WITHOUT: frozenset[str] = frozenset()
+# flux_train_network.py's: train_network.py's with these (it drops none).
+FLUX_ONLY = frozenset({
+    "ae", "apply_t5_attn_mask", "blocks_to_swap", "cache_text_encoder_outputs",
+    "cache_text_encoder_outputs_to_disk", "clip_l", "controlnet_model_name_or_path",
+    "disable_mmap_load_safetensors", "discrete_flow_shift", "guidance_scale", "logit_mean",
+    "logit_std", "mode_scale", "model_prediction_type", "model_type", "sigmoid_scale",
+    "split_mode", "t5xxl", "t5xxl_max_token_length", "text_encoder_batch_size",
+    "timestep_sampling", "weighting_scheme",
+})
+SCRIPTS = ("train_network.py", "sdxl_train_network.py", "flux_train_network.py")
 
 
 def options_of(script: str) -> frozenset[str]:
-    """The options of ``script`` (train_network.py or sdxl_train_network.py)."""
+    """The options of ``script`` (train_network.py, sdxl_train_network.py or
+    flux_train_network.py)."""
     if script.startswith("sdxl"):
         return (TRAIN_NETWORK | SDXL_ONLY) - SDXL_WITHOUT
+    if script.startswith("flux"):
+        return TRAIN_NETWORK | FLUX_ONLY
     return TRAIN_NETWORK
+
+
+def any_script_option(name: str) -> bool:
+    """Whether one of the LoRA scripts defines ``name``."""
+    return any(name in options_of(script) for script in SCRIPTS)
 
 
 def resolve(name: str, script: str) -> tuple[str, list[str]]:

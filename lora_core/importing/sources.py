@@ -77,6 +77,8 @@ def read_lets_toml(data: dict, mapped: Mapped) -> tuple[Options, list[dict]]:
                                 LETS_TOML_OWN[key], value)
                 elif key == "tag_occurrence":  # LETS' tag-count file: the tag summary
                     options.append(("tag_summary", value))
+                elif group == "flux_args":
+                    options += _lets_flux(key, value, tables.get(kind) or {}, mapped)
                 else:
                     options.append((key, value))
     mode = (data.get("train_mode") or {}).get("train_mode", "lora")
@@ -85,6 +87,32 @@ def read_lets_toml(data: dict, mapped: Mapped) -> tuple[Options, list[dict]]:
                         "lora-train imports LoRA configurations (train_mode = \"lora\")")
     subsets = [s for s in data.get("subsets") or [] if isinstance(s, dict)]
     return options, subsets
+
+
+def _lets_flux(key: str, value: Any, table: dict, mapped: Mapped) -> Options:
+    """One key of LETS' ``[flux_args.args]`` (its Flux page, main_ui_files/FluxUI.py; the
+    table's presence makes its backend run flux_train_network.py). The backend passes no
+    value that is false, 0 or empty (utils/validation.py: ``if not val: continue``): LETS
+    writes ``discrete_flow_shift = false`` when the sampling is not "shift". ``split_mode``
+    is sd-scripts' deprecated switch, which it reads as ``blocks_to_swap`` 18 when that is
+    unset (LETS adds ``train_blocks = "single"`` to network_args with it)."""
+    if not value:
+        mapped.note(key, OFF, "off or empty: LoRA Easy Training Scripts passes no false, 0 "
+                    "or empty value", value)
+        return []
+    if key == "weighting_scheme" and str(value).lower() == "none":  # a choice, not "unset"
+        mapped.set("flux", key, "none", key, "sd-scripts' weighting_scheme none")
+        return []
+    if key == "split_mode":
+        if table.get("blocks_to_swap"):
+            mapped.note(key, NO_EFFECT, "deprecated: sd-scripts ignores it when "
+                        "blocks_to_swap is set", value)
+        else:
+            mapped.set("training", "blocks_to_swap", 18, key, "sd-scripts reads the "
+                       "deprecated split_mode as blocks_to_swap 18")
+            mapped.lines[-1].value = value
+        return []
+    return [(key, value)]
 
 
 # LETS popup-era JSON keys -> sd-scripts options (wizard-anchors.md, phase 1 and 2).

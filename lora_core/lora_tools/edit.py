@@ -36,7 +36,8 @@ def edit_lora(path: Path, fields: dict[str, str], clear: list[str] | None = None
     the fields named in ``clear``; returns what was done, for the report. Raises LoraError
     (the file untouched) for bad input."""
     path = Path(path)
-    header = read_lora_header(path)  # a LoRA, readable: refused before anything is written
+    # a LoRA, readable (a Flux one with diffusers keys too): refused before anything is written
+    header = read_lora_header(path, foreign_keys=True)
     unknown = [name for name in [*fields, *(clear or [])] if name not in USER_FIELDS]
     if unknown:
         raise LoraError(f"no user field named {unknown[0]!r}",

@@ -13,6 +13,12 @@ Merge sums the weighted deltas of several files (the union of their modules; a m
 both must have the same shape) and factors the sum to the asked rank with ``alpha = rank``
 unless told otherwise.
 
+Any family's kohya-format LoRA works, Flux.1's (sd-scripts' ``networks.lora_flux``: plain
+linear modules) too; the family's ``ss_base_model_version``, ``ss_network_module`` and
+``modelspec.architecture`` are kept. Files for different base models are not merged: SD and
+Flux.1, and Chroma with Flux.1 dev / schnell (dev and schnell share a layout and merge, with a
+note). A Flux LoRA with diffusers / PEFT key names is refused with the way to convert it.
+
 LoHa, LoKr, DoRA and other LyCORIS types are refused: their files do not record what would
 be needed to rebuild every delta (a LoHa convolution's kernel size, a DoRA's base weight
 norms), and a guess would write a wrong file. ``inspect`` and ``edit`` read them all.
@@ -29,10 +35,13 @@ from pathlib import Path
 import torch
 
 from lora_core.errors import LoraError
+from lora_core.families.flux import FAMILY as FLUX_FAMILY
+from lora_core.families.flux import metadata as flux_metadata
 from lora_core.saving.lora_file import read_lora, save_lora
 from lora_core.saving.lora_header import LoraHeader, read_lora_header
 
 DYNAMIC_METHODS = ("sv_fro", "sv_ratio", "sv_cumulative")
+SD_BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 _PARTS = ("lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha")
 
 
@@ -309,8 +318,9 @@ def merge_loras(inputs: list[tuple[Path, float]], output: Path, rank: int,
     output = _check_output(output, [p for p, _ in inputs])
     read = [(Path(p), w, *read_deltas(Path(p))) for p, w in inputs]
     families = {h.family for _, _, h, *_ in read if h.family}
-    if len(families) > 1:
-        named = "; ".join(f"{p.name}: {h.family_words}" for p, _, h, *_ in read)
+    lineages = {h.lineage for _, _, h, *_ in read if h.lineage}
+    if len(families) > 1 or len(lineages) > 1:
+        named = "; ".join(f"{p.name}: {h.base_words}" for p, _, h, *_ in read)
         raise LoraError(f"these LoRAs are for different model families ({named})",
                         "merge only LoRAs trained for the same base model family")
     first_path, _, first_header, *_ = read[0]
@@ -348,6 +358,10 @@ def merge_loras(inputs: list[tuple[Path, float]], output: Path, rank: int,
     if partial:
         report.notes.append(f"{len(partial)} modules are in only some of the inputs (e.g. "
                             f"{partial[0]}); the others add nothing there")
+    variants = sorted({h.base_words for _, _, h, *_ in read if h.variant})
+    if len(variants) > 1:
+        report.notes.append(f"the inputs were trained on {' and '.join(variants)}; the merged "
+                            f"file says {first_header.base_words}, as {first_path.name} does")
     metadata = _merge_metadata(first_header, read)
     save_lora(output, tensors, _network_metadata(metadata, results),
               save_precision or read[0][-1])
@@ -358,20 +372,31 @@ def _merge_metadata(first: LoraHeader, read: list) -> dict[str, str]:
     """What a merged file can honestly say: the family, the network module, where it came
     from; no training settings (it was not trained)."""
     keep = ("ss_base_model_version", "ss_v2", "modelspec.architecture", "ss_network_module",
-            "modelspec.sai_model_spec", "modelspec.implementation", "modelspec.resolution")
+            "modelspec.sai_model_spec", "modelspec.implementation", "modelspec.resolution",
+            "ss_model_type")
     metadata = {k: first.metadata[k] for k in keep if k in first.metadata}
-    if "ss_network_module" not in metadata:
-        metadata["ss_network_module"] = "networks.lora"
     names = {h.metadata.get("ss_sd_model_name") for _, _, h, *_ in read}
     if len(names) == 1 and None not in names:
         metadata["ss_sd_model_name"] = names.pop()
-    if first.family and "ss_base_model_version" not in metadata:
-        metadata["ss_base_model_version"] = {"sd1": "sd_v1", "sd2": "sd_v2",
-                                             "sdxl": "sdxl_base_v1-0"}[first.family]
+    for key, value in _family_keys(first).items():
+        metadata.setdefault(key, value)
     metadata["ss_training_comment"] = "merged from " + ", ".join(
         f"{p.name} x {w:g}" for p, w, *_ in read)
     metadata["modelspec.merged_from"] = ", ".join(p.name for p, *_ in read)
     return metadata
+
+
+def _family_keys(header: LoraHeader) -> dict[str, str]:
+    """The base model version and network module sd-scripts writes for the file's family,
+    for a merged file whose first input's metadata does not say."""
+    if header.family == FLUX_FAMILY:
+        return {"ss_base_model_version": flux_metadata.base_model_version(
+                    header.variant or "dev"),
+                "ss_network_module": flux_metadata.NETWORK_MODULE}
+    keys = {"ss_network_module": "networks.lora"}
+    if header.family:
+        keys["ss_base_model_version"] = SD_BASE_MODEL_VERSIONS[header.family]
+    return keys
 
 
 def _comment(metadata: dict[str, str], added: str) -> str:

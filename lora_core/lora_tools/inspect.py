@@ -6,6 +6,10 @@ what the ``ss_*`` metadata records (settings, dataset folders with repeats and i
 tag frequencies per folder) and the user fields (``ssmd_*`` and ``modelspec.*``) are added
 when present. ``sshs_model_hash`` is checked against the file's tensor bytes: it covers the
 tensor data only, so a metadata edit keeps it and a changed tensor does not. No torch.
+
+A family other than SD's shows its own parts and settings: Flux.1 its modules per double /
+single block, CLIP-L and T5, its variant, and the flow-matching ``ss_*`` keys sd-scripts'
+``flux_train_network.py`` writes, without the SD settings that mean nothing there.
 """
 
 from __future__ import annotations
@@ -15,7 +19,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lora_core.saving.lora_header import FAMILY_WORDS, LoraHeader, read_lora_header
+from lora_core.saving.lora_header import (
+    FAMILY_WORDS,
+    PART_WORDS,
+    VARIANT_WORDS,
+    LoraHeader,
+    read_lora_header,
+)
 
 # ss_* keys shown as the training settings, in this order, with a label.
 SETTINGS = (("ss_output_name", "output name"), ("ss_network_module", "network module"),
@@ -33,6 +43,19 @@ SETTINGS = (("ss_output_name", "output name"), ("ss_network_module", "network mo
             ("ss_seed", "seed"), ("ss_num_train_images", "train images (with repeats)"),
             ("ss_num_reg_images", "reg images (with repeats)"),
             ("ss_training_comment", "comment"))
+# Per family: its own ss_* keys (shown after the common ones), the common ones that mean
+# nothing for it (hidden: Flux has no CLIP skip, CLIP token length or min-SNR), and labels.
+FAMILY_SETTINGS = {"flux": (
+    ("ss_model_type", "model type"), ("ss_guidance_scale", "guidance scale"),
+    ("ss_timestep_sampling", "timestep sampling"), ("ss_sigmoid_scale", "sigmoid scale"),
+    ("ss_discrete_flow_shift", "discrete flow shift"),
+    ("ss_model_prediction_type", "model prediction type"),
+    ("ss_weighting_scheme", "weighting scheme"), ("ss_logit_mean", "logit mean"),
+    ("ss_logit_std", "logit std"), ("ss_mode_scale", "mode scale"),
+    ("ss_apply_t5_attn_mask", "apply T5 attention mask"),
+    ("ss_t5xxl_max_token_length", "T5 max token length"))}
+HIDDEN_SETTINGS = {"flux": {"ss_clip_skip", "ss_max_token_length", "ss_min_snr_gamma"}}
+SETTING_LABELS = {"flux": {"ss_unet_lr": "DiT lr"}}
 # The user fields: where A1111's Additional Networks extension (ssmd_*) and ModelSpec
 # readers (modelspec.*; Civitai, ComfyUI) find them (kohya-compat.md §7.4, §7.5).
 USER_FIELDS = {"title": ("ssmd_display_name", "modelspec.title"),
@@ -45,12 +68,14 @@ USER_FIELDS = {"title": ("ssmd_display_name", "modelspec.title"),
 
 def inspect_lora(path: Path) -> dict[str, Any]:
     """The report ``lora-train inspect --json`` prints (plain JSON values)."""
-    header = read_lora_header(Path(path))
+    header = read_lora_header(Path(path), foreign_keys=True)
     meta = header.metadata
     report: dict[str, Any] = {
         "file": str(header.path),
         "family": header.family,
         "family_source": _family_source(header),
+        "variant": header.variant,
+        "key_style": header.key_style,
         "network_type": header.network_type,
         "dim": header.dim,
         "alpha": header.alpha_of(conv=False),
@@ -61,8 +86,7 @@ def inspect_lora(path: Path) -> dict[str, Any]:
         "base_model": {"name": meta.get("ss_sd_model_name"),
                        "hash": meta.get("ss_sd_model_hash"),
                        "sha256": meta.get("ss_new_sd_model_hash")},
-        "settings": {label: meta[key] for key, label in SETTINGS
-                     if meta.get(key) not in (None, "", "None")},
+        "settings": _settings(header),
         "datasets": _datasets(header),
         "tag_frequency": _tag_frequency(header),
         "user": {name: meta.get(keys[0]) or meta.get(keys[1]) for name, keys in
@@ -73,6 +97,17 @@ def inspect_lora(path: Path) -> dict[str, Any]:
         "has_metadata": any(k.startswith("ss_") for k in meta),
     }
     return report
+
+
+def _settings(header: LoraHeader) -> dict[str, str]:
+    """The recorded training settings by label: the common ones (less those meaningless for
+    the file's family), then the family's own."""
+    family = header.family or ""
+    hidden = HIDDEN_SETTINGS.get(family, set())
+    labels = SETTING_LABELS.get(family, {})
+    rows = [(key, labels.get(key, label)) for key, label in SETTINGS if key not in hidden]
+    return {label: header.metadata[key] for key, label in (*rows, *FAMILY_SETTINGS.get(family, ()))
+            if header.metadata.get(key) not in (None, "", "None")}
 
 
 def _family_source(header: LoraHeader) -> str:
@@ -146,15 +181,21 @@ def render_inspect(report: dict[str, Any], tags_per_folder: int = 15) -> str:
         return "-" if v in (None, "") else f"{v:g}" if isinstance(v, float) else str(v)
 
     family = FAMILY_WORDS.get(report["family"] or "", "unknown")
+    variant = (f"; variant: {VARIANT_WORDS[report['variant']]}" if report.get("variant")
+               else "")
     lines = [f"File: {report['file']}",
-             f"Base model family: {family} (from the {report['family_source']})"
+             f"Base model family: {family} (from the {report['family_source']}){variant}"
              if report["family"] else "Base model family: unknown (no metadata says, and "
              "the tensors fit more than one)",
              f"Network: {report['network_type']}, dim {value(report['dim'])}, alpha "
              f"{value(report['alpha'])}" + (f"; conv dim {value(report['conv_dim'])}, conv "
                                            f"alpha {value(report['conv_alpha'])}"
                                            if report["conv_dim"] else ""),
-             "Modules: " + ", ".join(f"{part} {n}" for part, n in report["modules"].items())]
+             "Modules: " + ", ".join(f"{PART_WORDS.get(part, part)} {n}"
+                                     for part, n in report["modules"].items())]
+    if report.get("key_style", "kohya") != "kohya":
+        lines.append("Keys: diffusers/PEFT style (lora_A/lora_B); resize and merge need "
+                     "kohya names")
     if len(report["ranks"]) > 1:
         lines.append("Ranks: " + ", ".join(f"{r}: {n} modules"
                                            for r, n in report["ranks"].items()))

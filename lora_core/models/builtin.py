@@ -44,9 +44,16 @@ BUILTINS: dict[str, str] = {
     "tiny-sd1": "tiny SD1-shaped model with random weights (about 6 MB), for tests and demos",
     "tiny-sdxl": "tiny SDXL-shaped model with random weights (two text encoders), for tests "
                  "and demos",
+    # Built by the Flux family package (families.flux.builtin, one folder for both: the
+    # DiT files beside ae, clip_l, t5xxl and the two tokenizers); names as its BUILTIN_FLUX.
+    "tiny-flux": "tiny Flux.1-dev-shaped model with random weights (DiT, ae, clip_l, t5xxl), "
+                 "for tests and demos",
+    "tiny-chroma": "tiny Chroma-shaped model with random weights (DiT, ae, t5xxl; no CLIP-L), "
+                   "for tests and demos",
 }
 # The model family of each built-in (what loading.inspect_model reports).
-BUILTIN_FAMILIES: dict[str, str] = {"tiny-sd1": "sd1", "tiny-sdxl": "sdxl"}
+BUILTIN_FAMILIES: dict[str, str] = {"tiny-sd1": "sd1", "tiny-sdxl": "sdxl",
+                                    "tiny-flux": "flux", "tiny-chroma": "flux"}
 
 # tiny-sdxl: the two text encoders have different widths so that a swapped or missing one
 # shows in the context width (32 + 48 = 80).
@@ -64,13 +71,22 @@ def builtin_folder(name: str, cache_root: Path | None = None) -> Path:
         known = ", ".join(f"builtin:{n}" for n in BUILTINS)
         raise ModelError(f"unknown built-in model 'builtin:{name}'",
                          f"the built-in models are: {known}")
+    if BUILTIN_FAMILIES[name] == "flux":
+        from lora_core.families.flux.builtin import tiny_flux_folder
+
+        return tiny_flux_folder(cache_root)
     root = Path(cache_root) if cache_root is not None else cache_dir()
     return root / "builtin" / f"{name}-v{BUILD_VERSION}"
 
 
 def ensure_builtin(name: str, cache_root: Path | None = None) -> Path:
-    """Return the diffusers folder of built-in model ``name``, building it on first use."""
+    """Return the diffusers folder of built-in model ``name``, building it on first use (a
+    Flux built-in: its family's folder of single files, ``families.flux.builtin``)."""
     final = builtin_folder(name, cache_root)
+    if BUILTIN_FAMILIES[name] == "flux":
+        from lora_core.families.flux.builtin import ensure_tiny_flux
+
+        return ensure_tiny_flux(cache_root)
     if final.is_dir():
         if not (final / "model_index.json").is_file():
             raise ModelError(f"the cached built-in model {final} is incomplete",

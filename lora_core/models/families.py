@@ -34,17 +34,24 @@ class TextConditioning:
 
     hidden: torch.Tensor
     pooled: torch.Tensor | None = None
+    mask: torch.Tensor | None = None  # (B, T) 1 for real tokens (Flux's T5); None for SD
 
     def to(self, *args: Any, **kwargs: Any) -> TextConditioning:
-        """Both tensors moved / cast like ``Tensor.to``."""
+        """The float tensors moved / cast like ``Tensor.to`` (the mask only moved)."""
         pooled = None if self.pooled is None else self.pooled.to(*args, **kwargs)
-        return TextConditioning(self.hidden.to(*args, **kwargs), pooled)
+        mask = None
+        if self.mask is not None:
+            device = next((a for a in args if not _is_dtype(a)), kwargs.get("device"))
+            mask = self.mask if device is None else self.mask.to(device)
+        return TextConditioning(self.hidden.to(*args, **kwargs), pooled, mask)
 
     def rows(self) -> list[TextConditioning]:
         """One TextConditioning per caption (leading dimension dropped), e.g. for a cache."""
         hidden = self.hidden.unbind(0)
         pooled = [None] * len(hidden) if self.pooled is None else self.pooled.unbind(0)
-        return [TextConditioning(h, p) for h, p in zip(hidden, pooled, strict=True)]
+        masks = [None] * len(hidden) if self.mask is None else self.mask.unbind(0)
+        return [TextConditioning(h, p, m)
+                for h, p, m in zip(hidden, pooled, masks, strict=True)]
 
     @staticmethod
     def stack(rows: list[TextConditioning]) -> TextConditioning:
@@ -52,9 +59,16 @@ class TextConditioning:
         import torch
 
         hidden = torch.stack([r.hidden for r in rows])
+        mask = None if any(r.mask is None for r in rows) else torch.stack([r.mask for r in rows])
         if any(r.pooled is None for r in rows):
-            return TextConditioning(hidden)
-        return TextConditioning(hidden, torch.stack([r.pooled for r in rows]))
+            return TextConditioning(hidden, None, mask)
+        return TextConditioning(hidden, torch.stack([r.pooled for r in rows]), mask)
+
+
+def _is_dtype(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.dtype)
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,12 @@ class ModelBundle:
     model_file: Path | None = None
     prediction_type: str = "epsilon"  # "v_prediction" with [model] v_parameterization
     text: TextSettings = field(default_factory=TextSettings)
+    # Latents are vae_scaling_factor · (z − vae_shift_factor) (0 for SD; Flux's ae shifts).
+    vae_shift_factor: float = 0.0
+    family_state: Any = None  # what a family needs besides the models (Flux: its variant)
+    # A family's own training objective (``loss(latents, text, loss_weights, masks, model,
+    # dtype)``); None: the diffusion (DDPM) objective of SD 1.x / 2.x / SDXL.
+    objective: Any = None
 
     @property
     def v_parameterization(self) -> bool:
@@ -290,7 +310,8 @@ def encode_conditioning(family: Any, bundle: ModelBundle, input_ids_list: list[t
 
 
 _LAZY_FAMILIES = {"sd2": ("lora_core.models.family_sd2", "SD2Family"),
-                  "sdxl": ("lora_core.models.family_sdxl", "SDXLFamily")}
+                  "sdxl": ("lora_core.models.family_sdxl", "SDXLFamily"),
+                  "flux": ("lora_core.families.flux.family", "FluxFamily")}
 
 
 def get_family(name: str) -> Family:

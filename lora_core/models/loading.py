@@ -3,7 +3,9 @@
 Accepted: ``builtin:<name>`` (built on first use, see ``builtin.py``), a local diffusers folder
 of an SD 1.x / SD 2.x / SDXL model, and a single-file checkpoint (``.safetensors``, ``.ckpt``)
 in the A1111 / LDM key layout (kohya-compat.md §11). A Hugging Face Hub id is refused: nothing
-is ever downloaded.
+is ever downloaded. A Flux.1 / Chroma transformer file and ``builtin:tiny-flux`` /
+``builtin:tiny-chroma`` are recognised here (family "flux", told by ``families.flux.files``),
+but loaded by the Flux family package from all the profile's files, never by ``load_model``.
 
 Recognising a model (``inspect_model``, ``describe_model``) is pure Python: JSON files and
 safetensors headers (``checkpoint.py``), so the wizard and ``lora-train check`` can call it
@@ -50,13 +52,20 @@ BUILTIN_PREFIX = "builtin:"
 FOLDER_COMPONENTS = {"sd1": ("unet", "vae", "text_encoder"),
                      "sd2": ("unet", "vae", "text_encoder"),
                      "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2")}
-FAMILY_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
+FAMILY_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "flux": "Flux.1"}
 # "owner/name" as on the Hugging Face Hub; only treated as one when no such local path exists.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _MODEL_HINT = (
     "give a single-file checkpoint (.safetensors or .ckpt, as A1111 / ComfyUI use), a "
-    "diffusers folder (one with model_index.json), or builtin:tiny-sd1 to try things out"
+    "diffusers folder (one with model_index.json), a Flux.1 transformer .safetensors, or "
+    "builtin:tiny-sd1 to try things out"
 )
+# A Flux.1 transformer's blocks (BFL and diffusers layouts, also under ComfyUI's
+# ``model.diffusion_model.``): such a file is the Flux family's to recognise
+# (``families.flux.files.inspect_flux_file``), never read as an SD checkpoint.
+_FLUX_BLOCK_PREFIXES = ("double_blocks.", "single_blocks.", "transformer_blocks.",
+                        "single_transformer_blocks.")
+_COMFY_PREFIX = "model.diffusion_model."
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,7 @@ class ModelSource:
 
     spec: str
     kind: str  # "builtin" | "diffusers" | "single_file"
-    family: str | None  # "sd1" | "sd2" | "sdxl"; None: a .ckpt, told when it loads
+    family: str | None  # "sd1" | "sd2" | "sdxl" | "flux"; None: a .ckpt, told when it loads
     name: str  # for metadata: the builtin name, the folder's or the file's basename
     path: Path | None  # the folder or file (None for a builtin that is not built yet)
     summary: str = ""  # one line for people
@@ -124,6 +133,14 @@ def inspect_model(spec: str, base_dir: Path) -> ModelSource:
         suffix = path.suffix.lower()
         if suffix == SAFETENSORS_SUFFIX:
             shapes, metadata = ckpt.read_header(path)
+            if _is_flux_transformer(shapes):
+                return _flux_source(spec, path, metadata)
+            part = flux_file_kind(shapes)
+            if part is not None:
+                raise ModelError(f"{path} is {part}, not a base model",
+                                 "give the base model file here; a Flux run's "
+                                 "transformer goes here and its ae / clip_l / t5xxl files "
+                                 "in the [flux] section")
             arch = ckpt.read_architecture(shapes, path)
             return ModelSource(spec, "single_file", arch.family, path.name, path,
                                ckpt.summary(arch), arch.missing, metadata,
@@ -138,6 +155,41 @@ def inspect_model(spec: str, base_dir: Path) -> ModelSource:
     family = _detect_folder_family(path)
     return ModelSource(spec, "diffusers", family, path.name, path,
                        f"{FAMILY_LABELS[family]} diffusers folder {path}")
+
+
+def _is_flux_transformer(shapes: Mapping[str, Any]) -> bool:
+    return any(key.removeprefix(_COMFY_PREFIX).startswith(_FLUX_BLOCK_PREFIXES)
+               for key in shapes)
+
+
+def flux_file_kind(shapes: Mapping[str, Any]) -> str | None:
+    """What a file made for a Flux run is when it is not where it belongs: its transformer,
+    its T5 or CLIP-L text encoder alone, or its 16-channel autoencoder (each a ``[flux]``
+    file, never an SD base model or VAE); None for anything else."""
+    if _is_flux_transformer(shapes):
+        return "a Flux.1 transformer (a Flux base model, not an SD part)"
+    keys = list(shapes)
+    if "shared.weight" in shapes and any(k.startswith("encoder.block.") for k in keys):
+        return "a T5 text encoder alone (Flux's `[flux] t5xxl`)"
+    if not any(k.startswith(("model.diffusion_model.", "encoder.", "decoder.",
+                             "first_stage_model.")) for k in keys) \
+            and any(k.startswith(("text_model.encoder.layers.", "encoder.layers."))
+                    for k in keys):
+        return "a CLIP text encoder alone (Flux's `[flux] clip_l`)"
+    conv_out = shapes.get("encoder.conv_out.weight")
+    if conv_out is not None and tuple(conv_out)[:1] == (32,):  # 2 x 16 latent channels
+        return "a Flux autoencoder with 16 latent channels (Flux's `[flux] ae`)"
+    return None
+
+
+def _flux_source(spec: str, path: Path, metadata: Mapping[str, str]) -> ModelSource:
+    """A Flux.1 / Chroma transformer file, told by its family package (headers only; its
+    ae / clip_l / t5xxl files are ``[flux]``'s and are checked with them)."""
+    from lora_core.families.flux.files import inspect_flux_file
+
+    info = inspect_flux_file(path, where="pretrained_model_name_or_path")
+    return ModelSource(spec, "single_file", "flux", path.name, path, info.describe(),
+                       metadata=metadata)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -160,6 +212,12 @@ def _detect_folder_family(folder: Path) -> str:
                          _MODEL_HINT)
     index = _read_json(index_file)
     class_name = str(index.get("_class_name", ""))
+    if class_name.startswith("Flux"):
+        raise ModelError(f"{folder} is a diffusers {class_name} folder; Flux.1 is trained from "
+                         "its single files, as sd-scripts does",
+                         "give the transformer .safetensors file (flux1-dev.safetensors, or "
+                         "the folder's transformer as one file) here and the ae / clip_l / "
+                         "t5xxl files in the [flux] section")
     if not class_name.startswith("StableDiffusion"):
         raise ModelError(f"{folder} holds a {class_name or 'unknown'} model, not Stable "
                          "Diffusion", _MODEL_HINT)
@@ -204,6 +262,11 @@ def inspect_vae(spec: str, base_dir: Path) -> Path:
         raise ModelError(f"the VAE {path} is a {suffix or 'suffix-less'} file, not a VAE",
                          "give a VAE .safetensors/.ckpt file or diffusers folder")
     shapes, _ = ckpt.read_header(path)
+    part = flux_file_kind(shapes)
+    if part is not None:
+        raise ModelError(f"{path} (`[model] vae`) is {part}, not an SD VAE",
+                         "set `[model] vae` to an SD VAE (4 latent channels), or leave it "
+                         "empty; a Flux model's autoencoder is `[flux] ae`")
     if not any(k.startswith((ckpt.VAE_PREFIX, "encoder.down.", "encoder.down_blocks."))
                for k in shapes):
         raise ModelError(f"{path} is not a VAE (no encoder/decoder tensors)",
@@ -254,6 +317,10 @@ def load_model(spec: str, base_dir: Path, dtype: torch.dtype | None = None,
     vae_dtype = vae_dtype or dtype
     base_dir = Path(base_dir)
     source = inspect_model(spec, base_dir)
+    if source.family == "flux":  # several files: session.FAMILY_LOADERS loads it
+        raise ModelError(f"{spec} is a Flux.1 model, which loads from the profile's [flux] "
+                         "files too, not through load_model",
+                         "load it with families.flux.family.load_flux_bundle(profile, dtype)")
     tok_dir = resolve_path(str(tokenizer_dir), base_dir) if tokenizer_dir else None
     vae_path = inspect_vae(vae_spec, base_dir) if vae_spec else None
     if source.kind == "single_file":

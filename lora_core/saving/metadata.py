@@ -19,6 +19,7 @@ from typing import Any
 from lora_core import __version__
 from lora_core.dataset.plan import TrainingPlan
 from lora_core.profile import LYCORIS_ALGO_NAMES, Profile, conv_rank_and_alpha, uses_lycoris
+from lora_core.profile_flux import lora_flux_network_args
 
 
 @dataclass
@@ -131,7 +132,7 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
         "ss_huber_schedule": tr.huber_schedule,
         "ss_huber_scale": tr.huber_scale,
         "ss_huber_c": tr.huber_c,
-        "ss_fp8_base": False,
+        "ss_fp8_base": tr.fp8_base,
         "ss_fp8_base_unet": False,
         "ss_sd_model_name": run.model_name,
         # The seed actually used when images are held out (unset, it falls back).
@@ -231,6 +232,9 @@ def network_module_and_args(profile: Profile) -> tuple[str, dict[str, str]]:
                 args[key] = str(value)
     if opt.block_lr_zero_threshold:
         args["block_lr_zero_threshold"] = str(opt.block_lr_zero_threshold)
+    # networks.lora_flux's (Flux only: the check refuses them for SD, so none here then);
+    # the module name itself the Flux family writes (families.flux.family.file_metadata).
+    args.update(lora_flux_network_args(profile.flux))
     module = ("lycoris.kohya" if lycoris else
               "networks.dylora" if kind == "DyLoRA" else "networks.lora")
     return module, args

@@ -72,6 +72,7 @@ class VaeLatents:
     def __init__(self, bundle: ModelBundle, device: torch.device, dtype: torch.dtype) -> None:
         self.vae = bundle.vae
         self.scale = bundle.vae_scaling_factor
+        self.shift = bundle.vae_shift_factor
         self.device, self.dtype = device, dtype
         self.warned = False
 
@@ -88,7 +89,12 @@ class VaeLatents:
                 self.warned = True
                 log.warning("the VAE produced NaN/inf latents (replaced with zeros); with "
                             "mixed_precision = \"fp16\" try \"bf16\" or a fixed fp16 VAE")
-        return latents.float() * self.scale
+        return _scaled(latents.float(), self.scale, self.shift)
+
+
+def _scaled(latents: torch.Tensor, scale: float, shift: float) -> torch.Tensor:
+    """``scale · (z − shift)``: SD's VAEs have no shift (the plain product, as before)."""
+    return latents * scale if shift == 0 else (latents - shift) * scale
 
 
 # ---------------------------------------------------------------------------------------
@@ -114,9 +120,11 @@ class CachedLatents:
     ``vae_scaling_factor`` is applied here, at use, as in sd-scripts.
     """
 
-    def __init__(self, entries: list[_CachedEntry], scale: float, device: torch.device) -> None:
+    def __init__(self, entries: list[_CachedEntry], scale: float, device: torch.device,
+                 shift: float = 0.0) -> None:
         self.entries = entries  # one per plan item (items of one image share an entry)
         self.scale = scale
+        self.shift = shift
         self.device = device
 
     def latents(self, batch: dict[str, Any], generator: torch.Generator | None = None,
@@ -124,7 +132,8 @@ class CachedLatents:
         """(``generator`` is not used: cached latents are fixed already.)"""
         rows = [self._get(self.entries[index], flipped)
                 for index, flipped in zip(batch["item_indices"], batch["flipped"], strict=True)]
-        return torch.stack(rows).to(self.device, torch.float32) * self.scale
+        return _scaled(torch.stack(rows).to(self.device, torch.float32), self.scale,
+                       self.shift)
 
     @staticmethod
     def _get(entry: _CachedEntry, flipped: bool) -> torch.Tensor:
@@ -210,7 +219,7 @@ def build_cached_latents(plan: TrainingPlan, bundle: ModelBundle, device: torch.
             if progress is not None:
                 progress(done, total)
     return CachedLatents([entries_by_key[key] for key in item_keys],
-                         bundle.vae_scaling_factor, device)
+                         bundle.vae_scaling_factor, device, bundle.vae_shift_factor)
 
 
 def _keys_of(plan: TrainingPlan, fingerprint: str

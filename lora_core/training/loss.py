@@ -231,17 +231,24 @@ def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Te
     if weighting.huber_c is not None:
         c = _gather(weighting.huber_c, timesteps).to(pred.device)
     per_element = element_loss(pred, target, weighting.loss_type, c)
-    if masks is not None:
-        masks = masks.to(per_element.device, torch.float32)
-        if masks.shape[-2:] != per_element.shape[-2:]:
-            masks = F.interpolate(masks, size=per_element.shape[-2:], mode="area")
-        per_element = per_element * masks
-    per_sample = per_element.mean(dim=list(range(1, per_element.dim())))
+    per_sample = masked_mean(per_element, masks)
     per_sample = per_sample * loss_weights.to(per_sample.device, torch.float32)
     if weighting.timestep_weight is not None:
         per_sample = per_sample * _gather(weighting.timestep_weight, timesteps).to(
             per_sample.device)
     return per_sample.mean()
+
+
+def masked_mean(per_element: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+    """The per-sample mean over C, H, W of an unreduced loss, with ``masks`` (masked loss,
+    ``(B, 1, h, w)`` in [0, 1] at any size) brought to the latents' size by area averaging
+    and multiplied in first (sd-scripts' ``apply_masked_loss``)."""
+    if masks is not None:
+        masks = masks.to(per_element.device, torch.float32)
+        if masks.shape[-2:] != per_element.shape[-2:]:
+            masks = F.interpolate(masks, size=per_element.shape[-2:], mode="area")
+        per_element = per_element * masks
+    return per_element.mean(dim=list(range(1, per_element.dim())))
 
 
 def _gather(table: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,8 @@ from lora_core.training.optimizer_args import (
 # Keys of SDXL's second text encoder (OpenCLIP bigG), which text_encoder_lr's second value
 # trains (naming.default_text_encoder_prefixes).
 TEXT_ENCODER_2_PREFIX = "lora_te2_"
+# ... and of Flux's T5-XXL (train_t5xxl), as sd-scripts' lora_flux gives it that value.
+TEXT_ENCODER_2_PREFIXES = (TEXT_ENCODER_2_PREFIX, "lora_te3_")
 
 # optimizer_type → (module, class, pip package that provides it).
 # Both get nesterov=True as in sd-scripts; bitsandbytes' SGD8bit (0.50) accepts the flag but
@@ -123,11 +125,11 @@ def param_groups(network: TrainableNetwork, opt: OptimizerSection,
     _, unet_lr = group_learning_rates(opt)
     te_ratio, unet_ratio = loraplus_ratios(opt)
     te1_lr, te2_lr = text_encoder_lrs(opt)
-    te2_named = [(n, p) for n, p in te_named if n.startswith(TEXT_ENCODER_2_PREFIX)]
+    te2_named = [(n, p) for n, p in te_named if n.startswith(TEXT_ENCODER_2_PREFIXES)]
     if te2_named and te1_lr != te2_lr:
         # SDXL with two text-encoder rates: one group per encoder (sd-scripts' multiple-TE
         # rates); otherwise one group, as before.
-        te1_named = [(n, p) for n, p in te_named if not n.startswith(TEXT_ENCODER_2_PREFIX)]
+        te1_named = [(n, p) for n, p in te_named if not n.startswith(TEXT_ENCODER_2_PREFIXES)]
         groups = (_split_plus("textencoder1", te1_named, te1_lr, te_ratio)
                   + _split_plus("textencoder2", te2_named, te2_lr, te_ratio))
     else:

@@ -15,8 +15,9 @@ Defaults and fix-ups are sd-scripts' (``line_to_prompt_dict`` / ``sample_image_i
 at least 64; steps clamped to 1-1000. Where sd-scripts silently ignores an option it cannot
 parse (``--w big``, ``--x 3``, an unknown sampler that falls back to DDIM), this module
 raises a ProfileError naming the file, the line (or entry) and the option. Options that
-sd-scripts only uses for other architectures (``--g``, ``--cn``, ``--ctr``, ``--rcfg``,
-``--fs``) are ignored with a logged warning, so one prompt file can serve several trainers.
+sd-scripts only uses for other architectures (``--cn``, ``--ctr``, ``--rcfg``, ``--fs``) are
+ignored with a logged warning, so one prompt file can serve several trainers; ``--g`` (Flux's
+distilled guidance) is read and used by Flux models only.
 
 This module is pure Python (no torch): the wizard and ``lora-train check`` can read a prompt
 file before torch is even installed.
@@ -29,7 +30,7 @@ import logging
 import math
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ TXT_OPTIONS = {"n": "negative_prompt", "w": "width", "h": "height", "d": "seed",
 OTHER_ARCH_OPTIONS = {"g": "guidance_scale", "cn": "controlnet_image", "ctr": "cfg_trunc_ratio",
                       "rcfg": "renorm_cfg", "fs": "flow_shift"}
 KEYS = ("prompt", *TXT_OPTIONS.values())
+FLUX_GUIDANCE_OPTION = "g"
 _OPTIONS_HINT = ("options are --n <negative prompt>, --w <width>, --h <height>, --d <seed>, "
                  "--s <steps>, --l <CFG scale>, --ss <sampler>")
 
@@ -70,6 +72,10 @@ class SamplePrompt:
     sample_steps: int = DEFAULT_STEPS
     scale: float = DEFAULT_SCALE  # classifier-free guidance scale; <= 1 turns CFG off
     sampler: str = "ddim"
+    # Flux: the distilled guidance value (--g) and whether --l was given (Flux samples use
+    # true CFG only then). Not part of equality: SD ignores both.
+    guidance_scale: float | None = field(default=None, compare=False)
+    scale_given: bool = field(default=False, compare=False)
 
 
 # ----------------------------------------------------------------------------------------
@@ -174,6 +180,11 @@ def _txt_prompt(line: str, path: Path, where: str, default_sampler: str) -> Samp
         name, _, value = part.strip().partition(" ")
         option, value = name.lower(), value.strip()
         if option in OTHER_ARCH_OPTIONS:
+            if option == FLUX_GUIDANCE_OPTION:  # read for Flux, ignored by SD
+                values["guidance_scale"] = _txt_number(value, "scale", path, where, "--g")
+                log.info("sample prompt file %s, %s: --%s (%s) is read by Flux models only",
+                         path, where, name, OTHER_ARCH_OPTIONS[option])
+                continue
             log.warning("sample prompt file %s, %s: --%s (%s) applies to other model types "
                         "and is ignored", path, where, name, OTHER_ARCH_OPTIONS[option])
             continue
@@ -219,6 +230,11 @@ def _dict_prompt(entry: dict[str, Any], path: Path, where: str,
     values = {}
     for key, value in entry.items():
         if key in OTHER_ARCH_OPTIONS.values():
+            if key == "guidance_scale":  # read for Flux, ignored by SD
+                values[key] = value
+                log.info("sample prompt file %s, %s: %s is read by Flux models only", path,
+                         where, key)
+                continue
             log.warning("sample prompt file %s, %s: %s applies to other model types and is "
                         "ignored", path, where, key)
             continue
@@ -262,6 +278,13 @@ def _make_prompt(values: dict[str, Any], path: Path, where: str, default_sampler
         raise fail("scale", f"= {scale!r} must be a number")
     if not math.isfinite(scale) or scale < 0:
         raise fail("scale", f"= {scale} must be a finite number of 0 or more")
+    guidance = values.get("guidance_scale")
+    if guidance is not None and (isinstance(guidance, bool)
+                                 or not isinstance(guidance, (int, float))
+                                 or not math.isfinite(guidance) or guidance < 0):
+        raise ProfileError(f"sample prompt file {path}, {where}: "
+                           f"{'--g' if txt else 'guidance_scale'} = {guidance!r} must be a "
+                           "number of 0 or more", "give Flux's guidance like --g 3.5")
     sampler = text("sample_sampler") or default_sampler
     if sampler.lower() not in SAMPLERS:
         guess = closest(sampler.lower(), list(SAMPLERS))
@@ -283,6 +306,8 @@ def _make_prompt(values: dict[str, Any], path: Path, where: str, default_sampler
         sample_steps=steps,  # clamped, as sd-scripts does rather than refusing it
         scale=float(scale),
         sampler=sampler.lower(),
+        guidance_scale=None if guidance is None else float(guidance),
+        scale_given="scale" in values,
     )
 
 

@@ -159,15 +159,21 @@ def generate_samples(bundle: ModelBundle, prompts: Sequence[SamplePrompt], *, ou
     device = torch.device(device)
     models = [bundle.unet, bundle.vae, *bundle.text_encoders]
     written: list[Path] = []
+    # A family with its own sampler (Flux: flow-matching Euler) makes the image itself.
+    own_sampler = getattr(bundle.impl, "sample_image", None)
     with _training_state_kept(models, list(extra_modules), device), torch.no_grad():
-        pipeline = _make_pipeline(bundle)
-        pipeline.set_progress_bar_config(disable=True)
+        pipeline = None if own_sampler is not None else _make_pipeline(bundle)
+        if pipeline is not None:
+            pipeline.set_progress_bar_config(disable=True)
         try:
             for index, prompt in enumerate(prompts):
-                pipeline.scheduler = make_sampler_scheduler(prompt.sampler,
-                                                            bundle.noise_scheduler.config)
+                if pipeline is not None:
+                    pipeline.scheduler = make_sampler_scheduler(
+                        prompt.sampler, bundle.noise_scheduler.config)
                 with (autocast or contextlib.nullcontext)():
-                    image = _generate(pipeline, bundle, prompt, index, device)
+                    image = (own_sampler(bundle, prompt, prompt_seed(prompt, index), device)
+                             if own_sampler is not None
+                             else _generate(pipeline, bundle, prompt, index, device))
                 name = sample_file_name(output_name, step=step, epoch=epoch, index=index,
                                         timestamp=time.time(), seed=prompt.seed)
                 path = Path(output_dir) / SAMPLE_FOLDER / name
@@ -200,16 +206,22 @@ def _make_pipeline(bundle: ModelBundle) -> Any:
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
+def prompt_seed(prompt: SamplePrompt, index: int) -> int:
+    """The prompt's seed, or a fresh one from the OS entropy pool (not torch/random/numpy:
+    their states belong to training)."""
+    if prompt.seed is not None:
+        return prompt.seed
+    seed = secrets.randbits(32)
+    log.info("sample %02d: random seed %d", index, seed)
+    return seed
+
+
 def _generate(pipeline: Any, bundle: ModelBundle, prompt: SamplePrompt, index: int,
               device: torch.device) -> Any:
     """One image: embeddings from the family, latents from the pipeline, decode in the VAE's
     dtype. The seed seeds both a generator on the device and the global torch RNG (as
     sd-scripts does), so schedulers that draw from either are reproducible."""
-    seed = prompt.seed
-    if seed is None:
-        # The OS entropy pool, not torch/random/numpy: their states belong to training.
-        seed = secrets.randbits(32)
-        log.info("sample %02d: random seed %d", index, seed)
+    seed = prompt_seed(prompt, index)
     torch.manual_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     family = bundle.impl

@@ -121,13 +121,26 @@ def _setup_models(bundle: ModelBundle, profile: Profile, device: torch.device,
     weight_dtype = WEIGHT_DTYPES[profile.training.mixed_precision]
     # no_half_vae: the VAE stays float32 (fp16 VAEs, SDXL's above all, overflow to NaN).
     vae_dtype = torch.float32 if profile.model.no_half_vae else weight_dtype
+    # A family may place its own transformer (Flux's block swap keeps some blocks on the CPU).
+    placed = getattr(bundle.impl, "place_transformer", lambda *a: False)(
+        bundle, profile.training, device, weight_dtype)
     for model, dtype in ((bundle.unet, weight_dtype), (bundle.vae, vae_dtype),
                          *((encoder, weight_dtype) for encoder in bundle.text_encoders)):
         model.requires_grad_(False)
-        model.to(device, dtype)
+        if model is bundle.unet and placed:
+            pass
+        elif profile.training.fp8_base:  # the DiT's (and an fp8 T5's) fp8 weights
+            from lora_core.models.fp8 import move_keeping_fp8
+
+            move_keeping_fp8(model, device, dtype)  # the fp8 weights stay fp8
+        else:
+            model.to(device, dtype)
         model.eval()
     if profile.training.gradient_checkpointing:
-        bundle.unet.enable_gradient_checkpointing()
+        if profile.training.cpu_offload_checkpointing:  # the check allows it for Flux only
+            bundle.unet.enable_gradient_checkpointing(cpu_offload=True)
+        else:
+            bundle.unet.enable_gradient_checkpointing()
         bundle.unet.train()  # diffusers only checkpoints in training mode; SD has no dropout
         if not profile.network.network_train_unet_only:
             # The text encoder is checkpointed too when it trains (sd-scripts §5.5).
@@ -147,8 +160,12 @@ def _setup_network(bundle: ModelBundle, profile: Profile, device: torch.device) 
     # requires network_weights with it).
     shapes = module_shapes(weights) if weights is not None and profile.network.dim_from_weights \
         else None
-    network = build_network(bundle.unet, bundle.text_encoders, profile.network, lr_weights,
-                            family=bundle.family, shapes=shapes)
+    own_builder = getattr(bundle.impl, "build_network", None)  # a family's own module rules
+    if own_builder is not None:
+        network = own_builder(bundle, profile.network, lr_weights, shapes)
+    else:
+        network = build_network(bundle.unet, bundle.text_encoders, profile.network,
+                                lr_weights, family=bundle.family, shapes=shapes)
     if weights is not None:
         load_network_weights(network, weights)
     if profile.network.network_multiplier != 1.0:
@@ -252,7 +269,7 @@ class _StepSetup:
     latents_from: object
     text_from: object
     noise_scheduler: object
-    weighting: LossWeighting
+    weighting: LossWeighting | None  # None under a family's own objective
     training: TrainingSection
     v_pred: bool
     weight_dtype: torch.dtype
@@ -426,10 +443,13 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
                         device=device, emit=emit, autocast=accelerator.autocast,
                         extra_modules=[network],
                         eval_weights=eval_weights or contextlib.nullcontext)
-    # A copy: zero_terminal_snr rescales the schedule in place, and the bundle may be reused.
-    noise_scheduler = type(bundle.noise_scheduler).from_config(bundle.noise_scheduler.config)
-    weighting = prepare_schedule_and_loss(noise_scheduler, profile.training,
-                                          bundle.v_parameterization, device)
+    noise_scheduler = weighting = None
+    if bundle.objective is None:  # the DDPM objective (a family's own draws its own noise)
+        # A copy: zero_terminal_snr rescales the schedule in place; the bundle may be reused.
+        noise_scheduler = type(bundle.noise_scheduler).from_config(
+            bundle.noise_scheduler.config)
+        weighting = prepare_schedule_and_loss(noise_scheduler, profile.training,
+                                              bundle.v_parameterization, device)
     step = _StepSetup(accelerator, bundle, latents_from, text_from, noise_scheduler, weighting,
                       profile.training, bundle.v_parameterization, weight_dtype, o.train_te)
     run = _Run(accelerator, main, emit, profile, plan, state, outputs, checkpoints, previews,
@@ -498,6 +518,15 @@ def _loss_step(s: _StepSetup, batch: dict, micro: int) -> torch.Tensor:
     weigh the error. Returns the batch's loss (detached); its gradient, divided by the
     ``micro`` batches of the update, is accumulated."""
     tr, device = s.training, s.accelerator.device
+    objective = s.bundle.objective
+    if objective is not None:  # the family's own objective (Flux: rectified flow)
+        with s.accelerator.autocast():
+            latents = s.latents_from.latents(batch)
+            text = s.text_from.conditioning(batch, s.train_te)
+            loss = objective.loss(latents, text, batch["loss_weights"], batch.get("masks"),
+                                  s.bundle.unet, s.weight_dtype)
+            s.accelerator.backward(loss / micro)
+        return loss.detach()
     with s.accelerator.autocast():
         latents = s.latents_from.latents(batch)
         noise = make_noise(latents, tr)

@@ -90,6 +90,16 @@ class Validator:
         return total / count if count else float("nan")
 
     def _batch_losses(self, batch: dict[str, Any], generator: torch.Generator) -> list[float]:
+        objective = self.bundle.objective
+        if objective is not None:  # a family's own objective: σ = t / 1000 (Flux)
+            with self.autocast():
+                latents = self.latents_from.latents(batch, generator=generator)
+                text = self.text_from.conditioning(batch, False)
+                return [float(objective.loss(latents, text, batch["loss_weights"],
+                                             batch.get("masks"), self.bundle.unet,
+                                             self.weight_dtype, sigma=t / 1000,
+                                             generator=generator))
+                        for t in self.timesteps]
         with self.autocast():
             latents = self.latents_from.latents(batch, generator=generator)
             text = self.text_from.conditioning(batch, False)

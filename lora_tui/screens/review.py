@@ -43,7 +43,7 @@ from lora_tui.dataset_check import DatasetCheck, check_dataset
 from lora_tui.dialogs.import_report import ImportReportDialog
 from lora_tui.dialogs.path_prompt import PathPrompt
 from lora_tui.dialogs.save_first import SaveFirstDialog
-from lora_tui.draft import Draft, to_text
+from lora_tui.draft import Draft, sections_of, to_text
 from lora_tui.steps import STEPS
 from lora_tui.widgets.field_editor import escape
 
@@ -68,7 +68,8 @@ def profile_data_to_write(draft: Draft, path: Path) -> dict:
     if same_dir:
         for section, cls in SECTIONS.items():
             for f in dataclasses.fields(cls):
-                if f.metadata["path"] and draft.text(section, f.name):
+                if f.metadata["path"] and draft.text(section, f.name) \
+                        and f.name in data.get(section, {}):  # not a hidden [flux] file
                     data[section][f.name] = draft.text(section, f.name)
     if draft.typed_prompts.strip():
         prompts = target_dir / prompts_file_name(profile.saving.output_name)
@@ -88,7 +89,8 @@ def save_draft(draft: Draft, path: Path) -> Path:
     # paths, the prompt file), so its texts mean the same from the new folder.
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
-            if f.metadata["path"] and draft.text(section, f.name):
+            if f.metadata["path"] and draft.text(section, f.name) \
+                    and f.name in data.get(section, {}):
                 draft.set_text(section, f.name, data[section][f.name])
     if draft.typed_prompts.strip():
         draft.set_text("sample", "sample_prompts", data["sample"]["sample_prompts"])
@@ -141,7 +143,7 @@ def run_command(profile_path: Path | None) -> str:
 def typed_changes_text(draft: Draft) -> str:
     """"Changed from the defaults" for answers that do not make a valid profile yet: each
     answer as given, beside the field's default."""
-    defaults = profile_to_dict(Profile())
+    defaults = sections_of(Profile())
     lines = ["[b]Changed from the defaults[/b] [dim](as given; fix the problems above)[/dim]"]
     for section, values in draft.data().items():
         if section not in SECTIONS:
@@ -155,6 +157,46 @@ def typed_changes_text(draft: Draft) -> str:
                              f"{escape(to_text(value) or '(empty)')}"
                              f"  [dim](default {escape(to_text(default) or 'unset')})[/dim]")
     return "\n".join(lines)
+
+
+def flux_files_lines(draft: Draft) -> list[str]:
+    """A Flux model's files as the run will take them (a field left empty for a built-in
+    is the built-in's own file) and the T5 window, then what ``resolve_inputs`` (what
+    ``check`` and ``run`` use) still stops on; nothing for an SD model."""
+    model = draft.flux_model()
+    if model is None:
+        return []
+    from lora_core.families.flux import builtin as tiny
+    from lora_core.families.flux.inputs import T5_MAX_LENGTH, resolve_inputs
+
+    lines = [f"[b]{escape(model.label)} files[/b]"]
+    try:
+        profile = draft.profile()
+    except LoraError:
+        return []  # the answers' own problems are shown above
+    spec = profile.model.pretrained_model_name_or_path
+    folder = tiny.tiny_flux_folder() if model.builtin else None
+    own = {"ae": tiny.AE_FILE, "clip_l": tiny.CLIP_L_FILE, "t5xxl": tiny.T5_FILE}
+    dit = spec if model.builtin else str(profile.path("model", "pretrained_model_name_or_path"))
+    lines.append(f"  transformer: {escape(dit)}")
+    for key in ("ae", "clip_l", "t5xxl"):
+        if not model.uses(key):
+            continue
+        given = profile.path("flux", key)
+        if given is not None:
+            lines.append(f"  {key}: {escape(str(given))}")
+        elif folder is not None:
+            lines.append(f"  {key}: {escape(str(folder / own[key]))} [dim](the built-in's "
+                         "own)[/dim]")
+        else:
+            lines.append(f"  {key}: [red](not given)[/red]")
+    tokens = profile.flux.t5xxl_max_token_length or T5_MAX_LENGTH.get(model.variant, 512)
+    lines.append(f"  T5 tokens per caption: {tokens}")
+    try:
+        resolve_inputs(profile)
+    except LoraError as exc:
+        lines.append(f"  [red]problem:[/red] {escape(exc.message)}")
+    return lines
 
 
 class ReviewScreen(Screen):
@@ -239,6 +281,7 @@ class ReviewScreen(Screen):
             name = prompts_file_name(self.draft.current("saving", "output_name"))
             lines.append(f"  {len(prompts)} typed sample prompt(s), written to "
                          f"{escape(name)} beside the profile when it is saved")
+        lines += flux_files_lines(self.draft)
         changes.update("\n".join(lines))
         path = self.draft.source_path
         unsaved = self.query_one("#review-unsaved", Static)

@@ -84,7 +84,8 @@ class StartScreen(Screen):
             return None
 
     def compose(self) -> ComposeResult:
-        yield Static("[b]lora-tui[/b]: train a LoRA for Stable Diffusion", classes="step-title")
+        yield Static("[b]lora-tui[/b]: train a LoRA for Stable Diffusion or Flux.1",
+                     classes="step-title")
         yield OptionList(*[Option(text, id=key) for key, text in CHOICES], id="start-menu")
         yield Static("", id="start-message")
         yield Static("[b]Recent runs[/b]  [dim]A attach · C continue · Tab to the list[/dim]",

@@ -36,6 +36,7 @@ from lora_core.models.loading import FAMILY_LABELS
 from lora_core.profile import ADAPTIVE_OPTIMIZERS
 from lora_tui.dataset_check import DatasetCheck, check_dataset
 from lora_tui.draft import Draft, machine_precision, spec_for
+from lora_tui.flux_files import FLUX_FILES, USUAL_NAMES, WHAT, offered_text
 from lora_tui.screens.review import ReviewScreen, save_with_prompt
 from lora_tui.steps import STEPS, Step
 from lora_tui.widgets.dataset_table import DatasetTable
@@ -43,6 +44,10 @@ from lora_tui.widgets.field_editor import FieldEditor, escape
 from lora_tui.widgets.ordered_keys import focus_now, refuse_keys_typed_before
 
 _CHECK_DELAY_S = 0.3  # wait for typing to pause before scanning folders
+# Fields later steps ask for, as stand-ins for the model step's own check of a Flux model's
+# files (they change nothing in it).
+_LATER_REQUIRED = {("dataset", "train_data_dir"): "__not yet chosen__",
+                   ("saving", "output_dir"): "__not yet chosen__"}
 
 
 @cache
@@ -99,6 +104,9 @@ class StepScreen(Screen):
         self.check_problems: list[Problem] = []  # the full check's, located on this step
         self._answers_changed = 0  # counts answer changes: a check of older answers is stale
         self._checked_answers = -1  # the answer count the last applied check was made for
+        self._flux_check: tuple[str, list[Problem]] = ("", [])  # answers -> their problems
+        self._submitted: set[tuple[str, str]] = set()  # fields Enter was pressed in
+        self._next_tried = False  # Ctrl+N (or Enter in the last field) was pressed
 
     @property
     def step(self) -> Step:
@@ -110,7 +118,9 @@ class StepScreen(Screen):
 
     @property
     def editors(self) -> list[FieldEditor]:
-        return list(self.query(FieldEditor))
+        """The field editors ready to use: an advanced one being mounted (Ctrl+O mounts
+        them one by one, and a check may end in between) has no parts yet."""
+        return [e for e in self.query(FieldEditor) if e.ready]
 
     @property
     def shown_editors(self) -> list[FieldEditor]:
@@ -145,8 +155,8 @@ class StepScreen(Screen):
         yield Footer()
 
     def _advanced_editors(self, answered_only: bool) -> list[FieldEditor]:
-        present = {(e.spec.section, e.spec.key) for e in self.editors} if self.is_mounted \
-            else set()
+        present = {(e.spec.section, e.spec.key) for e in self.query(FieldEditor)} \
+            if self.is_mounted else set()
         editors = []
         for section, key in self.step.advanced:
             text = self.draft.text(section, key)
@@ -191,7 +201,7 @@ class StepScreen(Screen):
             text = draft.text(section, key)
             # The draft holds each field's live text (field_changed), so they differ only
             # when an answer changed behind the field: derived from another, a one-key fix.
-            if editor.text != text:
+            if editor.text != text and not editor.typing_ahead:
                 editor.set_text(text)
             shown = draft.applies(section, key)
             if editor.has_class("advanced") and not self.show_advanced and text == "":
@@ -216,6 +226,9 @@ class StepScreen(Screen):
         keys = {(e.spec.section, e.spec.key) for e in self.editors}
         if ("model", "pretrained_model_name_or_path") in keys:
             self.editor("model", "pretrained_model_name_or_path").set_note(self._model_note())
+        for key in FLUX_FILES:
+            if ("flux", key) in keys:
+                self._offer_flux_file(self.editor("flux", key))
         if ("optimizer", "optimizer_args") in keys:
             name = self.draft.current("optimizer", "optimizer_type")
             advice = RECOMMENDED_ARGS.get(name)
@@ -247,6 +260,23 @@ class StepScreen(Screen):
         if source.family is None:
             return (f"[yellow]{escape(source.summary or source.name)}[/yellow]\n[dim]the family "
                     "is told when it loads: say below whether it is SD 2.x[/dim]")
+        flux = draft.flux_model()
+        if flux is not None:
+            summary = source.summary or source.name
+            for said in (f"Flux.1 {flux.variant}", "Flux.1"):  # the label says it already
+                if summary.startswith(said + " "):
+                    summary = summary[len(said):].strip()
+                    break
+            files = "ae and t5xxl (no CLIP-L)" if flux.variant == "chroma" \
+                else "ae, clip_l and t5xxl"
+            where = (f"it brings its own {files}" if flux.builtin
+                     else f"it trains with the {files} files asked below")
+            if flux.variant == "chroma" and draft.current("flux", "apply_t5_attn_mask") \
+                    != "true":
+                where += ("; Chroma trains with the T5 attention mask: Ctrl+O, apply t5 attn "
+                          "mask")
+            return (f"[green]detected: {flux.label}[/green] [dim]{escape(summary)}[/dim]\n"
+                    f"[dim]{where}[/dim]")
         family = FAMILY_LABELS[source.family]
         summary = source.summary or source.name
         if summary.startswith(family):  # "SD1 built-in 'tiny-sd1': ..." says it already
@@ -259,7 +289,7 @@ class StepScreen(Screen):
         validation = self.draft.validate()
         located: dict[tuple[str, str], list[str]] = {}
         in_table: set[tuple[str, str]] = set()  # the dataset table shows these
-        for problem in self.check_problems:
+        for problem in self.step_problems():
             if self.step.dataset_check and problem.section == "dataset":
                 in_table.add(problem.field)
             else:
@@ -306,13 +336,14 @@ class StepScreen(Screen):
         profile refuses (an empty required one included). Called by the app as the key
         arrives for text inputs (ordered keys), by the Submitted message for the others."""
         key = (editor.spec.section, editor.spec.key)
+        self._submitted.add(key)
         if self.sync_draft():  # what the fields hold right now
             self.refresh_fields()  # which fields apply (a choice typed just before Enter)
         self.check_now()
         validation = self.draft.validate()
         if editor.spec.required:
             self._show_required = True
-        problems = validation.for_field(*key) + [p.text() for p in self.check_problems
+        problems = validation.for_field(*key) + [p.text() for p in self.step_problems()
                                                  if p.field == key] + self._model_problem(key)
         if problems:
             self.revalidate()
@@ -324,6 +355,8 @@ class StepScreen(Screen):
             text = problems[0] if naming in problems[0] else f"{naming}: {problems[0]}"
             if editor.spec.kind in ("choice", "tristate"):  # how to change a choice
                 text += " (↑/↓ or Space: another choice)"
+            if editor.offered and not editor.text:
+                text += f" (Tab takes {editor.offered}, found beside the model)"
             self.notify(f"fix this first: {text}", severity="error", timeout=6)
             return
         editors = self.shown_editors
@@ -334,6 +367,54 @@ class StepScreen(Screen):
             focus_now(editors[position + 1].input_widget)
         else:
             self.action_next()
+
+    def _offer_flux_file(self, editor: FieldEditor) -> None:
+        """``[flux] ae / clip_l / t5xxl``: the file of the usual name beside the transformer,
+        offered (placeholder and note; Tab or Right takes it), never written by itself."""
+        draft, key = self.draft, editor.spec.key
+        model, offer, note = draft.flux_model(), None, ""
+        if model is not None and not draft.text("flux", key):
+            if model.builtin:
+                note = "[i]empty: the built-in's own file[/i]"
+            else:
+                offer = offered_text(draft.text("model", "pretrained_model_name_or_path"),
+                                     model, key)
+                note = (f"[i]found beside the model: {escape(offer)} (Tab takes it)[/i]"
+                        if offer else f"[i]no {USUAL_NAMES[key][0]} beside the model: give "
+                        f"the path of {WHAT[key]}[/i]")
+        editor.offer(offer)
+        editor.set_note(note)
+
+    def step_problems(self) -> list[Problem]:
+        """The full check's problems about this step's fields, and on the model step of a
+        Flux model its files' and options' own (``checks.flux``, as ``check`` and ``run``
+        resolve them; the full check cannot run before the images are chosen). A problem at
+        an empty field Enter was not pressed in yet waits for Next, as "is required" does."""
+        found = list(self.check_problems)
+        said = {p.text() for p in found}
+        for problem in self._flux_problems():
+            if problem.text() in said:
+                continue
+            if problem.field and not self.draft.text(*problem.field) \
+                    and not self._next_tried and problem.field not in self._submitted:
+                continue
+            found.append(problem)
+        return found
+
+    def _flux_problems(self) -> list[Problem]:
+        if not self.step.model_check or self.draft.flux_model() is None:
+            return []
+        validation = self.draft.validate(_LATER_REQUIRED)
+        if validation.profile is None:
+            return []
+        answers = repr(self.draft.data(_LATER_REQUIRED))
+        if self._flux_check[0] != answers:
+            from lora_core.checks.flux import flux_input_problems, flux_option_problems
+
+            profile = validation.profile
+            self._flux_check = (answers, flux_input_problems(profile)
+                                + flux_option_problems(profile))
+        return self._flux_check[1]
 
     def _model_problem(self, key: tuple[str, str]) -> list[str]:
         """The base model field's own live check (the note under it: what the file is, or
@@ -387,7 +468,7 @@ class StepScreen(Screen):
         if self.sync_draft():
             self.refresh_fields()
         self.check_now()
-        self._show_required = True
+        self._show_required = self._next_tried = True
         if not self.revalidate():
             bad = next((e for e in self.shown_editors if e.has_class("has-error")
                         or self._model_problem((e.spec.section, e.spec.key))), None)
@@ -400,6 +481,7 @@ class StepScreen(Screen):
                 refuse_keys_typed_before(bad.input_widget)
                 self.notify(f"fix {_naming(bad)} first", severity="error")
             else:  # about an advanced option that is not shown: Ctrl+O shows it
+                self.query_one("#step-errors").scroll_visible(animate=False)
                 self.notify("fix the problem listed under this step first (Ctrl+O shows "
                             "the advanced options)", severity="error")
             return

@@ -132,6 +132,8 @@ class FieldEditor(Vertical):
         self.spec = spec
         self._text = text
         self._base_dir = base_dir
+        self._default_text = spec.default_text
+        self.offered: str | None = None  # a path offered for an empty field (Tab takes it)
 
     @property
     def text(self) -> str:
@@ -153,6 +155,20 @@ class FieldEditor(Vertical):
         if not self._text and self.spec.kind == "choice" and value == self.spec.default:
             return ""  # untouched: the default
         return value
+
+    @property
+    def typing_ahead(self) -> bool:
+        """Keys typed into the input have not been reported yet (their Changed messages
+        are still queued): what the draft holds for it is older than what it shows, and
+        writing that back would drop the keys (a burst: ``C-u 64 Tab Tab C-u 64``)."""
+        return self.is_mounted and self.ready and isinstance(self.input_widget, Input) \
+            and self.input_widget.value != self._text
+
+    @property
+    def ready(self) -> bool:
+        """Its parts (label, input, message lines) are in place: an editor just mounted
+        has none until its compose has run."""
+        return bool(self.children)
 
     def on_mount(self) -> None:
         widget = self.input_widget
@@ -204,7 +220,7 @@ class FieldEditor(Vertical):
         if spec.kind == "multiline":
             return PromptArea(text, classes="field-input field-multiline")
         if spec.is_path:
-            return PathInput(text, self._base_dir, placeholder=f"Enter: {spec.default_text}",
+            return PathInput(text, self._base_dir, placeholder=self._placeholder(),
                              classes="field-input",
                              builtins=(spec.section, spec.key) == MODEL_FIELD)
         return OrderedInput(value=text, placeholder=f"Enter: {spec.default_text}",
@@ -245,12 +261,29 @@ class FieldEditor(Vertical):
                                      placeholder="") + "…"
         doc.update(escape("\n".join(shown)))
 
+    def _placeholder(self) -> str:
+        if self.offered:
+            return f"Tab: {self.offered} · Enter: {self._default_text}"
+        return f"Enter: {self._default_text}"
+
     def set_default_text(self, default_text: str) -> None:
         """Show another default (one that depends on other answers)."""
+        self._default_text = default_text
         self.query_one(".field-label", Label).update(self._label_markup(default_text))
         widget = self.input_widget
         if isinstance(widget, Input):
-            widget.placeholder = f"Enter: {default_text}"
+            widget.placeholder = self._placeholder()
+
+    def offer(self, path: str | None) -> None:
+        """Offer ``path`` for this empty path field: shown in its placeholder, taken with Tab
+        or Right as a completion is (``PathInput.offered``), never put in by itself."""
+        if path == self.offered:
+            return
+        self.offered = path
+        widget = self.input_widget
+        if isinstance(widget, PathInput):
+            widget.offered = path or ""
+            widget.placeholder = self._placeholder()
 
     def set_note(self, markup: str) -> None:
         """A live line under the doc (Rich markup; empty hides it)."""

@@ -36,6 +36,25 @@ class PathInput(OrderedInput):
         self.listed_for: str | None = None  # the text whose matches were listed last
 
     @property
+    def offered(self) -> str:
+        """A path offered while the input is empty (a Flux model's ae.safetensors beside
+        it): Tab or Right takes it, as they take a completion; "" for none."""
+        suggester = self.suggester
+        return suggester.offered if isinstance(suggester, PathSuggester) else ""
+
+    @offered.setter
+    def offered(self, path: str) -> None:
+        if isinstance(self.suggester, PathSuggester):
+            self.suggester.offered = path
+
+    def action_cursor_right(self, select: bool = False) -> None:
+        if not self.value and self.offered and not select:
+            self.value = self.offered  # Right takes the offer, as it takes a suggestion
+            self.cursor_position = len(self.value)
+            return
+        super().action_cursor_right(select)
+
+    @property
     def matches_current(self) -> bool:
         """Whether the matches listed last are still those of the text as it is now (a
         container hides them when not: a Changed message of a key typed before the Tab, read

@@ -33,6 +33,7 @@ class PathSuggester(Suggester):
         self.base_dir = base_dir
         self.folders_only = folders_only
         self.builtins = builtins  # a base model field: builtin:<name> completes too
+        self.offered = ""  # what an empty input completes to (PathInput.offered)
 
     async def get_suggestion(self, value: str) -> str | None:
         return self.complete(value)
@@ -44,6 +45,8 @@ class PathSuggester(Suggester):
 
     def completion(self, value: str) -> Completion | None:
         """The completion of ``value`` and its matches (None: no match)."""
+        if not value and self.offered:
+            return Completion(self.offered, (self.offered,))
         if self.builtins and value.startswith(BUILTIN_PREFIX):
             names = tuple(n for n in BUILTINS if n.startswith(value[len(BUILTIN_PREFIX):]))
             return Completion(BUILTIN_PREFIX + os.path.commonprefix(names), names) \

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lora_core.families.flux.fp8 import Fp8Linear, to_fp8
+from lora_core.models.fp8 import Fp8Linear, to_fp8
 
 
 def test_fp8_linear_numerics():
@@ -40,3 +40,32 @@ def test_to_fp8_replaces_linears_in_a_tree_and_keeps_skipped_ones():
     assert to_fp8(tree, compute_dtype=torch.bfloat16) == 1
     assert tree[0].compute_dtype == torch.bfloat16
     assert tree[0](torch.randn(2, 4)).dtype == torch.bfloat16
+
+
+def test_fp8_linear_keeps_only_the_fp8_weight_for_the_backward():
+    """The backward of an Fp8Linear gets the same input gradient as a plain Linear with the
+    widened weight, while autograd holds the one-byte weight, not a widened copy (which for
+    a whole model would be its full fp32 size again)."""
+    import torch
+    from torch import nn
+
+    from lora_core.models.fp8 import Fp8Linear
+
+    torch.manual_seed(0)
+    plain = nn.Linear(32, 48).requires_grad_(False)
+    fp8 = Fp8Linear.from_linear(plain)
+    widened = nn.Linear(32, 48).requires_grad_(False)
+    widened.weight.copy_(fp8.weight.to(torch.float32))
+    widened.bias.copy_(plain.bias)
+    x1 = torch.randn(3, 5, 32, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = fp8(x1)
+    out2 = widened(x2)
+    assert torch.equal(out, out2)
+    (out * out).sum().backward()
+    (out2 * out2).sum().backward()
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-6)
+    weights = [t for t in saved if t.dim() == 2 and t.shape == (48, 32)]
+    assert weights and all(t.dtype == torch.float8_e4m3fn for t in weights)

@@ -138,3 +138,32 @@ def test_chroma_has_no_modulation_modules():
     names = [t.lora_name for t in network_targets(chroma, None, None, 4, 1.0)]
     assert names == [n for n in expected_dit() if not n.endswith(("_mod_lin",
                                                                    "_modulation_lin"))]
+
+
+def test_reg_dims_reach_the_text_encoders_and_the_input_layers(models):
+    """sd-scripts applies network_reg_dims in every create_modules call: CLIP-L's and T5's
+    modules and the in_dims layers too (a match there makes a module even at in_dims 0)."""
+    flux, clip, t5 = models
+    args = FluxNetworkArgs(train_t5xxl=True, in_dims=(0, 0, 0, 0, 2),
+                           reg_dims=(("mlp_fc1", 8), ("SelfAttention_o", 0), ("img_in", 3)))
+    ranks = {t.lora_name: t.rank for t in network_targets(flux, clip, t5, 4, 1.0, args)}
+    assert ranks["lora_te1_text_model_encoder_layers_0_mlp_fc1"] == 8
+    assert ranks["lora_te1_text_model_encoder_layers_0_mlp_fc2"] == 4
+    assert "lora_te3_encoder_block_0_layer_0_SelfAttention_o" not in ranks
+    assert ranks["lora_te3_encoder_block_0_layer_0_SelfAttention_q"] == 4
+    assert (ranks["lora_unet_img_in"], ranks["lora_unet_txt_in"]) == (3, 2)
+    assert "lora_unet_time_in_in_layer" not in ranks
+
+
+def test_the_flux_section_becomes_the_network_args():
+    from lora_core.families.flux.naming import lora_flux_args
+    from lora_core.profile_flux import FluxSection
+
+    fx = FluxSection(train_blocks="single", split_qkv=True, img_mod_dim=0, single_dim=2,
+                     in_dims=(1, 0, 0, 0, 1), train_single_block_indices="0",
+                     network_reg_dims="txt_mlp=8, img_(attn|mlp)=2")
+    assert lora_flux_args(fx) == FluxNetworkArgs(
+        train_blocks="single", split_qkv=True, type_dims=(("img_mod_dim", 0), ("single_dim", 2)),
+        in_dims=(1, 0, 0, 0, 1), train_single_block_indices="0",
+        reg_dims=(("txt_mlp", 8), ("img_(attn|mlp)", 2)))
+    assert lora_flux_args(FluxSection()) == FluxNetworkArgs()

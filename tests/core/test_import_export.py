@@ -25,6 +25,7 @@ from lora_core.errors import LoraError
 from lora_core.importing import import_source
 from lora_core.importing.export import NO_EQUIVALENT, export_sd_scripts
 from lora_core.importing.mapping import MAPPED, NO_EFFECT, UNKNOWN
+from lora_core.importing.sd_scripts_args import FLUX_ONLY, SDXL_ONLY, TRAIN_NETWORK
 from lora_core.profile import SECTIONS, Profile
 from lora_core.profile_load import profile_from_dict, read_profile
 from lora_core.training.optimizer_args import optimizer_args_list
@@ -368,13 +369,26 @@ SPECIAL = {  # values that fit together (the profile's rules) where a generic ch
 }
 
 
+FAMILY_SECTIONS = ("flux",)
+# Fields outside [flux] that only flux_train_network.py defines (train_network.py stops at
+# them): an SD profile leaves them at their defaults.
+FLUX_ONLY_OPTIONS = FLUX_ONLY - TRAIN_NETWORK - SDXL_ONLY
+
+
 def full_profile(tmp: Path) -> dict:
     """A profile with every field changed from its default (the generated part of the round
     trip: a field added to the profile is changed here too)."""
     data: dict = {"profile_version": 1}
     for section, cls in SECTIONS.items():
+        if section in FAMILY_SECTIONS:
+            # [flux] is only for Flux models: an SD profile keeps it at its defaults (the
+            # check refuses a value there) and its export writes none of its options, so an
+            # SD round trip leaves it out; test_flux_profile_round_trip changes every one.
+            continue
         table = data.setdefault(section, {})
         for f in dataclasses.fields(cls):
+            if f.name in FLUX_ONLY_OPTIONS:
+                continue  # a Flux-only option (block swap): test_flux_profile_round_trip
             if (section, f.name) in SPECIAL:
                 value = SPECIAL[(section, f.name)]
             else:
@@ -432,6 +446,9 @@ def test_profile_export_import_round_trip_keeps_every_expressible_field(tmp_path
     assert not any("s3cret" in p.read_text() for p in written)
     config = tomllib.loads((tmp_path / "export" / "config.toml").read_text())
     assert config["lora_train_export"]["dataset_config"].endswith("dataset_config.toml")
+    flux_keys = {f.name for f in dataclasses.fields(SECTIONS["flux"])}
+    assert not flux_keys & set(config["lora_train_export"])  # an SD export has no [flux] key
+    assert "flux_train_network.py" not in (tmp_path / "export" / "command.sh").read_text()
     dataset = tomllib.loads((tmp_path / "export" / "dataset_config.toml").read_text())
     assert dataset["datasets"][0]["network_multiplier"] == original.network.network_multiplier
     subsets = dataset["datasets"][0]["subsets"]
@@ -491,3 +508,129 @@ def test_import_maps_nothing_into_notify_or_early_stopping(tmp_path):
         [UNKNOWN] * 4
     assert "notify" not in result.data
     assert "early_stopping_patience" not in result.data.get("training", {})
+
+
+# --- Flux.1 (issue 27) ------------------------------------------------------------------------
+
+FLUX_COMMAND = """accelerate launch --mixed_precision bf16 flux_train_network.py \\
+  --pretrained_model_name_or_path /models/flux1-dev.safetensors \\
+  --clip_l /models/clip_l.safetensors \\
+  --t5xxl /models/t5xxl_fp16.safetensors --ae /models/ae.safetensors \\
+  --network_module networks.lora_flux --network_dim 4 --network_train_unet_only \\
+  --guidance_scale 1.0 --timestep_sampling shift --discrete_flow_shift 3.1582 \\
+  --model_prediction_type raw --apply_t5_attn_mask --t5xxl_max_token_length 256 \\
+  --sigmoid_scale 1.5 --weighting_scheme logit_normal --logit_mean 0.5 --logit_std 1.5 \\
+  --mode_scale 1.2 --model_type flux --blocks_to_swap 18 --fp8_base \\
+  --output_dir /out --output_name flux-lora --train_data_dir /data
+"""
+
+
+def test_a_flux_train_network_command_lands_in_the_flux_section():
+    result = import_source("flux", FLUX_COMMAND)
+    got = fields(result)
+    assert {key: value for (section, key), value in got.items() if section == "flux"} == {
+        "clip_l": "/models/clip_l.safetensors", "t5xxl": "/models/t5xxl_fp16.safetensors",
+        "ae": "/models/ae.safetensors", "guidance_scale": 1.0, "timestep_sampling": "shift",
+        "discrete_flow_shift": 3.1582, "model_prediction_type": "raw",
+        "apply_t5_attn_mask": True, "t5xxl_max_token_length": 256, "sigmoid_scale": 1.5,
+        "weighting_scheme": "logit_normal", "logit_mean": 0.5, "logit_std": 1.5,
+        "mode_scale": 1.2, "model_type": "flux"}
+    assert got[("network", "network_module")] == "LoRA"  # networks.lora_flux
+    seen = statuses(result)
+    assert seen["blocks_to_swap"] != UNKNOWN and seen["fp8_base"] != UNKNOWN
+    assert UNKNOWN not in seen.values()
+    profile, problems = read_profile(result.data, Path.cwd())
+    assert [p.text() for p in problems if p.severity == "error"] == []
+    assert profile.flux.ae == "/models/ae.safetensors"
+
+
+FLUX_CHANGED = {  # every [flux] field changed from its default (a new field must be added)
+    "ae": "models/my ae.safetensors", "clip_l": "models/clip_l.safetensors",
+    "t5xxl": "models/t5xxl_fp16.safetensors", "model_type": "flux",
+    "apply_t5_attn_mask": True, "t5xxl_max_token_length": 256, "guidance_scale": 1.0,
+    "timestep_sampling": "flux_shift", "sigmoid_scale": 1.5, "discrete_flow_shift": 3.1582,
+    "model_prediction_type": "raw", "weighting_scheme": "mode", "logit_mean": 0.25,
+    "logit_std": 1.25, "mode_scale": 1.5,
+    # networks.lora_flux's network_args
+    "train_blocks": "double", "train_t5xxl": True, "split_qkv": True, "img_attn_dim": 8,
+    "txt_attn_dim": 0, "img_mlp_dim": 2, "txt_mlp_dim": 3, "img_mod_dim": 5, "txt_mod_dim": 6,
+    "single_dim": 7, "single_mod_dim": 0, "in_dims": [4, 0, 0, 0, 2],
+    "train_double_block_indices": "0,2-4", "train_single_block_indices": "none",
+    "network_reg_dims": "txt_mlp=8,single_blocks_(1|2)_=0"}
+# How sd-scripts is given them: as network_args.
+LORA_FLUX_NETWORK_ARGS = [
+    "train_blocks=double", "train_t5xxl=True", "split_qkv=True", "img_attn_dim=8",
+    "txt_attn_dim=0", "img_mlp_dim=2", "txt_mlp_dim=3", "img_mod_dim=5", "txt_mod_dim=6",
+    "single_dim=7", "single_mod_dim=0", "in_dims=[4,0,0,0,2]",
+    "train_double_block_indices=0,2-4", "train_single_block_indices=none",
+    "network_reg_dims=txt_mlp=8,single_blocks_(1|2)_=0"]
+
+
+def test_flux_profile_round_trip_keeps_every_flux_field(tmp_path):
+    from lora_core.families.flux.builtin import CHROMA_FILE, DIT_FILE, ensure_tiny_flux
+    from lora_core.importing.sd_scripts_args import options_of
+
+    defaults = {f.name: f.default for f in dataclasses.fields(SECTIONS["flux"])}
+    assert set(FLUX_CHANGED) == set(defaults)
+    assert all(FLUX_CHANGED[k] != defaults[k] for k in defaults)
+    folder = ensure_tiny_flux()
+    (tmp_path / "train" / "10_hero").mkdir(parents=True)
+    data = {"profile_version": 1, "model": {"pretrained_model_name_or_path":
+                                            str(folder / DIT_FILE)},
+            "flux": FLUX_CHANGED, "dataset": {"train_data_dir": str(tmp_path / "train")},
+            "network": {"network_train_unet_only": True},
+            # the Flux-only options outside [flux] (FLUX_ONLY_OPTIONS)
+            "training": {"blocks_to_swap": 4, "gradient_checkpointing": True},
+            "saving": {"output_dir": str(tmp_path / "out")}}
+    original, problems = read_profile(data, tmp_path)
+    assert [p.text() for p in problems if p.severity == "error"] == []
+    export_sd_scripts(original, tmp_path / "export")
+    command = (tmp_path / "export" / "command.sh").read_text()
+    assert " flux_train_network.py " in command
+    assert "--network_module=networks.lora_flux" in command
+    config = tomllib.loads((tmp_path / "export" / "config.toml").read_text())
+    assert set(config["lora_train_export"]) <= options_of("flux_train_network.py")
+    assert config["lora_train_export"]["network_args"] == LORA_FLUX_NETWORK_ARGS
+    assert "in_dims=[4,0,0,0,2]" in command
+    for source in ("command.sh", "command.bat", "config.toml"):
+        result = import_source(tmp_path / "export" / source)
+        assert UNKNOWN not in statuses(result).values()
+        back, problems = read_profile(result.data, tmp_path)
+        assert [p.text() for p in problems if p.severity == "error"] == [], source
+        assert back.flux == original.flux, source
+        assert all(getattr(back.training, k) == getattr(original.training, k)
+                   for k in FLUX_ONLY_OPTIONS if hasattr(original.training, k)), source
+        assert back.training.blocks_to_swap == 4, source
+        assert back.network.network_module == "LoRA"
+    # A Chroma file with model_type unset: sd-scripts must be told (it assumes "flux").
+    data["model"]["pretrained_model_name_or_path"] = str(folder / CHROMA_FILE)
+    data["flux"] = {"apply_t5_attn_mask": True}
+    chroma, _ = read_profile(data, tmp_path)
+    export_sd_scripts(chroma, tmp_path / "chroma")
+    assert "--model_type=chroma" in (tmp_path / "chroma" / "command.sh").read_text()
+
+
+def test_a_flux_loras_metadata_lands_in_the_flux_section(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from lora_core.families.flux import metadata as flux_metadata
+    from lora_core.families.flux.objective import FlowSettings
+
+    settings = FlowSettings(timestep_sampling="shift", guidance_scale=1.0,
+                            model_prediction_type="raw", discrete_flow_shift=3.1582)
+    meta = {**flux_metadata.training_keys("dev", settings, True),
+            "ss_network_module": "networks.lora_flux", "ss_network_dim": "4",
+            "ss_network_alpha": "4", "ss_t5xxl_max_token_length": "256"}
+    path = tmp_path / "flux-lora.safetensors"
+    name = "lora_unet_double_blocks_0_img_attn_qkv"
+    save_file({f"{name}.lora_down.weight": torch.zeros(4, 8),
+               f"{name}.lora_up.weight": torch.zeros(24, 4)}, str(path), metadata=meta)
+    got = fields(import_source(path))
+    assert got[("network", "network_module")] == "LoRA"
+    assert {k: got[("flux", k)] for k in ("timestep_sampling", "guidance_scale",
+                                          "model_prediction_type", "discrete_flow_shift",
+                                          "apply_t5_attn_mask", "t5xxl_max_token_length")} == {
+        "timestep_sampling": "shift", "guidance_scale": 1.0, "model_prediction_type": "raw",
+        "discrete_flow_shift": 3.1582, "apply_t5_attn_mask": True,
+        "t5xxl_max_token_length": 256}

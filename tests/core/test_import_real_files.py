@@ -698,7 +698,7 @@ def test_abbreviations_are_read_with_sd_scripts_own_option_list():
 def test_the_packaged_option_lists_are_sd_scripts_own():
     from lora_core.importing.sd_scripts_args import options_of
 
-    for script in ("train_network.py", "sdxl_train_network.py"):
+    for script in ("train_network.py", "sdxl_train_network.py", "flux_train_network.py"):
         assert options_of(script) == sd_scripts_args(script), script
 
 
@@ -754,3 +754,158 @@ def test_command_bat_doubles_percent_signs(tmp_path):
     back = fields(import_source(tmp_path / "export" / "command.bat"))
     assert back[("saving", "output_name")] == "hero_100%"
     assert back[("saving", "training_comment")] == "50% %USERNAME% style"
+
+
+# --- Flux.1 from kohya_ss and LETS (issue 27) -------------------------------------------------
+
+def kohya_flux_preset(**changes) -> dict:
+    """A kohya_ss LoRA configuration saved with the Flux.1 box on, in the shape of its
+    presets/lora/"flux1D - adamw8bit fp8.json" (kohya_gui/class_flux1.py's fields)."""
+    return kohya_preset(**{
+        "LoRA_type": "Flux1", "sdxl": False, "flux1_checkbox": True, "model_type": "flux",
+        "ae": "/m/ae.safetensors", "clip_l": "/m/clip_l.safetensors",
+        "t5xxl": "/m/t5xxl_fp16.safetensors", "discrete_flow_shift": 3.1582,
+        "model_prediction_type": "raw", "timestep_sampling": "shift", "guidance_scale": 1,
+        "t5xxl_max_token_length": 512, "apply_t5_attn_mask": True, "split_mode": False,
+        "train_blocks": "all", "split_qkv": True, "train_t5xxl": False,
+        "cpu_offload_checkpointing": False, "blocks_to_swap": 12, "fp8_base": True,
+        "fp8_base_unet": False, "flux1_cache_text_encoder_outputs": True,
+        "flux1_cache_text_encoder_outputs_to_disk": True, "mem_eff_save": False,
+        "single_blocks_to_swap": 0, "double_blocks_to_swap": 0, "enable_all_linear": False,
+        "img_attn_dim": "", "single_dim": "8", "in_dims": "", "train_double_block_indices":
+        "", "train_single_block_indices": "0-3", "t5xxl_lr": 0,
+        "sdxl_cache_text_encoder_outputs": True, "sdxl_no_half_vae": True,
+        "text_encoder_lr": 0, **changes})
+
+
+def test_a_kohya_flux1_configuration_lands_in_flux_and_training():
+    preset = kohya_flux_preset()
+    result = import_source("flux.json", json.dumps(preset))
+    assert set(preset) <= set(lines(result))  # the report names every key
+    profile, problems = read_profile(result.data)
+    assert [p.text() for p in problems if p.severity == "error"] == []
+    fx = profile.flux
+    assert (fx.ae, fx.clip_l, fx.t5xxl) == ("/m/ae.safetensors", "/m/clip_l.safetensors",
+                                           "/m/t5xxl_fp16.safetensors")
+    assert (fx.discrete_flow_shift, fx.model_prediction_type, fx.timestep_sampling,
+            fx.guidance_scale, fx.t5xxl_max_token_length, fx.apply_t5_attn_mask) == (
+        3.1582, "raw", "shift", 1.0, 512, True)
+    assert (fx.split_qkv, fx.single_dim, fx.train_single_block_indices, fx.train_blocks,
+            fx.img_attn_dim, fx.model_type) == (True, 8, "0-3", "all", None, "")
+    assert (profile.training.blocks_to_swap, profile.training.fp8_base,
+            profile.training.cpu_offload_checkpointing) == (12, True, False)
+    assert profile.dataset.cache_text_encoder_outputs is True
+    assert profile.dataset.cache_text_encoder_outputs_to_disk is True
+    assert profile.network.network_module == "LoRA"
+    got = lines(result)
+    assert got["ae"].status == MAPPED and got["blocks_to_swap"].status == MAPPED
+    for key in ("split_mode", "mem_eff_save", "img_attn_dim", "single_blocks_to_swap",
+                "t5xxl_lr", "fp8_base_unet"):
+        assert got[key].status == OFF, key
+    for key in ("flux1_checkbox", "model_type", "sdxl_no_half_vae",
+                "sdxl_cache_text_encoder_outputs"):  # the sdxl_* ones: sdxl is off
+        assert got[key].status == NO_EFFECT, key
+    assert "no_half_vae" not in result.data.get("model", {})
+    # split_mode: kohya_ss adds train_blocks=single; sd-scripts swaps 18 blocks for it
+    split = read_profile(import_source("flux.json", json.dumps(kohya_flux_preset(
+        split_mode=True, blocks_to_swap=0))).data)[0]
+    assert (split.flux.train_blocks, split.training.blocks_to_swap) == ("single", 18)
+    # Chroma: model_type passed, clip_l not (Chroma has no CLIP-L), guidance 0 kept
+    chroma = import_source("flux.json", json.dumps(kohya_flux_preset(
+        model_type="chroma", guidance_scale=0)))
+    assert chroma.data["flux"]["model_type"] == "chroma"
+    assert chroma.data["flux"]["guidance_scale"] == 0 and "clip_l" not in chroma.data["flux"]
+    with pytest.raises(LoraError, match="Flux1 OFT"):
+        import_source("flux.json", json.dumps(kohya_flux_preset(LoRA_type="Flux1 OFT")))
+
+
+def test_kohya_flux_fields_of_an_sdxl_configuration_stay_out_of_the_profile():
+    # the GUI saves its Flux fields (at their defaults) in every configuration
+    preset = kohya_flux_preset(LoRA_type="Standard", sdxl=True, flux1_checkbox=False,
+                               ae="", clip_l="", t5xxl="", guidance_scale=3.5,
+                               timestep_sampling="sigma", discrete_flow_shift=3.0,
+                               blocks_to_swap=0, split_qkv=False, single_dim="",
+                               train_single_block_indices="")
+    result = import_source("sdxl.json", json.dumps(preset))
+    assert "flux" not in result.data
+    assert "blocks_to_swap" not in result.data.get("training", {})
+    assert set(preset) <= set(lines(result))
+    got = lines(result)
+    assert got["guidance_scale"].status == NO_EFFECT and got["ae"].status == OFF
+    assert got["flux1_checkbox"].status == OFF
+    assert result.data["dataset"]["cache_text_encoder_outputs"] is True  # sdxl's, sdxl on
+
+
+LETS_FLUX = """
+[[subsets]]
+num_repeats = 10
+image_dir = "/data/10_hero"
+name = "hero"
+
+[train_mode]
+train_mode = "lora"
+
+[general_args.args]
+pretrained_model_name_or_path = "/models/flux1-dev.safetensors"
+mixed_precision = "bf16"
+max_train_epochs = 4
+fp8_base = true
+gradient_checkpointing = true
+
+[general_args.dataset_args]
+resolution = 1024
+batch_size = 1
+
+[network_args.args]
+network_dim = 16
+network_alpha = 16.0
+network_train_unet_only = true
+cache_text_encoder_outputs = true
+
+[network_args.args.network_args]
+train_blocks = "single"
+split_qkv = true
+
+[flux_args.args]
+ae = "/models/ae.safetensors"
+clip_l = "/models/clip_l.safetensors"
+t5xxl = "/models/t5xxl_fp16.safetensors"
+apply_t5_attn_mask = true
+t5xxl_max_token_length = 512
+discrete_flow_shift = false
+split_mode = true
+timestep_sampling = "sigmoid"
+sigmoid_scale = 1.0
+weighting_scheme = "none"
+guidance_scale = 1.0
+model_prediction_type = "raw"
+
+[saving_args.args]
+output_dir = "/out"
+"""
+
+
+def test_a_lets_flux_toml_lands_in_flux_and_training(tmp_path):
+    source = tmp_path / "lets-flux.toml"
+    source.write_text(LETS_FLUX)
+    result = import_source(source)
+    flux_keys = set(tomllib.loads(LETS_FLUX)["flux_args"]["args"])
+    assert flux_keys <= set(lines(result))  # the report names every key
+    assert "discrete_flow_shift" not in result.data["flux"]  # LETS' false: not passed
+    assert lines(result)["discrete_flow_shift"].status == OFF
+    profile, problems = read_profile(result.data)
+    assert [p.text() for p in problems if p.severity == "error"] == []
+    fx = profile.flux
+    assert (fx.ae, fx.t5xxl, fx.apply_t5_attn_mask, fx.t5xxl_max_token_length,
+            fx.timestep_sampling, fx.sigmoid_scale, fx.weighting_scheme, fx.guidance_scale,
+            fx.model_prediction_type, fx.discrete_flow_shift) == (
+        "/models/ae.safetensors", "/models/t5xxl_fp16.safetensors", True, 512, "sigmoid",
+        1.0, "none", 1.0, "raw", 3.0)
+    assert (fx.train_blocks, fx.split_qkv) == ("single", True)
+    # split_mode: sd-scripts' deprecated switch, read as 18 swapped blocks
+    assert (profile.training.blocks_to_swap, profile.training.fp8_base) == (18, True)
+    assert lines(result)["split_mode"].status == MAPPED
+    swapped = import_source("lets.toml", LETS_FLUX.replace(
+        "split_mode = true", "split_mode = true\nblocks_to_swap = 8"))
+    assert swapped.data["training"]["blocks_to_swap"] == 8
+    assert lines(swapped)["split_mode"].status == NO_EFFECT

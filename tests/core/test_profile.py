@@ -51,6 +51,19 @@ def every_field_changed() -> dict:
         "model": {"pretrained_model_name_or_path": "/m/sd15", "clip_skip": 2,
                   "v_parameterization": True, "v2": True, "vae": "/m/vae.safetensors",
                   "no_half_vae": True, "tokenizer_cache_dir": "/m/tok"},
+        # Only for Flux models (the check refuses them for an SD one); read and saved as any.
+        "flux": {"ae": "/f/ae.safetensors", "clip_l": "/f/clip_l.safetensors",
+                 "t5xxl": "/f/t5xxl_fp16.safetensors", "model_type": "flux",
+                 "apply_t5_attn_mask": True, "t5xxl_max_token_length": 256,
+                 "guidance_scale": 1.0, "timestep_sampling": "shift", "sigmoid_scale": 1.5,
+                 "discrete_flow_shift": 3.1582, "model_prediction_type": "raw",
+                 "weighting_scheme": "logit_normal", "logit_mean": 0.5, "logit_std": 1.5,
+                 "mode_scale": 1.2, "train_blocks": "single", "train_t5xxl": True,
+                 "split_qkv": True, "img_attn_dim": 8, "txt_attn_dim": 0, "img_mlp_dim": 2,
+                 "txt_mlp_dim": 3, "img_mod_dim": 5, "txt_mod_dim": 6, "single_dim": 7,
+                 "single_mod_dim": 1, "in_dims": (4, 0, 0, 0, 2),
+                 "train_double_block_indices": "0,2-4", "train_single_block_indices": "all",
+                 "network_reg_dims": "txt_mlp=8"},
         "dataset": {"train_data_dir": "/d/img", "reg_data_dir": "/d/reg", "resolution": "768,512",
                     "enable_bucket": False, "min_bucket_reso": 320, "max_bucket_reso": 960,
                     "bucket_reso_steps": 128, "bucket_no_upscale": True,
@@ -88,6 +101,7 @@ def every_field_changed() -> dict:
                       "lr_scheduler_args": ["lr_end=1e-8"]},
         "training": {"max_train_epochs": 7, "max_train_steps": 900, "train_batch_size": 3,
                      "gradient_accumulation_steps": 2, "gradient_checkpointing": True,
+                     "fp8_base": True, "cpu_offload_checkpointing": True, "blocks_to_swap": 4,
                      "num_processes": 2, "gpu_ids": "0,1",
                      "mixed_precision": "bf16", "seed": 123, "noise_offset": 0.1,
                      "noise_offset_random_strength": True, "adaptive_noise_scale": 0.01,
@@ -256,6 +270,35 @@ def test_network_args_are_read_into_their_fields():
     assert "rank_dropout" in msg and "between 0.0 and 0.99" in msg
 
 
+def test_lora_flux_network_args_are_read_into_the_flux_section():
+    args = ["train_blocks=single", "train_t5xxl=True", "split_qkv=True", "img_attn_dim=0",
+            "single_dim=8", "in_dims=[4,0,0,0,4]", "train_double_block_indices=0,2-4",
+            "train_single_block_indices=all", "network_reg_dims=txt_mlp=8,img_mod=0"]
+    p = profile_from_dict({**MINIMAL, "network": {"network_args": args}})
+    assert p.flux.network_reg_dims == "txt_mlp=8,img_mod=0"  # split at the first "=" only
+    fx = p.flux
+    assert (fx.train_blocks, fx.train_t5xxl, fx.split_qkv) == ("single", True, True)
+    assert (fx.img_attn_dim, fx.single_dim, fx.txt_attn_dim) == (0, 8, None)
+    assert fx.in_dims == (4, 0, 0, 0, 4)
+    assert (fx.train_double_block_indices, fx.train_single_block_indices) == ("0,2-4", "all")
+    assert p.network.network_args == [] and p.network.network_module == "LoRA"
+    # sd-scripts' unbracketed in_dims reads the same; [flux] and network_args agreeing is fine
+    p = profile_from_dict({**MINIMAL, "flux": {"train_blocks": "single"}, "network": {
+        "network_args": ["in_dims=4,0,0,0,4", "train_blocks=single"]}})
+    assert (p.flux.in_dims, p.flux.train_blocks) == ((4, 0, 0, 0, 4), "single")
+    msg = errors_of({**MINIMAL, "flux": {"train_blocks": "double"},
+                     "network": {"network_args": ["train_blocks=single"]}})
+    assert "conflicts with `[flux] train_blocks`" in msg
+    msg = errors_of({**MINIMAL, "network": {"network_args": ["train_blocks=some"]}})
+    assert "train_blocks" in msg and "all, single, double" in msg
+    msg = errors_of({**MINIMAL, "network": {"network_args": ["img_attn_dim=four"]}})
+    assert "img_attn_dim" in msg and "an integer" in msg
+    msg = errors_of({**MINIMAL, "network": {"network_args": ["in_dims=[4,0,0]"]}})
+    assert "in_dims" in msg and "5 numbers" in msg
+    msg = errors_of({**MINIMAL, "network": {"network_args": ["single_dim=-1"]}})
+    assert "single_dim" in msg and "at least 0" in msg
+
+
 def test_rules_between_the_option_fields():
     cases = [
         ({"network": {"network_module": "LoRA", "conv_dim": 4}}, "LoCon"),
@@ -375,8 +418,8 @@ def test_schedule_free_and_import_paths_are_optimizers_other_keys_not_supported_
         assert profile.optimizer.optimizer_type == read
     msg = errors_of({**MINIMAL, "optimizer": {"optimizer_type": "torch optim RAdam"}})
     assert "nor an import path like" in msg and "AdamW8bit" in msg
-    msg = errors_of({**MINIMAL, "saving": {"output_dir": "o", "fp8_base": True}})
-    assert "fp8_base` is not supported yet" in msg
+    msg = errors_of({**MINIMAL, "saving": {"output_dir": "o", "full_bf16": True}})
+    assert "full_bf16` is not supported yet" in msg
     msg = errors_of({**MINIMAL, "training": {"full_fp16": True}})
     assert "not supported yet" in msg
 

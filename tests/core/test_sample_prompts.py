@@ -70,13 +70,16 @@ def test_a_line_that_starts_with_an_option_has_an_empty_prompt(tmp_path):
 
 def test_options_for_other_architectures_are_ignored_with_a_warning(tmp_path, caplog):
     path = write(tmp_path, "p.txt", "x --g 3.5 --cn pose.png --ctr 0.25 --rcfg 1 --fs 3 --w 64\n")
-    with caplog.at_level(logging.WARNING, logger="lora_core"):
+    with caplog.at_level(logging.INFO, logger="lora_core"):
         (prompt,) = read_sample_prompts(path, "ddim")
     assert (prompt.prompt, prompt.width) == ("x", 64)
-    warned = " ".join(r.getMessage() for r in caplog.records)
-    for option in ("--g", "--cn", "--ctr", "--rcfg", "--fs"):
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    for option in ("--cn", "--ctr", "--rcfg", "--fs"):
         assert f"{option} (" in warned
     assert "line 1" in warned
+    # Flux's distilled guidance is kept for Flux runs (SD ignores it), and said so
+    assert prompt.guidance_scale == 3.5
+    assert "--g (guidance_scale) is read by Flux models only" in caplog.text
 
 
 @pytest.mark.parametrize(("line", "named"), [
@@ -181,11 +184,13 @@ def test_json_takes_dicts_and_txt_style_lines(tmp_path, caplog):
     data = ["a cat --w 320 --d 5", {"prompt": "a dog", "negative_prompt": None, "height": 200,
                                     "scale": 4, "guidance_scale": 3.5}]
     path = write(tmp_path, "p.json", json.dumps(data))
-    with caplog.at_level(logging.WARNING, logger="lora_core"):
+    with caplog.at_level(logging.INFO, logger="lora_core"):
         cat, dog = read_sample_prompts(path, "heun")
     assert cat == SamplePrompt(prompt="a cat", width=320, seed=5, sampler="heun")
     assert dog == SamplePrompt(prompt="a dog", height=200, scale=4.0, sampler="heun")
-    assert "guidance_scale" in caplog.text and "item 2" in caplog.text
+    assert (dog.guidance_scale, dog.scale_given, cat.scale_given) == (3.5, True, False)
+    assert "guidance_scale is read by Flux models only" in caplog.text
+    assert "item 2" in caplog.text
 
 
 @pytest.mark.parametrize(("text", "named"), [

@@ -107,6 +107,45 @@ def _both(*builds: Callable[[Setup], None]) -> Callable[[Setup], None]:
     return build
 
 
+def _flux(**files: str | None) -> Callable[[Setup], None]:
+    """A Flux profile of the tiny built-in's four files, as a user has them (paths and
+    sd-scripts' tokenizer folders); ``files`` replace any of them (None: left empty)."""
+    def build(s: Setup) -> None:
+        import shutil
+
+        from lora_core.families.flux import builtin as tiny
+
+        folder = tiny.ensure_tiny_flux()
+        tokens = s.models / "tok"
+        if not tokens.exists():
+            shutil.copytree(folder / tiny.CLIP_TOKENIZER_DIR,
+                            tokens / "openai_clip-vit-large-patch14")
+            shutil.copytree(folder / tiny.T5_TOKENIZER_DIR, tokens / "google_t5-v1_1-xxl")
+        s.set("model", "pretrained_model_name_or_path", str(folder / tiny.DIT_FILE))
+        s.set("model", "tokenizer_cache_dir", str(tokens))
+        given = {"ae": str(folder / tiny.AE_FILE), "clip_l": str(folder / tiny.CLIP_L_FILE),
+                 "t5xxl": str(folder / tiny.T5_FILE), **files}
+        for key, value in given.items():
+            if value is not None:
+                s.set("flux", key, value)
+    return build
+
+
+def _sd_checkpoint_as(key: str) -> Callable[[Setup], None]:
+    def build(s: Setup) -> None:
+        from tests.helpers.ldm_export import write_single_file
+
+        write_single_file("builtin:tiny-sd1", s.models / "sd15.safetensors", "sd1")
+        s.set("flux", key, "models/sd15.safetensors")
+    return build
+
+
+def _no_t5_tokenizer(s: Setup) -> None:
+    import shutil
+
+    shutil.rmtree(s.models / "tok" / "google_t5-v1_1-xxl")
+
+
 CASES = (
     # the five the issue found passing `check`
     Case("output-dir-is-a-file", _output_is_a_file, ("saving", "output_dir")),
@@ -182,6 +221,25 @@ CASES = (
     Case("cache-latents-with-color-aug", _both(_set("dataset", "cache_latents", True),
                                                _set("dataset", "color_aug", True)),
          ("dataset", "color_aug")),
+    # Flux: each of the four files, the tokenizers, and what Flux cannot take
+    Case("flux-ae-missing", _flux(ae="models/no_ae.safetensors"), ("flux", "ae")),
+    Case("flux-clip-l-empty", _flux(clip_l=None), ("flux", "clip_l")),
+    Case("flux-sd-checkpoint-as-t5xxl", _both(_flux(), _sd_checkpoint_as("t5xxl")),
+         ("flux", "t5xxl")),
+    Case("flux-lora-as-clip-l", _both(_flux(), _write("l.safetensors",
+                                                      safetensors_bytes(SD1_LORA)),
+                                      _set("flux", "clip_l", "l.safetensors")),
+         ("flux", "clip_l")),
+    Case("flux-t5-tokenizer-missing", _both(_flux(), _no_t5_tokenizer),
+         ("model", "tokenizer_cache_dir")),
+    Case("flux-fp16-without-cuda", _both(_flux(), _set("training", "mixed_precision", "fp16")),
+         ("training", "mixed_precision")),
+    Case("flux-min-snr-gamma", _both(_flux(), _set("training", "min_snr_gamma", 5.0)),
+         ("training", "min_snr_gamma")),
+    Case("flux-blocks-to-swap-without-checkpointing",
+         _both(_flux(), _set("training", "blocks_to_swap", 1)),
+         ("training", "blocks_to_swap")),
+    Case("flux-key-on-sd1", _set("flux", "guidance_scale", 1.0), ("flux", "guidance_scale")),
 )
 
 

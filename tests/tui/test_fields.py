@@ -36,8 +36,12 @@ def test_tab_completes_the_common_part_and_names_the_matches():
 def test_builtin_model_names_complete_in_the_model_field_only(tmp_path):
     model = PathSuggester(tmp_path, builtins=True)
     found = model.completion("builtin:")
+    assert found.text == "builtin:tiny-" and found.matches == ("tiny-sd1", "tiny-sdxl",
+                                                               "tiny-flux", "tiny-chroma")
+    found = model.completion("builtin:tiny-s")
     assert found.text == "builtin:tiny-sd" and found.matches == ("tiny-sd1", "tiny-sdxl")
     assert model.complete("builtin:tiny-sdx") == "builtin:tiny-sdxl"
+    assert model.complete("builtin:tiny-f") == "builtin:tiny-flux"
     assert model.complete("bu") == "builtin:"  # no such folder here: the prefix
     (tmp_path / "bundle").mkdir()
     assert model.complete("bu") == "bundle/"  # a folder that is there comes first
@@ -84,9 +88,12 @@ async def test_tab_in_the_model_field_completes_builtin_names(tmp_path):
         await pilot.pause()
         field = app.screen.editor("model", "pretrained_model_name_or_path")
         await pilot.press(*"builtin:", "tab")
-        assert field.input_widget.value == "builtin:tiny-sd"
+        assert field.input_widget.value == "builtin:tiny-"
         matches = field.query_one(".field-matches", Static)
-        await wait_for(pilot, lambda: "tiny-sd1 · tiny-sdxl" in plain(matches))
+        await wait_for(pilot, lambda: "tiny-sd1 · tiny-sdxl · tiny-flux · tiny-chroma"
+                       in plain(matches))
+        await pilot.press("s", "tab")
+        assert field.input_widget.value == "builtin:tiny-sd"
         await pilot.press("x", "tab")
         assert field.input_widget.value == "builtin:tiny-sdxl"
 

@@ -318,6 +318,57 @@ def test_new_profile_to_training_at_80x24(term, env, tmp_path):
     assert (tmp_path / "out" / "cube.safetensors").is_file()
 
 
+def test_flux_profile_from_the_start_screen_to_training_at_80x24(term, env, tmp_path):
+    """Issue 27: a new Flux.1 profile on the built-in tiny Flux, from the start screen. The
+    model step says what it is and asks no file (the built-in brings its ae, clip_l and
+    t5xxl); Ctrl+O shows the Flux settings (a short T5 window, typed in a burst after
+    Tabs); images, output, 64 px; the review; Enter trains it to the end."""
+    shutil.copytree(EXAMPLES / "dataset", tmp_path / "dataset")
+    to_first_step(term, env)
+    term.type("builtin:tiny-flux")
+    screen = term.wait_for("detected: Flux.1 dev")
+    assert "its own ae, clip_l and t5xxl" in screen and "model style" not in screen
+    term.keys("C-o")  # the first advanced field: tokenizer cache dir
+    term.wait_for("tokenizer cache dir")
+    term.burst("Tab", "Tab", "Tab", "32")  # model type, T5 mask, T5 tokens per caption
+    term.wait_for(lambda s: "t5xxl max token length" in s and "▊  32 " in s)
+    term.keys("C-n")
+    term.wait_for("Step 2 of")
+    term.type(str(tmp_path / "dataset" / "train"))
+    term.wait_for("samples per epoch")
+    term.keys("C-n")
+    term.wait_for("Step 3 of")
+    term.type(str(tmp_path / "out"))
+    term.keys("Tab")
+    term.type("fluxcube")
+    for step in range(4, 10):
+        term.keys("C-n")
+        term.wait_for(f"Step {step} of")
+    term.keys("C-u")  # Resolution, then the smallest and largest bucket: 64 px
+    term.type("64")
+    term.keys("Tab", "Tab", "C-u")
+    term.type("64")
+    term.keys("Tab", "C-u")
+    term.type("64")
+    for step in range(10, 18):
+        term.keys("C-n")
+        term.wait_for(f"Step {step} of")
+    term.keys("C-n")
+    review = term.wait_for("total steps: 40", 60)
+    assert "problem:" not in review
+    term.keys("End")  # the changes and the Flux files, below the plan
+    term.keys("Home")
+    term.keys("Enter")
+    done = term.wait_for("finished after 40 steps", 300)
+    assert "fluxcube.safetensors" in flat(done)
+    assert (tmp_path / "out" / "fluxcube.safetensors").is_file()
+    (record,) = (tmp_path / "state" / "wizard").glob("fluxcube.toml")
+    trained = tomllib.loads(record.read_text(encoding="utf-8"))
+    assert trained["model"]["pretrained_model_name_or_path"] == "builtin:tiny-flux"
+    assert trained["flux"]["t5xxl_max_token_length"] == 32
+    assert (trained["flux"]["ae"], trained["flux"]["t5xxl"]) == ("", "")  # the built-in's
+
+
 def test_opened_profile_trains_in_one_key_then_stops_and_continues(term, env, tmp_path):
     """`lora-tui quickstart.toml`: the review, Enter trains (one key). S stops after a
     step with what was trained saved (tag summary included), C continues, and the run ends
@@ -569,8 +620,9 @@ def test_an_import_lists_every_item_and_scrolls_at_80x24(term, env):
     term.keys("PageDown")
     term.wait_for(lambda s: "learning_rate" in s and "Mapped (" not in s)
     term.keys("End")
-    end = term.wait_for("Unknown (left out)")
-    assert "net_dim = 128" in end  # the option the profile has no field for, by name
+    # the option the profile has no field for, by name, under its group's title
+    end = term.wait_for(lambda s: "Unknown (left out)" in s and "net_dim = 128" in s)
+    assert end.index("Unknown (left out)") < end.index("net_dim = 128")
     term.keys("Escape")
     term.wait_for(lambda s: s.splitlines()[0].strip().startswith("Review"))
     term.keys("i")  # and again from the review

@@ -38,6 +38,8 @@ CLIP_L_FILE = "clip_l.safetensors"
 T5_FILE = "t5xxl.safetensors"
 CLIP_TOKENIZER_DIR = "tokenizer_clip_l"
 T5_TOKENIZER_DIR = "tokenizer_t5xxl"
+# The built-in names a profile can give and the DiT file of each (one folder holds both).
+BUILTIN_FLUX = {NAME: DIT_FILE, "tiny-chroma": CHROMA_FILE}
 
 CLIP_HIDDEN = 64
 T5_HIDDEN = 48

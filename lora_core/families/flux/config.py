@@ -156,3 +156,19 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], *, where: str = "mode
         guidance_embed="guidance_in.in_layer.weight" in shapes,
         approximator=approximator,
     )
+
+
+def split_blocks_to_swap(blocks_to_swap: int) -> tuple[int, int]:
+    """sd-scripts' split of ``blocks_to_swap`` into (double, single) blocks."""
+    double = blocks_to_swap // 2
+    return double, (blocks_to_swap - double) * 2
+
+
+def max_blocks_to_swap(depth: int, depth_single: int) -> int:
+    """The largest ``blocks_to_swap`` that leaves two blocks of each kind resident."""
+    best = 0
+    for n in range(1, 2 * (depth + depth_single)):
+        double, single = split_blocks_to_swap(n)
+        if double <= depth - 2 and single <= depth_single - 2:
+            best = n
+    return best

@@ -162,8 +162,8 @@ def load_flux_model(path: Path, *, dtype, fp8_base: bool = False, info: FluxFile
     import torch
     from safetensors import safe_open
 
-    from lora_core.families.flux.fp8 import FP8_DTYPE, to_fp8
     from lora_core.families.flux.model import Flux
+    from lora_core.models.fp8 import FP8_DTYPE, to_fp8
 
     info = info or inspect_flux_file(path, where=where)
     with torch.device("meta"):
@@ -194,6 +194,6 @@ def load_flux_model(path: Path, *, dtype, fp8_base: bool = False, info: FluxFile
                          "the file is incomplete (an interrupted download?); download it again")
     model.load_state_dict(state, assign=True, strict=True)
     if fp8_base:
-        to_fp8(model)
+        to_fp8(model, compute_dtype=dtype)  # each layer computed in the weights' dtype
     model.requires_grad_(False)
     return model.eval(), info

@@ -308,13 +308,24 @@ class Flux(nn.Module):
             for _ in range(config.depth_single_blocks))
         self.final_layer = LastLayer(hidden, config.in_channels, modulated)
         self.gradient_checkpointing = False
+        self.cpu_offload_checkpointing = False
 
-    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute each block's activations in backward instead of keeping them."""
+    def enable_gradient_checkpointing(self, enabled: bool = True, cpu_offload: bool = False
+                                      ) -> None:
+        """Recompute each block's activations in backward instead of keeping them;
+        ``cpu_offload``: keep the inputs saved for the recompute in CPU memory
+        (``offload.py``)."""
         self.gradient_checkpointing = enabled
+        self.cpu_offload_checkpointing = enabled and cpu_offload
 
     def _run(self, block: nn.Module, *args):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            if self.cpu_offload_checkpointing:
+                from lora_core.families.flux.offload import offloaded, to_device
+
+                cpu = torch.device("cpu")
+                return checkpoint(offloaded(block, args[0].device),
+                                  *(to_device(a, cpu) for a in args), use_reentrant=False)
             return checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 

@@ -28,7 +28,9 @@ Rules (read from sd-scripts' ``networks/lora_flux.py``):
 
 Not covered (they do not change which names a file has or are training-only): dropout
 arguments, ``loraplus_*``, ``network_reg_lrs``, ``ggpo_*``, ``verbose``. ``network_reg_dims``
-(regex → rank) is covered. ``conv_dim`` does not apply (Flux has no convs in its blocks).
+(regex → rank) is covered, on every module as in sd-scripts (text encoders and the in_dims
+layers too: there a match makes a module even where the in_dims rank is 0). ``conv_dim``
+does not apply (Flux has no convs in its blocks).
 
 Nothing here changes a model; it finds modules and names them.
 """
@@ -42,6 +44,12 @@ from torch import nn
 
 from lora_core.errors import ProfileError
 from lora_core.network.naming import text_encoder_path
+from lora_core.profile_flux import (  # the check parses block indices too
+    TYPE_DIM_FIELDS,
+    FluxSection,
+    parse_block_selection,
+    parse_reg_dims,
+)
 
 PREFIX_DIT = "lora_unet"
 PREFIX_CLIP_L = "lora_te1"
@@ -87,6 +95,17 @@ class FluxNetworkArgs:
                                "[img, time, vector, guidance, txt]", "e.g. in_dims=[4,0,0,0,4]")
 
 
+def lora_flux_args(fx: FluxSection) -> FluxNetworkArgs:
+    """``[flux]``'s networks.lora_flux fields (sd-scripts' network_args) for the naming."""
+    return FluxNetworkArgs(
+        train_blocks=fx.train_blocks, split_qkv=fx.split_qkv, train_t5xxl=fx.train_t5xxl,
+        type_dims=tuple((name, getattr(fx, name)) for name in TYPE_DIM_FIELDS
+                        if getattr(fx, name) is not None),
+        in_dims=fx.in_dims, train_double_block_indices=fx.train_double_block_indices,
+        train_single_block_indices=fx.train_single_block_indices,
+        reg_dims=parse_reg_dims(fx.network_reg_dims) if fx.network_reg_dims else ())
+
+
 @dataclass(frozen=True)
 class FluxTarget:
     """One module to wrap: its sd-scripts name, the Linear, its rank and alpha, and the
@@ -106,30 +125,6 @@ class FluxTarget:
                 f"{self.lora_name}.lora_up.weight": (self.module.out_features,
                                                        self.rank * pieces),
                 f"{self.lora_name}.alpha": ()}
-
-
-def parse_block_selection(selection: str, total: int, field: str) -> list[bool]:
-    """"all", "none"/"", or comma-separated indices and a-b ranges -> a mask of ``total``."""
-    selection = selection.strip()
-    if selection == "all":
-        return [True] * total
-    if selection in ("none", ""):
-        return [False] * total
-    chosen = [False] * total
-    for part in selection.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if not m:
-            raise ProfileError(f"network_args.{field}: '{part}' is not an index or a range",
-                               "write indices like 0,2,5-8")
-        start = int(m.group(1))
-        end = int(m.group(2)) if m.group(2) is not None else start
-        if not 0 <= start <= end < total:
-            raise ProfileError(f"network_args.{field}: '{part.strip()}' is outside 0-{total - 1}"
-                               f" (the model has {total} such blocks)",
-                               "use indices the model has")
-        for i in range(start, end + 1):
-            chosen[i] = True
-    return chosen
 
 
 def _linears(root: nn.Module, classes: tuple[str, ...]):
@@ -186,13 +181,16 @@ def dit_targets(flux: nn.Module, rank: int, alpha: float,
                 split = (config.hidden_size,) * 3 + (config.mlp_hidden_dim,)
         targets.append(FluxTarget(name, linear, dim, alpha, split))
     if args.in_dims is not None:
-        for module_name, dim in zip(IN_DIM_MODULES, args.in_dims, strict=True):
-            if not dim or not hasattr(flux, module_name):
+        for module_name, in_dim in zip(IN_DIM_MODULES, args.in_dims, strict=True):
+            if not hasattr(flux, module_name):
                 continue
             for path, child in getattr(flux, module_name).named_modules():
                 if isinstance(child, nn.Linear):
-                    full = f"{module_name}.{path}" if path else module_name
-                    targets.append(FluxTarget(_name(PREFIX_DIT, full), child, dim, alpha))
+                    name = _name(PREFIX_DIT, f"{module_name}.{path}" if path else module_name)
+                    dim = _regex_rank(name, args.reg_dims)  # sd-scripts: before in_dims too
+                    dim = in_dim if dim is None else dim
+                    if dim:
+                        targets.append(FluxTarget(name, child, dim, alpha))
     return targets
 
 
@@ -203,16 +201,30 @@ def _regex_rank(name: str, reg_dims: tuple[tuple[str, int], ...]) -> int | None:
     return None
 
 
-def clip_l_targets(clip_l: nn.Module, rank: int, alpha: float) -> list[FluxTarget]:
+def _ranked(named, rank: int, alpha: float, reg_dims) -> list[FluxTarget]:
+    """Text-encoder targets at ``rank``, or the first matching ``reg_dims`` rank (sd-scripts
+    applies network_reg_dims to every module; 0 drops it)."""
+    targets = []
+    for name, module in named:
+        dim = _regex_rank(name, reg_dims)
+        dim = rank if dim is None else dim
+        if dim:
+            targets.append(FluxTarget(name, module, dim, alpha))
+    return targets
+
+
+def clip_l_targets(clip_l: nn.Module, rank: int, alpha: float,
+                   reg_dims: tuple[tuple[str, int], ...] = ()) -> list[FluxTarget]:
     """CLIP-L's modules (``lora_te1_text_model_…``), whatever transformers version runs."""
-    return [FluxTarget(_name(PREFIX_CLIP_L, text_encoder_path(f"{p}.{c}")), m, rank, alpha)
-            for p, c, m in _linears(clip_l, CLIP_TARGETS)]
+    return _ranked(((_name(PREFIX_CLIP_L, text_encoder_path(f"{p}.{c}")), m)
+                    for p, c, m in _linears(clip_l, CLIP_TARGETS)), rank, alpha, reg_dims)
 
 
-def t5_targets(t5: nn.Module, rank: int, alpha: float) -> list[FluxTarget]:
+def t5_targets(t5: nn.Module, rank: int, alpha: float,
+               reg_dims: tuple[tuple[str, int], ...] = ()) -> list[FluxTarget]:
     """T5's modules (``lora_te3_encoder_block_…``), only with ``train_t5xxl``."""
-    return [FluxTarget(_name(PREFIX_T5, f"{p}.{c}"), m, rank, alpha)
-            for p, c, m in _linears(t5, T5_TARGETS)]
+    return _ranked(((_name(PREFIX_T5, f"{p}.{c}"), m) for p, c, m in _linears(t5, T5_TARGETS)),
+                   rank, alpha, reg_dims)
 
 
 def network_targets(flux: nn.Module, clip_l: nn.Module | None, t5: nn.Module | None,
@@ -222,9 +234,9 @@ def network_targets(flux: nn.Module, clip_l: nn.Module | None, t5: nn.Module | N
     T5 with ``train_t5xxl``), then the DiT, as sd-scripts orders them."""
     targets: list[FluxTarget] = []
     if train_text_encoder and clip_l is not None:
-        targets += clip_l_targets(clip_l, rank, alpha)
+        targets += clip_l_targets(clip_l, rank, alpha, args.reg_dims)
     if train_text_encoder and args.train_t5xxl and t5 is not None:
-        targets += t5_targets(t5, rank, alpha)
+        targets += t5_targets(t5, rank, alpha, args.reg_dims)
     targets += dit_targets(flux, rank, alpha, args)
     names = [t.lora_name for t in targets]
     if len(set(names)) != len(names):

@@ -31,11 +31,10 @@ import torch
 from torch import Tensor
 
 from lora_core.errors import ProfileError
+from lora_core.profile import MODEL_PREDICTION_TYPES, TIMESTEP_SAMPLINGS, WEIGHTING_SCHEMES
 
 NUM_TRAIN_TIMESTEPS = 1000
-TIMESTEP_SAMPLINGS = ("sigma", "uniform", "sigmoid", "shift", "flux_shift")
-PREDICTION_TYPES = ("raw", "additive", "sigma_scaled")
-WEIGHTING_SCHEMES = ("sigma_sqrt", "logit_normal", "mode", "cosmap", "none", "uniform")
+PREDICTION_TYPES = MODEL_PREDICTION_TYPES
 # BFL's schedule: μ grows linearly with the packed image length from 0.5 at 256 tokens to
 # 1.15 at 4096 tokens (flux/sampling.py get_lin_function).
 BASE_SHIFT, MAX_SHIFT = 0.5, 1.15

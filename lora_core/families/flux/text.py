@@ -131,34 +131,46 @@ def load_t5(path: Path, *, dtype=torch.float32, fp8: bool = False, where: str = 
     """
     from transformers import T5EncoderModel
 
-    from lora_core.families.flux.fp8 import to_fp8
+    from lora_core.models.fp8 import to_fp8
 
     path = Path(path)
-    model = T5EncoderModel(t5_config_from_shapes(_shapes(path, where, "T5-XXL"),
-                                                 f"{where}: {path.name}"))
-    _load_t5_tied(model, path, dtype, where)
-    model = model.to(dtype).eval().requires_grad_(False)
-    if fp8:
-        to_fp8(model, compute_dtype=dtype)
-    return model
+    config = t5_config_from_shapes(_shapes(path, where, "T5-XXL"), f"{where}: {path.name}")
+    if not fp8:
+        model = T5EncoderModel(config)
+        _load_t5_tied(model, path, dtype, where)
+        return model.to(dtype).eval().requires_grad_(False)
+    # fp8: built empty and filled one tensor at a time, each Linear weight narrowed to fp8
+    # as it is read, so the wide model never exists in memory.
+    with torch.device("meta"):
+        model = T5EncoderModel(config)
+    to_fp8(model, compute_dtype=dtype)
+    _load_t5_tied(model, path, dtype, where, assign=True)
+    return model.eval().requires_grad_(False)
 
 
-def _load_t5_tied(model, path: Path, dtype, where: str) -> None:
-    """Load a T5 file whose token embedding is stored once (``shared``) or twice."""
+def _load_t5_tied(model, path: Path, dtype, where: str, assign: bool = False) -> None:
+    """Load a T5 file whose token embedding is stored once (``shared``) or twice. With
+    ``assign`` (an empty model whose Linears are ``Fp8Linear``), those weights are kept as
+    float8 and every other tensor is read in ``dtype``."""
     from safetensors import safe_open
 
+    from lora_core.models.fp8 import FP8_DTYPE, Fp8Linear
+
     expected = model.state_dict()
+    fp8_keys = {f"{name}.weight" for name, m in model.named_modules()
+                if isinstance(m, Fp8Linear)}
     state = {}
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         for key in handle.keys():
             if key in expected:
-                state[key] = handle.get_tensor(key).to(dtype)
+                tensor = handle.get_tensor(key)
+                state[key] = tensor.to(FP8_DTYPE if key in fp8_keys else dtype)
     state.setdefault("encoder.embed_tokens.weight", state.get("shared.weight"))
     missing = [k for k in expected if state.get(k) is None]
     if missing:
         raise ModelError(f"{where}: {path.name} lacks {len(missing)} tensors, e.g. "
                          f"'{missing[0]}'", "the file is incomplete or of another model")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=assign)
 
 
 @dataclass

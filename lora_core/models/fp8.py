@@ -1,4 +1,5 @@
-"""Linear layers whose weights are stored as float8 (e4m3fn) and computed in a wider dtype.
+"""Linear layers whose weights are stored as float8 (e4m3fn) and computed in a wider dtype
+(any model family: the Flux transformer now, the SD U-Nets next).
 
 sd-scripts' ``fp8_base``: the frozen base model's weights take one byte each instead of two
 (bf16) or four (fp32); every forward upcasts the weight of the one layer being run to the
@@ -44,7 +45,28 @@ class Fp8Linear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         dtype = self.compute_dtype or (x.dtype if x.is_floating_point() else torch.float32)
         bias = None if self.bias is None else self.bias.to(dtype)
+        if torch.is_grad_enabled() and x.requires_grad and not self.weight.requires_grad \
+                and (bias is None or not bias.requires_grad):
+            return _Fp8Linear.apply(x.to(dtype), self.weight, bias, dtype)
         return F.linear(x.to(dtype), self.weight.to(dtype), bias)
+
+
+class _Fp8Linear(torch.autograd.Function):
+    """``F.linear`` with a frozen fp8 weight that keeps only the fp8 weight for the backward
+    (plain autograd would keep the widened copy of every layer until the backward, and the
+    model would need its full width in memory again), widening it once more there."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype
+                ) -> Tensor:
+        ctx.save_for_backward(weight)
+        ctx.dtype = dtype
+        return F.linear(x, weight.to(dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (weight,) = ctx.saved_tensors
+        return grad_out.matmul(weight.to(grad_out.dtype)), None, None, None
 
 
 def to_fp8(root: nn.Module, compute_dtype: torch.dtype | None = None,
@@ -67,6 +89,18 @@ def to_fp8(root: nn.Module, compute_dtype: torch.dtype | None = None,
             elif isinstance(child, Fp8Linear) and compute_dtype is not None:
                 child.compute_dtype = compute_dtype
     return count
+
+
+def move_keeping_fp8(module: nn.Module, device: torch.device | str, dtype: torch.dtype
+                     ) -> nn.Module:
+    """``module.to(device, dtype)`` for every tensor but the float8 ones, which only move:
+    a plain ``.to(dtype)`` would widen the fp8 weights back and undo ``fp8_base``."""
+    def convert(t: Tensor) -> Tensor:
+        if is_fp8(t.dtype):
+            return t.to(device)
+        return t.to(device, dtype if t.is_floating_point() else None)
+
+    return module._apply(convert)
 
 
 def is_fp8(dtype: torch.dtype) -> bool:
