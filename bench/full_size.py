@@ -96,7 +96,7 @@ def build_checkpoint(family: str, path: Path) -> None:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from lora_core.models.configs import init_kwargs, load_config
+    from lora_core.families.sd.configs import init_kwargs, load_config
     from tests.helpers.ldm_export import write_single_file
 
     def text_config(part: str) -> CLIPTextConfig:

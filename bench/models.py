@@ -17,7 +17,7 @@ The tokenizer is the engine's generated CLIP BPE vocabulary (about 520 tokens), 
 embedding table is smaller than SD1.5's 49,408 rows; nothing else depends on it.
 
 The folder is a plain diffusers ``StableDiffusionPipeline`` folder, built with the engine's own
-helpers (``lora_core.models.builtin``) into a temporary folder and renamed into place. This
+helpers (``lora_core.families.sd.builtin``) into a temporary folder and renamed into place. This
 module downloads nothing and measures nothing.
 """
 
@@ -99,7 +99,7 @@ def build_model(folder: Path, config: BenchModelConfig) -> None:
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from lora_core.models.builtin import (
+    from lora_core.families.sd.builtin import (
         save_text_encoder,
         sd1_text_config,
         small_vae,

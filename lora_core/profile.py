@@ -402,8 +402,18 @@ class TrainingSection:
         "when it runs (about 640 MB less VRAM per block; needs gradient_checkpointing).",
         min=1, max=200)
     fp8_base: bool = setting(
-        False, "Keep the frozen base model's Linear weights in float8 (one byte each), each "
-        "layer computed in the training precision (Flux's transformer; SD U-Nets: not yet).")
+        False, "Keep the frozen base model's weights in float8 (one byte each), each layer "
+        "computed in the training precision: the U-Net / DiT, and SD's text encoders too "
+        "(Flux: an fp8 T5 file stays fp8).")
+    fp8_base_unet: bool = setting(
+        False, "As fp8_base, for the U-Net / DiT only: the text encoders keep the training "
+        "precision.")
+    full_bf16: bool = setting(
+        False, "Keep the LoRA weights and the optimizer state in bf16 instead of float32 "
+        "(less memory; needs mixed_precision = \"bf16\").")
+    full_fp16: bool = setting(
+        False, "Keep the LoRA weights and the optimizer state in fp16 instead of float32 "
+        "(less memory; needs mixed_precision = \"fp16\", so a CUDA GPU).")
     num_processes: int = setting(
         1, "Processes to train with, one per GPU: `lora-train run` starts them through "
         "accelerate's launcher (the total batch is batch x processes x accumulation).",

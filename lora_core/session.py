@@ -283,8 +283,6 @@ def _train_and_finish(profile: Profile, profile_path: Path | None, started_run: 
                       bus: EventBus, stop_requested, seed: int, started: float) -> RunResult:
     from accelerate.utils import set_seed
 
-    from lora_core.models.families import TextSettings
-    from lora_core.models.loading import load_model
     from lora_core.saving.metadata import RunInfo, training_metadata
     from lora_core.training.optim import optimizer_description
     from lora_core.training.trainer import WEIGHT_DTYPES, Outputs, TrainState, train
@@ -296,17 +294,9 @@ def _train_and_finish(profile: Profile, profile_path: Path | None, started_run: 
     # Heavy imports only now: `check` and the wizard never pay for torch.
     set_seed(seed)
     bus.emit(PhaseChanged("loading model"))
-    import torch
 
-    bundle = _load_bundle(
-        profile, load_model, WEIGHT_DTYPES[profile.training.mixed_precision],
-        vae_dtype=torch.float32 if profile.model.no_half_vae else None,
-        vae_spec=profile.model.vae or None,
-        tokenizer_dir=profile.path("model", "tokenizer_cache_dir"),
-        v_parameterization=profile.model.v_parameterization,
-        text=TextSettings(clip_skip=profile.model.clip_skip,
-                          max_token_length=profile.dataset.max_token_length,
-                          weighted_captions=profile.dataset.weighted_captions))
+    bundle = model_family(profile).load(profile,
+                                        WEIGHT_DTYPES[profile.training.mixed_precision])
     output_dir = profile.path("saving", "output_dir")
     first_started = (started_run.status.started_at if started_run.status is not None
                      else started)
@@ -315,10 +305,10 @@ def _train_and_finish(profile: Profile, profile_path: Path | None, started_run: 
                   model_file=bundle.model_file,
                   optimizer_repr=optimizer_description(profile.optimizer),
                   warmup_steps=plan.warmup_steps, max_train_steps=plan.max_train_steps,
-                  num_epochs=plan.num_epochs, num_processes=plan.num_processes,
-                  family=bundle.family)
+                  num_epochs=plan.num_epochs, num_processes=plan.num_processes)
     outputs = Outputs(output_dir=output_dir, output_name=output_name,
-                      metadata=_family_metadata(bundle, training_metadata(profile, plan, run)),
+                      metadata=bundle.impl.file_metadata(
+                          bundle, profile, training_metadata(profile, plan, run)),
                       save_precision=profile.saving.save_precision,
                       run_dir=folder.path if main else None,
                       replace_existing=resume is not None)
@@ -344,30 +334,14 @@ def _train_and_finish(profile: Profile, profile_path: Path | None, started_run: 
     return RunResult(folder, outputs.written, interrupted, state.step, seconds)
 
 
-# Families whose bundle is not an SD one (``models.loading``): the function that loads it
-# from the whole profile (the DiT and the files beside it).
-FAMILY_LOADERS = {"flux": ("lora_core.families.flux.family", "load_flux_bundle")}
-
-
-def _load_bundle(profile: Profile, load_model, dtype, **sd_options):
-    """The profile's base model: an SD checkpoint/folder through ``load_model``, or a family
-    that loads from several files (Flux) through its own loader."""
-    import importlib
-
+def model_family(profile: Profile):
+    """The family of the profile's base model (headers only). A pickled checkpoint's family
+    is told when it loads: it is an SD checkpoint, which any SD family's loader reads."""
+    from lora_core.family_registry import family
     from lora_core.models.loading import inspect_model
 
-    family = inspect_model(profile.model.pretrained_model_name_or_path, profile.base_dir).family
-    if family in FAMILY_LOADERS:
-        module, name = FAMILY_LOADERS[family]
-        return getattr(importlib.import_module(module), name)(profile, dtype)
-    return load_model(profile.model.pretrained_model_name_or_path, profile.base_dir, dtype,
-                      **sd_options)
-
-
-def _family_metadata(bundle, metadata: dict[str, str]) -> dict[str, str]:
-    """The family's own keys over the common ones (Flux: ss_base_model_version, ...)."""
-    own = getattr(bundle.impl, "file_metadata", None)
-    return own(bundle, metadata) if own is not None else metadata
+    name = inspect_model(profile.model.pretrained_model_name_or_path, profile.base_dir).family
+    return family(name or "sd1")
 
 
 class EndingNotes:

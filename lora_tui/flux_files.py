@@ -16,6 +16,7 @@ from pathlib import Path
 from lora_core.errors import LoraError
 from lora_core.families.flux.builtin import BUILTIN_FLUX, CHROMA_FILE
 from lora_core.families.flux.files import inspect_flux_file
+from lora_core.family_registry import family
 from lora_core.models.loading import ModelSource
 
 FLUX_FILES = ("ae", "clip_l", "t5xxl")  # the [flux] files the model step asks for
@@ -51,8 +52,8 @@ class FluxModel:
 
 def flux_model(source: ModelSource) -> FluxModel | None:
     """The Flux model ``source`` is (None for another family)."""
-    if source.family != "flux":
-        return None
+    if source.family is None or not family(source.family).model_files:
+        return None  # a family whose model is one file
     if source.kind == "builtin":
         variant = "chroma" if BUILTIN_FLUX.get(source.name) == CHROMA_FILE else "dev"
         return FluxModel(variant, True, None)

@@ -29,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lora_core.checks.flux import MEANINGLESS_FOR_FLUX
+from lora_core.families.flux.checks import MEANINGLESS_FOR_FLUX
+from lora_core.family_registry import family
 from lora_core.profile import FIELD_CONDITIONS, SECTIONS, When
 from lora_core.profile_flux import LORA_FLUX_ARGS
 
@@ -93,6 +94,22 @@ def _for_flux(section: str, key: str, *, when: Callable[[Draft], bool] | None = 
     return Condition(applies_now)
 
 
+def _lever(key: str, when: Callable[[Draft], bool] | None = None) -> Condition:
+    """A ``[training]`` memory lever: asked where the base model's family has it (its
+    ``levers``: fp8 for SD and Flux, block swap for Flux), and ``when`` holds; an answered
+    one stays in sight and in the profile wherever it is, where the check says what is
+    wrong with it (nothing typed is dropped without a word)."""
+
+    def applies_now(draft: Draft) -> bool:
+        answered = draft.text("training", key) != ""
+        name = draft.model_family()
+        if name is None:
+            return answered
+        return answered or (key in family(name).levers and (when is None or when(draft)))
+
+    return Condition(applies_now)
+
+
 def _not_flux(section: str, key: str) -> Condition:
     """An SD-only field of the model step (the check refuses it for Flux, and says why):
     hidden for a Flux model unless it holds a value, which stays in sight to be removed."""
@@ -121,14 +138,22 @@ FLUX_CONDITIONS: dict[FieldKey, Condition] = {
                                       when=_is("flux", "weighting_scheme", "mode")),
     # networks.lora_flux's arguments (which blocks, per-type ranks), on the network step.
     **{("flux", key): _for_flux("flux", key) for key in LORA_FLUX_ARGS},
-    # Memory settings wired for Flux's transformer only (SD U-Nets: not yet; the check
-    # refuses them there): block swap and CPU-offloaded checkpointing with checkpointing.
-    ("training", "fp8_base"): _for_flux("training", "fp8_base"),
-    ("training", "blocks_to_swap"): _for_flux(
-        "training", "blocks_to_swap", when=_is("training", "gradient_checkpointing", "true")),
-    ("training", "cpu_offload_checkpointing"): _for_flux(
-        "training", "cpu_offload_checkpointing",
-        when=_is("training", "gradient_checkpointing", "true")),
+    # Memory levers, where the model's family has them (the check refuses them elsewhere):
+    # fp8 base weights (SD and Flux); block swap and CPU-offloaded checkpointing (Flux),
+    # with checkpointing.
+    ("training", "fp8_base"): _lever("fp8_base"),
+    ("training", "fp8_base_unet"): _lever("fp8_base_unet"),
+    # The LoRA and its optimizer state in half precision: with that mixed precision only.
+    ("training", "full_bf16"): Condition(
+        lambda d: d.current("training", "mixed_precision") == "bf16"
+        or d.text("training", "full_bf16") != "", keep=True),
+    ("training", "full_fp16"): Condition(
+        lambda d: d.current("training", "mixed_precision") == "fp16"
+        or d.text("training", "full_fp16") != "", keep=True),
+    ("training", "blocks_to_swap"): _lever(
+        "blocks_to_swap", when=_is("training", "gradient_checkpointing", "true")),
+    ("training", "cpu_offload_checkpointing"): _lever(
+        "cpu_offload_checkpointing", when=_is("training", "gradient_checkpointing", "true")),
     **{("model", key): _not_flux("model", key)
        for key in ("v_parameterization", "clip_skip", "vae", "no_half_vae")},
     # The clip-skip question (clip_skip itself stays in sight while it holds a value).
@@ -278,7 +303,9 @@ STEPS: tuple[Step, ...] = (
          (("training", "train_batch_size"),),
          (("training", "gradient_accumulation_steps"),
           ("training", "gradient_checkpointing"), ("training", "fp8_base"),
-          ("training", "blocks_to_swap"), ("training", "cpu_offload_checkpointing"),
+          ("training", "fp8_base_unet"), ("training", "full_bf16"), ("training", "full_fp16"),
+          ("training", "blocks_to_swap"),
+          ("training", "cpu_offload_checkpointing"),
           ("training", "num_processes"),
           ("training", "gpu_ids"))),
     Step("Epochs or steps", "How long training runs: epochs (each image x its repeats once) "

@@ -10,18 +10,26 @@ would give.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lora_core.checks import flux, levers, optimizer
+from lora_core.checks import levers, optimizer
 from lora_core.checks.problem import Problem, error, from_error, warning
-from lora_core.checks.rules import block_problems
 from lora_core.errors import LoraError
+from lora_core.family_registry import all_families, family, family_words
 from lora_core.models.loading import ModelSource, inspect_model, inspect_vae
-from lora_core.profile import Profile
-from lora_core.saving.lora_header import FAMILY_WORDS
+from lora_core.profile import OPTIONAL_SECTIONS, SECTIONS, Profile
+from lora_core.values import format_value
 
+if TYPE_CHECKING:
+    from lora_core.families.interface import ModelFamily
+
+# A pickled (.ckpt) checkpoint is an SD one (only SD checkpoints are pickled); which SD
+# variant is told when it loads. The SD families answer alike what is asked of it here.
+PICKLED_CHECKPOINTS = "sd1"
 _MODEL = {"section": "model", "key": "pretrained_model_name_or_path"}
 
 
@@ -90,79 +98,57 @@ def input_problems(profile: Profile, source: ModelSource | LoraError) -> list[Pr
     """Every problem with the files the profile names. ``source``: the answer of
     :func:`inspect_profile_model`."""
     found: list[Problem] = []
-    family = None if isinstance(source, LoraError) else source.family
+    fam = source_family(source)
     if isinstance(source, LoraError):
         found += from_error(source, **_MODEL, path=profile.model.pretrained_model_name_or_path)
-    elif family == "flux":  # its own files and options (SD's VAE, tokenizers, blocks: none)
-        found += flux.flux_input_problems(profile)
-        found += flux.flux_option_problems(profile)
-    else:
-        found += model_problems(profile, source)
-        if family is not None:
-            found += flux.flux_section_problems(profile, FAMILY_WORDS.get(family, family))
-    if profile.model.vae and family != "flux":  # flux_option_problems refuses it
+    else:  # the family's own files and options
+        reader = fam or family(PICKLED_CHECKPOINTS)  # it leaves out what needs the variant
+        found += reader.input_problems(profile, source)
+        found += family_section_problems(profile, reader)
+    if profile.model.vae and (fam is None or fam.reads_model_vae):
         try:
             inspect_vae(profile.model.vae, profile.base_dir)
         except LoraError as exc:
             found.append(error(exc.message, exc.hint, section="model", key="vae",
                                path=profile.model.vae))
-    found += lora_weights_problems(profile, None if isinstance(source, LoraError)
-                                   else source.family)
-    if family != "flux":  # refused for Flux (not wired yet)
+    found += lora_weights_problems(profile, None if fam is None else fam.name)
+    if fam is None or fam.supports_base_weights:  # else refused by the family's check
         found += base_weights_problems(profile)
     found += sample_prompt_problems(profile)
-    found += levers.lever_problems(profile, family)
+    pickled = not isinstance(source, LoraError) and fam is None
+    found += levers.lever_problems(profile, family(PICKLED_CHECKPOINTS) if pickled else fam)
     found += optimizer.installed_optimizer_problems(profile.optimizer)
     found += output_problems(profile)
     found += logging_problems(profile)
     return found
 
 
-def model_problems(profile: Profile, source: ModelSource) -> list[Problem]:
-    """Settings that do not fit the detected model, and what loading it would miss."""
-    found: list[Problem] = []
-    family = source.family
-    if "VAE" in source.missing and not profile.model.vae:
-        found.append(error(f"the checkpoint {source.path} has no VAE: set `[model] vae` to a "
-                           "VAE file or folder", section="model", key="vae"))
-    found += tokenizer_problems(profile, source)
-    if family is None:
-        return found
-    names = FAMILY_WORDS
-    if profile.model.v2 is not None and profile.model.v2 != (family == "sd2"):
-        found.append(error(f"`[model] v2` = {str(profile.model.v2).lower()} but the model is "
-                           f"{names.get(family, family)} (detected from its weights); remove v2",
-                           section="model", key="v2"))
-    from lora_core.network.blocks import block_layout  # pure Python
-
-    found += block_problems(profile, block_layout(family))
-    steps = profile.dataset.bucket_reso_steps
-    if family in ("sd1", "sd2") and profile.dataset.enable_bucket and steps % 64:
-        found.append(error(f"`[dataset] bucket_reso_steps` = {steps} must be a multiple of 64 "
-                           f"for {names[family]} models (32 is allowed for SDXL only)",
-                           section="dataset", key="bucket_reso_steps"))
-    return found
-
-
-def tokenizer_problems(profile: Profile, source: ModelSource) -> list[Problem]:
-    """Checkpoints hold no tokenizers: each one the family needs must be on this machine
-    (``models.tokenizers.find_tokenizer``, the lookup the load uses). A pickled checkpoint's
-    family is told only when it loads: SD 1.x is assumed unless ``[model] v2`` says SD 2.x."""
-    if source.kind == "builtin":
-        return []
-    from lora_core.models.tokenizers import ROLES, find_tokenizer
-
-    family = source.family or ("sd2" if profile.model.v2 else "sd1")
-    folder = source.path if source.kind == "diffusers" else None
+def family_section_problems(profile: Profile, fam: ModelFamily) -> list[Problem]:
+    """Values set in a family's own table (``[flux]``) for a model of another family."""
     found = []
-    for index, role in enumerate(ROLES[family]):
-        try:
-            find_tokenizer(role, folder, ("tokenizer", "tokenizer_2")[index],
-                           profile.path("model", "tokenizer_cache_dir"))
-        except LoraError as exc:
-            found.append(error(exc.message, exc.hint, section="model",
-                               key="tokenizer_cache_dir"))
+    for section in OPTIONAL_SECTIONS:
+        if section in fam.profile_sections:
+            continue
+        owner = next((f.words for f in all_families() if section in f.profile_sections),
+                     section)
+        default = SECTIONS[section]()
+        for f in dataclasses.fields(default):
+            value = getattr(getattr(profile, section), f.name)
+            if value != getattr(default, f.name):
+                found.append(error(
+                    f"`[{section}] {f.name}` = {format_value(value)} is only for {owner} "
+                    f"models, and the base model is {fam.words}",
+                    f"remove it (or the whole [{section}] table), or choose a {owner} model",
+                    section=section, key=f.name))
     return found
+
+
+def source_family(source: ModelSource | LoraError) -> ModelFamily | None:
+    """The family of the profile's model, None when the headers do not tell (a pickled
+    checkpoint) or the model cannot be used."""
+    if isinstance(source, LoraError) or source.family is None:
+        return None
+    return family(source.family)
 
 
 # network_module -> the kind its files' tensors show (lora_header's names); DyLoRA's files
@@ -193,7 +179,7 @@ def lora_weights_problems(profile: Profile, model_family: str | None) -> list[Pr
             and header.family != model_family:
         return [error(f"`[network] network_weights` {path} is a LoRA for "
                       f"{header.family_words} models, but the base model is "
-                      f"{FAMILY_WORDS.get(model_family, model_family)}",
+                      f"{family_words(model_family)}",
                       "start from a LoRA trained for this base model, or leave "
                       "network_weights empty", **spot)]
     return _weights_shape_problems(profile, path, header.shapes, header.network_type)
@@ -351,29 +337,9 @@ def logging_problems(profile: Profile) -> list[Problem]:
 
 
 def model_notes(profile: Profile, source: ModelSource | LoraError) -> list[Problem]:
-    """Settings that run but are probably not what was meant (sd-scripts warns about them)."""
-    from lora_core.models.loading import prediction_warning
-
-    notes: list[Problem] = []
-    family = None
-    if not isinstance(source, LoraError):
-        family = source.family
-        if family == "flux":  # its SD options are refused by name (checks.flux)
-            return notes
-        text = prediction_warning(source, bool(profile.model.v_parameterization))
-        if text and "v_pred" not in source.markers:  # the marker's own note says it
-            notes.append(warning(text, section="model", key="v_parameterization"))
-    clip = {"section": "model", "key": "clip_skip"}
-    if profile.model.clip_skip != 1 and family == "sdxl":
-        notes.append(warning("`[model] clip_skip` is ignored for SDXL models (sd-scripts ignores "
-                             "it too)", **clip))
-    elif profile.model.clip_skip != 1 and family == "sd2":
-        from lora_core.models.family_sd2 import clip_skip_warning
-
-        notes.append(warning(clip_skip_warning(profile.model.clip_skip), **clip))
-    if profile.training.zero_terminal_snr and not profile.model.v_parameterization:
-        notes.append(warning("`[training] zero_terminal_snr` is meant for v-prediction models: "
-                             "with noise prediction the last timestep has nothing left to "
-                             "predict (set `[model] v_parameterization` = true if the model is "
-                             "a v-pred model)", section="training", key="zero_terminal_snr"))
-    return notes
+    """Settings that run but are probably not what was meant (sd-scripts warns about them):
+    the model family's own (a pickled checkpoint's: SD's, leaving out what needs the
+    variant); none for a model that cannot be used (its problem is reported instead)."""
+    if isinstance(source, LoraError):
+        return []
+    return (source_family(source) or family(PICKLED_CHECKPOINTS)).notes(profile, source)

@@ -1,8 +1,16 @@
-"""Checks of the memory levers (``[training] fp8_base``, ``blocks_to_swap``,
-``cpu_offload_checkpointing``): where each can work, and what it needs, by field.
+"""Checks of the memory levers (``[training] fp8_base`` / ``fp8_base_unet``,
+``full_bf16`` / ``full_fp16``, ``blocks_to_swap``, ``cpu_offload_checkpointing``): where each
+can work, and what it needs, by field. Which levers a model has is its family's answer (``levers``).
 
-* ``fp8_base``: the Flux transformer (and an fp8 T5 file); SD 1.x / 2.x / SDXL U-Nets are not
-  wired yet; float8 needs torch 2.1 or later.
+* ``fp8_base`` / ``fp8_base_unet``: the SD U-Nets (and with ``fp8_base`` their text
+  encoders) and the Flux transformer; float8 needs torch 2.1 or later; not with the
+  LyCORIS modules (``lycoris.kohya``, ``dora_wd``), which read the base layer's weight, kept
+  in float8 then (lora-train's own LoRA / LoCon / LoHa / LoKr / DyLoRA only add to the
+  layer's output). sd-scripts also requires mixed precision for it; here fp8 weights compute
+  in fp32 when mixed_precision = "no", so a CPU can use it.
+* ``full_bf16`` / ``full_fp16``: the LoRA weights (so their gradients and the optimizer
+  state) in that half dtype, which must be the compute dtype: ``mixed_precision`` = "bf16" /
+  "fp16" (as sd-scripts); one or the other. fp16 needs a CUDA GPU (``machine``'s check).
 * ``blocks_to_swap``: Flux only, with gradient checkpointing (without it autograd would keep
   every block's weights for the backward, so none could leave the GPU), not with
   ``cpu_offload_checkpointing`` (as sd-scripts), and at most what leaves two double and two
@@ -14,28 +22,37 @@ No torch: the torch version is read from the installed package's metadata.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from lora_core.checks.problem import Problem, error
-from lora_core.profile import Profile
-from lora_core.saving.lora_header import FAMILY_WORDS as _WORDS
+from lora_core.family_registry import all_families
+from lora_core.profile import Profile, uses_lycoris
+
+if TYPE_CHECKING:
+    from lora_core.families.interface import ModelFamily
 
 
-def lever_problems(profile: Profile, family: str | None) -> list[Problem]:
-    """Every lever set where it cannot work, at its field. ``family``: the base model's
-    (None when it is not known: nothing family-specific is said then)."""
+def lever_problems(profile: Profile, fam: ModelFamily | None) -> list[Problem]:
+    """Every lever set where it cannot work, at its field. ``fam``: the base model's family
+    (None when it is not known: nothing family-specific is said then), which says which
+    levers it has (``levers``) and its own limits on them."""
     tr = profile.training
     found: list[Problem] = []
-    if tr.fp8_base:
-        found += _fp8_problems(family)
-    flux_only = {"blocks_to_swap": tr.blocks_to_swap, "cpu_offload_checkpointing":
-                 tr.cpu_offload_checkpointing or None}
-    for key, value in flux_only.items():
+    for key in ("fp8_base", "fp8_base_unet"):
+        if getattr(tr, key):
+            found += _fp8_problems(profile, fam, key)
+    found += _half_lora_problems(profile)
+    swapping = {"blocks_to_swap": tr.blocks_to_swap, "cpu_offload_checkpointing":
+                tr.cpu_offload_checkpointing or None}
+    for key, value in swapping.items():
         if value is None:
             continue
-        if family is not None and family != "flux":
+        if fam is not None and key not in fam.levers:
+            owners = " / ".join(f.words for f in all_families() if key in f.levers)
             found.append(error(
-                f"`[training] {key}` is for Flux models; the base model is "
-                f"{_WORDS.get(family, family)}", "remove it (SD U-Nets fit with "
-                "gradient_checkpointing, cache_latents and an 8-bit optimizer)",
+                f"`[training] {key}` is for {owners} models; the base model is "
+                f"{fam.words}", "remove it (this model fits with gradient_checkpointing, "
+                "cache_latents, fp8_base and an 8-bit optimizer)",
                 section="training", key=key))
             continue
         if not tr.gradient_checkpointing:
@@ -50,51 +67,64 @@ def lever_problems(profile: Profile, family: str | None) -> list[Problem]:
                            "blocks_to_swap (as in sd-scripts)",
                            "choose one: blocks_to_swap saves more memory",
                            section="training", key="cpu_offload_checkpointing"))
-    if tr.blocks_to_swap and family == "flux":
-        found += _swap_limit(profile)
+    if fam is not None:
+        found += fam.lever_problems(profile)
     return found
 
 
-def _fp8_problems(family: str | None) -> list[Problem]:
+def _half_lora_problems(profile: Profile) -> list[Problem]:
+    """full_bf16 / full_fp16 with the mixed precision of their dtype, one at a time."""
+    tr = profile.training
+    if tr.full_bf16 and tr.full_fp16:
+        return [error("`[training] full_fp16` and full_bf16 are both set: the LoRA weights are "
+                      "kept in one half dtype", "keep the one that matches mixed_precision "
+                      "(full_bf16 with \"bf16\", full_fp16 with \"fp16\") and remove the "
+                      "other", section="training", key="full_fp16")]
     found = []
-    if family is not None and family != "flux":
+    for key, wanted in (("full_bf16", "bf16"), ("full_fp16", "fp16")):
+        if getattr(tr, key) and tr.mixed_precision != wanted:
+            found.append(error(
+                f"`[training] {key}` keeps the LoRA weights in {wanted}, so it needs "
+                f"mixed_precision = \"{wanted}\"; it is \"{tr.mixed_precision}\"",
+                f"set [training] mixed_precision = \"{wanted}\", or remove {key}",
+                section="training", key=key))
+    optimizer = profile.optimizer.optimizer_type
+    if tr.full_fp16 and optimizer.split(".")[-1] in _FP16_UNSAFE_OPTIMIZERS:
+        # torch's Adam family keeps its moments in the parameters' dtype: in fp16 their
+        # eps (1e-8) is 0 and a small second moment underflows to 0, so a step divides by 0
+        # and the weights become inf (measured: three steps at lr 1e-4).
         found.append(error(
-            f"`[training] fp8_base` for {_WORDS.get(family, family)} U-Nets is not wired yet "
-            "(the Flux transformer has it)", "remove fp8_base; gradient_checkpointing and "
-            "an 8-bit optimizer lower the memory an SD LoRA needs",
-            section="training", key="fp8_base"))
+            f"`[training] full_fp16` with {optimizer}: its moments would be fp16, where its "
+            "eps (1e-8) is 0, and the LoRA weights become infinite within a few steps",
+            "use optimizer_type = \"AdamW8bit\" (its state is 8-bit with fp32 maths), or "
+            "full_bf16 on a GPU with bf16", section="training", key="full_fp16"))
+    return found
+
+
+# torch's optimizers whose state follows the parameters' dtype and divide by sqrt(v) + eps.
+_FP16_UNSAFE_OPTIMIZERS = {"AdamW", "Adam", "NAdam", "RAdam", "Adamax", "Adagrad", "RMSprop"}
+
+
+def _fp8_problems(profile: Profile, fam: ModelFamily | None, key: str) -> list[Problem]:
+    found = []
+    if fam is not None and key not in fam.levers:
+        found.append(error(
+            f"`[training] {key}` for {fam.words} models is not wired yet",
+            f"remove {key}; gradient_checkpointing and an 8-bit optimizer lower the memory "
+            "a LoRA needs", section="training", key=key))
+    net = profile.network
+    if uses_lycoris(net):
+        found.append(error(
+            f"`[training] {key}` with LyCORIS' {net.network_module}"
+            f"{' (dora_wd)' if net.dora_wd else ''} modules is not wired: they read the base "
+            "layer's weight, which fp8 keeps in float8", f"use LoRA / LoCon / LoHa / LoKr "
+            f"with {key}, or remove {key}", section="training", key=key))
     version = _torch_version()
     if version is not None and version < (2, 1):
-        found.append(error(f"`[training] fp8_base` needs torch 2.1 or later for float8; this "
+        found.append(error(f"`[training] {key}` needs torch 2.1 or later for float8; this "
                            f"is torch {'.'.join(map(str, version))}",
-                           "upgrade torch, or remove fp8_base",
-                           section="training", key="fp8_base"))
+                           f"upgrade torch, or remove {key}", section="training", key=key))
     return found
-
-
-def _swap_limit(profile: Profile) -> list[Problem]:
-    from lora_core.errors import LoraError
-    from lora_core.families.flux.config import max_blocks_to_swap
-    from lora_core.families.flux.inputs import resolve_inputs
-
-    try:
-        inputs = resolve_inputs(profile)
-    except LoraError:
-        return []  # the inputs' own check says what is wrong
-    if inputs.info is None:  # the built-in before its first run: its sizes are ours
-        from lora_core.families.flux.builtin import TINY_CONFIG
-
-        depth, single = TINY_CONFIG.depth, TINY_CONFIG.depth_single_blocks
-    else:
-        depth, single = inputs.info.config.depth, inputs.info.config.depth_single_blocks
-    most = max_blocks_to_swap(depth, single)
-    if profile.training.blocks_to_swap <= most:
-        return []
-    return [error(f"`[training] blocks_to_swap` = {profile.training.blocks_to_swap} is more "
-                  f"than this model allows: it has {depth} double and {single} single blocks, "
-                  f"and two of each stay on the GPU, so at most {most}",
-                  f"use {most} or less" if most else "remove blocks_to_swap: this model is "
-                  "too small to swap blocks", section="training", key="blocks_to_swap")]
 
 
 def _torch_version() -> tuple[int, int] | None:

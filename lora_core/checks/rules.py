@@ -76,6 +76,13 @@ def _resolution(p: Profile) -> list[Problem]:
         found.append(error(f"`[dataset] bucket_reso_steps` = {ds.bucket_reso_steps} must be a "
                            "multiple of 32 (64 for SD 1.x/2.x models)", key="bucket_reso_steps",
                            **spot))
+    if ds.enable_bucket and ds.bucket_reso_steps > min(width, height, ds.max_bucket_reso):
+        # Not one bucket side fits (the bucket maths once divided by zero here).
+        found.append(error(f"`[dataset] bucket_reso_steps` = {ds.bucket_reso_steps} is larger "
+                           f"than the resolution's smaller side or max_bucket_reso "
+                           f"({min(width, height, ds.max_bucket_reso)}): no bucket fits",
+                           "use 64 (or 32 for SDXL and Flux)", key="bucket_reso_steps",
+                           **spot))
     return found
 
 

@@ -5,6 +5,7 @@
     lora-train status [RUN_FOLDER] [--json]
     lora-train stop RUN_FOLDER [--force]
     lora-train check PROFILE [--set ...]
+    lora-train calibrate PROFILE [--set ...] [--memory-budget SIZE] [--steps N] [--json]
     lora-train rerun-last [--events FILE|-]
     lora-train queue PROFILE... [--continue-on-error]
     lora-train fields

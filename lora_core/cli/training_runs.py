@@ -247,7 +247,54 @@ def _queue(args: argparse.Namespace) -> int:
     return run_queue(args.profiles, args.continue_on_error)
 
 
+def cmd_calibrate(profile_path: Path, overrides: list[str], budget_text: str | None,
+                  steps: int, as_json: bool, again: bool, timeout_s: float | None = None
+                  ) -> int:
+    """Measure the run's time and memory before it (``lora_core.calibrate``). Exit code 1
+    when there is a budget and neither the profile nor any proposal fits it."""
+    import json
+
+    from lora_core.calibrate import calibrate, parse_size, render
+
+    budget = parse_size(budget_text) if budget_text is not None else None
+    import signal
+
+    def stop(signum, frame):  # the wizard closed the dialog: the measurement stops with it
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+    def progress(text: str) -> None:  # on stderr: --json's stdout stays one object
+        print(f"{text} ...", file=sys.stderr, flush=True)
+
+    result = calibrate(profile_path, overrides, budget=budget, steps=steps, again=again,
+                       timeout_s=timeout_s, progress=progress)
+    print(json.dumps(result.as_json(), indent=1) if as_json else render(result))
+    if result.budget_bytes is None:
+        return 0
+    return 0 if result.fits or any(p.fits for p in result.proposals) else 1
+
+
 def add_parsers(sub) -> None:
+    calibrate = sub.add_parser(
+        "calibrate", help="measure a run's time and memory before it (a few real steps, "
+        "nothing saved) and the settings that make it fit a memory budget")
+    calibrate.add_argument("profile", type=Path)
+    calibrate.add_argument("--set", dest="overrides", action="append", default=[],
+                           metavar="SECTION.KEY=VALUE", help="override a profile field")
+    calibrate.add_argument("--memory-budget", metavar="SIZE",
+                           help="the memory the run may use: bytes, or 12GB / 11.5GiB / "
+                           "900MiB (default on a GPU: its free memory; on a CPU: none)")
+    calibrate.add_argument("--steps", type=int, default=6,
+                           help="training steps to measure after 2 warm-up steps (6)")
+    calibrate.add_argument("--json", action="store_true", help="print one JSON object")
+    calibrate.add_argument("--again", action="store_true",
+                           help="measure anew instead of showing a remembered result")
+    calibrate.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                           help="the longest one measurement may take (1800)")
+    calibrate.set_defaults(handler=lambda args: cmd_calibrate(
+        args.profile, args.overrides, args.memory_budget, args.steps, args.json, args.again,
+        args.timeout))
     run = sub.add_parser("run", help="train from a profile")
     run.add_argument("profile", type=Path)
     resume = sub.add_parser("resume", help="continue a stopped, failed or crashed run from "

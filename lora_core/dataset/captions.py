@@ -15,7 +15,7 @@ Pure Python, no torch. Every random choice comes from the ``random.Random`` pass
 (:func:`sample_rng` of the sample's place in the run), never from the global ``random``
 module, so a given (seed, epoch, position) always produces the same caption: exact resume
 and data-loader workers both rely on that. This module does not read caption files (that is
-``scan.py``) and does not tokenize (that is ``models/families.py``).
+``scan.py``) and does not tokenize (that is the model family's ``tokenize``).
 """
 
 from __future__ import annotations

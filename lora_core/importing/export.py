@@ -26,7 +26,8 @@ import tomli_w
 from lora_core.atomic import atomic_write
 from lora_core.dataset.scan import parse_folder_name
 from lora_core.errors import LoraError
-from lora_core.profile import SECTIONS, Profile
+from lora_core.family_registry import family as family_named
+from lora_core.profile import OPTIONAL_SECTIONS, SECTIONS, Profile
 from lora_core.profile_flux import LORA_FLUX_ARGS, lora_flux_network_args
 
 # Fields sd-scripts reads from --network_args rather than as options of their own.
@@ -55,9 +56,6 @@ NO_EQUIVALENT = {
 }
 # accelerate launch's options (before the script's name): sd-scripts' parsers refuse them.
 ACCELERATE_FIELDS = ("num_processes", "gpu_ids")
-FLUX = "flux"
-# sd-scripts' LoRA module for Flux.1 / Chroma (flux_train_network.py).
-FLUX_NETWORK_MODULE = "networks.lora_flux"
 # Fields the dataset_config holds instead of the command line.
 DATASET_FIELDS = ("train_data_dir", "reg_data_dir")
 # Dataset fields sd-scripts reads per subset in a dataset_config (kohya-compat.md §2.2).
@@ -81,26 +79,28 @@ def _notify_left_out(section) -> list[str]:
             for where in destinations(section)]
 
 
-def sd_scripts_options(profile: Profile, family: str | None = None
+def sd_scripts_options(profile: Profile, family_name: str | None = None
                        ) -> tuple[list[tuple[str, Any]], list[str]]:
     """The profile as sd-scripts options, in field order (``True`` = a flag, a list = several
-    values), and the lines of what is not exported. ``family``: the base model's ("flux"
-    exports the ``[flux]`` options and networks.lora_flux; any other leaves ``[flux]`` out,
-    since only flux_train_network.py defines those options)."""
+    values), and the lines of what is not exported. ``family_name``: the base model's; its
+    own tables (Flux's ``[flux]``) are exported, another family's left out (only that
+    family's script defines those options), and a LoRA is its family's LoRA module
+    (networks.lora, networks.lora_flux)."""
     options: list[tuple[str, Any]] = []
     network_args: list[str] = []
     left_out: list[str] = []
-    flux = family == FLUX
+    fam = family_named(family_name) if family_name else None
+    own_sections = fam.profile_sections if fam else ()
     for section_name, cls in SECTIONS.items():
         section = getattr(profile, section_name)
         if section_name == "notify":
             left_out += _notify_left_out(section)
             continue
-        if section_name == FLUX and not flux:
-            continue  # at its defaults on an SD profile (the check refuses anything else)
+        if section_name in OPTIONAL_SECTIONS and section_name not in own_sections:
+            continue  # at its defaults for this family (the check refuses anything else)
         for f in dataclasses.fields(cls):
             key, value = f.name, getattr(section, f.name)
-            if section_name == FLUX and key in LORA_FLUX_ARGS:
+            if key in LORA_FLUX_ARGS:  # [flux]'s only
                 continue  # networks.lora_flux's network_args: added below
             if key == "network_multiplier":  # a dataset_config key in sd-scripts, no option
                 if value != 1.0:
@@ -119,8 +119,8 @@ def sd_scripts_options(profile: Profile, family: str | None = None
                 value = optimizer_args_list(profile.optimizer)  # the defaults it runs with
             if value is None or value == "" or value is False or value == []:
                 continue
-            if key == "network_module" and flux and value == "LoRA":
-                options.append(("network_module", FLUX_NETWORK_MODULE))
+            if key == "network_module" and fam is not None and value == "LoRA":
+                options.append(("network_module", fam.lora_module))
                 continue
             if key == "network_module":
                 module, algo = LORA_MODULES[value]
@@ -154,7 +154,7 @@ def sd_scripts_options(profile: Profile, family: str | None = None
             if isinstance(value, tuple):
                 value = list(value)  # several values (text_encoder_lr A B), never "(A, B)"
             options.append((key, value))
-    if flux:
+    if "flux" in own_sections:  # networks.lora_flux's network_args, from [flux]
         network_args += [f"{k}={v}" for k, v in lora_flux_network_args(profile.flux).items()]
     if network_args:
         options.append(("network_args", network_args))
@@ -205,7 +205,7 @@ def family_script(profile: Profile) -> tuple[str, str | None]:
     source = inspect_profile_model(profile)
     family = getattr(source, "family", None)
     if family is not None:
-        return SCRIPTS.get(family, "train_network.py"), None
+        return family_named(family).sd_scripts_script, None
     model = profile.model.pretrained_model_name_or_path
     ds, lr = profile.dataset, profile.optimizer.text_encoder_lr
     if ds.cache_text_encoder_outputs or ds.cache_text_encoder_outputs_to_disk:
@@ -218,23 +218,6 @@ def family_script(profile: Profile) -> tuple[str, str | None]:
         f"the base model {model!r} could not be read here, so lora-train could not tell its "
         f"family{rates}: the commands run train_network.py (SD 1.x / 2.x); for an SDXL model "
         "run sdxl_train_network.py instead")
-
-
-SCRIPTS = {"sdxl": "sdxl_train_network.py", FLUX: "flux_train_network.py"}
-
-
-def _flux_model_type(profile: Profile, source: Any) -> str | None:
-    """sd-scripts' ``--model_type`` a Flux profile needs written: its own, or "chroma" for
-    a Chroma file it leaves unset (flux_train_network.py takes "flux" unless told)."""
-    if profile.flux.model_type or getattr(source, "kind", "") != "single_file":
-        return None
-    from lora_core.families.flux.files import inspect_flux_file
-
-    try:
-        info = inspect_flux_file(source.path)
-    except LoraError:
-        return None
-    return info.model_type if info.variant == "chroma" else None
 
 
 def command_line(options: list[tuple[str, Any]], windows: bool, script: str,
@@ -281,14 +264,8 @@ def export_sd_scripts(profile: Profile, folder: Path) -> list[Path]:
     profile = resolved_prediction(profile, source)
     family = getattr(source, "family", None)
     options, left_out = sd_scripts_options(profile, family)
-    model_type = _flux_model_type(profile, source) if family == FLUX else None
-    if model_type:  # told by the file; sd-scripts must be told
-        options.append(("model_type", model_type))
-    chroma = "chroma" in (model_type, profile.flux.model_type) \
-        or profile.model.pretrained_model_name_or_path.strip() == "builtin:tiny-chroma"
-    if family == FLUX and chroma and profile.flux.guidance_scale is None:
-        # Unset trains Chroma at 0.0 here; sd-scripts' default is 3.5, so it must be told.
-        options.append(("guidance_scale", 0.0))
+    if family is not None:  # what its script must be told that the profile leaves unset
+        options += family_named(family).sd_scripts_told(profile, source)
     config = dataset_config(profile) if not profile.dataset.dataset_config else None
     names = ["config.toml", "command.sh", "command.bat", "NOT-EXPORTED.txt"]
     if config is not None:

@@ -35,13 +35,11 @@ from pathlib import Path
 import torch
 
 from lora_core.errors import LoraError
-from lora_core.families.flux import FAMILY as FLUX_FAMILY
-from lora_core.families.flux import metadata as flux_metadata
+from lora_core.family_registry import family
 from lora_core.saving.lora_file import read_lora, save_lora
 from lora_core.saving.lora_header import LoraHeader, read_lora_header
 
 DYNAMIC_METHODS = ("sv_fro", "sv_ratio", "sv_cumulative")
-SD_BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 _PARTS = ("lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha")
 
 
@@ -389,14 +387,9 @@ def _merge_metadata(first: LoraHeader, read: list) -> dict[str, str]:
 def _family_keys(header: LoraHeader) -> dict[str, str]:
     """The base model version and network module sd-scripts writes for the file's family,
     for a merged file whose first input's metadata does not say."""
-    if header.family == FLUX_FAMILY:
-        return {"ss_base_model_version": flux_metadata.base_model_version(
-                    header.variant or "dev"),
-                "ss_network_module": flux_metadata.NETWORK_MODULE}
-    keys = {"ss_network_module": "networks.lora"}
-    if header.family:
-        keys["ss_base_model_version"] = SD_BASE_MODEL_VERSIONS[header.family]
-    return keys
+    if header.family is None:
+        return {"ss_network_module": "networks.lora"}
+    return family(header.family).merged_file_keys(header.variant)
 
 
 def _comment(metadata: dict[str, str], added: str) -> str:

@@ -19,13 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lora_core.saving.lora_header import (
-    FAMILY_WORDS,
-    PART_WORDS,
-    VARIANT_WORDS,
-    LoraHeader,
-    read_lora_header,
-)
+from lora_core.family_registry import family
+from lora_core.saving.lora_header import LoraHeader, read_lora_header
 
 # ss_* keys shown as the training settings, in this order, with a label.
 SETTINGS = (("ss_output_name", "output name"), ("ss_network_module", "network module"),
@@ -43,19 +38,6 @@ SETTINGS = (("ss_output_name", "output name"), ("ss_network_module", "network mo
             ("ss_seed", "seed"), ("ss_num_train_images", "train images (with repeats)"),
             ("ss_num_reg_images", "reg images (with repeats)"),
             ("ss_training_comment", "comment"))
-# Per family: its own ss_* keys (shown after the common ones), the common ones that mean
-# nothing for it (hidden: Flux has no CLIP skip, CLIP token length or min-SNR), and labels.
-FAMILY_SETTINGS = {"flux": (
-    ("ss_model_type", "model type"), ("ss_guidance_scale", "guidance scale"),
-    ("ss_timestep_sampling", "timestep sampling"), ("ss_sigmoid_scale", "sigmoid scale"),
-    ("ss_discrete_flow_shift", "discrete flow shift"),
-    ("ss_model_prediction_type", "model prediction type"),
-    ("ss_weighting_scheme", "weighting scheme"), ("ss_logit_mean", "logit mean"),
-    ("ss_logit_std", "logit std"), ("ss_mode_scale", "mode scale"),
-    ("ss_apply_t5_attn_mask", "apply T5 attention mask"),
-    ("ss_t5xxl_max_token_length", "T5 max token length"))}
-HIDDEN_SETTINGS = {"flux": {"ss_clip_skip", "ss_max_token_length", "ss_min_snr_gamma"}}
-SETTING_LABELS = {"flux": {"ss_unet_lr": "DiT lr"}}
 # The user fields: where A1111's Additional Networks extension (ssmd_*) and ModelSpec
 # readers (modelspec.*; Civitai, ComfyUI) find them (kohya-compat.md §7.4, §7.5).
 USER_FIELDS = {"title": ("ssmd_display_name", "modelspec.title"),
@@ -102,11 +84,12 @@ def inspect_lora(path: Path) -> dict[str, Any]:
 def _settings(header: LoraHeader) -> dict[str, str]:
     """The recorded training settings by label: the common ones (less those meaningless for
     the file's family), then the family's own."""
-    family = header.family or ""
-    hidden = HIDDEN_SETTINGS.get(family, set())
-    labels = SETTING_LABELS.get(family, {})
+    fam = family(header.family) if header.family else None
+    hidden = fam.inspect_hidden if fam else frozenset()
+    labels = fam.inspect_labels if fam else {}
     rows = [(key, labels.get(key, label)) for key, label in SETTINGS if key not in hidden]
-    return {label: header.metadata[key] for key, label in (*rows, *FAMILY_SETTINGS.get(family, ()))
+    own = fam.inspect_settings if fam else ()
+    return {label: header.metadata[key] for key, label in (*rows, *own)
             if header.metadata.get(key) not in (None, "", "None")}
 
 
@@ -180,18 +163,20 @@ def render_inspect(report: dict[str, Any], tags_per_folder: int = 15) -> str:
     def value(v: Any) -> str:
         return "-" if v in (None, "") else f"{v:g}" if isinstance(v, float) else str(v)
 
-    family = FAMILY_WORDS.get(report["family"] or "", "unknown")
-    variant = (f"; variant: {VARIANT_WORDS[report['variant']]}" if report.get("variant")
-               else "")
+    fam = family(report["family"]) if report["family"] else None
+    family_name = fam.words if fam else "unknown"
+    variant = (f"; variant: {fam.variant_words(report['variant'])}"
+               if fam and report.get("variant") else "")
+    part_words = fam.part_words if fam else {}
     lines = [f"File: {report['file']}",
-             f"Base model family: {family} (from the {report['family_source']}){variant}"
+             f"Base model family: {family_name} (from the {report['family_source']}){variant}"
              if report["family"] else "Base model family: unknown (no metadata says, and "
              "the tensors fit more than one)",
              f"Network: {report['network_type']}, dim {value(report['dim'])}, alpha "
              f"{value(report['alpha'])}" + (f"; conv dim {value(report['conv_dim'])}, conv "
                                            f"alpha {value(report['conv_alpha'])}"
                                            if report["conv_dim"] else ""),
-             "Modules: " + ", ".join(f"{PART_WORDS.get(part, part)} {n}"
+             "Modules: " + ", ".join(f"{part_words.get(part, part)} {n}"
                                      for part, n in report["modules"].items())]
     if report.get("key_style", "kohya") != "kohya":
         lines.append("Keys: diffusers/PEFT style (lora_A/lora_B); resize and merge need "

@@ -64,11 +64,6 @@ SDXL_BLOCKS = BlockLayout("SDXL", 23, 9, 3, True,
                           "embedding, 9 input, 3 middle, 9 output, out")
 
 
-def block_layout(family: str) -> BlockLayout:
-    """The block layout of a model family ("sd1", "sd2", "sdxl")."""
-    return SDXL_BLOCKS if family == "sdxl" else SD_BLOCKS
-
-
 # Same pattern sd-scripts matches (RE_UPDOWN): block kind, block i, part, index j.
 _UPDOWN = re.compile(r"(up|down)_blocks_(\d+)_(resnets|upsamplers|downsamplers|attentions)_(\d+)_")
 # SDXL names (original layout), as sd-scripts' get_block_index(is_sdxl=True) reads them.

@@ -25,14 +25,15 @@ from torch import nn
 
 from lora_core.errors import ProfileError
 from lora_core.network.adapter import AdapterModule, AdapterNetwork
-from lora_core.network.blocks import BlockShape, block_dims_and_alphas, block_layout
+from lora_core.network.blocks import SD_BLOCKS, BlockLayout, BlockShape, block_dims_and_alphas
 from lora_core.network.loha import LoHaModule
 from lora_core.network.lokr import LoKrModule
 from lora_core.network.lora import DyLoRAModule, LoRAModule
 from lora_core.network.lycoris_family import LycorisFamilyNetwork, make_module, uses_lycoris
 from lora_core.network.naming import (
+    SD_NAMING,
+    LoraNaming,
     Target,
-    default_text_encoder_prefixes,
     text_encoder_targets,
     unet_targets,
 )
@@ -61,16 +62,18 @@ def _check(net: NetworkSection) -> None:
 
 def build_network(unet: nn.Module, text_encoders: list[nn.Module], net: NetworkSection,
                   lr_weights: list[float] | None = None,
-                  text_encoder_prefixes: list[str] | None = None, *, family: str = "sd1",
+                  text_encoder_prefixes: list[str] | None = None, *,
+                  naming: LoraNaming = SD_NAMING, layout: BlockLayout = SD_BLOCKS,
                   shapes: dict[str, tuple[int, float]] | None = None) -> AdapterNetwork:
     """The network of type ``net.network_module`` over ``unet`` and ``text_encoders``.
 
-    ``family`` ("sd1", "sd2", "sdxl", the bundle's) decides the key names and block layout:
-    SDXL names U-Net modules in the original layout, its text encoders ``lora_te1`` /
-    ``lora_te2``, and has 23 block slots. ``lr_weights``: the per-block learning-rate
-    weights (blocks.block_lr_weights with the family's layout), or None; blocks with weight
-    0 get no module. ``text_encoder_prefixes``: one key prefix per encoder, overriding the
-    family's. ``shapes`` (``dim_from_weights``, ``base_weights``): (rank, alpha) by kohya
+    ``naming`` and ``layout`` are the model family's (``bundle.impl.naming`` and
+    ``block_layout()``; SD 1.x's by default): SDXL names U-Net modules in the original
+    layout, its text encoders ``lora_te1`` / ``lora_te2``, and has 23 block slots.
+    ``lr_weights``: the per-block learning-rate weights (blocks.block_lr_weights with the
+    family's layout), or None; blocks with weight 0 get no module.
+    ``text_encoder_prefixes``: one key prefix per encoder, overriding the family's.
+    ``shapes`` (``dim_from_weights``, ``base_weights``): (rank, alpha) by kohya
     name from a file; only those modules are built, with those shapes. The modules are built
     in float32 on the default device and not yet applied: call ``apply_to()``.
     """
@@ -79,7 +82,7 @@ def build_network(unet: nn.Module, text_encoders: list[nn.Module], net: NetworkS
     conv_rank, conv_alpha = conv_rank_and_alpha(net)
     blocks = block_dims_and_alphas(net.block_dims, net.block_alphas, net.conv_block_dims,
                                    net.conv_block_alphas, net.network_dim, net.network_alpha,
-                                   conv_rank, conv_alpha, lr_weights, block_layout(family))
+                                   conv_rank, conv_alpha, lr_weights, layout)
     lycoris = uses_lycoris(net)
     network = LycorisFamilyNetwork(kind) if lycoris else AdapterNetwork(kind)
 
@@ -96,7 +99,7 @@ def build_network(unet: nn.Module, text_encoders: list[nn.Module], net: NetworkS
 
     if not net.network_train_unet_only:
         prefixes = (text_encoder_prefixes
-                    or default_text_encoder_prefixes(family, len(text_encoders)))
+                    or naming.text_encoder_prefixes(len(text_encoders)))
         for encoder, prefix in zip(text_encoders, prefixes, strict=True):
             for target in text_encoder_targets(encoder, prefix):
                 if shapes is not None:
@@ -108,7 +111,7 @@ def build_network(unet: nn.Module, text_encoders: list[nn.Module], net: NetworkS
     if not net.network_train_text_encoder_only:
         with_conv = conv_rank is not None or (blocks is not None and blocks.conv_dims is not None)
         for target in unet_targets(unet, with_conv=with_conv or shapes is not None,
-                                   family=family):
+                                   naming=naming):
             if shapes is not None:
                 if target.lora_name in shapes:
                     network.add(make(target, *shapes[target.lora_name]), text_encoder=False)

@@ -18,6 +18,7 @@ from torch import nn
 
 from lora_core.errors import ProfileError
 from lora_core.network.build import build_network
+from lora_core.network.naming import SD_NAMING, LoraNaming
 from lora_core.network.weights import load_network_weights, module_shapes
 from lora_core.profile import NetworkSection
 
@@ -26,14 +27,15 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def merge_base_weights(unet: nn.Module, text_encoders: list[nn.Module], paths: list[str],
-                       multipliers: list[float], family: str) -> list[str]:
-    """Merge each file into ``unet`` / ``text_encoders`` in place; returns warnings."""
+                       multipliers: list[float], naming: LoraNaming = SD_NAMING) -> list[str]:
+    """Merge each file into ``unet`` / ``text_encoders`` in place; returns warnings.
+    ``naming``: the model family's (how its modules are named in the files)."""
     warnings = []
     for index, path in enumerate(paths):
         multiplier = multipliers[index] if index < len(multipliers) else 1.0
         shapes = module_shapes(Path(path), "base_weights")
         network = build_network(unet, text_encoders, NetworkSection(network_module="LoCon"),
-                                family=family, shapes=shapes)
+                                naming=naming, shapes=shapes)
         if not network.lora_modules():
             raise ProfileError(f"`[network] base_weights` {path} has no module of this model",
                                "it was trained for another model type")

@@ -11,7 +11,7 @@ parse these names:
 * Name = ``<prefix>.<module path of the parent>.<child path>`` with every ``.`` turned into
   ``_``. SD 1.x/2.x U-Net paths are diffusers' (``down_blocks_0_attentions_0_...``); SDXL U-Net
   paths are the original SAI layout (``input_blocks_4_1_...``, mapped by
-  ``models/unet_layout.py``), because sd-scripts trains SDXL on its own SAI-layout U-Net.
+  ``families/sd/unet_layout.py``), because sd-scripts trains SDXL on its own SAI-layout U-Net.
   SDXL's two text encoders get ``lora_te1`` / ``lora_te2``.
   Text-encoder paths are those of transformers 4.x (``text_model.encoder.layers...``)
   whatever version is installed: transformers >= 5.6 dropped the ``text_model`` wrapper, and
@@ -23,17 +23,18 @@ would write ``lora_te_encoder_layers_…`` — one reason these types are implem
 default "full" preset also wraps ``conv_in``, ``conv_out`` and ``time_embedding.linear_1/2``,
 which sd-scripts (kohya-compat.md §6.1) and this module leave out.
 
-Nothing here changes a model; it only finds modules and names them.
+Nothing here changes a model; it only finds modules and names them. Importing it imports no
+torch (the families' naming rules are read by the checks).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from lora_core.models.unet_layout import UNetLayout, diffusers_to_original
+if TYPE_CHECKING:  # importing the names (a family's LoraNaming) needs no torch
+    from torch import nn
 
 UNET_TARGETS = ("Transformer2DModel",)
 UNET_CONV_TARGETS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
@@ -42,8 +43,28 @@ TEXT_ENCODER_TARGETS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
 PREFIX_UNET = "lora_unet"
 PREFIX_TEXT_ENCODER = "lora_te"
 PREFIXES_SDXL_TEXT_ENCODERS = ("lora_te1", "lora_te2")
-# Families whose U-Net LoRA names use the original (SAI / LDM) module paths.
-ORIGINAL_UNET_NAMING = frozenset({"sdxl"})
+
+
+@dataclass(frozen=True)
+class LoraNaming:
+    """How sd-scripts' ``networks.lora`` names one SD-family model: the defaults are SD 1.x's
+    and SD 2.x's; SDXL's family object holds one with ``numbered_text_encoders`` (``lora_te1``
+    / ``lora_te2``) and ``unet_renamer``, which maps the U-Net's diffusers module paths to the
+    SAI layout sd-scripts names them in (``families/sd/unet_layout.py``)."""
+
+    numbered_text_encoders: bool = False
+    # unet -> (diffusers module path -> the path its LoRA is named after); None: as it is.
+    unet_renamer: Callable[[nn.Module], Callable[[str], str]] | None = None
+
+    def text_encoder_prefixes(self, count: int) -> list[str]:
+        """Key prefix of each text encoder: ``lora_te`` (SD 1.x/2.x), ``lora_te1/2``
+        (SDXL)."""
+        if self.numbered_text_encoders:
+            return list(PREFIXES_SDXL_TEXT_ENCODERS[:count])
+        return [PREFIX_TEXT_ENCODER] * count
+
+
+SD_NAMING = LoraNaming()
 
 
 @dataclass(frozen=True)
@@ -65,18 +86,13 @@ def text_encoder_path(path: str) -> str:
 
 
 def _kind(module: nn.Module) -> str | None:
+    from torch import nn
+
     if isinstance(module, nn.Linear):
         return "linear"
     if isinstance(module, nn.Conv2d):
         return "conv1x1" if module.kernel_size == (1, 1) else "conv3x3"
     return None
-
-
-def default_text_encoder_prefixes(family: str, count: int) -> list[str]:
-    """Key prefix of each text encoder: ``lora_te`` (SD 1.x/2.x), ``lora_te1/2`` (SDXL)."""
-    if family == "sdxl":
-        return list(PREFIXES_SDXL_TEXT_ENCODERS[:count])
-    return [PREFIX_TEXT_ENCODER] * count
 
 
 def find_targets(root: nn.Module, prefix: str, target_classes: tuple[str, ...],
@@ -108,16 +124,12 @@ def find_targets(root: nn.Module, prefix: str, target_classes: tuple[str, ...],
     return targets
 
 
-def unet_targets(unet: nn.Module, with_conv: bool, family: str = "sd1") -> list[Target]:
-    """The U-Net's targets, named in the layout ``family`` uses (see the module docstring)."""
+def unet_targets(unet: nn.Module, with_conv: bool, naming: LoraNaming = SD_NAMING
+                 ) -> list[Target]:
+    """The U-Net's targets, named in the layout ``naming`` says (see the module
+    docstring)."""
     classes = UNET_TARGETS + (UNET_CONV_TARGETS if with_conv else ())
-    rename = None
-    if family in ORIGINAL_UNET_NAMING:
-        layout = UNetLayout.from_config(unet.config)
-
-        def rename(path: str) -> str:
-            return diffusers_to_original(path, layout)
-
+    rename = naming.unet_renamer(unet) if naming.unet_renamer is not None else None
     return find_targets(unet, PREFIX_UNET, classes, include_conv3x3=with_conv, rename=rename)
 
 

@@ -27,13 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from lora_core.errors import ModelError
-from lora_core.models.checkpoint import read_header
+from lora_core.family_registry import family, family_words
+from lora_core.models.headers import read_header
 
-FAMILY_WORDS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux.1"}
-VARIANT_WORDS = {"dev": "Flux.1 dev", "schnell": "Flux.1 schnell", "chroma": "Chroma"}
-# modelspec.architecture (before "/lora") of each Flux variant, as families.flux.metadata
-# writes it (a test holds the two equal; saving/ sits below families/, so it cannot ask).
-FLUX_ARCHITECTURES = {"dev": "flux-1-dev", "schnell": "flux-1-schnell", "chroma": "chroma"}
 # lora_te3_: sd-scripts' T5 modules (Flux.1; lora_te1_ is its CLIP-L).
 LORA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")
 # The tensors that tell a module's type apart (LyCORIS' names, kohya-compat.md §6.7; the
@@ -62,10 +58,6 @@ NOT_A_LORA_HINT = "give a LoRA file trained with sd-scripts, LyCORIS or lora-tra
 FOREIGN_KEYS_HINT = ("convert it to kohya names first (sd-scripts' networks/convert_flux_lora.py "
                      "--src ai-toolkit --dst sd-scripts); `lora-train inspect` and `edit` read "
                      "it as it is")
-# Modules per part of a Flux.1 model, in the order they are shown; words for every part.
-FLUX_PARTS = ("double_blocks", "single_blocks", "dit_other", "clip_l", "t5")
-PART_WORDS = {"double_blocks": "double blocks", "single_blocks": "single blocks",
-              "dit_other": "other DiT layers", "clip_l": "CLIP-L", "t5": "T5"}
 
 
 @dataclass
@@ -85,42 +77,36 @@ class LoraHeader:
 
     @property
     def family_words(self) -> str:
-        return FAMILY_WORDS.get(self.family or "", "an unknown model family")
+        return family_words(self.family)
 
     @property
     def variant(self) -> str | None:
-        """Flux.1's variant, "dev" / "schnell" / "chroma", where the metadata says (None
-        for other families and for a file that does not say)."""
-        return flux_variant(self.metadata) if self.family == "flux" else None
+        """The variant of the family the file was trained on, where its metadata says
+        (Flux.1: "dev" / "schnell" / "chroma"); None for families without variants."""
+        return None if self.family is None else family(self.family).lora_variant(self.metadata)
 
     @property
     def base_words(self) -> str:
         """The base model in words: the variant where known ("Flux.1 dev", "Chroma"),
         else the family ("SD 1.x", "Flux.1")."""
-        return VARIANT_WORDS.get(self.variant or "", self.family_words)
+        if self.family is None or self.variant is None:
+            return self.family_words
+        return family(self.family).variant_words(self.variant)
 
     @property
     def lineage(self) -> str | None:
-        """Which LoRAs this one can be merged with (those of the same lineage): its family,
-        except that Flux.1 splits into Chroma (a model trained far from schnell, without its
-        modulation layers) and dev / schnell. None when nothing tells (also a Flux file whose
-        variant is unknown: it may be either)."""
-        if self.family != "flux":
-            return self.family
-        variant = self.variant
-        return None if variant is None else "chroma" if variant == "chroma" else "flux1"
+        """Which LoRAs this one can be merged with (those of the same lineage): its
+        family's answer (SD: the family; Flux.1: Chroma apart from dev / schnell). None
+        when nothing tells."""
+        return None if self.family is None else family(self.family).lora_lineage(self.variant)
 
     @property
     def counts(self) -> dict[str, int]:
         """Modules per part: "unet", "te" (SD 1/2), "te1" and "te2" (SDXL); for Flux.1
-        :data:`FLUX_PARTS` (double / single blocks, other DiT layers, CLIP-L, T5)."""
-        parts: Counter = Counter()
-        if self.family == "flux":
-            for name in self.modules:
-                parts[flux_part(name)] += 1
-            return {part: parts[part] for part in FLUX_PARTS if parts[part]}
-        for name in self.modules:
-            parts[name.split("_")[1]] += 1  # lora_unet_..., lora_te_..., lora_te1_...
+        its double / single blocks, other DiT layers, CLIP-L, T5 (the family's parts)."""
+        if self.family is not None:
+            return family(self.family).lora_parts(self.modules)
+        parts: Counter = Counter(name.split("_")[1] for name in self.modules)
         return dict(parts)
 
     @property
@@ -266,35 +252,6 @@ def lora_family(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str]) ->
     return None
 
 
-def flux_variant(metadata: dict[str, str]) -> str | None:
-    """"dev", "schnell" or "chroma" as a Flux LoRA's metadata says (``modelspec.architecture``
-    as ``families.flux.metadata`` writes it, sd-scripts' "chroma" base model version and
-    model type), None when it does not ("flux1" alone is dev or schnell)."""
-    architecture = metadata.get("modelspec.architecture", "").partition("/")[0]
-    for variant, name in FLUX_ARCHITECTURES.items():
-        if architecture == name:
-            return variant
-    if "chroma" in (metadata.get("ss_base_model_version"), metadata.get("ss_model_type")):
-        return "chroma"
-    return None
-
-
-def flux_part(name: str) -> str:
-    """The part of a Flux.1 model a LoRA module adapts (:data:`FLUX_PARTS`), from its name
-    in sd-scripts' layout (``lora_unet_double_blocks_0_…``, ``lora_te1_…`` CLIP-L,
-    ``lora_te3_…`` T5) or diffusers' (``transformer.single_transformer_blocks.0.…``,
-    ``text_encoder.`` CLIP-L, ``text_encoder_2.`` T5)."""
-    if name.startswith(("lora_te1_", "text_encoder.")):
-        return "clip_l"
-    if name.startswith(("lora_te3_", "text_encoder_2.")):
-        return "t5"
-    if re.search(r"single_(?:transformer_)?blocks[._]\d", name):
-        return "single_blocks"
-    if re.search(r"(?:double|transformer)_blocks[._]\d", name):
-        return "double_blocks"
-    return "dit_other"
-
-
 def _foreign_flux_modules(shapes: dict[str, tuple[int, ...]]) -> list[str]:
     """The module names of a Flux LoRA saved with another trainer's key names (diffusers /
     PEFT ``lora_A``/``lora_B``, also with BFL block names), [] for any other file."""
@@ -319,4 +276,4 @@ def family_mismatch(header: LoraHeader, model_family: str | None) -> str | None:
     if model_family is None or header.family is None or header.family == model_family:
         return None
     return (f"{header.path} is a LoRA for {header.family_words} models, but the base model "
-            f"is {FAMILY_WORDS.get(model_family, model_family)}")
+            f"is {family_words(model_family)}")

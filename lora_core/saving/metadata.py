@@ -4,6 +4,10 @@ Keys and value formats follow sd-scripts (kohya-compat.md §7.2, §7.4): every v
 string (``str()`` of the Python value, so booleans are "True"/"False" and unset values
 "None"), and JSON-shaped keys hold JSON text. A1111's and ComfyUI's metadata viewers and
 LoRA managers (e.g. Civitai's uploader) read these keys.
+
+The keys that depend on the model family (``ss_v2``, ``ss_base_model_version``,
+``modelspec.architecture`` / ``implementation``, Flux's flow settings) are the family's: its
+``file_metadata`` adds them over what this module writes.
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ class RunInfo:
     max_train_steps: int
     num_epochs: int
     num_processes: int = 1
-    family: str = "sd1"  # "sd1", "sd2" or "sdxl": the loaded model's
 
 
 # Keys sd-scripts writes only when the dataset comes from folders (no dataset_config).
@@ -99,10 +102,8 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
         "ss_network_alpha": net.network_alpha,
         "ss_network_dropout": net.network_dropout,
         "ss_mixed_precision": tr.mixed_precision,
-        "ss_full_fp16": False,
-        "ss_v2": run.family == "sd2",
-        "ss_base_model_version": base_model_version(run.family,
-                                                    bool(profile.model.v_parameterization)),
+        "ss_full_fp16": tr.full_fp16,
+        "ss_full_bf16": tr.full_bf16,
         "ss_clip_skip": profile.model.clip_skip,
         "ss_max_token_length": None if ds.max_token_length == 75 else ds.max_token_length,
         "ss_cache_latents": ds.cache_latents or ds.cache_latents_to_disk,
@@ -133,7 +134,7 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
         "ss_huber_scale": tr.huber_scale,
         "ss_huber_c": tr.huber_c,
         "ss_fp8_base": tr.fp8_base,
-        "ss_fp8_base_unet": False,
+        "ss_fp8_base_unet": tr.fp8_base_unet,
         "ss_sd_model_name": run.model_name,
         # The seed actually used when images are held out (unset, it falls back).
         "ss_validation_seed": plan.validation_seed if plan.validation_batches
@@ -188,7 +189,7 @@ def training_metadata(profile: Profile, plan: TrainingPlan, run: RunInfo) -> dic
         for key in FOLDER_MODE_KEYS:
             metadata.pop(key, None)
         metadata.update(datasets_metadata(plan))
-    metadata.update(modelspec(profile, run.output_name, width, height, run.family))
+    metadata.update(modelspec(profile, run.output_name, width, height))
     if profile.saving.no_metadata:
         # sd-scripts' --no_metadata: its minimum keys (what loaders need) and the modelspec.
         metadata = {k: v for k, v in metadata.items()
@@ -240,31 +241,11 @@ def network_module_and_args(profile: Profile) -> tuple[str, dict[str, str]]:
     return module, args
 
 
-def base_model_version(family: str, v_parameterization: bool) -> str:
-    """``ss_base_model_version`` as sd-scripts writes it (§7.2)."""
-    if family == "sdxl":
-        return "sdxl_base_v1-0"
-    return f"sd_{'v2' if family == 'sd2' else 'v1'}{'_v' if v_parameterization else ''}"
-
-
-def modelspec_architecture(family: str, v_parameterization: bool) -> str:
-    """``modelspec.architecture`` of a LoRA for this base model (SAI ModelSpec, §7.4)."""
-    if family == "sdxl":
-        return "stable-diffusion-xl-v1-base/lora"
-    if family == "sd2":
-        return ("stable-diffusion-v2-768-v/lora" if v_parameterization
-                else "stable-diffusion-v2-512/lora")
-    return "stable-diffusion-v1/lora"
-
-
-def modelspec(profile: Profile, title: str, width: int, height: int,
-              family: str = "sd1") -> dict[str, str]:
-    v_pred = bool(profile.model.v_parameterization)
+def modelspec(profile: Profile, title: str, width: int, height: int) -> dict[str, str]:
+    """The modelspec keys every family writes; ``modelspec.architecture`` and
+    ``modelspec.implementation`` are the family's (``file_metadata``)."""
     spec = {
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": modelspec_architecture(family, v_pred),
-        "modelspec.implementation": ("https://github.com/Stability-AI/generative-models"
-                                     if family == "sdxl" else "diffusers"),
         "modelspec.title": profile.saving.metadata_title or title,
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.date": datetime.now().replace(microsecond=0).isoformat(),

@@ -16,13 +16,16 @@ and parameter bytes, every tokenizer's vocabulary and merges, ``clip_skip`` and
 outputs are never read. The file name is a digest of the caption; the metadata repeats the
 full fingerprint and the caption (a digest collision is caught there).
 
-Contents: ``hidden_state`` (T, D), the U-Net's ``encoder_hidden_states`` for the caption, and,
-for SDXL, ``pool`` (P,), the pooled embedding (sd-scripts keeps ``hidden_state1`` /
-``hidden_state2`` / ``pool2``; ours is the concatenation the U-Net takes), in the dtype they
-were computed in. The metadata also holds a SHA-256 of the tensors' names, shapes, dtypes and
-bytes, so a file with flipped bytes is caught as surely as a truncated one. A file is reused
-only when its metadata matches, it loads, the checksum agrees and the tensors are finite;
-anything else is rebuilt and overwritten, never fatal. Every write goes through
+Contents: ``hidden_state`` (T, D), the denoiser's text states for the caption (SD's
+``encoder_hidden_states``, Flux's T5 states), for SDXL and Flux ``pool`` (P,), the pooled
+embedding (sd-scripts keeps ``hidden_state1`` / ``hidden_state2`` / ``pool2``; ours is the
+concatenation the U-Net takes), and for Flux ``mask`` (T,), T5's padding mask, in the dtype
+they were computed in. A family whose encoding depends on settings besides ``TextSettings``
+(Flux: T5's token count and attention mask) adds them to the fingerprint. The metadata also
+holds a SHA-256 of the tensors' names, shapes, dtypes and bytes, so a file with flipped
+bytes is caught as surely as a truncated one. A file is reused only when its metadata
+matches, it loads, the checksum agrees and the tensors are finite; anything else is rebuilt
+and overwritten, never fatal. Every write goes through
 ``lora_core.atomic``.
 """
 
@@ -42,7 +45,7 @@ from safetensors.torch import save_file
 from lora_core import paths
 from lora_core.atomic import atomic_write
 from lora_core.errors import DatasetError
-from lora_core.models.families import TextConditioning, TextSettings
+from lora_core.models.bundle import TextConditioning, TextSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ FORMAT = "lora-tui-text-encoder-outputs"
 FORMAT_VERSION = "1"
 HIDDEN = "hidden_state"
 POOL = "pool"
+MASK = "mask"
 # transformers config keys that say where a model came from, not what it computes.
 _CONFIG_KEYS_IGNORED = ("transformers_version", "_name_or_path", "_commit_hash")
 
@@ -80,7 +84,8 @@ def entry_path(root: Path, key: TextKey) -> Path:
 
 
 def text_encoder_fingerprint(family: str, text_encoders: list[Any], tokenizers: list[Any],
-                             text: TextSettings) -> str:
+                             text: TextSettings, family_settings: dict[str, Any] | None = None
+                             ) -> str:
     """A hash of everything besides the caption that decides its text conditioning.
 
     Same approach as ``latent_cache.vae_fingerprint``: the config (without the keys that only
@@ -97,8 +102,12 @@ def text_encoder_fingerprint(family: str, text_encoders: list[Any], tokenizers: 
                               "max_token_length": text.max_token_length,
                               # only when on, so caches written before it stay valid
                               **({"weighted_captions": True}
-                                 if getattr(text, "weighted_captions", False) else {})}
-                             ).encode())
+                                 if getattr(text, "weighted_captions", False) else {}),
+                              # the family's own (Flux's T5 settings); none for SD, so SD
+                              # caches written before it stay valid
+                              **({"family_settings": family_settings}
+                                 if family_settings else {})},
+                             sort_keys=False, default=str).encode())
     for encoder in text_encoders:
         _hash_module(digest, encoder)
     for tokenizer in tokenizers:
@@ -140,6 +149,8 @@ def write_entry(path: Path, key: TextKey, row: TextConditioning) -> None:
     tensors = {HIDDEN: _own_storage(row.hidden)}
     if row.pooled is not None:
         tensors[POOL] = _own_storage(row.pooled)
+    if row.mask is not None:
+        tensors[MASK] = _own_storage(row.mask)
     metadata = {**key.metadata(), "content_sha256": _content_digest(tensors)}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
@@ -171,7 +182,7 @@ def read_entry(path: Path, key: TextKey) -> TextConditioning | None:
             if metadata != key.metadata():
                 return None
             names = set(handle.keys())
-            if HIDDEN not in names or not names <= {HIDDEN, POOL}:
+            if HIDDEN not in names or not names <= {HIDDEN, POOL, MASK}:
                 return None
             tensors = {name: handle.get_tensor(name) for name in names}
     except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
@@ -180,20 +191,23 @@ def read_entry(path: Path, key: TextKey) -> TextConditioning | None:
     if recorded != _content_digest(tensors):
         log.info("text-encoder cache file %s is corrupt; encoding it again", path)
         return None
-    hidden, pooled = tensors[HIDDEN], tensors.get(POOL)
-    if hidden.ndim != 2 or (pooled is not None and pooled.ndim != 1):
+    hidden, pooled, mask = tensors[HIDDEN], tensors.get(POOL), tensors.get(MASK)
+    if hidden.ndim != 2 or (pooled is not None and pooled.ndim != 1) \
+            or (mask is not None and mask.shape != hidden.shape[:1]):
         return None
     if not all(torch.isfinite(t).all() for t in tensors.values()):
         return None
-    return TextConditioning(hidden, pooled)
+    return TextConditioning(hidden, pooled, mask)
 
 
 def load_entry(path: Path) -> TextConditioning:
     """The conditioning in a file checked by :func:`read_entry` earlier."""
     try:
         with safe_open(str(path), framework="pt") as handle:
-            pooled = handle.get_tensor(POOL) if POOL in handle.keys() else None
-            return TextConditioning(handle.get_tensor(HIDDEN), pooled)
+            names = set(handle.keys())
+            pooled = handle.get_tensor(POOL) if POOL in names else None
+            mask = handle.get_tensor(MASK) if MASK in names else None
+            return TextConditioning(handle.get_tensor(HIDDEN), pooled, mask)
     except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
         raise DatasetError(
             f"cannot read the text-encoder cache file {path}: {exc}",

@@ -37,12 +37,7 @@ from lora_core.dataset.images import flip_horizontal, load_training_image
 from lora_core.dataset.loader import pixels_to_tensor
 from lora_core.dataset.plan import TrainingPlan
 from lora_core.errors import DatasetError
-from lora_core.models.families import (
-    ModelBundle,
-    TextConditioning,
-    encode_conditioning,
-    family_of,
-)
+from lora_core.models.bundle import ModelBundle, TextConditioning
 from lora_core.saving import latent_cache, text_cache
 from lora_core.saving.latent_cache import LatentKey
 from lora_core.training.prompt_weights import encode_weighted
@@ -291,9 +286,9 @@ def encode_captions(bundle: ModelBundle, captions: list[str], device: torch.devi
     one path both the live and the cached text conditioner use, so they cannot disagree."""
     if bundle.text.weighted_captions:
         return encode_weighted(bundle, list(captions), device)
-    family = family_of(bundle)
+    family = bundle.impl
     ids = [t.to(device) for t in family.tokenize(bundle, list(captions))]
-    return encode_conditioning(family, bundle, ids)
+    return family.encode(bundle, ids)
 
 
 class LiveTextEncoder:
@@ -406,7 +401,8 @@ def build_cached_text_encoder(plan: TrainingPlan, bundle: ModelBundle, device: t
     if to_disk:
         root = root or text_cache.cache_root()
         fingerprint = text_cache.text_encoder_fingerprint(
-            bundle.family, bundle.text_encoders, bundle.tokenizers, bundle.text)
+            bundle.family, bundle.text_encoders, bundle.tokenizers, bundle.text,
+            bundle.impl.text_cache_settings(bundle))
         keys = {c: text_cache.TextKey(c, fingerprint) for c in captions}
         files = {c: text_cache.entry_path(root, keys[c]) for c in captions}
         todo = [c for c in captions if text_cache.read_entry(files[c], keys[c]) is None]

@@ -52,7 +52,7 @@ from lora_core.training.optimizer_args import (
 )
 
 # Keys of SDXL's second text encoder (OpenCLIP bigG), which text_encoder_lr's second value
-# trains (naming.default_text_encoder_prefixes).
+# trains (the family's ``naming.text_encoder_prefixes``).
 TEXT_ENCODER_2_PREFIX = "lora_te2_"
 # ... and of Flux's T5-XXL (train_t5xxl), as sd-scripts' lora_flux gives it that value.
 TEXT_ENCODER_2_PREFIXES = (TEXT_ENCODER_2_PREFIX, "lora_te3_")
@@ -227,8 +227,8 @@ def build_optimizer(groups: list[ParamGroupSpec], opt: OptimizerSection
         kwargs = {**kwargs, "nesterov": True}
     if opt.fused_optimizer and cls in (torch.optim.AdamW, torch.optim.Adam) \
             and "foreach" not in kwargs and "fused" not in kwargs:
-        # torch's fused AdamW runs on CPU (torch >= 2.4) and CUDA for float32 parameters,
-        # which LoRA parameters always are; same update rule as the per-tensor loop.
+        # torch's fused AdamW runs on CPU (torch >= 2.4) and CUDA for float32 parameters
+        # and for full_bf16 / full_fp16's half ones; same update rule as the per-tensor loop.
         kwargs = {**kwargs, "fused": True}
     try:
         return cls(torch_groups, lr=lr, **kwargs)

@@ -22,14 +22,8 @@ from typing import Any
 
 import torch
 
-from lora_core.models.families import (
-    ModelBundle,
-    TextConditioning,
-    encode_conditioning,
-    family_of,
-    split_into_windows,
-    window_count,
-)
+from lora_core.models.bundle import ModelBundle, TextConditioning
+from lora_core.models.clip_text import split_into_windows, window_count
 
 # sd-scripts' TokenizeStrategy._re_attention (from A1111).
 _ATTENTION = re.compile(r"\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:([+-]?[.\d]+)\)|\)|]|[^\\()\[\]:]+|:",
@@ -112,7 +106,7 @@ def encode_weighted(bundle: ModelBundle, captions: list[str], device: torch.devi
         n = window_count(tokenizer, max_token_length)
         ids_list.append((ids if n == 1 else split_into_windows(ids, tokenizer, n)).to(device))
         weights_list.append(torch.stack([weights for _, weights in pairs]))
-    cond = encode_conditioning(family_of(bundle), bundle, ids_list)
+    cond = bundle.impl.encode(bundle, ids_list)
     return dataclasses.replace(cond, hidden=apply_weights(cond.hidden, weights_list, [
         int(encoder.config.hidden_size) for encoder in bundle.text_encoders]))
 

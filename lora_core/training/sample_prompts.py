@@ -76,6 +76,8 @@ class SamplePrompt:
     # true CFG only then). Not part of equality: SD ignores both.
     guidance_scale: float | None = field(default=None, compare=False)
     scale_given: bool = field(default=False, compare=False)
+    # Whether --s was given: a family with another default (Flux: 20) uses it only then.
+    steps_given: bool = field(default=False, compare=False)
 
 
 # ----------------------------------------------------------------------------------------
@@ -308,6 +310,7 @@ def _make_prompt(values: dict[str, Any], path: Path, where: str, default_sampler
         sampler=sampler.lower(),
         guidance_scale=None if guidance is None else float(guidance),
         scale_given="scale" in values,
+        steps_given="sample_steps" in values,
     )
 
 

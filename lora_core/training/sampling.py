@@ -2,25 +2,28 @@
 
 The loop makes three calls out (see :class:`Previews`): before the first step, after each
 optimizer step and at each epoch end; the schedule checks live in ``sample_prompts``. Each
-sampling re-reads the prompt file, so it can be edited during a run, and builds a diffusers
-``StableDiffusionPipeline`` (SDXL: ``StableDiffusionXLPipeline``) from the bundle's own
-parts. The U-Net and text encoder have the
-LoRA patched into their modules' ``forward``, so the images show the LoRA as trained so far.
+sampling re-reads the prompt file, so it can be edited during a run, and asks the model
+family for its sampler (``bundle.impl.preview_sampler``: SD's diffusers pipeline over the
+bundle's own parts, ``families/sd/sampler.py``; Flux's flow-matching Euler sampler), which
+makes one image per prompt. The denoiser and text encoders have the LoRA patched into their
+modules' ``forward``, so the images show the LoRA as trained so far.
 
 Sampling must leave training exactly as it was: the torch (CPU and CUDA), Python ``random``
 and numpy RNG states, every module's train/eval mode, every parameter's ``requires_grad``
-and every model's device are restored afterwards, and the pipeline is dropped at once.
+and every model's device are restored afterwards, and the sampler is dropped at once. The
+LoRA network (``extra_modules``) is put in eval mode while sampling, so dropout does not
+blur the previews; sd-scripts samples with its dropouts on. Each prompt's seed seeds the
+sampler (a fresh one from the OS when the prompt gives none, logged).
 
-Choices that differ from plain diffusers, and why:
+Choices that differ from plain diffusers for SD, and why:
 
-* The text embeddings are computed by the model family, the bundle's way (``encode_text``
-  with ``bundle.text``; §5.4 clip_skip: ``hidden_states[-k]`` then the final LayerNorm)
-  and handed to the pipeline as
-  ``prompt_embeds`` / ``negative_prompt_embeds``, so the images are conditioned exactly as
-  training is. diffusers' own ``clip_skip=c`` means ``hidden_states[-(c + 1)]`` (kohya
-  ``k`` = diffusers ``k - 1``), applies it to the positive prompt only (sd-scripts' pipeline
-  applies it to the negative prompt too), and reaches for ``text_encoder.text_model``, which
-  transformers >= 5.6 no longer has.
+* The text embeddings are computed by the model family, the bundle's way (``encode`` with
+  ``bundle.text``; §5.4 clip_skip: ``hidden_states[-k]`` then the final LayerNorm) and
+  handed to the pipeline as ``prompt_embeds`` / ``negative_prompt_embeds``, so the images
+  are conditioned exactly as training is. diffusers' own ``clip_skip=c`` means
+  ``hidden_states[-(c + 1)]`` (kohya ``k`` = diffusers ``k - 1``), applies it to the positive
+  prompt only (sd-scripts' pipeline applies it to the negative prompt too), and reaches for
+  ``text_encoder.text_model``, which transformers >= 5.6 no longer has.
 * SDXL: the pooled embeddings go in as ``pooled_prompt_embeds`` /
   ``negative_pooled_prompt_embeds``; the size conditioning is the pipeline's default
   (original = target = the image size, no crop), as sd-scripts' SDXL sampler does. The
@@ -31,8 +34,6 @@ Choices that differ from plain diffusers, and why:
   samples with ``clip_sample=True`` and the scheduler defaults (``get_my_scheduler``).
 * The VAE decodes in its own dtype (a full-precision VAE next to a half-precision U-Net,
   sd-scripts' ``--no_half_vae``, works without autocast).
-* The LoRA network (``extra_modules``) is put in eval mode while sampling, so dropout does
-  not blur the previews; sd-scripts samples with its dropouts on.
 
 Not supported yet (sd-scripts' long-prompt-weighting pipeline has them): ``(word:1.2)``
 prompt weights (the text is used as written) and prompts over 75 tokens (cut at 75).
@@ -60,7 +61,7 @@ from torch import nn
 from lora_core.atomic import atomic_write
 from lora_core.errors import ProfileError
 from lora_core.events import Event, PhaseChanged, SampleSaved
-from lora_core.models.families import ModelBundle, encode_conditioning
+from lora_core.models.bundle import ModelBundle
 from lora_core.profile import SampleSection
 from lora_core.training.sample_prompts import (
     SamplePrompt,
@@ -159,21 +160,14 @@ def generate_samples(bundle: ModelBundle, prompts: Sequence[SamplePrompt], *, ou
     device = torch.device(device)
     models = [bundle.unet, bundle.vae, *bundle.text_encoders]
     written: list[Path] = []
-    # A family with its own sampler (Flux: flow-matching Euler) makes the image itself.
-    own_sampler = getattr(bundle.impl, "sample_image", None)
     with _training_state_kept(models, list(extra_modules), device), torch.no_grad():
-        pipeline = None if own_sampler is not None else _make_pipeline(bundle)
-        if pipeline is not None:
-            pipeline.set_progress_bar_config(disable=True)
+        # The family's sampler (SD: a diffusers pipeline over the bundle's own modules;
+        # Flux: flow-matching Euler).
+        sampler = bundle.impl.preview_sampler(bundle)
         try:
             for index, prompt in enumerate(prompts):
-                if pipeline is not None:
-                    pipeline.scheduler = make_sampler_scheduler(
-                        prompt.sampler, bundle.noise_scheduler.config)
                 with (autocast or contextlib.nullcontext)():
-                    image = (own_sampler(bundle, prompt, prompt_seed(prompt, index), device)
-                             if own_sampler is not None
-                             else _generate(pipeline, bundle, prompt, index, device))
+                    image = sampler.image(prompt, prompt_seed(prompt, index), device)
                 name = sample_file_name(output_name, step=step, epoch=epoch, index=index,
                                         timestamp=time.time(), seed=prompt.seed)
                 path = Path(output_dir) / SAMPLE_FOLDER / name
@@ -181,29 +175,11 @@ def generate_samples(bundle: ModelBundle, prompts: Sequence[SamplePrompt], *, ou
                 written.append(path)
                 emit(SampleSaved(str(path), step, epoch, index, prompt.prompt))
         finally:
-            del pipeline  # it holds references to every model and its own buffers
+            del sampler  # a pipeline holds references to every model and its own buffers
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return written
-
-
-def _make_pipeline(bundle: ModelBundle) -> Any:
-    """A diffusers pipeline over the bundle's own modules (no copies), scheduler set later."""
-    if len(bundle.text_encoders) == 2:  # SDXL
-        from diffusers import StableDiffusionXLPipeline
-
-        return StableDiffusionXLPipeline(
-            vae=bundle.vae, text_encoder=bundle.text_encoders[0],
-            text_encoder_2=bundle.text_encoders[1], tokenizer=bundle.tokenizers[0],
-            tokenizer_2=bundle.tokenizers[1], unet=bundle.unet, scheduler=None,
-            add_watermarker=False)
-    from diffusers import StableDiffusionPipeline
-
-    return StableDiffusionPipeline(
-        vae=bundle.vae, text_encoder=bundle.text_encoders[0],
-        tokenizer=bundle.tokenizers[0], unet=bundle.unet, scheduler=None,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
 def prompt_seed(prompt: SamplePrompt, index: int) -> int:
@@ -214,32 +190,6 @@ def prompt_seed(prompt: SamplePrompt, index: int) -> int:
     seed = secrets.randbits(32)
     log.info("sample %02d: random seed %d", index, seed)
     return seed
-
-
-def _generate(pipeline: Any, bundle: ModelBundle, prompt: SamplePrompt, index: int,
-              device: torch.device) -> Any:
-    """One image: embeddings from the family, latents from the pipeline, decode in the VAE's
-    dtype. The seed seeds both a generator on the device and the global torch RNG (as
-    sd-scripts does), so schedulers that draw from either are reproducible."""
-    seed = prompt_seed(prompt, index)
-    torch.manual_seed(seed)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    family = bundle.impl
-    cond = encode_conditioning(family, bundle, family.tokenize(bundle, [prompt.prompt]))
-    # sd-scripts: no negative prompt means the empty prompt as the unconditional input.
-    uncond = encode_conditioning(family, bundle,
-                                 family.tokenize(bundle, [prompt.negative_prompt or ""]))
-    embeds: dict[str, Any] = {"prompt_embeds": cond.hidden,
-                              "negative_prompt_embeds": uncond.hidden}
-    if cond.pooled is not None:
-        embeds.update(pooled_prompt_embeds=cond.pooled,
-                      negative_pooled_prompt_embeds=uncond.pooled)
-    latents = pipeline(**embeds, height=prompt.height, width=prompt.width,
-                       num_inference_steps=prompt.sample_steps, guidance_scale=prompt.scale,
-                       generator=generator, output_type="latent").images
-    vae = bundle.vae
-    pixels = vae.decode(latents.to(vae.dtype) / bundle.vae_scaling_factor).sample
-    return pipeline.image_processor.postprocess(pixels.float(), output_type="pil")[0]
 
 
 def sample_now(prompt_file: Path, default_sampler: str, bundle: ModelBundle, *,

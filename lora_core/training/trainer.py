@@ -39,12 +39,10 @@ from lora_core.events import (
     ValidationMeasured,
     WarningIssued,
 )
-from lora_core.models.families import ModelBundle
+from lora_core.models.bundle import ModelBundle
 from lora_core.network.adapter import AdapterNetwork
-from lora_core.network.blocks import block_layout, block_lr_weights
-from lora_core.network.build import build_network
+from lora_core.network.blocks import block_lr_weights
 from lora_core.network.max_norm import apply_max_norm
-from lora_core.network.merge import merge_base_weights
 from lora_core.network.weights import load_network_weights, module_shapes
 from lora_core.profile import OptimizerSection, Profile, TrainingSection
 from lora_core.runs.requests import SAMPLE_NOW, SAVE_NOW, take_requests
@@ -70,13 +68,6 @@ from lora_core.training.conditioning import (
     build_cached_text_encoder,
     text_outputs_cacheable,
 )
-from lora_core.training.loss import (
-    LossWeighting,
-    diffusion_loss,
-    prepare_schedule_and_loss,
-    training_target,
-)
-from lora_core.training.noise import input_noise, make_noise, sample_timesteps
 from lora_core.training.optim import (
     build_optimizer,
     build_scheduler,
@@ -104,32 +95,58 @@ def _setup_accelerator(profile: Profile):
     from accelerate import Accelerator
 
     # fp16 without a GPU was refused before the model loaded (session.check_machine).
-    return Accelerator(mixed_precision=profile.training.mixed_precision,
-                       cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=profile.training.mixed_precision,
+                              cpu=not torch.cuda.is_available())
+    if profile.training.full_fp16 and accelerator.scaler is not None:
+        allow_fp16_gradients(accelerator.scaler)
+    return accelerator
+
+
+def allow_fp16_gradients(scaler) -> None:
+    """full_fp16: let fp16's loss scaler unscale fp16 gradients. torch's GradScaler refuses
+    them ("Attempting to unscale FP16 gradients"), as unscaling in fp16 may underflow; with
+    full_fp16 the LoRA's gradients are fp16 by choice. sd-scripts'
+    ``patch_accelerator_for_fp16_training`` does the same."""
+    unscale = scaler._unscale_grads_
+
+    def unscale_fp16_too(optimizer, inv_scale, found_inf, allow_fp16):
+        return unscale(optimizer, inv_scale, found_inf, True)
+
+    scaler._unscale_grads_ = unscale_fp16_too
+
+
+def lora_dtype(training: TrainingSection) -> torch.dtype:
+    """The LoRA parameters' dtype: float32, or bf16 / fp16 with full_bf16 / full_fp16 (which
+    checks.levers holds to the mixed_precision of that dtype)."""
+    if training.full_bf16:
+        return torch.bfloat16
+    if training.full_fp16:
+        return torch.float16
+    return torch.float32
 
 
 def _setup_models(bundle: ModelBundle, profile: Profile, device: torch.device,
                   emit: Callable[[Event], None]) -> torch.dtype:
-    """Merge base_weights into the base model, then freeze it in the training dtype; LoRA
-    parameters stay float32."""
+    """Merge base_weights into the base model, then freeze it in the training dtype (the
+    LoRA parameters' dtype is :func:`lora_dtype`'s)."""
     net = profile.network
     if net.base_weights:
         # Before the cast: merged in the weights' own precision, as sd-scripts does on load.
-        for message in merge_base_weights(bundle.unet, bundle.text_encoders, net.base_weights,
-                                          net.base_weights_multiplier, bundle.family):
+        for message in bundle.impl.merge_base_weights(bundle, net.base_weights,
+                                                      net.base_weights_multiplier):
             emit(WarningIssued(message))
     weight_dtype = WEIGHT_DTYPES[profile.training.mixed_precision]
     # no_half_vae: the VAE stays float32 (fp16 VAEs, SDXL's above all, overflow to NaN).
     vae_dtype = torch.float32 if profile.model.no_half_vae else weight_dtype
-    # A family may place its own transformer (Flux's block swap keeps some blocks on the CPU).
-    placed = getattr(bundle.impl, "place_transformer", lambda *a: False)(
-        bundle, profile.training, device, weight_dtype)
+    # A family may place its own transformer (Flux's block swap keeps some blocks on the CPU)
+    # and store its weights in fp8 (SD's U-Net, after base_weights are merged in).
+    placed = bundle.impl.place_transformer(bundle, profile.training, device, weight_dtype)
     for model, dtype in ((bundle.unet, weight_dtype), (bundle.vae, vae_dtype),
                          *((encoder, weight_dtype) for encoder in bundle.text_encoders)):
         model.requires_grad_(False)
         if model is bundle.unet and placed:
             pass
-        elif profile.training.fp8_base:  # the DiT's (and an fp8 T5's) fp8 weights
+        elif profile.training.fp8_base or profile.training.fp8_base_unet:  # fp8 weights
             from lora_core.models.fp8 import move_keeping_fp8
 
             move_keeping_fp8(model, device, dtype)  # the fp8 weights stay fp8
@@ -154,23 +171,27 @@ def _setup_network(bundle: ModelBundle, profile: Profile, device: torch.device) 
     """The LoRA / LoCon / LoHa / LoKr network, started from network_weights if given."""
     opt = profile.optimizer
     lr_weights = block_lr_weights(opt.down_lr_weight, opt.mid_lr_weight, opt.up_lr_weight,
-                                  opt.block_lr_zero_threshold, block_layout(bundle.family))
+                                  opt.block_lr_zero_threshold, bundle.impl.block_layout())
     weights = profile.path("network", "network_weights")
     # dim_from_weights: each module's rank and alpha as the file has them (checks.rules
     # requires network_weights with it).
     shapes = module_shapes(weights) if weights is not None and profile.network.dim_from_weights \
         else None
-    own_builder = getattr(bundle.impl, "build_network", None)  # a family's own module rules
-    if own_builder is not None:
-        network = own_builder(bundle, profile.network, lr_weights, shapes)
-    else:
-        network = build_network(bundle.unet, bundle.text_encoders, profile.network,
-                                lr_weights, family=bundle.family, shapes=shapes)
+    # The family's modules and names (SD: networks.lora; Flux: networks.lora_flux).
+    network = bundle.impl.build_network(bundle, profile.network, lr_weights, shapes)
     if weights is not None:
         load_network_weights(network, weights)
     if profile.network.network_multiplier != 1.0:
         network.set_multiplier(profile.network.network_multiplier)
     network.to(device, torch.float32)
+    dtype = lora_dtype(profile.training)
+    if dtype != torch.float32:
+        # full_bf16 / full_fp16 (sd-scripts casts the network to the weight dtype): the
+        # trainable weights in half precision, so their gradients too, and the optimizer's
+        # moments, which torch's optimizers keep in each parameter's dtype. The alpha buffers
+        # stay float32: constants, written in the save precision anyway.
+        for param in network.parameters():
+            param.data = param.data.to(dtype)
     network.apply_to()
     network.train()  # the adapters' dropouts act in training only (previews switch it off)
     return network
@@ -268,10 +289,8 @@ class _StepSetup:
     bundle: ModelBundle
     latents_from: object
     text_from: object
-    noise_scheduler: object
-    weighting: LossWeighting | None  # None under a family's own objective
+    objective: object  # the family's: loss(batch, latents, text, model, dtype)
     training: TrainingSection
-    v_pred: bool
     weight_dtype: torch.dtype
     train_te: bool
 
@@ -325,7 +344,7 @@ class _Run:
 
 def _setup_optimization(accelerator, network: AdapterNetwork, bundle: ModelBundle,
                         profile: Profile, plan: TrainingPlan) -> _Optimization:
-    groups = param_groups(network, profile.optimizer, block_layout(bundle.family))
+    groups = param_groups(network, profile.optimizer, bundle.impl.block_layout())
     optimizer = build_optimizer(groups, profile.optimizer)
     scheduler = build_scheduler(optimizer, profile.optimizer, plan.max_train_steps,
                                 plan.warmup_steps, accelerator.num_processes)
@@ -398,7 +417,7 @@ def _setup_validation(main: bool, plan: TrainingPlan, step: _StepSetup, network,
                       patience: int | None, resume: LoadedState | None) -> _Validation:
     validator = Validator(
         plan, step.training, step.bundle, step.latents_from, step.text_from,
-        step.noise_scheduler, step.weighting, network, step.accelerator.device,
+        step.objective, network, step.accelerator.device,
         step.weight_dtype, step.accelerator.autocast, eval_weights,
         latents_cached=not isinstance(step.latents_from, VaeLatents),
     ) if main and plan.validation_batches else None
@@ -443,15 +462,10 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
                         device=device, emit=emit, autocast=accelerator.autocast,
                         extra_modules=[network],
                         eval_weights=eval_weights or contextlib.nullcontext)
-    noise_scheduler = weighting = None
-    if bundle.objective is None:  # the DDPM objective (a family's own draws its own noise)
-        # A copy: zero_terminal_snr rescales the schedule in place; the bundle may be reused.
-        noise_scheduler = type(bundle.noise_scheduler).from_config(
-            bundle.noise_scheduler.config)
-        weighting = prepare_schedule_and_loss(noise_scheduler, profile.training,
-                                              bundle.v_parameterization, device)
-    step = _StepSetup(accelerator, bundle, latents_from, text_from, noise_scheduler, weighting,
-                      profile.training, bundle.v_parameterization, weight_dtype, o.train_te)
+    # The family's objective (SD: DDPM noise prediction; Flux: rectified flow).
+    objective = bundle.impl.objective(bundle, profile.training, device)
+    step = _StepSetup(accelerator, bundle, latents_from, text_from, objective,
+                      profile.training, weight_dtype, o.train_te)
     run = _Run(accelerator, main, emit, profile, plan, state, outputs, checkpoints, previews,
                _setup_validation(main, plan, step, network, eval_weights, state, emit, outputs,
                                  profile.training.early_stopping_patience, resume),
@@ -514,32 +528,14 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
 
 
 def _loss_step(s: _StepSetup, batch: dict, micro: int) -> torch.Tensor:
-    """One batch, forward and backward: encode, add noise at a random timestep, predict it,
-    weigh the error. Returns the batch's loss (detached); its gradient, divided by the
-    ``micro`` batches of the update, is accumulated."""
-    tr, device = s.training, s.accelerator.device
-    objective = s.bundle.objective
-    if objective is not None:  # the family's own objective (Flux: rectified flow)
-        with s.accelerator.autocast():
-            latents = s.latents_from.latents(batch)
-            text = s.text_from.conditioning(batch, s.train_te)
-            loss = objective.loss(latents, text, batch["loss_weights"], batch.get("masks"),
-                                  s.bundle.unet, s.weight_dtype)
-            s.accelerator.backward(loss / micro)
-        return loss.detach()
+    """One batch, forward and backward: the latents and the text conditioning, then the
+    family's objective (noise, timesteps, prediction, weighted error). Returns the batch's
+    loss (detached); its gradient, divided by the ``micro`` batches of the update, is
+    accumulated."""
     with s.accelerator.autocast():
         latents = s.latents_from.latents(batch)
-        noise = make_noise(latents, tr)
-        timesteps = sample_timesteps(latents.shape[0], tr.min_timestep, tr.max_timestep, device)
-        noisy = s.noise_scheduler.add_noise(latents, input_noise(noise, tr), timesteps)
         text = s.text_from.conditioning(batch, s.train_te)
-        extra = s.bundle.impl.unet_extra_conditioning(
-            s.bundle, batch=batch, text=text, device=device, dtype=s.weight_dtype)
-        pred = s.bundle.unet(noisy.to(s.weight_dtype), timesteps,
-                             text.hidden.to(s.weight_dtype), **extra).sample
-        target = training_target(s.noise_scheduler, latents, noise, timesteps, s.v_pred)
-        loss = diffusion_loss(pred, target, timesteps, batch["loss_weights"], s.weighting,
-                              batch.get("masks"))
+        loss = s.objective.loss(batch, latents, text, s.bundle.unet, s.weight_dtype)
         s.accelerator.backward(loss / micro)
     return loss.detach()
 

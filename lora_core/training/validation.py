@@ -29,8 +29,6 @@ import torch
 from lora_core.dataset.loader import EpochBatches, raise_loader_error
 from lora_core.dataset.plan import TrainingPlan, validation_timesteps
 from lora_core.profile import TrainingSection
-from lora_core.training.loss import diffusion_loss, training_target
-from lora_core.training.noise import make_noise
 
 
 def validation_due(tr: TrainingSection, plan: TrainingPlan, *, step: int | None = None,
@@ -49,13 +47,13 @@ class Validator:
     """Measures validation loss with the run's models, sources and loss options."""
 
     def __init__(self, plan: TrainingPlan, tr: TrainingSection, bundle, latents_from,
-                 text_from, noise_scheduler, weighting, network: torch.nn.Module,
+                 text_from, objective, network: torch.nn.Module,
                  device: torch.device, weight_dtype: torch.dtype, autocast,
                  eval_weights: Callable[[], contextlib.AbstractContextManager] | None,
                  latents_cached: bool) -> None:
         self.plan, self.tr, self.bundle = plan, tr, bundle
         self.latents_from, self.text_from = latents_from, text_from
-        self.noise_scheduler, self.weighting, self.network = noise_scheduler, weighting, network
+        self.objective, self.network = objective, network
         self.device, self.weight_dtype, self.autocast = device, weight_dtype, autocast
         self.eval_weights = eval_weights or contextlib.nullcontext
         batches = plan.validation_batches
@@ -90,32 +88,9 @@ class Validator:
         return total / count if count else float("nan")
 
     def _batch_losses(self, batch: dict[str, Any], generator: torch.Generator) -> list[float]:
-        objective = self.bundle.objective
-        if objective is not None:  # a family's own objective: σ = t / 1000 (Flux)
-            with self.autocast():
-                latents = self.latents_from.latents(batch, generator=generator)
-                text = self.text_from.conditioning(batch, False)
-                return [float(objective.loss(latents, text, batch["loss_weights"],
-                                             batch.get("masks"), self.bundle.unet,
-                                             self.weight_dtype, sigma=t / 1000,
-                                             generator=generator))
-                        for t in self.timesteps]
         with self.autocast():
             latents = self.latents_from.latents(batch, generator=generator)
             text = self.text_from.conditioning(batch, False)
-            extra = self.bundle.impl.unet_extra_conditioning(
-                self.bundle, batch=batch, text=text, device=self.device, dtype=self.weight_dtype)
-            losses = []
-            for t in self.timesteps:
-                noise = make_noise(latents, self.tr, generator)
-                timesteps = torch.full((latents.shape[0],), t, dtype=torch.long,
-                                       device=self.device)
-                noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-                pred = self.bundle.unet(noisy.to(self.weight_dtype), timesteps,
-                                        text.hidden.to(self.weight_dtype), **extra).sample
-                target = training_target(self.noise_scheduler, latents, noise, timesteps,
-                                         self.bundle.v_parameterization)
-                losses.append(float(diffusion_loss(pred, target, timesteps,
-                                                   batch["loss_weights"], self.weighting,
-                                                   batch.get("masks"))))
-        return losses
+            return self.objective.validation_losses(batch, latents, text, self.bundle.unet,
+                                                    self.weight_dtype, self.timesteps,
+                                                    generator)

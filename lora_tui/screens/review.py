@@ -40,6 +40,7 @@ from lora_core.profile import SECTIONS, Profile, SampleSection, profile_to_dict
 from lora_core.profile_io import save_profile, save_profile_data
 from lora_core.training.sample_prompts import sample_points
 from lora_tui.dataset_check import DatasetCheck, check_dataset
+from lora_tui.dialogs.calibrate import CalibrateDialog
 from lora_tui.dialogs.import_report import ImportReportDialog
 from lora_tui.dialogs.path_prompt import PathPrompt
 from lora_tui.dialogs.save_first import SaveFirstDialog
@@ -206,6 +207,7 @@ class ReviewScreen(Screen):
         Binding("ctrl+s", "save_quick", "Save", show=False),
         Binding("t", "train", "Train"),
         Binding("i", "import_report", "Import report"),
+        Binding("c", "calibrate", "Calibrate"),
         # Over the focused list's own keys: the review is longer than 24 lines, and its
         # "Changed from the defaults" sits between the two lists (issue 24).
         Binding("pagedown", "scroll_body('page_down')", "Scroll", show=False, priority=True),
@@ -225,7 +227,7 @@ class ReviewScreen(Screen):
         return self.app.draft  # type: ignore[attr-defined]
 
     def compose(self) -> ComposeResult:
-        yield Static("[b]Review[/b]  [dim]Enter: train · S save · 1-9 or the list below: "
+        yield Static("[b]Review[/b]  [dim]Enter: train · S save · C calibrate · 1-9: "
                      "change a step[/dim]", classes="step-title")
         with VerticalScroll(classes="step-body"):
             # First and focused: Enter on the review trains, so pressing Enter through every
@@ -342,7 +344,17 @@ class ReviewScreen(Screen):
         self.action_edit(int(event.option.id or 0))
 
     def action_back(self) -> None:
-        self.app.pop_screen()
+        """Back to the last step, which keeps the answers; from a review opened on its own
+        (an opened or imported profile), Escape leaves the wizard and asks first when the
+        answers changed, as Ctrl+G does (it dropped them without a word)."""
+        from lora_tui.screens.step import StepScreen  # step.py imports this module
+
+        stack = self.app.screen_stack
+        below = stack[-2] if len(stack) > 1 else None
+        if isinstance(below, StepScreen):
+            self.app.pop_screen()
+        else:
+            self.app.action_home()  # type: ignore[attr-defined]
 
     def action_edit(self, index: int) -> None:
         self.app.open_step(index, from_review=True)  # type: ignore[attr-defined]
@@ -367,19 +379,48 @@ class ReviewScreen(Screen):
             return bool(self.draft.import_report)
         return True
 
+    def action_calibrate(self) -> None:
+        """C: measure the run before it (a few real steps, nothing saved) and offer the
+        settings that make it fit (``dialogs/calibrate.py``); a proposal taken is put into
+        the answers, as if typed."""
+        profile = self._runnable_profile()
+        if profile is None:
+            return
+        path = state_dir() / "wizard" / f"calibrate-{profile.saving.output_name}.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_profile(profile, path)  # a snapshot of the answers; the user's file is not written
+        self.app.push_screen(CalibrateDialog(path), self._take_proposal)
+
+    def _take_proposal(self, sets: list[str] | None) -> None:
+        if not sets:
+            return
+        for item in sets:
+            name, _, value = item.partition("=")
+            section, _, key = name.partition(".")
+            self.draft.set_text(section, key, value)
+        self.notify("took " + ", ".join(sets) + " (shown below, under the changes)")
+        self.refresh_review()
+
     def action_import_report(self) -> None:
         if self.draft.import_report:
             self.app.push_screen(ImportReportDialog(self.draft.import_report))
 
-    def action_train(self) -> None:
+    def _runnable_profile(self) -> Profile | None:
+        """The answers as a profile the run takes, or None after saying what to fix."""
         try:
             profile = self.draft.profile()
         except LoraError as exc:
             self.notify(exc.message, severity="error", timeout=10)
-            return
+            return None
         if self.check is not None and self.check.report is not None \
                 and self.check.report.errors:
             self.notify("fix the problems the plan lists first", severity="error")
+            return None
+        return profile
+
+    def action_train(self) -> None:
+        profile = self._runnable_profile()
+        if profile is None:
             return
         path = self.draft.source_path
         if path is not None and self.draft.dirty:

@@ -32,7 +32,7 @@ from textual.worker import Worker, WorkerState
 from lora_core.checks.machine import ProbedMachine
 from lora_core.checks.problem import Problem
 from lora_core.errors import LoraError
-from lora_core.models.loading import FAMILY_LABELS
+from lora_core.family_registry import family, family_label
 from lora_core.profile import ADAPTIVE_OPTIMIZERS
 from lora_tui.dataset_check import DatasetCheck, check_dataset
 from lora_tui.draft import Draft, machine_precision, spec_for
@@ -277,7 +277,7 @@ class StepScreen(Screen):
                           "mask")
             return (f"[green]detected: {flux.label}[/green] [dim]{escape(summary)}[/dim]\n"
                     f"[dim]{where}[/dim]")
-        family = FAMILY_LABELS[source.family]
+        family = family_label(source.family)
         summary = source.summary or source.name
         if summary.startswith(family):  # "SD1 built-in 'tiny-sd1': ..." says it already
             return f"[green]detected:[/green] {escape(summary)}"
@@ -318,6 +318,7 @@ class StepScreen(Screen):
     @on(FieldEditor.Changed)
     def field_changed(self, event: FieldEditor.Changed) -> None:
         # The editor's live text, not the message's: later keys of a burst may already be in.
+        event.editor.taken()
         self._answer_changed((event.section, event.key), event.editor.text)
         self.refresh_fields()
         self.schedule_check()
@@ -387,12 +388,12 @@ class StepScreen(Screen):
 
     def step_problems(self) -> list[Problem]:
         """The full check's problems about this step's fields, and on the model step of a
-        Flux model its files' and options' own (``checks.flux``, as ``check`` and ``run``
+        model of several files (Flux) its family's own checks of them, as ``check`` and ``run``
         resolve them; the full check cannot run before the images are chosen). A problem at
         an empty field Enter was not pressed in yet waits for Next, as "is required" does."""
         found = list(self.check_problems)
         said = {p.text() for p in found}
-        for problem in self._flux_problems():
+        for problem in self._family_problems():
             if problem.text() in said:
                 continue
             if problem.field and not self.draft.text(*problem.field) \
@@ -401,19 +402,19 @@ class StepScreen(Screen):
             found.append(problem)
         return found
 
-    def _flux_problems(self) -> list[Problem]:
-        if not self.step.model_check or self.draft.flux_model() is None:
+    def _family_problems(self) -> list[Problem]:
+        """The family's checks of the files beside the model (Flux's ae / clip_l / t5xxl)."""
+        source = self.draft.model_source()
+        if not self.step.model_check or isinstance(source, LoraError) \
+                or source.family is None or not family(source.family).model_files:
             return []
         validation = self.draft.validate(_LATER_REQUIRED)
         if validation.profile is None:
             return []
         answers = repr(self.draft.data(_LATER_REQUIRED))
         if self._flux_check[0] != answers:
-            from lora_core.checks.flux import flux_input_problems, flux_option_problems
-
-            profile = validation.profile
-            self._flux_check = (answers, flux_input_problems(profile)
-                                + flux_option_problems(profile))
+            self._flux_check = (answers, family(source.family).input_problems(
+                validation.profile, source))
         return self._flux_check[1]
 
     def _model_problem(self, key: tuple[str, str]) -> list[str]:
@@ -522,6 +523,10 @@ class StepScreen(Screen):
                 focus_now(self.shown_editors[0].input_widget)
 
     def action_save(self) -> None:
+        # What the fields hold right now: Ctrl+S can be read before the messages of the keys
+        # typed just before it (a burst's last letters were left out of the file).
+        if self.sync_draft():
+            self.refresh_fields()
         save_with_prompt(self, self.draft)
 
     # -- the live dataset check -------------------------------------------------------

@@ -59,6 +59,7 @@ from lora_core.events import (
 from lora_core.runs.folders import PROFILE_FILE
 from lora_core.runs.requests import SAMPLE_NOW, SAVE_NOW, request_action
 from lora_core.runs.status import read_status
+from lora_tui.dialogs.calibrate import CalibrateDialog
 from lora_tui.dialogs.confirm import ConfirmDialog
 from lora_tui.path_text import fit_line, shorten_path, split_name
 from lora_tui.runner import Output, Runner
@@ -103,6 +104,7 @@ class TrainingScreen(Screen):
         Binding("v", "save_now", "Save now"),
         Binding("p", "sample_now", "Sample now"),
         Binding("l", "retry_lighter", "Retry lighter"),
+        Binding("k", "measure_what_fits", "Measure what fits"),
         Binding("c", "resume", "Continue"),
         Binding("escape", "leave", "Back"),
     ]
@@ -433,6 +435,7 @@ class TrainingScreen(Screen):
         offers = []
         if self.retry_overrides:
             offers.append(f"L: retry with {self.failure.retry_description or 'lighter settings'}")
+            offers.append("K: measure the settings that fit (lora-train calibrate)")
         if self.resume_dir is not None:
             offers.append("C: continue (resume)")
         if offers:
@@ -484,7 +487,7 @@ class TrainingScreen(Screen):
             return self.state in ("starting", "running")
         if action in ("save_now", "sample_now"):
             return self.state == "running" and self.run_dir is not None
-        if action == "retry_lighter":
+        if action in ("retry_lighter", "measure_what_fits"):
             return self.state == "failed" and bool(self.retry_overrides)
         if action == "resume":
             # Offered once the run is over; C on a run that cannot continue says why.
@@ -536,6 +539,34 @@ class TrainingScreen(Screen):
             extra += ["--set", override]
         self.app.start_training(profile, extra_args=extra,  # type: ignore[attr-defined]
                                 replace=True)
+
+    def _failed_profile(self) -> tuple[Path, list[str]]:
+        """The profile that ran out of memory and the ``--set`` items it ran with."""
+        if self.mode != "run":
+            # The run folder's resolved profile: the exact settings that ran out of memory.
+            return (self.run_dir or self.profile_path) / PROFILE_FILE, []
+        extra, sets = list(self.extra_args), []
+        while extra:
+            flag = extra.pop(0)
+            if flag == "--set" and extra:
+                sets.append(extra.pop(0))
+        return self.profile_path, sets
+
+    def action_measure_what_fits(self) -> None:
+        """After running out of memory: the settings that fit, each measured (the engine's
+        ``calibrate``; the budget is the GPU's free memory), one key each; the one taken
+        trains at once, as L does with the engine's one guess."""
+        if not self.retry_overrides:
+            return
+        profile, sets = self._failed_profile()
+
+        def chosen(more: list[str] | None) -> None:
+            if more:
+                extra = [arg for item in [*sets, *more] for arg in ("--set", item)]
+                self.app.start_training(profile, extra_args=extra,  # type: ignore[attr-defined]
+                                        replace=True)
+
+        self.app.push_screen(CalibrateDialog(profile, overrides=sets), chosen)
 
     def action_resume(self) -> None:
         if self.running:

@@ -134,6 +134,9 @@ class FieldEditor(Vertical):
         self._base_dir = base_dir
         self._default_text = spec.default_text
         self.offered: str | None = None  # a path offered for an empty field (Tab takes it)
+        # Changed messages posted and not yet taken by the screen (``taken``): until then
+        # the draft holds an older text than this editor shows.
+        self._unreported = 0
 
     @property
     def text(self) -> str:
@@ -160,9 +163,18 @@ class FieldEditor(Vertical):
     def typing_ahead(self) -> bool:
         """Keys typed into the input have not been reported yet (their Changed messages
         are still queued): what the draft holds for it is older than what it shows, and
-        writing that back would drop the keys (a burst: ``C-u 64 Tab Tab C-u 64``)."""
+        writing that back would drop the keys (a burst: ``C-u 64 Tab Tab C-u 64``). Also
+        while its own Changed message waits behind another field's: another field's message
+        refreshing the step then would write the draft's older text over the one typed
+        (a Flux model's ``... Enter C-u <clip_l> Enter C-u <t5xxl>`` lost the T5 path)."""
+        if self._unreported > 0:
+            return True
         return self.is_mounted and self.ready and isinstance(self.input_widget, Input) \
             and self.input_widget.value != self._text
+
+    def taken(self) -> None:
+        """The screen took one of this editor's Changed messages into the draft."""
+        self._unreported = max(0, self._unreported - 1)
 
     @property
     def ready(self) -> bool:
@@ -329,6 +341,7 @@ class FieldEditor(Vertical):
 
     def _changed(self, text: str) -> None:
         self._text = text
+        self._unreported += 1
         self.post_message(self.Changed(self, self.spec.section, self.spec.key, self.text))
 
     def show_matches(self, markup: str) -> None:

@@ -265,7 +265,7 @@ def test_prompt_weights_scale_each_encoders_states():
 
 @pytest.fixture(scope="module")
 def bundle():
-    from lora_core.models.loading import load_model
+    from lora_core.families.sd.loading import load_model
 
     return load_model("builtin:tiny-sd1", Path("."), torch.float32)
 
@@ -301,8 +301,7 @@ def test_dim_from_weights_builds_the_files_ranks(bundle, tmp_path):
 
 
 def test_base_weights_are_merged_into_the_model(bundle, tmp_path):
-    from lora_core.models.loading import load_model
-    from lora_core.network.merge import merge_base_weights
+    from lora_core.families.sd.loading import load_model
     from lora_core.saving.lora_file import read_lora
 
     fresh = load_model("builtin:tiny-sd1", Path("."), torch.float32)
@@ -310,14 +309,14 @@ def test_base_weights_are_merged_into_the_model(bundle, tmp_path):
     name = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
     layer = fresh.unet.mid_block.attentions[0].transformer_blocks[0].attn1.to_q
     before = layer.weight.detach().clone()
-    merge_base_weights(fresh.unet, fresh.text_encoders, [str(path)], [0.5], "sd1")
+    fresh.impl.merge_base_weights(fresh, [str(path)], [0.5])
     tensors, _ = read_lora(path)
     delta = tensors[f"{name}.lora_up.weight"] @ tensors[f"{name}.lora_down.weight"] * 0.5
     assert torch.allclose(layer.weight - before, 0.5 * delta, atol=1e-6)
 
 
 def test_weighted_captions_scale_the_weighted_words_only(bundle):
-    from lora_core.models.families import TextSettings
+    from lora_core.models.bundle import TextSettings
     from lora_core.training.conditioning import encode_captions
 
     weighted = dataclasses.replace(bundle, text=TextSettings(weighted_captions=True))

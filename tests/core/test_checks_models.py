@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from lora_core.checks.inputs import model_notes, model_problems
+from lora_core.checks.inputs import model_notes
+from lora_core.families.sd.checks import model_problems
+from lora_core.family_registry import family
 from lora_core.models.loading import ModelSource
 from lora_core.profile import Profile
 
@@ -11,19 +13,24 @@ def _source(family: str | None) -> ModelSource:
     return ModelSource("builtin:x", "builtin", family, "x", None)
 
 
+def _problems(p: Profile, name: str):
+    """What the family of that name finds (its checks: ``check`` asks them the same way)."""
+    return family(name).input_problems(p, _source(name))
+
+
 def test_bucket_steps_of_32_only_for_sdxl_and_v2_must_match():
     p = Profile()
     p.dataset.bucket_reso_steps = 32
-    found = model_problems(p, _source("sd1"))
+    found = _problems(p, "sd1")
     assert "multiple of 64 for SD 1.x" in found[0].message
     assert found[0].field == ("dataset", "bucket_reso_steps")
-    assert model_problems(p, _source("sdxl")) == []
+    assert _problems(p, "sdxl") == []
     p.dataset.bucket_reso_steps = 64
     p.model.v2 = True
-    found = model_problems(p, _source("sd1"))
+    found = _problems(p, "sd1")
     assert "v2` = true but the model is SD 1.x" in found[0].message
     assert found[0].field == ("model", "v2")
-    assert model_problems(p, _source("sd2")) == []
+    assert _problems(p, "sd2") == []
     assert model_problems(p, _source(None)) == []  # family unknown until it loads (.ckpt)
 
 
@@ -56,3 +63,38 @@ def test_checks_read_the_model_header_once(tmp_path, monkeypatch):
                         lambda *a, **k: calls.append(a) or real(*a, **k))
     check_profile(profile)
     assert len(calls) == 1
+
+
+def test_a_pickled_checkpoint_gets_what_every_sd_family_says(tmp_path):
+    """A .ckpt's variant is told only when it loads, but it is an SD checkpoint: `[flux]`
+    values and Flux's levers are refused for it as for any SD model (they were let through,
+    then ignored by the run and dropped by export)."""
+    import torch
+
+    from lora_core.checks import check_profile
+
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {"a": torch.zeros(2)}}, ckpt)
+    (tmp_path / "train" / "1_tok").mkdir(parents=True)
+    p = Profile()
+    p.dataset.train_data_dir, p.saving.output_dir = str(tmp_path / "train"), str(tmp_path)
+    p.model.pretrained_model_name_or_path = str(ckpt)
+    p.flux.guidance_scale = 2.0
+    p.training.blocks_to_swap = 2
+    p.training.gradient_checkpointing = True
+    found = {problem.field for problem in check_profile(p).errors}
+    assert {("flux", "guidance_scale"), ("training", "blocks_to_swap")} <= found
+
+
+def test_a_bucket_step_larger_than_any_bucket_is_refused_not_a_crash():
+    """bucket_reso_steps 96 with 64 px buckets made the bucket maths divide by zero: a
+    traceback from `check`."""
+    from lora_core.checks.rules import profile_rules
+
+    p = Profile()
+    p.dataset.resolution = (64, 64)
+    p.dataset.min_bucket_reso = p.dataset.max_bucket_reso = 64
+    p.dataset.bucket_reso_steps = 96
+    (found,) = [x for x in profile_rules(p) if x.field == ("dataset", "bucket_reso_steps")
+                and "no bucket fits" in x.message]
+    assert found.is_error

@@ -16,7 +16,8 @@ import pytest
 from lora_core.checks import check_profile
 from lora_core.errors import ModelError
 from lora_core.families.flux import builtin as tiny
-from lora_core.models.loading import inspect_model, inspect_vae, load_model
+from lora_core.families.sd.loading import load_model
+from lora_core.models.loading import inspect_model, inspect_vae
 from tests.core.dataset_helpers import make_folder, profile_for, snapshot
 
 CLIP_TOKENIZER = "openai_clip-vit-large-patch14"  # sd-scripts' folder names
@@ -210,7 +211,7 @@ def test_a_missing_tokenizer_names_tokenizer_cache_dir_and_the_download(dataset,
 # --- options of the other family ------------------------------------------------------------
 
 # A value someone would set for each option the Flux check refuses (the two lists in
-# checks.flux); an option added to either list needs its value here.
+# families/flux/checks.py); an option added to either list needs its value here.
 SET_VALUES = {
     ("model", "v2"): True, ("model", "v_parameterization"): True,
     ("model", "vae"): "vae.safetensors", ("model", "clip_skip"): 2,
@@ -241,7 +242,7 @@ SET_VALUES = {
 
 
 def test_sd_options_are_refused_for_flux_by_field(dataset):
-    from lora_core.checks.flux import MEANINGLESS_FOR_FLUX, NOT_WIRED_FOR_FLUX
+    from lora_core.families.flux.checks import MEANINGLESS_FOR_FLUX, NOT_WIRED_FOR_FLUX
 
     refused = {**MEANINGLESS_FOR_FLUX, **NOT_WIRED_FOR_FLUX}
     assert set(refused) <= set(SET_VALUES), set(refused) - set(SET_VALUES)
@@ -259,7 +260,7 @@ def test_sd_options_are_refused_for_flux_by_field(dataset):
                                   (("network", "network_module"), "LyCORIS")):
         assert words in refused[(section, key)]
     assert errors_at(flux_profile(dataset, "builtin:tiny-flux")) == {}  # none set: no error
-    from lora_core.checks.flux import FLUX_ACCEPTS
+    from lora_core.families.flux.checks import FLUX_ACCEPTS
 
     for (section, key), values in FLUX_ACCEPTS.items():  # values Flux takes (l1 loss)
         for value in values:
@@ -282,7 +283,7 @@ def test_flux_values_are_refused_for_an_sd_model(dataset, user_files):
                            ae=user_files / "ae.safetensors")
     found = errors_at(profile)
     assert set(found) == {("flux", "guidance_scale"), ("flux", "ae")}
-    assert "only for Flux models" in found[("flux", "ae")][0]
+    assert "only for Flux.1 models" in found[("flux", "ae")][0]
     assert errors_at(flux_profile(dataset, "builtin:tiny-sd1")) == {}
 
 
@@ -303,7 +304,7 @@ def test_lora_flux_network_args_are_refused_for_an_sd_model(dataset):
     assert [p.text() for p in problems if p.severity == "error"] == []
     found = errors_at(profile)
     assert set(found) == {("flux", key) for key in LORA_FLUX_ARGS}
-    assert "only for Flux models, and the base model is" in found[("flux", "train_blocks")][0]
+    assert "only for Flux.1 models, and the base model is" in found[("flux", "train_blocks")][0]
 
 
 def test_lora_flux_block_indices_and_t5_training_are_checked(dataset, user_files):
@@ -365,9 +366,12 @@ def test_memory_levers_are_refused_where_they_cannot_work(user_files, dataset, m
     sd.training.blocks_to_swap = 2
     sd.training.gradient_checkpointing = True
     found = errors_at(sd)
-    assert "U-Nets is not wired yet" in " ".join(found[("training", "fp8_base")])
-    assert "is for Flux models; the base model is SD 1.x" in \
+    assert ("training", "fp8_base") not in found  # SD U-Nets have it too (issue 28)
+    assert "is for Flux.1 models; the base model is SD 1.x" in \
         " ".join(found[("training", "blocks_to_swap")])
+    sd.network.network_module, sd.network.dora_wd = "LoCon", True
+    assert "LyCORIS' LoCon (dora_wd) modules is not wired" in \
+        " ".join(errors_at(sd)[("training", "fp8_base")])
 
     flux = user_profile(dataset, user_files)
     flux.training.fp8_base = True

@@ -19,10 +19,11 @@ from safetensors.torch import save_file
 
 from lora_core.errors import LoraError
 from lora_core.families.flux import metadata as flux_metadata
+from lora_core.families.flux.lora_files import lora_variant as flux_variant
 from lora_core.lora_tools.edit import edit_lora
 from lora_core.lora_tools.factor import merge_loras, resize_lora
 from lora_core.lora_tools.inspect import inspect_lora, render_inspect
-from lora_core.saving.lora_header import family_mismatch, flux_variant, read_lora_header
+from lora_core.saving.lora_header import family_mismatch, read_lora_header
 
 H, MLP, CLIP, T5, T5_FF = 64, 256, 32, 48, 96  # widths of the tiny model
 

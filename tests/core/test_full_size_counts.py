@@ -1,7 +1,7 @@
 """LoRA module counts and names on the full-size SD 1.5, SD 2.1 and SDXL architectures.
 
 The architectures are built on the ``meta`` device from the shipped configs
-(``lora_core/models/configs``), so this needs no weights and no memory; the network is
+(``lora_core/families/sd/configs``), so this needs no weights and no memory; the network is
 built by the project's own ``build_network``. Expected values: kohya-compat.md §6.1
 (counts, verified against sd-scripts) and §6.2 (names).
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lora_core.family_registry import family as family_named
 from lora_core.network.build import build_network
 from lora_core.profile import NetworkSection
 from tests.helpers.tiny_models import full_size_meta
@@ -97,7 +98,9 @@ def _network(parts: dict, family: str, net: NetworkSection):
     encoders = [parts["text_encoder"]] + (
         [parts["text_encoder_2"]] if "text_encoder_2" in parts else [])
     with torch.device("meta"):  # the LoRA tensors too: shapes only, no memory
-        return build_network(parts["unet"], encoders, net, family=family)
+        fam = family_named(family)
+        return build_network(parts["unet"], encoders, net, naming=fam.naming,
+                             layout=fam.block_layout())
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])

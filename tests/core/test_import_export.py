@@ -381,7 +381,7 @@ def full_profile(tmp: Path) -> dict:
     data: dict = {"profile_version": 1}
     for section, cls in SECTIONS.items():
         if section in FAMILY_SECTIONS:
-            # [flux] is only for Flux models: an SD profile keeps it at its defaults (the
+            # [flux] is only for Flux.1 models: an SD profile keeps it at its defaults (the
             # check refuses a value there) and its export writes none of its options, so an
             # SD round trip leaves it out; test_flux_profile_round_trip changes every one.
             continue
@@ -634,3 +634,28 @@ def test_a_flux_loras_metadata_lands_in_the_flux_section(tmp_path):
         "timestep_sampling": "shift", "guidance_scale": 1.0, "model_prediction_type": "raw",
         "discrete_flow_shift": 3.1582, "apply_t5_attn_mask": True,
         "t5xxl_max_token_length": 256}
+
+
+# --- issue 28: the half-precision LoRA levers -------------------------------------------------
+
+def test_full_bf16_and_full_fp16_import_into_their_fields_and_export_as_flags(tmp_path):
+    for precision in ("bf16", "fp16"):
+        key = f"full_{precision}"
+        result = import_source("posix", f"python train_network.py --mixed_precision {precision} "
+                               f"--{key} --output_dir /out --train_data_dir /data")
+        assert fields(result)[("training", key)] is True
+        assert statuses(result)[key] == MAPPED
+        (tmp_path / precision / "train" / "10_hero").mkdir(parents=True)
+        data = {"profile_version": 1, "model": {"pretrained_model_name_or_path": "/m/sd15"},
+                "dataset": {"train_data_dir": str(tmp_path / precision / "train")},
+                "training": {"mixed_precision": precision, key: True},
+                "saving": {"output_dir": str(tmp_path / precision / "out")}}
+        original, problems = read_profile(data, tmp_path)
+        assert [p.text() for p in problems if p.severity == "error"] == []
+        export_sd_scripts(original, tmp_path / precision / "export")
+        command = (tmp_path / precision / "export" / "command.sh").read_text()
+        assert f"--{key} " in command or command.rstrip().endswith(f"--{key}")
+        other = "full_fp16" if precision == "bf16" else "full_bf16"
+        assert f"--{other}" not in command
+        back = import_source(tmp_path / precision / "export" / "command.sh").data
+        assert back["training"][key] is True and other not in back["training"]

@@ -38,7 +38,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def bundle():
-    from lora_core.models.loading import load_model
+    from lora_core.families.sd.loading import load_model
 
     return load_model("builtin:tiny-sd1", Path("."), torch.float32)
 

@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from lora_core.errors import ModelError
+from lora_core.families.sd.loading import load_model
+from lora_core.families.sd1 import SD1Family
 from lora_core.models.builtin import ensure_builtin
-from lora_core.models.families import ModelBundle, SD1Family, final_layer_norm
-from lora_core.models.loading import load_model
+from lora_core.models.bundle import ModelBundle
+from lora_core.models.clip_text import final_layer_norm
 from tests.helpers.tiny_models import with_text
 
 WORDS = ("red", "hair", "blue", "eyes", "smile", "woman", "dress", "hat", "forest", "flower",

@@ -19,9 +19,10 @@ from lora_core.profile import Profile
 
 
 class _Machine:
-    def __init__(self, has_cuda: bool, gpus: int = 0) -> None:
+    def __init__(self, has_cuda: bool, gpus: int = 0, cpu_bf16: bool | None = None) -> None:
         self.has_cuda = has_cuda
         self.gpus = [Gpu(i, "RTX 4090", 24 * 2**30) for i in range(gpus)]
+        self.cpu_bf16 = cpu_bf16
 
 
 def _processes(count: int, gpu_ids: str = "") -> Profile:
@@ -110,6 +111,8 @@ def test_the_driver_lists_no_gpu_when_they_are_hidden():
 
 
 class _Gpus:
+    cpu_bf16 = None
+
     def __init__(self, *capabilities: tuple[int, int] | None) -> None:
         self.has_cuda = bool(capabilities)
         self.gpus = [Gpu(i, f"GPU{i}", 24 * 2**30, cc) for i, cc in enumerate(capabilities)]
@@ -161,3 +164,38 @@ def test_the_driver_gives_each_gpus_compute_capability(monkeypatch):
     assert gpu == Gpu(0, "NVIDIA H100", 80 * 2**30, (9, 0))
     del _Driver.cuDeviceGetAttribute
     assert cuda_devices()[0].capability is None
+
+
+AVX2_ONLY = """processor	: 0
+vendor_id	: AuthenticAMD
+model name	: AMD EPYC 7B12
+flags		: fpu vme sse sse2 avx avx2 fma bmi2 sha_ni
+"""
+SAPPHIRE_RAPIDS = AVX2_ONLY.replace("AuthenticAMD", "GenuineIntel").replace(
+    "sha_ni", "avx512f avx512_bf16 amx_bf16 amx_tile")
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_a_warning_that_proposes_fp32(tmp_path):
+    """Issue 28: on an AVX2-only CPU (flags mocked) bf16 convolutions take a slow path; check
+    says so at the field and proposes "no". A CPU with AVX512-BF16 / AMX keeps bf16 quiet,
+    and so does a GPU machine or a CPU whose flags are not known."""
+    from lora_core.checks.machine import cpu_flags, native_bf16
+
+    (tmp_path / "avx2").write_text(AVX2_ONLY)
+    (tmp_path / "spr").write_text(SAPPHIRE_RAPIDS)
+    (tmp_path / "arm").write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    assert native_bf16(cpu_flags(tmp_path / "avx2")) is False
+    assert native_bf16(cpu_flags(tmp_path / "spr")) is True
+    assert cpu_flags(tmp_path / "arm") is None and native_bf16(None) is None
+    assert cpu_flags(tmp_path / "missing") is None
+
+    profile = Profile()
+    profile.training.mixed_precision = "bf16"
+    (found,) = machine_problems(profile, _Machine(False, cpu_bf16=False))
+    assert not found.is_error and found.field == ("training", "mixed_precision")
+    assert "no native bf16" in found.message and 'mixed_precision = "no"' in found.hint
+    assert machine_problems(profile, _Machine(False, cpu_bf16=True)) == []
+    assert machine_problems(profile, _Machine(False, cpu_bf16=None)) == []
+    assert machine_problems(profile, _Machine(True, 1, cpu_bf16=False)) == []
+    profile.training.mixed_precision = "no"
+    assert machine_problems(profile, _Machine(False, cpu_bf16=False)) == []

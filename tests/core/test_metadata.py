@@ -6,6 +6,7 @@ import json
 
 from lora_core.checks import scan_profile
 from lora_core.dataset.plan import make_plan
+from lora_core.family_registry import family
 from lora_core.saving.metadata import RunInfo, training_metadata
 from tests.core.dataset_helpers import make_folder, profile_for
 
@@ -18,7 +19,8 @@ def metadata_for(tmp_path, **overrides):
     run = RunInfo(session_id=1, started_at=0.0, seed=3, output_name="mylora", model_name="m",
                   model_file=None, optimizer_repr="x", warmup_steps=0,
                   max_train_steps=plan.max_train_steps, num_epochs=plan.num_epochs)
-    return training_metadata(profile, plan, run)
+    # The SD 1.x family's keys over the common ones, as a run of the built-in writes them.
+    return family("sd1").file_metadata(None, profile, training_metadata(profile, plan, run))
 
 
 def test_defaults_are_recorded_as_sd_scripts_writes_them(tmp_path):
@@ -71,12 +73,10 @@ def test_every_option_reaches_the_metadata(tmp_path):
 
 
 def test_base_model_version_and_architecture_per_family():
-    from lora_core.saving.metadata import base_model_version, modelspec_architecture
-
-    assert [base_model_version(f, v) for f, v in (("sd1", False), ("sd1", True), ("sd2", False),
-                                                  ("sd2", True), ("sdxl", False))] == \
+    assert [family(f).base_model_version(v) for f, v in (
+        ("sd1", False), ("sd1", True), ("sd2", False), ("sd2", True), ("sdxl", False))] == \
         ["sd_v1", "sd_v1_v", "sd_v2", "sd_v2_v", "sdxl_base_v1-0"]
-    assert modelspec_architecture("sd2", True) == "stable-diffusion-v2-768-v/lora"
-    assert modelspec_architecture("sd2", False) == "stable-diffusion-v2-512/lora"
-    assert modelspec_architecture("sdxl", False) == "stable-diffusion-xl-v1-base/lora"
-    assert modelspec_architecture("sd1", True) == "stable-diffusion-v1/lora"
+    assert family("sd2").modelspec_architecture(True) == "stable-diffusion-v2-768-v/lora"
+    assert family("sd2").modelspec_architecture(False) == "stable-diffusion-v2-512/lora"
+    assert family("sdxl").modelspec_architecture(False) == "stable-diffusion-xl-v1-base/lora"
+    assert family("sd1").modelspec_architecture(True) == "stable-diffusion-v1/lora"

@@ -17,16 +17,15 @@ import torch
 from safetensors.torch import load_file
 
 from lora_core.errors import ModelError
+from lora_core.families.sd import builtin as sd_builtin
+from lora_core.families.sd.loading import load_model
+from lora_core.families.sd1 import SD1Family
+from lora_core.family_registry import family
 from lora_core.models import builtin
 from lora_core.models.builtin import ensure_builtin
-from lora_core.models.families import (
-    ModelBundle,
-    SD1Family,
-    family_of,
-    final_layer_norm,
-    get_family,
-)
-from lora_core.models.loading import describe_model, inspect_model, load_model
+from lora_core.models.bundle import ModelBundle
+from lora_core.models.clip_text import final_layer_norm
+from lora_core.models.loading import describe_model, inspect_model
 from lora_core.models.tokenizer_gen import (
     BOS_TOKEN,
     EOS_TOKEN,
@@ -135,10 +134,10 @@ def test_builtin_cache_is_reused(tiny_folder: Path, cache_root: Path,
     def no_rebuild(folder: Path) -> None:
         raise AssertionError("rebuilt a cached model")
 
-    monkeypatch.setattr(builtin, "_build_tiny_sd1", no_rebuild)
+    monkeypatch.setattr(sd_builtin, "_build_tiny_sd1", no_rebuild)
     assert ensure_builtin("tiny-sd1", cache_root) == tiny_folder
     assert ensure_builtin("tiny-sd1") == tiny_folder  # via LORA_TUI_CACHE_DIR
-    assert tiny_folder.name == f"tiny-sd1-v{builtin.BUILD_VERSION}"
+    assert tiny_folder.name == f"tiny-sd1-v{sd_builtin.BUILD_VERSION}"
     assert [p.name for p in tiny_folder.parent.iterdir()] == [tiny_folder.name]
 
 
@@ -152,7 +151,7 @@ def test_builtin_race_keeps_the_winner(tiny_folder: Path, tmp_path: Path,
         shutil.copytree(tiny_folder, final)  # the other process renames first
         (folder / "model_index.json").write_text("{}")
 
-    monkeypatch.setattr(builtin, "_build_tiny_sd1", other_process_wins)
+    monkeypatch.setattr(sd_builtin, "_build_tiny_sd1", other_process_wins)
     assert ensure_builtin("tiny-sd1", tmp_path) == final
     assert [p.name for p in final.parent.iterdir()] == [final.name]
     assert json.loads((final / "model_index.json").read_text())["_class_name"]
@@ -196,7 +195,7 @@ def test_pipeline_loads_and_runs(tiny_folder: Path) -> None:
 
 
 def test_bundle_fields(bundle: ModelBundle) -> None:
-    assert bundle.family == "sd1" and bundle.impl is get_family("sd1") is family_of(bundle)
+    assert bundle.family == "sd1" and bundle.impl is family("sd1")
     assert bundle.model_name == "tiny-sd1" and bundle.model_file is None
     assert bundle.vae_scaling_factor == pytest.approx(0.18215)
     assert bundle.prediction_type == "epsilon"

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lora_core.errors import ProfileError
-from lora_core.models.loading import load_model
+from lora_core.families.sd.loading import load_model
 from lora_core.network.build import build_network, conv_rank_and_alpha
 from lora_core.network.loha import LoHaModule, hadamard_product
 from lora_core.network.lokr import LoKrModule, factorization

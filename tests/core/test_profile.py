@@ -101,7 +101,9 @@ def every_field_changed() -> dict:
                       "lr_scheduler_args": ["lr_end=1e-8"]},
         "training": {"max_train_epochs": 7, "max_train_steps": 900, "train_batch_size": 3,
                      "gradient_accumulation_steps": 2, "gradient_checkpointing": True,
-                     "fp8_base": True, "cpu_offload_checkpointing": True, "blocks_to_swap": 4,
+                     "fp8_base": True, "fp8_base_unet": True, "cpu_offload_checkpointing": True,
+                     "full_bf16": True, "full_fp16": True,
+                     "blocks_to_swap": 4,
                      "num_processes": 2, "gpu_ids": "0,1",
                      "mixed_precision": "bf16", "seed": 123, "noise_offset": 0.1,
                      "noise_offset_random_strength": True, "adaptive_noise_scale": 0.01,
@@ -418,9 +420,9 @@ def test_schedule_free_and_import_paths_are_optimizers_other_keys_not_supported_
         assert profile.optimizer.optimizer_type == read
     msg = errors_of({**MINIMAL, "optimizer": {"optimizer_type": "torch optim RAdam"}})
     assert "nor an import path like" in msg and "AdamW8bit" in msg
-    msg = errors_of({**MINIMAL, "saving": {"output_dir": "o", "full_bf16": True}})
-    assert "full_bf16` is not supported yet" in msg
-    msg = errors_of({**MINIMAL, "training": {"full_fp16": True}})
+    msg = errors_of({**MINIMAL, "saving": {"output_dir": "o", "torch_compile": True}})
+    assert "torch_compile` is not supported yet" in msg
+    msg = errors_of({**MINIMAL, "training": {"dynamo_backend": "inductor"}})
     assert "not supported yet" in msg
 
 

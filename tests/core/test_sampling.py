@@ -16,7 +16,7 @@ from PIL import Image
 
 from lora_core.cli import LogToEvents
 from lora_core.events import EventBus, PhaseChanged, SampleSaved, WarningIssued
-from lora_core.models.loading import load_model
+from lora_core.families.sd.loading import load_model
 from lora_core.network.lora import LoRANetwork, NetworkShape
 from lora_core.profile import SampleSection
 from lora_core.training.sample_prompts import SamplePrompt

@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from lora_core.errors import ModelError
-from lora_core.models.families import ModelBundle, final_layer_norm
-from lora_core.models.family_sd2 import SD2Family, clip_skip_warning
+from lora_core.families.sd2 import SD2Family, clip_skip_warning
+from lora_core.family_registry import family as family_named
+from lora_core.models.bundle import ModelBundle
+from lora_core.models.clip_text import final_layer_norm
 from lora_core.network.build import build_network
 from lora_core.paths import cache_dir
 from lora_core.profile import NetworkSection, TrainingSection
-from lora_core.saving.metadata import base_model_version, modelspec_architecture
 from lora_core.training.loss import diffusion_loss, prepare_schedule_and_loss, training_target
 from tests.helpers.tiny_models import (
     SD2_TEXT_LAYERS,
@@ -156,7 +157,8 @@ def test_v_prediction_steps_with_min_snr(sd2_v_folder: Path) -> None:
     for model in (bundle.unet, bundle.vae, *bundle.text_encoders):
         model.requires_grad_(False)
     network = build_network(bundle.unet, bundle.text_encoders,
-                            NetworkSection(network_dim=4, network_alpha=2.0), family="sd2")
+                            NetworkSection(network_dim=4, network_alpha=2.0),
+                            naming=family_named("sd2").naming)
     network.apply_to()
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-2)
     training = dataclasses.replace(TrainingSection(), min_snr_gamma=5.0)
@@ -208,7 +210,7 @@ def test_v_prediction_steps_with_min_snr(sd2_v_folder: Path) -> None:
 def _proj_in_downs(unet) -> dict[str, torch.Size]:
     network = build_network(unet, [], NetworkSection(network_dim=4, network_alpha=4.0,
                                                      network_train_unet_only=True),
-                            family="sd2")
+                            naming=family_named("sd2").naming)
     return {k: v.shape for k, v in network.state_dict().items()
             if k.endswith(("proj_in.lora_down.weight", "proj_out.lora_up.weight"))}
 
@@ -229,7 +231,8 @@ def test_lora_names_and_projection_shapes(bundle: ModelBundle) -> None:
     assert all(len(s) == 2 for s in linear.values()) and all(len(s) == 4 for s in conv.values())
 
     network = build_network(bundle.unet, bundle.text_encoders,
-                            NetworkSection(network_dim=4, network_alpha=4.0), family="sd2")
+                            NetworkSection(network_dim=4, network_alpha=4.0),
+                            naming=family_named("sd2").naming)
     te = bundle.text_encoders[0]
     assert len(network.text_encoder_names) == te.config.num_hidden_layers * 6
     assert {f"lora_te_text_model_encoder_layers_{i}_{part}"
@@ -247,7 +250,7 @@ def test_single_file_load_gives_conv_projections_and_the_same_model(
     """An SD 2.x single file (A1111 layout, our writer) through the user's loading path:
     family sd2, 1x1-conv proj_in/out as sd-scripts builds them, so 4-D LoRA tensors under
     the same names, and the same U-Net and text-encoder outputs as the diffusers folder."""
-    from lora_core.models.loading import load_model
+    from lora_core.families.sd.loading import load_model
     from tests.helpers.ldm_export import write_single_file
 
     path = write_single_file(sd2_folder, tmp_path / "tiny-sd2.safetensors", "sd2")
@@ -278,12 +281,10 @@ def test_single_file_load_gives_conv_projections_and_the_same_model(
     (True, "sd_v2_v", "stable-diffusion-v2-768-v/lora"),
 ])
 def test_metadata_values(v_pred: bool, version: str, architecture: str) -> None:
-    assert base_model_version("sd2", v_pred) == version
-    assert modelspec_architecture("sd2", v_pred) == architecture
+    assert family_named("sd2").base_model_version(v_pred) == version
+    assert family_named("sd2").modelspec_architecture(v_pred) == architecture
 
 
 def test_the_registry_gives_this_family(bundle: ModelBundle) -> None:
-    from lora_core.models.families import get_family
-
-    assert isinstance(get_family("sd2"), SD2Family)
+    assert isinstance(family_named("sd2"), SD2Family)
     assert isinstance(bundle.impl, SD2Family)

@@ -14,15 +14,17 @@ from PIL import Image
 from lora_core.checks import scan_profile
 from lora_core.dataset.loader import EpochBatches, size_conditioning
 from lora_core.dataset.plan import make_plan
-from lora_core.models.builtin import ensure_builtin, training_noise_scheduler
-from lora_core.models.families import ModelBundle, TextConditioning
-from lora_core.models.family_sdxl import size_embedding
-from lora_core.models.unet_layout import (
+from lora_core.families.sd.builtin import training_noise_scheduler
+from lora_core.families.sd.unet_layout import (
     diffusers_to_original,
     original_to_diffusers,
     state_dict_to_diffusers,
     state_dict_to_original,
 )
+from lora_core.families.sdxl import FAMILY as SDXL
+from lora_core.families.sdxl import size_embedding
+from lora_core.models.builtin import ensure_builtin
+from lora_core.models.bundle import ModelBundle, TextConditioning
 from lora_core.network.blocks import SDXL_BLOCKS, block_index, block_lr_weights
 from lora_core.network.build import build_network
 from lora_core.network.naming import text_encoder_targets, unet_targets
@@ -33,7 +35,7 @@ from lora_core.training.sampling import generate_samples
 from tests.core.dataset_helpers import profile_for
 from tests.helpers.tiny_models import with_text
 
-CONFIGS = Path(__file__).resolve().parents[2] / "lora_core" / "models" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "lora_core" / "families" / "sd" / "configs"
 CPU = torch.device("cpu")
 TE_LAYERS = 2  # both tiny-sdxl text encoders
 
@@ -130,7 +132,7 @@ def test_every_unet_key_round_trips(family, meta_sdxl):
 
 def test_full_size_sdxl_module_counts_and_names(meta_sdxl):
     unet, te1, te2 = meta_sdxl
-    plain, with_conv = unet_targets(unet, False, "sdxl"), unet_targets(unet, True, "sdxl")
+    plain, with_conv = unet_targets(unet, False, SDXL.naming), unet_targets(unet, True, SDXL.naming)
     te_names = [t.lora_name for t in text_encoder_targets(te1, "lora_te1")
                 + text_encoder_targets(te2, "lora_te2")]
     assert (len(plain), len(with_conv), len(te_names)) == (722, 788, 264)
@@ -167,7 +169,8 @@ def test_sdxl_block_slots():
 def test_sdxl_block_lr_weight_zero_removes_the_input_blocks(bundle):
     net = NetworkSection(network_dim=2, network_alpha=1.0, network_train_unet_only=True)
     weights = block_lr_weights("zeros", "", "", 0.0, SDXL_BLOCKS)
-    network = build_network(bundle.unet, bundle.text_encoders, net, weights, family="sdxl")
+    network = build_network(bundle.unet, bundle.text_encoders, net, weights, naming=SDXL.naming,
+                            layout=SDXL.block_layout())
     names = list(network.unet_names)
     assert names and not any(n.startswith("lora_unet_input_blocks") for n in names)
     assert any(n.startswith("lora_unet_input_blocks") for n in network.skipped_names)
@@ -274,7 +277,8 @@ def test_loader_batches_carry_the_size_conditioning(tmp_path):
 def test_training_steps_with_added_conditioning_and_sai_named_lora(bundle):
     net = NetworkSection(network_module="LoCon", network_dim=4, network_alpha=2.0, conv_dim=2,
                          conv_alpha=1.0)
-    network = build_network(bundle.unet, bundle.text_encoders, net, family="sdxl")
+    network = build_network(bundle.unet, bundle.text_encoders, net, naming=SDXL.naming,
+                            layout=SDXL.block_layout())
     names = list(network.unet_names)
     assert "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q" in names
     assert "lora_unet_output_blocks_2_2_conv" in names

@@ -21,9 +21,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lora_core.errors import ModelError
-from lora_core.models import checkpoint as ckpt
+from lora_core.families.sd import checkpoint as ckpt
+from lora_core.families.sd.loading import load_model
 from lora_core.models.builtin import ensure_builtin
-from lora_core.models.loading import describe_model, inspect_model, load_model
+from lora_core.models.headers import read_header
+from lora_core.models.loading import describe_model, inspect_model
+from lora_core.models.prediction import prediction_warning
 from lora_core.models.tokenizer_gen import write_tokenizer
 from lora_core.models.tokenizers import CLIP_G, CLIP_L, SD2, find_tokenizer
 from tests.helpers.ldm_export import checkpoint_state_dict, write_single_file
@@ -118,7 +121,7 @@ def test_sd2_text_encoder_drops_the_last_openclip_block(folders: dict[str, Path]
                                                          tmp_path: Path) -> None:
     folder = folders["sd2"]
     path = write_single_file(folder, tmp_path / "sd2.safetensors", "sd2")
-    shapes, _ = ckpt.read_header(path)
+    shapes, _ = read_header(path)
     blocks = ckpt._count(list(shapes), f"{ckpt.SD2_TE_PREFIX}transformer.resblocks.")
     bundle = load_model(str(path), tmp_path, tokenizer_dir=folder / "tokenizer")
     config = json.loads((folder / "text_encoder" / "config.json").read_text())
@@ -162,7 +165,7 @@ def full_headers() -> dict[str, dict[str, tuple[int, ...]]]:
 def test_full_size_architecture_from_header(full_headers, tmp_path: Path, family: str,
                                             expected: dict) -> None:
     path = _fake_header_file(tmp_path / f"{family}.safetensors", full_headers[family])
-    arch = ckpt.read_architecture(ckpt.read_header(path)[0], path)
+    arch = ckpt.read_architecture(read_header(path)[0], path)
     u = arch.unet
     assert arch.family == family and u.model_channels == 320 and u.layers_per_block == 2
     assert (u.channel_mult, u.transformer_depth, u.mid_depth, u.context_dim, u.linear_proj,
@@ -171,7 +174,7 @@ def test_full_size_architecture_from_header(full_headers, tmp_path: Path, family
     assert [(t.kind, t.width, t.layers) for t in arch.text_encoders] == expected["te"]
     assert arch.vae.block_out_channels == (128, 256, 512, 512) and arch.vae.latent_channels == 4
     # The derived diffusers configs are the published ones for these files.
-    from lora_core.models.configs import init_kwargs, load_config
+    from lora_core.families.sd.configs import init_kwargs, load_config
 
     published = {"use_linear_projection": False, **init_kwargs(load_config(family, "unet"))}
     derived = ckpt.unet_config(arch)
@@ -371,22 +374,22 @@ def test_sdxl_tokenizers_from_cache_pad_as_sd_scripts(folders: dict[str, Path],
 
 
 def test_prediction_warning(tmp_path: Path) -> None:
-    assert ckpt.prediction_warning(Path("v2-1_768-ema-pruned.safetensors"), {}, False) is None
-    assert "v_parameterization` is false" in ckpt.prediction_warning(
+    assert prediction_warning(Path("v2-1_768-ema-pruned.safetensors"), {}, False) is None
+    assert "v_parameterization` is false" in prediction_warning(
         Path("model-768-v.safetensors"), {}, False)
-    assert "v_parameterization` is false" in ckpt.prediction_warning(
+    assert "v_parameterization` is false" in prediction_warning(
         Path("noobai-vpred-1.0.safetensors"), {}, False)
-    assert ckpt.prediction_warning(Path("noobai-vpred-1.0.safetensors"), {}, True) is None
+    assert prediction_warning(Path("noobai-vpred-1.0.safetensors"), {}, True) is None
     meta = {"modelspec.prediction_type": "v"}
-    assert "metadata" in ckpt.prediction_warning(Path("plain.safetensors"), meta, False)
-    assert "is true" in ckpt.prediction_warning(
+    assert "metadata" in prediction_warning(Path("plain.safetensors"), meta, False)
+    assert "is true" in prediction_warning(
         Path("plain.safetensors"), {"modelspec.prediction_type": "epsilon"}, True)
-    assert ckpt.prediction_warning(Path("plain.safetensors"), {}, True) is None
+    assert prediction_warning(Path("plain.safetensors"), {}, True) is None
 
 
 def test_tensors_are_read_without_mapping_the_file(folders: dict[str, Path],
                                                    tmp_path: Path) -> None:
-    from lora_core.models.single_file import _Reader
+    from lora_core.families.sd.single_file import _Reader
 
     path = write_single_file(folders["sdxl"], tmp_path / "xl.safetensors", "sdxl",
                              dtype=torch.float16)
@@ -412,3 +415,45 @@ def test_tensors_are_read_without_mapping_the_file(folders: dict[str, Path],
     last = max(damaged._entries, key=lambda k: damaged._entries[k][3])
     with pytest.raises(ModelError, match=f"cannot read tensor {last!r}"):
         damaged.get(last, torch.bfloat16)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_fp8_unet_reads_the_linear_and_conv_weights_as_float8(folders: dict[str, Path],
+                                                              tmp_path: Path,
+                                                              family: str) -> None:
+    """fp8_base on a single file (issue 28): the U-Net's 2-D / 4-D weights are cast to float8
+    as each tensor is read, so the wide U-Net never exists (the peak the full-size bench
+    measures); norms and biases keep the training dtype; placed, its output is the one of the
+    wide model with its weights rounded to fp8."""
+    from lora_core.profile import TrainingSection
+
+    folder = folders[family]
+    path = write_single_file(folder, tmp_path / "model.safetensors", family)
+    tokenizers = str(folder / "tokenizer")
+    wide = load_model(path.name, tmp_path, torch.float32, tokenizer_dir=tokenizers)
+    narrow = load_model(path.name, tmp_path, torch.float32, tokenizer_dir=tokenizers,
+                        fp8_unet=True)
+    weights = {name: p for name, p in narrow.unet.named_parameters()}
+    assert all(p.dtype == torch.float8_e4m3fn for n, p in weights.items()
+               if n.endswith(".weight") and p.ndim in (2, 4))
+    assert all(p.dtype == torch.float32 for n, p in weights.items() if p.ndim == 1)
+    for name, p in wide.unet.named_parameters():  # the same numbers, rounded to fp8
+        if p.ndim in (2, 4) and name.endswith(".weight"):
+            torch.testing.assert_close(weights[name].float(), p.to(torch.float8_e4m3fn).float())
+    narrow.impl.place_transformer(narrow, TrainingSection(fp8_base_unet=True), "cpu",
+                                  torch.float32)
+    sample = torch.randn(1, narrow.unet.config.in_channels, 8, 8)
+    context = torch.randn(1, 77, narrow.unet.config.cross_attention_dim)
+    extra = {}
+    if family == "sdxl":
+        extra = {"added_cond_kwargs": {
+            "text_embeds": torch.randn(1, narrow.unet.config.projection_class_embeddings_input_dim
+                                       - 6 * narrow.unet.config.addition_time_embed_dim),
+            "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}}
+    with torch.no_grad():
+        for name, p in wide.unet.named_parameters():  # the wide model with fp8's numbers
+            if p.ndim in (2, 4) and name.endswith(".weight"):
+                p.copy_(p.to(torch.float8_e4m3fn).float())
+        out = narrow.unet(sample, 10, context, **extra).sample
+        ref = wide.unet(sample, 10, context, **extra).sample
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)

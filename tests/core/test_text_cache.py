@@ -17,7 +17,7 @@ from safetensors import safe_open
 from lora_core import paths
 from lora_core.checks import scan_profile
 from lora_core.dataset.plan import make_plan
-from lora_core.models.families import TextSettings
+from lora_core.models.bundle import TextSettings
 from lora_core.saving import text_cache
 from lora_core.training.conditioning import (
     LiveTextEncoder,
@@ -33,7 +33,7 @@ CAPTIONS = ["a red cat", "a blue dog", "a red cat"]  # two distinct captions
 
 @pytest.fixture(scope="module", params=["tiny-sd1", "tiny-sdxl"])
 def bundle(request):
-    from lora_core.models.loading import load_model
+    from lora_core.families.sd.loading import load_model
 
     return load_model(f"builtin:{request.param}", Path.cwd(), torch.float32)
 
@@ -217,3 +217,18 @@ def test_the_checks_refuse_caching_when_the_text_encoder_trains(tmp_path):
     assert "network_train_unet_only" in found[0].message
     profile.network.network_train_unet_only = True
     assert not [p for p in check_profile(profile).errors if p.section == "dataset"]
+
+
+def test_a_family_s_own_settings_are_in_the_fingerprint():
+    """Flux's T5 token count and mask setting change its states: they are fingerprinted;
+    a family with none (SD) keeps the fingerprint it had before they were."""
+    from lora_core.saving.text_cache import text_encoder_fingerprint
+
+    def fingerprint(settings):
+        return text_encoder_fingerprint("flux", [], [], TextSettings(), settings)
+
+    masked = fingerprint({"t5_max_length": 512, "apply_t5_attn_mask": True})
+    assert masked != fingerprint({"t5_max_length": 512, "apply_t5_attn_mask": False})
+    assert masked != fingerprint({"t5_max_length": 256, "apply_t5_attn_mask": True})
+    assert fingerprint({}) == fingerprint(None) == text_encoder_fingerprint(
+        "flux", [], [], TextSettings())

@@ -326,7 +326,6 @@ def test_out_of_memory_in_a_step_becomes_a_retry_offer(tmp_path, state_dir, monk
     """CUDA OOM cannot happen on a CPU: raise it where a step would, and check what the
     user and the wizard get."""
     from lora_core import cli
-    from lora_core.training import trainer
     from tests.e2e.conftest import make_images
 
     make_images(tmp_path / "data" / "2_tok", 2)
@@ -350,7 +349,9 @@ output_dir = "{tmp_path / 'out'}"
     def no_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(trainer, "make_noise", no_memory)
+    from lora_core.families.sd import objective  # the SD family's objective draws the noise
+
+    monkeypatch.setattr(objective, "make_noise", no_memory)
     events = tmp_path / "events.jsonl"
     code = cli.main(["run", str(profile), "--events", str(events), "--no-progress"])
     err = capsys.readouterr().err

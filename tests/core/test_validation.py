@@ -165,7 +165,7 @@ def test_metadata_records_the_validation_settings(dataset):
                             max_validation_steps=3)
     run = RunInfo(session_id=1, started_at=0.0, seed=5, output_name="x", model_name="m",
                   model_file=None, optimizer_repr="o", warmup_steps=0, max_train_steps=1,
-                  num_epochs=1, num_processes=1, family="sd1")
+                  num_epochs=1, num_processes=1)
     meta = training_metadata(profile, plan, run)
     assert meta["ss_num_validation_images"] == "3"
     assert meta["ss_validation_split"] == "0.2"

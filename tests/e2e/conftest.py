@@ -243,17 +243,38 @@ def assert_same_as_reference(reference: dict, resumed_events: Path, out: Path, n
         assert (final[key] == tensor).all(), key
 
 
-def _kohya_module_map(pipe, family: str = "sd1") -> dict:
-    from lora_core.network.naming import (
-        default_text_encoder_prefixes,
-        text_encoder_targets,
-        unet_targets,
-    )
+def kill_9_then_resume(workdir: Path, reference: dict, **sections: dict) -> int:
+    """A run named "kill" of ``write_profile(workdir, ..., **sections)`` killed with -9 at a
+    random step, then `lora-train resume` to the end: it must give ``reference``'s losses and
+    final file. Returns the step the resume started from."""
+    import random
+    import signal
 
+    state = workdir / "state-kill"
+    first = workdir / "kill.jsonl"
+    child = start(write_profile(workdir, "kill", **sections), first, state)
+    wait_for_step(first, random.Random().randint(4, STEPS - 3), child)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    out = workdir / "out-kill"
+    second = workdir / "kill-resumed.jsonl"
+    result = run_cli("resume", str(run_folder(out)), "--events", str(second), "--no-progress",
+                     env={"LORA_TUI_STATE_DIR": str(state)})
+    assert result.returncode == 0, result.stderr
+    (point,) = [e for e in events(second) if e["type"] == "run_resumed"]
+    assert_same_as_reference(reference, second, out, "kill", point["step"] + 1)
+    return point["step"]
+
+
+def _kohya_module_map(pipe, family: str = "sd1") -> dict:
+    from lora_core.family_registry import family as family_named
+    from lora_core.network.naming import text_encoder_targets, unet_targets
+
+    naming = family_named(family).naming
     modules = {t.lora_name: t.module
-               for t in unet_targets(pipe.unet, with_conv=True, family=family)}
+               for t in unet_targets(pipe.unet, with_conv=True, naming=naming)}
     encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e]
-    for encoder, prefix in zip(encoders, default_text_encoder_prefixes(family, len(encoders)),
+    for encoder, prefix in zip(encoders, naming.text_encoder_prefixes(len(encoders)),
                                strict=True):
         modules.update({t.lora_name: t.module for t in text_encoder_targets(encoder, prefix)})
     return modules

@@ -8,10 +8,8 @@ with dots as underscores), not by the project's naming code.
 
 from __future__ import annotations
 
-import random
 import re
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
@@ -20,14 +18,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from tests.e2e.conftest import (
-    STEPS,
-    assert_same_as_reference,
-    events,
-    run_cli,
-    run_folder,
+    kill_9_then_resume,
     run_reference,
-    start,
-    wait_for_step,
     write_profile,
 )
 
@@ -227,21 +219,7 @@ def flux_workdir(tmp_path_factory) -> Path:
 
 def test_kill_9_then_resume_gives_the_uninterrupted_flux_run(flux_workdir):
     reference = run_reference(flux_workdir, write_profile(flux_workdir, "ref", **FLUX_RUN))
-    state = flux_workdir / "state-kill"
-    profile = write_profile(flux_workdir, "kill", **FLUX_RUN)
-    first = flux_workdir / "kill.jsonl"
-    child = start(profile, first, state)
-    wait_for_step(first, random.Random().randint(4, STEPS - 3), child)
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=30)
-    out = flux_workdir / "out-kill"
-    second = flux_workdir / "kill-resumed.jsonl"
-    result = run_cli("resume", str(run_folder(out)), "--events", str(second), "--no-progress",
-                     env={"LORA_TUI_STATE_DIR": str(state)})
-    assert result.returncode == 0, result.stderr
-    (point,) = [e for e in events(second) if e["type"] == "run_resumed"]
-    assert point["step"] >= 3
-    assert_same_as_reference(reference, second, out, "kill", point["step"] + 1)
+    assert kill_9_then_resume(flux_workdir, reference, **FLUX_RUN) >= 3
 
 
 def test_every_option_a_flux_run_takes_together(tmp_path, tiny_flux, train_profile):
@@ -273,6 +251,35 @@ def test_every_option_a_flux_run_takes_together(tmp_path, tiny_flux, train_profi
     assert not any(n.startswith("lora_te") for n in modules_in(run))
 
 
+def test_flux_text_encoder_outputs_cached_on_disk_are_reused_and_train_the_same(
+        tmp_path, tiny_flux, train_profile):
+    """cache_text_encoder_outputs_to_disk for Flux: each caption's T5 states, CLIP-L pool and
+    T5 mask in a file (the fingerprint holds T5's token count and mask setting); a second
+    run reads them without writing; both train exactly as the cache in memory does."""
+    from safetensors import safe_open
+
+    from lora_core.saving import text_cache
+
+    losses = {}
+    common = {"network": {"network_train_unet_only": True},
+              "dataset": {"cache_text_encoder_outputs": True, "shuffle_caption": False}}
+    for name, to_disk in (("memory", False), ("disk", True), ("again", True)):
+        seen: list = []
+        before = {p: p.stat().st_mtime_ns for p in text_cache.cache_root().rglob("*.safetensors")}
+        train_profile(tmp_path, name, events=seen, network=common["network"],
+                      dataset={**common["dataset"],
+                               "cache_text_encoder_outputs_to_disk": to_disk})
+        losses[name] = [e.loss for e in seen if type(e).__name__ == "StepEnded"]
+        after = {p: p.stat().st_mtime_ns for p in text_cache.cache_root().rglob("*.safetensors")}
+        if name == "again":
+            assert after == before  # every caption read from its file, none written
+        elif name == "disk":
+            written = set(after) - set(before) or set(after)
+            with safe_open(str(sorted(written)[0]), "pt") as handle:
+                assert set(handle.keys()) == {"hidden_state", "pool", "mask"}
+    assert losses["memory"] == losses["disk"] == losses["again"] and losses["memory"]
+
+
 def test_alpha_masks_weigh_the_flux_loss(tmp_path, tiny_flux, train_profile):
     """Half-transparent images with alpha_mask: the masked half does not count, so every
     step's loss is below the same run's without the mask (same seed, same noise)."""
@@ -295,7 +302,7 @@ def test_alpha_masks_weigh_the_flux_loss(tmp_path, tiny_flux, train_profile):
 
 
 def test_fp8_base_keeps_the_transformer_linears_in_float8(tiny_flux, tmp_path):
-    from lora_core.families.flux.family import load_flux_bundle
+    from lora_core.families.flux.training import load_flux_bundle
     from lora_core.models.fp8 import move_keeping_fp8
     from lora_core.profile_load import load_profile
 
@@ -307,6 +314,31 @@ def test_fp8_base_keeps_the_transformer_linears_in_float8(tiny_flux, tmp_path):
     assert all(m.weight.dtype == torch.float8_e4m3fn for m in linears)
     norms = [p for n, p in bundle.unet.named_parameters() if n.endswith("scale")]
     assert norms and all(p.dtype == torch.float32 for p in norms)
+
+
+def test_flux_previews_take_20_steps_unless_a_prompt_says(tiny_flux, tmp_path, monkeypatch):
+    """sd-scripts' Flux sampler defaults to 20 steps (SD's to 30): a prompt without --s
+    samples 20, one with --s its own."""
+    from lora_core.families.flux import sampler
+    from lora_core.families.flux.training import load_flux_bundle
+    from lora_core.profile_load import load_profile
+    from lora_core.training.sample_prompts import read_sample_prompts
+
+    bundle = load_flux_bundle(load_profile(write_profile(tmp_path, "steps", **FLUX_RUN)),
+                              torch.float32)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("tok --w 64 --h 64\ntok --w 64 --h 64 --s 3\n", encoding="utf-8")
+    steps: list[int] = []
+
+    def record(dit, **kwargs):
+        steps.append(kwargs["num_steps"])
+        return torch.zeros(1, 16, 8, 8)
+
+    monkeypatch.setattr(sampler, "sample_latents", record)
+    previews = bundle.impl.preview_sampler(bundle)
+    for prompt in read_sample_prompts(prompts, "euler"):
+        previews.image(prompt, 1, torch.device("cpu"))
+    assert steps == [20, 3]
 
 
 @pytest.mark.parametrize("lever", [{"blocks_to_swap": 1}, {"cpu_offload_checkpointing": True}])

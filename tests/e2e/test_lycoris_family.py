@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from lora_core.events import StepEnded
-from lora_core.models.loading import load_model
+from lora_core.families.sd.loading import load_model
 from lora_core.network.build import build_network
 from lora_core.network.weights import load_network_weights
 from lora_core.saving.lora_file import read_metadata

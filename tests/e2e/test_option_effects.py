@@ -15,8 +15,8 @@ import torch
 from safetensors import safe_open
 
 from lora_core.events import EventBus, StepEnded
+from lora_core.families.sd.loading import load_model
 from lora_core.models.builtin import ensure_builtin
-from lora_core.models.loading import load_model
 from lora_core.network.build import build_network
 from lora_core.network.weights import load_network_weights
 from lora_core.profile_load import load_profile

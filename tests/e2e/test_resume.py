@@ -29,6 +29,7 @@ from tests.e2e.conftest import (
     STEPS,
     assert_same_as_reference,
     events,
+    kill_9_then_resume,
     losses,
     make_images,
     run_cli,
@@ -322,3 +323,81 @@ def test_ctrl_c_then_resume_finishes_with_every_file_beside_the_lora(workdir, tm
         for before, after in zip(said, said[1:], strict=False):
             if before["type"] == "phase_changed" and after["type"] == "step_ended":
                 assert before["phase"] == "training", (before, after)
+
+
+def test_a_full_bf16_run_stopped_then_resumed_continues_exactly(tiny_profile, state_dir):
+    """Issue 28: full_bf16's state holds the bf16 weights (written as float32, exactly) and
+    AdamW's bf16 moments: a run stopped after step 3 and resumed (in this process) takes the
+    same steps as one that never stopped, bit for bit, and stays bf16."""
+    from safetensors.torch import load_file
+
+    from lora_core.events import EventBus, StateSaved, StepEnded
+    from lora_core.profile_load import load_profile
+    from lora_core.runs.status import StatusRecorder
+    from lora_core.session import run_training, start_resume, start_run
+
+    def run(name: str, stop_after: int | None = None, run_dir: Path | None = None):
+        seen: list = []
+        if run_dir is None:
+            path = tiny_profile(name, repeats=3, training={
+                "mixed_precision": "bf16", "full_bf16": True, "train_batch_size": 1},
+                saving={"save_precision": "float"})
+            profile = load_profile(path)
+            started = start_run(profile, path)
+        else:
+            path = None
+            profile, started = start_resume(run_dir, [])
+        bus = EventBus([seen.append, StatusRecorder(started.status)])  # as `lora-train run`
+        result = run_training(profile, path, started, bus,
+                              lambda: stop_after is not None and any(
+                                  isinstance(e, StepEnded) and e.step >= stop_after
+                                  for e in seen))
+        started.lock.close()  # one process runs both here: the resume takes the lock
+        return seen, result, started.folder.path
+
+    reference, done, _ = run("ref")
+    assert not done.interrupted
+    stopped, result, folder = run("stop", stop_after=3)
+    assert result.interrupted and result.steps == 3
+    (state,) = [Path(e.path) for e in stopped if isinstance(e, StateSaved)]
+    moments = torch.load(state / "optimizer.pt", weights_only=True)["state"]
+    assert {t.dtype for s in moments.values() for k, t in s.items() if k != "step"} == \
+        {torch.bfloat16}
+    resumed, result, _ = run("stop", run_dir=folder)
+    assert not result.interrupted
+
+    def losses_of(seen):
+        return {e.step: e.loss for e in seen if isinstance(e, StepEnded)}
+
+    want = losses_of(reference)
+    assert sorted(want) == list(range(1, 7))
+    assert losses_of(resumed) == {step: want[step] for step in range(4, 7)}
+    out = done.files[0].parent
+    final, ref_final = load_file(str(out / "stop.safetensors")), \
+        load_file(str(out / "ref.safetensors"))
+    assert final.keys() == ref_final.keys()
+    for key, tensor in ref_final.items():
+        assert torch.equal(final[key], tensor), key
+        assert key.endswith(".alpha") or torch.equal(tensor.to(torch.bfloat16).float(), tensor)
+
+
+def test_every_cpu_lever_together_trains_records_and_resumes_after_kill_9(tmp_path):
+    """Issue 28: fp8 base weights (U-Net Linears and Conv2ds, text encoder Linears), the LoRA
+    and its optimizer state in bf16 (full_bf16, under bf16), gradient checkpointing, cached
+    latents and the 8-bit optimizer, in one tiny run: it trains, the file records each lever,
+    and a run killed with -9 and resumed gives the uninterrupted run's losses and file."""
+    levers = {"training": {"fp8_base": True, "full_bf16": True, "mixed_precision": "bf16",
+                           "gradient_checkpointing": True},
+              "dataset": {"cache_latents": True},
+              "optimizer": {"optimizer_type": "AdamW8bit"},
+              "saving": {"save_precision": "float"}}
+    reference = run_reference(tmp_path, write_profile(tmp_path, "ref", **levers))
+    from safetensors import safe_open
+
+    with safe_open(str(reference["out"] / "ref.safetensors"), "pt") as handle:
+        meta = handle.metadata()
+    assert (meta["ss_fp8_base"], meta["ss_full_bf16"], meta["ss_gradient_checkpointing"],
+            meta["ss_cache_latents"], meta["ss_mixed_precision"]) == \
+        ("True", "True", "True", "True", "bf16")
+    assert "AdamW8bit" in meta["ss_optimizer"]
+    kill_9_then_resume(tmp_path, reference, **levers)

@@ -89,6 +89,26 @@ def test_bf16_and_gradient_checkpointing_train(train):
     assert any(t.abs().max() > 0 for k, t in tensors.items() if "lora_up" in k)
 
 
+def test_fp8_base_trains_an_sd_model_on_the_cpu(train):
+    """Issue 28: fp8_base on the tiny SD model, in fp32 (mixed_precision "no": each fp8 layer
+    computes in fp32, as a CPU can), U-Net and text-encoder LoRA, with LoCon's convs and
+    gradient checkpointing: it trains, diffusers applies every module, the metadata says it;
+    and bf16 with fp8_base_unet trains as well."""
+    run = train("fp8", network={"network_module": "LoCon", "conv_dim": 4, "conv_alpha": 2.0},
+                training={"fp8_base": True, "gradient_checkpointing": True})
+    tensors, meta = read_lora(run.output_dir / "fp8.safetensors")
+    assert (meta["ss_fp8_base"], meta["ss_fp8_base_unet"]) == ("True", "False")
+    assert any(k.startswith("lora_te_") for k in tensors)
+    assert all(torch.isfinite(t).all() for t in tensors.values())
+    assert any(t.abs().max() > 0 for k, t in tensors.items() if "lora_up" in k)
+    losses = [e.loss for e in run.events if isinstance(e, StepEnded)]
+    assert losses and all(torch.isfinite(torch.tensor(loss)) for loss in losses)
+    assert_diffusers_applies_every_module(run.output_dir / "fp8.safetensors")
+    run = train("fp8unet", training={"fp8_base_unet": True, "mixed_precision": "bf16"})
+    _, meta = read_lora(run.output_dir / "fp8unet.safetensors")
+    assert (meta["ss_fp8_base"], meta["ss_fp8_base_unet"]) == ("False", "True")
+
+
 def test_fp16_on_cpu_is_a_clear_error(train):
     from lora_core.errors import CheckError
 
@@ -96,10 +116,40 @@ def test_fp16_on_cpu_is_a_clear_error(train):
         train("fp16", training={"mixed_precision": "fp16"})
 
 
+def test_full_bf16_trains_the_lora_and_its_optimizer_state_in_bf16(train, monkeypatch):
+    """Issue 28: full_bf16 with mixed_precision "bf16": the LoRA's parameters and AdamW's
+    moments are bf16 through the run (gradient clipping and max-norm included); the file,
+    saved in float, holds bf16 values exactly, says ss_full_bf16 and diffusers applies it."""
+    from lora_core.training import trainer
+
+    optimizers = []
+    build = trainer.build_optimizer
+    monkeypatch.setattr(trainer, "build_optimizer",
+                        lambda *a, **kw: optimizers.append(build(*a, **kw)) or optimizers[-1])
+    run = train("fullbf16", repeats=2, training={"mixed_precision": "bf16", "full_bf16": True},
+                optimizer={"max_grad_norm": 1.0, "scale_weight_norms": 1.0},
+                saving={"save_precision": "float"})
+    (optimizer,) = optimizers
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    assert params and {p.dtype for p in params} == {torch.bfloat16}
+    moments = [t for state in optimizer.state.values() for name, t in state.items()
+               if name in ("exp_avg", "exp_avg_sq")]
+    assert len(moments) == 2 * len(params) and {t.dtype for t in moments} == {torch.bfloat16}
+    losses = [e.loss for e in run.events if isinstance(e, StepEnded)]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(loss)) for loss in losses)
+    tensors, meta = read_lora(run.output_dir / "fullbf16.safetensors")
+    assert (meta["ss_full_bf16"], meta["ss_full_fp16"]) == ("True", "False")
+    weights = {k: t for k, t in tensors.items() if not k.endswith(".alpha")}
+    assert {t.dtype for t in weights.values()} == {torch.float32}  # the save precision
+    assert all(torch.equal(t.to(torch.bfloat16).float(), t) for t in weights.values())
+    assert any(t.abs().max() > 0 for k, t in weights.items() if "lora_up" in k)
+    assert_diffusers_applies_every_module(run.output_dir / "fullbf16.safetensors")
+
+
 def test_network_weights_start_from_an_existing_file(train, tmp_path):
     out = train("first", network={"network_dim": 4}).output_dir
     first, _ = read_lora(out / "first.safetensors")
-    from lora_core.models.loading import load_model
+    from lora_core.families.sd.loading import load_model
     from lora_core.network.lora import LoRANetwork, NetworkShape
     from lora_core.network.weights import load_network_weights
 

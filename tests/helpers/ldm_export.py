@@ -12,7 +12,7 @@ Key layout written, per family:
 =====================  ===========================================================
 U-Net (all)            ``model.diffusion_model.`` + LDM / SAI names
                        (``input_blocks.1.1.proj_in``, ``middle_block.0.in_layers.0``,
-                       ``output_blocks.2.1.conv``; via ``lora_core.models.unet_layout``).
+                       ``output_blocks.2.1.conv``; via ``lora_core.families.sd.unet_layout``).
                        Tensors unchanged: SD1 ``proj_in`` is a 1x1 conv (4-D), SD2 and
                        SDXL ``proj_in`` are Linear (2-D), as in the released files.
 VAE (all)              ``first_stage_model.`` + LDM names (``encoder.down.0.block.0.norm1``,
@@ -65,7 +65,7 @@ from typing import Any
 
 import torch
 
-from lora_core.models.unet_layout import state_dict_to_original
+from lora_core.families.sd.unet_layout import state_dict_to_original
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 UNET_PREFIX = "model.diffusion_model."

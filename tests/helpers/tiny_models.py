@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from lora_core.models.builtin import (
+from lora_core.families.sd.builtin import (
     save_text_encoder,
     small_vae,
     training_noise_scheduler,
@@ -113,12 +113,12 @@ def tiny_sd2_folder(tmp_path: Path, v_pred: bool = False) -> Path:
 
 def full_size_meta(family: str) -> dict:
     """The full-size SD 1.5 / SD 2.1 / SDXL base parts, built on the ``meta`` device from the
-    shipped configs (``lora_core/models/configs``): real module names and shapes, no memory,
+    shipped configs (``lora_core/families/sd/configs``): real module names and shapes, no memory,
     no forward pass. Returns ``{"unet", "vae", "text_encoder"[, "text_encoder_2"]}``."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from lora_core.models.configs import init_kwargs, load_config
+    from lora_core.families.sd.configs import init_kwargs, load_config
 
     with torch.device("meta"):
         parts = {
@@ -138,6 +138,6 @@ def with_text(bundle, clip_skip: int | None = 1, max_token_length: int = 75):
     max_token_length, ``families.TextSettings``); the models are shared, not copied."""
     import dataclasses
 
-    from lora_core.models.families import TextSettings
+    from lora_core.models.bundle import TextSettings
 
     return dataclasses.replace(bundle, text=TextSettings(clip_skip or 1, max_token_length))

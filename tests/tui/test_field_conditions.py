@@ -61,3 +61,27 @@ def test_the_learning_rate_default_follows_the_optimizer_in_wizard_and_check():
     profile = Profile()
     profile.optimizer.optimizer_type = "Prodigy"  # the engine's default stays 1e-4
     assert any(f"around {offered}" in n for n in optimizer_advisories(profile.optimizer))
+
+
+@pytest.mark.parametrize("model", ["builtin:tiny-sd1", "builtin:tiny-sdxl", "builtin:tiny-flux"])
+def test_memory_levers_are_asked_where_the_family_has_them_and_kept(model):
+    """fp8_base was asked (and kept) for Flux only: an SD profile opened with fp8_base = true
+    lost it on save after SD U-Nets got the lever (issue 28). Each lever is asked where the
+    model's family has it, and a value given where it has not stays for the check."""
+    from lora_core.family_registry import family
+
+    name = {"builtin:tiny-sd1": "sd1", "builtin:tiny-sdxl": "sdxl",
+            "builtin:tiny-flux": "flux"}[model]
+    levers = family(name).levers
+    draft = Draft()
+    draft.set_text("model", "pretrained_model_name_or_path", model)
+    draft.set_text("training", "gradient_checkpointing", "true")
+    for key in ("fp8_base", "fp8_base_unet", "blocks_to_swap", "cpu_offload_checkpointing"):
+        assert applies(draft, "training", key) == (key in levers), (name, key)
+    profile = Profile()
+    profile.model.pretrained_model_name_or_path = model
+    profile.training.fp8_base = True
+    profile.training.blocks_to_swap = 2
+    saved = Draft.from_profile(profile).data()["training"]  # what the wizard saves
+    assert saved["fp8_base"] is True
+    assert saved["blocks_to_swap"] == 2  # refused by the check where it cannot work, kept

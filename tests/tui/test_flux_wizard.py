@@ -272,3 +272,42 @@ async def test_lora_flux_arguments_are_asked_on_the_network_step_for_flux_only(d
             assert (("network", "block_dims") in keys) is not shown  # SD's U-Net blocks
             app.pop_screen()
             await pilot.pause()
+
+
+async def test_a_field_whose_change_waits_behind_another_keeps_what_was_typed(tmp_path,
+                                                                                tiny_flux):
+    """The race a burst made (``... Enter C-u <clip_l> Enter C-u <t5xxl>``, seen under tmux):
+    t5xxl's own Changed message still queued when another field's refreshed the step, which
+    wrote the draft's older (empty) text over the path typed, and the keys after it. Here
+    the queued message is made by hand: the field's text is in, its message not yet taken."""
+    dit = models_folder(tmp_path / "models", tiny_flux)
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await model_step(pilot, str(dit))
+        await wait_for(pilot, lambda: screen.editor("flux", "t5xxl").display)
+        t5 = screen.editor("flux", "t5xxl")
+        path = str(tmp_path / "models" / "t5xxl_fp16.safetensors")
+        with t5.input_widget.prevent(type(t5.input_widget).Changed):
+            t5.input_widget.value = path
+        t5._changed(path)  # posted, not yet taken into the draft
+        screen.refresh_fields()  # as another field's message does before it is taken
+        assert t5.text == path
+        await pilot.pause()
+        assert app.draft.text("flux", "t5xxl") == path  # then taken, as typed
+
+
+async def test_ctrl_s_saves_the_keys_typed_just_before_it(tmp_path, tiny_flux):
+    """Ctrl+S read before the messages of the keys typed just before it saved the draft
+    without them (``... ZZ C-s`` in one burst)."""
+    dit = models_folder(tmp_path / "models", tiny_flux)
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await model_step(pilot, str(dit))
+        await wait_for(pilot, lambda: screen.editor("flux", "ae").display)
+        ae = screen.editor("flux", "ae")
+        path = str(tmp_path / "models" / "ae.safetensors")
+        with ae.input_widget.prevent(type(ae.input_widget).Changed):
+            ae.input_widget.value = path  # typed; no message has reached the screen
+        assert app.draft.text("flux", "ae") == ""
+        screen.action_save()
+        await wait_for(pilot, lambda: app.draft.text("flux", "ae") == path)

@@ -34,6 +34,7 @@ def new_app():
 
 
 class _Ampere:
+    cpu_bf16 = None
     has_cuda = True
     gpus = [Gpu(0, "NVIDIA RTX A4000", 16 * 2**30, (8, 6))]
 

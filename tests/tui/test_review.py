@@ -166,3 +166,81 @@ async def test_the_review_says_where_notifications_go_without_the_urls_secret(tm
         changes = plain(review.query_one("#review-changes", Static))
         assert "[notify] webhook = https://hooks.example.com/…" in changes
         assert "s3cret" not in changes + command
+
+
+CALIBRATED = {
+    "seconds_per_step": 0.42, "first_step_seconds": 9.5, "peak_memory_bytes": 3 * 2**30,
+    "eta_seconds": 120.0, "eta_parts": {"load_and_caches": 9.0, "steps": 110.0},
+    "total_steps": 80, "device": "cpu", "torch_version": "2.13.0", "measured_steps": 6,
+    "budget_bytes": 2 * 2**30, "free_memory_bytes": None, "remembered": False,
+    "proposals": [
+        {"set": ["dataset.cache_latents=true"], "seconds_per_step": 0.4,
+         "peak_memory_bytes": int(2.8 * 2**30), "fits": False, "note": ""},
+        {"set": ["dataset.cache_latents=true", "training.gradient_checkpointing=true"],
+         "seconds_per_step": 0.5, "peak_memory_bytes": int(1.7 * 2**30), "fits": True,
+         "note": ""}]}
+
+
+async def test_c_calibrates_and_a_proposal_is_taken_with_its_key(tmp_path, monkeypatch):
+    """Issue 28: C on the review measures the run (the engine's `lora-train calibrate
+    --json`, faked here: its own test is tests/e2e/test_calibrate_runs.py), shows the figures
+    and the budget asked with B, and 2 puts the second proposal's settings into the answers,
+    which the review then lists as changes."""
+    import json
+    import sys
+
+    from lora_tui.dialogs import calibrate as dialog
+
+    asked: list[list[str]] = []
+
+    def fake_argv(profile, budget, overrides=()):
+        asked.append([str(profile), budget or ""])
+        return [sys.executable, "-c", f"print({json.dumps(json.dumps(CALIBRATED))})"]
+
+    monkeypatch.setattr(dialog, "calibrate_argv", fake_argv)
+    app = make_app(opened(tmp_path), runner_factory=lambda: FakeRunner([]))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen)
+                       and app.screen.check is not None)
+        review = app.screen
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, dialog.CalibrateDialog))
+        shown = app.screen.query_one("#calibrate-result", Static)
+        await wait_for(pilot, lambda: "seconds per step" in plain(shown))
+        text = plain(shown)
+        assert "0.42 s" in text and "3.00 GiB" in text and "does not fit" in text
+        assert asked[0][0].endswith("calibrate-quickstart.toml")  # a snapshot, not the file
+        await pilot.press("b")
+        await pilot.press(*"2GiB", "enter")
+        await wait_for(pilot, lambda: len(asked) == 2)
+        assert asked[1][1] == "2GiB"
+        await wait_for(pilot, lambda: "seconds per step" in plain(shown))
+        await pilot.press("2")
+        await wait_for(pilot, lambda: app.screen is review)
+        assert app.draft.text("training", "gradient_checkpointing") == "true"
+        assert app.draft.text("dataset", "cache_latents") == "true"
+        await wait_for(pilot, lambda: "gradient_checkpointing" in
+                       plain(review.query_one("#review-changes", Static)))
+
+
+async def test_escape_on_an_opened_profiles_review_asks_before_dropping_changes(tmp_path):
+    """Escape on the review of an opened profile went to the start menu and dropped the
+    answers changed there without a word; it asks now, as Ctrl+G does, and an unchanged
+    profile leaves at once."""
+    from lora_tui.dialogs.confirm import ConfirmDialog
+    from lora_tui.screens.start import StartScreen
+
+    profile = opened(tmp_path)
+    app = make_app(profile, runner_factory=lambda: FakeRunner([]))
+    async with app.run_test(size=SIZE) as pilot:
+        review = await changed_on_the_review(pilot, profile)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+        await pilot.press("n")  # stay
+        await wait_for(pilot, lambda: app.screen is review)
+        assert app.draft.text("network", "network_dim") == "32"
+    app = make_app(profile, runner_factory=lambda: FakeRunner([]))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, StartScreen))

@@ -181,6 +181,50 @@ async def test_out_of_memory_offers_a_lighter_retry_with_the_engines_overrides(t
         assert len([s for s in app.screen_stack if isinstance(s, TrainingScreen)]) == 1
 
 
+async def test_out_of_memory_offers_the_measured_settings_that_fit(tmp_path, monkeypatch):
+    """Issue 28: after running out of memory, K measures what fits (the engine's calibrate,
+    faked here) with the run's own --set items, and the proposal taken trains at once."""
+    import json
+    import sys
+
+    from lora_tui.dialogs import calibrate as dialog
+
+    result = {"seconds_per_step": 1.0, "first_step_seconds": 20.0,
+              "peak_memory_bytes": 30 * 2**30, "eta_seconds": 900.0, "eta_parts": {},
+              "total_steps": 800, "device": "cuda:0 (RTX 3060)", "torch_version": "2.13.0",
+              "measured_steps": 6, "budget_bytes": 11 * 2**30, "free_memory_bytes": None,
+              "remembered": False,
+              "proposals": [{"set": ["training.gradient_checkpointing=true"],
+                             "seconds_per_step": 1.3, "peak_memory_bytes": 9 * 2**30,
+                             "fits": True, "note": ""}]}
+    asked: list = []
+
+    def fake_argv(profile, budget, overrides=()):
+        asked.append((profile, list(overrides)))
+        return [sys.executable, "-c", f"print({json.dumps(json.dumps(result))})"]
+
+    monkeypatch.setattr(dialog, "calibrate_argv", fake_argv)
+    oom = RunFailed("CUDA out of memory", "lower the batch size", "", kind="out_of_memory",
+                    retry_overrides=["training.gradient_checkpointing=true"])
+    first, second = FakeRunner([step(1), oom]), FakeRunner([step(1)])
+    made = iter([first, second])
+    app = make_app(runner_factory=lambda: next(made))
+    async with app.run_test(size=SIZE) as pilot:
+        app.start_training(tmp_path / "p.toml", extra_args=["--set", "training.seed=3"])
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.state == "failed")
+        assert "K: measure the settings that fit" in plain(screen, "#train-result")
+        await pilot.press("k")
+        await wait_for(pilot, lambda: isinstance(app.screen, dialog.CalibrateDialog))
+        assert asked == [(tmp_path / "p.toml", ["training.seed=3"])]
+        await wait_for(pilot, lambda: app.screen.result is not None)
+        await pilot.press("1")
+        await wait_for(pilot, lambda: second.calls != [])
+        assert second.calls == [("run", tmp_path / "p.toml",
+                                 ("--set", "training.seed=3",
+                                  "--set", "training.gradient_checkpointing=true"))]
+
+
 async def test_a_failure_without_the_oom_kind_offers_no_retry(tmp_path):
     failed = RunFailed("the loss became NaN", "lower the learning rate", "",
                        kind="non_finite_loss", retry_overrides=["x.y=1"],

@@ -369,6 +369,46 @@ def test_flux_profile_from_the_start_screen_to_training_at_80x24(term, env, tmp_
     assert (trained["flux"]["ae"], trained["flux"]["t5xxl"]) == ("", "")  # the built-in's
 
 
+def test_flux_files_typed_in_one_burst_each_keep_their_path_at_80x24(term, env, tmp_path):
+    """The model step of a Flux profile whose model is a file: Enter on the model, then the
+    ae, clip_l and t5xxl paths each after C-u, all in one burst, then two more letters and
+    Ctrl+S at once. The t5xxl path (and the keys after it) was lost: t5xxl's own change
+    waited behind clip_l's, whose refresh wrote the draft's older text back; Ctrl+S saved
+    before the last letters had reached the draft."""
+    from lora_core.families.flux.builtin import (
+        AE_FILE,
+        CLIP_L_FILE,
+        DIT_FILE,
+        T5_FILE,
+        ensure_tiny_flux,
+    )
+
+    tiny, models = ensure_tiny_flux(), tmp_path / "models"
+    models.mkdir()
+    for source, name in ((DIT_FILE, "flux1-dev.safetensors"), (AE_FILE, "ae.safetensors"),
+                         (CLIP_L_FILE, "clip_l.safetensors"),
+                         (T5_FILE, "t5xxl_fp16.safetensors")):
+        shutil.copy(tiny / source, models / name)
+    profile = project(tmp_path, model={
+        "pretrained_model_name_or_path": str(models / "flux1-dev.safetensors")})
+    term.start_wizard(env, str(profile))
+    term.wait_for(on_screen("Review"))
+    term.keys("1")
+    # As a person does: the burst starts once the step shows what it found beside the model
+    # (under a loaded CI the keys once came before the step's own check had finished).
+    term.wait_for(lambda s: "detected: Flux.1 dev" in s and "(Tab takes it)" in s)
+    paths = [str(models / name) for name in
+             ("ae.safetensors", "clip_l.safetensors", "t5xxl_fp16.safetensors")]
+    term.burst("Enter", "C-u", paths[0], "Enter", "C-u", paths[1], "Enter", "C-u", paths[2])
+    term.wait_for(lambda s: "t5xxl_fp16.safetenso" in s)
+    term.burst("ZZ", "C-s")
+    if "Save the profile as" in term.wait_for(lambda s: "saved" in s or "Save the profile as" in s):
+        term.keys("Enter")  # the path it offers: the opened file
+        term.wait_for("saved")
+    flux = tomllib.loads(profile.read_text(encoding="utf-8"))["flux"]
+    assert (flux["ae"], flux["clip_l"], flux["t5xxl"]) == (paths[0], paths[1], paths[2] + "ZZ")
+
+
 def test_opened_profile_trains_in_one_key_then_stops_and_continues(term, env, tmp_path):
     """`lora-tui quickstart.toml`: the review, Enter trains (one key). S stops after a
     step with what was trained saved (tag summary included), C continues, and the run ends

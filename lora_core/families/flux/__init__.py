@@ -1,10 +1,11 @@
 """Flux.1 (dev, schnell) and Chroma as one family package.
 
-One module per piece; the trainer, checks and tools call only the functions listed here.
-Importing this package imports no torch (``config``, ``files`` recognition and ``metadata``
-are pure Python; the rest import torch when imported themselves).
+The rest of the engine asks ``family.FAMILY`` (``FluxFamily``, the ``families.interface``
+answers); it calls into the modules here, one per piece. Importing this package imports no
+torch (``config``, ``files`` recognition, ``metadata``, ``lora_files``, ``checks`` and
+``family`` are pure Python; the rest import torch when imported themselves).
 
-Interface (what the trainer wiring calls, in the order a run needs it):
+The pieces, in the order a run needs them:
 
 Recognise and size (no torch; for ``check`` and the wizard)
     ``files.inspect_flux_file(path, where=field) -> FluxFileInfo``: layout ("bfl" /
@@ -56,5 +57,3 @@ Built-in
     ``builtin.ensure_tiny_flux()`` -> a folder with ``DIT_FILE`` (dev), ``CHROMA_FILE``,
     ``AE_FILE``, ``CLIP_L_FILE``, ``T5_FILE`` and the two tokenizer folders.
 """
-
-FAMILY = "flux"

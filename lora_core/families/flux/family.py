@@ -1,314 +1,261 @@
-"""Flux.1 / Chroma as the trainer sees a model family: loading the bundle, reading captions,
-the flow-matching loss of one batch and the LoRA network.
+"""Flux.1 (dev, schnell) and Chroma as a model family: the object the trainer, the checks, the
+tools and the wizard ask (``lora_core.family_registry.family("flux")``).
 
-The trainer asks the bundle, never "is this Flux?": ``bundle.impl`` (this module's
-:class:`FluxFamily`, found through ``models.families.get_family``) encodes text,
-``bundle.objective`` (:class:`FlowObjective`) turns a batch into its loss, and
-``bundle.impl.build_network`` builds sd-scripts' ``networks.lora_flux`` modules.
-
-The bundle's slots hold: ``unet`` the DiT, ``vae`` the autoencoder (latents are
-``0.3611·(z − 0.1159)``: ``vae_scaling_factor`` / ``vae_shift_factor``), ``text_encoders``
-[CLIP-L, T5] ([T5] for Chroma) and ``tokenizers`` the same way; ``noise_scheduler`` is None
-(the flow objective draws its own noise levels).
+The answers that need no torch are here; the rest call into ``training.py`` (loading, text,
+objective, network, previews, file keys), ``checks.py`` and
+``builtin.py``, imported when called.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
-
-from lora_core.families.flux import latents as flux_latents
-from lora_core.families.flux import objective as obj
-from lora_core.families.flux.inputs import FluxInputs, resolve_inputs
-from lora_core.families.flux.naming import FluxNetworkArgs, lora_flux_args
-from lora_core.families.flux.text import CLIP_MAX_LENGTH
-from lora_core.models.families import ModelBundle, TextConditioning, TextSettings
-from lora_core.profile import Profile
-
-FAMILY = "flux"
+if TYPE_CHECKING:
+    from lora_core.checks.problem import Problem
+    from lora_core.models.bundle import ModelBundle, TextConditioning
+    from lora_core.models.loading import ModelSource
+    from lora_core.profile import NetworkSection, Profile, TrainingSection
 
 
-@dataclass(frozen=True)
-class FluxState:
-    """What the family needs besides the models: the variant and the text settings."""
+def _runtime() -> Any:
+    from lora_core.families.flux.training import FluxRuntime
 
-    inputs: FluxInputs
-    variant: str
-    t5_max_length: int
-    apply_t5_attn_mask: bool
-    settings: obj.FlowSettings
-    network_args: FluxNetworkArgs = FluxNetworkArgs()  # networks.lora_flux's, from [flux]
-
-    @property
-    def has_clip(self) -> bool:
-        return self.variant != "chroma"
-
-
-# The guidance value trained with when [flux] guidance_scale is unset: sd-scripts' 3.5,
-# and 0.0 for Chroma (its docs: "--guidance_scale=0.0 is required" for Chroma).
-DEFAULT_GUIDANCE = {"dev": 3.5, "schnell": 3.5, "chroma": 0.0}
-
-
-def flow_settings(profile: Profile, variant: str = "dev") -> obj.FlowSettings:
-    fx = profile.flux
-    guidance = DEFAULT_GUIDANCE[variant] if fx.guidance_scale is None else fx.guidance_scale
-    return obj.FlowSettings(
-        timestep_sampling=fx.timestep_sampling, sigmoid_scale=fx.sigmoid_scale,
-        discrete_flow_shift=fx.discrete_flow_shift,
-        model_prediction_type=fx.model_prediction_type, weighting_scheme=fx.weighting_scheme,
-        logit_mean=fx.logit_mean, logit_std=fx.logit_std, mode_scale=fx.mode_scale,
-        guidance_scale=guidance)
-
-
-def load_flux_bundle(profile: Profile, dtype: torch.dtype) -> ModelBundle:
-    """The four files of a Flux profile, loaded in ``dtype`` (frozen, eval): what
-    ``inputs.resolve_inputs`` found, the same resolution ``check`` made."""
-    from lora_core.families.flux.builtin import ensure_tiny_flux
-    from lora_core.families.flux.files import load_flux_model
-    from lora_core.families.flux.inputs import is_flux_builtin
-    from lora_core.families.flux.text import load_clip_l, load_t5, load_tokenizers
-
-    builtin = is_flux_builtin(profile.model.pretrained_model_name_or_path)
-    inputs = resolve_inputs(profile, ensure_tiny_flux() if builtin else None)
-    dit, _ = load_flux_model(inputs.dit, dtype=dtype, info=inputs.info,
-                             fp8_base=profile.training.fp8_base)
-    ae = flux_latents.load_ae(inputs.ae, dtype=dtype)
-    # sd-scripts: with fp8_base an fp8 T5 file stays fp8 (each Linear computed in dtype);
-    # a 16-bit one loads in the training dtype.
-    t5 = load_t5(inputs.t5xxl, dtype=dtype,
-                 fp8=profile.training.fp8_base and stores_fp8(inputs.t5xxl))
-    assert inputs.t5_tokenizer is not None  # resolved with the folder built
-    clip_tok, t5_tok = load_tokenizers(inputs.clip_tokenizer, inputs.t5_tokenizer,
-                                       inputs.t5_max_length)
-    encoders: list[Any] = [t5]
-    tokenizers: list[Any] = [t5_tok]
-    if inputs.clip_l is not None:
-        encoders.insert(0, load_clip_l(inputs.clip_l, dtype=dtype))
-        tokenizers.insert(0, clip_tok)
-    state = FluxState(inputs, inputs.variant, inputs.t5_max_length,
-                      profile.flux.apply_t5_attn_mask, flow_settings(profile, inputs.variant),
-                      lora_flux_args(profile.flux))
-    return ModelBundle(
-        family=FAMILY, unet=dit, vae=ae, text_encoders=encoders, tokenizers=tokenizers,
-        noise_scheduler=None, vae_scaling_factor=flux_latents.AE_SCALE,
-        vae_shift_factor=flux_latents.AE_SHIFT, model_name=inputs.dit.name,
-        model_file=None if builtin else Path(inputs.dit), prediction_type="flow",
-        text=TextSettings(), family_state=state,
-        objective=FlowObjective(state, dit, profile.training.loss_type))
+    return FluxRuntime()
 
 
 class FluxFamily:
-    """Captions to Flux's conditioning: T5 states (and mask) for the text stream, CLIP-L's
-    pooled output for the modulation vector (none for Chroma), as sd-scripts'
-    ``strategy_flux`` encodes them."""
+    """A rectified-flow DiT with a 16-channel autoencoder, CLIP-L (not for Chroma) and T5."""
 
-    name = FAMILY
+    name = "flux"
+    label = "Flux.1"
+    words = "Flux.1"
+    sd_scripts_script = "flux_train_network.py"
+    lora_module = "networks.lora_flux"  # sd-scripts' network_module of its LoRA
+    bucket_step_multiple = 32  # the 2x2 packing needs 16; the profile's rule is 32
+    levers = frozenset({"fp8_base", "fp8_base_unet", "blocks_to_swap",
+                        "cpu_offload_checkpointing"})
+    profile_sections = ("flux",)  # the profile tables only it reads
+    # The files beside the model that the wizard's model step asks for (section, key).
+    model_files = (("flux", "ae"), ("flux", "clip_l"), ("flux", "t5xxl"))
+    reads_model_vae = False  # its autoencoder is `[flux] ae` (`[model] vae` is refused)
+    supports_base_weights = False  # not wired for Flux yet: the check refuses it by name
 
-    @staticmethod
-    def _state(bundle: ModelBundle) -> FluxState:
-        return bundle.family_state
+    # --- built-ins ----------------------------------------------------------------------
+    def builtin_folder(self, name: str, cache_root: Path | None = None) -> Path:
+        from lora_core.families.flux.builtin import tiny_flux_folder
 
-    def tokenize(self, bundle: ModelBundle, captions: list[str]) -> list[Tensor]:
-        """[CLIP ids (B, 77) or an empty (B, 0) for Chroma, T5 ids (B, L), T5 mask (B, L)]."""
-        state = self._state(bundle)
-        if state.has_clip:
-            clip_ids = bundle.tokenizers[0](
-                captions, max_length=CLIP_MAX_LENGTH, padding="max_length", truncation=True,
-                return_tensors="pt")["input_ids"]
-        else:
-            clip_ids = torch.zeros((len(captions), 0), dtype=torch.long)
-        tokens = bundle.tokenizers[-1](captions, max_length=state.t5_max_length,
-                                       padding="max_length", truncation=True,
-                                       return_tensors="pt")
-        return [clip_ids, tokens["input_ids"], tokens["attention_mask"]]
+        return tiny_flux_folder(cache_root)  # tiny-flux and tiny-chroma share one folder
 
-    def encode(self, bundle: ModelBundle, input_ids_list: list[Tensor]) -> TextConditioning:
-        state = self._state(bundle)
-        clip_ids, t5_ids, mask = input_ids_list
-        pooled = None
-        if state.has_clip:
-            pooled = bundle.text_encoders[0](clip_ids).pooler_output
-        t5 = bundle.text_encoders[-1]
-        hidden = t5(t5_ids, attention_mask=mask if state.apply_t5_attn_mask else None
-                    ).last_hidden_state
-        return TextConditioning(hidden, pooled, mask)
+    def ensure_builtin(self, name: str, cache_root: Path | None = None) -> Path:
+        from lora_core.families.flux.builtin import ensure_tiny_flux
 
-    def encode_text(self, bundle: ModelBundle, input_ids_list: list[Tensor]) -> Tensor:
-        return self.encode(bundle, input_ids_list).hidden
+        return ensure_tiny_flux(cache_root)
+
+    # --- its files (headers only) -------------------------------------------------------
+    def claim_model_file(self, spec: str, path: Path, shapes: Any, metadata: Any
+                         ) -> ModelSource | None:
+        """A Flux.1 / Chroma transformer file as the base model (its ae / clip_l / t5xxl
+        are ``[flux]``'s, checked with them); None for a file that is not one."""
+        from lora_core.errors import ModelError
+        from lora_core.families.flux.files import (
+            inspect_flux_file,
+            is_flux_transformer,
+            misplaced_part,
+        )
+        from lora_core.models.loading import ModelSource
+
+        if not is_flux_transformer(shapes):
+            part = misplaced_part(shapes)  # its ae / clip_l / t5xxl given as the model
+            if part is not None:
+                raise ModelError(f"{path} is {part}, not a base model",
+                                 "give the base model file here; a Flux run's transformer "
+                                 "goes here and its ae / clip_l / t5xxl files in the [flux] "
+                                 "section")
+            return None
+        info = inspect_flux_file(path, where="pretrained_model_name_or_path")
+        return ModelSource(spec, "single_file", self.name, path.name, path, info.describe(),
+                           metadata=metadata)
+
+    def claim_model_folder(self, spec: str, folder: Path, index: Any) -> ModelSource | None:
+        """None: a diffusers Flux folder is refused (sd-scripts trains Flux from its single
+        files), naming what to give instead."""
+        from lora_core.errors import ModelError
+
+        class_name = str(index.get("_class_name", ""))
+        if class_name.startswith("Flux"):
+            raise ModelError(f"{folder} is a diffusers {class_name} folder; Flux.1 is trained "
+                             "from its single files, as sd-scripts does",
+                             "give the transformer .safetensors file (flux1-dev.safetensors, "
+                             "or the folder's transformer as one file) here and the ae / "
+                             "clip_l / t5xxl files in the [flux] section")
+        return None
+
+    def misplaced_part(self, shapes: Any) -> str | None:
+        from lora_core.families.flux.files import misplaced_part
+
+        return misplaced_part(shapes)
+
+    # --- its LoRA files (what saving.lora_header and the tools ask) ---------------------
+    @property
+    def inspect_settings(self) -> tuple[tuple[str, str], ...]:
+        from lora_core.families.flux.lora_files import INSPECT_SETTINGS
+
+        return INSPECT_SETTINGS
+
+    @property
+    def inspect_hidden(self) -> frozenset[str]:
+        from lora_core.families.flux.lora_files import INSPECT_HIDDEN
+
+        return INSPECT_HIDDEN
+
+    @property
+    def inspect_labels(self) -> dict[str, str]:
+        from lora_core.families.flux.lora_files import INSPECT_LABELS
+
+        return INSPECT_LABELS
+
+    @property
+    def part_words(self) -> dict[str, str]:
+        from lora_core.families.flux.lora_files import PART_WORDS
+
+        return PART_WORDS
+
+    def lora_variant(self, metadata: dict[str, str]) -> str | None:
+        from lora_core.families.flux.lora_files import lora_variant
+
+        return lora_variant(metadata)
+
+    def variant_words(self, variant: str) -> str:
+        from lora_core.families.flux.lora_files import VARIANT_WORDS
+
+        return VARIANT_WORDS.get(variant, f"{self.words} {variant}")
+
+    def lora_lineage(self, variant: str | None) -> str | None:
+        from lora_core.families.flux.lora_files import lora_lineage
+
+        return lora_lineage(variant)
+
+    def lora_parts(self, modules: list[str]) -> dict[str, int]:
+        from lora_core.families.flux.lora_files import lora_parts
+
+        return lora_parts(modules)
+
+    def merged_file_keys(self, variant: str | None) -> dict[str, str]:
+        from lora_core.families.flux.lora_files import merged_file_keys
+
+        return merged_file_keys(variant)
+
+    def sd_scripts_told(self, profile: Profile, source: ModelSource) -> list[tuple[str, Any]]:
+        """What flux_train_network.py must be told that the profile leaves unset:
+        ``--model_type chroma`` for a Chroma file (it takes "flux" unless told), and
+        ``--guidance_scale 0.0`` for Chroma (unset trains it at 0.0 here; sd-scripts'
+        default is 3.5)."""
+        from lora_core.errors import LoraError
+        from lora_core.families.flux.files import inspect_flux_file
+
+        told: list[tuple[str, Any]] = []
+        model_type = None
+        if not profile.flux.model_type and source.kind == "single_file":
+            try:
+                info = inspect_flux_file(source.path)
+            except LoraError:
+                info = None
+            if info is not None and info.variant == "chroma":
+                model_type = info.model_type
+                told.append(("model_type", model_type))
+        chroma = "chroma" in (model_type, profile.flux.model_type) \
+            or profile.model.pretrained_model_name_or_path.strip() == "builtin:tiny-chroma"
+        if chroma and profile.flux.guidance_scale is None:
+            told.append(("guidance_scale", 0.0))
+        return told
+
+    # --- checks -------------------------------------------------------------------------
+    def input_problems(self, profile: Profile, source: ModelSource) -> list[Problem]:
+        """Its own files (ae, clip_l, t5xxl, tokenizers) and the options it refuses (SD's
+        VAE, tokenizers, blocks ...)."""
+        from lora_core.families.flux import checks
+
+        return checks.flux_input_problems(profile) + checks.flux_option_problems(profile)
+
+    def notes(self, profile: Profile, source: ModelSource) -> list[Problem]:
+        return []  # its SD options are refused by name (flux/checks.py)
+
+    def lever_problems(self, profile: Profile) -> list[Problem]:
+        from lora_core.families.flux.checks import swap_limit_problems
+
+        return swap_limit_problems(profile) if profile.training.blocks_to_swap else []
+
+    # --- loading and training -----------------------------------------------------------
+    def load(self, profile: Profile, dtype: Any) -> ModelBundle:
+        from lora_core.families.flux.training import load_flux_bundle
+
+        return load_flux_bundle(profile, dtype)
+
+    def tokenize(self, bundle: ModelBundle, captions: list[str]) -> list[Any]:
+        return _runtime().tokenize(bundle, captions)
+
+    def encode(self, bundle: ModelBundle, input_ids_list: list[Any]) -> TextConditioning:
+        return _runtime().encode(bundle, input_ids_list)
+
+    def encode_text(self, bundle: ModelBundle, input_ids_list: list[Any]) -> Any:
+        return _runtime().encode_text(bundle, input_ids_list)
 
     def unet_extra_conditioning(self, bundle: ModelBundle, **kwargs: Any) -> dict[str, Any]:
         return {}
 
-    def file_metadata(self, bundle: ModelBundle, metadata: dict[str, str]) -> dict[str, str]:
-        return file_metadata(bundle, metadata)
+    def text_cache_settings(self, bundle: ModelBundle) -> dict[str, Any]:
+        """What decides a caption's T5 states besides the encoders and tokenizers: its
+        token count and whether T5 attends with the padding mask."""
+        state = bundle.family_state
+        return {"variant": state.variant, "t5_max_length": state.t5_max_length,
+                "apply_t5_attn_mask": state.apply_t5_attn_mask}
 
-    def place_transformer(self, bundle: ModelBundle, training, device, dtype) -> bool:
-        """With ``blocks_to_swap``: the transformer on ``device`` in ``dtype`` but for the
-        swapped blocks, which stay in CPU memory (``offload.BlockSwapper``); False (nothing
-        done) without it."""
-        from lora_core.families.flux.config import split_blocks_to_swap
-        from lora_core.families.flux.offload import BlockSwapper
-        from lora_core.models.fp8 import move_keeping_fp8
+    def objective(self, bundle: ModelBundle, training: TrainingSection, device: Any) -> Any:
+        from lora_core.families.flux.training import FlowObjective
 
-        if not training.blocks_to_swap:
-            return False
-        dit = bundle.unet
-        move_keeping_fp8(dit, "cpu", dtype)  # cast where it is; nothing wide reaches the GPU
-        double, single = split_blocks_to_swap(training.blocks_to_swap)
-        swapped = [*list(dit.double_blocks)[len(dit.double_blocks) - double:],
-                   *list(dit.single_blocks)[len(dit.single_blocks) - single:]]
-        dit.block_swapper = BlockSwapper(swapped, device)
-        dit.to(device)  # the rest (a swapped block's weights are empty there)
-        return True
+        return FlowObjective(bundle.family_state, bundle.unet, training.loss_type)
 
-    def sample_image(self, bundle: ModelBundle, prompt, seed: int, device):
-        """One preview as sd-scripts' Flux sampler makes it: the flow-matching Euler sampler
-        with the resolution-dependent shift, ``--g`` the distilled guidance (3.5 unless
-        given), true CFG with the negative prompt only when ``--l`` is given and not 1."""
-        from PIL import Image
+    def block_layout(self) -> Any:
+        # Flux has no SD block slots: down/mid/up weights and block dims are refused by
+        # the check, so the SD layout only ever sees their unset values.
+        from lora_core.network.blocks import SD_BLOCKS
 
-        from lora_core.families.flux.sampler import sample_latents
+        return SD_BLOCKS
 
-        state = self._state(bundle)
-        dit = bundle.unet
-        dtype = next(p for p in dit.parameters() if p.is_floating_point()).dtype
-        dtype = dtype if dtype in (torch.float32, torch.float16, torch.bfloat16) \
-            else torch.bfloat16  # fp8-stored weights compute in bf16
+    def build_network(self, bundle: ModelBundle, net: NetworkSection,
+                      lr_weights: list[float] | None = None, shapes: Any = None) -> Any:
+        return _runtime().build_network(bundle, net, lr_weights, shapes)
 
-        def encode(text: str) -> TextConditioning:
-            ids = [t.to(device) for t in self.tokenize(bundle, [text])]
-            return self.encode(bundle, ids)
+    def merge_base_weights(self, bundle: ModelBundle, paths: list[str],
+                           multipliers: list[float]) -> list[str]:
+        from lora_core.errors import ProfileError
 
-        cond = encode(prompt.prompt)
-        mask = cond.mask.to(device) if state.apply_t5_attn_mask else None
-        negative = None
-        if prompt.scale_given and prompt.scale != 1.0:
-            neg = encode(prompt.negative_prompt or "")
-            negative = (prompt.scale, neg.hidden, neg.pooled,
-                        neg.mask.to(device) if mask is not None else None)
-        latents = sample_latents(
-            dit, width_px=prompt.width, height_px=prompt.height,
-            num_steps=prompt.sample_steps, t5_states=cond.hidden,
-            txt_ids=flux_latents.text_ids(1, cond.hidden.shape[1]), pooled=cond.pooled,
-            guidance_scale=(state.settings.guidance_scale if prompt.guidance_scale is None
-                            else prompt.guidance_scale),
-            t5_mask=mask, seed=seed, negative=negative, dtype=dtype, device=device)
-        pixels = flux_latents.decode(bundle.vae, latents.to(device))[0]
-        array = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
+        raise ProfileError("`[network] base_weights` is not wired for Flux models yet",
+                           "remove base_weights")  # the check says so first
 
-    def build_network(self, bundle: ModelBundle, net, lr_weights=None, shapes=None):
-        """sd-scripts' ``networks.lora_flux``: LoRA modules on the DiT's block Linears and,
-        unless ``network_train_unet_only``, CLIP-L's (and T5's with ``train_t5xxl``), as
-        ``[flux]``'s network args select and rank them; ``split_qkv`` modules are
-        :class:`~lora_core.families.flux.split_lora.SplitLoRAModule`."""
-        from lora_core.families.flux.naming import network_targets
-        from lora_core.families.flux.split_lora import SplitLoRAModule
-        from lora_core.network.adapter import AdapterNetwork
-        from lora_core.network.lora import LoRAModule
+    def place_transformer(self, bundle: ModelBundle, training: TrainingSection, device: Any,
+                          dtype: Any) -> bool:
+        return _runtime().place_transformer(bundle, training, device, dtype)
 
-        state = self._state(bundle)
-        clip = bundle.text_encoders[0] if state.has_clip else None
-        targets = network_targets(bundle.unet, clip, bundle.text_encoders[-1],
-                                  net.network_dim, net.network_alpha, state.network_args,
-                                  train_text_encoder=not net.network_train_unet_only)
-        network = AdapterNetwork(net.network_module)
-        for target in targets:
-            is_te = not target.lora_name.startswith("lora_unet")
-            if net.network_train_text_encoder_only and not is_te:
-                continue
-            rank, alpha = target.rank, target.alpha
-            if shapes is not None:
-                if target.lora_name not in shapes:
-                    continue
-                rank, alpha = shapes[target.lora_name]
-                if target.split_dims:  # the file's down has every piece's ranks
-                    rank //= len(target.split_dims)
-            dropouts = {"dropout": net.network_dropout, "rank_dropout": net.rank_dropout,
-                        "module_dropout": net.module_dropout}
-            if target.split_dims:
-                module = SplitLoRAModule(target.lora_name, target.module, rank, alpha,
-                                         target.split_dims, **dropouts)
-            else:
-                module = LoRAModule(target.lora_name, target.module, rank, alpha, **dropouts)
-            network.add(module, text_encoder=is_te)
-        return network
+    def preview_sampler(self, bundle: ModelBundle) -> Any:
+        return _FluxPreviews(bundle)
+
+    def file_metadata(self, bundle: ModelBundle, profile: Profile,
+                      metadata: dict[str, str]) -> dict[str, str]:
+        from lora_core.families.flux.training import file_metadata
+
+        return file_metadata(bundle, metadata, profile.saving.no_metadata)
 
 
-class FlowObjective:
-    """One batch's loss under rectified flow, as sd-scripts' ``flux_train_network`` computes
-    it: σ drawn per sample, x_t = (1 − σ)·x0 + σ·ε, the DiT's velocity against ε − x0."""
+class _FluxPreviews:
+    """sd-scripts' Flux sampler, one image per call (``FluxRuntime.sample_image``)."""
 
-    def __init__(self, state: FluxState, dit, loss_type: str = "l2") -> None:
-        self.state = state
-        self.takes_guidance = dit.config.takes_guidance
-        self.loss_type = loss_type  # l2 or l1 (the check refuses the Huber losses for Flux)
+    def __init__(self, bundle: ModelBundle) -> None:
+        self.bundle, self.runtime = bundle, _runtime()
 
-    def loss(self, latents: Tensor, text: TextConditioning, loss_weights: Tensor,
-             masks: Tensor | None, dit, dtype: torch.dtype, *, sigma: float | None = None,
-             generator: torch.Generator | None = None) -> Tensor:
-        """The batch's loss (float32 scalar). ``sigma`` (validation): every sample at that
-        noise level, noise from ``generator``; otherwise σ and ε from the global RNG."""
-        from lora_core.training.loss import element_loss, masked_mean
-
-        settings = self.state.settings
-        b, _, h, w = latents.shape
-        packed_h, packed_w = h // flux_latents.PATCH, w // flux_latents.PATCH
-        device = latents.device
-        if sigma is None:
-            noise = torch.randn_like(latents)
-            sigmas = obj.draw_sigmas(settings, b, (packed_h, packed_w)).to(device)
-        else:
-            noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
-            sigmas = torch.full((b,), float(sigma), device=device)
-        noisy = obj.noisy_latents(latents, noise, sigmas)
-        t5_states = text.hidden.to(device, dtype)
-        pooled = text.pooled.to(device, dtype) if text.pooled is not None else None
-        mask = text.mask.to(device) if (text.mask is not None
-                                        and self.state.apply_t5_attn_mask) else None
-        guidance = (obj.guidance_vector(settings.guidance_scale, b, True, device).to(dtype)
-                    if self.takes_guidance else None)
-        pred = dit(flux_latents.pack_latents(noisy.to(dtype)),
-                   flux_latents.image_ids(b, packed_h, packed_w).to(device, dtype),
-                   t5_states, flux_latents.text_ids(b, t5_states.shape[1]).to(device, dtype),
-                   obj.model_timesteps(sigmas).to(dtype), pooled, guidance, mask)
-        pred = flux_latents.unpack_latents(pred.float(), packed_h, packed_w)
-        pred, weighting = obj.apply_prediction_type(settings, pred, noisy, sigmas)
-        err = element_loss(pred, obj.flow_target(latents, noise), self.loss_type)
-        if weighting is not None:
-            err = err * weighting
-        per_sample = masked_mean(err, masks)
-        return (per_sample * loss_weights.to(per_sample.device, torch.float32)).mean()
+    def image(self, prompt: Any, seed: int, device: Any) -> Any:
+        return self.runtime.sample_image(self.bundle, prompt, seed, device)
 
 
-def stores_fp8(path: Path) -> bool:
-    """Whether a T5 file keeps its attention weights as float8 e4m3fn (from its header)."""
-    from lora_core.models.checkpoint import read_entries
-
-    _, entries, _ = read_entries(Path(path))
-    return any(key.endswith("SelfAttention.q.weight") and entry[0] == "F8_E4M3"
-               for key, entry in entries.items())
-
-
-def file_metadata(bundle: ModelBundle, metadata: dict[str, str]) -> dict[str, str]:
-    """The run's metadata with Flux's keys as ``flux_train_network.py`` writes them
-    (``ss_base_model_version`` flux1 / chroma, the flow settings, ``networks.lora_flux``, the
-    modelspec architecture); with ``no_metadata`` only the keys the file keeps are updated."""
-    from lora_core.families.flux import metadata as flux_metadata
-
-    state: FluxState = bundle.family_state
-    keys = {**flux_metadata.training_keys(state.variant, state.settings,
-                                           state.apply_t5_attn_mask),
-            "ss_network_module": flux_metadata.NETWORK_MODULE, "ss_v2": "False",
-            "ss_t5xxl_max_token_length": str(state.t5_max_length),
-            **flux_metadata.modelspec_keys(state.variant)}
-    full = "ss_session_id" in metadata
-    for drop in ("ss_v_parameterization", "ss_scale_v_pred_loss_like_noise_pred",
-                 "modelspec.prediction_type"):
-        metadata.pop(drop, None)
-    return {**metadata, **{k: v for k, v in keys.items()
-                           if full or k.startswith("modelspec.") or k in metadata}}
+FAMILY = FluxFamily()

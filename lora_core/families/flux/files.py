@@ -16,18 +16,51 @@ tensor at a time.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lora_core.errors import ModelError
 from lora_core.families.flux import diffusers_layout
 from lora_core.families.flux.config import FluxConfig, config_from_shapes
-from lora_core.models.checkpoint import read_entries
+from lora_core.models.headers import read_entries
 
 COMFY_PREFIX = "model.diffusion_model."
 FP8_HEADER_DTYPES = ("F8_E4M3",)
 OTHER_FP8_HEADER_DTYPES = ("F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ")
 CHROMA_MARKER = "distilled_guidance_layer."
+
+
+# A Flux.1 transformer's blocks (BFL and diffusers layouts, also under ComfyUI's
+# ``model.diffusion_model.``): such a file is this family's, never read as an SD checkpoint.
+# Its single-stream blocks tell it: SD3's transformer has ``transformer_blocks.`` too, but no
+# single blocks.
+_BLOCK_PREFIXES = ("double_blocks.", "single_blocks.", "single_transformer_blocks.")
+
+
+def is_flux_transformer(shapes: Mapping[str, Any]) -> bool:
+    return any(key.removeprefix(COMFY_PREFIX).startswith(_BLOCK_PREFIXES) for key in shapes)
+
+
+def misplaced_part(shapes: Mapping[str, Any]) -> str | None:
+    """What a file made for a Flux run is when it is not where it belongs: its transformer,
+    its T5 or CLIP-L text encoder alone, or its 16-channel autoencoder (each a ``[flux]``
+    file, never an SD base model or VAE); None for anything else."""
+    if is_flux_transformer(shapes):
+        return "a Flux.1 transformer (a Flux base model, not an SD part)"
+    keys = list(shapes)
+    if "shared.weight" in shapes and any(k.startswith("encoder.block.") for k in keys):
+        return "a T5 text encoder alone (Flux's `[flux] t5xxl`)"
+    if not any(k.startswith(("model.diffusion_model.", "encoder.", "decoder.",
+                             "first_stage_model.")) for k in keys) \
+            and any(k.startswith(("text_model.encoder.layers.", "encoder.layers."))
+                    for k in keys):
+        return "a CLIP text encoder alone (Flux's `[flux] clip_l`)"
+    conv_out = shapes.get("encoder.conv_out.weight")
+    if conv_out is not None and tuple(conv_out)[:1] == (32,):  # 2 x 16 latent channels
+        return "a Flux autoencoder with 16 latent channels (Flux's `[flux] ae`)"
+    return None
 
 
 @dataclass(frozen=True)

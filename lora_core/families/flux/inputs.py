@@ -122,7 +122,7 @@ def resolve_inputs(profile: Profile, builtin_folder: Path | None = None) -> Flux
 def recognise_text_and_ae(ae: Path, clip_l: Path | None, t5xxl: Path) -> None:
     """Each of the three files is what its field says, from its header's tensor names (an
     SD checkpoint or a LoRA given as ``t5xxl`` is named as such)."""
-    from lora_core.models.checkpoint import read_entries
+    from lora_core.models.headers import read_entries
 
     for key, path, test in (
             ("ae", ae, lambda k: any(x.startswith(("encoder.down.", "decoder.up.",
@@ -146,12 +146,12 @@ def recognise_text_and_ae(ae: Path, clip_l: Path | None, t5xxl: Path) -> None:
 
 def _kind_of(shapes: dict[str, tuple[int, ...]]) -> str:
     """What a file given for the wrong field is: a LoRA, an SD checkpoint, or one of the
-    Flux files (``models.loading.flux_file_kind``, which says where each belongs)."""
-    from lora_core.models.loading import flux_file_kind
+    Flux files (``files.misplaced_part``, which says where each belongs)."""
+    from lora_core.families.flux.files import misplaced_part
 
     keys = list(shapes)
     if any(k.startswith("lora_") or ".lora_down." in k for k in keys):
         return "a LoRA file"
     if any(k.startswith("model.diffusion_model.input_blocks.") for k in keys):
         return "a Stable Diffusion checkpoint"
-    return flux_file_kind(shapes) or f"another kind of file (first keys: {', '.join(keys[:3])})"
+    return misplaced_part(shapes) or f"another kind of file (first keys: {', '.join(keys[:3])})"

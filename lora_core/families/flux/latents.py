@@ -172,7 +172,7 @@ def load_ae(path: Path, *, dtype=torch.float32, where: str = "ae"):
     scale/shift in its config."""
     from safetensors import safe_open
 
-    from lora_core.models.checkpoint import read_entries
+    from lora_core.models.headers import read_entries
 
     path = Path(path)
     if not path.is_file():

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from lora_core.errors import ModelError
-from lora_core.models.checkpoint import read_entries
+from lora_core.models.headers import read_entries
 
 CLIP_MAX_LENGTH = 77
 CLIP_HEAD_DIM = 64  # CLIP ViT-L/14 and OpenCLIP towers: heads of 64

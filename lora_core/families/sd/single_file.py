@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from lora_core.errors import ModelError
-from lora_core.models import checkpoint as ckpt
+from lora_core.families.sd import checkpoint as ckpt
 from lora_core.models.files import (
     DAMAGED_HINT,
     SAFETENSORS_SUFFIX,
     first_line,
     no_transformers_progress_bar,
 )
+from lora_core.models.headers import TensorEntry, read_entries
 from lora_core.models.pickle_scan import code_error
 
 # safetensors dtype names -> torch dtype attribute names (the ones torch has)
@@ -47,10 +48,10 @@ class _Reader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._entries: dict[str, ckpt.TensorEntry] = {}
+        self._entries: dict[str, TensorEntry] = {}
         self._state: dict[str, Any] = {}
         if path.suffix.lower() == SAFETENSORS_SUFFIX:
-            self._data_start, self._entries, self.metadata = ckpt.read_entries(path)
+            self._data_start, self._entries, self.metadata = read_entries(path)
             self.shapes = {key: entry[1] for key, entry in self._entries.items()}
         else:
             self._state = _torch_load(path)
@@ -88,9 +89,18 @@ class _Reader:
                              f"{first_line(exc)}", DAMAGED_HINT) from exc
         return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
-    def take(self, prefix: str, dtype: Any, skip: Any = None) -> dict[str, Any]:
-        """Every tensor under ``prefix`` (minus ignorable ones and ``skip(key)``), cast."""
-        return {k: self.get(k, dtype) for k in self.shapes
+    def take(self, prefix: str, dtype: Any, skip: Any = None, fp8: bool = False
+             ) -> dict[str, Any]:
+        """Every tensor under ``prefix`` (minus ignorable ones and ``skip(key)``), cast;
+        with ``fp8`` the Linear and Conv2d weights (2-D / 4-D ``.weight``s) to float8 as each
+        is read, so the wide copy of the whole part never exists (``fp8_base``)."""
+        from lora_core.models.fp8 import FP8_DTYPE
+
+        def cast(key: str) -> Any:
+            wide = fp8 and key.endswith(".weight") and len(self.shapes[key]) in (2, 4)
+            return self.get(key, FP8_DTYPE if wide else dtype)
+
+        return {k: cast(k) for k in self.shapes
                 if k.startswith(prefix) and not ckpt.is_ignorable(k)
                 and not (skip and skip(k))}
 
@@ -130,7 +140,9 @@ def _torch_load(path: Path) -> dict[str, Any]:
 
 
 def load_single_file(path: Path, dtype: Any, vae_dtype: Any, vae_replaced: bool,
-                      tokenizer_dir: Path | None) -> dict[str, Any]:
+                      tokenizer_dir: Path | None, fp8_unet: bool = False) -> dict[str, Any]:
+    """The parts of an LDM-layout checkpoint; ``fp8_unet``: the U-Net's Linear and Conv2d
+    weights read as float8 (``fp8_base``: the family's placement makes them fp8 layers)."""
     from lora_core.models.tokenizers import load_tokenizers
 
     reader = _Reader(path)
@@ -140,7 +152,7 @@ def load_single_file(path: Path, dtype: Any, vae_dtype: Any, vae_replaced: bool,
                          "set `[model] vae` to the VAE this model is meant to be used with")
     # Tokenizers first: a missing one fails in a second, not after gigabytes were read.
     tokenizers = load_tokenizers(arch.family, None, tokenizer_dir)
-    unet = _single_file_unet(reader, arch, dtype)
+    unet = _single_file_unet(reader, arch, dtype, fp8_unet)
     vae = None
     if not vae_replaced:
         assert arch.vae is not None
@@ -160,7 +172,8 @@ def _empty(build: Any) -> Any:
         return build()
 
 
-def _single_file_unet(reader: _Reader, arch: ckpt.Architecture, dtype: Any) -> Any:
+def _single_file_unet(reader: _Reader, arch: ckpt.Architecture, dtype: Any,
+                      fp8: bool = False) -> Any:
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
@@ -170,7 +183,7 @@ def _single_file_unet(reader: _Reader, arch: ckpt.Architecture, dtype: Any) -> A
     conv_proj = arch.family == "sd2" and arch.unet.linear_proj
     if conv_proj:
         config["use_linear_projection"] = False
-    source = reader.take(ckpt.UNET_PREFIX, dtype)
+    source = reader.take(ckpt.UNET_PREFIX, dtype, fp8=fp8)
     converted = convert_ldm_unet_checkpoint(source, config)
     if conv_proj:
         converted = {k: (v.reshape(*v.shape, 1, 1) if k.endswith(("proj_in.weight",
@@ -278,7 +291,7 @@ def _file_key(key: str, unet_config: dict[str, Any] | None) -> str:
     if unet_config is None:
         return key
     try:
-        from lora_core.models.unet_layout import diffusers_to_original
+        from lora_core.families.sd.unet_layout import diffusers_to_original
 
         return ckpt.UNET_PREFIX + diffusers_to_original(key, unet_config)
     except (ImportError, ModelError):

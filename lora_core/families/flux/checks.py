@@ -84,9 +84,6 @@ NOT_WIRED_FOR_FLUX: dict[tuple[str, str], str] = {
                               "ae is not wired yet",
     ("training", "loss_type"): "Flux's loss is l2 (mean squared error) or l1; huber / "
                                "smooth_l1 for Flux are not wired yet",
-    ("dataset", "cache_text_encoder_outputs_to_disk"): "Flux's text-encoder cache on disk is "
-                                                       "not wired yet (the cache in memory, "
-                                                       "cache_text_encoder_outputs, is)",
 }
 # Values of a listed option that Flux does take (besides the field's default).
 FLUX_ACCEPTS: dict[tuple[str, str], tuple[Any, ...]] = {
@@ -210,14 +207,27 @@ def field_of_error(exc: LoraError) -> tuple[str, str]:
     return "model", "pretrained_model_name_or_path"
 
 
-def flux_section_problems(profile: Profile, family_words: str) -> list[Problem]:
-    """``[flux]`` values set for a model of another family (``family_words``: "SDXL" ...)."""
-    found = []
-    for f in dataclasses.fields(SECTIONS["flux"]):
-        value = getattr(profile.flux, f.name)
-        if value != _default("flux", f.name):
-            found.append(error(f"`[flux] {f.name}` = {format_value(value)} is only for Flux "
-                               f"models, and the base model is {family_words}",
-                               "remove it (or the whole [flux] table), or choose a Flux model",
-                               section="flux", key=f.name))
-    return found
+def swap_limit_problems(profile: Profile) -> list[Problem]:
+    """``blocks_to_swap`` against the Flux model's blocks (two of each kind stay)."""
+    from lora_core.errors import LoraError
+    from lora_core.families.flux.config import max_blocks_to_swap
+    from lora_core.families.flux.inputs import resolve_inputs
+
+    try:
+        inputs = resolve_inputs(profile)
+    except LoraError:
+        return []  # the inputs' own check says what is wrong
+    if inputs.info is None:  # the built-in before its first run: its sizes are ours
+        from lora_core.families.flux.builtin import TINY_CONFIG
+
+        depth, single = TINY_CONFIG.depth, TINY_CONFIG.depth_single_blocks
+    else:
+        depth, single = inputs.info.config.depth, inputs.info.config.depth_single_blocks
+    most = max_blocks_to_swap(depth, single)
+    if profile.training.blocks_to_swap <= most:
+        return []
+    return [error(f"`[training] blocks_to_swap` = {profile.training.blocks_to_swap} is more "
+                  f"than this model allows: it has {depth} double and {single} single blocks, "
+                  f"and two of each stay on the GPU, so at most {most}",
+                  f"use {most} or less" if most else "remove blocks_to_swap: this model is "
+                  "too small to swap blocks", section="training", key="blocks_to_swap")]

@@ -1,7 +1,7 @@
 """SD 2.x as a model family: SD 1.x's text path with SD 2.x's encoder and tokenizer.
 
 What differs from SD 1.x lies in the *parts* of the bundle, not in the maths, so this family
-delegates the text path to :class:`~lora_core.models.families.SD1Family` and adds checks
+delegates the text path to :class:`~lora_core.families.sd1.SD1Family` and adds checks
 (kohya-compat.md §5.4, §6.1, §11):
 
 * **Text encoder.** OpenCLIP ViT-H/14 as a transformers ``CLIPTextModel`` with ``gelu`` and
@@ -20,18 +20,20 @@ delegates the text path to :class:`~lora_core.models.families.SD1Family` and add
   (:func:`clip_skip_warning` gives the text for the wizard / ``lora-train check``).
 * **No extra U-Net conditioning.** ``v_parameterization`` (SD 2.x 768-v) is a setting, not a
   family: weights cannot tell it (the target and min-SNR weights live in
-  ``training/loss.py``; metadata ``sd_v2`` / ``sd_v2_v`` in ``saving/metadata.py``).
+  ``training/loss.py``; metadata ``sd_v2`` / ``sd_v2_v`` below).
 
-Nothing here loads a model or names LoRA keys.
+Loading, objective, network and previews are SD's (``families/sd/family.py``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lora_core.errors import ModelError
-from lora_core.models.families import ModelBundle, SD1Family, TextConditioning
+from lora_core.families.sd.family import StableDiffusionFamily
+from lora_core.families.sd1 import SD1Family
+from lora_core.models.bundle import ModelBundle, TextConditioning
 
 if TYPE_CHECKING:
     import torch
@@ -51,12 +53,20 @@ def clip_skip_warning(clip_skip: int | None) -> str | None:
             f"{clip_skip} skips {clip_skip - 1} more (sd-scripts warns the same and keeps it)")
 
 
-class SD2Family:
+class SD2Family(StableDiffusionFamily):
     """Stable Diffusion 2.x (512-base and 768-v): see the module docstring."""
 
     name = "sd2"
-    # Same U-Net down-sampling as SD 1.x: sd-scripts' bucket rule for SD 1.x/2.x.
-    bucket_step_multiple = SD1Family.bucket_step_multiple
+    label = "SD2"
+    words = "SD 2.x"
+    v2 = True  # ss_v2 = True; `[model] v2` must not say false
+
+    def modelspec_architecture(self, v_parameterization: bool) -> str:
+        return ("stable-diffusion-v2-768-v/lora" if v_parameterization
+                else "stable-diffusion-v2-512/lora")
+
+    def clip_skip_note(self, clip_skip: int) -> str | None:
+        return clip_skip_warning(clip_skip)
 
     def __init__(self) -> None:
         self._text = SD1Family()
@@ -81,10 +91,6 @@ class SD2Family:
         """Hidden states only: SD 2.x has no pooled text embedding."""
         return TextConditioning(self.encode_text(bundle, input_ids_list))
 
-    def unet_extra_conditioning(self, bundle: ModelBundle, **kwargs: Any) -> dict[str, Any]:
-        return {}
-
-
 def check_sd2_tokenizer(bundle: ModelBundle) -> None:
     """ModelError unless the bundle has one tokenizer that pads with something else than
     EOS (SD 2.x's pads with ``!``)."""
@@ -101,3 +107,6 @@ def check_sd2_tokenizer(bundle: ModelBundle) -> None:
             "this looks like the SD 1.x tokenizer",
             f"use the tokenizer of {SD2_TOKENIZER_REPO} (subfolder tokenizer), e.g. by "
             "pointing `[model] tokenizer_cache_dir` at a copy of it")
+
+
+FAMILY = SD2Family()

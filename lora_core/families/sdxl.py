@@ -23,7 +23,7 @@ What differs from SD 1.x (kohya-compat.md §10, sd-scripts' ``sdxl_train_network
   hands it the raw numbers. The loader puts ``original_size``, ``crop_top_left`` and
   ``target_size`` into every batch (``dataset/loader.py``).
 
-Nothing here loads a model or names LoRA keys.
+Loading, objective, network and previews are SD's (``families/sd/family.py``).
 """
 
 from __future__ import annotations
@@ -33,13 +33,12 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from lora_core.errors import ModelError
-from lora_core.models.families import (
-    ModelBundle,
-    TextConditioning,
-    join_windows,
-    split_into_windows,
-    window_count,
-)
+from lora_core.families.sd.family import StableDiffusionFamily
+from lora_core.families.sd.unet_layout import sai_renamer
+from lora_core.models.bundle import ModelBundle, TextConditioning
+from lora_core.models.clip_text import join_windows, split_into_windows, window_count
+from lora_core.network.blocks import SDXL_BLOCKS
+from lora_core.network.naming import LoraNaming
 
 if TYPE_CHECKING:
     import torch
@@ -83,12 +82,28 @@ def time_ids_of(batch: dict[str, Any]) -> torch.Tensor:
     return torch.cat([p.reshape(-1, 2) for p in parts], dim=1).float()
 
 
-class SDXLFamily:
+class SDXLFamily(StableDiffusionFamily):
     """Stable Diffusion XL base: see the module docstring for the maths."""
 
     name = "sdxl"
+    label = "SDXL"
+    words = "SDXL"
+    sd_scripts_script = "sdxl_train_network.py"
     # sd-scripts' SDXL scripts assert bucket_reso_steps % 32 == 0.
     bucket_step_multiple = 32
+    # lora_te1 / lora_te2, and U-Net names in SAI's layout (sd-scripts trains that U-Net).
+    naming = LoraNaming(numbered_text_encoders=True, unet_renamer=sai_renamer)
+    blocks = SDXL_BLOCKS
+    modelspec_implementation = "https://github.com/Stability-AI/generative-models"
+
+    def base_model_version(self, v_parameterization: bool) -> str:
+        return "sdxl_base_v1-0"
+
+    def modelspec_architecture(self, v_parameterization: bool) -> str:
+        return "stable-diffusion-xl-v1-base/lora"
+
+    def clip_skip_note(self, clip_skip: int) -> str | None:
+        return "`[model] clip_skip` is ignored for SDXL models (sd-scripts ignores it too)"
 
     def __init__(self) -> None:
         self._warned_clip_skip = False
@@ -189,3 +204,6 @@ class SDXLFamily:
                 f"'{bundle.model_name}' has {len(bundle.text_encoders)} and "
                 f"{len(bundle.tokenizers)}",
                 "load an SDXL checkpoint or folder (with text_encoder_2 / tokenizer_2)")
+
+
+FAMILY = SDXLFamily()

@@ -1,5 +1,6 @@
-"""Single-file checkpoints: read a ``.safetensors`` header, tell the family, read the
-architecture from tensor shapes, and turn it into diffusers configs.
+"""SD single-file checkpoints: tell SD 1.x, SD 2.x and SDXL apart, read the architecture
+from tensor shapes, and turn it into diffusers configs (the header is read by
+``models.headers``).
 
 A checkpoint from A1111 / ComfyUI carries weights only. Which model it is comes from the key
 prefixes (kohya-compat.md §11, note): ``conditioner.embedders.1.model.*`` (OpenCLIP bigG) is
@@ -19,17 +20,14 @@ the header is read, never the tensors.
 
 from __future__ import annotations
 
-import json
 import re
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lora_core.errors import ModelError
-from lora_core.models.configs import init_kwargs, load_config
-from lora_core.models.files import DAMAGED_HINT
+from lora_core.families.sd.configs import init_kwargs, load_config
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -40,8 +38,6 @@ SDXL_TE2_PREFIX = "conditioner.embedders.1.model."
 TEXT_PREFIXES = {"sd1": (SD1_TE_PREFIX,), "sd2": (SD2_TE_PREFIX,),
                  "sdxl": (SDXL_TE1_PREFIX, SDXL_TE2_PREFIX)}
 FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
-# Larger than any real header (SDXL's is ~200 kB); a bigger number means a damaged file.
-_MAX_HEADER_BYTES = 100 * 2**20
 # Tensors a checkpoint may carry that belong to no part we load: EMA copies, the LDM
 # trainer's noise-schedule buffers, CLIP's position ids (recomputed), OpenCLIP's logit scale.
 # (and the prediction markers below, read from the header on their own).
@@ -49,13 +45,6 @@ _IGNORABLE = re.compile(
     r"^(model_ema\.|denoiser\.|betas$|alphas_cumprod|sqrt_|log_one_minus|posterior_|"
     r"logvar$|lvlb_weights$|v_pred$|ztsnr$)|\.position_ids$|\.logit_scale$|"
     r"^cond_stage_model\.model\.attn_mask$")
-# Marker tensors a checkpoint may carry to say how it predicts: top-level keys whose values
-# mean nothing (zero-size or scalar), only their presence. NoobAI-XL v-pred and other v-pred
-# finetunes carry "v_pred" (plus "ztsnr" when trained with zero terminal SNR); ComfyUI's
-# model detection (`"v_pred" in state_dict`, then `"ztsnr" in state_dict`) and Forge read them.
-PREDICTION_MARKERS = ("v_pred", "ztsnr")
-# File names that usually mean a v-prediction model (SD 2.x 768-v, v-pred finetunes).
-_V_NAME = re.compile(r"(v[-_ ]?pred|768-v|[-_]v\.|[-_]v[-_])", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -101,67 +90,6 @@ class Architecture:
     text_encoders: tuple[TextEncoderArch, ...]
     missing: tuple[str, ...] = ()  # parts the file lacks: "vae", "text encoder" ...
     ignored: tuple[str, ...] = field(default=())  # prefixes of tensors no part uses
-
-
-# A tensor's place in a .safetensors file: (dtype name, shape, start, end), the offsets
-# counted from the first byte after the header.
-TensorEntry = tuple[str, tuple[int, ...], int, int]
-
-
-def read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-    """``{key: shape}`` and the ``__metadata__`` strings of a ``.safetensors`` file (checked
-    as :func:`read_entries` checks it)."""
-    _, entries, metadata = read_entries(path)
-    return {key: entry[1] for key, entry in entries.items()}, metadata
-
-
-def read_entries(path: Path) -> tuple[int, dict[str, TensorEntry], dict[str, str]]:
-    """Where a ``.safetensors`` file's data starts, every tensor's entry and the
-    ``__metadata__`` strings.
-
-    Checks what makes a file unloadable before any weight is read: a header longer than the
-    file, JSON that does not parse, entries without dtype/shape/offsets, and tensors whose
-    data would lie beyond the end of the file (a truncated download)."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise ModelError(f"{path} is not a .safetensors file (only {size} bytes)",
-                                 DAMAGED_HINT)
-            (length,) = struct.unpack("<Q", head)
-            if length > min(size - 8, _MAX_HEADER_BYTES):
-                raise ModelError(f"{path} has a broken .safetensors header (it claims "
-                                 f"{length} bytes of header in a {size}-byte file)",
-                                 DAMAGED_HINT)
-            raw = fh.read(length)
-    except OSError as exc:
-        raise ModelError(f"cannot read {path}: {exc.strerror}",
-                         "check that the file exists and is readable") from None
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path} has a broken .safetensors header ({exc})",
-                         DAMAGED_HINT) from None
-    if not isinstance(header, dict):
-        raise ModelError(f"{path} has a broken .safetensors header (not a JSON object)",
-                         DAMAGED_HINT)
-    metadata = header.pop("__metadata__", None) or {}
-    data_bytes = size - 8 - length
-    entries: dict[str, TensorEntry] = {}
-    for key, entry in header.items():
-        try:
-            shape = tuple(int(n) for n in entry["shape"])
-            start, end = (int(n) for n in entry["data_offsets"])
-            dtype = str(entry["dtype"])
-        except (KeyError, TypeError, ValueError):
-            raise ModelError(f"{path} has a broken .safetensors header (entry {key!r})",
-                             DAMAGED_HINT) from None
-        if end > data_bytes or start > end:
-            raise ModelError(f"{path} is truncated: tensor {key!r} ends at byte {end} of "
-                             f"{data_bytes} data bytes", DAMAGED_HINT)
-        entries[key] = (dtype, shape, start, end)
-    return 8 + length, entries, {str(k): str(v) for k, v in metadata.items()}
 
 
 def detect_family(shapes: Mapping[str, tuple[int, ...]], path: Path) -> str:
@@ -342,11 +270,6 @@ def read_architecture(shapes: Mapping[str, tuple[int, ...]], path: Path) -> Arch
     return Architecture(family, unet, vae, tuple(encoders), missing, tuple(ignored))
 
 
-def prediction_markers(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, ...]:
-    """The PREDICTION_MARKERS a checkpoint carries ("v_pred", "ztsnr")."""
-    return tuple(key for key in PREDICTION_MARKERS if key in shapes)
-
-
 def is_ignorable(key: str) -> bool:
     """A tensor no loaded part needs (EMA copy, schedule buffer, position ids ...)."""
     return bool(_IGNORABLE.search(key))
@@ -441,33 +364,6 @@ def text_encoder_config(family: str, index: int, te: TextEncoderArch) -> dict[st
     if te.projection is not None and family == "sdxl":  # SD 2.x never uses its projection
         config["projection_dim"] = te.projection
     return config
-
-
-def prediction_warning(path: Path | None, metadata: Mapping[str, str],
-                       v_parameterization: bool) -> str | None:
-    """A warning when the file's name or metadata suggests the other prediction type.
-
-    v-prediction cannot be read from weights (kohya-compat.md §11), so it stays the
-    ``v_parameterization`` setting; this only points out a likely mismatch."""
-    said = (metadata.get("modelspec.prediction_type") or metadata.get("prediction_type")
-            or "").strip().lower()
-    if said in ("v", "v_prediction", "v-prediction"):
-        suggests_v, why = True, f"its metadata says prediction type {said!r}"
-    elif said in ("epsilon", "eps"):
-        suggests_v, why = False, f"its metadata says prediction type {said!r}"
-    elif path is not None and _V_NAME.search(path.name):
-        suggests_v, why = True, "its file name suggests a v-prediction model"
-    else:
-        return None
-    name = path.name if path is not None else "the model"
-    if suggests_v and not v_parameterization:
-        return (f"{name}: {why}, but `[model] v_parameterization` is false; training a "
-                "v-prediction model for noise prediction ruins it (set it to true if the model "
-                "is v-pred)")
-    if not suggests_v and v_parameterization:
-        return (f"{name}: {why}, but `[model] v_parameterization` is true (set it to false "
-                "unless you know the model predicts v)")
-    return None
 
 
 def read_diffusers_vae(shapes: Mapping[str, tuple[int, ...]], path: Path) -> VaeArch:

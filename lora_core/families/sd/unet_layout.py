@@ -31,8 +31,9 @@ Python: no torch, so the test helper and the key-name code can use it anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from lora_core.errors import ModelError
 
@@ -227,3 +228,14 @@ def state_dict_to_diffusers(state_dict: Mapping, config: Mapping) -> dict:
     """An original-layout U-Net state dict (prefix already stripped) re-keyed for diffusers."""
     layout = UNetLayout.from_config(config)
     return {original_to_diffusers(k, layout): v for k, v in state_dict.items()}
+
+
+def sai_renamer(unet: Any) -> Callable[[str], str]:
+    """For SDXL's LoRA names: a diffusers module path of this U-Net -> its SAI-layout path
+    (``LoraNaming.unet_renamer``)."""
+    layout = UNetLayout.from_config(unet.config)
+
+    def rename(path: str) -> str:
+        return diffusers_to_original(path, layout)
+
+    return rename
