@@ -78,11 +78,13 @@ def timed_run(argv: list[str], env: dict) -> dict:
     started = time.time()
     process = subprocess.Popen([*argv, "--events", "-"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    stamps = []
+    stamps, reported = [], None
     assert process.stdout is not None
     for line in process.stdout:
         if '"step_ended"' in line:
             stamps.append(time.time() - started)
+        elif '"run_finished"' in line:
+            reported = json.loads(line).get("peak_memory_bytes")
     _, status, usage = os.wait4(process.pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
@@ -91,7 +93,9 @@ def timed_run(argv: list[str], env: dict) -> dict:
     intervals = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][WARMUP - 1:]
     return {"wall_s": time.time() - started, "first_step_s": stamps[0],
             "s_per_step": statistics.median(intervals) if intervals else None,
-            "peak_rss": usage.ru_maxrss * 1024}
+            "peak_rss": usage.ru_maxrss * 1024,
+            # on CUDA: the run's allocator peak, reserved included (calibrate's measure)
+            "peak_reported": reported}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--cache-dir", type=Path, default=ROOT / "bench" / ".cache")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--each-lever", action="store_true",
+                        help="also a real run with each lever alone: its peak and s/step")
+    parser.add_argument("--levers-only", action="store_true",
+                        help="only the plain run and each lever alone (no calibrate)")
     args = parser.parse_args(argv)
     checkpoint = ensure_checkpoint(args.cache_dir, args.family)
     hf_home = ensure_hf_home(args.cache_dir, args.family)
@@ -117,11 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"family": args.family, "resolution": args.resolution,
                     "precision": args.precision, "steps": args.steps}
 
+    if args.levers_only:
+        return levers_table(profile, cli, env, args)
     predicted = json.loads(child([*cli, "calibrate", str(profile), "--json"], env)["stdout"])
     real = timed_run([*cli, "run", str(profile), "--no-progress"], env)
     fp8 = timed_run([*cli, "run", str(profile), "--no-progress", "--set",
                      "training.fp8_base=true", "--set", "saving.output_name=fp8"], env)
-    budget = int(0.75 * real["peak_rss"])
+    budget = int(0.75 * (real["peak_reported"] if predicted["device"].startswith("cuda")
+                         else real["peak_rss"]))
     proposed = child([*cli, "calibrate", str(profile), "--json", "--memory-budget",
                       str(budget)], env)
     proposals = json.loads(proposed["stdout"])["proposals"]
@@ -131,15 +142,27 @@ def main(argv: list[str] | None = None) -> int:
         sets = [arg for item in fitting["set"] for arg in ("--set", item)]
         proposal_run = timed_run([*cli, "run", str(profile), "--no-progress", *sets,
                                   "--set", "saving.output_name=proposal"], env)
+    levers = {}
+    if args.each_lever:
+        for name, sets in lever_runs(args.precision):
+            items = [arg for item in sets for arg in ("--set", item)]
+            levers[name] = timed_run([*cli, "run", str(profile), "--no-progress", *items,
+                                      "--set", f"saving.output_name={name}"], env)
     report.update(predicted=predicted, real=real, fp8=fp8, budget=budget,
-                  proposals=proposals, proposal_run=proposal_run)
+                  proposals=proposals, proposal_run=proposal_run, levers=levers)
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
     gib = 2**30
     eta_real = real["wall_s"]
+    on_gpu = predicted["device"].startswith("cuda")
+    peak = "peak_reported" if on_gpu else "peak_rss"
+    for run in (real, fp8, proposal_run):
+        if run is not None:
+            run["peak"] = run[peak]
     rows = [
-        ("peak memory (GiB)", predicted["peak_memory_bytes"] / gib, real["peak_rss"] / gib),
+        (f"peak {'VRAM' if on_gpu else 'memory'} (GiB)", predicted["peak_memory_bytes"] / gib,
+         real["peak"] / gib),
         ("s/step", predicted["seconds_per_step"], real["s_per_step"]),
         ("time to first step (s)", predicted["first_step_seconds"], real["first_step_s"]),
         (f"whole run of {args.steps} steps (s)", predicted["eta_seconds"], eta_real)]
@@ -149,18 +172,68 @@ def main(argv: list[str] | None = None) -> int:
     for name, guess, value in rows:
         error = f"{100 * (guess - value) / value:+.0f} %" if value else "-"
         print(f"| {name} | {guess:.2f} | {value:.2f} | {error} |")
-    print(f"\nfp8_base: peak {fp8['peak_rss'] / gib:.2f} GiB against {real['peak_rss'] / gib:.2f}"
-          f" GiB ({(real['peak_rss'] - fp8['peak_rss']) / gib:.2f} GiB less), "
+    print(f"\nfp8_base: peak {fp8['peak'] / gib:.2f} GiB against {real['peak'] / gib:.2f}"
+          f" GiB ({(real['peak'] - fp8['peak']) / gib:.2f} GiB less), "
           f"{fp8['s_per_step']:.2f} s/step against {real['s_per_step']:.2f}")
     print(f"\nbudget {budget / gib:.2f} GiB (75 % of the real peak):")
     for p in proposals:
         print(f"  {' '.join(p['set'])}: {p['seconds_per_step']} s/step, "
               f"{(p['peak_memory_bytes'] or 0) / gib:.2f} GiB, fits {p['fits']} {p['note']}")
     if proposal_run is not None:
-        print(f"the real run with it: peak {proposal_run['peak_rss'] / gib:.2f} GiB "
-              f"({'under' if proposal_run['peak_rss'] <= budget else 'OVER'} the budget), "
+        # on CUDA the run needs its context beside the allocator's peak, which calibrate
+        # keeps out of a budget given to it (CUDA_CONTEXT_BYTES)
+        needed = proposal_run["peak"] + (512 * 2**20 if on_gpu else 0)
+        print(f"the real run with it: peak {proposal_run['peak'] / gib:.2f} GiB"
+              f"{' + 0.5 GiB CUDA context' if on_gpu else ''} "
+              f"({'under' if needed <= budget else 'OVER'} the budget), "
               f"{proposal_run['s_per_step']:.2f} s/step")
+    if levers:
+        print("\n| lever (alone) | peak (GiB) | s/step |\n|---|---|---|")
+        print(f"| none | {real['peak'] / gib:.2f} | {real['s_per_step']:.2f} |")
+        for name, run in levers.items():
+            value = run["peak_reported"] if on_gpu else run["peak_rss"]
+            print(f"| {name} | {value / gib:.2f} | {run['s_per_step']:.2f} |")
     return 0
+
+
+def levers_table(profile: Path, cli: list[str], env: dict, args: argparse.Namespace) -> int:
+    """The plain run and each lever alone, one after another: peak RSS (on CUDA the run's
+    allocator peak) and s/step, as a Markdown table."""
+    gib = 2**30
+    rows = [("none", timed_run([*cli, "run", str(profile), "--no-progress"], env))]
+    for name, sets in lever_runs(args.precision):
+        items = [arg for item in sets for arg in ("--set", item)]
+        rows.append((name, timed_run([*cli, "run", str(profile), "--no-progress", *items,
+                                      "--set", f"saving.output_name={name}"], env)))
+    if args.json:
+        print(json.dumps({"family": args.family, "resolution": args.resolution,
+                          "precision": args.precision, "runs": dict(rows)}, indent=1))
+        return 0
+    print(f"{args.family} at {args.resolution} px, mixed_precision {args.precision}, "
+          f"{args.steps} steps, each lever alone")
+    print("| lever | peak (GiB) | s/step | first step (s) |\n|---|---|---|---|")
+    for name, run in rows:
+        peak = run["peak_reported"] or run["peak_rss"]
+        print(f"| {name} | {peak / gib:.2f} | {run['s_per_step']:.2f} | "
+              f"{run['first_step_s']:.1f} |")
+    return 0
+
+
+def lever_runs(precision: str) -> list[tuple[str, list[str]]]:
+    """Each memory or speed lever alone, as ``--set`` items (the profile caches latents)."""
+    runs = [("gradient_checkpointing", ["training.gradient_checkpointing=true"]),
+            ("fp8_base", ["training.fp8_base=true"]),
+            ("fp8_base_unet", ["training.fp8_base_unet=true"]),
+            ("AdamW8bit", ["optimizer.optimizer_type=AdamW8bit"]),
+            ("cpu_offload_checkpointing", ["training.gradient_checkpointing=true",
+                                           "training.cpu_offload_checkpointing=true"]),
+            ("torch_compile", ["training.torch_compile=true"])]
+    if precision == "bf16":
+        runs.insert(4, ("full_bf16", ["training.full_bf16=true"]))
+    if precision == "fp16":
+        runs.insert(4, ("full_fp16", ["training.full_fp16=true",
+                                      "optimizer.optimizer_type=AdamW8bit"]))
+    return runs
 
 
 if __name__ == "__main__":

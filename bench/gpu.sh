@@ -2,6 +2,7 @@
 # The GPU benchmark, ready for a machine with a CUDA GPU (none is needed to read it):
 # SD 1.5 at 512 px and SDXL at 1024 px, random-weight full-size checkpoints, a U-Net LoRA,
 # it/s and peak VRAM (nvidia-smi) for our defaults and for sd-scripts' flags on the same card.
+# Then calibrate against real runs, each memory lever alone and torch_compile (issue 28).
 #
 #   bench/gpu.sh                                    # ours only
 #   bench/gpu.sh --sd-scripts DIR --sd-python PY    # and sd-scripts beside it (peer mode)
@@ -39,3 +40,13 @@ run sdxl 1024 "${SDXL_STEPS:-20}" "$@"
 "$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); \
 [print(f\"{x['name']:28s} VRAM {x['peak_vram_mb']} MiB  {x['median_s_per_step']:.2f} s/step\") \
 for x in r['results']]" bench/.cache/gpu-flux.json
+
+# Issue 28: calibrate's prediction against real runs of the same profile on this GPU (target:
+# peak VRAM within 10 %, the run's own allocator peak from its run_finished event), each
+# lever's VRAM and s/step alone, and torch_compile against eager (compile cost, break-even).
+"$PY" bench/calibrate_levers.py --family sd15 --resolution 512 --precision "$PRECISION" \
+    --steps "${CAL_STEPS:-12}" --each-lever
+"$PY" bench/calibrate_levers.py --family sdxl --resolution 1024 --precision "$PRECISION" \
+    --steps "${CAL_STEPS:-12}" --each-lever
+"$PY" bench/compile_speed.py --family sd15 --resolution 512 --precision "$PRECISION"
+"$PY" bench/compile_speed.py --family sdxl --resolution 1024 --precision "$PRECISION"

@@ -5,28 +5,31 @@ What it does, in order:
 
 1. The profile is read and checked as ``run`` reads and checks it: a broken profile is
    refused with the same problems, before anything loads.
-2. **A measurement** runs in a child process (``python -m lora_core.calibrate --child``) what
+2. **A measurement** runs in a child process (``lora_core.calibrate_child``) what
    ``run`` runs up to training (load, caches, a preview when the profile has prompts), then
    ``warmup + steps`` real training steps of the same batches, in a temporary state and
    output folder that is deleted afterwards: nothing of the user's is written. It reports the
    time to the first step, each step's time and, at its end, its peak memory: on CUDA the
-   allocator's peak, reserved included (``torch.cuda.max_memory_reserved``); on a CPU the
+   allocator's peak, reserved included (``torch.cuda.max_memory_reserved``), plus what the
+   process took beside the allocator while it ran (cuBLAS / cuDNN workspaces); on a CPU the
    process's peak resident set (``wait4``'s ``ru_maxrss`` of that one child, so each
    measurement is its own).
-3. **The prediction** of the whole run: load and caching (time to the first step less the
-   first step), the planned steps at the measured seconds per step after warm-up, the
+3. **The prediction** of the whole run: what the measurement spent beyond its steady
+   steps (load, caches, and what the first steps compile once: bitsandbytes' 8-bit kernels
+   on a CPU, torch_compile's blocks), the planned steps at the steady pace after warm-up
+   (the mean step without the one-off slow ones: ``steady_seconds_per_step``), the
    preview images the schedule makes at the measured seconds per image, and the saves.
 4. **Proposals**: with a memory budget (``--memory-budget``; on a GPU by default the memory
    free when the measurement started; on a CPU none unless given) and a run that does not
    fit, the levers are tried in order of what they cost in speed (cache latents and
    text-encoder outputs, gradient checkpointing, fp8 base weights, an 8-bit optimizer,
-   ``full_bf16`` under bf16, a smaller batch with gradient accumulation keeping the
-   effective batch, block swap for Flux), each added to the ones before and *measured*;
-   each is listed as the ``--set`` lines that make it, with its own seconds per step and
-   peak and whether it fits, until one fits. A run that fits with gradient checkpointing on
-   is measured without it (faster when it still fits). A candidate the checks refuse for
-   this model is left out. Nothing is changed: each proposal is a setting the user could
-   have typed.
+   ``full_bf16`` under bf16, on a CUDA GPU ``cpu_offload_checkpointing``, a smaller batch
+   with gradient accumulation keeping the effective batch, block swap for Flux), each added
+   to the ones before and *measured*; each is listed as the ``--set`` lines that make it,
+   with its own seconds per step and peak and whether it fits, until one fits. A run that
+   fits with gradient checkpointing on is measured without it (faster when it still fits).
+   A candidate the checks refuse for this model is left out. Nothing is changed: each
+   proposal is a setting the user could have typed.
 5. The result is remembered for the same profile content, device and torch version
    (``state_dir()/calibrations``), so asking again answers at once (``--again`` measures
    anew); asked against another budget, the profile's own measurement is reused and only
@@ -42,21 +45,28 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lora_core.calibrate_child import (  # noqa: F401 (the child's side, re-exported)
+    Measurement,
+    _largest_batch_first,
+    calibration_overrides,
+    child_main,
+    measure_in_child,
+    own_peak_rss,
+    steady_seconds_per_step,
+)
+from lora_core.compile_payoff import CompilePayoff, kept_cache_is_warm, payoff
 from lora_core.errors import LoraError, ProfileError
 from lora_core.paths import state_dir
 
 DEFAULT_STEPS = 6  # measured steps, after the warm-up
 WARMUP_STEPS = 2  # not counted: the first steps allocate and (on CUDA) tune kernels
-_FORMAT = 1  # of a remembered result; bump when its meaning changes
+# Of a remembered result; bump when its meaning changes (2: s/step without one-off steps,
+# load_seconds all time beyond the steady steps, the CUDA memory outside the allocator).
+_FORMAT = 2
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
@@ -86,198 +96,6 @@ def format_size(size: float | None) -> str:
     return f"{int(size)} B"
 
 
-# --- one measurement ------------------------------------------------------------------------
-
-
-@dataclass
-class Measurement:
-    """What one child measured. ``error``: why it failed (out of memory included)."""
-
-    first_step_seconds: float = 0.0
-    load_seconds: float = 0.0  # time to the first step, less the first step itself
-    seconds_per_step: float = 0.0
-    step_seconds: list[float] = field(default_factory=list)
-    peak_memory_bytes: int = 0
-    sample_seconds_per_image: float | None = None
-    sample_seconds_before_steps: float = 0.0  # the timing preview, left out of load_seconds
-    save_seconds: float = 0.0
-    device: str = "cpu"
-    torch_version: str = ""
-    free_memory_bytes: int | None = None  # on CUDA: free when it started
-    first_step_at: float = 0.0  # wall clock (time.time) of the first step's end
-    error: str = ""
-    out_of_memory: bool = False  # the error: it ran out of memory (or was killed for it)
-
-
-def calibration_overrides(profile: Any, workdir: Path, steps: int, warmup: int) -> None:
-    """The profile as a measurement trains it (in place): ``warmup + steps`` steps, its
-    outputs in ``workdir``, no validation, no saves but the final one, no notifications or
-    trackers, one sampling of its prompts before the first step (to time a preview)."""
-    tr, sv, sm = profile.training, profile.saving, profile.sample
-    tr.max_train_epochs = None
-    tr.max_train_steps = warmup + steps
-    tr.validation_split = 0.0
-    tr.early_stopping_patience = None
-    sv.output_dir = str(workdir / "out")
-    sv.output_name = "calibration"
-    for name in ("save_every_n_epochs", "save_every_n_steps", "save_n_epoch_ratio",
-                 "save_last_n_epochs", "save_last_n_steps", "save_last_n_epochs_state",
-                 "save_last_n_steps_state", "save_state_every_n_minutes"):
-        setattr(sv, name, None)
-    sv.save_state = sv.save_state_on_train_end = False
-    sv.tag_summary = False
-    sm.sample_every_n_steps = sm.sample_every_n_epochs = None
-    sm.sample_at_first = bool(sm.sample_prompts)
-    profile.notify.command, profile.notify.webhook = "", ""
-    profile.logging.log_with = ""
-
-
-def measure_in_child(profile_path: Path, overrides: list[str], steps: int, warmup: int,
-                     timeout_s: float | None = None) -> Measurement:
-    """One measurement in a child process (its own peak memory; its own process group, so a
-    timeout stops its data-loader workers too); never raises for a run that fails: its
-    ``error`` says why, ``out_of_memory`` when it ran out (the GPU's allocator, or on Linux
-    the kernel's out-of-memory killer). A failed one keeps its log in the state folder."""
-    workdir = Path(tempfile.mkdtemp(prefix="lora-calibrate-"))
-    out = workdir / "measured.json"
-    command = [sys.executable, "-m", "lora_core.calibrate", "--child", str(profile_path),
-               "--out", str(out), "--steps", str(steps), "--warmup", str(warmup),
-               "--workdir", str(workdir)]
-    for item in overrides:
-        command += ["--set", item]
-    env = {**os.environ, "LORA_TUI_STATE_DIR": str(workdir / "state"), "PYTHONUNBUFFERED": "1"}
-    try:
-        with open(workdir / "child.log", "wb") as log:
-            launched = time.time()  # the interpreter's start counts, as a real run's does
-            child = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-            started = time.monotonic()
-            try:
-                while True:
-                    pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-                    if pid:
-                        child.returncode = os.waitstatus_to_exitcode(status)
-                        break
-                    if timeout_s is not None and time.monotonic() - started > timeout_s:
-                        _kill_group(child.pid)
-                        os.wait4(child.pid, 0)
-                        return Measurement(error=f"the measurement took over {timeout_s:.0f} "
-                                           "s (--timeout) and was stopped")
-                    time.sleep(0.05)
-            except BaseException:  # Ctrl+C, or the wizard closing the dialog (SIGTERM)
-                _kill_group(child.pid)
-                raise
-        _kill_group(child.pid)  # any data-loader worker left behind
-        measured = _read_measurement(out)
-        if measured is None:
-            return _failure(workdir, child.returncode)
-        if measured.device == "cpu":
-            measured.peak_memory_bytes = usage.ru_maxrss * 1024  # KiB on Linux
-        if measured.first_step_at:
-            measured.first_step_seconds = max(measured.first_step_seconds,
-                                              measured.first_step_at - launched)
-            measured.load_seconds = max(0.0, measured.first_step_seconds
-                                        - measured.seconds_per_step)
-        return measured
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _kill_group(pid: int) -> None:
-    import signal
-
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _failure(workdir: Path, returncode: int) -> Measurement:
-    """What a child that wrote no measurement says; its log kept as
-    ``state_dir()/calibrations/last-failure.log``."""
-    started = _read_measurement(workdir / "started.json") or Measurement()
-    text = (workdir / "child.log").read_text(encoding="utf-8", errors="replace")
-    kept = state_dir() / "calibrations" / "last-failure.log"
-    try:
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        kept.write_text(text, encoding="utf-8")
-    except OSError:
-        kept = None
-    lines = [line for line in text.splitlines() if line.strip()]
-    if returncode < 0:
-        started.error = (f"killed by signal {-returncode} (on Linux usually the kernel's "
-                         "out-of-memory killer: it did not fit)")
-        started.out_of_memory = True
-    else:
-        error = next((line for line in reversed(lines) if line.startswith("error:")),
-                     lines[-1] if lines else f"exit code {returncode}")
-        started.error = error.removeprefix("error: ")
-        started.out_of_memory = "out of memory" in started.error.lower()
-    if kept is not None:
-        started.error += f" (its log: {kept})"
-    return started
-
-
-def _read_measurement(path: Path) -> Measurement | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return Measurement(**{k: v for k, v in data.items()
-                          if k in {f.name for f in dataclasses.fields(Measurement)}})
-
-
-def child_main(profile_path: Path, overrides: list[str], out: Path, steps: int, warmup: int,
-               workdir: Path) -> int:
-    """The child's side: train ``warmup + steps`` steps and write what was measured."""
-    started = time.perf_counter()
-    import torch
-
-    from lora_core.events import CheckpointSaved, EventBus, PhaseChanged, SampleSaved, StepEnded
-    from lora_core.profile_load import load_profile
-    from lora_core.session import run_training, start_run
-
-    measured = Measurement(torch_version=torch.__version__)
-    if torch.cuda.is_available():
-        free, _ = torch.cuda.mem_get_info()
-        measured.free_memory_bytes = int(free)
-        measured.device = f"cuda:0 ({torch.cuda.get_device_name(0)})"
-        torch.cuda.reset_peak_memory_stats()
-    # Said first: a run that runs out of memory still tells the device and its free memory.
-    (workdir / "started.json").write_text(json.dumps(dataclasses.asdict(measured)),
-                                          encoding="utf-8")
-    profile = load_profile(profile_path, overrides)
-    calibration_overrides(profile, workdir, steps, warmup)
-    seen: list[tuple[Any, float]] = []
-    bus = EventBus([lambda event: seen.append((event, time.perf_counter()))])
-    run_training(profile, profile_path, start_run(profile, profile_path), bus, lambda: False)
-    step_times = [t for e, t in seen if isinstance(e, StepEnded)]
-    if not step_times:
-        raise LoraError("the measurement made no training step", "see the log")
-    durations = [b - a for a, b in zip(step_times, step_times[1:], strict=False)]
-    counted = durations[max(0, warmup - 1):] or durations or [step_times[0] - started]
-    measured.step_seconds = counted
-    measured.seconds_per_step = sum(counted) / len(counted)
-    sampling = [t for e, t in seen if isinstance(e, PhaseChanged) and e.phase == "sampling"]
-    images = [t for e, t in seen if isinstance(e, SampleSaved)]
-    if sampling and images:
-        measured.sample_seconds_per_image = (images[-1] - sampling[0]) / len(images)
-        if images[-1] < step_times[0]:
-            # The preview made to time one is not what a run does before its first step.
-            measured.sample_seconds_before_steps = images[-1] - sampling[0]
-    before = measured.sample_seconds_before_steps
-    measured.first_step_seconds = step_times[0] - started - before
-    measured.first_step_at = time.time() - (time.perf_counter() - step_times[0]) - before
-    measured.load_seconds = max(0.0, measured.first_step_seconds - measured.seconds_per_step)
-    saves = [t for e, t in seen if isinstance(e, CheckpointSaved)]
-    if saves:
-        measured.save_seconds = max(0.0, saves[-1] - step_times[-1])
-    if measured.device.startswith("cuda"):
-        measured.peak_memory_bytes = int(torch.cuda.max_memory_reserved())
-    out.write_text(json.dumps(dataclasses.asdict(measured)), encoding="utf-8")
-    return 0
-
-
 # --- the prediction and the proposals ---------------------------------------------------------
 
 
@@ -299,13 +117,18 @@ class Calibration:
     budget_bytes: int | None
     proposals: list[Proposal]
     remembered: bool = False
+    # Measured compiled and not when the profile compiles (or calibrate is asked to compare).
+    compiling: CompilePayoff | None = None
+    compile_note: str = ""  # why compiled and eager were not compared, when asked
+    context_bytes: int = 0  # of the budget, kept for the CUDA context (a budget given on CUDA)
 
     @property
     def fits(self) -> bool | None:
         """Whether the profile as it is fits the budget (None: no budget)."""
         if self.budget_bytes is None:
             return None
-        return not self.measured.error and self.measured.peak_memory_bytes <= self.budget_bytes
+        return not self.measured.error and \
+            self.measured.peak_memory_bytes <= self.budget_bytes - self.context_bytes
 
     def as_json(self) -> dict[str, Any]:
         m = self.measured
@@ -319,7 +142,9 @@ class Calibration:
                 "device": m.device, "torch_version": m.torch_version,
                 "measured_steps": len(m.step_seconds), "budget_bytes": self.budget_bytes,
                 "free_memory_bytes": m.free_memory_bytes, "remembered": self.remembered,
-                "proposals": [dataclasses.asdict(p) for p in self.proposals]}
+                "proposals": [dataclasses.asdict(p) for p in self.proposals],
+                "torch_compile": self.compiling.as_json() if self.compiling else None,
+                "torch_compile_note": self.compile_note, "context_bytes": self.context_bytes}
 
 
 def predict_eta(measured: Measurement, plan: Any, sample: Any) -> tuple[float, dict[str, float]]:
@@ -348,10 +173,12 @@ def _prompt_count(sample: Any) -> int:
         return 0
 
 
-def candidate_levers(profile: Any, family: Any) -> list[list[str]]:
+def candidate_levers(profile: Any, family: Any, cuda: bool = False) -> list[list[str]]:
     """The levers a profile could add, in order of what they cost in speed; each a list of
-    ``--set`` items (applied on top of the ones before)."""
+    ``--set`` items (applied on top of the ones before). ``cuda``: measured on a CUDA GPU
+    (the levers that only move things out of GPU memory are tried there only)."""
     ds, tr, net, opt = profile.dataset, profile.training, profile.network, profile.optimizer
+    levers_of = family.levers if family is not None else frozenset()
     levers: list[list[str]] = []
     if not (ds.cache_latents or ds.cache_latents_to_disk):
         levers.append(["dataset.cache_latents=true"])
@@ -365,13 +192,22 @@ def candidate_levers(profile: Any, family: Any) -> list[list[str]]:
         levers.append(["optimizer.optimizer_type=AdamW8bit"])
     if tr.mixed_precision == "bf16" and not tr.full_bf16:
         levers.append(["training.full_bf16=true"])  # the LoRA and its moments in bf16
+    # The checkpointed blocks' inputs in CPU memory (~15 % slower for Flux, sd-scripts says);
+    # on a CPU they are there already. It needs gradient checkpointing (proposed above).
+    offloading = bool(tr.cpu_offload_checkpointing)
+    if cuda and "cpu_offload_checkpointing" in levers_of and not offloading \
+            and not tr.blocks_to_swap:
+        levers.append(["training.cpu_offload_checkpointing=true"])
+        offloading = True
     if tr.train_batch_size > 1:  # the same images per update: half the batch, or 1
         effective = tr.train_batch_size * tr.gradient_accumulation_steps
         batch = tr.train_batch_size // 2 if tr.train_batch_size % 2 == 0 else 1
         levers.append([f"training.train_batch_size={batch}",
                        f"training.gradient_accumulation_steps={effective // batch}"])
-    if family is not None and "blocks_to_swap" in family.levers and not tr.blocks_to_swap:
-        levers.append(["training.blocks_to_swap=8"])
+    if "blocks_to_swap" in levers_of and not tr.blocks_to_swap:
+        # Not with cpu_offload_checkpointing (the check refuses both): block swap instead.
+        levers.append(["training.cpu_offload_checkpointing=false"] * offloading
+                      + ["training.blocks_to_swap=8"])
     return levers
 
 
@@ -385,10 +221,12 @@ def _merged(sets: list[str]) -> list[str]:
 
 def calibrate(profile_path: Path, overrides: list[str], *, budget: int | None = None,
               steps: int = DEFAULT_STEPS, again: bool = False, timeout_s: float | None = None,
-              progress=lambda text: None) -> Calibration:
+              compare_compile: bool = False, progress=lambda text: None) -> Calibration:
     """Measure the profile (and, with a budget it does not fit, the levers); see the module
     docstring. Raises CheckError for a profile ``run`` would refuse. ``timeout_s``: the
-    longest one measurement may take (default: 30 minutes)."""
+    longest one measurement may take (default: 30 minutes). A profile with torch_compile is
+    also measured without it, to say whether compiling pays off (``compare_compile``: one
+    without it is measured with it too)."""
     from lora_core.checks import check_profile
     from lora_core.checks.machine import ProbedMachine
     from lora_core.family_registry import family
@@ -402,21 +240,25 @@ def calibrate(profile_path: Path, overrides: list[str], *, budget: int | None = 
     report.raise_for_errors()
     key = _memory_key(profile, profile_path, overrides, steps)
     remembered = None if again else _recall(key)
-    if remembered is not None and (budget is None or budget == remembered.budget_bytes):
-        remembered.remembered = True
-        # The figures are remembered; the plan they predict for is today's.
-        if not remembered.measured.error:
-            remembered.eta_seconds, remembered.eta_parts = predict_eta(
-                remembered.measured, report.plan, profile.sample)
-        remembered.total_steps = report.plan.max_train_steps
-        return remembered
+    compiles = profile.training.torch_compile
+    wants_compile = compiles or compare_compile
+    if remembered is not None and (budget is None or budget == remembered.budget_bytes) \
+            and (remembered.compiling is not None or remembered.compile_note
+                 or remembered.measured.error or not wants_compile):
+        return _for_today(remembered, report.plan, profile.sample)
+    cache_was_warm = kept_cache_is_warm()
     if remembered is not None:  # measured before, asked against another budget
         measured = remembered.measured
     else:
         progress(f"measuring {WARMUP_STEPS} + {steps} steps as the profile is")
         measured = measure_in_child(profile_path, overrides, steps, WARMUP_STEPS, timeout_s)
+    context = 0
     if budget is None and measured.free_memory_bytes is not None:
-        budget = measured.free_memory_bytes
+        budget = measured.free_memory_bytes  # free with the child's CUDA context made
+    elif budget is not None and measured.device.startswith("cuda"):
+        # A budget the user gives is the card's memory; the allocator's peak leaves out the
+        # CUDA context (and the kernels it loads), which the run needs beside it.
+        context = CUDA_CONTEXT_BYTES
     if measured.error and not (measured.out_of_memory and budget is not None):
         raise LoraError(f"the measurement failed: {measured.error}",
                         "a run that runs out of memory does not fit: give --memory-budget "
@@ -430,17 +272,78 @@ def calibrate(profile_path: Path, overrides: list[str], *, budget: int | None = 
     slow_bf16 = (profile.training.mixed_precision == "bf16" and not machine.has_cuda
                  and machine.cpu_bf16 is False)
     proposals: list[Proposal] = []
-    run = _Trial(profile_path, overrides, steps, timeout_s, budget, progress)
+    usable = None if budget is None else budget - context  # what the allocator's peak may be
+    run = _Trial(profile_path, overrides, steps, timeout_s, usable, progress)
     if slow_bf16:  # check warns; here it is measured: fp32 is many times faster there
         proposals.append(run(["training.mixed_precision=no"]))
     if budget is not None:
-        proposals += _proposals(run, profile, fam, measured, budget, slow_bf16)
-    result = Calibration(measured, report.plan.max_train_steps, eta, parts, budget, proposals)
+        proposals += _proposals(run, profile, fam, measured, usable, slow_bf16)
+    result = Calibration(measured, report.plan.max_train_steps, eta, parts, budget, proposals,
+                         context_bytes=context)
+    if wants_compile and not measured.error:
+        if remembered is not None and (remembered.compiling or remembered.compile_note):
+            result.compiling, result.compile_note = (remembered.compiling,
+                                                     remembered.compile_note)
+        else:
+            sizes = len({size for d in report.plan.datasets for size in d.bucket_items})
+            result.compiling, result.compile_note = _compile_payoff(
+                run, measured, compiles, report.plan.max_train_steps, cache_was_warm, sizes)
     _remember(key, result)
     return result
 
 
+def _compile_payoff(run: _Trial, measured: Measurement, compiles: bool, planned_steps: int,
+                    cache_was_warm: bool, bucket_sizes: int
+                    ) -> tuple[CompilePayoff | None, str]:
+    """The profile measured with torch_compile switched the other way, and the verdict; or
+    why there is none (the check refuses the other way here: no compiler...; it failed)."""
+    other = run.measure([f"training.torch_compile={'false' if compiles else 'true'}"])
+    if isinstance(other, str):
+        return None, other
+    if other.error:
+        return None, f"{'eager' if compiles else 'compiled'}, it failed: {other.error}"
+    compiled, eager = (measured, other) if compiles else (other, measured)
+    return payoff(compiled, eager, planned_steps, cache_was_warm, bucket_sizes), ""
+
+
 DEFAULT_TIMEOUT_S = 1800.0
+# A CUDA context with torch's kernels (loaded lazily since CUDA 11.7): about 0.3-0.5 GiB on
+# current cards, outside the allocator's peak. Kept out of a budget the user gives on CUDA.
+CUDA_CONTEXT_BYTES = 512 * 2**20
+
+
+def recall(profile_path: Path, overrides: list[str] = (), *,
+           steps: int = DEFAULT_STEPS) -> Calibration | None:
+    """The result remembered for this profile as it is now (the same content, dataset and
+    model files, device and torch version), its ETA predicted for today's plan; None when
+    there is none, or when ``run`` would refuse the profile. Measures nothing and imports no
+    torch: the wizard's review asks it when it opens, to show a calibration at once."""
+    from lora_core.checks import check_profile
+    from lora_core.profile_load import load_profile
+
+    overrides = list(overrides)
+    try:
+        profile = load_profile(profile_path, overrides)
+        report = check_profile(profile)
+    except LoraError:
+        return None
+    if report.errors or report.plan is None:
+        return None
+    remembered = _recall(_memory_key(profile, profile_path, overrides, steps))
+    return None if remembered is None else _for_today(remembered, report.plan, profile.sample)
+
+
+def _for_today(remembered: Calibration, plan: Any, sample: Any) -> Calibration:
+    """A remembered result, its prediction made for today's plan: the figures are
+    remembered, the plan they predict for is today's."""
+    remembered.remembered = True
+    if not remembered.measured.error:
+        remembered.eta_seconds, remembered.eta_parts = predict_eta(remembered.measured, plan,
+                                                                   sample)
+    remembered.total_steps = plan.max_train_steps
+    if remembered.compiling is not None:
+        remembered.compiling.planned_steps = plan.max_train_steps
+    return remembered
 
 
 class _Trial:
@@ -451,7 +354,8 @@ class _Trial:
         self.profile_path, self.overrides, self.steps = profile_path, overrides, steps
         self.timeout_s, self.budget, self.progress = timeout_s, budget, progress
 
-    def __call__(self, sets: list[str]) -> Proposal:
+    def measure(self, sets: list[str]) -> Measurement | str:
+        """The profile measured with ``sets``, or why the checks refuse it."""
         from lora_core.checks import check_profile
         from lora_core.profile_load import load_profile
 
@@ -459,12 +363,17 @@ class _Trial:
             candidate = load_profile(self.profile_path, self.overrides + sets)
             errors = check_profile(candidate).errors
         except LoraError as exc:
-            return Proposal(sets, None, None, False, f"not for this profile: {exc.message}")
+            return f"not for this profile: {exc.message}"
         if errors:
-            return Proposal(sets, None, None, False, f"not for this profile: {errors[0].text()}")
+            return f"not for this profile: {errors[0].text()}"
         self.progress("measuring --set " + " --set ".join(sets))
-        measured = measure_in_child(self.profile_path, self.overrides + sets, self.steps,
-                                    WARMUP_STEPS, self.timeout_s)
+        return measure_in_child(self.profile_path, self.overrides + sets, self.steps,
+                                WARMUP_STEPS, self.timeout_s)
+
+    def __call__(self, sets: list[str]) -> Proposal:
+        measured = self.measure(sets)
+        if isinstance(measured, str):
+            return Proposal(sets, None, None, False, measured)
         if measured.error:
             note = "ran out of memory" if measured.out_of_memory else "failed"
             return Proposal(sets, None, None, False, f"{note}: {measured.error}")
@@ -480,7 +389,7 @@ def _proposals(run: _Trial, profile: Any, fam: Any, plain: Measurement, budget: 
             found.append(run(["training.gradient_checkpointing=false"]))
         return found
     sets: list[str] = []
-    for lever in candidate_levers(profile, fam):
+    for lever in candidate_levers(profile, fam, cuda=plain.device.startswith("cuda")):
         if slow_bf16 and lever == ["training.full_bf16=true"]:
             continue  # bf16 is the slow path on this CPU: not more of it
         proposal = run(_merged(sets + lever))
@@ -499,19 +408,20 @@ def _proposals(run: _Trial, profile: Any, fam: Any, plain: Measurement, budget: 
 
 
 def _memory_key(profile: Any, profile_path: Path, overrides: list[str], steps: int) -> str:
-    """What a measurement depends on: the profile's content and overrides, its dataset's and
-    model file's sizes and times, the device, and the versions of torch, its build and this
-    engine (a cheap signature: names, sizes and mtimes, no file is read)."""
+    """What a measurement depends on: the profile's content as read (overrides applied,
+    paths absolute: the same answers give the same key from the user's file, a `--set`, or
+    the wizard's snapshot of them), its dataset's and model file's sizes and times, the
+    device, and the versions of torch, its build and this engine (a cheap signature: names,
+    sizes and mtimes, no file is read)."""
     from importlib.metadata import PackageNotFoundError, version
 
     from lora_core import __version__
     from lora_core.checks.machine import ProbedMachine, torch_build
+    from lora_core.profile import profile_to_dict
 
     digest = hashlib.sha256()
-    try:
-        digest.update(Path(profile_path).read_bytes())
-    except OSError:
-        pass
+    digest.update(json.dumps(_plain(profile_to_dict(profile)), sort_keys=True,
+                             default=str).encode())
     machine = ProbedMachine()
     device = ";".join(g.label() for g in machine.gpus) or "cpu"
     versions = []
@@ -520,7 +430,7 @@ def _memory_key(profile: Any, profile_path: Path, overrides: list[str], steps: i
             versions.append(version(package))
         except PackageNotFoundError:
             versions.append("-")
-    digest.update(json.dumps([_FORMAT, overrides, steps, device, versions, torch_build(),
+    digest.update(json.dumps([_FORMAT, steps, device, versions, torch_build(),
                               __version__, os.environ.get("CUDA_VISIBLE_DEVICES")]).encode())
     paths = [profile.path("dataset", key) for key in ("train_data_dir", "reg_data_dir",
                                                       "dataset_config")]
@@ -529,6 +439,18 @@ def _memory_key(profile: Any, profile_path: Path, overrides: list[str], steps: i
     for path in paths:
         digest.update(_signature(path).encode())
     return digest.hexdigest()[:32]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with whole floats as ints: a field that takes either (lr_warmup_steps: a
+    count or a ratio) reads 0 from one file and 0.0 from another, the same answer."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _signature(path: Path | None) -> str:
@@ -554,8 +476,12 @@ def _recall(key: str) -> Calibration | None:
         data = json.loads(_memory_path(key).read_text(encoding="utf-8"))
         measured = Measurement(**data["measured"])
         proposals = [Proposal(**p) for p in data["proposals"]]
+        compiling = data.get("compiling")
         return Calibration(measured, data["total_steps"], data["eta_seconds"],
-                           data["eta_parts"], data["budget_bytes"], proposals)
+                           data["eta_parts"], data["budget_bytes"], proposals,
+                           compiling=CompilePayoff(**compiling) if compiling else None,
+                           compile_note=data.get("compile_note", ""),
+                           context_bytes=data.get("context_bytes", 0))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -566,7 +492,9 @@ def _remember(key: str, result: Calibration) -> None:
     data = {"measured": dataclasses.asdict(result.measured),
             "proposals": [dataclasses.asdict(p) for p in result.proposals],
             "total_steps": result.total_steps, "eta_seconds": result.eta_seconds,
-            "eta_parts": result.eta_parts, "budget_bytes": result.budget_bytes}
+            "eta_parts": result.eta_parts, "budget_bytes": result.budget_bytes,
+            "context_bytes": result.context_bytes, "compile_note": result.compile_note,
+            "compiling": dataclasses.asdict(result.compiling) if result.compiling else None}
     try:
         atomic_write(_memory_path(key), lambda tmp: tmp.write_text(json.dumps(data),
                                                                      encoding="utf-8"))
@@ -593,6 +521,10 @@ def render(result: Calibration) -> str:
                       for name, seconds in result.eta_parts.items() if seconds >= 0.5)
     lines.append(f"  predicted run           {result.eta_seconds:8.0f} s for "
                  f"{result.total_steps} steps ({parts})")
+    if result.compiling is not None:
+        lines += result.compiling.lines()
+    elif result.compile_note:
+        lines.append(f"torch_compile: not compared: {result.compile_note}")
     return "\n".join(lines + _budget_lines(result))
 
 
@@ -603,7 +535,9 @@ def _budget_lines(result: Calibration) -> list[str]:
         lines.append("no memory budget: give --memory-budget SIZE for proposals"
                      + (f" (free RAM now: {format_size(free)})" if free else ""))
     else:
-        lines.append(f"budget {format_size(result.budget_bytes)}: the profile "
+        kept = (f", less {format_size(result.context_bytes)} kept for the CUDA context"
+                if result.context_bytes else "")
+        lines.append(f"budget {format_size(result.budget_bytes)}{kept}: the profile "
                      + ("fits" if result.fits else "does not fit"))
     fits = bool(result.fits)
     if result.budget_bytes is not None and not result.proposals:
@@ -633,34 +567,8 @@ def _free_ram() -> int | None:
     return None
 
 
-def _child_entry(argv: list[str]) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m lora_core.calibrate")
-    parser.add_argument("--child", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, required=True)
-    parser.add_argument("--warmup", type=int, required=True)
-    parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    args = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        return child_main(args.child, args.overrides, args.out, args.steps, args.warmup,
-                          args.workdir)
-    except LoraError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, which says it
-        name = type(exc).__name__
-        if "OutOfMemory" in name or "out of memory" in str(exc).lower():
-            print("error: ran out of memory", file=sys.stderr)
-        else:
-            print(f"error: {name}: {exc}", file=sys.stderr)
-        return 1
 
 
-__all__ = ["Calibration", "Measurement", "Proposal", "calibrate", "parse_size", "render"]
+__all__ = ["Calibration", "Measurement", "Proposal", "calibrate", "parse_size", "recall",
+           "render"]
 
-if __name__ == "__main__":
-    raise SystemExit(_child_entry(sys.argv[1:]))

@@ -214,6 +214,9 @@ class RunFinished(Event):
     best_loss: float | None = None
     # Why a run ended before its last step and still counts as finished (early stopping).
     stop_reason: str = ""
+    # The run's peak memory as calibrate measures it: on CUDA the allocator's peak, reserved
+    # included; on a CPU the process's peak resident set. None where not known.
+    peak_memory_bytes: int | None = None
 
 
 @dataclass

@@ -30,6 +30,15 @@ def state_dir() -> Path:
     return Path(base) / "lora-tui"
 
 
+def compile_cache_dir() -> Path:
+    """Where torch_compile's kernels are kept between runs (training.compiling):
+    LORA_TUI_COMPILE_CACHE_DIR (calibrate's measurements, which run with a state folder of
+    their own, get the real one this way), else in the state folder."""
+    if env := os.environ.get("LORA_TUI_COMPILE_CACHE_DIR"):
+        return Path(env)
+    return state_dir() / "compile-cache"
+
+
 def foreign_path(text: str) -> str | None:
     """What makes ``text`` plainly another machine's path here ("a Windows drive path", "a
     Windows network share"), or None. On POSIX such a path is never joined to a local folder:

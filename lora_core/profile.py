@@ -29,7 +29,7 @@ from lora_core.profile_flux import (  # noqa: F401  (re-exported)
     WEIGHTING_SCHEMES,
     FluxSection,
 )
-from lora_core.profile_keys import HARMLESS_KEYS, SD_SCRIPTS_KEYS, SECRET_KEYS
+from lora_core.profile_keys import DYNAMO_BACKENDS, HARMLESS_KEYS, SD_SCRIPTS_KEYS, SECRET_KEYS
 from lora_core.values import Resolution, describe_type
 
 PROFILE_VERSION = 1
@@ -396,7 +396,8 @@ class TrainingSection:
     gradient_checkpointing: bool = setting(False, "Trade speed for memory in the U-Net.")
     cpu_offload_checkpointing: bool = setting(
         False, "With gradient checkpointing, keep the saved block inputs in CPU memory "
-        "(Flux; about 1 GB less VRAM, ~15 % slower; not with blocks_to_swap).")
+        "(SD U-Nets and Flux: less VRAM at some speed cost, about 1 GB and ~15 % for Flux; "
+        "nothing changes without a GPU; not with blocks_to_swap).")
     blocks_to_swap: int | None = setting(
         None, "Flux: keep this many transformer blocks in CPU memory, each moved to the GPU "
         "when it runs (about 640 MB less VRAM per block; needs gradient_checkpointing).",
@@ -410,10 +411,21 @@ class TrainingSection:
         "precision.")
     full_bf16: bool = setting(
         False, "Keep the LoRA weights and the optimizer state in bf16 instead of float32 "
-        "(less memory; needs mixed_precision = \"bf16\").")
+        "(less memory; needs mixed_precision = \"bf16\"). With AdamW or AdamW8bit each "
+        "update is computed in float32 and rounded stochastically into bf16, so small "
+        "updates are not lost; other optimizers round to nearest.")
     full_fp16: bool = setting(
         False, "Keep the LoRA weights and the optimizer state in fp16 instead of float32 "
         "(less memory; needs mixed_precision = \"fp16\", so a CUDA GPU).")
+    torch_compile: bool = setting(
+        False, "Compile the U-Net's / DiT's repeated blocks with torch.compile, blocks of "
+        "one type and width sharing one graph (the compiled code is kept between runs): "
+        "faster steps after a first "
+        "step that compiles (minutes); calibrate says whether it pays off for the run.")
+    dynamo_backend: str = setting(
+        "inductor", "The torch.compile backend with torch_compile (inductor: needs a C++ "
+        "compiler on a CPU, Triton on a GPU).", choices=DYNAMO_BACKENDS,
+        applies=When("training", "torch_compile", ("true",), refused=False))
     num_processes: int = setting(
         1, "Processes to train with, one per GPU: `lora-train run` starts them through "
         "accelerate's launcher (the total batch is batch x processes x accumulation).",

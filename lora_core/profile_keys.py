@@ -57,3 +57,14 @@ SECRET_KEYS = {
                      "the WANDB_API_KEY environment variable (or run `wandb login` once), "
                      "which Weights & Biases reads itself, and remove it from the profile",
 }
+# sd-scripts' --dynamo_backend choices (library/train_util.py, default "inductor"): a profile
+# or command may name any of them; checks.compiling says which this torch can run.
+DYNAMO_BACKENDS = ("eager", "aot_eager", "inductor", "aot_ts_nvfuser", "nvprims_nvfuser",
+                   "cudagraphs", "ofi", "fx2trt", "onnxrt", "tensort", "ipex", "tvm")
+# The backends among those that a package of their own registers when imported:
+# (import name, pip name). checks.compiling looks for the package; training.compiling
+# imports it so torch lists the backend.
+DYNAMO_BACKEND_PACKAGES = {
+    "tensort": ("torch_tensorrt", "torch-tensorrt"),
+    "ipex": ("intel_extension_for_pytorch", "intel-extension-for-pytorch"),
+    "tvm": ("tvm", "apache-tvm"), "onnxrt": ("onnxruntime", "onnxruntime onnxscript")}

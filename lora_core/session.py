@@ -330,8 +330,21 @@ def _train_and_finish(profile: Profile, profile_path: Path | None, started_run: 
     bus.emit(RunFinished(files=[str(p) for p in outputs.written],
                          final_file=str(loras[-1]) if loras else "", steps=state.step,
                          seconds=seconds, interrupted=interrupted, best_file=ending.best_file,
-                         best_loss=ending.best_loss, stop_reason=ending.stop_reason))
+                         best_loss=ending.best_loss, stop_reason=ending.stop_reason,
+                         peak_memory_bytes=peak_memory_bytes()))
     return RunResult(folder, outputs.written, interrupted, state.step, seconds)
+
+
+def peak_memory_bytes() -> int | None:
+    """This process's peak memory, measured as calibrate measures a run's (bench/gpu.sh
+    compares the two): CUDA's allocator peak with what it reserved, else the peak RSS."""
+    import torch
+
+    from lora_core.process_memory import own_peak_rss
+
+    if torch.cuda.is_available() and torch.cuda.max_memory_reserved():  # it trained there
+        return int(torch.cuda.max_memory_reserved())
+    return own_peak_rss()
 
 
 def model_family(profile: Profile):

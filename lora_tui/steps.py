@@ -139,8 +139,8 @@ FLUX_CONDITIONS: dict[FieldKey, Condition] = {
     # networks.lora_flux's arguments (which blocks, per-type ranks), on the network step.
     **{("flux", key): _for_flux("flux", key) for key in LORA_FLUX_ARGS},
     # Memory levers, where the model's family has them (the check refuses them elsewhere):
-    # fp8 base weights (SD and Flux); block swap and CPU-offloaded checkpointing (Flux),
-    # with checkpointing.
+    # fp8 base weights and CPU-offloaded checkpointing (SD and Flux); block swap (Flux);
+    # the last two with checkpointing.
     ("training", "fp8_base"): _lever("fp8_base"),
     ("training", "fp8_base_unet"): _lever("fp8_base_unet"),
     # The LoRA and its optimizer state in half precision: with that mixed precision only.
@@ -306,6 +306,7 @@ STEPS: tuple[Step, ...] = (
           ("training", "fp8_base_unet"), ("training", "full_bf16"), ("training", "full_fp16"),
           ("training", "blocks_to_swap"),
           ("training", "cpu_offload_checkpointing"),
+          ("training", "torch_compile"), ("training", "dynamo_backend"),
           ("training", "num_processes"),
           ("training", "gpu_ids"))),
     Step("Epochs or steps", "How long training runs: epochs (each image x its repeats once) "

@@ -11,11 +11,15 @@ can work, and what it needs, by field. Which levers a model has is its family's 
 * ``full_bf16`` / ``full_fp16``: the LoRA weights (so their gradients and the optimizer
   state) in that half dtype, which must be the compute dtype: ``mixed_precision`` = "bf16" /
   "fp16" (as sd-scripts); one or the other. fp16 needs a CUDA GPU (``machine``'s check).
+  A note says how full_bf16's updates are rounded: stochastically with AdamW and AdamW8bit,
+  to nearest (small updates lost) with the other optimizers.
 * ``blocks_to_swap``: Flux only, with gradient checkpointing (without it autograd would keep
   every block's weights for the backward, so none could leave the GPU), not with
   ``cpu_offload_checkpointing`` (as sd-scripts), and at most what leaves two double and two
   single blocks resident (sd-scripts' limit; 35 for Flux.1's 19 + 38 blocks).
-* ``cpu_offload_checkpointing``: Flux only, with gradient checkpointing.
+* ``cpu_offload_checkpointing``: the SD U-Nets and Flux, with gradient checkpointing (it
+  moves the inputs checkpointing keeps); on a machine without a CUDA GPU it changes nothing,
+  which ``machine`` notes (a note: the profile saves memory on a GPU machine).
 
 No torch: the torch version is read from the installed package's metadata.
 """
@@ -24,9 +28,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lora_core.checks.problem import Problem, error
+from lora_core.checks.problem import Problem, error, warning
+from lora_core.errors import ProfileError
 from lora_core.family_registry import all_families
 from lora_core.profile import Profile, uses_lycoris
+from lora_core.training.optimizer_args import (
+    STOCHASTIC_ROUNDING_TYPES,
+    effective_optimizer_args,
+    rounds_stochastically,
+)
 
 if TYPE_CHECKING:
     from lora_core.families.interface import ModelFamily
@@ -98,7 +108,53 @@ def _half_lora_problems(profile: Profile) -> list[Problem]:
             "eps (1e-8) is 0, and the LoRA weights become infinite within a few steps",
             "use optimizer_type = \"AdamW8bit\" (its state is 8-bit with fp32 maths), or "
             "full_bf16 on a GPU with bf16", section="training", key="full_fp16"))
+    if tr.full_bf16 and tr.mixed_precision == "bf16" and not tr.full_fp16:
+        found.append(_rounding_note(optimizer))
+    if tr.full_bf16 and optimizer in STOCHASTIC_ROUNDING_TYPES:
+        found += _kernel_problems(profile)
     return found
+
+
+def _kernel_problems(profile: Profile) -> list[Problem]:
+    """full_bf16 with torch's AdamW computes each update itself, in float32, to round it
+    stochastically: torch's own kernels (fused, foreach...) cannot be asked for then."""
+    try:
+        args = effective_optimizer_args(profile.optimizer)
+    except ProfileError:
+        return []  # the optimizer_args themselves are refused elsewhere
+    asked = sorted(k for k in ("fused", "foreach", "capturable", "differentiable")
+                   if args.get(k))
+    if not asked:
+        return []
+    return [error(f"`[optimizer] optimizer_args` ask for {', '.join(asked)}=True, which "
+                  "full_bf16 with AdamW cannot use: it computes each update in float32 "
+                  "itself to round it stochastically into the bf16 weights",
+                  f"remove {', '.join(f'{k}=True' for k in asked)} from optimizer_args "
+                  "(fused_optimizer is ignored with full_bf16 for the same reason)",
+                  section="optimizer", key="optimizer_args")]
+
+
+def _rounding_note(optimizer: str) -> Problem:
+    """How full_bf16's updates reach the bf16 weights: stochastically rounded with AdamW
+    and AdamW8bit (training.stochastic_rounding), to nearest otherwise, where a small step
+    is lost."""
+    if rounds_stochastically(optimizer, full_bf16=True):
+        eight_bit = "8bit" in optimizer
+        return warning(
+            f"`[training] full_bf16` with {optimizer}: each update is computed in float32 and "
+            "written to the bf16 LoRA weights"
+            + (" (its moments are 8-bit)" if eight_bit else " and moments")
+            + " with stochastic rounding (Gupta et al. 2015), so updates smaller than bf16's "
+            "precision still add up as in float32"
+            + ("" if eight_bit else " (fused_optimizer does not apply)"),
+            section="training", key="full_bf16")
+    return warning(
+        f"`[training] full_bf16` with {optimizer}: lora-train rounds stochastically for AdamW "
+        "and AdamW8bit only; here an update smaller than half a bf16 step (0.2-0.4 % of the "
+        "weight) may be rounded away, so the LoRA can learn more slowly than in float32 "
+        "(bench/RESULTS.md, full_bf16 rounding)",
+        "use optimizer_type = \"AdamW\" or \"AdamW8bit\" with full_bf16, or remove full_bf16",
+        section="training", key="full_bf16")
 
 
 # torch's optimizers whose state follows the parameters' dtype and divide by sqrt(v) + eps.
@@ -119,7 +175,7 @@ def _fp8_problems(profile: Profile, fam: ModelFamily | None, key: str) -> list[P
             f"{' (dora_wd)' if net.dora_wd else ''} modules is not wired: they read the base "
             "layer's weight, which fp8 keeps in float8", f"use LoRA / LoCon / LoHa / LoKr "
             f"with {key}, or remove {key}", section="training", key=key))
-    version = _torch_version()
+    version = installed_torch_version()
     if version is not None and version < (2, 1):
         found.append(error(f"`[training] {key}` needs torch 2.1 or later for float8; this "
                            f"is torch {'.'.join(map(str, version))}",
@@ -127,7 +183,8 @@ def _fp8_problems(profile: Profile, fam: ModelFamily | None, key: str) -> list[P
     return found
 
 
-def _torch_version() -> tuple[int, int] | None:
+def installed_torch_version() -> tuple[int, int] | None:
+    """(major, minor) of the installed torch, from its package metadata (no import)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:

@@ -1,5 +1,6 @@
 """Settings this machine cannot run: fp16 (and full_fp16) without a CUDA GPU, more
-processes than GPUs, a GPU number that is not there; and one it runs very slowly: bf16 on a
+processes than GPUs, a GPU number that is not there; one that does nothing here:
+cpu_offload_checkpointing without a CUDA GPU; and one it runs very slowly: bf16 on a
 CPU without native bf16 (AVX2-only processors, some AMD EPYC ones among them), where
 convolutions fall to a slow path (caching one latent of a full-size SD 1.5 VAE took 0.5 s
 in fp32 and over 90 s in bf16 on such a machine). The CPU's flags come from
@@ -107,9 +108,19 @@ def machine_problems(profile: Profile, machine: Machine) -> list[Problem]:
     if tr.mixed_precision == "bf16" and not machine.has_cuda and machine.cpu_bf16 is False:
         found.append(warning(_SLOW_BF16, "set [training] mixed_precision = \"no\" (fp32) on "
                              "this machine", section="training", key="mixed_precision"))
+    if tr.cpu_offload_checkpointing and tr.gradient_checkpointing and not machine.has_cuda:
+        # A note, not a refusal: the same profile saves GPU memory on a GPU machine.
+        found.append(warning(
+            "`[training] cpu_offload_checkpointing` with no CUDA GPU changes nothing: it "
+            "keeps the checkpointed block inputs in CPU memory, where they are already",
+            "keep it for a GPU machine (it saves GPU memory at some speed cost), or remove "
+            "it here", section="training", key="cpu_offload_checkpointing"))
     if tr.num_processes > 1:
         found += _process_problems(profile, machine)
-    return found
+    # torch_compile's backend and what it needs here (a C++ compiler, Triton, a package).
+    from lora_core.checks.compiling import compile_problems
+
+    return found + compile_problems(profile, machine)
 
 
 def _process_problems(profile: Profile, machine: Machine) -> list[Problem]:

@@ -248,8 +248,8 @@ def _queue(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(profile_path: Path, overrides: list[str], budget_text: str | None,
-                  steps: int, as_json: bool, again: bool, timeout_s: float | None = None
-                  ) -> int:
+                  steps: int, as_json: bool, again: bool, timeout_s: float | None = None,
+                  compare_compile: bool = False) -> int:
     """Measure the run's time and memory before it (``lora_core.calibrate``). Exit code 1
     when there is a budget and neither the profile nor any proposal fits it."""
     import json
@@ -268,7 +268,8 @@ def cmd_calibrate(profile_path: Path, overrides: list[str], budget_text: str | N
         print(f"{text} ...", file=sys.stderr, flush=True)
 
     result = calibrate(profile_path, overrides, budget=budget, steps=steps, again=again,
-                       timeout_s=timeout_s, progress=progress)
+                       timeout_s=timeout_s, compare_compile=compare_compile,
+                       progress=progress)
     print(json.dumps(result.as_json(), indent=1) if as_json else render(result))
     if result.budget_bytes is None:
         return 0
@@ -292,9 +293,12 @@ def add_parsers(sub) -> None:
                            help="measure anew instead of showing a remembered result")
     calibrate.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                            help="the longest one measurement may take (1800)")
+    calibrate.add_argument("--compare-compile", action="store_true",
+                           help="also measure with torch_compile (a profile that compiles is "
+                           "always measured without it too) and say whether it pays off")
     calibrate.set_defaults(handler=lambda args: cmd_calibrate(
         args.profile, args.overrides, args.memory_budget, args.steps, args.json, args.again,
-        args.timeout))
+        args.timeout, args.compare_compile))
     run = sub.add_parser("run", help="train from a profile")
     run.add_argument("profile", type=Path)
     resume = sub.add_parser("resume", help="continue a stopped, failed or crashed run from "

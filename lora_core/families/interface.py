@@ -31,6 +31,11 @@ class ModelFamily(Protocol):
     lora_module: str  # sd-scripts' network_module of its LoRA ("networks.lora_flux")
     bucket_step_multiple: int  # bucket sizes must be multiples of this (sd-scripts' rule)
     levers: frozenset[str]  # the memory levers that work for it ([training] keys)
+    # The classes of its transformer's repeated blocks, compiled (one graph per width) with
+    # torch_compile (training.compiling).
+    repeated_blocks: tuple[str, ...]
+    # Profile fields its sd-scripts script cannot take, and why (export leaves them out).
+    sd_scripts_lacks: dict[str, str]
     profile_sections: tuple[str, ...]  # optional profile tables only it reads ("flux")
     model_files: tuple[tuple[str, str], ...]  # files beside the model the wizard asks for
     reads_model_vae: bool  # whether `[model] vae` means anything for it
@@ -123,6 +128,13 @@ class ModelFamily(Protocol):
                           dtype: Any) -> bool:
         """Put the denoiser on ``device`` its own way (Flux's block swap); False when the
         trainer's usual placement applies."""
+        ...
+
+    def enable_gradient_checkpointing(self, bundle: ModelBundle, cpu_offload: bool) -> None:
+        """Recompute the denoiser's blocks in the backward instead of keeping their
+        activations; ``cpu_offload`` (``cpu_offload_checkpointing``, where ``levers`` has
+        it): the inputs each block keeps for that in CPU memory
+        (``models.offloaded_checkpointing``)."""
         ...
 
     def preview_sampler(self, bundle: ModelBundle) -> Any:

@@ -108,6 +108,11 @@ def sd_scripts_options(profile: Profile, family_name: str | None = None
                                     "dataset_config only: it is in dataset_config.toml, which "
                                     "config.toml uses; the command lines go without it")
                 continue
+            if fam is not None and key in fam.sd_scripts_lacks:
+                if value not in (None, "", [], False):
+                    left_out.append(f"[{section_name}] {key} = {value!r}: "
+                                    f"{fam.sd_scripts_lacks[key]}")
+                continue
             if key in NO_EQUIVALENT:
                 if value not in (None, "", [], False) and key != "network_args":
                     left_out.append(f"[{section_name}] {key} = {value!r}: "

@@ -38,7 +38,11 @@ ACCELERATE = {
     "main_process_port": "lora-train picks a free port for its processes",
     "main_process_ip": "one machine per run",
     "multi_gpu": "lora-train launches [training] num_processes processes itself",
-    "dynamo_backend": "torch.compile is not used",
+    # sd-scripts passes Accelerator(dynamo_backend=...) itself: "NO" without --torch_compile,
+    # its own --dynamo_backend with it, so accelerate launch's never compiles anything.
+    "dynamo_backend": "sd-scripts compiles only with its own --torch_compile (and its own "
+                      "--dynamo_backend), which it passes to accelerate, overriding this one: "
+                      "[training] torch_compile / dynamo_backend",
     # sd-scripts passes its own --mixed_precision (default "no") to Accelerator(), which
     # wins over accelerate launch's: the precision is the script's option, never this one.
     "mixed_precision": "sd-scripts trains in its own --mixed_precision (default \"no\"), "

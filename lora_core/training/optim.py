@@ -39,6 +39,8 @@ from lora_core.profile import OptimizerSection
 from lora_core.training.optimizer_args import (
     ONE_LR_ONLY,
     OPTIMIZER_CLASSES,  # noqa: F401 (re-export)
+    STOCHASTIC_ROUNDING_8BIT_TYPES,
+    STOCHASTIC_ROUNDING_TYPES,
     adafactor_relative_step,
     effective_optimizer_args,
     group_learning_rates,
@@ -203,9 +205,15 @@ def imported_optimizer_class(path: str) -> type:
     return cls
 
 
-def build_optimizer(groups: list[ParamGroupSpec], opt: OptimizerSection
-                    ) -> torch.optim.Optimizer:
+def build_optimizer(groups: list[ParamGroupSpec], opt: OptimizerSection,
+                    rounding_seed: int | None = None) -> torch.optim.Optimizer:
     """The optimizer over ``groups``; each torch param group keeps its ``name``.
+
+    ``rounding_seed`` (full_bf16: the run's seed): torch's AdamW becomes
+    :class:`~lora_core.training.stochastic_rounding.StochasticRoundingAdamW`, the same update
+    written to the bf16 weights and moments with stochastic rounding, and AdamW8bit rounds
+    its bf16 weights so (``stochastic_rounding_8bit``), the random bits drawn from this seed
+    (``optimizer_args.rounds_stochastically`` says for which types).
 
     AdaFactor with ``relative_step`` computes its own step size: as in sd-scripts it gets
     ``lr=None`` and the groups lose their rates (so unet_lr, text_encoder_lr, LoRA+ and
@@ -225,7 +233,16 @@ def build_optimizer(groups: list[ParamGroupSpec], opt: OptimizerSection
         lr = opt.learning_rate
     if name in NESTEROV:
         kwargs = {**kwargs, "nesterov": True}
-    if opt.fused_optimizer and cls in (torch.optim.AdamW, torch.optim.Adam) \
+    if rounding_seed is not None and name in STOCHASTIC_ROUNDING_TYPES:
+        from lora_core.training.stochastic_rounding import StochasticRoundingAdamW
+
+        # fused_optimizer does not apply: the update is computed per tensor in float32.
+        cls, kwargs = StochasticRoundingAdamW, {**kwargs, "seed": rounding_seed}
+    elif rounding_seed is not None and name in STOCHASTIC_ROUNDING_8BIT_TYPES:
+        from lora_core.training.stochastic_rounding import stochastic_rounding_8bit
+
+        cls, kwargs = stochastic_rounding_8bit(cls), {**kwargs, "seed": rounding_seed}
+    elif opt.fused_optimizer and cls in (torch.optim.AdamW, torch.optim.Adam) \
             and "foreach" not in kwargs and "fused" not in kwargs:
         # torch's fused AdamW runs on CPU (torch >= 2.4) and CUDA for float32 parameters
         # and for full_bf16 / full_fp16's half ones; same update rule as the per-tensor loop.

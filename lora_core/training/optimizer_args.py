@@ -131,6 +131,19 @@ def missing_optimizer_package(opt: OptimizerSection) -> str | None:
 ADAMW_FAMILY = ("AdamW", "AdamW8bit", "PagedAdamW8bit", "PagedAdamW", "PagedAdamW32bit")
 ADAMW_DEFAULT_ARGS = ("weight_decay=0.1", "betas=0.9,0.99")
 
+# full_bf16 (issue 28): the optimizer types whose updates lora-train computes in float32 and
+# writes to the bf16 weights (and AdamW's bf16 moments) with stochastic rounding
+# (training.stochastic_rounding); the others round each update to nearest.
+STOCHASTIC_ROUNDING_TYPES = frozenset({"AdamW", "torch.optim.AdamW", "torch.optim.adamw.AdamW"})
+STOCHASTIC_ROUNDING_8BIT_TYPES = frozenset({"AdamW8bit", "bitsandbytes.optim.AdamW8bit"})
+
+
+def rounds_stochastically(optimizer_type: str, full_bf16: bool) -> bool:
+    """Whether a run's bf16 LoRA weights are rounded stochastically: full_bf16 with torch's
+    AdamW or bitsandbytes' AdamW8bit."""
+    return full_bf16 and optimizer_type in (STOCHASTIC_ROUNDING_TYPES
+                                            | STOCHASTIC_ROUNDING_8BIT_TYPES)
+
 
 def optimizer_args_list(opt: OptimizerSection) -> list[str]:
     """The profile's optimizer_args, or the defaults for its optimizer when unset."""

@@ -63,6 +63,7 @@ from lora_core.errors import ProfileError
 from lora_core.events import Event, PhaseChanged, SampleSaved
 from lora_core.models.bundle import ModelBundle
 from lora_core.profile import SampleSection
+from lora_core.training.compiling import eagerly
 from lora_core.training.sample_prompts import (
     SamplePrompt,
     read_sample_prompts,
@@ -160,7 +161,9 @@ def generate_samples(bundle: ModelBundle, prompts: Sequence[SamplePrompt], *, ou
     device = torch.device(device)
     models = [bundle.unet, bundle.vae, *bundle.text_encoders]
     written: list[Path] = []
-    with _training_state_kept(models, list(extra_modules), device), torch.no_grad():
+    # torch_compile: previews run the blocks eagerly (training.compiling.eagerly).
+    with _training_state_kept(models, list(extra_modules), device), torch.no_grad(), \
+            eagerly():
         # The family's sampler (SD: a diffusers pipeline over the bundle's own modules;
         # Flux: flow-matching Euler).
         sampler = bundle.impl.preview_sampler(bundle)

@@ -31,6 +31,7 @@ from lora_core.events import (
     Event,
     EventBus,
     GridSaved,
+    LogLine,
     PhaseChanged,
     PhaseTracker,
     RunResumed,
@@ -154,10 +155,9 @@ def _setup_models(bundle: ModelBundle, profile: Profile, device: torch.device,
             model.to(device, dtype)
         model.eval()
     if profile.training.gradient_checkpointing:
-        if profile.training.cpu_offload_checkpointing:  # the check allows it for Flux only
-            bundle.unet.enable_gradient_checkpointing(cpu_offload=True)
-        else:
-            bundle.unet.enable_gradient_checkpointing()
+        # cpu_offload_checkpointing: where the family has it (the check says where).
+        bundle.impl.enable_gradient_checkpointing(
+            bundle, cpu_offload=profile.training.cpu_offload_checkpointing)
         bundle.unet.train()  # diffusers only checkpoints in training mode; SD has no dropout
         if not profile.network.network_train_unet_only:
             # The text encoder is checkpointed too when it trains (sd-scripts §5.5).
@@ -195,6 +195,20 @@ def _setup_network(bundle: ModelBundle, profile: Profile, device: torch.device) 
     network.apply_to()
     network.train()  # the adapters' dropouts act in training only (previews switch it off)
     return network
+
+
+def _setup_compiling(bundle: ModelBundle, training: TrainingSection,
+                      emit: Callable[[Event], None]) -> None:
+    """torch_compile: the U-Net's / DiT's repeated blocks compiled in place, with the LoRA
+    hooked into them already; each block type and width compiles at its first step."""
+    from lora_core.training.compiling import compile_repeated_blocks
+
+    count = compile_repeated_blocks(bundle.unet, bundle.impl.repeated_blocks,
+                                    training.dynamo_backend)
+    kinds = " / ".join(bundle.impl.repeated_blocks)
+    emit(LogLine("info", f"torch_compile: {count} blocks ({kinds}) "
+                 f"compile with {training.dynamo_backend} at the first step, which is slow "
+                 "the first time; the compiled code is kept for the next run"))
 
 
 def _setup_conditioning(accelerator, bundle: ModelBundle, profile: Profile, plan: TrainingPlan,
@@ -343,9 +357,12 @@ class _Run:
 
 
 def _setup_optimization(accelerator, network: AdapterNetwork, bundle: ModelBundle,
-                        profile: Profile, plan: TrainingPlan) -> _Optimization:
+                        profile: Profile, plan: TrainingPlan, seed: int) -> _Optimization:
     groups = param_groups(network, profile.optimizer, bundle.impl.block_layout())
-    optimizer = build_optimizer(groups, profile.optimizer)
+    # full_bf16: AdamW rounds its bf16 updates stochastically, with random bits derived from
+    # the run's seed and each step, so a resumed run rounds as the uninterrupted one.
+    optimizer = build_optimizer(groups, profile.optimizer,
+                                rounding_seed=seed if profile.training.full_bf16 else None)
     scheduler = build_scheduler(optimizer, profile.optimizer, plan.max_train_steps,
                                 plan.warmup_steps, accelerator.num_processes)
     # The network is not wrapped in DDP: its LoRA modules run inside the U-Net and text
@@ -444,7 +461,9 @@ def _train(profile: Profile, plan: TrainingPlan, bundle: ModelBundle, outputs: O
     latents_from, text_from = _setup_conditioning(accelerator, bundle, profile, plan,
                                                   weight_dtype, emit)
     network = _setup_network(bundle, profile, device)
-    o = _setup_optimization(accelerator, network, bundle, profile, plan)
+    if profile.training.torch_compile:
+        _setup_compiling(bundle, profile.training, emit)
+    o = _setup_optimization(accelerator, network, bundle, profile, plan, state.seed)
     if resume is not None:
         # After every setup step that draws random numbers (latent sampling, LoRA init),
         # so the restored RNG streams are the ones the interrupted run had at this point.

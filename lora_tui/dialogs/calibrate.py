@@ -1,5 +1,6 @@
 """C on the review: what the run will take, measured before it (``lora-train calibrate``), and
-the settings that make it fit, one key each.
+the settings that make it fit, one key each. The review shows the figures beside the plan
+(:func:`review_text`) once measured, and at once when it opens for answers measured before.
 
 The measurement is the engine's (a child ``lora-train calibrate --json``: a few real training
 steps that save nothing; the wizard never imports torch). It takes about as long as loading
@@ -66,6 +67,8 @@ def result_text(result: dict[str, Any]) -> str:
                  f"  peak memory             {_size(result['peak_memory_bytes'])}",
                  f"  the whole run           about {result['eta_seconds'] / 60:.1f} min for "
                  f"{result['total_steps']} steps ({parts})"]
+    if (compiled := compile_line(result)) is not None:
+        lines.append(compiled)
     budget = result.get("budget_bytes")
     if budget is None:
         lines.append("[dim]No memory budget: B gives one (e.g. 10GiB) to get settings that "
@@ -79,6 +82,71 @@ def result_text(result: dict[str, Any]) -> str:
         elif not fits and not any(p["fits"] for p in result["proposals"]):
             lines.append("[yellow]nothing measured fits: a smaller resolution or rank, or "
                          "more memory[/yellow]")
+    return "\n".join(lines)
+
+
+def compile_line(result: dict[str, Any]) -> str | None:
+    """calibrate's verdict on torch_compile, in two lines (None when it did not compare)."""
+    verdict = result.get("torch_compile")
+    if not verdict:
+        note = result.get("torch_compile_note")
+        return f"  torch_compile: not compared: {escape(note)}" if note else None
+    speed = (f"\n    {verdict['compiled_seconds_per_step']:.2f} s/step compiled, "
+             f"{verdict['eager_seconds_per_step']:.2f} without, "
+             f"{verdict['compile_seconds']:.0f} s to compile")
+    even = verdict["break_even_steps"]
+    if even is None:
+        return f"  torch_compile: [yellow]never pays off here[/yellow]{speed}"
+    if verdict["pays_off"]:
+        return (f"  torch_compile: [green]pays off[/green] after {even} of "
+                f"{verdict['planned_steps']} steps{speed}")
+    return (f"  torch_compile: [yellow]pays off after {even} steps[/yellow], the run has "
+            f"{verdict['planned_steps']}{speed}")
+
+
+def proposal_result(result: dict[str, Any], proposal: dict[str, Any]) -> dict[str, Any]:
+    """What the review shows for a proposal taken: its own seconds per step and peak (its
+    few steps measured; no time to the first step, no whole-run prediction)."""
+    return {"device": result["device"], "torch_version": result["torch_version"],
+            "seconds_per_step": proposal["seconds_per_step"],
+            "peak_memory_bytes": proposal["peak_memory_bytes"], "first_step_seconds": None,
+            "eta_seconds": None, "budget_bytes": result.get("budget_bytes"),
+            "fits": proposal["fits"], "proposals": [], "taken": " ".join(proposal["set"])}
+
+
+def review_text(result: dict[str, Any]) -> str:
+    """The figures the review shows beside the plan (``--json``'s object)."""
+    head = (f"[b]Measured on this machine[/b]: {escape(str(result['device']))} "
+            f"[dim](torch {escape(str(result['torch_version']))}"
+            + ("; remembered" if result.get("remembered") else "") + ")[/dim]")
+    if result.get("taken"):
+        head += (f"\n  [dim]as proposed ({escape(result['taken'])}); C measures the whole "
+                 "run[/dim]")
+    if result.get("seconds_per_step") is None:
+        lines = [head, f"  [red]as it is: {escape(str(result.get('error') or 'failed'))}"
+                       "[/red]"]
+    else:
+        parts = ", ".join(f"{name.replace('_', ' ')} {seconds:.0f} s"
+                          for name, seconds in result.get("eta_parts", {}).items()
+                          if seconds >= 0.5)
+        first = result.get("first_step_seconds")
+        lines = [head,
+                 f"  {result['seconds_per_step']:.2f} s/step · peak memory "
+                 f"{_size(result['peak_memory_bytes'])}"
+                 + ("" if first is None else f" · first step after {first:.1f} s")]
+        if result.get("eta_seconds") is not None:
+            lines.append(f"  whole run of {result['total_steps']} steps: about "
+                         f"{result['eta_seconds'] / 60:.1f} min ({parts})")
+        if (compiled := compile_line(result)) is not None:
+            lines.append(compiled)
+    budget = result.get("budget_bytes")
+    if budget is not None:
+        fits = bool(result.get("fits"))
+        fitting = sum(1 for p in result.get("proposals", []) if p.get("fits"))
+        lines.append(f"  budget {_size(budget)}: "
+                     + ("[green]fits[/green]" if fits else "[red]does not fit[/red]")
+                     + (f"; C shows {fitting} setting{'s' * (fitting != 1)} that "
+                        f"fit{'s' * (fitting == 1)}" if fitting and not fits else ""))
     return "\n".join(lines)
 
 
@@ -138,8 +206,11 @@ class CalibrateDialog(ModalScreen[list[str] | None]):
         child, self._child = self._child, None
         if child is not None and child.poll() is None:
             try:
-                os.killpg(child.pid, signal.SIGTERM)  # the engine and its measuring child
-            except (ProcessLookupError, PermissionError):
+                if hasattr(os, "killpg"):
+                    os.killpg(child.pid, signal.SIGTERM)  # the engine and its measuring child
+                else:  # Windows: no process groups; the engine stops its child on the way
+                    child.terminate()
+            except (ProcessLookupError, PermissionError, OSError):
                 pass
 
     @work(thread=True, group="calibrate")

@@ -5,7 +5,8 @@ the defaults, the equivalent ``lora-train`` command, and Save / Train.
 Keys: Enter on a step in the list (or 1-9) reopens it (its Next comes back here), S saves
 the profile (TOML; "save only, don't train"), T trains, Escape goes back to the last step;
 PageUp/PageDown and Home/End scroll the review (whichever list has the focus), I shows an
-import's report again.
+import's report again, C calibrates (issue 28: the time and memory measured on this machine,
+shown beside the plan; at once, without C, for answers measured before).
 
 An opened profile changed here is not written behind the user's back: training it trains a
 copy in the state folder, and the review says so; T (or Enter) first offers to save the
@@ -32,15 +33,16 @@ from textual.widgets.option_list import Option
 from textual.worker import Worker, WorkerState
 
 from lora_core.atomic import atomic_write_bytes
+from lora_core.calibrate import recall
 from lora_core.dataset.plan import TrainingPlan
 from lora_core.errors import LoraError
 from lora_core.notify import describe_webhook, destinations
 from lora_core.paths import state_dir
 from lora_core.profile import SECTIONS, Profile, SampleSection, profile_to_dict
-from lora_core.profile_io import save_profile, save_profile_data
+from lora_core.profile_io import dumps_profile, save_profile, save_profile_data
 from lora_core.training.sample_prompts import sample_points
 from lora_tui.dataset_check import DatasetCheck, check_dataset
-from lora_tui.dialogs.calibrate import CalibrateDialog
+from lora_tui.dialogs.calibrate import CalibrateDialog, proposal_result, review_text
 from lora_tui.dialogs.import_report import ImportReportDialog
 from lora_tui.dialogs.path_prompt import PathPrompt
 from lora_tui.dialogs.save_first import SaveFirstDialog
@@ -136,6 +138,26 @@ def copy_path(output_name: str) -> Path:
     return state_dir() / "wizard" / f"{output_name}.toml"
 
 
+def calibration_snapshot(profile: Profile) -> tuple[Path, str]:
+    """Where C writes the answers it measures (a snapshot: the user's file is not written)
+    and what it writes there; the engine remembers a calibration by this content."""
+    return (state_dir() / "wizard" / f"calibrate-{profile.saving.output_name}.toml",
+            dumps_profile(profile))
+
+
+def recall_calibration(path: Path, text: str) -> tuple[str, dict | None]:
+    """The engine's remembered calibration of the snapshot ``text`` (written to ``path``, as
+    C writes it), as ``lora-train calibrate --json``'s object, or None; ``text`` with it, so
+    an answer for answers changed since is told apart. No torch: lora_core reads its memory
+    (same content, dataset and model files, device, torch version) without it."""
+    try:
+        atomic_write_bytes(path, text.encode("utf-8"))
+    except (OSError, LoraError):
+        return text, None
+    result = recall(path)
+    return text, None if result is None else result.as_json()
+
+
 def run_command(profile_path: Path | None) -> str:
     shown = shlex.quote(str(profile_path)) if profile_path else "PROFILE.toml"
     return f"lora-train run {shown}"
@@ -221,6 +243,14 @@ class ReviewScreen(Screen):
     def __init__(self) -> None:
         super().__init__(classes="review-screen")
         self.check: DatasetCheck | None = None
+        # The figures shown beside the plan: C's last result here, by the snapshot it measured
+        # (shown even where the engine could not remember it), and the snapshot of the answers
+        # as they are now (a recall for other answers is dropped).
+        self._measured: tuple[str, dict] | None = None
+        self._snapshot_text: str | None = None
+        # Whether what was measured for the answers as they are now is known: shown, or
+        # known to be nothing (then nothing is shown: the title says C calibrates).
+        self.measured_known = False
 
     @property
     def draft(self) -> Draft:
@@ -236,6 +266,7 @@ class ReviewScreen(Screen):
                              Option("Save the profile", id="save"), id="review-actions")
             yield Static("", id="review-unsaved")
             yield Static("computing the plan...", id="review-plan")
+            yield Static("", id="review-measured")
             yield Static("", id="review-command")
             yield Static("", id="review-changes")
             yield Static("[b]Change a step[/b]")
@@ -256,6 +287,39 @@ class ReviewScreen(Screen):
         self.run_worker(lambda: check_dataset(draft), thread=True, exclusive=True,
                         name="review-check")
         self._show_changes()
+        self._recall_measured()
+
+    def _recall_measured(self) -> None:
+        """The time and memory measured for the answers as they are now, beside the plan:
+        C's result in this review, else the one the engine remembers (looked up in a
+        worker: it scans the dataset's file times); nothing for answers that are no profile."""
+        measured = self.query_one("#review-measured", Static)
+        measured.display = False  # until the engine answers (at once, without a key)
+        self.measured_known = False
+        try:
+            profile = self.draft.profile()
+        except LoraError:
+            self._snapshot_text = None
+            self.measured_known = True
+            return
+        path, text = calibration_snapshot(profile)
+        self._snapshot_text = text
+        if self._measured is not None and self._measured[0] == text:
+            self._show_measured(text, self._measured[1])
+            return
+        self.run_worker(lambda: recall_calibration(path, text), thread=True, exclusive=True,
+                        group="review-measured", name="review-measured")
+
+    def _show_measured(self, text: str, result: dict | None) -> None:
+        if text != self._snapshot_text:
+            return  # measured or recalled for answers changed since
+        if result is None and self._measured is not None and self._measured[0] == text:
+            result = self._measured[1]
+        measured = self.query_one("#review-measured", Static)
+        if result is not None:
+            measured.update(review_text(result))
+        measured.display = result is not None
+        self.measured_known = True
 
     def _show_changes(self) -> None:
         changes = self.query_one("#review-changes", Static)
@@ -324,6 +388,9 @@ class ReviewScreen(Screen):
         return f"tensorboard --logdir {shlex.quote(str(logging_dir(profile)))}"
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.name == "review-measured" and event.state == WorkerState.SUCCESS:
+            self._show_measured(*event.worker.result)
+            return
         if event.worker.name != "review-check" or event.state != WorkerState.SUCCESS:
             return
         self.check = event.worker.result
@@ -386,10 +453,30 @@ class ReviewScreen(Screen):
         profile = self._runnable_profile()
         if profile is None:
             return
-        path = state_dir() / "wizard" / f"calibrate-{profile.saving.output_name}.toml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_profile(profile, path)  # a snapshot of the answers; the user's file is not written
-        self.app.push_screen(CalibrateDialog(path), self._take_proposal)
+        path, text = calibration_snapshot(profile)
+        try:
+            atomic_write_bytes(path, text.encode("utf-8"))  # the user's file is not written
+        except LoraError as exc:
+            self.notify(f"{exc.message}\n{exc.hint}", severity="error", timeout=10)
+            return
+        dialog = CalibrateDialog(path)
+        self.app.push_screen(dialog, lambda sets: self._calibrated(text, dialog.result, sets))
+
+    def _calibrated(self, text: str, result: dict | None, sets: list[str] | None) -> None:
+        """The dialog closed: its figures shown beside the plan; with a proposal taken,
+        the answers it makes show that proposal's own brief measurement (C measures their
+        whole run)."""
+        if result is not None:
+            self._measured = (text, result)
+        if not sets:
+            self._recall_measured()
+            return
+        self._take_proposal(sets)
+        taken = next((p for p in (result or {}).get("proposals", []) if p["set"] == sets),
+                     None)
+        if taken is not None and self._snapshot_text is not None:
+            self._measured = (self._snapshot_text, proposal_result(result, taken))
+            self._show_measured(self._snapshot_text, None)
 
     def _take_proposal(self, sets: list[str] | None) -> None:
         if not sets:

@@ -191,3 +191,142 @@ def test_the_words_for_a_budget_nothing_fits():
     assert {"seconds_per_step", "first_step_seconds", "peak_memory_bytes", "eta_seconds",
             "device", "proposals"} <= set(data)
     assert data["proposals"][0]["set"] == ["training.gradient_checkpointing=true"]
+
+
+def _tiny_profile(tmp_path, **training):
+    from lora_core.profile_io import save_profile
+    from tests.core.dataset_helpers import make_folder, profile_for
+
+    make_folder(tmp_path / "train", "2_tok", 2)
+    profile = profile_for(tmp_path / "train", resolution=64, min_bucket_reso=64,
+                          max_bucket_reso=64, mixed_precision="no",
+                          pretrained_model_name_or_path="builtin:tiny-sd1")
+    for key, value in training.items():
+        setattr(profile.training, key, value)
+    path = tmp_path / "p.toml"
+    save_profile(profile, path)
+    return path
+
+
+def test_a_budget_given_on_cuda_keeps_room_for_the_cuda_context(monkeypatch, tmp_path):
+    """The allocator's peak leaves the CUDA context out: a 10 GiB card does not take a run
+    whose peak is 9.8 GiB. The GPU's free memory (the default budget) has the context in."""
+    gpu = "cuda:0 (RTX 3080)"
+
+    def measure(path, overrides, steps, warmup, timeout_s=None):
+        peak = int(9.8 * GIB) if not overrides else 8 * GIB
+        return cal.Measurement(seconds_per_step=1.0, peak_memory_bytes=peak, step_seconds=[1.0],
+                               device=gpu, free_memory_bytes=int(9.9 * GIB))
+
+    monkeypatch.setattr(cal, "measure_in_child", measure)
+    monkeypatch.setattr(cal, "state_dir", lambda: tmp_path / "state")
+    path = _tiny_profile(tmp_path)
+    given = cal.calibrate(path, [], budget=10 * GIB, steps=2, again=True)
+    assert given.context_bytes == cal.CUDA_CONTEXT_BYTES and given.fits is False
+    assert given.proposals and given.proposals[-1].fits  # 8 GiB + the context fit
+    assert "less 512.00 MiB kept for the CUDA context: the profile does not fit" in \
+        cal.render(given)
+    free = cal.calibrate(path, [], steps=2, again=True)  # the free memory: 9.9 GiB
+    assert free.budget_bytes == int(9.9 * GIB) and free.context_bytes == 0 and free.fits
+
+
+def test_a_measurement_trains_each_epochs_largest_batch_first(monkeypatch):
+    """So a few steps of a mixed-size dataset meet its largest bucket, whose peak is the
+    run's; the other batches keep their order."""
+    from types import SimpleNamespace
+
+    from lora_core.dataset import plan as plans
+    from lora_core.training import trainer
+
+    sizes = {0: (512, 512), 1: (768, 1024), 2: (512, 512), 3: (640, 640)}
+    plan = SimpleNamespace(items={i: SimpleNamespace(bucket_reso=s) for i, s in sizes.items()})
+    monkeypatch.setattr(plans, "epoch_batches", lambda plan, seed, epoch: [[0], [2], [1], [3]])
+    monkeypatch.setattr(trainer, "epoch_batches", trainer.epoch_batches)  # restored after
+    cal._largest_batch_first()
+    assert trainer.epoch_batches(plan, 1, 0) == [[1], [0], [2], [3]]
+
+
+def test_a_profile_that_compiles_is_measured_without_it_and_judged(monkeypatch, tmp_path):
+    tried: list[list[str]] = []
+
+    def measure(path, overrides, steps, warmup, timeout_s=None):
+        tried.append(list(overrides))
+        eager = overrides == ["training.torch_compile=false"]
+        return cal.Measurement(seconds_per_step=1.0 if eager else 0.5, step_seconds=[1.0],
+                               load_seconds=10.0 if eager else 110.0, device="cpu",
+                               peak_memory_bytes=GIB)
+
+    monkeypatch.setattr(cal, "measure_in_child", measure)
+    monkeypatch.setattr(cal, "state_dir", lambda: tmp_path / "state")
+    monkeypatch.setattr(cal, "kept_cache_is_warm", lambda: False)
+    path = _tiny_profile(tmp_path, torch_compile=True, max_train_epochs=None,
+                         max_train_steps=300)
+    result = cal.calibrate(path, [], steps=2, again=True)
+    assert tried == [[], ["training.torch_compile=false"]]
+    verdict = result.compiling
+    assert (verdict.compile_seconds, verdict.break_even_steps, verdict.planned_steps) == \
+        (100.0, 200, 300)
+    assert verdict.pays_off and not verdict.cache_was_warm
+    assert result.as_json()["torch_compile"]["break_even_steps"] == 200
+    text = cal.render(result)
+    assert "compiling cost 100 s (the kept cache was cold" in text
+    assert "pays off after 200 steps; this run has 300: keep it" in text
+    # remembered with its verdict, measuring nothing more
+    tried.clear()
+    recalled = cal.recall(path, steps=2)
+    assert recalled is not None and recalled.compiling.break_even_steps == 200
+    assert cal.calibrate(path, [], steps=2).compiling.pays_off and tried == []
+    # a shorter run: compiling does not pay off for it
+    short = cal.calibrate(path, ["training.max_train_steps=100"], steps=2)
+    assert short.compiling.planned_steps == 100 and not short.compiling.pays_off
+    # one that does not compile is compared only when asked
+    tried.clear()
+    cal.calibrate(path, ["training.torch_compile=false"], steps=2, again=True)
+    assert tried == [["training.torch_compile=false"]]
+
+
+def test_the_pace_leaves_out_one_off_slow_steps_and_keeps_the_buckets_in_proportion():
+    # a step that compiled bitsandbytes' kernels (15 s) is no pace; 2 s and 1 s buckets are
+    assert cal.steady_seconds_per_step([15.0, 1.0, 1.0, 1.0, 1.0]) == 1.0
+    assert cal.steady_seconds_per_step([2.0, 2.0, 1.0, 1.0, 1.0, 1.0]) == pytest.approx(8 / 6)
+    assert cal.steady_seconds_per_step([0.5]) == 0.5
+
+
+def test_a_comparison_the_checks_refuse_is_said_and_remembered(monkeypatch, tmp_path):
+    tried: list[list[str]] = []
+
+    def measure(path, overrides, steps, warmup, timeout_s=None):
+        tried.append(list(overrides))
+        return cal.Measurement(seconds_per_step=1.0, step_seconds=[1.0], device="cpu",
+                               peak_memory_bytes=GIB)
+
+    monkeypatch.setattr(cal, "measure_in_child", measure)
+    monkeypatch.setattr(cal, "state_dir", lambda: tmp_path / "state")
+    path = _tiny_profile(tmp_path, dynamo_backend="ofi")  # gone from torch: refused
+    result = cal.calibrate(path, [], steps=2, again=True, compare_compile=True)
+    assert tried == [[]] and result.compiling is None
+    assert "not for this profile" in result.compile_note and "ofi" in result.compile_note
+    assert "torch_compile: not compared: not for this profile" in cal.render(result)
+    tried.clear()
+    again = cal.calibrate(path, [], steps=2, compare_compile=True)
+    assert tried == [] and again.compile_note == result.compile_note  # not measured anew
+
+
+def test_a_measuring_child_tells_its_own_peak_where_wait4_is_missing(monkeypatch):
+    """Windows has no os.wait4: the child's own peak stands (getrusage here, psapi's peak
+    working set there; neither answering: None, not a traceback)."""
+    import builtins
+    import sys
+
+    peak = cal.own_peak_rss()
+    assert peak is not None and peak > 10 * 2**20  # this interpreter, torch-free, >10 MiB
+    real_import = builtins.__import__
+
+    def no_resource(name, *args, **kwargs):
+        if name == "resource":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_resource)
+    if sys.platform != "win32":
+        assert cal.own_peak_rss() is None  # no ctypes.windll here

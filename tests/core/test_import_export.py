@@ -429,8 +429,10 @@ def test_profile_export_import_round_trip_keeps_every_expressible_field(tmp_path
         for section, cls in SECTIONS.items():
             for f in dataclasses.fields(cls):
                 if section == "notify" or f.name in NO_EQUIVALENT \
-                        or f.name == "network_multiplier":
-                    continue  # network_multiplier: sd-scripts reads it from dataset_config
+                        or f.name in ("network_multiplier", "cpu_offload_checkpointing"):
+                    # network_multiplier: sd-scripts reads it from dataset_config;
+                    # cpu_offload_checkpointing: its SD U-Nets lack it (NOT-EXPORTED)
+                    continue
                 want, got = getattr(getattr(original, section), f.name), \
                     getattr(getattr(back, section), f.name)
                 if f.name == "optimizer_args":
@@ -443,6 +445,7 @@ def test_profile_export_import_round_trip_keeps_every_expressible_field(tmp_path
     assert "[notify] command `true` (on failed)" in not_exported
     assert "[notify] webhook https://hooks.example.com/… (on failed)" in not_exported
     assert "early_stopping_patience" in not_exported
+    assert "[training] cpu_offload_checkpointing = True: sd-scripts' SD" in not_exported
     assert not any("s3cret" in p.read_text() for p in written)
     config = tomllib.loads((tmp_path / "export" / "config.toml").read_text())
     assert config["lora_train_export"]["dataset_config"].endswith("dataset_config.toml")
@@ -659,3 +662,24 @@ def test_full_bf16_and_full_fp16_import_into_their_fields_and_export_as_flags(tm
         assert f"--{other}" not in command
         back = import_source(tmp_path / precision / "export" / "command.sh").data
         assert back["training"][key] is True and other not in back["training"]
+
+
+def test_cpu_offload_checkpointing_is_exported_only_where_sd_scripts_takes_it():
+    """sd-scripts' train_network.py calls unet.enable_gradient_checkpointing(cpu_offload=True),
+    which its SD U-Nets do not take (TypeError after loading): for SD it is left out, by
+    name; flux_train_network.py takes it."""
+    from lora_core.importing.export import sd_scripts_options
+    from lora_core.profile import Profile
+
+    profile = Profile()
+    profile.training.gradient_checkpointing = True
+    profile.training.cpu_offload_checkpointing = True
+    for name in ("sd1", "sd2", "sdxl"):
+        options, left_out = sd_scripts_options(profile, name)
+        assert "cpu_offload_checkpointing" not in dict(options)
+        assert any(line.startswith("[training] cpu_offload_checkpointing = True: sd-scripts' "
+                                   "SD 1.x / 2.x / SDXL U-Nets take no CPU offload")
+                   for line in left_out)
+    options, left_out = sd_scripts_options(profile, "flux")
+    assert dict(options)["cpu_offload_checkpointing"] is True
+    assert not any("cpu_offload_checkpointing" in line for line in left_out)

@@ -102,7 +102,8 @@ def every_field_changed() -> dict:
         "training": {"max_train_epochs": 7, "max_train_steps": 900, "train_batch_size": 3,
                      "gradient_accumulation_steps": 2, "gradient_checkpointing": True,
                      "fp8_base": True, "fp8_base_unet": True, "cpu_offload_checkpointing": True,
-                     "full_bf16": True, "full_fp16": True,
+                     "full_bf16": True, "full_fp16": True, "torch_compile": True,
+                     "dynamo_backend": "aot_eager",
                      "blocks_to_swap": 4,
                      "num_processes": 2, "gpu_ids": "0,1",
                      "mixed_precision": "bf16", "seed": 123, "noise_offset": 0.1,
@@ -242,8 +243,8 @@ def test_missing_required_paths_are_named():
 
 
 def test_options_of_later_releases_are_rejected_not_ignored():
-    msg = errors_of({**MINIMAL, "training": {"torch_compile": True}})
-    assert "torch_compile" in msg and "not supported yet" in msg
+    msg = errors_of({**MINIMAL, "training": {"fused_backward_pass": True}})
+    assert "fused_backward_pass" in msg and "not supported yet" in msg
     msg = errors_of({**MINIMAL, "optimizer": {"optimizer_type": "AdamW9bit"}})
     assert "AdamW9bit" in msg and "AdamWScheduleFree" in msg  # names the choices
     msg = errors_of({**MINIMAL, "logging": {"log_with": "mlflow"}})
@@ -420,10 +421,10 @@ def test_schedule_free_and_import_paths_are_optimizers_other_keys_not_supported_
         assert profile.optimizer.optimizer_type == read
     msg = errors_of({**MINIMAL, "optimizer": {"optimizer_type": "torch optim RAdam"}})
     assert "nor an import path like" in msg and "AdamW8bit" in msg
-    msg = errors_of({**MINIMAL, "saving": {"output_dir": "o", "torch_compile": True}})
-    assert "torch_compile` is not supported yet" in msg
-    msg = errors_of({**MINIMAL, "training": {"dynamo_backend": "inductor"}})
-    assert "not supported yet" in msg
+    msg = errors_of({**MINIMAL, "saving": {"output_dir": "o", "fused_backward_pass": True}})
+    assert "fused_backward_pass` is not supported yet" in msg
+    msg = errors_of({**MINIMAL, "training": {"dynamo_backend": "tensorrt"}})
+    assert "dynamo_backend" in msg and "tensort" in msg  # sd-scripts' choices, named
 
 
 def test_reference_page_is_generated_from_the_field_declarations():

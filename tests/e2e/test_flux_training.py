@@ -360,20 +360,21 @@ def test_block_swap_and_offloaded_checkpointing_give_the_same_losses(tmp_path, t
     model = {"pretrained_model_name_or_path": str(dit),
              "tokenizer_cache_dir": str(tmp_path / "model" / "tokenizers")}
     from lora_core.families.flux import offload
+    from lora_core.models import offloaded_checkpointing  # shared with the SD U-Nets
 
     calls = {"swapped in": 0, "offloaded": 0}
-    bring_in, offloaded = offload.BlockSwapper._bring_in, offload.offloaded
+    bring_in, offloaded = offload.BlockSwapper._bring_in, offloaded_checkpointing.offloaded
 
     def counted_bring_in(self, i, wait=True):
         calls["swapped in"] += 1
         return bring_in(self, i, wait)
 
-    def counted_offloaded(block, device):
+    def counted_offloaded(block):
         calls["offloaded"] += 1
-        return offloaded(block, device)
+        return offloaded(block)
 
     monkeypatch.setattr(offload.BlockSwapper, "_bring_in", counted_bring_in)
-    monkeypatch.setattr(offload, "offloaded", counted_offloaded)
+    monkeypatch.setattr(offloaded_checkpointing, "offloaded", counted_offloaded)
     results = {}
     for name, extra in (("plain", {}), ("lever", lever)):
         seen: list = []

@@ -381,13 +381,21 @@ def test_a_full_bf16_run_stopped_then_resumed_continues_exactly(tiny_profile, st
         assert key.endswith(".alpha") or torch.equal(tensor.to(torch.bfloat16).float(), tensor)
 
 
-def test_every_cpu_lever_together_trains_records_and_resumes_after_kill_9(tmp_path):
+def test_every_cpu_lever_together_trains_records_and_resumes_after_kill_9(tmp_path,
+                                                                           monkeypatch):
     """Issue 28: fp8 base weights (U-Net Linears and Conv2ds, text encoder Linears), the LoRA
     and its optimizer state in bf16 (full_bf16, under bf16), gradient checkpointing, cached
-    latents and the 8-bit optimizer, in one tiny run: it trains, the file records each lever,
-    and a run killed with -9 and resumed gives the uninterrupted run's losses and file."""
+    latents, the 8-bit optimizer and torch_compile with inductor (the blocks compiled to C++
+    on a CPU), in one tiny run: it trains, the file records each lever that sd-scripts
+    records, the compiled kernels land in the kept cache (which the second and third
+    processes read), and a run killed with -9 and resumed gives the uninterrupted run's
+    losses and file, bit for bit."""
+    cache = tmp_path / "compile-cache"
+    monkeypatch.setenv("LORA_TUI_COMPILE_CACHE_DIR", str(cache))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
     levers = {"training": {"fp8_base": True, "full_bf16": True, "mixed_precision": "bf16",
-                           "gradient_checkpointing": True},
+                           "gradient_checkpointing": True, "torch_compile": True},
               "dataset": {"cache_latents": True},
               "optimizer": {"optimizer_type": "AdamW8bit"},
               "saving": {"save_precision": "float"}}
@@ -400,4 +408,8 @@ def test_every_cpu_lever_together_trains_records_and_resumes_after_kill_9(tmp_pa
             meta["ss_cache_latents"], meta["ss_mixed_precision"]) == \
         ("True", "True", "True", "True", "bf16")
     assert "AdamW8bit" in meta["ss_optimizer"]
+    said = [e["message"] for e in reference["events"] if e["type"] == "log"]
+    assert any(m.startswith("torch_compile: ") and "compile with inductor" in m for m in said)
+    assert len(list((cache / "inductor").rglob("*"))) > 10  # FX graphs and compiled C++
     kill_9_then_resume(tmp_path, reference, **levers)
+

@@ -130,6 +130,8 @@ def test_full_bf16_trains_the_lora_and_its_optimizer_state_in_bf16(train, monkey
                 optimizer={"max_grad_norm": 1.0, "scale_weight_norms": 1.0},
                 saving={"save_precision": "float"})
     (optimizer,) = optimizers
+    # AdamW's bf16 updates rounded stochastically, from the run's seed (the profile's 1)
+    assert type(optimizer).__name__ == "StochasticRoundingAdamW" and optimizer.seed == 1
     params = [p for group in optimizer.param_groups for p in group["params"]]
     assert params and {p.dtype for p in params} == {torch.bfloat16}
     moments = [t for state in optimizer.state.values() for name, t in state.items()

@@ -221,6 +221,13 @@ async def test_c_calibrates_and_a_proposal_is_taken_with_its_key(tmp_path, monke
         assert app.draft.text("dataset", "cache_latents") == "true"
         await wait_for(pilot, lambda: "gradient_checkpointing" in
                        plain(review.query_one("#review-changes", Static)))
+        # Beside the plan: the proposal's own figures, not those of the answers before it.
+        await wait_for(pilot, lambda: "s/step" in measured_text(review))
+        await pilot.pause(0.3)  # the engine's recall for the new answers (none) changes nothing
+        text = measured_text(review)
+        assert "0.50 s/step · peak memory 1.70 GiB" in text and "0.42" not in text
+        assert "as proposed (dataset.cache_latents=true training.gradient_checkpointing=true)" \
+            in text and "budget 2.00 GiB: fits" in text
 
 
 async def test_escape_on_an_opened_profiles_review_asks_before_dropping_changes(tmp_path):
@@ -244,3 +251,137 @@ async def test_escape_on_an_opened_profiles_review_asks_before_dropping_changes(
         await wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, StartScreen))
+
+
+def measured_text(review: ReviewScreen) -> str:
+    measured = review.query_one("#review-measured", Static)
+    return " ".join(plain(measured).split()) if measured.display else ""
+
+
+async def test_after_c_measures_the_review_shows_the_figures_beside_the_plan(
+        tmp_path, monkeypatch, state_dir):
+    """Issue 28: the figures C measured stay on the review when the dialog closes (here the
+    engine is faked and remembers nothing: the review keeps what the dialog measured), with
+    the device they were measured on; answers changed since do not show them."""
+    import json
+    import sys
+
+    from lora_tui.dialogs import calibrate as dialog
+
+    monkeypatch.setattr(dialog, "calibrate_argv", lambda profile, budget, overrides=(): [
+        sys.executable, "-c", f"print({json.dumps(json.dumps(CALIBRATED))})"])
+    profile = opened(tmp_path)
+    app = make_app(profile, runner_factory=lambda: FakeRunner([]))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen)
+                       and app.screen.check is not None)
+        review = app.screen
+        await wait_for(pilot, lambda: review.measured_known)
+        assert measured_text(review) == ""  # nothing measured yet: nothing shown
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, dialog.CalibrateDialog))
+        shown = app.screen.query_one("#calibrate-result", Static)
+        await wait_for(pilot, lambda: "seconds per step" in plain(shown))
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is review)
+        await wait_for(pilot, lambda: "0.42 s/step" in measured_text(review))
+        text = measured_text(review)
+        assert "Measured on this machine: cpu (torch 2.13.0)" in text
+        assert "peak memory 3.00 GiB" in text and "first step after 9.5 s" in text
+        assert "whole run of 80 steps: about 2.0 min (load and caches 9 s, steps 110 s)" \
+            in text
+        assert "budget 2.00 GiB: does not fit; C shows 1 setting that fits" in text
+        await pilot.pause(0.3)  # the engine's own recall (nothing remembered) changes nothing
+        assert "0.42 s/step" in measured_text(review)
+        await pilot.press("6")
+        await type_into(pilot, "network", "network_dim", "32")
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: app.screen is review)
+        await wait_for(pilot, lambda: review.measured_known and not measured_text(review))
+
+
+async def test_a_remembered_calibration_shows_at_once_for_the_same_answers_only(
+        tmp_path, monkeypatch, state_dir):
+    """Issue 28: a result the engine remembers (same profile content, dataset, device and
+    torch version) is on the review as soon as it opens, without a key, its ETA made for
+    today's plan; a changed profile does not show it. The engine's calibrate() remembers
+    it here, its measurement faked; the wizard reads it without importing torch
+    (test_tui_boundaries)."""
+    from lora_core import calibrate as cal
+
+    profile = opened(tmp_path)
+    app = make_app(profile, runner_factory=lambda: FakeRunner([]))
+    async with app.run_test(size=SIZE) as pilot:  # the review writes C's snapshot
+        await wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen)
+                       and app.screen.measured_known)
+        assert measured_text(app.screen) == ""
+    snapshot = state_dir / "wizard" / "calibrate-quickstart.toml"
+    measured = cal.Measurement(first_step_seconds=8.0, load_seconds=7.5, seconds_per_step=0.5,
+                               step_seconds=[0.5] * 6, peak_memory_bytes=3 * 2**30,
+                               device="cpu", torch_version="2.13.0")
+    monkeypatch.setattr(cal, "measure_in_child", lambda *args, **kwargs: measured)
+    cal.calibrate(snapshot, [])  # measures (faked) and remembers
+
+    app = make_app(profile, runner_factory=lambda: FakeRunner([]))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen)
+                       and "s/step" in measured_text(app.screen))
+        review = app.screen
+        text = measured_text(review)
+        assert "Measured on this machine: cpu (torch 2.13.0; remembered)" in text
+        assert "0.50 s/step · peak memory 3.00 GiB · first step after 8.0 s" in text
+        await wait_for(pilot, lambda: review.check is not None)
+        steps = review.check.report.plan.max_train_steps
+        eta = 7.5 + steps * 0.5  # no previews, saves take no time: load + steps
+        assert f"whole run of {steps} steps: about {eta / 60:.1f} min" in text
+        await pilot.press("6")
+        await type_into(pilot, "network", "network_dim", "32")
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: app.screen is review)
+        await wait_for(pilot, lambda: review.measured_known and not measured_text(review))
+        await pilot.press("6")  # back as it was: the remembered figures again
+        await type_into(pilot, "network", "network_dim", "8")
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: app.screen is review)
+        await wait_for(pilot, lambda: "0.50 s/step" in measured_text(review))
+
+
+def test_the_torch_compile_verdict_shows_beside_the_figures():
+    from lora_tui.dialogs.calibrate import result_text, review_text
+
+    verdict = {"compile_seconds": 120.0, "compiled_seconds_per_step": 0.3,
+               "eager_seconds_per_step": 0.42, "break_even_steps": 1000, "planned_steps": 80,
+               "pays_off": False, "cache_was_warm": False, "bucket_sizes": 1}
+    for render in (review_text, result_text):
+        assert "torch_compile" not in render(CALIBRATED)
+        text = render({**CALIBRATED, "torch_compile": verdict})
+        assert "torch_compile: [yellow]pays off after 1000 steps[/yellow], the run has 80\n" \
+               "    0.30 s/step compiled, 0.42 without, 120 s to compile" in text
+        paying = render({**CALIBRATED, "torch_compile": {**verdict, "pays_off": True,
+                                                         "break_even_steps": 40}})
+        assert "[green]pays off[/green] after 40 of 80 steps" in paying
+        never = render({**CALIBRATED, "torch_compile": {**verdict, "break_even_steps": None}})
+        assert "never pays off here" in never
+        refused = render({**CALIBRATED, "torch_compile_note": "not for this profile: no g++"})
+        assert "torch_compile: not compared: not for this profile: no g++" in refused
+
+
+def test_a_calibration_of_the_users_file_is_the_wizards_for_the_same_answers(tmp_path,
+                                                                             monkeypatch):
+    """`lora-train calibrate my.toml` then `lora-tui my.toml`: the review's snapshot of the
+    same answers (written elsewhere, relative paths made absolute, 0 written as 0.0) has the
+    same key, so its figures show; another answer has another key."""
+    from lora_core.calibrate import _memory_key
+    from lora_core.profile_load import load_profile
+    from lora_tui.screens.review import calibration_snapshot
+
+    monkeypatch.setenv("LORA_TUI_STATE_DIR", str(tmp_path / "state"))
+    users = ROOT / "examples" / "quickstart.toml"
+    profile = load_profile(users, [])
+    path, text = calibration_snapshot(profile)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    assert path.parent != users.parent and text != users.read_text(encoding="utf-8")
+    assert _memory_key(load_profile(path, []), path, [], 6) == _memory_key(profile, users, [], 6)
+    other = load_profile(users, ["network.network_dim=16"])
+    assert _memory_key(other, users, [], 6) != _memory_key(profile, users, [], 6)

@@ -35,6 +35,8 @@ class FluxFamily:
     bucket_step_multiple = 32  # the 2x2 packing needs 16; the profile's rule is 32
     levers = frozenset({"fp8_base", "fp8_base_unet", "blocks_to_swap",
                         "cpu_offload_checkpointing"})
+    repeated_blocks = ("DoubleStreamBlock", "SingleStreamBlock")  # 19 and 38 in Flux.1
+    sd_scripts_lacks: dict[str, str] = {}  # noqa: RUF012 (read only)
     profile_sections = ("flux",)  # the profile tables only it reads
     # The files beside the model that the wizard's model step asks for (section, key).
     model_files = (("flux", "ae"), ("flux", "clip_l"), ("flux", "t5xxl"))
@@ -237,6 +239,9 @@ class FluxFamily:
     def place_transformer(self, bundle: ModelBundle, training: TrainingSection, device: Any,
                           dtype: Any) -> bool:
         return _runtime().place_transformer(bundle, training, device, dtype)
+
+    def enable_gradient_checkpointing(self, bundle: ModelBundle, cpu_offload: bool) -> None:
+        bundle.unet.enable_gradient_checkpointing(cpu_offload=cpu_offload)  # model.Flux's
 
     def preview_sampler(self, bundle: ModelBundle) -> Any:
         return _FluxPreviews(bundle)

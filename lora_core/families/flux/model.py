@@ -314,18 +314,16 @@ class Flux(nn.Module):
                                       ) -> None:
         """Recompute each block's activations in backward instead of keeping them;
         ``cpu_offload``: keep the inputs saved for the recompute in CPU memory
-        (``offload.py``)."""
+        (``models/offloaded_checkpointing.py``)."""
         self.gradient_checkpointing = enabled
         self.cpu_offload_checkpointing = enabled and cpu_offload
 
     def _run(self, block: nn.Module, *args):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             if self.cpu_offload_checkpointing:
-                from lora_core.families.flux.offload import offloaded, to_device
+                from lora_core.models.offloaded_checkpointing import offloaded_checkpoint
 
-                cpu = torch.device("cpu")
-                return checkpoint(offloaded(block, args[0].device),
-                                  *(to_device(a, cpu) for a in args), use_reentrant=False)
+                return offloaded_checkpoint(block, *args)
             return checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 

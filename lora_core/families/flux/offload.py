@@ -1,4 +1,6 @@
-"""Block swap and CPU-offloaded checkpointing: Flux's two ways to train in less GPU memory.
+"""Block swap and CPU-offloaded checkpointing: Flux's two ways to train in less GPU memory
+(block swap is here; the offloaded checkpoint, which the SD U-Nets use too, is
+``lora_core/models/offloaded_checkpointing.py``).
 
 **Block swap** (sd-scripts' ``blocks_to_swap``): the weights of the last N blocks live in CPU
 memory (pinned, on CUDA) and only the blocks being computed are on the GPU. sd-scripts splits
@@ -20,6 +22,7 @@ offloader overlaps it.
 **CPU-offloaded checkpointing** (``cpu_offload_checkpointing``): the inputs gradient
 checkpointing keeps for each block's recompute are kept in CPU memory instead of on the GPU
 (about 1 GB at Flux's size, ~15 % slower, as sd-scripts documents); not with block swap.
+``Flux._run`` calls ``offloaded_checkpoint`` for each block.
 
 On a CPU-only machine both run the same hooks and moves between "cpu" and "cpu": the losses
 equal a run without them (tested), and the memory they save is a GPU matter (bench/gpu.sh).
@@ -106,6 +109,10 @@ class BlockSwapper:
                 p.data = home.to(self.device)
         self.resident[i] = None
 
+    # torch_compile compiles a block with its hooks: this one moves weights between devices
+    # (side streams, events, p.data) and differs per block, which dynamo would trace anew for
+    # every block until its recompile limit. It runs as plain Python, a break in the graph.
+    @torch.compiler.disable
     def _before_forward(self, module: nn.Module, args) -> None:
         i = self.index[id(module)]
         self._bring_in(i)
@@ -120,17 +127,3 @@ class BlockSwapper:
         if self.cuda and 0 <= following < len(self.blocks):
             self._bring_in(following, wait=False)  # overlaps this block's compute
 
-
-def to_device(value, device: torch.device):
-    if isinstance(value, Tensor):
-        return value.to(device, non_blocking=True)
-    return value
-
-
-def offloaded(block: nn.Module, device: torch.device):
-    """``block`` as a function whose inputs may arrive from CPU memory (the checkpoint
-    keeps them there) and are moved to ``device`` to compute."""
-    def run(*args):
-        return block(*(to_device(a, device) for a in args))
-
-    return run

@@ -34,7 +34,16 @@ class StableDiffusionFamily:
     lora_module = "networks.lora"  # sd-scripts' network_module of its LoRA
     # sd-scripts asserts bucket_reso_steps % 64 for SD 1.x / 2.x (32 for SDXL).
     bucket_step_multiple = 64
-    levers: frozenset[str] = frozenset({"fp8_base", "fp8_base_unet"})
+    levers: frozenset[str] = frozenset({"fp8_base", "fp8_base_unet",
+                                        "cpu_offload_checkpointing"})
+    # diffusers' U-Net blocks that repeat (resnets; the attention's transformer blocks).
+    repeated_blocks: tuple[str, ...] = ("ResnetBlock2D", "BasicTransformerBlock")
+    # sd-scripts' train_network.py calls unet.enable_gradient_checkpointing(cpu_offload=True),
+    # which its SD 1.x / 2.x / SDXL U-Nets do not take (a TypeError after the model loads).
+    sd_scripts_lacks: dict[str, str] = {  # noqa: RUF012 (read only)
+        "cpu_offload_checkpointing": "sd-scripts' SD 1.x / 2.x / SDXL U-Nets take no CPU "
+        "offload (its train_network.py would stop with a TypeError once the model is "
+        "loaded); lora-train offloads them itself"}
     profile_sections: tuple[str, ...] = ()  # the optional profile tables only it reads
     model_files: tuple[tuple[str, str], ...] = ()  # all its parts are in the one model
     reads_model_vae = True
@@ -212,6 +221,18 @@ class StableDiffusionFamily:
                 for encoder in bundle.text_encoders:
                     to_fp8(encoder, compute)
         return False
+
+    def enable_gradient_checkpointing(self, bundle: ModelBundle, cpu_offload: bool) -> None:
+        """diffusers' checkpointing of the U-Net's resnets and transformer blocks; with
+        ``cpu_offload`` through ``offloaded_checkpoint``, which diffusers calls in place of
+        torch's ``checkpoint`` (its ``gradient_checkpointing_func``)."""
+        if not cpu_offload:  # diffusers' default: torch's non-reentrant checkpoint
+            bundle.unet.enable_gradient_checkpointing()
+            return
+        from lora_core.models.offloaded_checkpointing import offloaded_checkpoint
+
+        # The keyword came with diffusers 0.33 (the floor pyproject asks for).
+        bundle.unet.enable_gradient_checkpointing(gradient_checkpointing_func=offloaded_checkpoint)
 
     def preview_sampler(self, bundle: ModelBundle) -> Any:
         from lora_core.families.sd.sampler import PipelineSampler
